@@ -1,0 +1,196 @@
+// LoRA (Hu et al. 2021) on a frozen linear layer, with Hugging Face PEFT's conventions.
+//
+//   y = x W^T + b + s * (drop(x) A^T) B^T,   A: [r, d_in], B: [d_out, r],
+//   s = alpha / r  (rsLoRA: alpha / sqrt(r)).
+//
+// A and B live in a ParameterStore (flat buffers); W and b stay frozen in the FrozenLinear view.
+// forward() fills a Cache that backward() consumes. Parameter gradients accumulate into the store
+// (+=); the input gradient, when asked for, is overwritten (=) and includes the base term dy W.
+//
+//   wegeft::ParameterStore<float> store;
+//   wegeft::Rng rng(0);
+//   wegeft::LoraAdapter<float> lora(store, wegeft::FrozenLinear<float>(w, &b),
+//                                   {.rank = 8, .alpha = 16}, rng, "layers.0.q_proj");
+//   wegeft::LoraAdapter<float>::Cache cache;
+//   lora.forward(y, cache, x);
+//   lora.backward(dx, cache, x, dy);    // or lora.backward(cache, x, dy) without dx
+//
+// Dropout (on the adapter's input only) is applied in training mode. Its mask is regenerated in
+// backward from a per-call seed kept in the cache, so the cache holds only u = drop(x) A^T [N, r].
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <string>
+
+#include "wegeft/core/error.hpp"
+#include "wegeft/core/parameters.hpp"
+#include "wegeft/core/rng.hpp"
+#include "wegeft/core/tensor.hpp"
+#include "wegeft/nn/linear.hpp"
+
+namespace wegeft {
+
+enum class LoraInit {
+  kaiming_uniform,  ///< A ~ U(-1/sqrt(d_in), 1/sqrt(d_in)), B = 0 (PEFT's default)
+  gaussian,         ///< A ~ N(0, (1/r)^2), B = 0 (PEFT's init_lora_weights="gaussian")
+};
+
+struct LoraConfig {
+  Index rank = 8;
+  double alpha = 8.0;
+  bool use_rslora = false;
+  double dropout = 0.0;
+  LoraInit init = LoraInit::kaiming_uniform;
+};
+
+/// s = alpha / r, or alpha / sqrt(r) with rsLoRA.
+inline double lora_scale(const LoraConfig& c) {
+  return c.use_rslora ? c.alpha / std::sqrt(static_cast<double>(c.rank))
+                      : c.alpha / static_cast<double>(c.rank);
+}
+
+template <class T>
+class LoraAdapter {
+ public:
+  /// What forward() leaves for backward(): u = drop(x) A^T and the dropout seed.
+  struct Cache {
+    Matrix<T> u;                  // [N, r]
+    std::uint64_t dropout_seed = 0;
+    bool dropped = false;         // dropout was applied in this call
+    bool merged = false;          // forward ran on merged weights (backward is then refused)
+    const void* owner = nullptr;  // the adapter that filled it
+  };
+
+  /// Registers `<name>.lora_A` [r, d_in] and `<name>.lora_B` [d_out, r] in `store` and
+  /// initialises them from `rng`. The adapter keeps a pointer to `store` and the view `base`.
+  LoraAdapter(ParameterStore<T>& store, FrozenLinear<T> base, const LoraConfig& config, Rng& rng,
+              const std::string& name = "lora")
+      : m_store(&store), m_base(base), m_config(config) {
+    const Index r = config.rank, d_in = base.d_in(), d_out = base.d_out();
+    WEGEFT_CHECK(r >= 1, "LoRA rank must be at least 1, got " << r << " for '" << name << "'");
+    WEGEFT_CHECK(r <= std::min(d_in, d_out), "LoRA rank " << r << " exceeds min(d_in, d_out) = min("
+                                             << d_in << ", " << d_out << ") for '" << name << "'");
+    WEGEFT_CHECK(std::isfinite(config.alpha),
+                 "LoRA alpha must be finite, got " << config.alpha << " for '" << name << "'");
+    WEGEFT_CHECK(config.dropout >= 0.0 && config.dropout < 1.0,
+                 "LoRA dropout must be in [0, 1), got " << config.dropout << " for '" << name << "'");
+    m_scale = static_cast<T>(lora_scale(config));
+    m_a = store.add(name + ".lora_A", r, d_in);
+    m_b = store.add(name + ".lora_B", d_out, r);
+    auto a = lora_A();
+    if (config.init == LoraInit::kaiming_uniform) {
+      const T bound = static_cast<T>(1.0 / std::sqrt(static_cast<double>(d_in)));
+      fill_uniform(a, rng, -bound, bound);
+    } else {
+      fill_normal(a, rng, static_cast<T>(1.0 / static_cast<double>(r)));
+    }
+    m_dropout_rng = Rng(rng.next_u64());
+  }
+
+  Index rank() const { return m_config.rank; }
+  Index d_in() const { return m_base.d_in(); }
+  Index d_out() const { return m_base.d_out(); }
+  T scale() const { return m_scale; }
+  const LoraConfig& config() const { return m_config; }
+  Index parameter_count() const { return rank() * (d_in() + d_out()); }
+  FrozenLinear<T>& base() { return m_base; }
+
+  MatrixMap<T> lora_A() { return m_store->value(m_a); }  // [r, d_in]
+  MatrixMap<T> lora_B() { return m_store->value(m_b); }  // [d_out, r]
+  MatrixMap<T> grad_A() { return m_store->grad(m_a); }
+  MatrixMap<T> grad_B() { return m_store->grad(m_b); }
+  ParamId id_A() const { return m_a; }
+  ParamId id_B() const { return m_b; }
+
+  /// Dropout is applied only in training mode (the default).
+  void set_training(bool training) { m_training = training; }
+  bool training() const { return m_training; }
+  /// The stream of per-call dropout seeds; save and restore it to replay a call exactly.
+  Rng& dropout_rng() { return m_dropout_rng; }
+
+  /// y [N, d_out] = x W^T + b + s (drop(x) A^T) B^T. Overwrites y, fills cache.
+  void forward(MatRef<T> y, Cache& cache, CMatRef<T> x) {
+    m_base.check_input(x);
+    check_shape(y, x.rows(), d_out(), "LoRA output y");
+    cache.owner = this;
+    cache.merged = m_merged;
+    linear_forward<T>(y, x, m_base.weight(), m_base.bias());
+    if (m_merged) return;
+    const auto a = lora_A();
+    cache.dropped = m_training && m_config.dropout > 0.0;
+    if (cache.dropped) {
+      cache.dropout_seed = m_dropout_rng.next_u64();
+      Matrix<T> xd(x.rows(), x.cols());
+      dropout_apply(xd.data(), x.data(), x.size(), m_config.dropout, cache.dropout_seed);
+      cache.u.noalias() = xd * a.transpose();
+    } else {
+      cache.u.noalias() = x * a.transpose();
+    }
+    y.noalias() += (m_scale * cache.u) * lora_B().transpose();
+  }
+
+  /// Parameter gradients only: grad_A += ..., grad_B += ...
+  void backward(const Cache& cache, CMatRef<T> x, CMatRef<T> dy) { backward_impl(nullptr, cache, x, dy); }
+  /// Also the input gradient: dx [N, d_in] = dy W + (s dy B) A (masked). Overwrites dx.
+  void backward(MatRef<T> dx, const Cache& cache, CMatRef<T> x, CMatRef<T> dy) {
+    check_shape(dx, x.rows(), d_in(), "LoRA input gradient dx");
+    backward_impl(&dx, cache, x, dy);
+  }
+
+  /// s B A [d_out, d_in], the update that merge() adds to W.
+  Matrix<T> delta() { return (m_scale * lora_B()) * lora_A(); }
+  /// W += s B A. Afterwards forward() is the plain base layer and backward() is refused.
+  void merge() {
+    WEGEFT_CHECK(!m_merged, "LoRA adapter is already merged");
+    m_base.weight() += delta();
+    m_merged = true;
+  }
+  /// W -= s B A, undoing merge() (exact up to rounding if A and B did not change in between).
+  void unmerge() {
+    WEGEFT_CHECK(m_merged, "LoRA adapter is not merged");
+    m_base.weight() -= delta();
+    m_merged = false;
+  }
+  bool merged() const { return m_merged; }
+
+ private:
+  void backward_impl(MatRef<T>* dx, const Cache& cache, CMatRef<T> x, CMatRef<T> dy) {
+    WEGEFT_CHECK(cache.owner == this, "LoRA backward got a cache filled by another layer");
+    WEGEFT_CHECK(!cache.merged, "LoRA backward after a forward on merged weights; unmerge first");
+    check_shape(x, cache.u.rows(), d_in(), "LoRA backward input x");
+    check_shape(dy, cache.u.rows(), d_out(), "LoRA output gradient dy");
+    const auto a = lora_A();
+    const auto b = lora_B();
+    const Matrix<T> g_u = m_scale * (dy * b);  // [N, r]
+    grad_B().noalias() += (m_scale * dy.transpose()) * cache.u;
+    Matrix<T> xd;
+    if (cache.dropped) {
+      xd.resize(x.rows(), x.cols());
+      dropout_apply(xd.data(), x.data(), x.size(), m_config.dropout, cache.dropout_seed);
+      grad_A().noalias() += g_u.transpose() * xd;
+    } else {
+      grad_A().noalias() += g_u.transpose() * x;
+    }
+    if (dx == nullptr) return;
+    linear_backward_input<T>(*dx, dy, m_base.weight());
+    if (cache.dropped) {
+      xd.noalias() = g_u * a;
+      dropout_apply(xd.data(), xd.data(), xd.size(), m_config.dropout, cache.dropout_seed);
+      *dx += xd;
+    } else {
+      dx->noalias() += g_u * a;
+    }
+  }
+
+  ParameterStore<T>* m_store;
+  FrozenLinear<T> m_base;
+  LoraConfig m_config;
+  T m_scale;
+  ParamId m_a, m_b;
+  Rng m_dropout_rng;
+  bool m_training = true;
+  bool m_merged = false;
+};
+
+}  // namespace wegeft

@@ -1,0 +1,304 @@
+// WeGeFT (Savadikar, Song and Wu, ICML 2025): the weight update of a frozen linear layer is
+// generated from the layer's own pretrained weight by a small linear generator shared by a group
+// of layers,
+//
+//   dW = s (W Phi^T) Psi,   Phi, Psi: [r, d_in],   s = alpha / r,
+//   y  = x W^T + b + s (x Psi^T) (D(W) Phi^T)^T,
+//
+// where D is optional inverted weight dropout applied inside the generator path only.
+//
+// A WeGeFTGenerator holds (Phi, Psi) in a ParameterStore; any number of WeGeFTAdapter layers with
+// the same d_in attach to it (d_out may differ) and their gradients are summed into it. Each layer
+// computes its step in one of two exact contraction orders (DESIGN.md §1):
+//   weight_side (i):  P = D(W) Phi^T [d_out, r], u = x Psi^T, y += s u P^T;
+//   input_edit (iv):  u = x Psi^T, x_hat = x + s u Phi, y = x_hat W^T + b.
+// `automatic` picks the one with fewer multiply-adds for the call's N, and weight_side whenever
+// weight dropout is active (input_edit cannot express it).
+//
+//   wegeft::ParameterStore<float> store;
+//   wegeft::Rng rng(0);
+//   wegeft::WeGeFTGenerator<float> q_gen(store, 768, {.rank = 64, .alpha = 128}, rng, "q");
+//   wegeft::WeGeFTAdapter<float> q0(q_gen, wegeft::FrozenLinear<float>(w0, &b0), rng);
+//   wegeft::WeGeFTAdapter<float> q1(q_gen, wegeft::FrozenLinear<float>(w1, &b1), rng);
+//   wegeft::WeGeFTAdapter<float>::Cache c0;
+//   q0.forward(y, c0, x);  q0.backward(dx, c0, x, dy);   // dPhi, dPsi += this layer's share
+#pragma once
+
+#include <Eigen/LU>
+#include <cmath>
+#include <cstdint>
+#include <string>
+
+#include "wegeft/core/error.hpp"
+#include "wegeft/core/parameters.hpp"
+#include "wegeft/core/rng.hpp"
+#include "wegeft/core/tensor.hpp"
+#include "wegeft/nn/linear.hpp"
+
+namespace wegeft {
+
+struct WeGeFTConfig {
+  Index rank = 64;
+  double alpha = 128.0;
+  double dropout = 0.0;  ///< weight dropout inside the generator path
+};
+
+enum class WeGeFTOrder { automatic, weight_side, input_edit };
+
+inline const char* to_string(WeGeFTOrder o) {
+  switch (o) {
+    case WeGeFTOrder::weight_side: return "weight_side";
+    case WeGeFTOrder::input_edit: return "input_edit";
+    default: return "automatic";
+  }
+}
+
+/// Extra multiply-adds of one training step (forward + backward with input gradient) beyond the
+/// frozen layer, for N tokens: weight side 3 N r (d_in + d_out) + 2 r d_in d_out, input edit
+/// 6 N r d_in.
+inline double wegeft_extra_macs(WeGeFTOrder order, Index n, Index r, Index d_in, Index d_out) {
+  const double N = static_cast<double>(n), R = static_cast<double>(r);
+  const double di = static_cast<double>(d_in), d_o = static_cast<double>(d_out);
+  if (order == WeGeFTOrder::input_edit) return 6.0 * N * R * di;
+  return 3.0 * N * R * (di + d_o) + 2.0 * R * di * d_o;
+}
+
+/// The shared generator (Phi, Psi), both [r, d_in]. Init (authors' LLM code): Phi = 0,
+/// Psi ~ U(-1/sqrt(d_in), 1/sqrt(d_in)), so every generated update starts at exactly zero.
+template <class T>
+class WeGeFTGenerator {
+ public:
+  /// Registers `<name>.wegeft_phi` and `<name>.wegeft_psi` [r, d_in] in `store`.
+  WeGeFTGenerator(ParameterStore<T>& store, Index d_in, const WeGeFTConfig& config, Rng& rng,
+                  const std::string& name = "wegeft")
+      : m_store(&store), m_config(config), m_d_in(d_in), m_name(name) {
+    const Index r = config.rank;
+    WEGEFT_CHECK(d_in >= 1, "WeGeFT generator '" << name << "' needs d_in >= 1, got " << d_in);
+    WEGEFT_CHECK(r >= 1, "WeGeFT rank must be at least 1, got " << r << " for '" << name << "'");
+    WEGEFT_CHECK(r <= d_in, "WeGeFT rank " << r << " exceeds d_in = " << d_in << " for '" << name
+                                           << "'");
+    WEGEFT_CHECK(std::isfinite(config.alpha),
+                 "WeGeFT alpha must be finite, got " << config.alpha << " for '" << name << "'");
+    WEGEFT_CHECK(config.dropout >= 0.0 && config.dropout < 1.0,
+                 "WeGeFT dropout must be in [0, 1), got " << config.dropout << " for '" << name
+                                                          << "'");
+    m_scale = static_cast<T>(config.alpha / static_cast<double>(r));
+    m_phi = store.add(name + ".wegeft_phi", r, d_in);
+    m_psi = store.add(name + ".wegeft_psi", r, d_in);
+    const T bound = static_cast<T>(1.0 / std::sqrt(static_cast<double>(d_in)));
+    auto psi_value = psi();
+    fill_uniform(psi_value, rng, -bound, bound);
+  }
+
+  Index rank() const { return m_config.rank; }
+  Index d_in() const { return m_d_in; }
+  T scale() const { return m_scale; }
+  const WeGeFTConfig& config() const { return m_config; }
+  const std::string& name() const { return m_name; }
+  Index parameter_count() const { return 2 * rank() * d_in(); }
+  /// Number of layers attached so far.
+  Index layer_count() const { return m_layers; }
+
+  MatrixMap<T> phi() { return m_store->value(m_phi); }  // [r, d_in]
+  MatrixMap<T> psi() { return m_store->value(m_psi); }  // [r, d_in]
+  MatrixMap<T> grad_phi() { return m_store->grad(m_phi); }
+  MatrixMap<T> grad_psi() { return m_store->grad(m_psi); }
+  ParamId id_phi() const { return m_phi; }
+  ParamId id_psi() const { return m_psi; }
+
+  /// Called by WeGeFTAdapter's constructor: a group member must share d_in.
+  void attach(const FrozenLinear<T>& base) {
+    WEGEFT_CHECK(base.d_in() == m_d_in, "WeGeFT group '" << m_name << "' has d_in = " << m_d_in
+                                        << " but a layer with W [" << base.d_out() << ", "
+                                        << base.d_in() << "] was attached; every layer of a "
+                                        << "group must have the same d_in");
+    ++m_layers;
+  }
+
+ private:
+  ParameterStore<T>* m_store;
+  WeGeFTConfig m_config;
+  Index m_d_in;
+  std::string m_name;
+  T m_scale;
+  ParamId m_phi, m_psi;
+  Index m_layers = 0;
+};
+
+/// One frozen linear layer adapted by a (possibly shared) WeGeFTGenerator.
+template <class T>
+class WeGeFTAdapter {
+ public:
+  struct Cache {
+    WeGeFTOrder order = WeGeFTOrder::automatic;  // the order this call used
+    Matrix<T> u;                                 // [N, r]  x Psi^T
+    Matrix<T> p;                                 // [d_out, r]  D(W) Phi^T (weight side only)
+    std::uint64_t dropout_seed = 0;
+    bool dropped = false;
+    bool merged = false;
+    const void* owner = nullptr;
+  };
+
+  /// Attaches `base` to `generator` (checks d_in); `rng` seeds this layer's dropout stream.
+  WeGeFTAdapter(WeGeFTGenerator<T>& generator, FrozenLinear<T> base, Rng& rng,
+                WeGeFTOrder order = WeGeFTOrder::automatic)
+      : m_gen(&generator), m_base(base), m_order(order), m_dropout_rng(rng.next_u64()) {
+    generator.attach(base);
+  }
+
+  Index d_in() const { return m_base.d_in(); }
+  Index d_out() const { return m_base.d_out(); }
+  WeGeFTGenerator<T>& generator() { return *m_gen; }
+  FrozenLinear<T>& base() { return m_base; }
+  void set_order(WeGeFTOrder order) { m_order = order; }
+  WeGeFTOrder order() const { return m_order; }
+  void set_training(bool training) { m_training = training; }
+  bool training() const { return m_training; }
+  Rng& dropout_rng() { return m_dropout_rng; }
+
+  /// The order a call with N tokens will use.
+  WeGeFTOrder resolve_order(Index n) const {
+    const bool drop = dropout_active();
+    if (m_order == WeGeFTOrder::input_edit) {
+      WEGEFT_CHECK(!drop, "WeGeFT input_edit order cannot apply weight dropout (p = "
+                              << m_gen->config().dropout
+                              << "); use weight_side or automatic, or set_training(false)");
+      return m_order;
+    }
+    if (m_order == WeGeFTOrder::weight_side || drop) return WeGeFTOrder::weight_side;
+    const Index r = m_gen->rank();
+    return wegeft_extra_macs(WeGeFTOrder::input_edit, n, r, d_in(), d_out()) <=
+                   wegeft_extra_macs(WeGeFTOrder::weight_side, n, r, d_in(), d_out())
+               ? WeGeFTOrder::input_edit
+               : WeGeFTOrder::weight_side;
+  }
+
+  /// y [N, d_out] = x W^T + b + s (x Psi^T)(D(W) Phi^T)^T. Overwrites y, fills cache.
+  void forward(MatRef<T> y, Cache& cache, CMatRef<T> x) {
+    m_base.check_input(x);
+    check_shape(y, x.rows(), d_out(), "WeGeFT output y");
+    cache.owner = this;
+    cache.merged = m_merged;
+    const auto& w = m_base.weight();
+    if (m_merged) {
+      linear_forward<T>(y, x, w, m_base.bias());
+      return;
+    }
+    const T s = m_gen->scale();
+    cache.order = resolve_order(x.rows());
+    cache.u.noalias() = x * m_gen->psi().transpose();
+    if (cache.order == WeGeFTOrder::input_edit) {
+      cache.dropped = false;
+      Matrix<T> x_hat = x;
+      x_hat.noalias() += (s * cache.u) * m_gen->phi();
+      linear_forward<T>(y, x_hat, w, m_base.bias());
+      return;
+    }
+    cache.dropped = dropout_active();
+    if (cache.dropped) {
+      cache.dropout_seed = m_dropout_rng.next_u64();
+      cache.p.noalias() = dropped_weight(cache.dropout_seed) * m_gen->phi().transpose();
+    } else {
+      cache.p.noalias() = w * m_gen->phi().transpose();
+    }
+    linear_forward<T>(y, x, w, m_base.bias());
+    y.noalias() += (s * cache.u) * cache.p.transpose();
+  }
+
+  /// Generator gradients only: grad_phi += ..., grad_psi += ... (summed over the group).
+  void backward(const Cache& cache, CMatRef<T> x, CMatRef<T> dy) { backward_impl(nullptr, cache, x, dy); }
+  /// Also the input gradient dx [N, d_in]. Overwrites dx.
+  void backward(MatRef<T> dx, const Cache& cache, CMatRef<T> x, CMatRef<T> dy) {
+    check_shape(dx, x.rows(), d_in(), "WeGeFT input gradient dx");
+    backward_impl(&dx, cache, x, dy);
+  }
+
+  /// C = W Phi^T [d_out, r]: its columns score tokens by the r generated directions
+  /// (the interpretability maps of the paper). Uses the pretrained W, so not while merged.
+  Matrix<T> projected_weight() {
+    WEGEFT_CHECK(!m_merged, "projected_weight() needs the pretrained W; unmerge first");
+    return m_base.weight() * m_gen->phi().transpose();
+  }
+  /// dW = s (W Phi^T) Psi [d_out, d_in], the update merge() adds to W.
+  Matrix<T> delta() { return (m_gen->scale() * projected_weight()) * m_gen->psi(); }
+  /// W += s (W Phi^T) Psi. Afterwards forward() is the plain base layer; backward() is refused.
+  void merge() {
+    WEGEFT_CHECK(!m_merged, "WeGeFT layer is already merged");
+    m_base.weight() += delta();
+    m_merged = true;
+  }
+  /// Recovers W from W' = W (I + s Phi^T Psi) exactly by the Woodbury identity:
+  /// W = W' - s (W' Phi^T) (I_r + s Psi Phi^T)^{-1} Psi. Needs the generator unchanged since
+  /// merge() and I_r + s Psi Phi^T invertible.
+  void unmerge() {
+    WEGEFT_CHECK(m_merged, "WeGeFT layer is not merged");
+    const T s = m_gen->scale();
+    const auto phi = m_gen->phi();
+    const auto psi = m_gen->psi();
+    const Index r = m_gen->rank();
+    const Matrix<T> core = Matrix<T>::Identity(r, r) + s * (psi * phi.transpose());
+    Eigen::FullPivLU<Matrix<T>> lu(core);
+    WEGEFT_CHECK(lu.isInvertible(), "WeGeFT unmerge: I + s Psi Phi^T is singular (rank "
+                                        << lu.rank() << " of " << r
+                                        << "), the merged weight cannot be inverted exactly");
+    const Matrix<T> wp = m_base.weight() * phi.transpose();  // [d_out, r]
+    m_base.weight() -= (s * wp) * lu.solve(Matrix<T>(psi));
+    m_merged = false;
+  }
+  bool merged() const { return m_merged; }
+
+ private:
+  bool dropout_active() const { return m_training && m_gen->config().dropout > 0.0; }
+
+  Matrix<T> dropped_weight(std::uint64_t seed) const {
+    const auto& w = m_base.weight();
+    Matrix<T> wd(w.rows(), w.cols());
+    dropout_apply(wd.data(), w.data(), w.size(), m_gen->config().dropout, seed);
+    return wd;
+  }
+
+  void backward_impl(MatRef<T>* dx, const Cache& cache, CMatRef<T> x, CMatRef<T> dy) {
+    WEGEFT_CHECK(cache.owner == this, "WeGeFT backward got a cache filled by another layer");
+    WEGEFT_CHECK(!cache.merged, "WeGeFT backward after a forward on merged weights; unmerge first");
+    check_shape(x, cache.u.rows(), d_in(), "WeGeFT backward input x");
+    check_shape(dy, cache.u.rows(), d_out(), "WeGeFT output gradient dy");
+    const T s = m_gen->scale();
+    const auto& w = m_base.weight();
+    const auto phi = m_gen->phi();
+    const auto psi = m_gen->psi();
+    auto g_phi = m_gen->grad_phi();
+    auto g_psi = m_gen->grad_psi();
+    if (cache.order == WeGeFTOrder::input_edit) {
+      const Matrix<T> h = dy * w;                      // [N, d_in]  dL/dx_hat
+      const Matrix<T> t = s * (h * phi.transpose());   // [N, r]     dL/du
+      g_psi.noalias() += t.transpose() * x;
+      g_phi.noalias() += (s * cache.u.transpose()) * h;
+      if (dx != nullptr) {
+        *dx = h;
+        dx->noalias() += t * psi;
+      }
+      return;
+    }
+    const Matrix<T> g_u = s * (dy * cache.p);                     // [N, r]
+    const Matrix<T> g_p = (s * dy.transpose()) * cache.u;         // [d_out, r]
+    g_psi.noalias() += g_u.transpose() * x;
+    if (cache.dropped) {
+      g_phi.noalias() += g_p.transpose() * dropped_weight(cache.dropout_seed);
+    } else {
+      g_phi.noalias() += g_p.transpose() * w;
+    }
+    if (dx != nullptr) {
+      linear_backward_input<T>(*dx, dy, w);
+      dx->noalias() += g_u * psi;
+    }
+  }
+
+  WeGeFTGenerator<T>* m_gen;
+  FrozenLinear<T> m_base;
+  WeGeFTOrder m_order;
+  Rng m_dropout_rng;
+  bool m_training = true;
+  bool m_merged = false;
+};
+
+}  // namespace wegeft
