@@ -1,0 +1,115 @@
+// Scaled dot-product attention over projected q, k, v: multi-head, grouped-query (several query
+// heads share one key/value head), causal or bidirectional, with an optional key padding mask.
+//
+// Per sequence b and query head h (key/value head g = h / (heads / kv_heads)):
+//   S = Q_h K_g^T / sqrt(d),  masked entries -> -inf,  P = softmax_rows(S),  O_h = P V_g.
+// A query row whose keys are all masked gets P = 0 and O = 0 (PyTorch would give NaN there).
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+
+#include "wegeft/core/error.hpp"
+#include "wegeft/core/tensor.hpp"
+
+namespace wegeft {
+
+struct AttentionShape {
+  Index batch = 1, seq = 1, heads = 1, kv_heads = 1, head_dim = 1;
+  bool causal = false;
+
+  void check() const {
+    WEGEFT_CHECK(batch > 0 && seq > 0 && heads > 0 && kv_heads > 0 && head_dim > 0,
+                 "attention sizes must be positive: batch " << batch << ", seq " << seq
+                 << ", heads " << heads << ", kv_heads " << kv_heads << ", head_dim " << head_dim);
+    WEGEFT_CHECK(heads % kv_heads == 0, "attention: " << heads << " query heads cannot be shared "
+                                        "evenly by " << kv_heads << " key/value heads");
+  }
+  Index q_width() const { return heads * head_dim; }
+  Index kv_width() const { return kv_heads * head_dim; }
+  Index probs_size() const { return batch * heads * seq * seq; }
+};
+
+namespace detail {
+template <class T>
+using HeadMap = Eigen::Map<const Matrix<T>, 0, Eigen::OuterStride<>>;
+template <class T>
+using MutHeadMap = Eigen::Map<Matrix<T>, 0, Eigen::OuterStride<>>;
+}  // namespace detail
+
+/// out [B*T, H*d], probs [B, H, T, T] (saved for backward) from q [B*T, H*d], k, v [B*T, Hkv*d]
+/// and key_mask [B, T] (1 = attend, 0 = padding; null = attend to all).
+template <class T>
+void attention_forward(T* out, T* probs, const T* q, const T* k, const T* v,
+                       const std::uint8_t* key_mask, const AttentionShape& s) {
+  s.check();
+  const Index L = s.seq, d = s.head_dim, group = s.heads / s.kv_heads;
+  const T scale = static_cast<T>(1.0 / std::sqrt(static_cast<double>(d)));
+  for (Index b = 0; b < s.batch; ++b)
+    for (Index h = 0; h < s.heads; ++h) {
+      const Index g = h / group;
+      detail::HeadMap<T> qh(q + b * L * s.q_width() + h * d, L, d, Eigen::OuterStride<>(s.q_width()));
+      detail::HeadMap<T> kh(k + b * L * s.kv_width() + g * d, L, d, Eigen::OuterStride<>(s.kv_width()));
+      detail::HeadMap<T> vh(v + b * L * s.kv_width() + g * d, L, d, Eigen::OuterStride<>(s.kv_width()));
+      MatrixMap<T> p(probs + (b * s.heads + h) * L * L, L, L);
+      p.noalias() = (qh * kh.transpose()) * scale;
+      for (Index i = 0; i < L; ++i) {
+        T max = -std::numeric_limits<T>::infinity();
+        for (Index j = 0; j < L; ++j) {
+          const bool masked = (s.causal && j > i) || (key_mask && key_mask[b * L + j] == 0);
+          if (masked) p(i, j) = -std::numeric_limits<T>::infinity();
+          max = std::max(max, p(i, j));
+        }
+        if (max == -std::numeric_limits<T>::infinity()) {
+          p.row(i).setZero();
+          continue;
+        }
+        T sum = 0;
+        for (Index j = 0; j < L; ++j) {
+          p(i, j) = std::exp(p(i, j) - max);
+          sum += p(i, j);
+        }
+        p.row(i) /= sum;
+      }
+      detail::MutHeadMap<T> oh(out + b * L * s.q_width() + h * d, L, d, Eigen::OuterStride<>(s.q_width()));
+      oh.noalias() = p * vh;
+    }
+}
+
+/// dq [B*T, H*d], dk, dv [B*T, Hkv*d] (all overwritten) from dout [B*T, H*d] and the forward's
+/// probs, q, k, v.
+template <class T>
+void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* probs, const T* q, const T* k,
+                        const T* v, const AttentionShape& s) {
+  s.check();
+  const Index L = s.seq, d = s.head_dim, group = s.heads / s.kv_heads;
+  const T scale = static_cast<T>(1.0 / std::sqrt(static_cast<double>(d)));
+  MatrixMap<T>(dk, s.batch * L, s.kv_width()).setZero();
+  MatrixMap<T>(dv, s.batch * L, s.kv_width()).setZero();
+  Matrix<T> dp(L, L);
+  for (Index b = 0; b < s.batch; ++b)
+    for (Index h = 0; h < s.heads; ++h) {
+      const Index g = h / group;
+      const auto qs = Eigen::OuterStride<>(s.q_width()), ks = Eigen::OuterStride<>(s.kv_width());
+      detail::HeadMap<T> qh(q + b * L * s.q_width() + h * d, L, d, qs);
+      detail::HeadMap<T> kh(k + b * L * s.kv_width() + g * d, L, d, ks);
+      detail::HeadMap<T> vh(v + b * L * s.kv_width() + g * d, L, d, ks);
+      detail::HeadMap<T> doh(dout + b * L * s.q_width() + h * d, L, d, qs);
+      detail::MutHeadMap<T> dqh(dq + b * L * s.q_width() + h * d, L, d, qs);
+      detail::MutHeadMap<T> dkh(dk + b * L * s.kv_width() + g * d, L, d, ks);
+      detail::MutHeadMap<T> dvh(dv + b * L * s.kv_width() + g * d, L, d, ks);
+      ConstMatrixMap<T> p(probs + (b * s.heads + h) * L * L, L, L);
+      dvh.noalias() += p.transpose() * doh;
+      dp.noalias() = doh * vh.transpose();
+      // softmax backward: dS = P o (dP - rowsum(dP o P)), then the 1/sqrt(d) scale
+      for (Index i = 0; i < L; ++i) {
+        const T dot = p.row(i).dot(dp.row(i));
+        dp.row(i) = (p.row(i).array() * (dp.row(i).array() - dot)) * scale;
+      }
+      dqh.noalias() = dp * kh;
+      dkh.noalias() += dp.transpose() * qh;
+    }
+}
+
+}  // namespace wegeft
