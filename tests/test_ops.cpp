@@ -224,7 +224,7 @@ TEST_CASE("embedding, positions, class token and pooling match scalar references
   // pooling
   const std::uint8_t mask[] = {1, 1, 0, 1, 1, 1};
   M hidden = wt::random_matrix<double>(batch * seq, d, rng), pooled(batch, d), rp = wt::random_matrix<double>(batch, d, rng);
-  for (Pooling p : {Pooling::cls, Pooling::mean}) {
+  for (Pooling p : {Pooling::cls, Pooling::last, Pooling::mean}) {
     const auto pool_fwd = [&] {
       pool_forward(pooled.data(), hidden.data(), mask, batch, seq, d, p);
       return dot(pooled, rp);
@@ -232,12 +232,15 @@ TEST_CASE("embedding, positions, class token and pooling match scalar references
     pool_fwd();
     if (p == Pooling::mean) {
       CHECK(wt::rel_diff(M(pooled.row(0)), M((hidden.row(0) + hidden.row(1)) / 2)) < 1e-15);
-    } else {
+    } else if (p == Pooling::cls) {
       CHECK(pooled.row(1) == hidden.row(3));
+    } else {
+      CHECK(pooled.row(0) == hidden.row(1));  // last unmasked token of sequence 0
+      CHECK(pooled.row(1) == hidden.row(5));
     }
     M dh(batch * seq, d);
     pool_backward(dh.data(), rp.data(), mask, batch, seq, d, p);
-    wt::check_gradient<double>(p == Pooling::cls ? "cls pooling" : "mean pooling", hidden, dh, pool_fwd);
+    wt::check_gradient<double>(p == Pooling::cls ? "cls pooling" : p == Pooling::last ? "last pooling" : "mean pooling", hidden, dh, pool_fwd);
   }
 }
 

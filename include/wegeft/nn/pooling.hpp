@@ -1,5 +1,6 @@
-// Sequence pooling for classification heads: the first token (BERT's [CLS], ViT's class token)
-// or the mean over non-padding tokens.
+// Sequence pooling for classification heads: the first token (BERT's [CLS], ViT's class token),
+// the last non-padding token (GPT-2 and Llama sequence classification) or the mean over
+// non-padding tokens.
 #pragma once
 
 #include <cstdint>
@@ -9,17 +10,30 @@
 
 namespace wegeft {
 
-enum class Pooling { cls, mean };
+enum class Pooling { cls, last, mean };
+
+namespace detail {
+// Row of the pooled token for cls / last pooling (last: the last token whose mask is set; 0 if
+// none is).
+inline Index pooled_row(const std::uint8_t* mask, Index b, Index seq, Pooling pooling) {
+  if (pooling == Pooling::cls) return 0;
+  Index last = 0;
+  for (Index t = 0; t < seq; ++t)
+    if (!mask || mask[b * seq + t]) last = t;
+  return last;
+}
+}  // namespace detail
 
 /// out [B, d] from hidden [B*T, d]; mask [B, T] (1 = token, 0 = padding, null = all tokens) is
-/// used by mean pooling. A sequence with no token pools to 0.
+/// used by last and mean pooling. A sequence with no token pools to 0.
 template <class T>
 void pool_forward(T* out, const T* hidden, const std::uint8_t* mask, Index batch, Index seq,
                   Index d, Pooling pooling) {
   for (Index b = 0; b < batch; ++b) {
     T* o = out + b * d;
-    if (pooling == Pooling::cls) {
-      std::copy(hidden + b * seq * d, hidden + b * seq * d + d, o);
+    if (pooling != Pooling::mean) {
+      const T* row = hidden + (b * seq + detail::pooled_row(mask, b, seq, pooling)) * d;
+      std::copy(row, row + d, o);
       continue;
     }
     std::fill(o, o + d, T(0));
@@ -41,8 +55,8 @@ void pool_backward(T* dhidden, const T* dout, const std::uint8_t* mask, Index ba
   std::fill(dhidden, dhidden + batch * seq * d, T(0));
   for (Index b = 0; b < batch; ++b) {
     const T* g = dout + b * d;
-    if (pooling == Pooling::cls) {
-      std::copy(g, g + d, dhidden + b * seq * d);
+    if (pooling != Pooling::mean) {
+      std::copy(g, g + d, dhidden + (b * seq + detail::pooled_row(mask, b, seq, pooling)) * d);
       continue;
     }
     Index count = 0;

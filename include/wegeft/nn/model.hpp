@@ -1,0 +1,731 @@
+// A minimal transformer with a hand-written backward, for the bert, gpt2, llama and vit families
+// (see config.hpp), into which LoRA and WeGeFT adapters plug by target pattern.
+//
+// The frozen base weights live in a name -> tensor map keyed by Hugging Face names
+// ("model.layers.0.self_attn.q_proj.weight", ...), 1-D tensors stored as [1, n]. They never get a
+// gradient. Trainable parameters (adapters, a new classification head, norms if asked) live in a
+// ParameterStore the caller owns. The model orchestrates the free-function ops of nn/; it holds
+// no per-call state: forward() fills an Activations object that backward() consumes.
+//
+//   wegeft::Transformer<float> model(wegeft::ModelConfig::tiny(wegeft::Family::llama));
+//   model.init_random(rng);                       // or load a checkpoint into model.tensor(...)
+//   wegeft::ParameterStore<float> store;
+//   model.attach({.kind = wegeft::AdapterKind::wegeft, .target_modules = {"q", "v"},
+//                 .wegeft = {.rank = 4, .alpha = 8}}, store);
+//   wegeft::Transformer<float>::Activations acts;
+//   model.forward(acts, {.ids = ids.data(), .batch = 2, .seq = 8});
+//   double loss = model.lm_loss(acts, targets.data());   // fills acts.dlogits
+//   model.backward(acts);                                 // gradients into store.grads()
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <regex>
+#include <set>
+#include <string>
+#include <variant>
+#include <vector>
+
+#include "wegeft/adapters/lora.hpp"
+#include "wegeft/adapters/targets.hpp"
+#include "wegeft/adapters/wegeft.hpp"
+#include "wegeft/core/error.hpp"
+#include "wegeft/core/parameters.hpp"
+#include "wegeft/core/rng.hpp"
+#include "wegeft/core/tensor.hpp"
+#include "wegeft/nn/activations.hpp"
+#include "wegeft/nn/attention.hpp"
+#include "wegeft/nn/config.hpp"
+#include "wegeft/nn/embedding.hpp"
+#include "wegeft/nn/linear.hpp"
+#include "wegeft/nn/loss.hpp"
+#include "wegeft/nn/norms.hpp"
+#include "wegeft/nn/pooling.hpp"
+#include "wegeft/nn/rope.hpp"
+
+namespace wegeft {
+
+/// One batch of input: token ids [batch, seq] (text) or images [batch, C, H, W] (vit), and an
+/// optional padding mask [batch, seq] (1 = token, 0 = padding; null = no padding).
+template <class T>
+struct ModelInput {
+  const std::int32_t* ids = nullptr;
+  const std::uint8_t* mask = nullptr;
+  const T* images = nullptr;
+  Index batch = 0, seq = 0;  // vit: seq is ignored (patches + 1)
+};
+
+template <class T>
+class Transformer {
+ public:
+  using LinearCache = std::variant<std::monostate, typename LoraAdapter<T>::Cache,
+                                   typename WeGeFTAdapter<T>::Cache>;
+
+  /// Everything one block's backward needs. With checkpointing only `x` (the block input) is
+  /// kept after the forward; the rest is recomputed.
+  struct BlockCache {
+    Matrix<T> x;                       // [N, d] block input
+    Matrix<T> h1, h2;                  // [N, d] norm outputs (pre-norm) / LN inputs (post-norm)
+    Matrix<T> mean1, rstd1, mean2, rstd2;  // [N, 1]
+    Matrix<T> q, k, v;                 // [N, H d], [N, Hkv d] (after RoPE)
+    Matrix<T> probs;                   // [B H T T]
+    Matrix<T> attn;                    // [N, d] attention output before o
+    Matrix<T> x2;                      // [N, d] residual after attention (post-norm: after LN1)
+    Matrix<T> gate, up, act;           // [N, F]
+    std::array<LinearCache, kLinearRoles> lin;
+    std::vector<Rng::State> rng_states;  // adapters' dropout streams before this block's forward
+    bool released = false;
+  };
+
+  struct Activations {
+    Index batch = 0, seq = 0, n = 0;
+    std::vector<std::uint8_t> mask;  // [batch, seq] or empty
+    Matrix<T> patches;               // vit: [B P, C p p]
+    std::vector<BlockCache> blocks;
+    Matrix<T> emb_sum, emb_mean, emb_rstd;  // bert: embedding sum before its LayerNorm
+    Matrix<T> last;                  // [N, d] last block output
+    Matrix<T> final_out, final_mean, final_rstd;  // pre-norm families: final norm
+    Matrix<T> pooled, pooler_out;    // classifier: [B, d]
+    Matrix<T> logits;                // lm: [N, V]; classifier: [B, labels]
+    Matrix<T> dlogits;               // set by a loss function or the caller
+  };
+
+  explicit Transformer(const ModelConfig& config) : m_config(config) {
+    config.validate();
+    const Index d = config.hidden;
+    if (config.family == Family::vit) {
+      add_tensor(config.name_prefix() + "embeddings.patch_embeddings.projection.weight", d,
+                 config.channels * config.patch_size * config.patch_size);
+      add_tensor(config.name_prefix() + "embeddings.patch_embeddings.projection.bias", 1, d);
+      add_tensor(config.name_prefix() + "embeddings.cls_token", 1, d);
+    } else {
+      add_tensor(config.token_embedding_name() + ".weight", config.vocab_size, d);
+    }
+    if (config.family != Family::llama) add_tensor(config.position_embedding_name() + ".weight", config.max_positions, d);
+    if (config.family == Family::bert)
+      add_tensor(config.name_prefix() + "embeddings.token_type_embeddings.weight", config.type_vocab_size, d);
+    for (Index l = 0; l < config.layers; ++l) {
+      for (LinearRole r : config.roles()) {
+        const auto [d_out, d_in] = config.linear_shape(r);
+        const std::string name = config.linear_name(l, r);
+        add_tensor(name + ".weight", d_out, d_in);
+        if (config.linear_bias()) add_tensor(name + ".bias", 1, d_out);
+        m_linears.push_back(Linear{name, r, l, nullptr});
+      }
+      for (int which = 0; which < 2; ++which) add_norm(config.norm_name(l, which));
+    }
+    add_norm(config.final_norm_name());
+    if (config.family == Family::llama && !config.tied_lm_head) add_tensor("lm_head.weight", config.vocab_size, d);
+    if (config.family == Family::bert) {
+      add_tensor(config.name_prefix() + "pooler.dense.weight", d, d);
+      add_tensor(config.name_prefix() + "pooler.dense.bias", 1, d);
+    }
+    if (config.rope()) m_rope = std::make_unique<RopeTable<T>>(config.head_dim(), config.max_positions, config.rope_theta);
+  }
+
+  const ModelConfig& config() const { return m_config; }
+
+  /// A frozen tensor by its Hugging Face name (1-D tensors are [1, n]).
+  Matrix<T>& tensor(const std::string& name) {
+    const auto it = m_tensors.find(name);
+    WEGEFT_CHECK(it != m_tensors.end(), "model has no tensor '" << name << "'");
+    return it->second;
+  }
+  const std::map<std::string, Matrix<T>>& tensors() const { return m_tensors; }
+  /// Module paths of the block linears, in model order.
+  std::vector<std::string> linear_names() const {
+    std::vector<std::string> out;
+    for (const auto& l : m_linears) out.push_back(l.name);
+    return out;
+  }
+
+  /// Random weights for tests and toy runs: matrices U(-scale, scale), norm weights near 1,
+  /// biases small.
+  void init_random(Rng& rng, double scale = 0.2) {
+    for (auto& [name, t] : m_tensors) {
+      const bool norm_weight = m_norm_tensors.count(name) && name.ends_with(".weight");
+      if (norm_weight) {
+        fill_uniform(t, rng, T(0.9), T(1.1));
+      } else if (name.ends_with(".bias")) {
+        fill_uniform(t, rng, T(-0.05), T(0.05));
+      } else {
+        fill_uniform(t, rng, static_cast<T>(-scale), static_cast<T>(scale));
+      }
+    }
+  }
+
+  /// Attaches adapters to every block linear that `spec` targets; trainable parameters go into
+  /// `store`, which must outlive the model. Returns the number of adapted modules. Throws if the
+  /// spec matches nothing or a module already has an adapter.
+  Index attach(const AdapterSpec& spec, ParameterStore<T>& store) {
+    Rng rng(spec.seed, 1);
+    Index count = 0;
+    for (auto& lin : m_linears) {
+      if (!targets_module(spec, lin.name, short_name(lin.role), lin.layer)) continue;
+      WEGEFT_CHECK(!lin.adapter, "module '" << lin.name << "' already has an adapter");
+      FrozenLinear<T> base = frozen(lin);
+      const Index r = rank_for(spec, lin.name, short_name(lin.role));
+      const double alpha = alpha_for(spec, lin.name, short_name(lin.role));
+      if (spec.kind == AdapterKind::lora) {
+        LoraConfig c = spec.lora;
+        c.rank = r;
+        c.alpha = alpha;
+        lin.adapter = std::make_unique<AdapterSlot>(std::in_place_type<LoraAdapter<T>>, store, base, c, rng, lin.name);
+      } else {
+        WeGeFTConfig c = spec.wegeft;
+        c.rank = r;
+        c.alpha = alpha;
+        const std::string group = spec.sharing == WeGeFTSharing::per_layer
+                                      ? lin.name
+                                      : std::string(short_name(lin.role)) + "@r" + std::to_string(r);
+        auto it = m_generators.find(group);
+        if (it == m_generators.end()) {
+          auto gen = std::make_unique<WeGeFTGenerator<T>>(store, base.d_in(), c, rng, lin.name);
+          it = m_generators.emplace(group, std::move(gen)).first;
+        }
+        lin.adapter = std::make_unique<AdapterSlot>(std::in_place_type<WeGeFTAdapter<T>>, *it->second, base, rng, spec.order);
+      }
+      ++count;
+    }
+    WEGEFT_CHECK(count > 0, "adapter targets " << describe_targets(spec) << " match no module; the "
+                 "model's linear modules are e.g. '" << m_linears.front().name << "' (short names: q k v "
+                 "qkv o gate up down, or all-linear)");
+    return count;
+  }
+
+  /// The LoRA adapter of module `name`, or null.
+  LoraAdapter<T>* lora(const std::string& name) { return adapter_of<LoraAdapter<T>>(name); }
+  /// The WeGeFT layer of module `name`, or null.
+  WeGeFTAdapter<T>* wegeft(const std::string& name) { return adapter_of<WeGeFTAdapter<T>>(name); }
+  /// The WeGeFT generators, by group key.
+  const std::map<std::string, std::unique_ptr<WeGeFTGenerator<T>>>& generators() const { return m_generators; }
+
+  /// Adds a new trainable classification head of `labels` outputs on the pooled sequence
+  /// (bert: through its frozen pooler; gpt2/llama default to the last token, bert/vit to the
+  /// first). Its weight is N(0, 0.02^2)-initialised from `seed`, its bias zero.
+  void add_classifier(Index labels, ParameterStore<T>& store, std::optional<Pooling> pooling = {},
+                      std::uint64_t seed = 0) {
+    WEGEFT_CHECK(labels > 0, "classifier needs at least one label, got " << labels);
+    const bool decoder = m_config.causal();
+    m_pooling = pooling.value_or(decoder ? Pooling::last : Pooling::cls);
+    const std::string head = decoder ? "score" : "classifier";
+    m_cls_weight = store.add(head + ".weight", labels, m_config.hidden);
+    Rng rng(seed, 2);
+    auto w = store.value(m_cls_weight);
+    fill_normal(w, rng, T(0.02));
+    if (!decoder) m_cls_bias = store.add(head + ".bias", 1, labels);
+    m_store = &store;
+    m_labels = labels;
+  }
+  bool has_classifier() const { return m_labels > 0; }
+
+  /// Makes every norm tensor whose name matches `regex` (std::regex, full match) trainable: its
+  /// value is copied into `store`, and its gradient is computed from then on.
+  Index train_norms(const std::string& regex, ParameterStore<T>& store) {
+    const std::regex re(regex);
+    Index count = 0;
+    for (const auto& name : m_norm_tensors) {
+      if (!std::regex_match(name, re) || m_trainable.count(name)) continue;
+      const Matrix<T>& t = m_tensors.at(name);
+      const ParamId id = store.add(name, t.rows(), t.cols());
+      store.value(id) = t;
+      m_trainable.emplace(name, id);
+      ++count;
+    }
+    WEGEFT_CHECK(count > 0, "norm pattern '" << regex << "' matches no norm tensor");
+    m_store = &store;
+    return count;
+  }
+
+  /// Per-block recomputation: forward keeps only each block's input; backward recomputes the
+  /// block before differentiating it. Same gradients, less memory.
+  void set_checkpointing(bool on) { m_checkpointing = on; }
+  /// Training mode turns adapter dropout on (the default).
+  void set_training(bool on) {
+    for (auto& lin : m_linears)
+      if (lin.adapter) std::visit([&](auto& a) { a.set_training(on); }, *lin.adapter);
+  }
+
+  /// Runs the model; fills acts.logits ([N, vocab] with an LM head, [batch, labels] with a
+  /// classifier, else acts.last / acts.final_out hold the hidden states).
+  void forward(Activations& acts, const ModelInput<T>& in) {
+    const Index d = m_config.hidden;
+    WEGEFT_CHECK(in.batch > 0, "model input needs batch > 0, got " << in.batch);
+    acts.batch = in.batch;
+    acts.seq = m_config.family == Family::vit ? m_config.patches() + 1 : in.seq;
+    acts.n = acts.batch * acts.seq;
+    WEGEFT_CHECK(acts.seq > 0, "model input needs seq > 0, got " << in.seq);
+    WEGEFT_CHECK(acts.seq <= m_config.max_positions, "sequence length " << acts.seq
+                 << " exceeds the model's " << m_config.max_positions << " positions");
+    acts.mask.assign(in.mask ? in.mask : nullptr, in.mask ? in.mask + acts.n : nullptr);
+    if (m_config.family == Family::vit) acts.mask.clear();
+    Matrix<T> x(acts.n, d);
+    embed(x, acts, in);
+    acts.blocks.resize(static_cast<std::size_t>(m_config.layers));
+    for (Index l = 0; l < m_config.layers; ++l) {
+      BlockCache& c = acts.blocks[static_cast<std::size_t>(l)];
+      c.rng_states = dropout_states(l);
+      c.x = std::move(x);
+      x.resize(acts.n, d);
+      block_forward(l, c, acts, x);
+      if (m_checkpointing) release(c);
+    }
+    acts.last = std::move(x);
+    const Matrix<T>* h = &acts.last;
+    if (m_config.pre_norm()) {
+      acts.final_out.resize(acts.n, d);
+      norm_forward(acts.final_out, acts.final_mean, acts.final_rstd, acts.last, m_config.final_norm_name());
+      h = &acts.final_out;
+    }
+    if (m_labels > 0) {
+      classifier_forward(acts, *h);
+    } else if (m_config.family == Family::gpt2 || m_config.family == Family::llama) {
+      acts.logits.noalias() = *h * lm_head().transpose();
+    }
+  }
+
+  /// Cross-entropy of the LM logits against targets [N] (kIgnoreIndex skips a row); sets
+  /// acts.dlogits to d(mean loss)/d(logits).
+  double lm_loss(Activations& acts, const std::int32_t* targets) {
+    WEGEFT_CHECK(acts.logits.rows() == acts.n && m_labels == 0, "lm_loss needs a forward through the LM head");
+    Index counted = 0;
+    const double loss = cross_entropy_forward<T>(nullptr, acts.logits.data(), targets, acts.n,
+                                                 acts.logits.cols(), kIgnoreIndex, &counted);
+    acts.dlogits.resize(acts.logits.rows(), acts.logits.cols());
+    cross_entropy_backward(acts.dlogits.data(), acts.logits.data(), targets, acts.n, acts.logits.cols(), counted);
+    return loss;
+  }
+  /// Cross-entropy of the classifier logits against labels [batch]; sets acts.dlogits.
+  double classification_loss(Activations& acts, const std::int32_t* labels) {
+    WEGEFT_CHECK(m_labels > 0 && acts.logits.rows() == acts.batch, "classification_loss needs a classifier head");
+    Index counted = 0;
+    const double loss = cross_entropy_forward<T>(nullptr, acts.logits.data(), labels, acts.batch,
+                                                 m_labels, kIgnoreIndex, &counted);
+    acts.dlogits.resize(acts.logits.rows(), acts.logits.cols());
+    cross_entropy_backward(acts.dlogits.data(), acts.logits.data(), labels, acts.batch, m_labels, counted);
+    return loss;
+  }
+
+  /// Back-propagates acts.dlogits; parameter gradients accumulate into the store(s).
+  void backward(Activations& acts) {
+    WEGEFT_CHECK(acts.dlogits.rows() == acts.logits.rows() && acts.dlogits.cols() == acts.logits.cols(),
+                 "backward needs acts.dlogits of shape " << shape_of(acts.logits) << ", got " << shape_of(acts.dlogits));
+    const Index d = m_config.hidden;
+    Matrix<T> dh(acts.n, d);
+    if (m_labels > 0) {
+      classifier_backward(dh, acts);
+    } else {
+      dh.noalias() = acts.dlogits * lm_head();
+    }
+    Matrix<T> dx(acts.n, d);
+    if (m_config.pre_norm()) {
+      norm_backward(&dx, dh, acts.last, acts.final_mean, acts.final_rstd, m_config.final_norm_name());
+      std::swap(dx, dh);
+    }
+    for (Index l = m_config.layers - 1; l >= 0; --l) {
+      BlockCache& c = acts.blocks[static_cast<std::size_t>(l)];
+      if (c.released) recompute(l, c, acts);
+      // The input gradient of the first block is needed only for a trainable embedding norm.
+      const bool need_dx = l > 0 || embedding_norm_trainable();
+      block_backward(l, c, acts, dh, need_dx ? &dx : nullptr);
+      if (m_checkpointing) release(c);
+      if (need_dx) std::swap(dx, dh);
+    }
+    if (embedding_norm_trainable())
+      norm_backward(nullptr, dh, acts.emb_sum, acts.emb_mean, acts.emb_rstd, m_config.final_norm_name());
+  }
+
+  /// Frozen parameters (the base model) and trainable ones in `store`.
+  Index frozen_parameter_count() const {
+    Index n = 0;
+    for (const auto& [name, t] : m_tensors) n += t.size();
+    return n;
+  }
+
+ private:
+  using AdapterSlot = std::variant<LoraAdapter<T>, WeGeFTAdapter<T>>;
+  struct Linear {
+    std::string name;
+    LinearRole role;
+    Index layer;
+    std::unique_ptr<AdapterSlot> adapter;
+  };
+  struct ParamView {
+    T* value;
+    T* grad;  // null when frozen
+  };
+
+  void add_tensor(const std::string& name, Index rows, Index cols) {
+    m_tensors.emplace(name, Matrix<T>::Zero(rows, cols));
+  }
+  void add_norm(const std::string& name) {
+    add_tensor(name + ".weight", 1, m_config.hidden);
+    m_norm_tensors.insert(name + ".weight");
+    m_tensors.at(name + ".weight").setOnes();
+    if (!m_config.rms_norm()) {
+      add_tensor(name + ".bias", 1, m_config.hidden);
+      m_norm_tensors.insert(name + ".bias");
+    }
+  }
+  ParamView param(const std::string& name) {
+    const auto it = m_trainable.find(name);
+    if (it != m_trainable.end()) return {m_store->value(it->second).data(), m_store->grad(it->second).data()};
+    return {m_tensors.at(name).data(), nullptr};
+  }
+  FrozenLinear<T> frozen(const Linear& lin) {
+    Matrix<T>& w = m_tensors.at(lin.name + ".weight");
+    T* bias = m_config.linear_bias() ? m_tensors.at(lin.name + ".bias").data() : nullptr;
+    return FrozenLinear<T>(w.data(), w.rows(), w.cols(), bias);
+  }
+  Linear& linear(Index layer, LinearRole role) {
+    const auto& roles = m_config.roles();
+    const auto pos = std::find(roles.begin(), roles.end(), role) - roles.begin();
+    return m_linears[static_cast<std::size_t>(layer * static_cast<Index>(roles.size()) + pos)];
+  }
+  template <class A>
+  A* adapter_of(const std::string& name) {
+    for (auto& lin : m_linears)
+      if (lin.name == name) return lin.adapter ? std::get_if<A>(lin.adapter.get()) : nullptr;
+    WEGEFT_CHECK(false, "model has no linear module '" << name << "'");
+    return nullptr;
+  }
+  static std::string describe_targets(const AdapterSpec& spec) {
+    if (!spec.target_regex.empty()) return "regex '" + spec.target_regex + "'";
+    std::string out = "[";
+    for (const auto& t : spec.target_modules) out += (out.size() > 1 ? ", " : "") + t;
+    return out + "]";
+  }
+  const Matrix<T>& lm_head() {
+    if (m_config.family == Family::gpt2 || m_config.tied_lm_head) return m_tensors.at(m_config.token_embedding_name() + ".weight");
+    return m_tensors.at("lm_head.weight");
+  }
+  bool embedding_norm_trainable() const {
+    return m_config.family == Family::bert &&
+           m_trainable.count(m_config.final_norm_name() + ".weight") + m_trainable.count(m_config.final_norm_name() + ".bias") > 0;
+  }
+
+  // ---- linears, norms -------------------------------------------------------------------
+
+  void run_linear(Index layer, LinearRole role, LinearCache& cache, Matrix<T>& y, const Matrix<T>& x) {
+    Linear& lin = linear(layer, role);
+    y.resize(x.rows(), m_config.linear_shape(role).first);
+    if (!lin.adapter) {
+      cache.template emplace<std::monostate>();
+      frozen(lin).forward(y, x);
+      return;
+    }
+    std::visit([&](auto& a) {
+      using A = std::decay_t<decltype(a)>;
+      a.forward(y, cache.template emplace<typename A::Cache>(), x);
+    }, *lin.adapter);
+  }
+  /// dx (overwritten; may be null) and adapter gradients (+=) of one block linear.
+  void run_linear_backward(Index layer, LinearRole role, LinearCache& cache, Matrix<T>* dx, const Matrix<T>& x,
+                       const Matrix<T>& dy) {
+    Linear& lin = linear(layer, role);
+    if (dx) dx->resize(x.rows(), x.cols());
+    if (!lin.adapter) {
+      if (dx) frozen(lin).backward_input(*dx, dy);
+      return;
+    }
+    std::visit([&](auto& a) {
+      using A = std::decay_t<decltype(a)>;
+      const auto& c = std::get<typename A::Cache>(cache);
+      if (dx) a.backward(*dx, c, x, dy);
+      else a.backward(c, x, dy);
+    }, *lin.adapter);
+  }
+
+  void norm_forward(Matrix<T>& out, Matrix<T>& mean, Matrix<T>& rstd, const Matrix<T>& x, const std::string& name) {
+    const Index n = x.rows(), c = x.cols();
+    out.resize(n, c);
+    rstd.resize(n, 1);
+    const ParamView w = param(name + ".weight");
+    if (m_config.rms_norm()) {
+      rmsnorm_forward(out.data(), rstd.data(), x.data(), w.value, n, c, m_config.norm_eps);
+    } else {
+      mean.resize(n, 1);
+      layernorm_forward(out.data(), mean.data(), rstd.data(), x.data(), w.value, param(name + ".bias").value, n, c,
+                        m_config.norm_eps);
+    }
+  }
+  /// dx (overwritten, may be null) from dout; trainable norm parameters accumulate.
+  void norm_backward(Matrix<T>* dx, const Matrix<T>& dout, const Matrix<T>& x, const Matrix<T>& mean,
+                     const Matrix<T>& rstd, const std::string& name) {
+    const Index n = x.rows(), c = x.cols();
+    if (dx) dx->resize(n, c);
+    T* dxp = dx ? dx->data() : nullptr;
+    const ParamView w = param(name + ".weight");
+    if (m_config.rms_norm()) {
+      rmsnorm_backward(dxp, w.grad, dout.data(), x.data(), w.value, rstd.data(), n, c);
+    } else {
+      layernorm_backward(dxp, w.grad, param(name + ".bias").grad, dout.data(), x.data(), w.value, mean.data(),
+                         rstd.data(), n, c);
+    }
+  }
+
+  // ---- embeddings and heads ----------------------------------------------------------------
+
+  void embed(Matrix<T>& x, Activations& acts, const ModelInput<T>& in) {
+    const Index d = m_config.hidden, n = acts.n;
+    const std::string pre = m_config.name_prefix();
+    if (m_config.family == Family::vit) {
+      WEGEFT_CHECK(in.images != nullptr, "vit model input needs images");
+      const Index p = m_config.patch_size, P = m_config.patches();
+      acts.patches.resize(in.batch * P, m_config.channels * p * p);
+      patchify(acts.patches.data(), in.images, in.batch, m_config.channels, m_config.image_size, m_config.image_size, p);
+      Matrix<T> patch_emb(in.batch * P, d);
+      Matrix<T>& w = m_tensors.at(pre + "embeddings.patch_embeddings.projection.weight");
+      wegeft::linear_forward<T>(patch_emb, acts.patches, w, m_tensors.at(pre + "embeddings.patch_embeddings.projection.bias").data());
+      class_token_forward(x.data(), patch_emb.data(), m_tensors.at(pre + "embeddings.cls_token").data(), in.batch, P, d);
+      position_embedding_forward(x.data(), m_tensors.at(m_config.position_embedding_name() + ".weight").data(),
+                                 in.batch, acts.seq, d, m_config.max_positions);
+      return;
+    }
+    WEGEFT_CHECK(in.ids != nullptr, to_string(m_config.family) << " model input needs token ids");
+    embedding_forward(x.data(), in.ids, m_tensors.at(m_config.token_embedding_name() + ".weight").data(), n,
+                      m_config.vocab_size, d);
+    if (m_config.family != Family::llama)
+      position_embedding_forward(x.data(), m_tensors.at(m_config.position_embedding_name() + ".weight").data(),
+                                 in.batch, acts.seq, d, m_config.max_positions);
+    if (m_config.family == Family::bert) {
+      x.rowwise() += m_tensors.at(pre + "embeddings.token_type_embeddings.weight").row(0);
+      acts.emb_sum = x;
+      norm_forward(x, acts.emb_mean, acts.emb_rstd, acts.emb_sum, m_config.final_norm_name());
+    }
+  }
+
+  void classifier_forward(Activations& acts, const Matrix<T>& h) {
+    const Index d = m_config.hidden;
+    const std::uint8_t* mask = acts.mask.empty() ? nullptr : acts.mask.data();
+    acts.pooled.resize(acts.batch, d);
+    pool_forward(acts.pooled.data(), h.data(), mask, acts.batch, acts.seq, d, m_pooling);
+    const Matrix<T>* features = &acts.pooled;
+    if (m_config.family == Family::bert) {
+      const std::string pre = m_config.name_prefix();
+      acts.pooler_out.resize(acts.batch, d);
+      wegeft::linear_forward<T>(acts.pooler_out, acts.pooled, m_tensors.at(pre + "pooler.dense.weight"),
+                        m_tensors.at(pre + "pooler.dense.bias").data());
+      tanh_forward(acts.pooler_out.data(), acts.pooler_out.data(), acts.pooler_out.size());
+      features = &acts.pooler_out;
+    }
+    acts.logits.noalias() = *features * m_store->value(m_cls_weight).transpose();
+    if (m_cls_bias.index != static_cast<std::size_t>(-1))
+      acts.logits.rowwise() += m_store->value(m_cls_bias).row(0);
+  }
+
+  void classifier_backward(Matrix<T>& dh, Activations& acts) {
+    const Index d = m_config.hidden;
+    const Matrix<T>& features = m_config.family == Family::bert ? acts.pooler_out : acts.pooled;
+    m_store->grad(m_cls_weight).noalias() += acts.dlogits.transpose() * features;
+    if (m_cls_bias.index != static_cast<std::size_t>(-1))
+      m_store->grad(m_cls_bias).row(0) += acts.dlogits.colwise().sum();
+    Matrix<T> dpooled = acts.dlogits * m_store->value(m_cls_weight);
+    if (m_config.family == Family::bert) {
+      tanh_backward(dpooled.data(), dpooled.data(), acts.pooler_out.data(), dpooled.size());
+      dpooled = dpooled * m_tensors.at(m_config.name_prefix() + "pooler.dense.weight");
+    }
+    const std::uint8_t* mask = acts.mask.empty() ? nullptr : acts.mask.data();
+    pool_backward(dh.data(), dpooled.data(), mask, acts.batch, acts.seq, d, m_pooling);
+  }
+
+  // ---- blocks ---------------------------------------------------------------------------
+
+  AttentionShape attention_shape(const Activations& acts) const {
+    return {.batch = acts.batch, .seq = acts.seq, .heads = m_config.heads, .kv_heads = m_config.kv_heads,
+            .head_dim = m_config.head_dim(), .causal = m_config.causal()};
+  }
+
+  void attention_block_forward(Index l, BlockCache& c, const Activations& acts, const Matrix<T>& in) {
+    const Index d = m_config.hidden, kvw = m_config.kv_width();
+    auto& lin = c.lin;
+    if (m_config.fused_qkv()) {
+      Matrix<T> qkv;
+      run_linear(l, LinearRole::qkv, lin[int(LinearRole::qkv)], qkv, in);
+      c.q = qkv.leftCols(d);
+      c.k = qkv.middleCols(d, d);
+      c.v = qkv.rightCols(d);
+    } else {
+      run_linear(l, LinearRole::q, lin[int(LinearRole::q)], c.q, in);
+      run_linear(l, LinearRole::k, lin[int(LinearRole::k)], c.k, in);
+      run_linear(l, LinearRole::v, lin[int(LinearRole::v)], c.v, in);
+    }
+    if (m_config.rope()) {
+      rope_forward(c.q.data(), *m_rope, acts.batch, acts.seq, m_config.heads);
+      rope_forward(c.k.data(), *m_rope, acts.batch, acts.seq, m_config.kv_heads);
+    }
+    const AttentionShape s = attention_shape(acts);
+    c.probs.resize(s.probs_size(), 1);
+    c.attn.resize(acts.n, d);
+    WEGEFT_ASSERT(c.k.cols() == kvw);
+    attention_forward(c.attn.data(), c.probs.data(), c.q.data(), c.k.data(), c.v.data(),
+                      acts.mask.empty() ? nullptr : acts.mask.data(), s);
+  }
+
+  /// d_in (overwritten, may be null) from d_attn_out, the gradient of the o projection's output.
+  void attention_block_backward(Index l, BlockCache& c, const Activations& acts, const Matrix<T>& in,
+                                const Matrix<T>& d_o, Matrix<T>* d_in) {
+    const Index d = m_config.hidden;
+    auto& lin = c.lin;
+    Matrix<T> d_attn;
+    run_linear_backward(l, LinearRole::o, lin[int(LinearRole::o)], &d_attn, c.attn, d_o);
+    Matrix<T> dq(acts.n, d), dk(acts.n, m_config.kv_width()), dv(acts.n, m_config.kv_width());
+    attention_backward(dq.data(), dk.data(), dv.data(), d_attn.data(), c.probs.data(), c.q.data(), c.k.data(),
+                       c.v.data(), attention_shape(acts));
+    if (m_config.rope()) {
+      rope_backward(dq.data(), *m_rope, acts.batch, acts.seq, m_config.heads);
+      rope_backward(dk.data(), *m_rope, acts.batch, acts.seq, m_config.kv_heads);
+    }
+    if (m_config.fused_qkv()) {
+      Matrix<T> dqkv(acts.n, 3 * d);
+      dqkv << dq, dk, dv;
+      run_linear_backward(l, LinearRole::qkv, lin[int(LinearRole::qkv)], d_in, in, dqkv);
+      return;
+    }
+    Matrix<T> tmp;
+    Matrix<T>* t = d_in ? &tmp : nullptr;
+    run_linear_backward(l, LinearRole::q, lin[int(LinearRole::q)], d_in, in, dq);
+    run_linear_backward(l, LinearRole::k, lin[int(LinearRole::k)], t, in, dk);
+    if (d_in) *d_in += tmp;
+    run_linear_backward(l, LinearRole::v, lin[int(LinearRole::v)], t, in, dv);
+    if (d_in) *d_in += tmp;
+  }
+
+  void mlp_forward(Index l, BlockCache& c, const Matrix<T>& in, Matrix<T>& out) {
+    auto& lin = c.lin;
+    run_linear(l, LinearRole::up, lin[int(LinearRole::up)], c.up, in);
+    c.act.resize(c.up.rows(), c.up.cols());
+    if (m_config.swiglu()) {
+      run_linear(l, LinearRole::gate, lin[int(LinearRole::gate)], c.gate, in);
+      swiglu_forward(c.act.data(), c.gate.data(), c.up.data(), c.act.size());
+    } else {
+      gelu_forward(c.act.data(), c.up.data(), c.act.size(), m_config.gelu());
+    }
+    run_linear(l, LinearRole::down, lin[int(LinearRole::down)], out, c.act);
+  }
+
+  /// d_in (overwritten) from d_out of the MLP.
+  void mlp_backward(Index l, BlockCache& c, const Matrix<T>& in, const Matrix<T>& d_out, Matrix<T>& d_in) {
+    auto& lin = c.lin;
+    Matrix<T> d_act;
+    run_linear_backward(l, LinearRole::down, lin[int(LinearRole::down)], &d_act, c.act, d_out);
+    if (m_config.swiglu()) {
+      Matrix<T> d_gate(d_act.rows(), d_act.cols()), d_up(d_act.rows(), d_act.cols()), tmp;
+      swiglu_backward(d_gate.data(), d_up.data(), d_act.data(), c.gate.data(), c.up.data(), d_act.size());
+      run_linear_backward(l, LinearRole::gate, lin[int(LinearRole::gate)], &d_in, in, d_gate);
+      run_linear_backward(l, LinearRole::up, lin[int(LinearRole::up)], &tmp, in, d_up);
+      d_in += tmp;
+    } else {
+      gelu_backward(d_act.data(), d_act.data(), c.up.data(), d_act.size(), m_config.gelu());
+      run_linear_backward(l, LinearRole::up, lin[int(LinearRole::up)], &d_in, in, d_act);
+    }
+  }
+
+  /// out [N, d] from c.x.
+  void block_forward(Index l, BlockCache& c, const Activations& acts, Matrix<T>& out) {
+    c.released = false;
+    Matrix<T> o, m;
+    if (m_config.pre_norm()) {
+      norm_forward(c.h1, c.mean1, c.rstd1, c.x, m_config.norm_name(l, 0));
+      attention_block_forward(l, c, acts, c.h1);
+      run_linear(l, LinearRole::o, c.lin[int(LinearRole::o)], o, c.attn);
+      c.x2 = c.x + o;
+      norm_forward(c.h2, c.mean2, c.rstd2, c.x2, m_config.norm_name(l, 1));
+      mlp_forward(l, c, c.h2, m);
+      out = c.x2 + m;
+    } else {
+      attention_block_forward(l, c, acts, c.x);
+      run_linear(l, LinearRole::o, c.lin[int(LinearRole::o)], o, c.attn);
+      c.h1 = c.x + o;  // LN1 input
+      norm_forward(c.x2, c.mean1, c.rstd1, c.h1, m_config.norm_name(l, 0));
+      mlp_forward(l, c, c.x2, m);
+      c.h2 = c.x2 + m;  // LN2 input
+      norm_forward(out, c.mean2, c.rstd2, c.h2, m_config.norm_name(l, 1));
+    }
+  }
+
+  /// dx (overwritten; may be null) from dout, the gradient of the block output.
+  void block_backward(Index l, BlockCache& c, const Activations& acts, const Matrix<T>& dout, Matrix<T>* dx) {
+    Matrix<T> d_mid, tmp;
+    if (m_config.pre_norm()) {
+      // out = x2 + mlp(norm2(x2)),  x2 = x + o(attn(norm1(x)))
+      mlp_backward(l, c, c.h2, dout, tmp);
+      norm_backward(&d_mid, tmp, c.x2, c.mean2, c.rstd2, m_config.norm_name(l, 1));
+      d_mid += dout;
+      Matrix<T> dh1;
+      const bool need_dh1 = dx != nullptr || has_trainable_norm(l, 0);
+      attention_block_backward(l, c, acts, c.h1, d_mid, need_dh1 ? &dh1 : nullptr);
+      if (dx) {
+        norm_backward(dx, dh1, c.x, c.mean1, c.rstd1, m_config.norm_name(l, 0));
+        *dx += d_mid;
+      } else if (has_trainable_norm(l, 0)) {
+        norm_backward(nullptr, dh1, c.x, c.mean1, c.rstd1, m_config.norm_name(l, 0));
+      }
+    } else {
+      // out = LN2(x2 + mlp(x2)),  x2 = LN1(x + o(attn(x)))
+      Matrix<T> d_h2;
+      norm_backward(&d_h2, dout, c.h2, c.mean2, c.rstd2, m_config.norm_name(l, 1));
+      mlp_backward(l, c, c.x2, d_h2, tmp);
+      tmp += d_h2;
+      norm_backward(&d_mid, tmp, c.h1, c.mean1, c.rstd1, m_config.norm_name(l, 0));
+      attention_block_backward(l, c, acts, c.x, d_mid, dx);
+      if (dx) *dx += d_mid;
+    }
+  }
+
+  bool has_trainable_norm(Index l, int which) const {
+    const std::string name = m_config.norm_name(l, which);
+    return m_trainable.count(name + ".weight") + m_trainable.count(name + ".bias") > 0;
+  }
+
+  // ---- checkpointing --------------------------------------------------------------------
+
+  std::vector<Rng::State> dropout_states(Index l) {
+    std::vector<Rng::State> out;
+    for (LinearRole r : m_config.roles()) {
+      Linear& lin = linear(l, r);
+      if (lin.adapter) out.push_back(std::visit([](auto& a) { return a.dropout_rng().state(); }, *lin.adapter));
+    }
+    return out;
+  }
+  void set_dropout_states(Index l, const std::vector<Rng::State>& states) {
+    std::size_t i = 0;
+    for (LinearRole r : m_config.roles()) {
+      Linear& lin = linear(l, r);
+      if (lin.adapter) std::visit([&](auto& a) { a.dropout_rng().set_state(states[i++]); }, *lin.adapter);
+    }
+  }
+  static void release(BlockCache& c) {
+    Matrix<T> keep = std::move(c.x);
+    auto states = std::move(c.rng_states);
+    c = BlockCache{};
+    c.x = std::move(keep);
+    c.rng_states = std::move(states);
+    c.released = true;
+  }
+  void recompute(Index l, BlockCache& c, const Activations& acts) {
+    const auto now = dropout_states(l);
+    set_dropout_states(l, c.rng_states);  // replay the forward's dropout masks
+    Matrix<T> out;
+    block_forward(l, c, acts, out);
+    set_dropout_states(l, now);
+  }
+
+  ModelConfig m_config;
+  std::map<std::string, Matrix<T>> m_tensors;
+  std::set<std::string> m_norm_tensors;
+  std::vector<Linear> m_linears;
+  std::map<std::string, std::unique_ptr<WeGeFTGenerator<T>>> m_generators;
+  std::unique_ptr<RopeTable<T>> m_rope;
+  std::map<std::string, ParamId> m_trainable;
+  ParameterStore<T>* m_store = nullptr;
+  ParamId m_cls_weight, m_cls_bias;
+  Index m_labels = 0;
+  Pooling m_pooling = Pooling::cls;
+  bool m_checkpointing = false;
+};
+
+}  // namespace wegeft

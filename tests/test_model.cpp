@@ -1,0 +1,195 @@
+// The whole transformer: gradient checks through tiny models of every family with adapters on
+// every linear, checkpointing, overfitting, target matching and bad input.
+#include "support.hpp"
+
+#include <wegeft/nn/model.hpp>
+#include <wegeft/optim/adamw.hpp>
+
+using namespace wegeft;
+
+namespace {
+
+struct TinyBatch {
+  Index batch = 2, seq = 5;
+  std::vector<std::int32_t> ids, targets, labels;
+  std::vector<std::uint8_t> mask;
+  Matrix<double> images;
+};
+
+// Random ids, next-token targets (padding ignored), labels, a mask with one padded tail.
+TinyBatch make_batch(const ModelConfig& c, Rng& rng) {
+  TinyBatch b;
+  const Index n = b.batch * b.seq;
+  for (Index i = 0; i < n; ++i) b.ids.push_back(static_cast<std::int32_t>(rng.next_u32() % std::max<Index>(c.vocab_size, 1)));
+  b.mask.assign(static_cast<std::size_t>(n), 1);
+  b.mask[static_cast<std::size_t>(n - 1)] = 0;
+  b.mask[static_cast<std::size_t>(n - 2)] = 0;
+  for (Index i = 0; i < n; ++i) {
+    const bool last = (i + 1) % b.seq == 0;
+    b.targets.push_back(last || !b.mask[static_cast<std::size_t>(i + 1)] ? kIgnoreIndex : b.ids[static_cast<std::size_t>(i + 1)]);
+  }
+  b.labels = {1, 2};
+  if (c.family == Family::vit) {
+    b.images.resize(b.batch, c.channels * c.image_size * c.image_size);
+    fill_uniform(b.images, rng, -1.0, 1.0);
+  }
+  return b;
+}
+
+bool uses_lm_head(const ModelConfig& c) { return c.family == Family::gpt2 || c.family == Family::llama; }
+
+double run_loss(Transformer<double>& model, Transformer<double>::Activations& acts, TinyBatch& b) {
+  const ModelConfig& c = model.config();
+  ModelInput<double> in{.ids = b.ids.data(), .mask = c.family == Family::vit ? nullptr : b.mask.data(),
+                        .images = b.images.size() ? b.images.data() : nullptr, .batch = b.batch, .seq = b.seq};
+  model.forward(acts, in);
+  return model.has_classifier() ? model.classification_loss(acts, b.labels.data()) : model.lm_loss(acts, b.targets.data());
+}
+
+}  // namespace
+
+TEST_CASE("whole-model gradients of every trainable parameter match finite differences", "[model][grad]") {
+  const Family family = GENERATE(Family::bert, Family::gpt2, Family::llama, Family::vit);
+  const AdapterKind kind = GENERATE(AdapterKind::lora, AdapterKind::wegeft);
+  INFO(to_string(family) << (kind == AdapterKind::lora ? " lora" : " wegeft"));
+  Rng rng(11);
+  ModelConfig c = ModelConfig::tiny(family);
+  Transformer<double> model(c);
+  model.init_random(rng);
+  ParameterStore<double> store;
+  const Index adapted = model.attach({.kind = kind, .target_modules = {"all-linear"},
+                                      .lora = {.rank = 2, .alpha = 4}, .wegeft = {.rank = 2, .alpha = 4}}, store);
+  CHECK(adapted == c.layers * static_cast<Index>(c.roles().size()));
+  if (!uses_lm_head(c) || family == Family::llama) model.add_classifier(3, store);
+  model.train_norms(".*(norm|LayerNorm|ln_1|layernorm_after).*", store);
+  for (auto& v : store.values()) v = rng.uniform(-0.3, 0.3);  // B = 0 / Phi = 0 would hide gradients
+  TinyBatch b = make_batch(c, rng);
+  Transformer<double>::Activations acts;
+  run_loss(model, acts, b);
+  model.backward(acts);
+  const Matrix<double> analytic = ConstMatrixMap<double>(store.grads().data(), 1, store.size());
+  const std::function<double()> loss = [&] {
+    Transformer<double>::Activations a;
+    return run_loss(model, a, b);
+  };
+  wt::check_gradient<double>("all trainable parameters", MatrixMap<double>(store.values().data(), 1, store.size()),
+                             analytic, loss);
+}
+
+TEST_CASE("checkpointed backward gives the same gradients as the plain one, dropout included", "[model]") {
+  const Family family = GENERATE(Family::bert, Family::llama);
+  const AdapterKind kind = GENERATE(AdapterKind::lora, AdapterKind::wegeft);
+  Rng rng(12);
+  const ModelConfig c = ModelConfig::tiny(family);
+  std::vector<double> grads[2];
+  for (int checkpoint = 0; checkpoint < 2; ++checkpoint) {
+    Transformer<double> model(c);
+    Rng init(5);
+    model.init_random(init);
+    ParameterStore<double> store;
+    model.attach({.kind = kind, .target_modules = {"q", "v", "down"}, .lora = {.rank = 2, .alpha = 4, .dropout = 0.3},
+                  .wegeft = {.rank = 2, .alpha = 4, .dropout = 0.3}, .seed = 3}, store);
+    if (family == Family::bert) model.add_classifier(3, store);
+    Rng values(6);
+    for (auto& v : store.values()) v = values.uniform(-0.3, 0.3);
+    model.set_checkpointing(checkpoint == 1);
+    Rng data(7);
+    TinyBatch b = make_batch(c, data);
+    Transformer<double>::Activations acts;
+    run_loss(model, acts, b);
+    if (checkpoint) CHECK(acts.blocks[0].released);
+    model.backward(acts);
+    grads[checkpoint].assign(store.grads().begin(), store.grads().end());
+  }
+  REQUIRE(grads[0].size() == grads[1].size());
+  CHECK(grads[0] == grads[1]);
+  CHECK(std::any_of(grads[0].begin(), grads[0].end(), [](double g) { return g != 0; }));
+}
+
+TEST_CASE("a tiny model overfits one batch to near-zero loss with LoRA and with WeGeFT", "[model]") {
+  const Family family = GENERATE(Family::gpt2, Family::llama);
+  const AdapterKind kind = GENERATE(AdapterKind::lora, AdapterKind::wegeft);
+  INFO(to_string(family) << (kind == AdapterKind::lora ? " lora" : " wegeft"));
+  Rng rng(13);
+  ModelConfig c = ModelConfig::tiny(family);
+  Transformer<double> model(c);
+  model.init_random(rng, 0.3);
+  // The LM head sees a normalised hidden state, so its weights bound the reachable logit margin.
+  model.tensor(family == Family::gpt2 ? c.token_embedding_name() + ".weight" : "lm_head.weight") *= 5.0;
+  ParameterStore<double> store;
+  model.attach({.kind = kind, .target_modules = {"all-linear"}, .lora = {.rank = 4, .alpha = 8},
+                .wegeft = {.rank = 4, .alpha = 8}}, store);
+  TinyBatch b = make_batch(c, rng);
+  AdamW<double> opt({.lr = 2e-2, .weight_decay = 0.0});
+  Transformer<double>::Activations acts;
+  double first = 0, loss = 0;
+  for (int step = 0; step < 300; ++step) {
+    loss = run_loss(model, acts, b);
+    if (step == 0) first = loss;
+    store.zero_grad();
+    model.backward(acts);
+    opt.step(store.values(), store.grads());
+  }
+  INFO("first loss " << first << ", last " << loss);
+  CHECK(first > 1.5);
+  CHECK(loss < 0.05);
+}
+
+TEST_CASE("adapters attach by short name, module suffix, regex, all-linear and layer filter", "[model][targets]") {
+  const ModelConfig c = ModelConfig::tiny(Family::llama);
+  Transformer<float> model(c);
+  ParameterStore<float> store;
+  CHECK(model.attach({.target_modules = {"q", "v"}, .lora = {.rank = 2}}, store) == 4);
+  CHECK(model.lora("model.layers.1.self_attn.v_proj") != nullptr);
+  CHECK(model.lora("model.layers.1.self_attn.k_proj") == nullptr);
+  CHECK(model.attach({.target_modules = {"k_proj"}, .layers = {1}, .lora = {.rank = 2}}, store) == 1);
+  CHECK(model.lora("model.layers.1.self_attn.k_proj") != nullptr);
+  CHECK(model.attach({.target_regex = R"(model\.layers\.0\.mlp\.(up|down)_proj)", .lora = {.rank = 2}}, store) == 2);
+  CHECK_THROWS_WITH(model.attach({.target_modules = {"q"}, .lora = {.rank = 2}}, store), Catch::Contains("already has an adapter"));
+  CHECK_THROWS_WITH(model.attach({.target_modules = {"query"}, .lora = {.rank = 2}}, store),
+                    Catch::Contains("[query] match no module"));
+
+  Transformer<float> gpt(ModelConfig::tiny(Family::gpt2));
+  ParameterStore<float> s2;
+  CHECK(gpt.attach({.target_modules = {"c_attn"}, .lora = {.rank = 2}}, s2) == 2);
+  CHECK(gpt.lora("transformer.h.0.attn.c_attn")->d_out() == 36);
+
+  Transformer<float> all(c);
+  ParameterStore<float> s3;
+  const Index n = all.attach({.kind = AdapterKind::wegeft, .target_modules = {"all-linear"}, .wegeft = {.rank = 2, .alpha = 4},
+                              .rank_pattern = {{"down", 3}}, .alpha_pattern = {{"q_proj", 1.0}}}, s3);
+  CHECK(n == 14);
+  CHECK(all.generators().size() == 7);  // one per role, shared across the two layers
+  CHECK(all.wegeft("model.layers.0.mlp.down_proj")->generator().rank() == 3);
+  CHECK(all.wegeft("model.layers.1.self_attn.q_proj")->generator().scale() == 0.5f);
+  CHECK(&all.wegeft("model.layers.0.self_attn.k_proj")->generator() == &all.wegeft("model.layers.1.self_attn.k_proj")->generator());
+  CHECK(all.wegeft("model.layers.0.self_attn.k_proj")->generator().name() == "model.layers.0.self_attn.k_proj");
+  CHECK(s3.parameter_count() == 2 * 2 * 16 * 6 + 2 * 3 * 20);  // six roles with d_in 16, down with d_in 20
+
+  Transformer<float> per_layer(c);
+  ParameterStore<float> s4;
+  per_layer.attach({.kind = AdapterKind::wegeft, .target_modules = {"q", "k"}, .wegeft = {.rank = 2, .alpha = 4},
+                    .sharing = WeGeFTSharing::per_layer}, s4);
+  CHECK(per_layer.generators().size() == 4);
+}
+
+TEST_CASE("model bad input gets clear errors", "[model][errors]") {
+  ModelConfig c = ModelConfig::tiny(Family::llama);
+  c.heads = 5;
+  CHECK_THROWS_WITH(Transformer<float>{c}, Catch::Contains("5 heads do not divide the hidden width 16"));
+  c = ModelConfig::tiny(Family::llama);
+  c.kv_heads = 3;
+  CHECK_THROWS_WITH(Transformer<float>{c}, Catch::Contains("3 key/value heads do not divide 4 query heads"));
+  c = ModelConfig::tiny(Family::gpt2);
+  Transformer<float> model(c);
+  Transformer<float>::Activations acts;
+  std::vector<std::int32_t> ids(40, 1);
+  CHECK_THROWS_WITH(model.forward(acts, {.ids = ids.data(), .batch = 2, .seq = 20}),
+                    Catch::Contains("sequence length 20 exceeds the model's 16 positions"));
+  ids[7] = 11;
+  CHECK_THROWS_WITH(model.forward(acts, {.ids = ids.data(), .batch = 2, .seq = 8}),
+                    Catch::Contains("token id 11 at position 7 is outside the vocabulary [0, 11)"));
+  CHECK_THROWS_WITH(model.tensor("transformer.h.0.attn.q_proj.weight"), Catch::Contains("no tensor"));
+  ParameterStore<float> store;
+  CHECK_THROWS_WITH(model.train_norms("nothing", store), Catch::Contains("matches no norm tensor"));
+}
