@@ -132,6 +132,11 @@ class Golden {
     REQUIRE(!m_tensors.empty());
   }
   bool has(const std::string& name) const { return m_tensors.count(name) > 0; }
+  Index count_prefix(const std::string& prefix) const {
+    Index n = 0;
+    for (const auto& [name, t] : m_tensors) n += name.rfind(prefix, 0) == 0;
+    return n;
+  }
   template <class T = double>
   Matrix<T> get(const std::string& name) const {
     INFO("golden tensor " << name);

@@ -193,3 +193,69 @@ TEST_CASE("model bad input gets clear errors", "[model][errors]") {
   ParameterStore<float> store;
   CHECK_THROWS_WITH(model.train_norms("nothing", store), Catch::Contains("matches no norm tensor"));
 }
+
+TEST_CASE("whole tiny models equal Hugging Face transformers + PEFT: logits, loss and every adapter gradient",
+          "[model][golden]") {
+  const Family family = GENERATE(Family::bert, Family::gpt2, Family::llama, Family::vit);
+  const AdapterKind kind = GENERATE(AdapterKind::lora, AdapterKind::wegeft);
+  const std::string method = kind == AdapterKind::lora ? "lora" : "wegeft";
+  INFO(to_string(family) << " " << method);
+  const wt::Golden g(std::string("model_") + to_string(family) + ".txt");
+  const ModelConfig c = ModelConfig::tiny(family);
+  Transformer<double> model(c);
+  Index loaded = 0;
+  for (const auto& [name, t] : model.tensors()) {
+    INFO("base tensor " << name);
+    const Matrix<double> want = g.get("base." + name);
+    REQUIRE(want.rows() == t.rows());
+    REQUIRE(want.cols() == t.cols());
+    model.tensor(name) = want;
+    ++loaded;
+  }
+  CHECK(loaded == g.count_prefix("base."));  // every Hugging Face parameter has a place
+
+  ParameterStore<double> store;
+  model.attach({.kind = kind, .target_modules = {"all-linear"}, .lora = {.rank = 2, .alpha = 4},
+                .wegeft = {.rank = 2, .alpha = 4}}, store);
+  const bool classify = family == Family::bert || family == Family::vit;
+  if (classify) model.add_classifier(3, store);
+  for (const auto& e : store.entries()) {
+    INFO("trainable " << e.name);
+    store.value(ParamId{std::size_t(&e - store.entries().data())}) = g.get(method + ".value." + e.name);
+  }
+
+  const Index batch = 2, seq = 6;
+  std::vector<std::int32_t> ids, targets, labels;
+  std::vector<std::uint8_t> mask;
+  Matrix<double> images;
+  if (family == Family::vit) {
+    images = g.get("input.pixel_values");
+  } else {
+    const Matrix<double> id = g.get("input.input_ids"), m = g.get("input.attention_mask");
+    for (Index i = 0; i < id.size(); ++i) {
+      ids.push_back(static_cast<std::int32_t>(id.data()[i]));
+      mask.push_back(m.data()[i] != 0);
+    }
+  }
+  const Matrix<double> lab = g.get("input.labels");
+  if (classify) {
+    for (Index i = 0; i < lab.size(); ++i) labels.push_back(static_cast<std::int32_t>(lab.data()[i]));
+  } else {
+    for (Index b = 0; b < batch; ++b)
+      for (Index t = 0; t < seq; ++t) targets.push_back(t + 1 < seq ? static_cast<std::int32_t>(lab(b, t + 1)) : kIgnoreIndex);
+  }
+  Transformer<double>::Activations acts;
+  model.forward(acts, {.ids = ids.empty() ? nullptr : ids.data(), .mask = mask.empty() ? nullptr : mask.data(),
+                       .images = images.size() ? images.data() : nullptr, .batch = batch, .seq = seq});
+  const double loss = classify ? model.classification_loss(acts, labels.data()) : model.lm_loss(acts, targets.data());
+  CHECK(wt::rel_diff(acts.logits, g.get(method + ".logits")) < 1e-12);
+  CHECK(loss == Approx(g.get(method + ".loss")(0, 0)).epsilon(1e-12));
+  model.backward(acts);
+  Index compared = 0;
+  for (const auto& e : store.entries()) {
+    INFO("gradient of " << e.name);
+    CHECK(wt::rel_diff(store.grad(ParamId{std::size_t(&e - store.entries().data())}), g.get(method + ".grad." + e.name)) < 1e-11);
+    ++compared;
+  }
+  CHECK(compared == g.count_prefix(method + ".grad."));
+}

@@ -62,7 +62,7 @@ class LoraAdapter {
     const void* owner = nullptr;  // the adapter that filled it
   };
 
-  /// Registers `<name>.lora_A` [r, d_in] and `<name>.lora_B` [d_out, r] in `store` and
+  /// Registers `<name>.lora_A.weight` [r, d_in] and `<name>.lora_B.weight` [d_out, r] in `store` and
   /// initialises them from `rng`. The adapter keeps a pointer to `store` and the view `base`.
   LoraAdapter(ParameterStore<T>& store, FrozenLinear<T> base, const LoraConfig& config, Rng& rng,
               const std::string& name = "lora")
@@ -76,8 +76,8 @@ class LoraAdapter {
     WEGEFT_CHECK(config.dropout >= 0.0 && config.dropout < 1.0,
                  "LoRA dropout must be in [0, 1), got " << config.dropout << " for '" << name << "'");
     m_scale = static_cast<T>(lora_scale(config));
-    m_a = store.add(name + ".lora_A", r, d_in);
-    m_b = store.add(name + ".lora_B", d_out, r);
+    m_a = store.add(name + ".lora_A.weight", r, d_in);
+    m_b = store.add(name + ".lora_B.weight", d_out, r);
     auto a = lora_A();
     if (config.init == LoraInit::kaiming_uniform) {
       const T bound = static_cast<T>(1.0 / std::sqrt(static_cast<double>(d_in)));

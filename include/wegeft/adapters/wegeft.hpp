@@ -68,7 +68,7 @@ inline double wegeft_extra_macs(WeGeFTOrder order, Index n, Index r, Index d_in,
 template <class T>
 class WeGeFTGenerator {
  public:
-  /// Registers `<name>.wegeft_phi` and `<name>.wegeft_psi` [r, d_in] in `store`.
+  /// Registers `<name>.wegeft_phi.weight` and `<name>.wegeft_psi.weight` [r, d_in] in `store`.
   WeGeFTGenerator(ParameterStore<T>& store, Index d_in, const WeGeFTConfig& config, Rng& rng,
                   const std::string& name = "wegeft")
       : m_store(&store), m_config(config), m_d_in(d_in), m_name(name) {
@@ -83,8 +83,8 @@ class WeGeFTGenerator {
                  "WeGeFT dropout must be in [0, 1), got " << config.dropout << " for '" << name
                                                           << "'");
     m_scale = static_cast<T>(config.alpha / static_cast<double>(r));
-    m_phi = store.add(name + ".wegeft_phi", r, d_in);
-    m_psi = store.add(name + ".wegeft_psi", r, d_in);
+    m_phi = store.add(name + ".wegeft_phi.weight", r, d_in);
+    m_psi = store.add(name + ".wegeft_psi.weight", r, d_in);
     const T bound = static_cast<T>(1.0 / std::sqrt(static_cast<double>(d_in)));
     auto psi_value = psi();
     fill_uniform(psi_value, rng, -bound, bound);

@@ -158,8 +158,13 @@ struct ModelConfig {
       default: return name_prefix() + "embed_tokens";
     }
   }
-  std::string position_embedding_name() const {
-    return family == Family::gpt2 ? name_prefix() + "wpe" : name_prefix() + "embeddings.position_embeddings";
+  /// The learned position table's tensor name (vit's is a bare parameter without ".weight").
+  std::string position_tensor_name() const {
+    switch (family) {
+      case Family::gpt2: return name_prefix() + "wpe.weight";
+      case Family::vit: return name_prefix() + "embeddings.position_embeddings";
+      default: return name_prefix() + "embeddings.position_embeddings.weight";
+    }
   }
 
   // Tiny presets used by tests and examples; real sizes come from checkpoints.
@@ -174,7 +179,7 @@ struct ModelConfig {
     c.vocab_size = f == Family::vit ? 0 : 11;
     c.max_positions = 16;
     c.norm_eps = f == Family::llama ? 1e-6 : 1e-5;
-    if (f == Family::bert) c.norm_eps = 1e-12;
+    if (f == Family::bert || f == Family::vit) c.norm_eps = 1e-12;
     if (f == Family::vit) {
       c.image_size = 8;
       c.patch_size = 4;

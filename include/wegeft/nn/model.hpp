@@ -104,7 +104,7 @@ class Transformer {
     } else {
       add_tensor(config.token_embedding_name() + ".weight", config.vocab_size, d);
     }
-    if (config.family != Family::llama) add_tensor(config.position_embedding_name() + ".weight", config.max_positions, d);
+    if (config.family != Family::llama) add_tensor(config.position_tensor_name(), config.max_positions, d);
     if (config.family == Family::bert)
       add_tensor(config.name_prefix() + "embeddings.token_type_embeddings.weight", config.type_vocab_size, d);
     for (Index l = 0; l < config.layers; ++l) {
@@ -481,7 +481,7 @@ class Transformer {
       Matrix<T>& w = m_tensors.at(pre + "embeddings.patch_embeddings.projection.weight");
       wegeft::linear_forward<T>(patch_emb, acts.patches, w, m_tensors.at(pre + "embeddings.patch_embeddings.projection.bias").data());
       class_token_forward(x.data(), patch_emb.data(), m_tensors.at(pre + "embeddings.cls_token").data(), in.batch, P, d);
-      position_embedding_forward(x.data(), m_tensors.at(m_config.position_embedding_name() + ".weight").data(),
+      position_embedding_forward(x.data(), m_tensors.at(m_config.position_tensor_name()).data(),
                                  in.batch, acts.seq, d, m_config.max_positions);
       return;
     }
@@ -489,7 +489,7 @@ class Transformer {
     embedding_forward(x.data(), in.ids, m_tensors.at(m_config.token_embedding_name() + ".weight").data(), n,
                       m_config.vocab_size, d);
     if (m_config.family != Family::llama)
-      position_embedding_forward(x.data(), m_tensors.at(m_config.position_embedding_name() + ".weight").data(),
+      position_embedding_forward(x.data(), m_tensors.at(m_config.position_tensor_name()).data(),
                                  in.batch, acts.seq, d, m_config.max_positions);
     if (m_config.family == Family::bert) {
       x.rowwise() += m_tensors.at(pre + "embeddings.token_type_embeddings.weight").row(0);
