@@ -4,6 +4,7 @@
 
 #include <wegeft/nn/model.hpp>
 #include <wegeft/optim/adamw.hpp>
+#include <wegeft/optim/trainer.hpp>
 
 using namespace wegeft;
 
@@ -258,4 +259,33 @@ TEST_CASE("whole tiny models equal Hugging Face transformers + PEFT: logits, los
     ++compared;
   }
   CHECK(compared == g.count_prefix(method + ".grad."));
+}
+
+TEST_CASE("trainer: 2 accumulated micro-batches give the same step as one batch of twice the size", "[model][optim]") {
+  const ModelConfig c = ModelConfig::tiny(Family::bert);
+  std::vector<double> after[2];
+  Rng data(21);
+  std::vector<std::int32_t> ids(4 * 5), labels = {0, 2, 1, 2};
+  for (auto& id : ids) id = static_cast<std::int32_t>(data.next_u32() % 11);
+  for (int accumulate = 0; accumulate < 2; ++accumulate) {
+    Transformer<double> model(c);
+    Rng init(4);
+    model.init_random(init);
+    ParameterStore<double> store;
+    model.attach({.kind = AdapterKind::wegeft, .target_modules = {"q", "v"}, .wegeft = {.rank = 2, .alpha = 4}}, store);
+    model.add_classifier(3, store);
+    Trainer<double> trainer(model, store, {.adamw = {.lr = 1e-2}, .max_grad_norm = 0.5, .accumulation = accumulate ? 2 : 1});
+    if (accumulate) {
+      trainer.classification_step({.ids = ids.data(), .batch = 2, .seq = 5}, labels.data());
+      CHECK(trainer.optimizer_steps() == 0);
+      trainer.classification_step({.ids = ids.data() + 10, .batch = 2, .seq = 5}, labels.data() + 2);
+    } else {
+      trainer.classification_step({.ids = ids.data(), .batch = 4, .seq = 5}, labels.data());
+    }
+    CHECK(trainer.optimizer_steps() == 1);
+    CHECK(trainer.last_grad_norm() > 0.5);  // clipping was active
+    after[accumulate].assign(store.values().begin(), store.values().end());
+  }
+  REQUIRE(after[0].size() == after[1].size());
+  for (std::size_t i = 0; i < after[0].size(); ++i) CHECK(after[0][i] == Approx(after[1][i]).margin(1e-12));
 }
