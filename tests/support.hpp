@@ -125,8 +125,14 @@ class Golden {
       head >> name >> rows >> cols;
       REQUIRE((rows > 0 && cols > 0));
       Matrix<double> m(rows, cols);
+      std::string token;  // strtod also reads "inf" and "nan", which operator>> does not
       for (Index i = 0; i < rows; ++i)
-        for (Index j = 0; j < cols; ++j) REQUIRE(static_cast<bool>(in >> m(i, j)));
+        for (Index j = 0; j < cols; ++j) {
+          REQUIRE(static_cast<bool>(in >> token));
+          char* end = nullptr;
+          m(i, j) = std::strtod(token.c_str(), &end);
+          REQUIRE(*end == '\0');
+        }
       m_tensors.emplace(name, std::move(m));
     }
     REQUIRE(!m_tensors.empty());
