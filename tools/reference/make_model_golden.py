@@ -82,7 +82,11 @@ def make_model(family):
                                    num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                                    max_position_embeddings=16, rms_norm_eps=1e-6,
                                    tie_word_embeddings=False)
-    model = transformers.LlamaForCausalLM(cfg)
+    return float64_rope(transformers.LlamaForCausalLM(cfg))
+
+
+def float64_rope(model):
+    """Rebuilds a Llama model's RoPE caches in float64 (Hugging Face builds them in float32)."""
     for layer in model.model.layers:
         rot = layer.self_attn.rotary_emb
         rot.inv_freq = 1.0 / (rot.base ** (torch.arange(0, rot.dim, 2, dtype=D) / rot.dim))

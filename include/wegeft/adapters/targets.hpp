@@ -25,8 +25,11 @@ namespace wegeft {
 enum class AdapterKind { lora, wegeft };
 
 /// How WeGeFT generators are shared: one per role across all depths (the default: all q
-/// projections share one generator, all v projections another, ...) or one per layer.
-enum class WeGeFTSharing { per_role, per_layer };
+/// projections share one generator, all v projections another, ...), one per layer, or the
+/// explicit groups of `tied_modules` (the WeGeFT adapter format's rule: each group is a list of
+/// regexes matched from the start of a module's name, as Python's re.match; a targeted module in
+/// no group gets its own generator).
+enum class WeGeFTSharing { per_role, per_layer, tied };
 
 struct AdapterSpec {
   AdapterKind kind = AdapterKind::lora;
@@ -39,6 +42,7 @@ struct AdapterSpec {
   WeGeFTOrder order = WeGeFTOrder::automatic;
   std::vector<std::pair<std::string, Index>> rank_pattern;
   std::vector<std::pair<std::string, double>> alpha_pattern;
+  std::vector<std::vector<std::string>> tied_modules;  ///< groups, for WeGeFTSharing::tied
   std::uint64_t seed = 0;  ///< seeds initialisation and dropout streams
 };
 
@@ -76,6 +80,15 @@ inline double alpha_for(const AdapterSpec& spec, const std::string& name, const 
   for (const auto& [key, a] : spec.alpha_pattern)
     if (detail::pattern_matches(key, name, role)) return a;
   return spec.kind == AdapterKind::lora ? spec.lora.alpha : spec.wegeft.alpha;
+}
+
+/// Index of the first tied_modules group with a pattern that matches `name` from its start, or -1.
+inline int tied_group_of(const AdapterSpec& spec, const std::string& name) {
+  for (std::size_t g = 0; g < spec.tied_modules.size(); ++g)
+    for (const auto& pattern : spec.tied_modules[g])
+      if (std::regex_search(name, std::regex(pattern), std::regex_constants::match_continuous))
+        return static_cast<int>(g);
+  return -1;
 }
 
 }  // namespace wegeft

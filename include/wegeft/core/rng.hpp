@@ -96,15 +96,15 @@ class Rng {
   std::array<std::uint32_t, 4> m_words{};
 };
 
-/// Fill `m` with U(lo, hi) in row-major order.
-template <class T, class Derived>
-void fill_uniform(Eigen::MatrixBase<Derived>& m, Rng& rng, T lo, T hi) {
+/// Fill `m` (a matrix or a view) with U(lo, hi) in row-major order.
+template <class T, class M>
+void fill_uniform(M&& m, Rng& rng, T lo, T hi) {
   for (Index i = 0; i < m.rows(); ++i)
     for (Index j = 0; j < m.cols(); ++j) m(i, j) = rng.uniform(lo, hi);
 }
-/// Fill `m` with N(0, std^2) in row-major order.
-template <class T, class Derived>
-void fill_normal(Eigen::MatrixBase<Derived>& m, Rng& rng, T std) {
+/// Fill `m` (a matrix or a view) with N(0, std^2) in row-major order.
+template <class T, class M>
+void fill_normal(M&& m, Rng& rng, T std) {
   for (Index i = 0; i < m.rows(); ++i)
     for (Index j = 0; j < m.cols(); ++j)
       m(i, j) = static_cast<T>(static_cast<double>(std) * rng.normal());

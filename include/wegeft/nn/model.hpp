@@ -178,9 +178,12 @@ class Transformer {
         WeGeFTConfig c = spec.wegeft;
         c.rank = r;
         c.alpha = alpha;
-        const std::string group = spec.sharing == WeGeFTSharing::per_layer
-                                      ? lin.name
-                                      : std::string(short_name(lin.role)) + "@r" + std::to_string(r);
+        std::string group = std::string(short_name(lin.role)) + "@r" + std::to_string(r) + "#" + std::to_string(m_attach_calls);
+        if (spec.sharing == WeGeFTSharing::per_layer) group = lin.name;
+        if (spec.sharing == WeGeFTSharing::tied) {
+          const int g = tied_group_of(spec, lin.name);
+          group = g < 0 ? lin.name : "tied" + std::to_string(m_attach_calls) + "." + std::to_string(g) + "@r" + std::to_string(r);
+        }
         auto it = m_generators.find(group);
         if (it == m_generators.end()) {
           auto gen = std::make_unique<WeGeFTGenerator<T>>(store, base.d_in(), c, rng, lin.name);
@@ -193,7 +196,33 @@ class Transformer {
     WEGEFT_CHECK(count > 0, "adapter targets " << describe_targets(spec) << " match no module; the "
                  "model's linear modules are e.g. '" << m_linears.front().name << "' (short names: q k v "
                  "qkv o gate up down, or all-linear)");
+    ++m_attach_calls;
     return count;
+  }
+
+  /// One block linear and its adapter (at most one of the two pointers is set).
+  struct ModuleView {
+    const std::string& name;
+    LinearRole role;
+    Index layer;
+    LoraAdapter<T>* lora;
+    WeGeFTAdapter<T>* wegeft;
+  };
+  /// Every block linear in model order, adapted or not.
+  std::vector<ModuleView> modules() {
+    std::vector<ModuleView> out;
+    for (auto& lin : m_linears) {
+      LoraAdapter<T>* l = lin.adapter ? std::get_if<LoraAdapter<T>>(lin.adapter.get()) : nullptr;
+      WeGeFTAdapter<T>* w = lin.adapter ? std::get_if<WeGeFTAdapter<T>>(lin.adapter.get()) : nullptr;
+      out.push_back(ModuleView{lin.name, lin.role, lin.layer, l, w});
+    }
+    return out;
+  }
+  /// The classifier head's parameters in the store, if one was added.
+  std::optional<std::pair<ParamId, std::optional<ParamId>>> classifier_params() const {
+    if (m_labels == 0) return std::nullopt;
+    return std::pair{m_cls_weight, m_cls_bias.index == static_cast<std::size_t>(-1) ? std::optional<ParamId>{}
+                                                                                    : std::optional<ParamId>{m_cls_bias}};
   }
 
   /// The LoRA adapter of module `name`, or null.
@@ -724,6 +753,7 @@ class Transformer {
   ParameterStore<T>* m_store = nullptr;
   ParamId m_cls_weight, m_cls_bias;
   Index m_labels = 0;
+  Index m_attach_calls = 0;
   Pooling m_pooling = Pooling::cls;
   bool m_checkpointing = false;
 };

@@ -1,0 +1,187 @@
+// Hugging Face checkpoints into the transformer: config.json + model.safetensors (or a sharded
+// model.safetensors.index.json) of the bert, gpt2, llama and vit model types.
+//
+//   auto loaded = wegeft::load_hf_model<float>("path/to/checkpoint");
+//   wegeft::Transformer<float>& model = *loaded.model;
+//
+// Name maps: a checkpoint saved from the bare model (BertModel, GPT2Model, ViTModel, as
+// sentence-transformers does) lacks the "bert." / "transformer." / "vit." prefix; both forms load.
+// GPT-2's Conv1D weights ([in, out]) are transposed to [out, in]; ViT's patch convolution
+// [d, C, p, p] and class/position parameters are flattened; tied embeddings need no lm_head.
+#pragma once
+
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "wegeft/core/error.hpp"
+#include "wegeft/io/file.hpp"
+#include "wegeft/io/safetensors.hpp"
+#include "wegeft/nn/config.hpp"
+#include "wegeft/nn/model.hpp"
+
+namespace wegeft {
+
+namespace detail {
+inline Index json_index(const nlohmann::json& j, const char* key, const std::string& where) {
+  WEGEFT_CHECK(j.contains(key) && j[key].is_number_integer() && j[key].get<std::int64_t>() > 0,
+               where << ": \"" << key << "\" must be a positive integer");
+  return j[key].get<Index>();
+}
+inline void expect_string(const nlohmann::json& j, const char* key, std::initializer_list<const char*> allowed,
+                          const char* fallback, const std::string& where) {
+  const std::string v = j.contains(key) && j[key].is_string() ? j[key].get<std::string>() : fallback;
+  for (const char* a : allowed)
+    if (v == a) return;
+  WEGEFT_CHECK(false, where << ": \"" << key << "\" = \"" << v << "\" is not supported");
+}
+}  // namespace detail
+
+/// A ModelConfig from a Hugging Face config.json object (prefix not yet decided).
+inline ModelConfig config_from_hf(const nlohmann::json& j, const std::string& where) {
+  WEGEFT_CHECK(j.is_object() && j.contains("model_type") && j["model_type"].is_string(), where << ": no \"model_type\"");
+  const std::string type = j["model_type"].get<std::string>();
+  ModelConfig c;
+  if (type == "bert") {
+    c.family = Family::bert;
+    c.vocab_size = detail::json_index(j, "vocab_size", where);
+    c.hidden = detail::json_index(j, "hidden_size", where);
+    c.layers = detail::json_index(j, "num_hidden_layers", where);
+    c.heads = detail::json_index(j, "num_attention_heads", where);
+    c.intermediate = detail::json_index(j, "intermediate_size", where);
+    c.max_positions = detail::json_index(j, "max_position_embeddings", where);
+    c.type_vocab_size = detail::json_index(j, "type_vocab_size", where);
+    c.norm_eps = j.value("layer_norm_eps", 1e-12);
+    detail::expect_string(j, "hidden_act", {"gelu"}, "gelu", where);
+    detail::expect_string(j, "position_embedding_type", {"absolute"}, "absolute", where);
+  } else if (type == "gpt2") {
+    c.family = Family::gpt2;
+    c.vocab_size = detail::json_index(j, "vocab_size", where);
+    c.hidden = detail::json_index(j, "n_embd", where);
+    c.layers = detail::json_index(j, "n_layer", where);
+    c.heads = detail::json_index(j, "n_head", where);
+    c.intermediate = j.contains("n_inner") && !j["n_inner"].is_null() ? detail::json_index(j, "n_inner", where) : 4 * c.hidden;
+    c.max_positions = detail::json_index(j, "n_positions", where);
+    c.norm_eps = j.value("layer_norm_epsilon", 1e-5);
+    detail::expect_string(j, "activation_function", {"gelu_new", "gelu_pytorch_tanh"}, "gelu_new", where);
+  } else if (type == "llama") {
+    c.family = Family::llama;
+    c.vocab_size = detail::json_index(j, "vocab_size", where);
+    c.hidden = detail::json_index(j, "hidden_size", where);
+    c.layers = detail::json_index(j, "num_hidden_layers", where);
+    c.heads = detail::json_index(j, "num_attention_heads", where);
+    c.intermediate = detail::json_index(j, "intermediate_size", where);
+    c.max_positions = detail::json_index(j, "max_position_embeddings", where);
+    c.norm_eps = j.value("rms_norm_eps", 1e-6);
+    c.rope_theta = j.value("rope_theta", 10000.0);
+    c.tied_lm_head = j.value("tie_word_embeddings", false);
+    detail::expect_string(j, "hidden_act", {"silu"}, "silu", where);
+    WEGEFT_CHECK(!j.contains("rope_scaling") || j["rope_scaling"].is_null(), where << ": rope_scaling is not supported");
+    WEGEFT_CHECK(!j.value("attention_bias", false) && !j.value("mlp_bias", false), where << ": llama biases are not supported");
+    if (j.contains("head_dim") && !j["head_dim"].is_null())
+      WEGEFT_CHECK(j["head_dim"].get<Index>() * c.heads == c.hidden, where << ": head_dim * heads != hidden_size");
+  } else if (type == "vit") {
+    c.family = Family::vit;
+    c.hidden = detail::json_index(j, "hidden_size", where);
+    c.layers = detail::json_index(j, "num_hidden_layers", where);
+    c.heads = detail::json_index(j, "num_attention_heads", where);
+    c.intermediate = detail::json_index(j, "intermediate_size", where);
+    c.image_size = detail::json_index(j, "image_size", where);
+    c.patch_size = detail::json_index(j, "patch_size", where);
+    c.channels = j.contains("num_channels") ? detail::json_index(j, "num_channels", where) : 3;
+    c.norm_eps = j.value("layer_norm_eps", 1e-12);
+    c.max_positions = c.patches() + 1;
+    detail::expect_string(j, "hidden_act", {"gelu"}, "gelu", where);
+    WEGEFT_CHECK(j.value("qkv_bias", true), where << ": vit without qkv_bias is not supported");
+  } else {
+    WEGEFT_CHECK(false, where << ": model_type \"" << type << "\" is not supported (bert, gpt2, llama, vit)");
+  }
+  c.kv_heads = type == "llama" && j.contains("num_key_value_heads") && !j["num_key_value_heads"].is_null()
+                   ? detail::json_index(j, "num_key_value_heads", where)
+                   : c.heads;
+  return c;
+}
+
+template <class T>
+struct LoadedModel {
+  std::unique_ptr<Transformer<T>> model;
+  std::vector<std::string> ignored;  ///< checkpoint tensors the transformer has no use for
+};
+
+/// Loads a Hugging Face checkpoint directory. Every tensor the transformer needs must be present
+/// with the right shape and finite values; tensors it does not use (an MLM head, a fine-tuned
+/// classifier, buffers) are listed in `ignored`.
+template <class T>
+LoadedModel<T> load_hf_model(const std::string& dir) {
+  namespace fs = std::filesystem;
+  const std::string cfg_path = (fs::path(dir) / "config.json").string();
+  ModelConfig c = config_from_hf(detail::parse_json_strict(read_text_file(cfg_path), cfg_path), cfg_path);
+
+  std::vector<std::unique_ptr<SafetensorsReader>> files;
+  std::map<std::string, const SafetensorsReader*> where;  // tensor name -> file
+  const fs::path index = fs::path(dir) / "model.safetensors.index.json";
+  std::vector<std::string> shard_names;
+  if (fs::exists(index)) {
+    const auto j = detail::parse_json_strict(read_text_file(index.string()), index.string());
+    WEGEFT_CHECK(j.contains("weight_map") && j["weight_map"].is_object(), index.string() << ": no \"weight_map\"");
+    std::set<std::string> shards;
+    for (const auto& item : j["weight_map"].items()) {
+      WEGEFT_CHECK(item.value().is_string(), index.string() << ": weight_map entry '" << item.key() << "' is not a file name");
+      shards.insert(item.value().template get<std::string>());
+    }
+    for (const auto& s : shards) {
+      WEGEFT_CHECK(s.find('/') == std::string::npos && s.find("..") == std::string::npos,
+                   index.string() << ": shard name '" << s << "' is not a plain file name");
+      shard_names.push_back(s);
+    }
+  } else {
+    shard_names.push_back("model.safetensors");
+  }
+  for (const auto& s : shard_names) {
+    const std::string p = (fs::path(dir) / s).string();
+    WEGEFT_CHECK(fs::exists(p), dir << ": no " << s << " (only safetensors checkpoints are supported)");
+    files.push_back(std::make_unique<SafetensorsReader>(p));
+    for (const auto& t : files.back()->tensors()) {
+      WEGEFT_CHECK(!where.count(t.name), dir << ": tensor '" << t.name << "' appears in two shards");
+      where[t.name] = files.back().get();
+    }
+  }
+
+  // Bare-model checkpoints have no family prefix.
+  const std::string probe = c.family == Family::vit ? "embeddings.cls_token" : c.token_embedding_name().substr(c.name_prefix().size()) + ".weight";
+  if (!where.count(c.name_prefix() + probe) && where.count(probe)) {
+    c.prefix = "";
+    c.prefix_set = true;
+  }
+  auto model = std::make_unique<Transformer<T>>(c);
+  std::set<std::string> used;
+  for (const auto& [name, dst] : model->tensors()) {
+    const auto it = where.find(name);
+    WEGEFT_CHECK(it != where.end(), dir << ": checkpoint has no tensor '" << name << "'");
+    const SafetensorsReader& f = *it->second;
+    Matrix<T> v = f.matrix<T>(name);
+    const bool conv1d = c.family == Family::gpt2 && name.ends_with(".weight") && f.info(name).shape.size() == 2 &&
+                        (name.find(".attn.c_") != std::string::npos || name.find(".mlp.c_") != std::string::npos);
+    if (conv1d) v.transposeInPlace();
+    if (c.family == Family::vit && (name.ends_with("cls_token") || name.ends_with("position_embeddings"))) {
+      Matrix<T> rows = Eigen::Map<Matrix<T>>(v.data(), v.size() / c.hidden, c.hidden);
+      v = std::move(rows);
+    }
+    WEGEFT_CHECK(v.rows() == dst.rows() && v.cols() == dst.cols(), f.path() << ": tensor '" << name << "' has shape "
+                 << shape_of(v) << ", the config needs " << shape_of(dst));
+    model->tensor(name) = v;
+    used.insert(name);
+  }
+  LoadedModel<T> out;
+  for (const auto& [name, f] : where)
+    if (!used.count(name)) out.ignored.push_back(name);
+  out.model = std::move(model);
+  return out;
+}
+
+}  // namespace wegeft

@@ -1,0 +1,192 @@
+// Hugging Face checkpoints and adapter directories written by transformers and PEFT themselves
+// (tests/golden/interop, tools/reference/make_interop_golden.py), round trips through our
+// writer, and bad adapter directories.
+#include "support.hpp"
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+
+#include <wegeft/io/hf_model.hpp>
+#include <wegeft/io/peft.hpp>
+
+using namespace wegeft;
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string interop(const std::string& rel) { return std::string(WEGEFT_GOLDEN_DIR) + "/interop/" + rel; }
+
+struct Inputs {
+  std::vector<std::int32_t> ids;
+  std::vector<std::uint8_t> mask;
+  Matrix<double> images;
+  Index batch = 0, seq = 0;
+  ModelInput<double> input() const {
+    return {.ids = ids.empty() ? nullptr : ids.data(), .mask = mask.empty() ? nullptr : mask.data(),
+            .images = images.size() ? images.data() : nullptr, .batch = batch, .seq = seq};
+  }
+};
+
+Inputs read_inputs(const wt::Golden& g) {
+  Inputs in;
+  if (g.has("input.pixel_values")) {
+    in.images = g.get("input.pixel_values");
+    in.batch = in.images.rows();
+    return in;
+  }
+  const Matrix<double> ids = g.get("input.input_ids"), mask = g.get("input.attention_mask");
+  in.batch = ids.rows();
+  in.seq = ids.cols();
+  for (Index i = 0; i < ids.size(); ++i) {
+    in.ids.push_back(static_cast<std::int32_t>(ids.data()[i]));
+    in.mask.push_back(mask.data()[i] != 0);
+  }
+  return in;
+}
+
+struct TempDir {
+  fs::path path = fs::temp_directory_path() / ("wegeft-peft-" + std::to_string(Rng(std::random_device{}()).next_u64()));
+  TempDir() { fs::create_directories(path); }
+  ~TempDir() { fs::remove_all(path); }
+  std::string str(const std::string& sub = "") const { return (path / sub).string(); }
+};
+
+}  // namespace
+
+TEST_CASE("checkpoints and LoRA adapters written by transformers and PEFT load and give PEFT's logits",
+          "[io][peft][interop]") {
+  const std::string family = GENERATE(as<std::string>{}, "bert", "gpt2", "llama", "vit");
+  INFO(family);
+  auto loaded = load_hf_model<double>(interop(family + "/base"));
+  Transformer<double>& model = *loaded.model;
+  CHECK(to_string(model.config().family) == family);
+  ParameterStore<double> store;
+  const Index adapted = load_adapter(model, store, interop(family + "/lora"));
+  CHECK(adapted == (family == "llama" ? 7 : 4));  // llama: layers_to_transform = [1]
+  if (family == "llama") {
+    CHECK(model.lora("model.layers.0.self_attn.q_proj") == nullptr);
+    CHECK(model.lora("model.layers.1.mlp.down_proj")->scale() == Approx(2.0 / 2.0));  // alpha_pattern, rsLoRA: 2 / sqrt(4)
+    CHECK(model.lora("model.layers.1.mlp.up_proj")->scale() == Approx(8.0 / 2.0));
+  }
+  if (family == "bert") CHECK(model.lora("bert.encoder.layer.0.attention.self.value")->rank() == 3);  // rank_pattern
+  const wt::Golden g("interop/" + family + "/expected.txt");
+  const Inputs in = read_inputs(g);
+  Transformer<double>::Activations acts;
+  model.set_training(false);
+  model.forward(acts, in.input());
+  CHECK(wt::rel_diff(acts.logits, g.get("logits")) < 1e-10);
+}
+
+TEST_CASE("a bare BertModel checkpoint without the bert. prefix loads (sentence-transformers layout)", "[io][peft]") {
+  auto loaded = load_hf_model<float>(interop("bert_bare"));
+  CHECK(loaded.model->config().name_prefix().empty());
+  CHECK(loaded.model->tensors().count("encoder.layer.1.attention.self.query.weight") == 1);
+  CHECK(loaded.model->tensor("embeddings.word_embeddings.weight").rows() == 11);
+  CHECK(loaded.ignored.empty());
+}
+
+TEST_CASE("adapters written by wegeft load back identically, LoRA and WeGeFT", "[io][peft]") {
+  const AdapterKind kind = GENERATE(AdapterKind::lora, AdapterKind::wegeft);
+  const WeGeFTSharing sharing = GENERATE(WeGeFTSharing::per_role, WeGeFTSharing::per_layer);
+  if (kind == AdapterKind::lora && sharing == WeGeFTSharing::per_layer) return;
+  TempDir dir;
+  auto a = load_hf_model<double>(interop("llama/base"));
+  ParameterStore<double> store;
+  a.model->attach({.kind = kind, .target_modules = {"q", "v", "down"}, .layers = {}, .lora = {.rank = 2, .alpha = 4},
+                   .wegeft = {.rank = 2, .alpha = 4}, .sharing = sharing, .rank_pattern = {{"down_proj", 3}},
+                   .alpha_pattern = {{"v_proj", 1.5}}, .seed = 9}, store);
+  a.model->add_classifier(2, store);
+  Rng rng(3);
+  for (std::size_t i = 0; i < store.entries().size(); ++i) fill_uniform(store.value(ParamId{i}), rng, -0.5, 0.5);
+  save_adapter(*a.model, store, dir.str("adapter"), "tiny-llama", DType::F64);
+  const auto cfg = read_adapter_config(dir.str("adapter"));
+  CHECK(cfg.json["peft_type"] == (kind == AdapterKind::lora ? "LORA" : "WEGEFT"));
+  CHECK(cfg.json["base_model_name_or_path"] == "tiny-llama");
+  CHECK(cfg.json["modules_to_save"] == nlohmann::json::array({"score"}));
+  CHECK(cfg.json["rank_pattern"].size() == 2);  // both down_proj layers
+  if (kind == AdapterKind::wegeft) {
+    const auto tied = cfg.json["tied_modules"];
+    if (sharing == WeGeFTSharing::per_role) {
+      CHECK(tied.size() == 3);
+      CHECK(tied[0] == nlohmann::json::array({R"(model\.layers\.\d+\.self_attn\.q_proj$)"}));
+    } else {
+      CHECK(tied.empty());
+    }
+  }
+  auto b = load_hf_model<double>(interop("llama/base"));
+  ParameterStore<double> store_b;
+  load_adapter(*b.model, store_b, dir.str("adapter"));
+  REQUIRE(store_b.entries().size() == store.entries().size());
+  for (std::size_t i = 0; i < store.entries().size(); ++i) {
+    INFO(store.entries()[i].name);
+    CHECK(store_b.entries()[i].name == store.entries()[i].name);
+    CHECK(store_b.value(ParamId{i}) == store.value(ParamId{i}));
+  }
+  const wt::Golden g("interop/llama/expected.txt");
+  const Inputs in = read_inputs(g);
+  Transformer<double>::Activations acts_a, acts_b;
+  a.model->forward(acts_a, in.input());
+  b.model->forward(acts_b, in.input());
+  CHECK(acts_a.logits == acts_b.logits);
+  CHECK(b.model->generators().size() == a.model->generators().size());
+
+  // With WEGEFT_INTEROP_OUT set, leave a LoRA adapter and our logits for tools/reference/check_peft_interop.py.
+  if (const char* out = std::getenv("WEGEFT_INTEROP_OUT"); out && kind == AdapterKind::lora) {
+    auto c = load_hf_model<double>(interop("llama/base"));
+    ParameterStore<double> s;
+    c.model->attach({.target_modules = {"all-linear"}, .lora = {.rank = 2, .alpha = 4, .use_rslora = true},
+                     .rank_pattern = {{"down_proj", 3}}, .alpha_pattern = {{"v_proj", 1.5}}}, s);
+    for (std::size_t i = 0; i < s.entries().size(); ++i) fill_uniform(s.value(ParamId{i}), rng, -0.5, 0.5);
+    save_adapter(*c.model, s, std::string(out) + "/llama-lora", "interop/llama/base");
+    Transformer<double>::Activations acts;
+    c.model->forward(acts, in.input());
+    std::ofstream f(std::string(out) + "/llama-lora/wegeft_logits.txt");
+    f.precision(17);
+    f << acts.logits.rows() << " " << acts.logits.cols() << "\n" << acts.logits << "\n";
+  }
+}
+
+TEST_CASE("bad adapter directories get clear errors naming the file and the field", "[io][peft][hostile]") {
+  TempDir dir;
+  const auto write_config = [&](const std::string& json) {
+    fs::create_directories(dir.path / "a");
+    std::ofstream(dir.path / "a" / "adapter_config.json") << json;
+  };
+  const auto expect = [&](const std::string& json, const char* message) {
+    INFO(json);
+    write_config(json);
+    CHECK_THROWS_WITH(read_adapter_config(dir.str("a")), Catch::Contains(message) && Catch::Contains("adapter_config.json"));
+  };
+  expect(R"({"peft_type": "IA3", "r": 2})", "unsupported peft_type \"IA3\"");
+  expect(R"({"peft_type": "LORA", "target_modules": ["q"]})", "\"r\" must be a positive integer");
+  expect(R"({"peft_type": "LORA", "r": 0, "target_modules": ["q"]})", "\"r\" must be a positive integer");
+  expect(R"({"peft_type": "LORA", "r": 2})", "target_modules");
+  expect(R"({"peft_type": "LORA", "r": 2, "target_modules": ["q"], "use_dora": true})", "DoRA");
+  expect(R"({"peft_type": "LORA", "r": 2, "target_modules": ["q"], "bias": "all"})", "bias \"all\"");
+  expect(R"({"peft_type": "LORA", "r": 2, "target_modules": ["q"], "lora_alpha": "x"})", "\"lora_alpha\" must be a number");
+  expect(R"({"peft_type": "LORA", "r": 2, "r": 3, "target_modules": ["q"]})", "duplicate key \"r\"");
+  expect(R"({"peft_type": "LORA", "r": 2, "target_modules": [1]})", "list of strings");
+  expect(R"({"peft_type": "LORA", )", "invalid JSON");
+
+  // Weights that do not fit the model.
+  auto m = load_hf_model<float>(interop("gpt2/base"));
+  const std::string src = interop("gpt2/lora");
+  fs::copy(src, dir.path / "b");
+  ParameterStore<float> store;
+  std::ofstream(dir.path / "b" / "adapter_config.json") << R"({"peft_type": "LORA", "r": 3, "lora_alpha": 8, "target_modules": ["c_attn", "mlp.c_proj"]})";
+  CHECK_THROWS_WITH(load_adapter(*m.model, store, dir.str("b")), Catch::Contains("has shape [2, 12], the model needs [3, 12]"));
+  auto m2 = load_hf_model<float>(interop("gpt2/base"));
+  ParameterStore<float> store2;
+  std::ofstream(dir.path / "b" / "adapter_config.json") << R"({"peft_type": "LORA", "r": 2, "lora_alpha": 8, "target_modules": ["c_attn"]})";
+  CHECK_THROWS_WITH(load_adapter(*m2.model, store2, dir.str("b")), Catch::Contains("belongs to no adapter parameter"));
+  auto m3 = load_hf_model<float>(interop("gpt2/base"));
+  ParameterStore<float> store3;
+  std::ofstream(dir.path / "b" / "adapter_config.json") << R"({"peft_type": "LORA", "r": 2, "lora_alpha": 8, "target_modules": ["c_attn", "c_fc", "mlp.c_proj"]})";
+  CHECK_THROWS_WITH(load_adapter(*m3.model, store3, dir.str("b")), Catch::Contains("missing tensor 'base_model.model.transformer.h.0.mlp.c_fc.lora_A.weight'"));
+  auto m4 = load_hf_model<float>(interop("gpt2/base"));
+  ParameterStore<float> store4;
+  fs::remove(dir.path / "b" / "adapter_model.safetensors");
+  CHECK_THROWS_WITH(load_adapter(*m4.model, store4, dir.str("b")), Catch::Contains("no adapter_model.safetensors"));
+  CHECK_THROWS_WITH(load_hf_model<float>(dir.str("b")), Catch::Contains("config.json"));
+}
