@@ -8,7 +8,9 @@
 #include <fstream>
 
 #include <wegeft/io/hf_model.hpp>
+#include <wegeft/io/checkpoint.hpp>
 #include <wegeft/io/peft.hpp>
+#include <wegeft/optim/trainer.hpp>
 
 using namespace wegeft;
 namespace fs = std::filesystem;
@@ -189,4 +191,63 @@ TEST_CASE("bad adapter directories get clear errors naming the file and the fiel
   fs::remove(dir.path / "b" / "adapter_model.safetensors");
   CHECK_THROWS_WITH(load_adapter(*m4.model, store4, dir.str("b")), Catch::Contains("no adapter_model.safetensors"));
   CHECK_THROWS_WITH(load_hf_model<float>(dir.str("b")), Catch::Contains("config.json"));
+}
+
+TEST_CASE("resuming from a checkpoint is bit-identical to an uninterrupted run", "[io][checkpoint]") {
+  TempDir dir;
+  const auto setup = [](Transformer<float>& model, ParameterStore<float>& store) {
+    Rng init(1);
+    model.init_random(init);
+    model.attach({.kind = AdapterKind::wegeft, .target_modules = {"all-linear"},
+                  .wegeft = {.rank = 2, .alpha = 4, .dropout = 0.2}, .seed = 5}, store);
+    model.add_classifier(3, store);
+  };
+  const auto run = [](Transformer<float>& model, Trainer<float>& trainer, Rng& data, int steps) {
+    std::vector<std::int32_t> ids(4 * 6), labels(4);
+    for (int s = 0; s < steps; ++s) {
+      for (auto& id : ids) id = static_cast<std::int32_t>(data.next_u32() % 11);
+      for (auto& l : labels) l = static_cast<std::int32_t>(data.next_u32() % 3);
+      trainer.classification_step({.ids = ids.data(), .batch = 4, .seq = 6}, labels.data());
+    }
+    (void)model;
+  };
+  const ModelConfig c = ModelConfig::tiny(Family::bert);
+  const TrainerConfig tc{.adamw = {.lr = 1e-2}, .schedule = {ScheduleKind::linear, 2, 10}};
+  // uninterrupted: 8 steps
+  Transformer<float> a(c);
+  ParameterStore<float> sa;
+  setup(a, sa);
+  Trainer<float> ta(a, sa, tc);
+  Rng da(77);
+  run(a, ta, da, 8);
+  // interrupted after 3 steps, saved, restored into fresh objects, 5 more steps
+  std::vector<float> resumed;
+  {
+    Transformer<float> b(c);
+    ParameterStore<float> sb;
+    setup(b, sb);
+    Trainer<float> tb(b, sb, tc);
+    Rng db(77);
+    run(b, tb, db, 3);
+    save_checkpoint(dir.str("ckpt.safetensors"), b, sb, tb.optimizer(), {{"data", db.state()}});
+  }
+  Transformer<float> b(c);
+  ParameterStore<float> sb;
+  setup(b, sb);
+  Trainer<float> tb(b, sb, tc);
+  std::map<std::string, Rng::State> rngs;
+  load_checkpoint(dir.str("ckpt.safetensors"), b, sb, tb.optimizer(), &rngs);
+  CHECK(tb.optimizer_steps() == 3);
+  Rng db;
+  db.set_state(rngs.at("data"));
+  run(b, tb, db, 5);
+  CHECK(std::equal(sa.values().begin(), sa.values().end(), sb.values().begin(), sb.values().end()));
+  CHECK(ta.optimizer().state().m == tb.optimizer().state().m);
+
+  // a checkpoint of another model is refused
+  Transformer<float> other(c);
+  ParameterStore<float> so;
+  other.attach({.target_modules = {"q"}, .lora = {.rank = 2}}, so);
+  AdamW<float> opt;
+  CHECK_THROWS_WITH(load_checkpoint(dir.str("ckpt.safetensors"), other, so, opt), Catch::Contains("no saved value for parameter"));
 }

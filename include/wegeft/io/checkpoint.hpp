@@ -1,0 +1,110 @@
+// Training checkpoints: the trainable parameters, the AdamW state, the optimizer step, every
+// adapter's dropout stream and any caller RNGs (a data sampler's), in one safetensors file written
+// atomically. Values are stored in the compute type, so resuming is bit-identical to an
+// uninterrupted run. Save at optimizer-step boundaries (no gradient accumulation in flight).
+//
+//   wegeft::save_checkpoint("ckpt.safetensors", model, store, trainer.optimizer(), {{"data", data_rng.state()}});
+//   wegeft::load_checkpoint("ckpt.safetensors", model, store, trainer.optimizer(), &rngs);
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <sstream>
+#include <string>
+#include <type_traits>
+
+#include "wegeft/core/error.hpp"
+#include "wegeft/core/parameters.hpp"
+#include "wegeft/core/rng.hpp"
+#include "wegeft/io/safetensors.hpp"
+#include "wegeft/nn/model.hpp"
+#include "wegeft/optim/adamw.hpp"
+
+namespace wegeft {
+
+namespace detail {
+inline std::string rng_to_string(const Rng::State& s) {
+  return std::to_string(s.seed) + " " + std::to_string(s.stream) + " " + std::to_string(s.block) + " " + std::to_string(s.word);
+}
+inline Rng::State rng_from_string(const std::string& text, const std::string& where) {
+  std::istringstream in(text);
+  Rng::State s;
+  in >> s.seed >> s.stream >> s.block >> s.word;
+  WEGEFT_CHECK(in && s.word <= 4, where << ": malformed RNG state \"" << text << "\"");
+  return s;
+}
+template <class T>
+constexpr DType dtype_of() {
+  return std::is_same_v<T, double> ? DType::F64 : DType::F32;
+}
+template <class T, class F>
+void for_each_dropout_rng(Transformer<T>& model, F&& f) {
+  for (const auto& m : model.modules()) {
+    if (m.lora) f(m.name, m.lora->dropout_rng());
+    if (m.wegeft) f(m.name, m.wegeft->dropout_rng());
+  }
+}
+}  // namespace detail
+
+template <class T>
+void save_checkpoint(const std::string& path, Transformer<T>& model, ParameterStore<T>& store, const AdamW<T>& opt,
+                     const std::map<std::string, Rng::State>& rngs = {}) {
+  SafetensorsBuilder out;
+  std::map<std::string, std::string> meta{{"format", "wegeft-checkpoint"}, {"version", "1"},
+                                          {"adamw.step", std::to_string(opt.state().step)}};
+  for (std::size_t i = 0; i < store.entries().size(); ++i)
+    out.add("param." + store.entries()[i].name, detail::dtype_of<T>(), Matrix<T>(store.value(ParamId{i})));
+  if (!opt.state().m.empty()) {
+    const auto n = static_cast<std::int64_t>(opt.state().m.size());
+    out.add("adamw.m", detail::dtype_of<T>(), {n}, opt.state().m.data(), opt.state().m.size());
+    out.add("adamw.v", detail::dtype_of<T>(), {n}, opt.state().v.data(), opt.state().v.size());
+  }
+  detail::for_each_dropout_rng(model, [&](const std::string& name, Rng& r) { meta["rng.dropout." + name] = detail::rng_to_string(r.state()); });
+  for (const auto& [k, s] : rngs) meta["rng.user." + k] = detail::rng_to_string(s);
+  out.write(path, meta);
+}
+
+/// Restores what save_checkpoint wrote into a model and store set up the same way (same
+/// adapters and heads). Every parameter must be present with its shape; `rngs`, if given,
+/// receives the caller RNG states.
+template <class T>
+void load_checkpoint(const std::string& path, Transformer<T>& model, ParameterStore<T>& store, AdamW<T>& opt,
+                     std::map<std::string, Rng::State>* rngs = nullptr) {
+  const SafetensorsReader f(path);
+  const auto& meta = f.metadata();
+  WEGEFT_CHECK(meta.count("format") && meta.at("format") == "wegeft-checkpoint", path << ": not a wegeft checkpoint");
+  Index params = 0;
+  for (std::size_t i = 0; i < store.entries().size(); ++i) {
+    const std::string key = "param." + store.entries()[i].name;
+    WEGEFT_CHECK(f.contains(key), path << ": no saved value for parameter '" << store.entries()[i].name << "'");
+    WEGEFT_CHECK(f.info(key).dtype == detail::dtype_of<T>(), path << ": '" << key << "' is " << dtype_name(f.info(key).dtype)
+                 << ", the model computes in " << dtype_name(detail::dtype_of<T>()));
+    const Matrix<T> v = f.matrix<T>(key);
+    auto dst = store.value(ParamId{i});
+    WEGEFT_CHECK(v.rows() == dst.rows() && v.cols() == dst.cols(), path << ": '" << key << "' has shape " << shape_of(v)
+                 << ", the model's parameter is " << shape_of(dst));
+    dst = v;
+    ++params;
+  }
+  for (const auto& t : f.tensors())
+    WEGEFT_CHECK(t.name.rfind("param.", 0) != 0 || params-- > 0, path << ": has more parameters than the model");
+  typename AdamW<T>::State state;
+  state.step = std::stoll(meta.at("adamw.step"));
+  if (f.contains("adamw.m")) {
+    state.m = f.values<T>("adamw.m");
+    state.v = f.values<T>("adamw.v");
+    WEGEFT_CHECK(state.m.size() == static_cast<std::size_t>(store.size()), path << ": optimizer state holds "
+                 << state.m.size() << " values, the store " << store.size());
+  }
+  opt.set_state(std::move(state));
+  detail::for_each_dropout_rng(model, [&](const std::string& name, Rng& r) {
+    const auto it = meta.find("rng.dropout." + name);
+    WEGEFT_CHECK(it != meta.end(), path << ": no dropout stream for '" << name << "'");
+    r.set_state(detail::rng_from_string(it->second, path));
+  });
+  if (rngs)
+    for (const auto& [k, v] : meta)
+      if (k.rfind("rng.user.", 0) == 0) (*rngs)[k.substr(9)] = detail::rng_from_string(v, path);
+}
+
+}  // namespace wegeft
