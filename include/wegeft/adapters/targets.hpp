@@ -47,6 +47,15 @@ struct AdapterSpec {
 };
 
 namespace detail {
+/// std::regex of `pattern`; a malformed pattern is a wegeft::Error naming it.
+inline std::regex compile_regex(const std::string& pattern) {
+  try {
+    return std::regex(pattern);
+  } catch (const std::regex_error& e) {
+    WEGEFT_CHECK(false, "invalid regular expression '" << pattern << "': " << e.what());
+  }
+  return {};
+}
 inline bool name_has_suffix(const std::string& name, const std::string& key) {
   if (name == key) return true;
   return name.size() > key.size() && name.compare(name.size() - key.size(), key.size(), key) == 0 &&
@@ -54,7 +63,7 @@ inline bool name_has_suffix(const std::string& name, const std::string& key) {
 }
 inline bool pattern_matches(const std::string& key, const std::string& name, const char* role) {
   if (key == role) return true;
-  return std::regex_match(name, std::regex("(.*\\.)?(" + key + ")"));
+  return std::regex_match(name, compile_regex("(.*\\.)?(" + key + ")"));
 }
 }  // namespace detail
 
@@ -62,7 +71,7 @@ inline bool pattern_matches(const std::string& key, const std::string& name, con
 inline bool targets_module(const AdapterSpec& spec, const std::string& name, const char* role, Index layer) {
   if (!spec.layers.empty() && std::find(spec.layers.begin(), spec.layers.end(), layer) == spec.layers.end())
     return false;
-  if (!spec.target_regex.empty()) return std::regex_match(name, std::regex(spec.target_regex));
+  if (!spec.target_regex.empty()) return std::regex_match(name, detail::compile_regex(spec.target_regex));
   for (const auto& t : spec.target_modules)
     if (t == "all-linear" || t == role || detail::name_has_suffix(name, t)) return true;
   return false;
@@ -86,7 +95,7 @@ inline double alpha_for(const AdapterSpec& spec, const std::string& name, const 
 inline int tied_group_of(const AdapterSpec& spec, const std::string& name) {
   for (std::size_t g = 0; g < spec.tied_modules.size(); ++g)
     for (const auto& pattern : spec.tied_modules[g])
-      if (std::regex_search(name, std::regex(pattern), std::regex_constants::match_continuous))
+      if (std::regex_search(name, detail::compile_regex(pattern), std::regex_constants::match_continuous))
         return static_cast<int>(g);
   return -1;
 }

@@ -119,6 +119,16 @@ inline AdapterConfig read_adapter_config(const std::string& dir) {
         spec.tied_modules.push_back(detail::string_list(group, path + ": a \"tied_modules\" group"));
     }
   }
+  // Every pattern must compile: a malformed one is reported here, naming the file.
+  try {
+    if (!spec.target_regex.empty()) detail::compile_regex(spec.target_regex);
+    for (const auto& [k, v] : spec.rank_pattern) detail::compile_regex("(.*\\.)?(" + k + ")");
+    for (const auto& [k, v] : spec.alpha_pattern) detail::compile_regex("(.*\\.)?(" + k + ")");
+    for (const auto& group : spec.tied_modules)
+      for (const auto& p : group) detail::compile_regex(p);
+  } catch (const Error& e) {
+    WEGEFT_CHECK(false, path << ": " << e.what());
+  }
   return out;
 }
 

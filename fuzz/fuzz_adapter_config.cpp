@@ -1,0 +1,20 @@
+// libFuzzer target: any bytes as an adapter_config.json, then the spec it yields is matched
+// against a few module names (regexes from the file included). Only wegeft::Error may escape.
+#include <wegeft/io/peft.hpp>
+
+#include "fuzz_common.hpp"
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+  const std::string dir = fuzz_write(data, size, "adapter_config.json");
+  try {
+    const wegeft::AdapterConfig c = wegeft::read_adapter_config(dir);
+    for (const char* name : {"model.layers.0.self_attn.q_proj", "transformer.h.1.mlp.c_proj"}) {
+      (void)wegeft::targets_module(c.spec, name, "q", 0);
+      (void)wegeft::rank_for(c.spec, name, "q");
+      (void)wegeft::alpha_for(c.spec, name, "q");
+      (void)wegeft::tied_group_of(c.spec, name);
+    }
+  } catch (const wegeft::Error&) {
+  }
+  return 0;
+}

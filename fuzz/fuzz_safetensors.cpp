@@ -1,0 +1,20 @@
+// libFuzzer target: any bytes as a safetensors file. Only wegeft::Error may escape the reader.
+#include <wegeft/io/safetensors.hpp>
+
+#include "fuzz_common.hpp"
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+  const std::string dir = fuzz_write(data, size, "in.safetensors");
+  try {
+    const wegeft::SafetensorsReader f(dir + "/in.safetensors");
+    for (const auto& t : f.tensors()) {
+      if (t.numel > (1u << 20)) continue;
+      try {
+        (void)f.matrix<float>(t.name);
+      } catch (const wegeft::Error&) {
+      }
+    }
+  } catch (const wegeft::Error&) {
+  }
+  return 0;
+}
