@@ -120,8 +120,10 @@ class LoraAdapter {
     const auto a = lora_A();
     cache.dropped = m_training && m_config.dropout > 0.0;
     if (cache.dropped) {
+      WEGEFT_CHECK(x.outerStride() == x.cols(), "LoRA dropout needs a contiguous input x; got a view with row stride "
+                                                << x.outerStride() << " for " << x.cols() << " columns");
       cache.dropout_seed = m_dropout_rng.next_u64();
-      Matrix<T> xd(x.rows(), x.cols());
+      auto xd = workspace<T>(1, x.rows(), x.cols());
       dropout_apply(xd.data(), x.data(), x.size(), m_config.dropout, cache.dropout_seed);
       cache.u.noalias() = xd * a.transpose();
     } else {
@@ -164,9 +166,8 @@ class LoraAdapter {
     const auto b = lora_B();
     const Matrix<T> g_u = m_scale * (dy * b);  // [N, r]
     grad_B().noalias() += (m_scale * dy.transpose()) * cache.u;
-    Matrix<T> xd;
+    auto xd = workspace<T>(1, cache.dropped ? x.rows() : 0, x.cols());
     if (cache.dropped) {
-      xd.resize(x.rows(), x.cols());
       dropout_apply(xd.data(), x.data(), x.size(), m_config.dropout, cache.dropout_seed);
       grad_A().noalias() += g_u.transpose() * xd;
     } else {

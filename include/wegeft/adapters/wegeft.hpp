@@ -189,7 +189,8 @@ class WeGeFTAdapter {
     cache.u.noalias() = x * m_gen->psi().transpose();
     if (cache.order == WeGeFTOrder::input_edit) {
       cache.dropped = false;
-      Matrix<T> x_hat = x;
+      auto x_hat = workspace<T>(0, x.rows(), x.cols());
+      x_hat = x;
       x_hat.noalias() += (s * cache.u) * m_gen->phi();
       linear_forward<T>(y, x_hat, w, m_base.bias());
       return;
@@ -269,12 +270,15 @@ class WeGeFTAdapter {
     auto g_phi = m_gen->grad_phi();
     auto g_psi = m_gen->grad_psi();
     if (cache.order == WeGeFTOrder::input_edit) {
-      const Matrix<T> h = dy * w;                      // [N, d_in]  dL/dx_hat
-      const Matrix<T> t = s * (h * phi.transpose());   // [N, r]     dL/du
+      // h = dL/dx_hat = dy W [N, d_in]: computed straight into dx when it is wanted.
+      const bool direct = dx != nullptr && dx->outerStride() == x.cols();
+      MatrixMap<T> h = direct ? MatrixMap<T>(dx->data(), x.rows(), x.cols()) : workspace<T>(0, x.rows(), x.cols());
+      h.noalias() = dy * w;
+      const Matrix<T> t = s * (h * phi.transpose());   // [N, r]  dL/du
       g_psi.noalias() += t.transpose() * x;
       g_phi.noalias() += (s * cache.u.transpose()) * h;
       if (dx != nullptr) {
-        *dx = h;
+        if (!direct) *dx = h;
         dx->noalias() += t * psi;
       }
       return;

@@ -11,6 +11,7 @@
 #include <Eigen/Core>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "wegeft/core/error.hpp"
 
@@ -52,6 +53,17 @@ ConstMatrixMap<T> view(const T* data, Index rows, Index cols) {
 template <class M>
 std::string shape_of(const M& m) {
   return "[" + std::to_string(m.rows()) + ", " + std::to_string(m.cols()) + "]";
+}
+
+/// A per-thread scratch matrix that keeps its memory between calls, so a hot path that needs a
+/// large temporary does not allocate (and page-fault) on every call. Slot `slot` (0..3) is
+/// [rows, cols] until the next call with the same slot on this thread.
+template <class T>
+MatrixMap<T> workspace(int slot, Index rows, Index cols) {
+  thread_local std::vector<T> buffers[4];
+  auto& b = buffers[slot];
+  if (b.size() < static_cast<std::size_t>(rows * cols)) b.resize(static_cast<std::size_t>(rows * cols));
+  return MatrixMap<T>(b.data(), rows, cols);
 }
 
 /// Throw wegeft::Error unless `m` is [rows, cols]; `what` names the tensor in the message.
