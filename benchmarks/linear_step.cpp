@@ -55,6 +55,8 @@ struct Variant {
 
 int main(int argc, char** argv) {
   const int rounds = argc > 1 ? std::atoi(argv[1]) : 15;
+  const int threads = std::getenv("WEGEFT_THREADS") ? std::atoi(std::getenv("WEGEFT_THREADS")) : 1;
+  Eigen::setNbThreads(threads);
   const Index n = 2048, d_in = 768, d_out = 768;
   wegeft::Rng rng(1);
   Matrix<T> w(d_out, d_in), x(n, d_in), dy(n, d_out), y(n, d_out), dx(n, d_in);
@@ -68,9 +70,7 @@ int main(int argc, char** argv) {
 
   std::printf("wegeft %s linear-layer training step, float32, N = %ld, d_in = %ld, d_out = %ld\n",
               wegeft::version, long(n), long(d_in), long(d_out));
-  std::printf("backend: Eigen %d.%d.%d GEMM (no BLAS), SIMD: %s, threads: %d\n", EIGEN_WORLD_VERSION,
-              EIGEN_MAJOR_VERSION, EIGEN_MINOR_VERSION, Eigen::SimdInstructionSetsInUse(),
-              Eigen::nbThreads());
+  std::printf("backend: %s\n", wegeft::gemm_backend().c_str());
   std::printf("cpu: %s; %d rounds, median of per-round ratios to the frozen base step\n\n",
               cpu_model().c_str(), rounds);
 

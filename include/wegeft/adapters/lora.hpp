@@ -129,7 +129,9 @@ class LoraAdapter {
     } else {
       cache.u.noalias() = x * a.transpose();
     }
-    y.noalias() += (m_scale * cache.u) * lora_B().transpose();
+    // Scale factors go on the small operands, never on an [N, d] one (that would copy it).
+    const Matrix<T> sb = m_scale * lora_B();  // [d_out, r]
+    y.noalias() += cache.u * sb.transpose();
   }
 
   /// Parameter gradients only: grad_A += ..., grad_B += ...
@@ -164,8 +166,10 @@ class LoraAdapter {
     check_shape(dy, cache.u.rows(), d_out(), "LoRA output gradient dy");
     const auto a = lora_A();
     const auto b = lora_B();
-    const Matrix<T> g_u = m_scale * (dy * b);  // [N, r]
-    grad_B().noalias() += (m_scale * dy.transpose()) * cache.u;
+    const Matrix<T> sb = m_scale * b;                  // [d_out, r]
+    const Matrix<T> g_u = dy * sb;                     // [N, r]
+    const Matrix<T> dyt_u = dy.transpose() * cache.u;  // [d_out, r]
+    grad_B() += m_scale * dyt_u;
     auto xd = workspace<T>(1, cache.dropped ? x.rows() : 0, x.cols());
     if (cache.dropped) {
       dropout_apply(xd.data(), x.data(), x.size(), m_config.dropout, cache.dropout_seed);

@@ -191,7 +191,8 @@ class WeGeFTAdapter {
       cache.dropped = false;
       auto x_hat = workspace<T>(0, x.rows(), x.cols());
       x_hat = x;
-      x_hat.noalias() += (s * cache.u) * m_gen->phi();
+      const Matrix<T> s_phi = s * m_gen->phi();  // scale the small operand, not an [N, d] one
+      x_hat.noalias() += cache.u * s_phi;
       linear_forward<T>(y, x_hat, w, m_base.bias());
       return;
     }
@@ -203,7 +204,8 @@ class WeGeFTAdapter {
       cache.p.noalias() = w * m_gen->phi().transpose();
     }
     linear_forward<T>(y, x, w, m_base.bias());
-    y.noalias() += (s * cache.u) * cache.p.transpose();
+    const Matrix<T> s_p = s * cache.p;  // [d_out, r]
+    y.noalias() += cache.u * s_p.transpose();
   }
 
   /// Generator gradients only: grad_phi += ..., grad_psi += ... (summed over the group).
@@ -276,15 +278,16 @@ class WeGeFTAdapter {
       h.noalias() = dy * w;
       const Matrix<T> t = s * (h * phi.transpose());   // [N, r]  dL/du
       g_psi.noalias() += t.transpose() * x;
-      g_phi.noalias() += (s * cache.u.transpose()) * h;
+      const Matrix<T> ut_h = cache.u.transpose() * h;  // [r, d_in]
+      g_phi += s * ut_h;
       if (dx != nullptr) {
         if (!direct) *dx = h;
         dx->noalias() += t * psi;
       }
       return;
     }
-    const Matrix<T> g_u = s * (dy * cache.p);                     // [N, r]
-    const Matrix<T> g_p = (s * dy.transpose()) * cache.u;         // [d_out, r]
+    const Matrix<T> g_u = dy * (s * cache.p);                     // [N, r]
+    const Matrix<T> g_p = s * Matrix<T>(dy.transpose() * cache.u);  // [d_out, r]
     g_psi.noalias() += g_u.transpose() * x;
     if (cache.dropped) {
       g_phi.noalias() += g_p.transpose() * dropped_weight(cache.dropout_seed);
