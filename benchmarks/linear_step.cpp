@@ -125,6 +125,8 @@ int main(int argc, char** argv) {
   for (const auto& v : variants)
     std::printf("%-28s %12.2f %14.3f %14.3f\n", v.name.c_str(), 1e3 * median(v.times),
                 median(v.ratios), v.ideal);
+  for (const auto& v : variants)  // machine-readable, for scripts/bench
+    std::printf("RESULT %s|%.4f|%.4f|%.4f\n", v.name.c_str(), 1e3 * median(v.times), median(v.ratios), v.ideal);
   const double gflops = 2.0 * base_macs / median(variants[0].times) * 1e-9;
   std::printf("\nfrozen base step: %.1f GFLOP/s\n", gflops);
   return 0;

@@ -1,0 +1,69 @@
+#!/usr/bin/python3
+"""Runs wegeft's layer-step benchmark and its PyTorch peer side by side, alternating A/B runs,
+and prints one table of medians and ratios with the targets. Called by scripts/bench.
+
+  benchmarks/compare.py BUILD_DIR [rounds] [repeats]
+"""
+import os
+import re
+import statistics
+import subprocess
+import sys
+
+build = sys.argv[1]
+rounds = sys.argv[2] if len(sys.argv) > 2 else "15"
+repeats = int(sys.argv[3]) if len(sys.argv) > 3 else 2
+here = os.path.dirname(os.path.abspath(__file__))
+TARGETS = {"LoRA r=8": 1.08, "LoRA r=16": 1.12, "WeGeFT r=8 input_edit": 1.08, "WeGeFT r=64 input_edit": 1.35}
+
+
+def run(cmd, env):
+    out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
+    rows = {}
+    for line in out.splitlines():
+        if line.startswith("RESULT "):
+            name, ms, ratio, ideal = line[7:].split("|")
+            rows[name] = (float(ms), float(ratio), float(ideal))
+    return out, rows
+
+
+def gemm_line(binary, env):
+    return subprocess.run([binary], env=env, check=True, capture_output=True, text=True).stdout.strip()
+
+
+peak_env = dict(os.environ)
+for threads in (1, 2):
+    env = dict(os.environ, OMP_WAIT_POLICY="passive", OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads),
+               MKL_NUM_THREADS=str(threads), WEGEFT_THREADS=str(threads))
+    for var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
+        env.pop(var, None)
+    print(f"==== {threads} thread(s) ====")
+    for b in ("bench_gemm", "bench_gemm_blas"):
+        path = os.path.join(build, "benchmarks", b)
+        if os.path.exists(path):
+            print(gemm_line(path, env))
+    ours_bin = os.path.join(build, "benchmarks", "bench_linear_step_blas")
+    if not os.path.exists(ours_bin):
+        ours_bin = os.path.join(build, "benchmarks", "bench_linear_step")
+    ours, torch = [], []
+    header = ""
+    for rep in range(repeats):  # A B A B
+        out, rows = run([ours_bin, rounds], env)
+        header = header or "\n".join(l for l in out.splitlines() if l.startswith(("wegeft", "backend", "cpu")))
+        ours.append(rows)
+        out, rows = run(["/usr/bin/python3", os.path.join(here, "torch", "linear_step.py"), rounds, str(threads)], env)
+        torch_header = out.splitlines()[0]
+        torch.append(rows)
+    print(header)
+    print(torch_header)
+    print(f"{'variant':<26} {'ours ms':>8} {'ours/base':>9} {'torch ms':>9} {'torch/base':>10} {'speedup':>8} {'FLOP ideal':>10} {'target':>7}")
+    for name in ours[0]:
+        o_ms = statistics.median(r[name][0] for r in ours)
+        o_ratio = statistics.median(r[name][1] for r in ours)
+        t_ms = statistics.median(r[name][0] for r in torch)
+        t_ratio = statistics.median(r[name][1] for r in torch)
+        ideal = ours[0][name][2]
+        target = TARGETS.get(name)
+        mark = "" if target is None else (f"{target:.2f} {'met' if o_ratio <= target else 'MISSED'}")
+        print(f"{name:<26} {o_ms:8.2f} {o_ratio:9.3f} {t_ms:9.2f} {t_ratio:10.3f} {t_ms / o_ms:7.2f}x {ideal:10.3f} {mark:>7}")
+    print()
