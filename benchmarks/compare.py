@@ -66,4 +66,15 @@ for threads in (1, 2):
         target = TARGETS.get(name)
         mark = "" if target is None else (f"{target:.2f} {'met' if o_ratio <= target else 'MISSED'}")
         print(f"{name:<26} {o_ms:8.2f} {o_ratio:9.3f} {t_ms:9.2f} {t_ratio:10.3f} {t_ms / o_ms:7.2f}x {ideal:10.3f} {mark:>7}")
+    model_bin = os.path.join(build, "benchmarks", "bench_model_step_blas")
+    if not os.path.exists(model_bin):
+        model_bin = os.path.join(build, "benchmarks", "bench_model_step")
+    ours_m, torch_m = [], []
+    for rep in range(repeats):  # A B A B
+        ours_m.append(run([model_bin, "3"], env)[1]["model step"])
+        torch_m.append(run(["/usr/bin/python3", os.path.join(here, "torch", "model_step.py"), "3", str(threads)], env)[1]["model step"])
+    o_ms, o_mb = statistics.median(r[0] for r in ours_m), max(r[1] for r in ours_m)
+    t_ms, t_mb = statistics.median(r[0] for r in torch_m), max(r[1] for r in torch_m)
+    print(f"MiniLM-sized model step (6 x 384, seq 128, batch 32, LoRA r=8 on q, v): ours {o_ms:.0f} ms, peak {o_mb:.0f} MiB; "
+          f"torch {t_ms:.0f} ms, peak {t_mb:.0f} MiB; speedup {t_ms / o_ms:.2f}x (target 1.5x), memory ratio {o_mb / t_mb:.2f}")
     print()

@@ -339,3 +339,36 @@ TEMPLATE_TEST_CASE("attention, cross-entropy and patch embedding equal PyTorch g
   check_close(emb, g.get("patch.out"), "patch embedding");
   CHECK_THROWS_WITH(patchify(patches.data(), images.data(), 2, 3, 8, 12, 5), Catch::Contains("8x12 is not divisible into 5x5"));
 }
+
+TEMPLATE_TEST_CASE("vectorized gelu and swiglu equal their double-precision scalar references", "[ops][simd]", float, double) {
+  using T = TestType;
+  Rng rng(31);
+  const Index n = GENERATE(1, 7, 33, 1001);
+  std::vector<T> x(static_cast<std::size_t>(n)), up(x.size()), dout(x.size()), out(x.size()), dx(x.size()), dup(x.size());
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    x[i] = rng.uniform(T(-8), T(8));  // includes the saturated tails
+    up[i] = rng.uniform(T(-2), T(2));
+    dout[i] = rng.uniform(T(-2), T(2));
+  }
+  // float: Eigen's vectorized erf and exp are accurate to a few 1e-6 in absolute terms
+  const double tol = std::is_same_v<T, double> ? 1e-13 : 1e-5;
+  for (GeluKind kind : {GeluKind::erf, GeluKind::tanh}) {
+    gelu_forward(out.data(), x.data(), n, kind);
+    gelu_backward(dx.data(), dout.data(), x.data(), n, kind);
+    for (std::size_t i = 0; i < x.size(); ++i) {
+      INFO("x = " << x[i]);
+      CHECK(std::abs(out[i] - detail::gelu(x[i], kind)) <= tol * std::max(1.0, std::abs(detail::gelu(x[i], kind))));
+      const double g = dout[i] * detail::gelu_grad(x[i], kind);
+      CHECK(std::abs(dx[i] - g) <= tol * std::max(1.0, std::abs(g)));
+    }
+  }
+  swiglu_forward(out.data(), x.data(), up.data(), n);
+  swiglu_backward(dx.data(), dup.data(), dout.data(), x.data(), up.data(), n);
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    const double s = detail::sigmoid(x[i]);
+    CHECK(std::abs(out[i] - x[i] * s * up[i]) <= tol * std::max(1.0, std::abs(x[i] * s * up[i])));
+    CHECK(std::abs(dup[i] - dout[i] * x[i] * s) <= tol * std::max(1.0, std::abs(dout[i] * x[i] * s)));
+    const double dg = dout[i] * up[i] * s * (1 + x[i] * (1 - s));
+    CHECK(std::abs(dx[i] - dg) <= tol * std::max(1.0, std::abs(dg)));
+  }
+}

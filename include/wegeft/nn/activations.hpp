@@ -1,10 +1,13 @@
-// Elementwise activations: GELU (exact erf form and tanh approximation) and SwiGLU.
-// Outputs first; activation gradients are overwritten (=). Computed in double per element, so
-// these loops are also the scalar reference for faster kernels.
+// Elementwise activations: GELU (exact erf form and tanh approximation), SwiGLU and tanh.
+// Outputs first; activation gradients are overwritten (=). The kernels are vectorized Eigen array
+// expressions in the compute type; detail::gelu / gelu_grad / sigmoid are double-precision scalar
+// references for the tests.
 #pragma once
 
 #include <cmath>
 #include <numbers>
+
+#include <unsupported/Eigen/SpecialFunctions>
 
 #include "wegeft/core/tensor.hpp"
 
@@ -36,36 +39,57 @@ inline double gelu_grad(double x, GeluKind kind) {
 inline double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
 }  // namespace detail
 
-/// out [n] = gelu(x [n]). out may alias x.
+namespace detail {
+template <class T>
+using ConstArrayMap = Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>>;
+template <class T>
+using ArrayMap = Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>>;
+}  // namespace detail
+
+/// out [n] = gelu(x [n]). out may alias x. Vectorized (Eigen's erf, tanh and exp packets);
+/// detail::gelu is the double-precision scalar reference.
 template <class T>
 void gelu_forward(T* out, const T* x, Index n, GeluKind kind) {
-  for (Index i = 0; i < n; ++i) out[i] = static_cast<T>(detail::gelu(x[i], kind));
+  const detail::ConstArrayMap<T> v(x, n);
+  detail::ArrayMap<T> o(out, n);
+  if (kind == GeluKind::erf) {
+    o = T(0.5) * v * (T(1) + (v * T(detail::kInvSqrt2)).erf());
+  } else {
+    o = T(0.5) * v * (T(1) + (T(detail::kSqrt2OverPi) * (v + T(detail::kGeluTanhCubic) * v.cube())).tanh());
+  }
 }
 
 /// dx [n] = dout [n] * gelu'(x [n]). dx may alias dout.
 template <class T>
 void gelu_backward(T* dx, const T* dout, const T* x, Index n, GeluKind kind) {
-  for (Index i = 0; i < n; ++i) dx[i] = static_cast<T>(dout[i] * detail::gelu_grad(x[i], kind));
+  const detail::ConstArrayMap<T> v(x, n), g(dout, n);
+  detail::ArrayMap<T> d(dx, n);
+  if (kind == GeluKind::erf) {
+    const T inv_sqrt_2pi = T(0.3989422804014327);
+    d = g * (T(0.5) * (T(1) + (v * T(detail::kInvSqrt2)).erf()) + v * inv_sqrt_2pi * (T(-0.5) * v.square()).exp());
+  } else {
+    const auto t = (T(detail::kSqrt2OverPi) * (v + T(detail::kGeluTanhCubic) * v.cube())).tanh().eval();
+    d = g * (T(0.5) * (T(1) + t) + T(0.5) * v * (T(1) - t.square()) * T(detail::kSqrt2OverPi) *
+                                       (T(1) + T(3 * detail::kGeluTanhCubic) * v.square()));
+  }
 }
 
 /// out [N, F] = silu(gate [N, F]) * up [N, F], silu(g) = g sigmoid(g) (Llama's MLP).
 template <class T>
 void swiglu_forward(T* out, const T* gate, const T* up, Index n) {
-  for (Index i = 0; i < n; ++i) {
-    const double g = gate[i];
-    out[i] = static_cast<T>(g * detail::sigmoid(g) * up[i]);
-  }
+  const detail::ConstArrayMap<T> g(gate, n), u(up, n);
+  detail::ArrayMap<T>(out, n) = g * g.logistic() * u;
 }
 
 /// dgate [n], dup [n] from dout [n]; either output may alias dout.
 template <class T>
 void swiglu_backward(T* dgate, T* dup, const T* dout, const T* gate, const T* up, Index n) {
-  for (Index i = 0; i < n; ++i) {
-    const double g = gate[i], s = detail::sigmoid(g), d = dout[i], u = up[i];
-    const double silu = g * s;
-    dgate[i] = static_cast<T>(d * u * s * (1.0 + g * (1.0 - s)));
-    dup[i] = static_cast<T>(d * silu);
-  }
+  const detail::ConstArrayMap<T> g(gate, n), u(up, n), d(dout, n);
+  const auto s = g.logistic().eval();
+  const auto silu = (g * s).eval();
+  const auto dg = (d * u * s * (T(1) + g * (T(1) - s))).eval();  // evaluated before dup may overwrite dout
+  detail::ArrayMap<T>(dup, n) = d * silu;
+  detail::ArrayMap<T>(dgate, n) = dg;
 }
 
 /// out [n] = tanh(x [n]) (BERT's pooler). out may alias x.

@@ -55,22 +55,22 @@ void attention_forward(T* out, T* probs, const T* q, const T* k, const T* v,
       MatrixMap<T> p(probs + (b * s.heads + h) * L * L, L, L);
       p.noalias() = (qh * kh.transpose()) * scale;
       for (Index i = 0; i < L; ++i) {
+        // Keys this query may see: j <= i when causal, and not padding.
+        const Index visible = s.causal ? i + 1 : L;
         T max = -std::numeric_limits<T>::infinity();
-        for (Index j = 0; j < L; ++j) {
-          const bool masked = (s.causal && j > i) || (key_mask && key_mask[b * L + j] == 0);
-          if (masked) p(i, j) = -std::numeric_limits<T>::infinity();
-          max = std::max(max, p(i, j));
-        }
+        for (Index j = 0; j < visible; ++j)
+          if (!key_mask || key_mask[b * L + j]) max = std::max(max, p(i, j));
         if (max == -std::numeric_limits<T>::infinity()) {
           p.row(i).setZero();
           continue;
         }
-        T sum = 0;
-        for (Index j = 0; j < L; ++j) {
-          p(i, j) = std::exp(p(i, j) - max);
-          sum += p(i, j);
-        }
-        p.row(i) /= sum;
+        auto row = p.row(i).head(visible).array();
+        row = (row - max).exp();  // vectorized
+        p.row(i).tail(L - visible).setZero();
+        if (key_mask)
+          for (Index j = 0; j < visible; ++j)
+            if (!key_mask[b * L + j]) p(i, j) = T(0);
+        p.row(i) /= p.row(i).sum();
       }
       detail::MutHeadMap<T> oh(out + b * L * s.q_width() + h * d, L, d, Eigen::OuterStride<>(s.q_width()));
       oh.noalias() = p * vh;
