@@ -25,6 +25,7 @@
 #include "wegeft/core/error.hpp"
 #include "wegeft/core/tensor.hpp"
 #include "wegeft/io/file.hpp"
+#include "wegeft/io/safetensors.hpp"
 
 namespace wegeft {
 
@@ -280,12 +281,7 @@ class GgufReader {
                      << " bytes runs past the end of the " << data_size << " data bytes");
       t.offset = data_start + static_cast<std::size_t>(rel_offsets[i]);
     }
-    std::vector<const GgufTensorInfo*> order;
-    for (const auto& t : m_tensors) order.push_back(&t);
-    std::sort(order.begin(), order.end(), [](auto* a, auto* b) { return a->offset < b->offset; });
-    for (std::size_t i = 1; i < order.size(); ++i)
-      WEGEFT_CHECK(order[i]->offset >= order[i - 1]->offset + order[i - 1]->nbytes,
-                   p << ": tensors '" << order[i - 1]->name << "' and '" << order[i]->name << "' overlap");
+    detail::check_no_overlap(m_tensors, p);
   }
 
   std::unique_ptr<MappedFile> m_file;

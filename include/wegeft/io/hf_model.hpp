@@ -107,6 +107,27 @@ inline ModelConfig config_from_hf(const nlohmann::json& j, const std::string& wh
   return c;
 }
 
+/// The safetensors files of a checkpoint: a directory (model.safetensors or a sharded index) or
+/// one .safetensors file.
+inline std::vector<std::string> checkpoint_files(const std::string& base) {
+  namespace fs = std::filesystem;
+  if (!fs::is_directory(base)) return {base};
+  const fs::path index = fs::path(base) / "model.safetensors.index.json";
+  if (!fs::exists(index)) return {(fs::path(base) / "model.safetensors").string()};
+  const auto j = detail::parse_json_strict(read_text_file(index.string()), index.string());
+  WEGEFT_CHECK(j.contains("weight_map") && j["weight_map"].is_object(), index.string() << ": no \"weight_map\"");
+  std::set<std::string> shards;
+  for (const auto& item : j["weight_map"].items()) {
+    WEGEFT_CHECK(item.value().is_string(), index.string() << ": weight_map entry '" << item.key() << "' is not a file name");
+    const std::string s = item.value().get<std::string>();
+    WEGEFT_CHECK(s.find('/') == std::string::npos && s.find("..") == std::string::npos, index.string() << ": shard '" << s << "' is not a plain file name");
+    shards.insert(s);
+  }
+  std::vector<std::string> out;
+  for (const auto& s : shards) out.push_back((fs::path(base) / s).string());
+  return out;
+}
+
 template <class T>
 struct LoadedModel {
   std::unique_ptr<Transformer<T>> model;
@@ -124,27 +145,8 @@ LoadedModel<T> load_hf_model(const std::string& dir) {
 
   std::vector<std::unique_ptr<SafetensorsReader>> files;
   std::map<std::string, const SafetensorsReader*> where;  // tensor name -> file
-  const fs::path index = fs::path(dir) / "model.safetensors.index.json";
-  std::vector<std::string> shard_names;
-  if (fs::exists(index)) {
-    const auto j = detail::parse_json_strict(read_text_file(index.string()), index.string());
-    WEGEFT_CHECK(j.contains("weight_map") && j["weight_map"].is_object(), index.string() << ": no \"weight_map\"");
-    std::set<std::string> shards;
-    for (const auto& item : j["weight_map"].items()) {
-      WEGEFT_CHECK(item.value().is_string(), index.string() << ": weight_map entry '" << item.key() << "' is not a file name");
-      shards.insert(item.value().template get<std::string>());
-    }
-    for (const auto& s : shards) {
-      WEGEFT_CHECK(s.find('/') == std::string::npos && s.find("..") == std::string::npos,
-                   index.string() << ": shard name '" << s << "' is not a plain file name");
-      shard_names.push_back(s);
-    }
-  } else {
-    shard_names.push_back("model.safetensors");
-  }
-  for (const auto& s : shard_names) {
-    const std::string p = (fs::path(dir) / s).string();
-    WEGEFT_CHECK(fs::exists(p), dir << ": no " << s << " (only safetensors checkpoints are supported)");
+  for (const auto& p : checkpoint_files(dir)) {
+    WEGEFT_CHECK(fs::exists(p), dir << ": no " << fs::path(p).filename().string() << " (only safetensors checkpoints are supported)");
     files.push_back(std::make_unique<SafetensorsReader>(p));
     for (const auto& t : files.back()->tensors()) {
       WEGEFT_CHECK(!where.count(t.name), dir << ": tensor '" << t.name << "' appears in two shards");

@@ -19,27 +19,6 @@
 
 namespace wegeft {
 
-/// The safetensors files of a checkpoint: a directory (model.safetensors or a sharded index) or
-/// one .safetensors file.
-inline std::vector<std::string> checkpoint_files(const std::string& base) {
-  namespace fs = std::filesystem;
-  if (!fs::is_directory(base)) return {base};
-  const fs::path index = fs::path(base) / "model.safetensors.index.json";
-  if (!fs::exists(index)) return {(fs::path(base) / "model.safetensors").string()};
-  const auto j = detail::parse_json_strict(read_text_file(index.string()), index.string());
-  WEGEFT_CHECK(j.contains("weight_map") && j["weight_map"].is_object(), index.string() << ": no \"weight_map\"");
-  std::set<std::string> shards;
-  for (const auto& item : j["weight_map"].items()) {
-    WEGEFT_CHECK(item.value().is_string(), index.string() << ": weight_map entry '" << item.key() << "' is not a file name");
-    const std::string s = item.value().get<std::string>();
-    WEGEFT_CHECK(s.find('/') == std::string::npos && s.find("..") == std::string::npos, index.string() << ": shard '" << s << "' is not a plain file name");
-    shards.insert(s);
-  }
-  std::vector<std::string> out;
-  for (const auto& s : shards) out.push_back((fs::path(base) / s).string());
-  return out;
-}
-
 namespace detail {
 /// The block index of a module path: its first purely numeric component, or -1.
 inline Index layer_of(const std::string& name) {

@@ -87,6 +87,18 @@ inline std::vector<std::int64_t> shape_of_json(const nlohmann::json& j, const st
   return shape;
 }
 
+/// Throws unless the byte ranges [offset, offset + nbytes) of `items` (anything with name, offset
+/// and nbytes) are pairwise disjoint.
+template <class Item>
+void check_no_overlap(const std::vector<Item>& items, const std::string& path) {
+  std::vector<const Item*> order;
+  for (const auto& t : items) order.push_back(&t);
+  std::sort(order.begin(), order.end(), [](auto* a, auto* b) { return a->offset < b->offset; });
+  for (std::size_t i = 1; i < order.size(); ++i)
+    WEGEFT_CHECK(order[i]->offset >= order[i - 1]->offset + order[i - 1]->nbytes,
+                 path << ": tensors '" << order[i - 1]->name << "' and '" << order[i]->name << "' overlap");
+}
+
 }  // namespace detail
 
 class SafetensorsReader {
@@ -187,12 +199,7 @@ class SafetensorsReader {
       m_index[name] = m_tensors.size();
       m_tensors.push_back(std::move(t));
     }
-    std::vector<const TensorInfo*> order;
-    for (const auto& t : m_tensors) order.push_back(&t);
-    std::sort(order.begin(), order.end(), [](auto* a, auto* b) { return a->offset < b->offset; });
-    for (std::size_t i = 1; i < order.size(); ++i)
-      WEGEFT_CHECK(order[i]->offset >= order[i - 1]->offset + order[i - 1]->nbytes,
-                   p << ": tensors '" << order[i - 1]->name << "' and '" << order[i]->name << "' overlap");
+    detail::check_no_overlap(m_tensors, p);
   }
 
   static std::string shape_string(const std::vector<std::int64_t>& s) {
