@@ -1,5 +1,7 @@
-// libFuzzer target: any bytes as an adapter_config.json, then the spec it yields is matched
-// against a few module names (regexes from the file included). Only wegeft::Error may escape.
+// libFuzzer target: any bytes as an adapter_config.json (the spec it yields is then matched
+// against a few module names, regexes from the file included) and as a Hugging Face config.json.
+// Only wegeft::Error may escape.
+#include <wegeft/io/hf_model.hpp>
 #include <wegeft/io/peft.hpp>
 
 #include "fuzz_common.hpp"
@@ -14,6 +16,12 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       (void)wegeft::alpha_for(c.spec, name, "q");
       (void)wegeft::tied_group_of(c.spec, name);
     }
+  } catch (const wegeft::Error&) {
+  }
+  try {
+    const std::string text(reinterpret_cast<const char*>(data), size);
+    const auto c = wegeft::config_from_hf(wegeft::detail::parse_json_strict(text, "config.json"), "config.json");
+    c.validate();
   } catch (const wegeft::Error&) {
   }
   return 0;

@@ -47,6 +47,11 @@ Inputs read_inputs(const wt::Golden& g) {
   return in;
 }
 
+std::string read_all(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
 struct TempDir {
   fs::path path = fs::temp_directory_path() / ("wegeft-peft-" + std::to_string(Rng(std::random_device{}()).next_u64()));
   TempDir() { fs::create_directories(path); }
@@ -170,6 +175,15 @@ TEST_CASE("bad adapter directories get clear errors naming the file and the fiel
   expect(R"({"peft_type": "LORA", "r": 2, "r": 3, "target_modules": ["q"]})", "duplicate key \"r\"");
   expect(R"({"peft_type": "LORA", "r": 2, "target_modules": [1]})", "list of strings");
   expect(R"({"peft_type": "LORA", )", "invalid JSON");
+  expect(R"({"peft_type": 5, "r": 2, "target_modules": ["q"]})", "\"peft_type\" must be a string, got 5");
+  expect(R"({"peft_type": "LORA", "r": 2, "target_modules": ["q"], "use_rslora": "yes"})", "\"use_rslora\" must be true or false");
+  expect(R"({"peft_type": "LORA", "r": 2, "target_modules": ["q"], "bias": 0})", "\"bias\" must be a string");
+  expect(R"({"peft_type": "LORA", "r": 2, "target_modules": ["q"], "layers_to_transform": ["1"]})", "is not an integer");
+  expect(R"({"peft_type": "LORA", "r": 2, "target_modules": ["q"], "rank_pattern": {"q": 0}})", "is not a positive integer");
+  expect(R"({"peft_type": "LORA", "r": 2, "target_modules": "q_proj("})", "invalid regular expression 'q_proj('");
+  // The input the adapter-config fuzzer found: a numeric peft_type used to escape as a JSON exception.
+  write_config(read_all(std::string(WEGEFT_GOLDEN_DIR) + "/io/adapter_config_numeric_peft_type.json"));
+  CHECK_THROWS_AS(read_adapter_config(dir.str("a")), Error);
 
   // Weights that do not fit the model.
   auto m = load_hf_model<float>(interop("gpt2/base"));

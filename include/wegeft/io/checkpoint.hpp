@@ -89,7 +89,10 @@ void load_checkpoint(const std::string& path, Transformer<T>& model, ParameterSt
   for (const auto& t : f.tensors())
     WEGEFT_CHECK(t.name.rfind("param.", 0) != 0 || params-- > 0, path << ": has more parameters than the model");
   typename AdamW<T>::State state;
-  state.step = std::stoll(meta.at("adamw.step"));
+  const auto step = meta.find("adamw.step");
+  WEGEFT_CHECK(step != meta.end(), path << ": no optimizer step in the metadata");
+  std::istringstream step_text(step->second);
+  WEGEFT_CHECK(step_text >> state.step && state.step >= 0, path << ": optimizer step \"" << step->second << "\" is not a count");
   if (f.contains("adamw.m")) {
     state.m = f.values<T>("adamw.m");
     state.v = f.values<T>("adamw.v");

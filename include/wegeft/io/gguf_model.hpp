@@ -15,7 +15,7 @@ namespace wegeft {
 
 inline ModelConfig config_from_gguf(const GgufReader& f) {
   const auto& m = f.metadata();
-  const std::string arch = m.value("general.architecture", "");
+  const std::string arch = detail::json_string(m, "general.architecture", "", f.path());
   WEGEFT_CHECK(arch == "llama", f.path() << ": general.architecture \"" << arch << "\" is not supported (llama)");
   const auto get = [&](const std::string& key) -> Index {
     WEGEFT_CHECK(m.contains(key) && m[key].is_number_integer(), f.path() << ": metadata '" << key << "' is missing or not an integer");
@@ -29,8 +29,8 @@ inline ModelConfig config_from_gguf(const GgufReader& f) {
   c.kv_heads = m.contains("llama.attention.head_count_kv") ? get("llama.attention.head_count_kv") : c.heads;
   c.intermediate = get("llama.feed_forward_length");
   c.max_positions = get("llama.context_length");
-  c.norm_eps = m.value("llama.attention.layer_norm_rms_epsilon", 1e-5);
-  c.rope_theta = m.value("llama.rope.freq_base", 10000.0);
+  c.norm_eps = detail::json_number(m, "llama.attention.layer_norm_rms_epsilon", 1e-5, f.path());
+  c.rope_theta = detail::json_number(m, "llama.rope.freq_base", 10000.0, f.path());
   const auto& emb = f.info("token_embd.weight");
   WEGEFT_CHECK(emb.ne.size() == 2, f.path() << ": token_embd.weight is not 2-D");
   c.vocab_size = static_cast<Index>(emb.ne[1]);

@@ -35,7 +35,7 @@ inline Index json_index(const nlohmann::json& j, const char* key, const std::str
 }
 inline void expect_string(const nlohmann::json& j, const char* key, std::initializer_list<const char*> allowed,
                           const char* fallback, const std::string& where) {
-  const std::string v = j.contains(key) && j[key].is_string() ? j[key].get<std::string>() : fallback;
+  const std::string v = json_string(j, key, fallback, where);
   for (const char* a : allowed)
     if (v == a) return;
   WEGEFT_CHECK(false, where << ": \"" << key << "\" = \"" << v << "\" is not supported");
@@ -44,8 +44,8 @@ inline void expect_string(const nlohmann::json& j, const char* key, std::initial
 
 /// A ModelConfig from a Hugging Face config.json object (prefix not yet decided).
 inline ModelConfig config_from_hf(const nlohmann::json& j, const std::string& where) {
-  WEGEFT_CHECK(j.is_object() && j.contains("model_type") && j["model_type"].is_string(), where << ": no \"model_type\"");
-  const std::string type = j["model_type"].get<std::string>();
+  WEGEFT_CHECK(j.is_object() && j.contains("model_type"), where << ": no \"model_type\"");
+  const std::string type = detail::json_string(j, "model_type", "", where);
   ModelConfig c;
   if (type == "bert") {
     c.family = Family::bert;
@@ -56,7 +56,7 @@ inline ModelConfig config_from_hf(const nlohmann::json& j, const std::string& wh
     c.intermediate = detail::json_index(j, "intermediate_size", where);
     c.max_positions = detail::json_index(j, "max_position_embeddings", where);
     c.type_vocab_size = detail::json_index(j, "type_vocab_size", where);
-    c.norm_eps = j.value("layer_norm_eps", 1e-12);
+    c.norm_eps = detail::json_number(j, "layer_norm_eps", 1e-12, where);
     detail::expect_string(j, "hidden_act", {"gelu"}, "gelu", where);
     detail::expect_string(j, "position_embedding_type", {"absolute"}, "absolute", where);
   } else if (type == "gpt2") {
@@ -67,7 +67,7 @@ inline ModelConfig config_from_hf(const nlohmann::json& j, const std::string& wh
     c.heads = detail::json_index(j, "n_head", where);
     c.intermediate = j.contains("n_inner") && !j["n_inner"].is_null() ? detail::json_index(j, "n_inner", where) : 4 * c.hidden;
     c.max_positions = detail::json_index(j, "n_positions", where);
-    c.norm_eps = j.value("layer_norm_epsilon", 1e-5);
+    c.norm_eps = detail::json_number(j, "layer_norm_epsilon", 1e-5, where);
     detail::expect_string(j, "activation_function", {"gelu_new", "gelu_pytorch_tanh"}, "gelu_new", where);
   } else if (type == "llama") {
     c.family = Family::llama;
@@ -77,14 +77,14 @@ inline ModelConfig config_from_hf(const nlohmann::json& j, const std::string& wh
     c.heads = detail::json_index(j, "num_attention_heads", where);
     c.intermediate = detail::json_index(j, "intermediate_size", where);
     c.max_positions = detail::json_index(j, "max_position_embeddings", where);
-    c.norm_eps = j.value("rms_norm_eps", 1e-6);
-    c.rope_theta = j.value("rope_theta", 10000.0);
-    c.tied_lm_head = j.value("tie_word_embeddings", false);
+    c.norm_eps = detail::json_number(j, "rms_norm_eps", 1e-6, where);
+    c.rope_theta = detail::json_number(j, "rope_theta", 10000.0, where);
+    c.tied_lm_head = detail::json_bool(j, "tie_word_embeddings", false, where);
     detail::expect_string(j, "hidden_act", {"silu"}, "silu", where);
     WEGEFT_CHECK(!j.contains("rope_scaling") || j["rope_scaling"].is_null(), where << ": rope_scaling is not supported");
-    WEGEFT_CHECK(!j.value("attention_bias", false) && !j.value("mlp_bias", false), where << ": llama biases are not supported");
+    WEGEFT_CHECK(!detail::json_bool(j, "attention_bias", false, where) && !detail::json_bool(j, "mlp_bias", false, where), where << ": llama biases are not supported");
     if (j.contains("head_dim") && !j["head_dim"].is_null())
-      WEGEFT_CHECK(j["head_dim"].get<Index>() * c.heads == c.hidden, where << ": head_dim * heads != hidden_size");
+      WEGEFT_CHECK(detail::json_index(j, "head_dim", where) * c.heads == c.hidden, where << ": head_dim * heads != hidden_size");
   } else if (type == "vit") {
     c.family = Family::vit;
     c.hidden = detail::json_index(j, "hidden_size", where);
@@ -94,10 +94,10 @@ inline ModelConfig config_from_hf(const nlohmann::json& j, const std::string& wh
     c.image_size = detail::json_index(j, "image_size", where);
     c.patch_size = detail::json_index(j, "patch_size", where);
     c.channels = j.contains("num_channels") ? detail::json_index(j, "num_channels", where) : 3;
-    c.norm_eps = j.value("layer_norm_eps", 1e-12);
+    c.norm_eps = detail::json_number(j, "layer_norm_eps", 1e-12, where);
     c.max_positions = c.patches() + 1;
     detail::expect_string(j, "hidden_act", {"gelu"}, "gelu", where);
-    WEGEFT_CHECK(j.value("qkv_bias", true), where << ": vit without qkv_bias is not supported");
+    WEGEFT_CHECK(detail::json_bool(j, "qkv_bias", true, where), where << ": vit without qkv_bias is not supported");
   } else {
     WEGEFT_CHECK(false, where << ": model_type \"" << type << "\" is not supported (bert, gpt2, llama, vit)");
   }

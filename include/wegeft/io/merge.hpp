@@ -50,7 +50,7 @@ inline Index merge_adapter(const std::string& base, const std::string& adapter_d
   std::map<std::string, Matrix<double>> merged;  // tensor name -> new value
   // GPT-2's Conv1D modules store W as [in, out] (PEFT's fan_in_fan_out).
   static const std::regex conv1d(R"((^|.*\.)(attn\.c_attn|attn\.c_proj|mlp\.c_fc|mlp\.c_proj)$)");
-  const bool fan_in_fan_out = cfg.json.value("fan_in_fan_out", false);
+  const bool fan_in_fan_out = detail::json_bool(cfg.json, "fan_in_fan_out", false, adapter_dir);
   const auto weight_of = [&](const std::string& module, Index d_out, Index d_in, bool& transposed) {
     const std::string key = module + ".weight";
     WEGEFT_CHECK(where.count(key), base << ": no tensor '" << key << "' for the adapter's module '" << module << "'");

@@ -41,28 +41,6 @@ struct AdapterConfig {
   nlohmann::json json;
 };
 
-namespace detail {
-
-inline std::vector<std::string> string_list(const nlohmann::json& j, const std::string& where) {
-  std::vector<std::string> out;
-  if (j.is_null()) return out;
-  if (j.is_string()) return {j.get<std::string>()};
-  WEGEFT_CHECK(j.is_array(), where << " must be a list of strings");
-  for (const auto& v : j) {
-    WEGEFT_CHECK(v.is_string(), where << " must be a list of strings, got " << v.dump());
-    out.push_back(v.get<std::string>());
-  }
-  return out;
-}
-
-inline double number(const nlohmann::json& j, const char* key, double fallback, const std::string& where) {
-  if (!j.contains(key) || j[key].is_null()) return fallback;
-  WEGEFT_CHECK(j[key].is_number(), where << ": \"" << key << "\" must be a number, got " << j[key].dump());
-  return j[key].get<double>();
-}
-
-}  // namespace detail
-
 /// Parses dir/adapter_config.json. Throws, naming the file and the field, on anything wegeft
 /// cannot honour exactly (DoRA, trainable biases, layer replication, an unknown peft_type).
 inline AdapterConfig read_adapter_config(const std::string& dir) {
@@ -71,7 +49,7 @@ inline AdapterConfig read_adapter_config(const std::string& dir) {
   out.json = detail::parse_json_strict(read_text_file(path), path);
   const nlohmann::json& j = out.json;
   WEGEFT_CHECK(j.is_object(), path << ": not a JSON object");
-  const std::string type = j.value("peft_type", "");
+  const std::string type = detail::json_string(j, "peft_type", "", path);
   WEGEFT_CHECK(type == "LORA" || type == "WEGEFT", path << ": unsupported peft_type \"" << type << "\" (LORA or WEGEFT)");
   AdapterSpec& spec = out.spec;
   spec.kind = type == "LORA" ? AdapterKind::lora : AdapterKind::wegeft;
@@ -81,42 +59,49 @@ inline AdapterConfig read_adapter_config(const std::string& dir) {
   const auto& targets = j.contains("target_modules") ? j["target_modules"] : nlohmann::json();
   WEGEFT_CHECK(targets.is_string() || targets.is_array(), path << ": \"target_modules\" must be a regex string or a list");
   if (targets.is_string()) spec.target_regex = targets.get<std::string>();
-  else spec.target_modules = detail::string_list(targets, path + ": \"target_modules\"");
+  else spec.target_modules = detail::json_string_list(targets, path + ": \"target_modules\"");
   if (j.contains("layers_to_transform") && !j["layers_to_transform"].is_null()) {
     const auto& l = j["layers_to_transform"];
+    WEGEFT_CHECK(l.is_number_integer() || l.is_array(), path << ": \"layers_to_transform\" must be an integer or a list");
     if (l.is_number_integer()) spec.layers = {l.get<Index>()};
-    else for (const auto& v : l) spec.layers.push_back(v.get<Index>());
+    else
+      for (const auto& v : l) {
+        WEGEFT_CHECK(v.is_number_integer(), path << ": \"layers_to_transform\" entry " << v.dump() << " is not an integer");
+        spec.layers.push_back(v.get<Index>());
+      }
   }
   for (const char* key : {"rank_pattern", "alpha_pattern"}) {
     if (!j.contains(key) || j[key].is_null()) continue;
     WEGEFT_CHECK(j[key].is_object(), path << ": \"" << key << "\" must be an object");
     for (const auto& [k, v] : j[key].items()) {
-      WEGEFT_CHECK(v.is_number(), path << ": " << key << " entry \"" << k << "\" is not a number");
+      WEGEFT_CHECK(std::string(key) == "rank_pattern" ? v.is_number_integer() && v.get<std::int64_t>() > 0 : v.is_number(),
+                   path << ": " << key << " entry \"" << k << "\" is not a " << (std::string(key) == "rank_pattern" ? "positive integer" : "number"));
       if (std::string(key) == "rank_pattern") spec.rank_pattern.emplace_back(k, v.get<Index>());
       else spec.alpha_pattern.emplace_back(k, v.get<double>());
     }
   }
-  out.modules_to_save = detail::string_list(j.value("modules_to_save", nlohmann::json()), path + ": \"modules_to_save\"");
-  out.base_model = j.value("base_model_name_or_path", "");
+  out.modules_to_save = detail::json_string_list(j.contains("modules_to_save") ? j["modules_to_save"] : nlohmann::json(),
+                                                 path + ": \"modules_to_save\"");
+  out.base_model = detail::json_string(j, "base_model_name_or_path", "", path);
   if (spec.kind == AdapterKind::lora) {
     spec.lora.rank = r;
-    spec.lora.alpha = detail::number(j, "lora_alpha", 8.0, path);
-    spec.lora.dropout = detail::number(j, "lora_dropout", 0.0, path);
-    spec.lora.use_rslora = j.value("use_rslora", false);
-    const std::string bias = j.value("bias", "none");
+    spec.lora.alpha = detail::json_number(j, "lora_alpha", 8.0, path);
+    spec.lora.dropout = detail::json_number(j, "lora_dropout", 0.0, path);
+    spec.lora.use_rslora = detail::json_bool(j, "use_rslora", false, path);
+    const std::string bias = detail::json_string(j, "bias", "none", path);
     WEGEFT_CHECK(bias == "none", path << ": bias \"" << bias << "\" is not supported (only \"none\")");
-    WEGEFT_CHECK(!j.value("use_dora", false), path << ": DoRA adapters are not supported");
+    WEGEFT_CHECK(!detail::json_bool(j, "use_dora", false, path), path << ": DoRA adapters are not supported");
     WEGEFT_CHECK(!j.contains("layer_replication") || j["layer_replication"].is_null(),
                  path << ": layer_replication is not supported");
   } else {
     spec.wegeft.rank = r;
-    spec.wegeft.alpha = detail::number(j, "wegeft_alpha", 2.0 * static_cast<double>(r), path);
-    spec.wegeft.dropout = detail::number(j, "wegeft_dropout", 0.0, path);
+    spec.wegeft.alpha = detail::json_number(j, "wegeft_alpha", 2.0 * static_cast<double>(r), path);
+    spec.wegeft.dropout = detail::json_number(j, "wegeft_dropout", 0.0, path);
     spec.sharing = WeGeFTSharing::tied;
     if (j.contains("tied_modules") && !j["tied_modules"].is_null()) {
       WEGEFT_CHECK(j["tied_modules"].is_array(), path << ": \"tied_modules\" must be a list of groups");
       for (const auto& group : j["tied_modules"])
-        spec.tied_modules.push_back(detail::string_list(group, path + ": a \"tied_modules\" group"));
+        spec.tied_modules.push_back(detail::json_string_list(group, path + ": a \"tied_modules\" group"));
     }
   }
   // Every pattern must compile: a malformed one is reported here, naming the file.

@@ -27,6 +27,7 @@
 #include "wegeft/core/error.hpp"
 #include "wegeft/core/tensor.hpp"
 #include "wegeft/io/file.hpp"
+#include "wegeft/io/json.hpp"
 
 namespace wegeft {
 
@@ -52,28 +53,6 @@ inline std::size_t checked_numel(const std::vector<std::int64_t>& shape, const s
                  where << ": shape's element count overflows");
   }
   return static_cast<std::size_t>(n);
-}
-
-/// Parses JSON, rejecting duplicate keys in any object (nlohmann would keep the last silently).
-inline nlohmann::json parse_json_strict(const std::string& text, const std::string& where) {
-  std::vector<std::set<std::string>> keys;
-  const nlohmann::json::parser_callback_t check = [&](int, nlohmann::json::parse_event_t event,
-                                                      nlohmann::json& parsed) {
-    using E = nlohmann::json::parse_event_t;
-    if (event == E::object_start) keys.emplace_back();
-    if (event == E::object_end && !keys.empty()) keys.pop_back();
-    if (event == E::key && !keys.empty()) {
-      const auto& k = parsed.get_ref<const std::string&>();
-      WEGEFT_CHECK(keys.back().insert(k).second, where << ": duplicate key \"" << k << "\"");
-    }
-    return true;
-  };
-  try {
-    return nlohmann::json::parse(text, check);
-  } catch (const nlohmann::json::exception& e) {
-    WEGEFT_CHECK(false, where << ": invalid JSON: " << e.what());
-  }
-  return {};
 }
 
 inline std::vector<std::int64_t> shape_of_json(const nlohmann::json& j, const std::string& where) {
