@@ -22,8 +22,8 @@ def run(cmd, env):
     rows = {}
     for line in out.splitlines():
         if line.startswith("RESULT "):
-            name, ms, ratio, ideal = line[7:].split("|")
-            rows[name] = (float(ms), float(ratio), float(ideal))
+            name, *values = line[7:].split("|")
+            rows[name] = tuple(float(v) for v in values)
     return out, rows
 
 
