@@ -297,12 +297,12 @@ class Transformer {
     for (Index l = 0; l < m_config.layers; ++l) {
       BlockCache& c = acts.blocks[static_cast<std::size_t>(l)];
       c.rng_states = dropout_states(l);
-      c.x = std::move(x);
+      c.x.swap(x);  // reuses the buffer this block held in the previous step, if any
       x.resize(acts.n, d);
       block_forward(l, c, acts, x);
       if (m_checkpointing) release(c);
     }
-    acts.last = std::move(x);
+    acts.last.swap(x);
     const Matrix<T>* h = &acts.last;
     if (m_config.pre_norm()) {
       acts.final_out.resize(acts.n, d);
