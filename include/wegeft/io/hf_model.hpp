@@ -47,13 +47,17 @@ inline ModelConfig config_from_hf(const nlohmann::json& j, const std::string& wh
   WEGEFT_CHECK(j.is_object() && j.contains("model_type"), where << ": no \"model_type\"");
   const std::string type = detail::json_string(j, "model_type", "", where);
   ModelConfig c;
-  if (type == "bert") {
-    c.family = Family::bert;
-    c.vocab_size = detail::json_index(j, "vocab_size", where);
+  // bert, llama and vit share these names (gpt2 has its own)
+  const auto sizes = [&] {
     c.hidden = detail::json_index(j, "hidden_size", where);
     c.layers = detail::json_index(j, "num_hidden_layers", where);
     c.heads = detail::json_index(j, "num_attention_heads", where);
     c.intermediate = detail::json_index(j, "intermediate_size", where);
+  };
+  if (type == "bert") {
+    c.family = Family::bert;
+    sizes();
+    c.vocab_size = detail::json_index(j, "vocab_size", where);
     c.max_positions = detail::json_index(j, "max_position_embeddings", where);
     c.type_vocab_size = detail::json_index(j, "type_vocab_size", where);
     c.norm_eps = detail::json_number(j, "layer_norm_eps", 1e-12, where);
@@ -71,11 +75,8 @@ inline ModelConfig config_from_hf(const nlohmann::json& j, const std::string& wh
     detail::expect_string(j, "activation_function", {"gelu_new", "gelu_pytorch_tanh"}, "gelu_new", where);
   } else if (type == "llama") {
     c.family = Family::llama;
+    sizes();
     c.vocab_size = detail::json_index(j, "vocab_size", where);
-    c.hidden = detail::json_index(j, "hidden_size", where);
-    c.layers = detail::json_index(j, "num_hidden_layers", where);
-    c.heads = detail::json_index(j, "num_attention_heads", where);
-    c.intermediate = detail::json_index(j, "intermediate_size", where);
     c.max_positions = detail::json_index(j, "max_position_embeddings", where);
     c.norm_eps = detail::json_number(j, "rms_norm_eps", 1e-6, where);
     c.rope_theta = detail::json_number(j, "rope_theta", 10000.0, where);
@@ -87,10 +88,7 @@ inline ModelConfig config_from_hf(const nlohmann::json& j, const std::string& wh
       WEGEFT_CHECK(detail::json_index(j, "head_dim", where) * c.heads == c.hidden, where << ": head_dim * heads != hidden_size");
   } else if (type == "vit") {
     c.family = Family::vit;
-    c.hidden = detail::json_index(j, "hidden_size", where);
-    c.layers = detail::json_index(j, "num_hidden_layers", where);
-    c.heads = detail::json_index(j, "num_attention_heads", where);
-    c.intermediate = detail::json_index(j, "intermediate_size", where);
+    sizes();
     c.image_size = detail::json_index(j, "image_size", where);
     c.patch_size = detail::json_index(j, "patch_size", where);
     c.channels = j.contains("num_channels") ? detail::json_index(j, "num_channels", where) : 3;
