@@ -281,3 +281,51 @@ TEST_CASE("wegeft rejects bad configurations and shapes with messages naming the
   WeGeFTAdapter<double> other(gen, FrozenLinear<double>(w8), rng);
   CHECK_THROWS_WITH(other.backward(cache, x, y), Catch::Contains("another layer"));
 }
+
+TEMPLATE_TEST_CASE("adapters give the same results on strided views as on contiguous matrices", "[wegeft][lora]", float, double) {
+  using T = TestType;
+  Rng rng(21);
+  const Index n = 6, d_in = 9, d_out = 7, pad = 3;
+  Matrix<T> w = wt::random_matrix<T>(d_out, d_in, rng);
+  // x, dy and dx live inside wider matrices, so their views have a row stride larger than their width
+  Matrix<T> xw = wt::random_matrix<T>(n, d_in + pad, rng), dyw = wt::random_matrix<T>(n, d_out + pad, rng);
+  Matrix<T> dxw = Matrix<T>::Zero(n, d_in + pad);
+  const Matrix<T> x = xw.leftCols(d_in), dy = dyw.leftCols(d_out);
+  ParameterStore<T> s1, s2;
+  Rng r1(5), r2(5);
+  LoraAdapter<T> a(s1, FrozenLinear<T>(w), {.rank = 3, .alpha = 6}, r1), b(s2, FrozenLinear<T>(w), {.rank = 3, .alpha = 6}, r2);
+  a.lora_B() = wt::random_matrix<T>(d_out, 3, rng);
+  b.lora_B() = a.lora_B();
+  typename LoraAdapter<T>::Cache ca, cb;
+  Matrix<T> ya(n, d_out), yb(n, d_out), dxa(n, d_in);
+  a.forward(ya, ca, x);
+  b.forward(yb, cb, xw.leftCols(d_in));
+  a.backward(dxa, ca, x, dy);
+  b.backward(dxw.leftCols(d_in), cb, xw.leftCols(d_in), dyw.leftCols(d_out));
+  CHECK(wt::rel_diff(yb, ya) < wt::Tol<T>::close);
+  CHECK(wt::rel_diff(Matrix<T>(dxw.leftCols(d_in)), dxa) < wt::Tol<T>::close);
+  CHECK(wt::rel_diff(b.grad_A(), a.grad_A()) < wt::Tol<T>::close);
+  CHECK(wt::rel_diff(b.grad_B(), a.grad_B()) < wt::Tol<T>::close);
+  CHECK(dxw.rightCols(pad).isZero(0));  // nothing written outside the view
+
+  for (WeGeFTOrder order : {WeGeFTOrder::weight_side, WeGeFTOrder::input_edit}) {
+    INFO(to_string(order));
+    ParameterStore<T> g1, g2;
+    Rng q1(6), q2(6);
+    WeGeFTGenerator<T> ga(g1, d_in, {.rank = 2, .alpha = 4}, q1), gb(g2, d_in, {.rank = 2, .alpha = 4}, q2);
+    ga.phi() = wt::random_matrix<T>(2, d_in, rng);
+    gb.phi() = ga.phi();
+    WeGeFTAdapter<T> la(ga, FrozenLinear<T>(w), q1, order), lb(gb, FrozenLinear<T>(w), q2, order);
+    typename WeGeFTAdapter<T>::Cache wa, wb;
+    dxw.setZero();
+    la.forward(ya, wa, x);
+    lb.forward(yb, wb, xw.leftCols(d_in));
+    la.backward(dxa, wa, x, dy);
+    lb.backward(dxw.leftCols(d_in), wb, xw.leftCols(d_in), dyw.leftCols(d_out));
+    CHECK(wt::rel_diff(yb, ya) < wt::Tol<T>::close);
+    CHECK(wt::rel_diff(Matrix<T>(dxw.leftCols(d_in)), dxa) < wt::Tol<T>::close);
+    CHECK(wt::rel_diff(gb.grad_phi(), ga.grad_phi()) < wt::Tol<T>::close);
+    CHECK(wt::rel_diff(gb.grad_psi(), ga.grad_psi()) < wt::Tol<T>::close);
+    CHECK(dxw.rightCols(pad).isZero(0));
+  }
+}
