@@ -572,7 +572,7 @@ class Transformer {
     const Index d = m_config.hidden, kvw = m_config.kv_width();
     auto& lin = c.lin;
     if (m_config.fused_qkv()) {
-      Matrix<T> qkv;
+      thread_local Matrix<T> qkv;  // per-thread scratch, reused across calls (no per-step allocation)
       run_linear(l, LinearRole::qkv, lin[int(LinearRole::qkv)], qkv, in);
       c.q = qkv.leftCols(d);
       c.k = qkv.middleCols(d, d);
@@ -599,9 +599,12 @@ class Transformer {
                                 const Matrix<T>& d_o, Matrix<T>* d_in) {
     const Index d = m_config.hidden;
     auto& lin = c.lin;
-    Matrix<T> d_attn;
+    thread_local Matrix<T> d_attn;
     run_linear_backward(l, LinearRole::o, lin[int(LinearRole::o)], &d_attn, c.attn, d_o);
-    Matrix<T> dq(acts.n, d), dk(acts.n, m_config.kv_width()), dv(acts.n, m_config.kv_width());
+    thread_local Matrix<T> dq, dk, dv;
+    dq.resize(acts.n, d);
+    dk.resize(acts.n, m_config.kv_width());
+    dv.resize(acts.n, m_config.kv_width());
     attention_backward(dq.data(), dk.data(), dv.data(), d_attn.data(), c.probs.data(), c.q.data(), c.k.data(),
                        c.v.data(), attention_shape(acts));
     if (m_config.rope()) {
@@ -609,12 +612,13 @@ class Transformer {
       rope_backward(dk.data(), *m_rope, acts.batch, acts.seq, m_config.kv_heads);
     }
     if (m_config.fused_qkv()) {
-      Matrix<T> dqkv(acts.n, 3 * d);
+      thread_local Matrix<T> dqkv;
+      dqkv.resize(acts.n, 3 * d);
       dqkv << dq, dk, dv;
       run_linear_backward(l, LinearRole::qkv, lin[int(LinearRole::qkv)], d_in, in, dqkv);
       return;
     }
-    Matrix<T> tmp;
+    thread_local Matrix<T> tmp;
     Matrix<T>* t = d_in ? &tmp : nullptr;
     run_linear_backward(l, LinearRole::q, lin[int(LinearRole::q)], d_in, in, dq);
     run_linear_backward(l, LinearRole::k, lin[int(LinearRole::k)], t, in, dk);
@@ -639,10 +643,12 @@ class Transformer {
   /// d_in (overwritten) from d_out of the MLP.
   void mlp_backward(Index l, BlockCache& c, const Matrix<T>& in, const Matrix<T>& d_out, Matrix<T>& d_in) {
     auto& lin = c.lin;
-    Matrix<T> d_act;
+    thread_local Matrix<T> d_act;
     run_linear_backward(l, LinearRole::down, lin[int(LinearRole::down)], &d_act, c.act, d_out);
     if (m_config.swiglu()) {
-      Matrix<T> d_gate(d_act.rows(), d_act.cols()), d_up(d_act.rows(), d_act.cols()), tmp;
+      thread_local Matrix<T> d_gate, d_up, tmp;
+      d_gate.resize(d_act.rows(), d_act.cols());
+      d_up.resize(d_act.rows(), d_act.cols());
       swiglu_backward(d_gate.data(), d_up.data(), d_act.data(), c.gate.data(), c.up.data(), d_act.size());
       run_linear_backward(l, LinearRole::gate, lin[int(LinearRole::gate)], &d_in, in, d_gate);
       run_linear_backward(l, LinearRole::up, lin[int(LinearRole::up)], &tmp, in, d_up);
@@ -656,7 +662,7 @@ class Transformer {
   /// out [N, d] from c.x.
   void block_forward(Index l, BlockCache& c, const Activations& acts, Matrix<T>& out) {
     c.released = false;
-    Matrix<T> o, m;
+    thread_local Matrix<T> o, m;
     if (m_config.pre_norm()) {
       norm_forward(c.h1, c.mean1, c.rstd1, c.x, m_config.norm_name(l, 0));
       attention_block_forward(l, c, acts, c.h1);
@@ -678,13 +684,13 @@ class Transformer {
 
   /// dx (overwritten; may be null) from dout, the gradient of the block output.
   void block_backward(Index l, BlockCache& c, const Activations& acts, const Matrix<T>& dout, Matrix<T>* dx) {
-    Matrix<T> d_mid, tmp;
+    thread_local Matrix<T> d_mid, tmp;
     if (m_config.pre_norm()) {
       // out = x2 + mlp(norm2(x2)),  x2 = x + o(attn(norm1(x)))
       mlp_backward(l, c, c.h2, dout, tmp);
       norm_backward(&d_mid, tmp, c.x2, c.mean2, c.rstd2, m_config.norm_name(l, 1));
       d_mid += dout;
-      Matrix<T> dh1;
+      thread_local Matrix<T> dh1;
       const bool need_dh1 = dx != nullptr || has_trainable_norm(l, 0);
       attention_block_backward(l, c, acts, c.h1, d_mid, need_dh1 ? &dh1 : nullptr);
       if (dx) {
@@ -695,7 +701,7 @@ class Transformer {
       }
     } else {
       // out = LN2(x2 + mlp(x2)),  x2 = LN1(x + o(attn(x)))
-      Matrix<T> d_h2;
+      thread_local Matrix<T> d_h2;
       norm_backward(&d_h2, dout, c.h2, c.mean2, c.rstd2, m_config.norm_name(l, 1));
       mlp_backward(l, c, c.x2, d_h2, tmp);
       tmp += d_h2;
