@@ -168,16 +168,10 @@ class LoraAdapter {
     const auto a = lora_A();
     const auto b = lora_B();
     const Matrix<T> sb = m_scale * b;                   // [d_out, r]
+    const Matrix<T> su = m_scale * cache.u;             // [N, r]
     Matrix<T> g_u(x.rows(), rank());                     // [N, r] = dy (s B)
-    if (dy.outerStride() == dy.cols()) {
-      // one pass over dy for both g_u and dB += s dy^T u
-      const Matrix<T> su = m_scale * cache.u;
-      rank_r_pass(g_u.data(), grad_B().data(), dy.data(), sb.data(), su.data(), x.rows(), d_out(), rank());
-    } else {
-      g_u.noalias() = dy * sb;
-      const Matrix<T> dyt_u = dy.transpose() * cache.u;  // [d_out, r]
-      grad_B() += m_scale * dyt_u;
-    }
+    // one pass over dy for both g_u and dB += s dy^T u
+    rank_r_pass(g_u.data(), grad_B().data(), dy.data(), sb.data(), su.data(), x.rows(), d_out(), rank(), dy.outerStride());
     auto xd = workspace<T>(1, cache.dropped ? x.rows() : 0, x.cols());
     if (cache.dropped) {
       dropout_apply(xd.data(), x.data(), x.size(), m_config.dropout, cache.dropout_seed);

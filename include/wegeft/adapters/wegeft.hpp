@@ -274,32 +274,25 @@ class WeGeFTAdapter {
     auto g_psi = m_gen->grad_psi();
     if (cache.order == WeGeFTOrder::input_edit) {
       // h = dL/dx_hat = dy W [N, d_in]: computed straight into dx when it is wanted.
-      const bool direct = dx != nullptr && dx->outerStride() == x.cols();
-      MatrixMap<T> h = direct ? MatrixMap<T>(dx->data(), x.rows(), x.cols()) : workspace<T>(0, x.rows(), x.cols());
+      using View = Eigen::Map<Matrix<T>, 0, Eigen::OuterStride<>>;
+      View h = dx != nullptr ? View(dx->data(), x.rows(), x.cols(), Eigen::OuterStride<>(dx->outerStride()))
+                             : View(workspace<T>(0, x.rows(), x.cols()).data(), x.rows(), x.cols(), Eigen::OuterStride<>(x.cols()));
       h.noalias() = dy * w;
       // One pass over h: t = s h Phi^T [N, r] (dL/du) and G = s h^T u = dPhi^T [d_in, r].
       const Matrix<T> s_phi_t = s * phi.transpose();
       const Matrix<T> su = s * cache.u;
       Matrix<T> t(x.rows(), m_gen->rank()), G = Matrix<T>::Zero(d_in(), m_gen->rank());
-      rank_r_pass(t.data(), G.data(), h.data(), s_phi_t.data(), su.data(), x.rows(), d_in(), m_gen->rank());
+      rank_r_pass(t.data(), G.data(), h.data(), s_phi_t.data(), su.data(), x.rows(), d_in(), m_gen->rank(), h.outerStride());
       g_psi.noalias() += t.transpose() * x;
       g_phi += G.transpose();
-      if (dx != nullptr) {
-        if (!direct) *dx = h;
-        dx->noalias() += t * psi;
-      }
+      if (dx != nullptr) dx->noalias() += t * psi;
       return;
     }
     const Matrix<T> s_p = s * cache.p;
     Matrix<T> g_u(x.rows(), m_gen->rank());                      // [N, r] = s dy P
     Matrix<T> g_p = Matrix<T>::Zero(d_out(), m_gen->rank());     // [d_out, r] = s dy^T u
-    if (dy.outerStride() == dy.cols()) {
-      const Matrix<T> su = s * cache.u;
-      rank_r_pass(g_u.data(), g_p.data(), dy.data(), s_p.data(), su.data(), x.rows(), d_out(), m_gen->rank());
-    } else {
-      g_u.noalias() = dy * s_p;
-      g_p.noalias() = s * Matrix<T>(dy.transpose() * cache.u);
-    }
+    const Matrix<T> su = s * cache.u;
+    rank_r_pass(g_u.data(), g_p.data(), dy.data(), s_p.data(), su.data(), x.rows(), d_out(), m_gen->rank(), dy.outerStride());
     g_psi.noalias() += g_u.transpose() * x;
     if (cache.dropped) {
       g_phi.noalias() += g_p.transpose() * dropped_weight(cache.dropout_seed);

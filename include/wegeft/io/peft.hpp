@@ -189,8 +189,7 @@ Index load_adapter(Transformer<T>& model, ParameterStore<T>& store, const std::s
     used.insert(key);
   };
   const Index count = model.attach(cfg.spec, store);
-  std::set<const WeGeFTGenerator<T>*> loaded;
-  std::map<const WeGeFTGenerator<T>*, std::vector<std::string>> members;
+  std::map<WeGeFTGenerator<T>*, std::vector<std::string>> members;
   for (const auto& m : model.modules()) {
     if (m.lora) {
       take(kPeftPrefix + m.name + ".lora_A.weight", m.lora->lora_A());
@@ -198,8 +197,7 @@ Index load_adapter(Transformer<T>& model, ParameterStore<T>& store, const std::s
     }
     if (m.wegeft) members[&m.wegeft->generator()].push_back(m.name);
   }
-  for (auto& [gen, names] : members) {
-    auto* g = const_cast<WeGeFTGenerator<T>*>(gen);
+  for (auto& [g, names] : members) {
     const auto holder = std::find_if(names.begin(), names.end(), [&](const std::string& n) {
       return file.contains(kPeftPrefix + n + ".wegeft_phi.weight");
     });
@@ -295,16 +293,16 @@ void save_adapter(Transformer<T>& model, ParameterStore<T>& store, const std::st
   } else {
     j["wegeft_alpha"] = alpha;
     j["wegeft_dropout"] = *dropouts.begin();
-    std::map<const WeGeFTGenerator<T>*, std::vector<std::string>> groups;
-    std::vector<const WeGeFTGenerator<T>*> order;
+    std::map<WeGeFTGenerator<T>*, std::vector<std::string>> groups;
+    std::vector<WeGeFTGenerator<T>*> order;
     for (const auto& m : model.modules()) {
       if (!m.wegeft) continue;
-      const auto* g = &m.wegeft->generator();
+      auto* g = &m.wegeft->generator();
       if (!groups.count(g)) order.push_back(g);
       groups[g].push_back(m.name);
     }
     nlohmann::ordered_json tied = nlohmann::ordered_json::array();
-    for (const auto* g : order) {
+    for (auto* g : order) {
       const auto& names = groups[g];
       if (names.size() < 2) continue;
       // One pattern for the whole group when its members are one role's modules at every depth.
@@ -322,11 +320,10 @@ void save_adapter(Transformer<T>& model, ParameterStore<T>& store, const std::st
       tied.push_back(patterns);
     }
     j["tied_modules"] = tied;
-    for (const auto* g : order) {
-      auto* gen = const_cast<WeGeFTGenerator<T>*>(g);
+    for (auto* g : order) {
       const std::string owner = groups[g].front();
-      out.add(kPeftPrefix + owner + ".wegeft_phi.weight", dtype, Matrix<T>(gen->phi()));
-      out.add(kPeftPrefix + owner + ".wegeft_psi.weight", dtype, Matrix<T>(gen->psi()));
+      out.add(kPeftPrefix + owner + ".wegeft_phi.weight", dtype, Matrix<T>(g->phi()));
+      out.add(kPeftPrefix + owner + ".wegeft_psi.weight", dtype, Matrix<T>(g->psi()));
     }
   }
   if (const auto head = model.classifier_params()) {

@@ -20,10 +20,11 @@ namespace wegeft {
 
 namespace detail {
 
-/// Rows [0, n) of Y, n a multiple of 4, rank R (padded): g = Y M and G += Y^T U in one pass.
+/// Rows [0, n) of Y (row stride ldy), n a multiple of 4, rank R (padded): g = Y M and
+/// G += Y^T U in one pass.
 template <class T, int R>
 void rank_r_rows(T* __restrict g, T* __restrict G, const T* __restrict Y, const T* __restrict M,
-                 const T* __restrict U, Index n, Index d) {
+                 const T* __restrict U, Index n, Index d, Index ldy) {
   for (Index i = 0; i < n; i += 4) {
     T a0[R] = {}, a1[R] = {}, a2[R] = {}, a3[R] = {};
     T u0[R], u1[R], u2[R], u3[R];
@@ -33,10 +34,10 @@ void rank_r_rows(T* __restrict g, T* __restrict G, const T* __restrict Y, const 
       u2[k] = U[(i + 2) * R + k];
       u3[k] = U[(i + 3) * R + k];
     }
-    const T* y0 = Y + i * d;
-    const T* y1 = y0 + d;
-    const T* y2 = y1 + d;
-    const T* y3 = y2 + d;
+    const T* y0 = Y + i * ldy;
+    const T* y1 = y0 + ldy;
+    const T* y2 = y1 + ldy;
+    const T* y3 = y2 + ldy;
     for (Index o = 0; o < d; ++o) {
       const T v0 = y0[o], v1 = y1[o], v2 = y2[o], v3 = y3[o];
       const T* m = M + o * R;
@@ -59,16 +60,16 @@ void rank_r_rows(T* __restrict g, T* __restrict G, const T* __restrict Y, const 
 }
 
 template <class T, int R>
-void rank_r_padded(T* g, T* G, const T* Y, const T* M, const T* U, Index n, Index d) {
+void rank_r_padded(T* g, T* G, const T* Y, const T* M, const T* U, Index n, Index d, Index ldy) {
   const Index whole = n / 4 * 4;
-  rank_r_rows<T, R>(g, G, Y, M, U, whole, d);
+  rank_r_rows<T, R>(g, G, Y, M, U, whole, d, ldy);
   if (whole == n) return;
   // The last 1-3 rows go through the same code on a zero-padded copy (zero rows add nothing).
   std::vector<T, AlignedAllocator<T, 64>> y(static_cast<std::size_t>(4 * d), T(0)),
       u(static_cast<std::size_t>(4 * R), T(0)), gt(static_cast<std::size_t>(4 * R));
-  std::copy(Y + whole * d, Y + n * d, y.begin());
+  for (Index i = whole; i < n; ++i) std::copy(Y + i * ldy, Y + i * ldy + d, y.begin() + (i - whole) * d);
   std::copy(U + whole * R, U + n * R, u.begin());
-  rank_r_rows<T, R>(gt.data(), G, y.data(), M, u.data(), 4, d);
+  rank_r_rows<T, R>(gt.data(), G, y.data(), M, u.data(), 4, d, d);
   std::copy(gt.begin(), gt.begin() + (n - whole) * R, g + whole * R);
 }
 
@@ -78,11 +79,12 @@ void rank_r_padded(T* g, T* G, const T* Y, const T* M, const T* U, Index n, Inde
 inline constexpr Index kMaxFusedRank = 64;
 
 /// g [N, r] = Y [N, d] M [d, r] (overwritten) and G [d, r] += Y^T U [N, r], in one pass over Y.
-/// All row-major and contiguous.
+/// All row-major; Y's rows are `ldy` apart (a view into a wider matrix), everything else is
+/// contiguous.
 template <class T>
-void rank_r_pass(T* g, T* G, const T* Y, const T* M, const T* U, Index n, Index d, Index r) {
+void rank_r_pass(T* g, T* G, const T* Y, const T* M, const T* U, Index n, Index d, Index r, Index ldy) {
   if (r > kMaxFusedRank || n == 0) {
-    const ConstMatrixMap<T> y(Y, n, d);
+    const Eigen::Map<const Matrix<T>, 0, Eigen::OuterStride<>> y(Y, n, d, Eigen::OuterStride<>(ldy));
     MatrixMap<T>(g, n, r).noalias() = y * ConstMatrixMap<T>(M, d, r);
     MatrixMap<T>(G, d, r).noalias() += y.transpose() * ConstMatrixMap<T>(U, n, r);
     return;
@@ -95,10 +97,10 @@ void rank_r_pass(T* g, T* G, const T* Y, const T* M, const T* U, Index n, Index 
   for (Index o = 0; o < d; ++o) std::copy(M + o * r, M + (o + 1) * r, mp.begin() + o * rp);
   for (Index i = 0; i < n; ++i) std::copy(U + i * r, U + (i + 1) * r, up.begin() + i * rp);
   switch (rp) {
-    case 16: detail::rank_r_padded<T, 16>(gp.data(), Gp.data(), Y, mp.data(), up.data(), n, d); break;
-    case 32: detail::rank_r_padded<T, 32>(gp.data(), Gp.data(), Y, mp.data(), up.data(), n, d); break;
-    case 48: detail::rank_r_padded<T, 48>(gp.data(), Gp.data(), Y, mp.data(), up.data(), n, d); break;
-    default: detail::rank_r_padded<T, 64>(gp.data(), Gp.data(), Y, mp.data(), up.data(), n, d); break;
+    case 16: detail::rank_r_padded<T, 16>(gp.data(), Gp.data(), Y, mp.data(), up.data(), n, d, ldy); break;
+    case 32: detail::rank_r_padded<T, 32>(gp.data(), Gp.data(), Y, mp.data(), up.data(), n, d, ldy); break;
+    case 48: detail::rank_r_padded<T, 48>(gp.data(), Gp.data(), Y, mp.data(), up.data(), n, d, ldy); break;
+    default: detail::rank_r_padded<T, 64>(gp.data(), Gp.data(), Y, mp.data(), up.data(), n, d, ldy); break;
   }
   for (Index i = 0; i < n; ++i) std::copy(gp.begin() + i * rp, gp.begin() + i * rp + r, g + i * r);
   for (Index o = 0; o < d; ++o)
