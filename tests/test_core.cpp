@@ -1,7 +1,5 @@
 #include "support.hpp"
 
-#include <wegeft/kernels/cpu/reference.hpp>
-#include <wegeft/kernels/cpu/rank_r.hpp>
 
 using namespace wegeft;
 
@@ -156,27 +154,4 @@ TEST_CASE("FrozenLinear matches a scalar reference and rejects wrong shapes", "[
   CHECK_THROWS_WITH(lin.forward(bad_y, x), Catch::Contains("[4, 6]") && Catch::Contains("[4, 5]"));
   Vector<double> short_bias(4);
   CHECK_THROWS_WITH(FrozenLinear<double>(w, &short_bias), Catch::Contains("4 entries"));
-}
-
-TEMPLATE_TEST_CASE("fused rank-r pass equals its scalar reference on odd sizes", "[core][simd]", float, double) {
-  using T = TestType;
-  const Index r = GENERATE(1, 3, 8, 16, 17, 40, 64, 65);
-  const Index n = GENERATE(1, 6, 13);
-  const Index d = GENERATE(5, 33);
-  INFO("n " << n << " d " << d << " r " << r);
-  Rng rng(static_cast<std::uint64_t>(r * 1000 + n * 10 + d));
-  const Matrix<T> y = wt::random_matrix<T>(n, d, rng), m = wt::random_matrix<T>(d, r, rng), u = wt::random_matrix<T>(n, r, rng);
-  const Matrix<T> g0 = wt::random_matrix<T>(d, r, rng);  // G accumulates onto this
-  Matrix<T> g(n, r), G = g0, g_ref(n, r), G_ref = g0;
-  rank_r_pass(g.data(), G.data(), y.data(), m.data(), u.data(), n, d, r, d);
-  reference::rank_r_pass(g_ref.data(), G_ref.data(), y.data(), m.data(), u.data(), n, d, r);
-  CHECK(wt::rel_diff(g, g_ref) < wt::Tol<T>::close);
-  CHECK(wt::rel_diff(G, G_ref) < wt::Tol<T>::close);
-  // Y as a view into a wider matrix (row stride d + 3)
-  Matrix<T> wide = wt::random_matrix<T>(n, d + 3, rng);
-  wide.leftCols(d) = y;
-  Matrix<T> g_strided(n, r), G_strided = g0;
-  rank_r_pass(g_strided.data(), G_strided.data(), wide.data(), m.data(), u.data(), n, d, r, d + 3);
-  CHECK(wt::rel_diff(g_strided, g_ref) < wt::Tol<T>::close);
-  CHECK(wt::rel_diff(G_strided, G_ref) < wt::Tol<T>::close);
 }

@@ -116,23 +116,27 @@ class LoraAdapter {
     check_shape(y, x.rows(), d_out(), "LoRA output y");
     cache.owner = this;
     cache.merged = m_merged;
-    linear_forward<T>(y, x, m_base.weight(), m_base.bias());
-    if (m_merged) return;
+    if (m_merged) {
+      linear_forward<T>(y, x, m_base.weight(), m_base.bias());
+      return;
+    }
     const auto a = lora_A();
+    const Index n = x.rows();
+    cache.u.resize(n, rank());
     cache.dropped = m_training && m_config.dropout > 0.0;
     if (cache.dropped) {
       WEGEFT_CHECK(x.outerStride() == x.cols(), "LoRA dropout needs a contiguous input x; got a view with row stride "
                                                 << x.outerStride() << " for " << x.cols() << " columns");
       cache.dropout_seed = m_dropout_rng.next_u64();
-      auto xd = workspace<T>(1, x.rows(), x.cols());
+      auto xd = workspace<T>(1, n, x.cols());
       dropout_apply(xd.data(), x.data(), x.size(), m_config.dropout, cache.dropout_seed);
-      cache.u.noalias() = xd * a.transpose();
+      rank_r_project(cache.u.data(), xd.data(), xd.outerStride(), a.data(), n, d_in(), rank());
     } else {
-      cache.u.noalias() = x * a.transpose();
+      rank_r_project(cache.u.data(), x.data(), x.outerStride(), a.data(), n, d_in(), rank());
     }
     // Scale factors go on the small operands, never on an [N, d] one (that would copy it).
-    const Matrix<T> sb = m_scale * lora_B();  // [d_out, r]
-    y.noalias() += cache.u * sb.transpose();
+    const Matrix<T> sbt = m_scale * lora_B().transpose();  // [r, d_out]
+    linear_forward_plus<T>(y, x, m_base.weight(), m_base.bias(), cache.u, sbt);
   }
 
   /// Parameter gradients only: grad_A += ..., grad_B += ...
@@ -172,21 +176,31 @@ class LoraAdapter {
     Matrix<T> g_u(x.rows(), rank());                     // [N, r] = dy (s B)
     // one pass over dy for both g_u and dB += s dy^T u
     rank_r_pass(g_u.data(), grad_B().data(), dy.data(), sb.data(), su.data(), x.rows(), d_out(), rank(), dy.outerStride());
-    auto xd = workspace<T>(1, cache.dropped ? x.rows() : 0, x.cols());
+    const Index n = x.rows();
+    auto xd = workspace<T>(1, cache.dropped ? n : 0, x.cols());
     if (cache.dropped) {
       dropout_apply(xd.data(), x.data(), x.size(), m_config.dropout, cache.dropout_seed);
-      grad_A().noalias() += g_u.transpose() * xd;
+      rank_r_reduce(grad_A().data(), g_u.data(), xd.data(), xd.outerStride(), n, d_in(), rank());
     } else {
-      grad_A().noalias() += g_u.transpose() * x;
+      rank_r_reduce(grad_A().data(), g_u.data(), x.data(), x.outerStride(), n, d_in(), rank());
     }
     if (dx == nullptr) return;
-    linear_backward_input<T>(*dx, dy, m_base.weight());
-    if (cache.dropped) {
-      xd.noalias() = g_u * a;
-      dropout_apply(xd.data(), xd.data(), xd.size(), m_config.dropout, cache.dropout_seed);
-      *dx += xd;
+    if (!cache.dropped) {
+      linear_backward_input_plus<T>(*dx, dy, m_base.weight(), g_u, a);
+      return;
+    }
+    // The adapter's share of dx passes the dropout mask: written (masked) first where dx is one
+    // block of memory, then the GEMM accumulates dy W onto it.
+    const bool contiguous = dx->outerStride() == dx->cols();
+    auto share = contiguous ? MatrixMap<T>(dx->data(), n, d_in()) : xd;
+    rank_r_expand(share.data(), d_in(), static_cast<const T*>(nullptr), 0, static_cast<const T*>(nullptr), g_u.data(),
+                  a.data(), n, d_in(), rank());
+    dropout_apply(share.data(), share.data(), share.size(), m_config.dropout, cache.dropout_seed);
+    if (contiguous) {
+      dx->noalias() += dy * m_base.weight();
     } else {
-      dx->noalias() += g_u * a;
+      linear_backward_input<T>(*dx, dy, m_base.weight());
+      *dx += xd;
     }
   }
 

@@ -187,13 +187,16 @@ class WeGeFTAdapter {
     }
     const T s = m_gen->scale();
     cache.order = resolve_order(x.rows());
-    cache.u.noalias() = x * m_gen->psi().transpose();
+    const Index n = x.rows(), r = m_gen->rank();
+    cache.u.resize(n, r);
+    rank_r_project(cache.u.data(), x.data(), x.outerStride(), m_gen->psi().data(), n, d_in(), r);
     if (cache.order == WeGeFTOrder::input_edit) {
       cache.dropped = false;
-      auto x_hat = workspace<T>(0, x.rows(), x.cols());
-      x_hat = x;
-      const Matrix<T> s_phi = s * m_gen->phi();  // scale the small operand, not an [N, d] one
-      x_hat.noalias() += cache.u * s_phi;
+      // x_hat = x + s u Phi in one pass (scale on the small operand, not an [N, d] one)
+      auto x_hat = workspace<T>(0, n, x.cols());
+      const Matrix<T> s_phi = s * m_gen->phi();
+      rank_r_expand(x_hat.data(), x_hat.outerStride(), x.data(), x.outerStride(), static_cast<const T*>(nullptr),
+                    cache.u.data(), s_phi.data(), n, d_in(), r);
       linear_forward<T>(y, x_hat, w, m_base.bias());
       return;
     }
@@ -204,9 +207,8 @@ class WeGeFTAdapter {
     } else {
       cache.p.noalias() = w * m_gen->phi().transpose();
     }
-    linear_forward<T>(y, x, w, m_base.bias());
-    const Matrix<T> s_p = s * cache.p;  // [d_out, r]
-    y.noalias() += cache.u * s_p.transpose();
+    const Matrix<T> s_pt = s * cache.p.transpose();  // [r, d_out]
+    linear_forward_plus<T>(y, x, w, m_base.bias(), cache.u, s_pt);
   }
 
   /// Generator gradients only: grad_phi += ..., grad_psi += ... (summed over the group).
@@ -283,9 +285,11 @@ class WeGeFTAdapter {
       const Matrix<T> su = s * cache.u;
       Matrix<T> t(x.rows(), m_gen->rank()), G = Matrix<T>::Zero(d_in(), m_gen->rank());
       rank_r_pass(t.data(), G.data(), h.data(), s_phi_t.data(), su.data(), x.rows(), d_in(), m_gen->rank(), h.outerStride());
-      g_psi.noalias() += t.transpose() * x;
+      rank_r_reduce(g_psi.data(), t.data(), x.data(), x.outerStride(), x.rows(), d_in(), m_gen->rank());
       g_phi += G.transpose();
-      if (dx != nullptr) dx->noalias() += t * psi;
+      if (dx != nullptr)  // dx = h + t Psi, in place
+        rank_r_expand(dx->data(), dx->outerStride(), dx->data(), dx->outerStride(), static_cast<const T*>(nullptr),
+                      t.data(), psi.data(), x.rows(), d_in(), m_gen->rank());
       return;
     }
     const Matrix<T> s_p = s * cache.p;
@@ -293,16 +297,13 @@ class WeGeFTAdapter {
     Matrix<T> g_p = Matrix<T>::Zero(d_out(), m_gen->rank());     // [d_out, r] = s dy^T u
     const Matrix<T> su = s * cache.u;
     rank_r_pass(g_u.data(), g_p.data(), dy.data(), s_p.data(), su.data(), x.rows(), d_out(), m_gen->rank(), dy.outerStride());
-    g_psi.noalias() += g_u.transpose() * x;
+    rank_r_reduce(g_psi.data(), g_u.data(), x.data(), x.outerStride(), x.rows(), d_in(), m_gen->rank());
     if (cache.dropped) {
       g_phi.noalias() += g_p.transpose() * dropped_weight(cache.dropout_seed);
     } else {
       g_phi.noalias() += g_p.transpose() * w;
     }
-    if (dx != nullptr) {
-      linear_backward_input<T>(*dx, dy, w);
-      dx->noalias() += g_u * psi;
-    }
+    if (dx != nullptr) linear_backward_input_plus<T>(*dx, dy, w, g_u, psi);
   }
 
   WeGeFTGenerator<T>* m_gen;
