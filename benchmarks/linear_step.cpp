@@ -108,6 +108,16 @@ int main(int argc, char** argv) {
     }
   }
 
+  // The order WeGeFTOrder::automatic takes for this layer and N, per rank.
+  for (Index r : {8, 16, 64}) {
+    wegeft::ParameterStore<T> probe_store;
+    wegeft::WeGeFTGenerator<T> probe_gen(probe_store, d_in, wegeft::WeGeFTConfig{.rank = r}, rng);
+    wegeft::WeGeFTAdapter<T> probe(probe_gen, base, rng);
+    std::printf("automatic order at r = %ld: %s\n", long(r), wegeft::to_string(probe.resolve_order(n)));
+    std::printf("AUTO WeGeFT r=%ld|WeGeFT r=%ld %s\n", long(r), long(r), wegeft::to_string(probe.resolve_order(n)));
+  }
+  std::printf("\n");
+
   for (auto& v : variants) v.step();  // warm-up: allocations, caches
   for (int round = 0; round < rounds; ++round) {
     std::vector<double> t(variants.size());

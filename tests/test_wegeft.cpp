@@ -232,11 +232,25 @@ TEST_CASE("wegeft automatic order picks the cheaper exact order", "[wegeft]") {
   WeGeFTGenerator<float> gen(store, 64, {.rank = 8, .alpha = 16}, rng);
   WeGeFTAdapter<float> sq(gen, FrozenLinear<float>(square), rng);
   WeGeFTAdapter<float> dn(gen, FrozenLinear<float>(down), rng);
+  // cost = extra multiply-adds + 2 passes x 11 x N d_in for input_edit (wegeft_order_cost)
+  // square 64 x 64, r = 8: input edit 4480 N, weight side 3072 N + 65536: input edit while N <= 46.5
   CHECK(sq.resolve_order(1) == WeGeFTOrder::input_edit);
-  CHECK(sq.resolve_order(100000) == WeGeFTOrder::input_edit);
-  // down projection: input edit wins while N < 2 d_in d_out / (3 (d_in - d_out)) = 2048/144 = 14.2
-  CHECK(dn.resolve_order(14) == WeGeFTOrder::input_edit);
-  CHECK(dn.resolve_order(15) == WeGeFTOrder::weight_side);
+  CHECK(sq.resolve_order(46) == WeGeFTOrder::input_edit);
+  CHECK(sq.resolve_order(47) == WeGeFTOrder::weight_side);
+  CHECK(sq.resolve_order(100000) == WeGeFTOrder::weight_side);
+  // down projection 64 -> 16: input edit 4480 N, weight side 1920 N + 16384: input edit while N <= 6.4
+  CHECK(dn.resolve_order(6) == WeGeFTOrder::input_edit);
+  CHECK(dn.resolve_order(7) == WeGeFTOrder::weight_side);
+  CHECK(wegeft_order_cost(WeGeFTOrder::input_edit, 10, 8, 64, 16) == 6.0 * 10 * 8 * 64 + 2 * 11.0 * 10 * 64);
+  CHECK(wegeft_order_cost(WeGeFTOrder::weight_side, 10, 8, 64, 16) == wegeft_extra_macs(WeGeFTOrder::weight_side, 10, 8, 64, 16));
+  // the layer of the benchmark (N = 2048, d = 768): weight side at r = 8 and 16, input edit at 64
+  Matrix<float> big = Matrix<float>::Ones(768, 768);
+  for (const auto& [rank, want] : {std::pair{8, WeGeFTOrder::weight_side}, std::pair{16, WeGeFTOrder::weight_side},
+                                   std::pair{64, WeGeFTOrder::input_edit}}) {
+    WeGeFTGenerator<float> g(store, 768, {.rank = rank, .alpha = 16}, rng);
+    WeGeFTAdapter<float> layer(g, FrozenLinear<float>(big), rng);
+    CHECK(layer.resolve_order(2048) == want);
+  }
   CHECK(wegeft_extra_macs(WeGeFTOrder::input_edit, 2048, 8, 768, 768) == 6.0 * 2048 * 8 * 768);
   CHECK(wegeft_extra_macs(WeGeFTOrder::weight_side, 2048, 8, 768, 768) ==
         3.0 * 2048 * 8 * 1536 + 2.0 * 8 * 768 * 768);

@@ -12,8 +12,8 @@
 // computes its step in one of two exact contraction orders (DESIGN.md §1):
 //   weight_side (i):  P = D(W) Phi^T [d_out, r], u = x Psi^T, y += s u P^T;
 //   input_edit (iv):  u = x Psi^T, x_hat = x + s u Phi, y = x_hat W^T + b.
-// `automatic` picks the one with fewer multiply-adds for the call's N, and weight_side whenever
-// weight dropout is active (input_edit cannot express it).
+// `automatic` picks the cheaper one for the call's N (wegeft_order_cost: multiply-adds plus extra
+// memory passes), and weight_side whenever weight dropout is active (input_edit cannot express it).
 //
 //   wegeft::ParameterStore<float> store;
 //   wegeft::Rng rng(0);
@@ -62,6 +62,20 @@ inline double wegeft_extra_macs(WeGeFTOrder order, Index n, Index r, Index d_in,
   const double di = static_cast<double>(d_in), d_o = static_cast<double>(d_out);
   if (order == WeGeFTOrder::input_edit) return 6.0 * N * R * di;
   return 3.0 * N * R * (di + d_o) + 2.0 * R * di * d_o;
+}
+
+/// What `automatic` compares: the extra multiply-adds plus the extra passes over [N, d_in]
+/// tensors that the order makes beyond its products, each costed as kWeGeFTPassMacs multiply-adds
+/// per element. input_edit writes x_hat = x + s u Phi and updates dx in place (two passes); the
+/// weight-side order adds its rank-r terms while initialising the outputs the GEMMs accumulate
+/// into (no pass). The constant is measured (scripts/bench, N = 2048, d = 768, one thread): one
+/// such pass costs about as much as 11 multiply-adds per element of the layer's GEMM, and with it
+/// the model picks the faster order at r = 8, 16 (weight side) and 64 (input edit).
+inline constexpr double kWeGeFTPassMacs = 11.0;
+inline double wegeft_order_cost(WeGeFTOrder order, Index n, Index r, Index d_in, Index d_out) {
+  const double passes = order == WeGeFTOrder::input_edit ? 2.0 : 0.0;
+  return wegeft_extra_macs(order, n, r, d_in, d_out) +
+         passes * kWeGeFTPassMacs * static_cast<double>(n) * static_cast<double>(d_in);
 }
 
 /// The shared generator (Phi, Psi), both [r, d_in]. Init (authors' LLM code): Phi = 0,
@@ -168,8 +182,8 @@ class WeGeFTAdapter {
     }
     if (m_order == WeGeFTOrder::weight_side || drop) return WeGeFTOrder::weight_side;
     const Index r = m_gen->rank();
-    return wegeft_extra_macs(WeGeFTOrder::input_edit, n, r, d_in(), d_out()) <=
-                   wegeft_extra_macs(WeGeFTOrder::weight_side, n, r, d_in(), d_out())
+    return wegeft_order_cost(WeGeFTOrder::input_edit, n, r, d_in(), d_out()) <=
+                   wegeft_order_cost(WeGeFTOrder::weight_side, n, r, d_in(), d_out())
                ? WeGeFTOrder::input_edit
                : WeGeFTOrder::weight_side;
   }
