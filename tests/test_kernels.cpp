@@ -6,6 +6,7 @@
 
 #include <wegeft/kernels/cpu/rank_r.hpp>
 #include <wegeft/kernels/cpu/reference.hpp>
+#include <wegeft/nn/norms.hpp>
 
 using namespace wegeft;
 
@@ -114,4 +115,49 @@ TEMPLATE_TEST_CASE("rank-r expansion Y = X + b + U Bt equals its scalar referenc
   reference::rank_r_expand(y_ref.data(), x.data(), none, u.data(), bt.data(), n, d, r);
   rank_r_expand(y.data(), d, y.data(), d, none, u.data(), bt.data(), n, d, r);
   CHECK(wt::rel_diff(y, y_ref) < wt::Tol<T>::close);
+}
+
+TEMPLATE_TEST_CASE("vectorised LayerNorm and RMSNorm equal their double-accumulating references", "[kernels][simd]", float, double) {
+  using T = TestType;
+  const Index c = GENERATE(1, 7, 33, 385);
+  const Index n = GENERATE(1, 5);
+  INFO("n " << n << " c " << c);
+  Rng rng(static_cast<std::uint64_t>(c * 10 + n));
+  // rows with a large common offset, where a one-pass variance would lose its digits
+  Matrix<T> x = wt::random_matrix<T>(n, c, rng);
+  x.array() += T(3);
+  const Matrix<T> w = wt::random_matrix<T>(1, c, rng), b = wt::random_matrix<T>(1, c, rng), dout = wt::random_matrix<T>(n, c, rng);
+  const Matrix<T> dw0 = wt::random_matrix<T>(1, c, rng), db0 = wt::random_matrix<T>(1, c, rng);
+  for (const bool with_bias : {true, false}) {
+    INFO("bias " << with_bias);
+    const T* bp = with_bias ? b.data() : nullptr;
+    Matrix<T> out(n, c), mean(n, 1), rstd(n, 1), out_ref(n, c), mean_ref(n, 1), rstd_ref(n, 1);
+    layernorm_forward(out.data(), mean.data(), rstd.data(), x.data(), w.data(), bp, n, c, 1e-5);
+    reference::layernorm_forward(out_ref.data(), mean_ref.data(), rstd_ref.data(), x.data(), w.data(), bp, n, c, 1e-5);
+    CHECK(wt::rel_diff(out, out_ref) < wt::Tol<T>::close);
+    CHECK(wt::rel_diff(mean, mean_ref) < wt::Tol<T>::close);
+    CHECK(wt::rel_diff(rstd, rstd_ref) < wt::Tol<T>::close);
+    Matrix<T> dx(n, c), dw = dw0, db = db0, dx_ref(n, c), dw_ref = dw0, db_ref = db0;
+    layernorm_backward(dx.data(), dw.data(), db.data(), dout.data(), x.data(), w.data(), mean.data(), rstd.data(), n, c);
+    reference::layernorm_backward(dx_ref.data(), dw_ref.data(), db_ref.data(), dout.data(), x.data(), w.data(), mean_ref.data(),
+                                  rstd_ref.data(), n, c);
+    CHECK(wt::rel_diff(dx, dx_ref) < wt::Tol<T>::close);
+    CHECK(wt::rel_diff(dw, dw_ref) < wt::Tol<T>::close);
+    CHECK(wt::rel_diff(db, db_ref) < wt::Tol<T>::close);
+    // frozen parameters: only dx
+    Matrix<T> dx_only(n, c);
+    layernorm_backward(dx_only.data(), static_cast<T*>(nullptr), static_cast<T*>(nullptr), dout.data(), x.data(), w.data(),
+                       mean.data(), rstd.data(), n, c);
+    CHECK(wt::rel_diff(dx_only, dx_ref) < wt::Tol<T>::close);
+  }
+  Matrix<T> out(n, c), rstd(n, 1), out_ref(n, c), rstd_ref(n, 1);
+  rmsnorm_forward(out.data(), rstd.data(), x.data(), w.data(), n, c, 1e-6);
+  reference::rmsnorm_forward(out_ref.data(), rstd_ref.data(), x.data(), w.data(), n, c, 1e-6);
+  CHECK(wt::rel_diff(out, out_ref) < wt::Tol<T>::close);
+  CHECK(wt::rel_diff(rstd, rstd_ref) < wt::Tol<T>::close);
+  Matrix<T> dx(n, c), dw = dw0, dx_ref(n, c), dw_ref = dw0;
+  rmsnorm_backward(dx.data(), dw.data(), dout.data(), x.data(), w.data(), rstd.data(), n, c);
+  reference::rmsnorm_backward(dx_ref.data(), dw_ref.data(), dout.data(), x.data(), w.data(), rstd_ref.data(), n, c);
+  CHECK(wt::rel_diff(dx, dx_ref) < wt::Tol<T>::close);
+  CHECK(wt::rel_diff(dw, dw_ref) < wt::Tol<T>::close);
 }

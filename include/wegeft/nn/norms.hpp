@@ -2,8 +2,9 @@
 //
 // Conventions (llm.c style): outputs first, then inputs, then sizes; every tensor is row-major
 // with its shape in the comment. Parameter gradients accumulate (+=) and may be null when the
-// parameter is frozen; activation gradients are overwritten (=). Statistics are accumulated in
-// double, so these loops are also the scalar reference for faster kernels.
+// parameter is frozen; activation gradients are overwritten (=). Each row is a few vectorised
+// Eigen array expressions with sums in the compute type (as PyTorch's float kernels); the
+// double-accumulating scalar loops in kernels/cpu/reference.hpp are their test oracle.
 #pragma once
 
 #include <cmath>
@@ -12,26 +13,31 @@
 
 namespace wegeft {
 
+namespace detail {
+template <class T>
+using RowArray = Eigen::Map<Eigen::Array<T, 1, Eigen::Dynamic>>;
+template <class T>
+using ConstRowArray = Eigen::Map<const Eigen::Array<T, 1, Eigen::Dynamic>>;
+}  // namespace detail
+
 /// out [N, C] = (x - mean) * rstd * weight [C] + bias [C]; saves mean [N], rstd [N] for backward.
 /// bias may be null. PyTorch's LayerNorm: biased variance, eps inside the square root.
 template <class T>
 void layernorm_forward(T* out, T* mean, T* rstd, const T* x, const T* weight, const T* bias,
                        Index n, Index c, double eps) {
+  const detail::ConstRowArray<T> w(weight, c);
   for (Index i = 0; i < n; ++i) {
-    const T* xi = x + i * c;
-    double m = 0;
-    for (Index j = 0; j < c; ++j) m += xi[j];
-    m /= static_cast<double>(c);
-    double v = 0;
-    for (Index j = 0; j < c; ++j) v += (xi[j] - m) * (xi[j] - m);
-    v /= static_cast<double>(c);
-    const double r = 1.0 / std::sqrt(v + eps);
-    for (Index j = 0; j < c; ++j) {
-      const double norm = (xi[j] - m) * r;
-      out[i * c + j] = static_cast<T>(norm * weight[j] + (bias ? static_cast<double>(bias[j]) : 0.0));
+    const detail::ConstRowArray<T> xi(x + i * c, c);
+    detail::RowArray<T> oi(out + i * c, c);
+    const T m = xi.mean();
+    const T r = static_cast<T>(1.0 / std::sqrt(static_cast<double>((xi - m).square().mean()) + eps));
+    if (bias != nullptr) {
+      oi = (xi - m) * r * w + detail::ConstRowArray<T>(bias, c);
+    } else {
+      oi = (xi - m) * r * w;
     }
-    mean[i] = static_cast<T>(m);
-    rstd[i] = static_cast<T>(r);
+    mean[i] = m;
+    rstd[i] = r;
   }
 }
 
@@ -40,26 +46,18 @@ void layernorm_forward(T* out, T* mean, T* rstd, const T* x, const T* weight, co
 template <class T>
 void layernorm_backward(T* dx, T* dweight, T* dbias, const T* dout, const T* x, const T* weight,
                         const T* mean, const T* rstd, Index n, Index c) {
+  const detail::ConstRowArray<T> w(weight, c);
+  const T inv_c = T(1) / static_cast<T>(c);
   for (Index i = 0; i < n; ++i) {
-    const T* xi = x + i * c;
-    const T* gi = dout + i * c;
-    const double m = mean[i], r = rstd[i];
-    double sum_g = 0, sum_gx = 0;  // sums of g = dout * weight and of g * xhat
-    for (Index j = 0; j < c; ++j) {
-      const double xhat = (xi[j] - m) * r;
-      const double g = static_cast<double>(gi[j]) * weight[j];
-      sum_g += g;
-      sum_gx += g * xhat;
-      if (dweight) dweight[j] += static_cast<T>(gi[j] * xhat);
-      if (dbias) dbias[j] += gi[j];
-    }
+    const detail::ConstRowArray<T> xi(x + i * c, c), gi(dout + i * c, c);
+    const T m = mean[i], r = rstd[i];
+    const auto xhat = (xi - m) * r;
+    if (dweight) detail::RowArray<T>(dweight, c) += gi * xhat;
+    if (dbias) detail::RowArray<T>(dbias, c) += gi;
     if (!dx) continue;
-    const double inv_c = 1.0 / static_cast<double>(c);
-    for (Index j = 0; j < c; ++j) {
-      const double xhat = (xi[j] - m) * r;
-      const double g = static_cast<double>(gi[j]) * weight[j];
-      dx[i * c + j] = static_cast<T>(r * (g - inv_c * sum_g - xhat * inv_c * sum_gx));
-    }
+    const T sum_g = (gi * w).sum();            // sum of g = dout * weight
+    const T sum_gx = (gi * w * xhat).sum();    // sum of g * xhat
+    detail::RowArray<T>(dx + i * c, c) = r * (gi * w - inv_c * sum_g - xhat * (inv_c * sum_gx));
   }
 }
 
@@ -67,13 +65,12 @@ void layernorm_backward(T* dx, T* dweight, T* dbias, const T* dout, const T* x, 
 /// (Llama's RMSNorm.)
 template <class T>
 void rmsnorm_forward(T* out, T* rstd, const T* x, const T* weight, Index n, Index c, double eps) {
+  const detail::ConstRowArray<T> w(weight, c);
   for (Index i = 0; i < n; ++i) {
-    const T* xi = x + i * c;
-    double ss = 0;
-    for (Index j = 0; j < c; ++j) ss += static_cast<double>(xi[j]) * xi[j];
-    const double r = 1.0 / std::sqrt(ss / static_cast<double>(c) + eps);
-    for (Index j = 0; j < c; ++j) out[i * c + j] = static_cast<T>(xi[j] * r * weight[j]);
-    rstd[i] = static_cast<T>(r);
+    const detail::ConstRowArray<T> xi(x + i * c, c);
+    const T r = static_cast<T>(1.0 / std::sqrt(static_cast<double>(xi.square().mean()) + eps));
+    detail::RowArray<T>(out + i * c, c) = xi * r * w;
+    rstd[i] = r;
   }
 }
 
@@ -81,19 +78,14 @@ void rmsnorm_forward(T* out, T* rstd, const T* x, const T* weight, Index n, Inde
 template <class T>
 void rmsnorm_backward(T* dx, T* dweight, const T* dout, const T* x, const T* weight,
                       const T* rstd, Index n, Index c) {
+  const detail::ConstRowArray<T> w(weight, c);
   for (Index i = 0; i < n; ++i) {
-    const T* xi = x + i * c;
-    const T* gi = dout + i * c;
-    const double r = rstd[i];
-    double dot = 0;  // sum_j g_j x_j with g = dout * weight
-    for (Index j = 0; j < c; ++j) {
-      dot += static_cast<double>(gi[j]) * weight[j] * xi[j];
-      if (dweight) dweight[j] += static_cast<T>(gi[j] * xi[j] * r);
-    }
+    const detail::ConstRowArray<T> xi(x + i * c, c), gi(dout + i * c, c);
+    const T r = rstd[i];
+    if (dweight) detail::RowArray<T>(dweight, c) += gi * xi * r;
     if (!dx) continue;
-    const double k = r * r * r * dot / static_cast<double>(c);
-    for (Index j = 0; j < c; ++j)
-      dx[i * c + j] = static_cast<T>(r * gi[j] * weight[j] - k * xi[j]);
+    const T k = r * r * r * (gi * w * xi).sum() / static_cast<T>(c);
+    detail::RowArray<T>(dx + i * c, c) = r * gi * w - k * xi;
   }
 }
 

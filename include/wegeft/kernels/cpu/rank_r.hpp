@@ -217,13 +217,20 @@ void project_padded(T* u, const T* X, Index ldx, const T* A, Index n, Index d) {
   const Index dv = d / L * L, whole = n / ROWS * ROWS;
   // Chunks of rows (in L2) swept once per rank block, so the block's rows of A stay in L1.
   constexpr Index chunk = 16 * ROWS;
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(kernel_threads(n * d)) schedule(static)
-#endif
-  for (Index i0 = 0; i0 < whole; i0 += chunk)
+  auto rows = [=](Index i0) {
     for (int k0 = 0; k0 < R; k0 += KB)
       for (Index i = i0; i < std::min(whole, i0 + chunk); i += ROWS)
         project_rows<T, Packet, R, KB, ROWS>(u, X, ldx, A, d, dv, i, k0);
+  };
+  // The OpenMP region only when it has threads to use: outlined loops run slower on one thread.
+  if (const int threads = kernel_threads(n * d); threads > 1) {
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(threads) schedule(static)
+#endif
+    for (Index i0 = 0; i0 < whole; i0 += chunk) rows(i0);
+  } else {
+    for (Index i0 = 0; i0 < whole; i0 += chunk) rows(i0);
+  }
   for (Index i = whole; i < n; ++i)
     for (int k0 = 0; k0 < R; k0 += KB) project_rows<T, Packet, R, KB, 1>(u, X, ldx, A, d, dv, i, k0);
   if (dv < d)
@@ -263,11 +270,17 @@ void reduce_padded(T* G, const T* g, const T* X, Index ldx, Index n, Index d) {
   constexpr int L = packet_size<Packet>, KB = rank_block<Packet, R>;
   constexpr int CP = max_accumulators<Packet> / KB;
   const Index whole = d / (CP * L) * (CP * L), dv = d / L * L;
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(kernel_threads(n * d)) schedule(static)
-#endif
-  for (Index c = 0; c < whole; c += CP * L)
+  auto columns = [=](Index c) {
     for (int k0 = 0; k0 < R; k0 += KB) reduce_block<T, Packet, R, KB, CP>(G, d, g, X, ldx, n, c, k0);
+  };
+  if (const int threads = kernel_threads(n * d); threads > 1) {
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(threads) schedule(static)
+#endif
+    for (Index c = 0; c < whole; c += CP * L) columns(c);
+  } else {
+    for (Index c = 0; c < whole; c += CP * L) columns(c);
+  }
   for (Index c = whole; c < dv; c += L)
     for (int k0 = 0; k0 < R; k0 += KB) reduce_block<T, Packet, R, KB, 1>(G, d, g, X, ldx, n, c, k0);
   for (Index c = dv; c < d; ++c)
@@ -361,11 +374,17 @@ void rank_r_expand(T* Y, Index ldy, const T* X, Index ldx, const T* b, const T* 
   constexpr Index C = 2 * detail::packet_size<Packet>;  // tiles of 4 rows by two registers
   const Index whole_rows = n / 4 * 4, whole_cols = d / C * C;
   // Column blocks outside, rows inside: Bt's [r, C] slice stays in L1 while every row uses it.
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(detail::kernel_threads(n * d)) schedule(static)
-#endif
-  for (Index c = 0; c < whole_cols; c += C)
+  auto columns = [=](Index c) {
     for (Index i = 0; i < whole_rows; i += 4) detail::expand_tile<T, Packet, 2>(Y, ldy, X, ldx, b, U, Bt, d, r, i, c);
+  };
+  if (const int threads = detail::kernel_threads(n * d); threads > 1) {
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(threads) schedule(static)
+#endif
+    for (Index c = 0; c < whole_cols; c += C) columns(c);
+  } else {
+    for (Index c = 0; c < whole_cols; c += C) columns(c);
+  }
   // Edges: plain loops (fewer than C columns of every row, at most 3 rows).
   auto edge = [&](Index i, Index c) {
     T acc = b != nullptr ? b[c] : T(0);
