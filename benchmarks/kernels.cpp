@@ -41,7 +41,7 @@ std::pair<double, double> race(int rounds, const std::function<void()>& ours, co
 }
 
 void report(const char* what, Index r, std::pair<double, double> t) {
-  std::printf("%-44s r=%-3ld %9.3f %9.3f %8.2fx\n", what, long(r), t.first, t.second, t.second / t.first);
+  std::printf("%-46s r=%-3ld %9.3f %9.3f %8.2fx\n", what, long(r), t.first, t.second, t.second / t.first);
 }
 
 }  // namespace
@@ -57,7 +57,7 @@ int main(int argc, char** argv) {
   wegeft::fill_uniform(x, rng, T(-1), T(1));
   wegeft::fill_uniform(b, rng, T(-1), T(1));
   std::printf("rank-r kernels, float32, N = %ld, d = %ld; backend: %s\n", long(n), long(d), wegeft::gemm_backend().c_str());
-  std::printf("%-44s %-5s %9s %9s %9s\n", "kernel (vs the product it replaces)", "rank", "ours ms", "theirs ms", "speedup");
+  std::printf("%-46s %-5s %9s %9s %9s\n", "kernel (vs the product it replaces)", "rank", "ours ms", "theirs ms", "speedup");
   for (Index r : {4, 8, 16, 64}) {
     Matrix<T> a(r, d), u(n, r), g(n, r), m(d, r), G(d, r), dA(r, d);
     wegeft::fill_uniform(a, rng, T(-1), T(1));
