@@ -64,6 +64,21 @@ inline int kernel_threads(Index elements) {
 #endif
 }
 
+/// f(i) for i = begin, begin + step, ... < end: across `threads` OpenMP threads when there are
+/// more than one, else as a plain loop (an OpenMP region outlines the loop, and on one thread
+/// that ran slower: LoRA r = 8 layer step 1.134-1.148x the base against 1.080-1.085x).
+template <class F>
+void for_each_step(Index begin, Index end, Index step, int threads, F&& f) {
+  if (threads > 1) {
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(threads) schedule(static)
+#endif
+    for (Index i = begin; i < end; i += step) f(i);
+  } else {
+    for (Index i = begin; i < end; i += step) f(i);
+  }
+}
+
 /// Rows [0, n) of Y (row stride ldy), n a multiple of 4; the padded rank is NP packets: g = Y M
 /// and G += Y^T U in one pass. M, U, g, G have rows of NP packets, aligned. Up to two packets of
 /// rank the four rows of U stay in registers; above that they are reloaded from a copy on the
@@ -125,14 +140,11 @@ void rank_r_padded(T* g, T* G, const T* Y, const T* M, const T* U, Index n, Inde
   } else {
     // Rows split across threads; each accumulates its own copy of G, summed at the end.
     std::vector<T, AlignedAllocator<T, 64>> parts(static_cast<std::size_t>((threads - 1) * d * R), T(0));
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(threads) schedule(static)
-#endif
-    for (int t = 0; t < threads; ++t) {
+    for_each_step(0, threads, 1, threads, [&](Index t) {
       const Index i0 = whole / 4 * t / threads * 4, i1 = whole / 4 * (t + 1) / threads * 4;
       T* Gt = t == 0 ? G : parts.data() + (t - 1) * d * R;
       rank_r_rows<T, Packet, NP>(g + i0 * R, Gt, Y + i0 * ldy, M, U + i0 * R, i1 - i0, d, ldy);
-    }
+    });
     for (int t = 1; t < threads; ++t)
       for (Index e = 0; e < d * R; ++e) G[e] += parts[static_cast<std::size_t>((t - 1) * d * R + e)];
   }
@@ -222,15 +234,7 @@ void project_padded(T* u, const T* X, Index ldx, const T* A, Index n, Index d) {
       for (Index i = i0; i < std::min(whole, i0 + chunk); i += ROWS)
         project_rows<T, Packet, R, KB, ROWS>(u, X, ldx, A, d, dv, i, k0);
   };
-  // The OpenMP region only when it has threads to use: outlined loops run slower on one thread.
-  if (const int threads = kernel_threads(n * d); threads > 1) {
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(threads) schedule(static)
-#endif
-    for (Index i0 = 0; i0 < whole; i0 += chunk) rows(i0);
-  } else {
-    for (Index i0 = 0; i0 < whole; i0 += chunk) rows(i0);
-  }
+  for_each_step(0, whole, chunk, kernel_threads(n * d), rows);
   for (Index i = whole; i < n; ++i)
     for (int k0 = 0; k0 < R; k0 += KB) project_rows<T, Packet, R, KB, 1>(u, X, ldx, A, d, dv, i, k0);
   if (dv < d)
@@ -273,14 +277,7 @@ void reduce_padded(T* G, const T* g, const T* X, Index ldx, Index n, Index d) {
   auto columns = [=](Index c) {
     for (int k0 = 0; k0 < R; k0 += KB) reduce_block<T, Packet, R, KB, CP>(G, d, g, X, ldx, n, c, k0);
   };
-  if (const int threads = kernel_threads(n * d); threads > 1) {
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(threads) schedule(static)
-#endif
-    for (Index c = 0; c < whole; c += CP * L) columns(c);
-  } else {
-    for (Index c = 0; c < whole; c += CP * L) columns(c);
-  }
+  for_each_step(0, whole, CP * L, kernel_threads(n * d), columns);
   for (Index c = whole; c < dv; c += L)
     for (int k0 = 0; k0 < R; k0 += KB) reduce_block<T, Packet, R, KB, 1>(G, d, g, X, ldx, n, c, k0);
   for (Index c = dv; c < d; ++c)
@@ -377,14 +374,7 @@ void rank_r_expand(T* Y, Index ldy, const T* X, Index ldx, const T* b, const T* 
   auto columns = [=](Index c) {
     for (Index i = 0; i < whole_rows; i += 4) detail::expand_tile<T, Packet, 2>(Y, ldy, X, ldx, b, U, Bt, d, r, i, c);
   };
-  if (const int threads = detail::kernel_threads(n * d); threads > 1) {
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(threads) schedule(static)
-#endif
-    for (Index c = 0; c < whole_cols; c += C) columns(c);
-  } else {
-    for (Index c = 0; c < whole_cols; c += C) columns(c);
-  }
+  detail::for_each_step(0, whole_cols, C, detail::kernel_threads(n * d), columns);
   // Edges: plain loops (fewer than C columns of every row, at most 3 rows).
   auto edge = [&](Index i, Index c) {
     T acc = b != nullptr ? b[c] : T(0);
