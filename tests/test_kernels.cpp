@@ -6,7 +6,12 @@
 
 #include <wegeft/kernels/cpu/rank_r.hpp>
 #include <wegeft/kernels/cpu/reference.hpp>
+#include <wegeft/nn/loss.hpp>
 #include <wegeft/nn/norms.hpp>
+#include <wegeft/optim/adamw.hpp>
+
+#include <type_traits>
+#include <vector>
 
 using namespace wegeft;
 
@@ -161,3 +166,133 @@ TEMPLATE_TEST_CASE("vectorised LayerNorm and RMSNorm equal their double-accumula
   CHECK(wt::rel_diff(dx, dx_ref) < wt::Tol<T>::close);
   CHECK(wt::rel_diff(dw, dw_ref) < wt::Tol<T>::close);
 }
+
+TEMPLATE_TEST_CASE("vectorised cross-entropy equals its double reference on odd vocabularies", "[kernels][simd]", float, double) {
+  using T = TestType;
+  const double tol = std::is_same_v<T, float> ? 2e-6 : 1e-12;
+  const Index vocab = GENERATE(1, 2, 7, 33, 1023, 1025, 3001);
+  const Index n = GENERATE(1, 5);
+  INFO("n " << n << " vocab " << vocab);
+  Rng rng(static_cast<std::uint64_t>(vocab * 10 + n + 17));
+  // wide logits with a large common offset: exp(x) without the row maximum would overflow
+  Matrix<T> logits = T(8) * wt::random_matrix<T>(n, vocab, rng);
+  logits.array() += T(90);
+  std::vector<std::int32_t> targets(static_cast<std::size_t>(n));
+  for (Index i = 0; i < n; ++i) targets[std::size_t(i)] = static_cast<std::int32_t>((i * 7919 + 3) % vocab);
+  if (n > 1) targets[1] = kIgnoreIndex;
+  const double dloss = 0.75;
+
+  Matrix<T> losses_ref(n, 1), dlogits_ref(n, vocab);
+  Index counted_ref = -1;
+  const double loss_ref = reference::cross_entropy_forward(losses_ref.data(), logits.data(), targets.data(), n, vocab,
+                                                           kIgnoreIndex, &counted_ref);
+  reference::cross_entropy_backward(dlogits_ref.data(), logits.data(), targets.data(), n, vocab, counted_ref, dloss,
+                                    kIgnoreIndex);
+  REQUIRE(counted_ref == (n > 1 ? n - 1 : n));
+
+  Matrix<T> losses(n, 1), dlogits = wt::random_matrix<T>(n, vocab, rng);  // garbage to be overwritten
+  Index counted = -1;
+  const double loss = cross_entropy_forward(losses.data(), logits.data(), targets.data(), n, vocab, kIgnoreIndex, &counted);
+  CHECK(counted == counted_ref);
+  CHECK(std::abs(loss - loss_ref) <= tol * std::max(1.0, std::abs(loss_ref)));
+  CHECK(wt::rel_diff(losses, losses_ref) < tol);
+  cross_entropy_backward(dlogits.data(), logits.data(), targets.data(), n, vocab, counted, dloss);
+  CHECK(wt::rel_diff(dlogits, dlogits_ref) < tol);
+
+  // forward and backward in one call, into a fresh buffer and in place over the logits
+  Matrix<T> fused = wt::random_matrix<T>(n, vocab, rng), fused_losses(n, 1);
+  Index fused_counted = -1;
+  const double fused_loss = cross_entropy_forward_backward(fused.data(), fused_losses.data(), logits.data(), targets.data(),
+                                                           n, vocab, dloss, kIgnoreIndex, &fused_counted);
+  CHECK(fused_counted == counted_ref);
+  CHECK(std::abs(fused_loss - loss_ref) <= tol * std::max(1.0, std::abs(loss_ref)));
+  CHECK(wt::rel_diff(fused_losses, losses_ref) < tol);
+  CHECK(wt::rel_diff(fused, dlogits_ref) < tol);
+  Matrix<T> in_place = logits;
+  const double in_place_loss = cross_entropy_forward_backward(in_place.data(), static_cast<T*>(nullptr), in_place.data(),
+                                                              targets.data(), n, vocab, dloss);
+  CHECK(std::abs(in_place_loss - loss_ref) <= tol * std::max(1.0, std::abs(loss_ref)));
+  CHECK(wt::rel_diff(in_place, dlogits_ref) < tol);
+
+  // a micro-batch's gradient scaled by the whole batch's count
+  Matrix<T> micro(n, vocab), micro_ref(n, vocab);
+  cross_entropy_backward(micro.data(), logits.data(), targets.data(), n, vocab, 10, 1.0);
+  reference::cross_entropy_backward(micro_ref.data(), logits.data(), targets.data(), n, vocab, 10, 1.0, kIgnoreIndex);
+  CHECK(wt::rel_diff(micro, micro_ref) < tol);
+}
+
+TEMPLATE_TEST_CASE("vectorised AdamW update equals its double reference over several steps", "[kernels][simd]", float, double) {
+  using T = TestType;
+  const double tol = std::is_same_v<T, float> ? 1e-5 : 1e-12;
+  const Index n = GENERATE(1, 3, 17, 1000, 4099);
+  const double weight_decay = GENERATE(0.0, 0.1);
+  INFO("n " << n << " weight decay " << weight_decay);
+  Rng rng(static_cast<std::uint64_t>(n + 5));
+  const AdamWConfig config{.lr = 1e-2, .beta1 = 0.9, .beta2 = 0.99, .eps = 1e-8, .weight_decay = weight_decay};
+  AdamW<T> opt(config);
+  const Matrix<T> p0 = wt::random_matrix<T>(n, 1, rng);
+  Matrix<T> p = p0, p_ref = p0, m_ref = Matrix<T>::Zero(n, 1), v_ref = Matrix<T>::Zero(n, 1);
+  for (std::int64_t t = 1; t <= 6; ++t) {
+    Matrix<T> g = wt::random_matrix<T>(n, 1, rng);
+    if (t == 3) g *= T(1e-4);  // small gradients: sqrt(v) near eps
+    opt.step(std::span<T>(p.data(), std::size_t(n)), std::span<const T>(g.data(), std::size_t(n)));
+    reference::adamw_step(p_ref.data(), m_ref.data(), v_ref.data(), g.data(), n, config.lr, config.beta1, config.beta2,
+                          config.eps, config.weight_decay, t);
+  }
+  // measured on the change of the parameters, which is what the update computes
+  CHECK(wt::rel_diff(Matrix<T>(p - p0), Matrix<T>(p_ref - p0)) < tol * 0.06);
+  const Eigen::Map<const Matrix<T>> m(opt.state().m.data(), n, 1), v(opt.state().v.data(), n, 1);
+  CHECK(wt::rel_diff(m, m_ref) < tol);
+  CHECK(wt::rel_diff(v, v_ref) < tol);
+}
+
+#ifdef _OPENMP
+TEST_CASE("kernels split over two OpenMP threads equal their references", "[kernels][simd][threads]") {
+  // Sizes above the 64K-value threshold at which kernel_threads() hands out more than one thread.
+  const int saved = Eigen::nbThreads();
+  Eigen::setNbThreads(2);
+  REQUIRE((!detail::kKernelsThread || detail::kernel_threads(Index(1) << 16) == 2));
+  Rng rng(23);
+  const Index n = 301, d = 259, r = 8;
+  const Matrix<float> y = wt::random_matrix<float>(n, d, rng), m = wt::random_matrix<float>(d, r, rng),
+                      u = wt::random_matrix<float>(n, r, rng), a = wt::random_matrix<float>(r, d, rng);
+  Matrix<float> g(n, r), G = Matrix<float>::Zero(d, r), g_ref(n, r), G_ref = Matrix<float>::Zero(d, r);
+  rank_r_pass(g.data(), G.data(), y.data(), m.data(), u.data(), n, d, r, d);
+  reference::rank_r_pass(g_ref.data(), G_ref.data(), y.data(), m.data(), u.data(), n, d, r);
+  CHECK(wt::rel_diff(g, g_ref) < 1e-5);
+  CHECK(wt::rel_diff(G, G_ref) < 1e-5);
+  Matrix<float> proj(n, r), proj_ref(n, r);
+  rank_r_project(proj.data(), y.data(), d, a.data(), n, d, r);
+  reference::rank_r_project(proj_ref.data(), y.data(), a.data(), n, d, r);
+  CHECK(wt::rel_diff(proj, proj_ref) < 1e-5);
+  Matrix<float> red = Matrix<float>::Zero(r, d), red_ref = Matrix<float>::Zero(r, d);
+  rank_r_reduce(red.data(), u.data(), y.data(), d, n, d, r);
+  reference::rank_r_reduce(red_ref.data(), u.data(), y.data(), n, d, r);
+  CHECK(wt::rel_diff(red, red_ref) < 1e-5);
+  Matrix<float> e(n, d), e_ref(n, d);
+  rank_r_expand(e.data(), d, y.data(), d, static_cast<const float*>(nullptr), u.data(), a.data(), n, d, r);
+  reference::rank_r_expand(e_ref.data(), y.data(), static_cast<const float*>(nullptr), u.data(), a.data(), n, d, r);
+  CHECK(wt::rel_diff(e, e_ref) < 1e-5);
+
+  std::vector<std::int32_t> targets(static_cast<std::size_t>(n));
+  for (Index i = 0; i < n; ++i) targets[std::size_t(i)] = i % 11 == 0 ? kIgnoreIndex : static_cast<std::int32_t>(i * 31 % d);
+  Matrix<float> dl(n, d), dl_ref(n, d);
+  Index counted = 0;
+  const double loss = cross_entropy_forward_backward(dl.data(), static_cast<float*>(nullptr), y.data(), targets.data(), n, d,
+                                                     1.0, kIgnoreIndex, &counted);
+  const double loss_ref = reference::cross_entropy_forward(static_cast<float*>(nullptr), y.data(), targets.data(), n, d,
+                                                           kIgnoreIndex, &counted);
+  reference::cross_entropy_backward(dl_ref.data(), y.data(), targets.data(), n, d, counted, 1.0, kIgnoreIndex);
+  CHECK(std::abs(loss - loss_ref) < 2e-6 * loss_ref);
+  CHECK(wt::rel_diff(dl, dl_ref) < 2e-6);
+
+  const Index np = Index(1) << 17;
+  const Matrix<float> p0 = wt::random_matrix<float>(np, 1, rng), grad = wt::random_matrix<float>(np, 1, rng);
+  Matrix<float> p = p0, p_ref = p0, m_ref = Matrix<float>::Zero(np, 1), v_ref = Matrix<float>::Zero(np, 1);
+  AdamW<float> opt({.lr = 1e-2});
+  opt.step(std::span<float>(p.data(), std::size_t(np)), std::span<const float>(grad.data(), std::size_t(np)));
+  reference::adamw_step(p_ref.data(), m_ref.data(), v_ref.data(), grad.data(), np, 1e-2, 0.9, 0.999, 1e-8, 0.01, 1);
+  CHECK(wt::rel_diff(Matrix<float>(p - p0), Matrix<float>(p_ref - p0)) < 2e-7);
+  Eigen::setNbThreads(saved);
+}
+#endif

@@ -320,22 +320,16 @@ class Transformer {
   /// acts.dlogits to d(mean loss)/d(logits).
   double lm_loss(Activations& acts, const std::int32_t* targets) {
     WEGEFT_CHECK(acts.logits.rows() == acts.n && m_labels == 0, "lm_loss needs a forward through the LM head");
-    Index counted = 0;
-    const double loss = cross_entropy_forward<T>(nullptr, acts.logits.data(), targets, acts.n,
-                                                 acts.logits.cols(), kIgnoreIndex, &counted);
     acts.dlogits.resize(acts.logits.rows(), acts.logits.cols());
-    cross_entropy_backward(acts.dlogits.data(), acts.logits.data(), targets, acts.n, acts.logits.cols(), counted);
-    return loss;
+    return cross_entropy_forward_backward<T>(acts.dlogits.data(), nullptr, acts.logits.data(), targets, acts.n,
+                                             acts.logits.cols());
   }
   /// Cross-entropy of the classifier logits against labels [batch]; sets acts.dlogits.
   double classification_loss(Activations& acts, const std::int32_t* labels) {
     WEGEFT_CHECK(m_labels > 0 && acts.logits.rows() == acts.batch, "classification_loss needs a classifier head");
-    Index counted = 0;
-    const double loss = cross_entropy_forward<T>(nullptr, acts.logits.data(), labels, acts.batch,
-                                                 m_labels, kIgnoreIndex, &counted);
     acts.dlogits.resize(acts.logits.rows(), acts.logits.cols());
-    cross_entropy_backward(acts.dlogits.data(), acts.logits.data(), labels, acts.batch, m_labels, counted);
-    return loss;
+    return cross_entropy_forward_backward<T>(acts.dlogits.data(), nullptr, acts.logits.data(), labels, acts.batch,
+                                             m_labels);
   }
 
   /// Back-propagates acts.dlogits; parameter gradients accumulate into the store(s).

@@ -22,8 +22,8 @@
 // (accumulated along the row, reduced at its end), the second as r x block accumulators swept
 // down column blocks of X. A GEMM library runs these shapes at a third of the vector width.
 //
-// Built with OpenMP (wegeft::openmp) and no BLAS, each splits its rows or column blocks over
-// Eigen's thread count (Eigen::setNbThreads) once the tensor has 64K values or more.
+// Built with OpenMP (wegeft::openmp), each splits its rows or column blocks over Eigen's thread
+// count once the tensor has 64K values or more (the policy is in kernels/cpu/threads.hpp).
 //
 // All four are written with Eigen's packet primitives, so they use whatever SIMD Eigen was compiled
 // for (SSE/AVX2+FMA/AVX-512/NEON, or scalar). The scalar oracles are in kernels/cpu/reference.hpp.
@@ -34,6 +34,7 @@
 
 #include "wegeft/core/parameters.hpp"
 #include "wegeft/core/tensor.hpp"
+#include "wegeft/kernels/cpu/threads.hpp"
 
 // SIMD packet types carry alignment attributes that GCC drops (and warns about) when they are
 // template arguments; only their size and operations are used here.
@@ -48,36 +49,6 @@ namespace detail {
 
 template <class Packet>
 inline constexpr int packet_size = Eigen::internal::unpacket_traits<Packet>::size;
-
-/// Threads for a kernel over `elements` values of a large tensor: Eigen's thread count
-/// (Eigen::setNbThreads) when built with OpenMP, without a BLAS backend, and the tensor is large
-/// enough to pay for it. With a BLAS (EIGEN_USE_BLAS) the kernels stay on one thread: OpenBLAS's
-/// own thread pool keeps spinning on the cores after each product, and an OpenMP team started
-/// then competes with it (measured: LoRA r = 8 layer step at 2 threads 1.21-1.23x the base with
-/// threaded kernels, 1.14-1.19x without).
-inline int kernel_threads(Index elements) {
-#if defined(_OPENMP) && !defined(EIGEN_USE_BLAS)
-  return elements >= (Index(1) << 16) ? std::max(1, Eigen::nbThreads()) : 1;
-#else
-  (void)elements;
-  return 1;
-#endif
-}
-
-/// f(i) for i = begin, begin + step, ... < end: across `threads` OpenMP threads when there are
-/// more than one, else as a plain loop (an OpenMP region outlines the loop, and on one thread
-/// that ran slower: LoRA r = 8 layer step 1.134-1.148x the base against 1.080-1.085x).
-template <class F>
-void for_each_step(Index begin, Index end, Index step, int threads, F&& f) {
-  if (threads > 1) {
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(threads) schedule(static)
-#endif
-    for (Index i = begin; i < end; i += step) f(i);
-  } else {
-    for (Index i = begin; i < end; i += step) f(i);
-  }
-}
 
 /// Rows [0, n) of Y (row stride ldy), n a multiple of 4; the padded rank is NP packets: g = Y M
 /// and G += Y^T U in one pass. M, U, g, G have rows of NP packets, aligned. Up to two packets of

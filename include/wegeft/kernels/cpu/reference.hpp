@@ -2,7 +2,10 @@
 // oracle of the equivalence tests, not a fast path.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <utility>
 
 #include "wegeft/core/tensor.hpp"
 
@@ -143,6 +146,77 @@ void rmsnorm_backward(T* dx, T* dweight, const T* dout, const T* x, const T* wei
     const double k = r * r * r * dot / static_cast<double>(c);
     for (Index j = 0; j < c; ++j)
       dx[i * c + j] = static_cast<T>(r * gi[j] * weight[j] - k * xi[j]);
+  }
+}
+
+// Cross-entropy and AdamW, one element at a time in double (the oracles of nn/loss.hpp and
+// optim/adamw.hpp). Targets are assumed valid here; the fast paths check them.
+
+/// max(row) and sum(exp(row - max)) of one row of logits.
+template <class T>
+std::pair<double, double> row_max_and_exp_sum(const T* row, Index vocab) {
+  double max = row[0];
+  for (Index j = 1; j < vocab; ++j) max = std::max(max, static_cast<double>(row[j]));
+  double sum = 0;
+  for (Index j = 0; j < vocab; ++j) sum += std::exp(row[j] - max);
+  return {max, sum};
+}
+
+/// losses [N] (0 for rows whose target is ignore_index) and the number of counted rows; returns
+/// the mean of -log softmax(logits [N, V])[target] over the counted rows (0 when none).
+template <class T>
+double cross_entropy_forward(T* losses, const T* logits, const std::int32_t* targets, Index n,
+                             Index vocab, std::int32_t ignore_index, Index* counted) {
+  double total = 0;
+  Index count = 0;
+  for (Index i = 0; i < n; ++i) {
+    if (targets[i] == ignore_index) {
+      if (losses) losses[i] = T(0);
+      continue;
+    }
+    const T* row = logits + i * vocab;
+    const auto [max, sum] = row_max_and_exp_sum(row, vocab);
+    const double loss = std::log(sum) + max - row[targets[i]];
+    if (losses) losses[i] = static_cast<T>(loss);
+    total += loss;
+    ++count;
+  }
+  if (counted) *counted = count;
+  return count ? total / static_cast<double>(count) : 0.0;
+}
+
+/// dlogits [N, V] = dloss / counted * (softmax(logits) - onehot(target)), 0 for ignored rows.
+template <class T>
+void cross_entropy_backward(T* dlogits, const T* logits, const std::int32_t* targets, Index n,
+                            Index vocab, Index counted, double dloss, std::int32_t ignore_index) {
+  const double scale = counted ? dloss / static_cast<double>(counted) : 0.0;
+  for (Index i = 0; i < n; ++i) {
+    T* drow = dlogits + i * vocab;
+    if (targets[i] == ignore_index) {
+      std::fill(drow, drow + vocab, T(0));
+      continue;
+    }
+    const T* row = logits + i * vocab;
+    const auto [max, sum] = row_max_and_exp_sum(row, vocab);
+    for (Index j = 0; j < vocab; ++j)
+      drow[j] = static_cast<T>(scale * (std::exp(row[j] - max) / sum - (j == targets[i] ? 1.0 : 0.0)));
+  }
+}
+
+/// One AdamW step (torch.optim.AdamW) at step number t >= 1 over n parameters, in double.
+template <class T>
+void adamw_step(T* params, T* m, T* v, const T* grads, Index n, double lr, double beta1, double beta2,
+                double eps, double weight_decay, std::int64_t t) {
+  const double c1 = 1.0 - std::pow(beta1, static_cast<double>(t));
+  const double sqrt_c2 = std::sqrt(1.0 - std::pow(beta2, static_cast<double>(t)));
+  for (Index i = 0; i < n; ++i) {
+    const double g = grads[i];
+    const double mi = beta1 * m[i] + (1.0 - beta1) * g;
+    const double vi = beta2 * v[i] + (1.0 - beta2) * g * g;
+    m[i] = static_cast<T>(mi);
+    v[i] = static_cast<T>(vi);
+    const double denom = std::sqrt(vi) / sqrt_c2 + eps;
+    params[i] = static_cast<T>(params[i] * (1.0 - lr * weight_decay) - lr / c1 * mi / denom);
   }
 }
 
