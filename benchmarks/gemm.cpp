@@ -15,7 +15,7 @@
 
 int main() {
   const int threads = std::getenv("WEGEFT_THREADS") ? std::atoi(std::getenv("WEGEFT_THREADS")) : 1;
-  Eigen::setNbThreads(threads);
+  wegeft::set_threads(threads);
   const wegeft::Index M = 2048, K = 768, N = 3072;
   wegeft::Rng rng(1);
   wegeft::Matrix<float> a(M, K), b(N, K), c(M, N);

@@ -53,7 +53,7 @@ void report(const char* what, Index r, std::pair<double, double> t) {
 int main(int argc, char** argv) {
   const int rounds = argc > 1 ? std::atoi(argv[1]) : 31;
   const int threads = std::getenv("WEGEFT_THREADS") ? std::atoi(std::getenv("WEGEFT_THREADS")) : 1;
-  Eigen::setNbThreads(threads);
+  wegeft::set_threads(threads);
   const Index n = 2048, d = 768;
   wegeft::Rng rng(1);
   Matrix<T> x(n, d), y(n, d);

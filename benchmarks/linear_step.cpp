@@ -56,7 +56,7 @@ struct Variant {
 int main(int argc, char** argv) {
   const int rounds = argc > 1 ? std::atoi(argv[1]) : 15;
   const int threads = std::getenv("WEGEFT_THREADS") ? std::atoi(std::getenv("WEGEFT_THREADS")) : 1;
-  Eigen::setNbThreads(threads);
+  wegeft::set_threads(threads);
   const Index n = 2048, d_in = 768, d_out = 768;
   wegeft::Rng rng(1);
   Matrix<T> w(d_out, d_in), x(n, d_in), dy(n, d_out), y(n, d_out), dx(n, d_in);

@@ -17,7 +17,7 @@
 int main(int argc, char** argv) {
   const int rounds = argc > 1 ? std::atoi(argv[1]) : 5;
   const int threads = std::getenv("WEGEFT_THREADS") ? std::atoi(std::getenv("WEGEFT_THREADS")) : 1;
-  Eigen::setNbThreads(threads);
+  wegeft::set_threads(threads);
   wegeft::ModelConfig c;
   c.family = wegeft::Family::bert;
   c.vocab_size = 1000;  // the embedding lookup's cost does not depend on it

@@ -218,8 +218,9 @@ class WeGeFTAdapter {
     if (cache.dropped) {
       cache.dropout_seed = m_dropout_rng.next_u64();
       cache.p.noalias() = dropped_weight(cache.dropout_seed) * m_gen->phi().transpose();
-    } else {
-      cache.p.noalias() = w * m_gen->phi().transpose();
+    } else {  // P = W Phi^T: r dot products per row of W
+      cache.p.resize(d_out(), m_gen->rank());
+      rank_r_project(cache.p.data(), w.data(), w.outerStride(), m_gen->phi().data(), d_out(), d_in(), m_gen->rank());
     }
     const Matrix<T> s_pt = s * cache.p.transpose();  // [r, d_out]
     linear_forward_plus<T>(y, x, w, m_base.bias(), cache.u, s_pt);
@@ -314,8 +315,8 @@ class WeGeFTAdapter {
     rank_r_reduce(g_psi.data(), g_u.data(), x.data(), x.outerStride(), x.rows(), d_in(), m_gen->rank());
     if (cache.dropped) {
       g_phi.noalias() += g_p.transpose() * dropped_weight(cache.dropout_seed);
-    } else {
-      g_phi.noalias() += g_p.transpose() * w;
+    } else {  // dPhi += g_p^T W
+      rank_r_reduce(g_phi.data(), g_p.data(), w.data(), w.outerStride(), d_out(), d_in(), m_gen->rank());
     }
     if (dx != nullptr) linear_backward_input_plus<T>(*dx, dy, w, g_u, psi);
   }

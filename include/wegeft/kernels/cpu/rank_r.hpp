@@ -194,7 +194,7 @@ inline void project_rows(T* u, const T* X, Index ldx, const T* __restrict A, Ind
 }
 
 template <class T, class Packet, int R>
-void project_padded(T* u, const T* X, Index ldx, const T* A, Index n, Index d) {
+void project_padded(T* u, const T* X, Index ldx, const T* A, Index n, Index d, int threads) {
   constexpr int L = packet_size<Packet>, KB = rank_block<Packet, R>;
   constexpr int ROWS = max_accumulators<Packet> / KB;
   const Index dv = d / L * L, whole = n / ROWS * ROWS;
@@ -205,7 +205,7 @@ void project_padded(T* u, const T* X, Index ldx, const T* A, Index n, Index d) {
       for (Index i = i0; i < std::min(whole, i0 + chunk); i += ROWS)
         project_rows<T, Packet, R, KB, ROWS>(u, X, ldx, A, d, dv, i, k0);
   };
-  for_each_step(0, whole, chunk, kernel_threads(n * d), rows);
+  for_each_step(0, whole, chunk, threads, rows);
   for (Index i = whole; i < n; ++i)
     for (int k0 = 0; k0 < R; k0 += KB) project_rows<T, Packet, R, KB, 1>(u, X, ldx, A, d, dv, i, k0);
   if (dv < d)
@@ -241,14 +241,14 @@ inline void reduce_block(T* G, Index ldg, const T* __restrict g, const T* X, Ind
 }
 
 template <class T, class Packet, int R>
-void reduce_padded(T* G, const T* g, const T* X, Index ldx, Index n, Index d) {
+void reduce_padded(T* G, const T* g, const T* X, Index ldx, Index n, Index d, int threads) {
   constexpr int L = packet_size<Packet>, KB = rank_block<Packet, R>;
   constexpr int CP = max_accumulators<Packet> / KB;
   const Index whole = d / (CP * L) * (CP * L), dv = d / L * L;
   auto columns = [=](Index c) {
     for (int k0 = 0; k0 < R; k0 += KB) reduce_block<T, Packet, R, KB, CP>(G, d, g, X, ldx, n, c, k0);
   };
-  for_each_step(0, whole, CP * L, kernel_threads(n * d), columns);
+  for_each_step(0, whole, CP * L, threads, columns);
   for (Index c = whole; c < dv; c += L)
     for (int k0 = 0; k0 < R; k0 += KB) reduce_block<T, Packet, R, KB, 1>(G, d, g, X, ldx, n, c, k0);
   for (Index c = dv; c < d; ++c)
@@ -298,7 +298,7 @@ void rank_r_project(T* u, const T* X, Index ldx, const T* A, Index n, Index d, I
     constexpr int R = decltype(rp)::value;
     std::vector<T, AlignedAllocator<T, 64>> ap(static_cast<std::size_t>(R * d), T(0)), up(static_cast<std::size_t>(n * R));
     std::copy(A, A + r * d, ap.begin());
-    detail::project_padded<T, Packet, R>(up.data(), X, ldx, ap.data(), n, d);
+    detail::project_padded<T, Packet, R>(up.data(), X, ldx, ap.data(), n, d, detail::kernel_threads(n * d));
     for (Index i = 0; i < n; ++i) std::copy(up.begin() + i * R, up.begin() + i * R + r, u + i * r);
   });
 }
@@ -317,7 +317,7 @@ void rank_r_reduce(T* G, const T* g, const T* X, Index ldx, Index n, Index d, In
     constexpr int R = decltype(rp)::value;
     std::vector<T, AlignedAllocator<T, 64>> gp(static_cast<std::size_t>(n * R), T(0)), Gp(static_cast<std::size_t>(R * d), T(0));
     for (Index i = 0; i < n; ++i) std::copy(g + i * r, g + (i + 1) * r, gp.begin() + i * R);
-    detail::reduce_padded<T, Packet, R>(Gp.data(), gp.data(), X, ldx, n, d);
+    detail::reduce_padded<T, Packet, R>(Gp.data(), gp.data(), X, ldx, n, d, detail::kernel_threads(n * d));
     for (Index k = 0; k < r; ++k)
       for (Index c = 0; c < d; ++c) G[k * d + c] += Gp[static_cast<std::size_t>(k * d + c)];
   });
@@ -388,15 +388,36 @@ void rank_r_pass(T* g, T* G, const T* Y, const T* M, const T* U, Index n, Index 
     return;
   }
   if (r <= max_split_rank<T>) {
-    // Small ranks: the projection and reduction kernels below, each at full vector width, beat
-    // one fused pass whose rank-wide registers are mostly empty, even though Y is read twice.
-    std::vector<T, AlignedAllocator<T, 64>> mt(static_cast<std::size_t>(r * d)), gt(static_cast<std::size_t>(r * d), T(0));
-    for (Index o = 0; o < d; ++o)
-      for (Index k = 0; k < r; ++k) mt[static_cast<std::size_t>(k * d + o)] = M[o * r + k];
-    rank_r_project(g, Y, ldy, mt.data(), n, d, r);
-    rank_r_reduce(gt.data(), U, Y, ldy, n, d, r);
-    for (Index o = 0; o < d; ++o)
-      for (Index k = 0; k < r; ++k) G[o * r + k] += gt[static_cast<std::size_t>(k * d + o)];
+    // Small ranks: the projection and reduction kernels, each at full vector width, beat one
+    // fused pass whose rank-wide registers are mostly empty. They take Y in blocks of rows small
+    // enough to stay in L2 between the two, so Y still comes from memory once.
+    detail::with_padded_rank<T>(r, [&](auto rank) {
+      constexpr int R = decltype(rank)::value;
+      using Buffer = std::vector<T, AlignedAllocator<T, 64>>;
+      Buffer mt(static_cast<std::size_t>(R * d), T(0)), up(static_cast<std::size_t>(n * R), T(0));
+      Buffer gp(static_cast<std::size_t>(n * R));
+      for (Index o = 0; o < d; ++o)
+        for (Index k = 0; k < r; ++k) mt[static_cast<std::size_t>(k * d + o)] = M[o * r + k];
+      for (Index i = 0; i < n; ++i) std::copy(U + i * r, U + (i + 1) * r, up.begin() + i * R);
+      const Index block = std::clamp<Index>((Index(1) << 16) / std::max<Index>(d, 1) / 8 * 8, 16, 512);
+      const int threads = static_cast<int>(std::min<Index>(detail::kernel_threads(n * d), (n + block - 1) / block));
+      Buffer Gt(static_cast<std::size_t>(std::max(threads, 1) * R * d), T(0));  // one [R, d] sum per thread
+      auto rows = [&](Index t, Index begin, Index end) {
+        for (Index i0 = begin; i0 < end; i0 += block) {
+          const Index len = std::min(block, end - i0);
+          detail::project_padded<T, Full, R>(gp.data() + i0 * R, Y + i0 * ldy, ldy, mt.data(), len, d, 1);
+          detail::reduce_padded<T, Full, R>(Gt.data() + t * R * d, up.data() + i0 * R, Y + i0 * ldy, ldy, len, d, 1);
+        }
+      };
+      if (threads > 1)
+        detail::for_each_part(n, block, threads, rows);
+      else
+        rows(0, 0, n);
+      for (Index i = 0; i < n; ++i) std::copy(gp.begin() + i * R, gp.begin() + i * R + r, g + i * r);
+      for (int t = 0; t < threads; ++t)
+        for (Index o = 0; o < d; ++o)
+          for (Index k = 0; k < r; ++k) G[o * r + k] += Gt[static_cast<std::size_t>((t * R + k) * d + o)];
+    });
     return;
   }
   const int np = r <= LH ? 0 : *std::find_if(std::begin(counts), std::end(counts), [&](int c) { return c >= need; });
