@@ -6,6 +6,7 @@
 
 #include <wegeft/kernels/cpu/rank_r.hpp>
 #include <wegeft/kernels/cpu/reference.hpp>
+#include <wegeft/nn/attention.hpp>
 #include <wegeft/nn/loss.hpp>
 #include <wegeft/nn/norms.hpp>
 #include <wegeft/optim/adamw.hpp>
@@ -246,6 +247,44 @@ TEMPLATE_TEST_CASE("vectorised AdamW update equals its double reference over sev
   CHECK(wt::rel_diff(v, v_ref) < tol);
 }
 
+namespace {
+
+/// Attention forward and backward against the double reference; a causal, grouped-query, masked
+/// case when `masked`.
+template <class T>
+void check_attention(const AttentionShape& s, bool masked, double tol, std::uint64_t seed) {
+  Rng rng(seed);
+  const Index rows = s.batch * s.seq;
+  const Matrix<T> q = wt::random_matrix<T>(rows, s.q_width(), rng), k = wt::random_matrix<T>(rows, s.kv_width(), rng),
+                  v = wt::random_matrix<T>(rows, s.kv_width(), rng), dout = wt::random_matrix<T>(rows, s.q_width(), rng);
+  std::vector<std::uint8_t> mask(static_cast<std::size_t>(rows), 1);
+  for (Index e = 0; e < rows; e += 3) mask[std::size_t(e)] = 0;  // padding keys, and in batch 0 a query that sees none
+  const std::uint8_t* m = masked ? mask.data() : nullptr;
+  Matrix<T> out(rows, s.q_width()), probs(s.batch * s.heads * s.seq, s.seq), out_ref = out, probs_ref = probs;
+  attention_forward(out.data(), probs.data(), q.data(), k.data(), v.data(), m, s);
+  reference::attention_forward(out_ref.data(), probs_ref.data(), q.data(), k.data(), v.data(), m, s.batch, s.seq, s.heads,
+                               s.kv_heads, s.head_dim, s.causal);
+  CHECK(wt::rel_diff(out, out_ref) < tol);
+  CHECK(wt::rel_diff(probs, probs_ref) < tol);
+  Matrix<T> dq(rows, s.q_width()), dk(rows, s.kv_width()), dv(rows, s.kv_width()), dq_ref = dq, dk_ref = dk, dv_ref = dv;
+  attention_backward(dq.data(), dk.data(), dv.data(), dout.data(), probs.data(), q.data(), k.data(), v.data(), s);
+  reference::attention_backward(dq_ref.data(), dk_ref.data(), dv_ref.data(), dout.data(), probs_ref.data(), q.data(), k.data(),
+                                v.data(), s.batch, s.seq, s.heads, s.kv_heads, s.head_dim);
+  CHECK(wt::rel_diff(dq, dq_ref) < tol);
+  CHECK(wt::rel_diff(dk, dk_ref) < tol);
+  CHECK(wt::rel_diff(dv, dv_ref) < tol);
+}
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("attention equals its double reference (grouped-query, causal, padding mask)", "[kernels]", float, double) {
+  using T = TestType;
+  const double tol = std::is_same_v<T, float> ? 1e-5 : 1e-12;
+  check_attention<T>({.batch = 2, .seq = 7, .heads = 4, .kv_heads = 4, .head_dim = 5}, false, tol, 31);
+  check_attention<T>({.batch = 3, .seq = 9, .heads = 6, .kv_heads = 2, .head_dim = 3, .causal = true}, true, tol, 32);
+  check_attention<T>({.batch = 2, .seq = 6, .heads = 2, .kv_heads = 1, .head_dim = 4}, true, tol, 33);
+}
+
 #ifdef _OPENMP
 TEST_CASE("kernels split over two OpenMP threads equal their references", "[kernels][simd][threads]") {
   // Sizes above the 64K-value threshold at which kernel_threads() hands out more than one thread.
@@ -293,6 +332,9 @@ TEST_CASE("kernels split over two OpenMP threads equal their references", "[kern
   opt.step(std::span<float>(p.data(), std::size_t(np)), std::span<const float>(grad.data(), std::size_t(np)));
   reference::adamw_step(p_ref.data(), m_ref.data(), v_ref.data(), grad.data(), np, 1e-2, 0.9, 0.999, 1e-8, 0.01, 1);
   CHECK(wt::rel_diff(Matrix<float>(p - p0), Matrix<float>(p_ref - p0)) < 2e-7);
+
+  // attention: sequences split over the threads (6 x 4 x 64 x (64 + 8) values of work)
+  check_attention<float>({.batch = 6, .seq = 64, .heads = 4, .kv_heads = 2, .head_dim = 8, .causal = true}, true, 1e-5, 34);
   Eigen::setNbThreads(saved);
 }
 #endif

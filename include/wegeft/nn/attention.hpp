@@ -4,6 +4,11 @@
 // Per sequence b and query head h (key/value head g = h / (heads / kv_heads)):
 //   S = Q_h K_g^T / sqrt(d),  masked entries -> -inf,  P = softmax_rows(S),  O_h = P V_g.
 // A query row whose keys are all masked gets P = 0 and O = 0 (PyTorch would give NaN there).
+//
+// Sequences are independent, so with threads (kernels/cpu/threads.hpp) each thread takes whole
+// sequences and runs their per-head products itself: one OpenMP region per call instead of one
+// threaded BLAS call per head-sized product. Every sequence is computed the same way whatever the
+// thread count, so results do not depend on it.
 #pragma once
 
 #include <cmath>
@@ -12,6 +17,7 @@
 
 #include "wegeft/core/error.hpp"
 #include "wegeft/core/tensor.hpp"
+#include "wegeft/kernels/cpu/threads.hpp"
 
 namespace wegeft {
 
@@ -36,6 +42,14 @@ template <class T>
 using HeadMap = Eigen::Map<const Matrix<T>, 0, Eigen::OuterStride<>>;
 template <class T>
 using MutHeadMap = Eigen::Map<Matrix<T>, 0, Eigen::OuterStride<>>;
+
+/// f(b) for every sequence b of the batch, split over the kernel threads.
+template <class F>
+void for_each_sequence(const AttentionShape& s, F&& f) {
+  const Index work = s.batch * s.heads * s.seq * (s.seq + s.head_dim);
+  const int threads = static_cast<int>(std::min<Index>(kernel_threads(work), s.batch));
+  for_each_step(0, s.batch, 1, threads, f);
+}
 }  // namespace detail
 
 /// out [B*T, H*d], probs [B, H, T, T] (saved for backward) from q [B*T, H*d], k, v [B*T, Hkv*d]
@@ -46,7 +60,7 @@ void attention_forward(T* out, T* probs, const T* q, const T* k, const T* v,
   s.check();
   const Index L = s.seq, d = s.head_dim, group = s.heads / s.kv_heads;
   const T scale = static_cast<T>(1.0 / std::sqrt(static_cast<double>(d)));
-  for (Index b = 0; b < s.batch; ++b)
+  detail::for_each_sequence(s, [&](Index b) {
     for (Index h = 0; h < s.heads; ++h) {
       const Index g = h / group;
       detail::HeadMap<T> qh(q + b * L * s.q_width() + h * d, L, d, Eigen::OuterStride<>(s.q_width()));
@@ -75,6 +89,7 @@ void attention_forward(T* out, T* probs, const T* q, const T* k, const T* v,
       detail::MutHeadMap<T> oh(out + b * L * s.q_width() + h * d, L, d, Eigen::OuterStride<>(s.q_width()));
       oh.noalias() = p * vh;
     }
+  });
 }
 
 /// dq [B*T, H*d], dk, dv [B*T, Hkv*d] (all overwritten) from dout [B*T, H*d] and the forward's
@@ -87,8 +102,9 @@ void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* probs, cons
   const T scale = static_cast<T>(1.0 / std::sqrt(static_cast<double>(d)));
   MatrixMap<T>(dk, s.batch * L, s.kv_width()).setZero();
   MatrixMap<T>(dv, s.batch * L, s.kv_width()).setZero();
-  Matrix<T> dp(L, L);
-  for (Index b = 0; b < s.batch; ++b)
+  // Heads of one key/value group add into the same dk, dv rows, so threads split sequences.
+  detail::for_each_sequence(s, [&](Index b) {
+    Matrix<T> dp(L, L);
     for (Index h = 0; h < s.heads; ++h) {
       const Index g = h / group;
       const auto qs = Eigen::OuterStride<>(s.q_width()), ks = Eigen::OuterStride<>(s.kv_width());
@@ -110,6 +126,7 @@ void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* probs, cons
       dqh.noalias() = dp * kh;
       dkh.noalias() += dp.transpose() * qh;
     }
+  });
 }
 
 }  // namespace wegeft

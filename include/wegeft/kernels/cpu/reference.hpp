@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdint>
 #include <utility>
+#include <vector>
 
 #include "wegeft/core/tensor.hpp"
 
@@ -217,6 +218,81 @@ void adamw_step(T* params, T* m, T* v, const T* grads, Index n, double lr, doubl
     v[i] = static_cast<T>(vi);
     const double denom = std::sqrt(vi) / sqrt_c2 + eps;
     params[i] = static_cast<T>(params[i] * (1.0 - lr * weight_decay) - lr / c1 * mi / denom);
+  }
+}
+
+/// Attention (nn/attention.hpp) one score at a time in double: out [B*T, H*d] and probs
+/// [B, H, T, T] from q [B*T, H*d], k, v [B*T, Hkv*d]; key_mask [B, T] may be null.
+template <class T>
+void attention_forward(T* out, T* probs, const T* q, const T* k, const T* v, const std::uint8_t* key_mask,
+                       Index batch, Index seq, Index heads, Index kv_heads, Index head_dim, bool causal) {
+  const Index qw = heads * head_dim, kw = kv_heads * head_dim, group = heads / kv_heads;
+  const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim));
+  std::vector<double> score(static_cast<std::size_t>(seq));
+  for (Index b = 0; b < batch; ++b)
+    for (Index h = 0; h < heads; ++h)
+      for (Index i = 0; i < seq; ++i) {
+        const Index g = h / group;
+        T* p = probs + ((b * heads + h) * seq + i) * seq;
+        double max = -HUGE_VAL;
+        for (Index j = 0; j < seq; ++j) {
+          const bool visible = (!causal || j <= i) && (key_mask == nullptr || key_mask[b * seq + j] != 0);
+          double dot = 0;
+          for (Index c = 0; c < head_dim; ++c)
+            dot += static_cast<double>(q[(b * seq + i) * qw + h * head_dim + c]) * k[(b * seq + j) * kw + g * head_dim + c];
+          score[std::size_t(j)] = visible ? dot * scale : -HUGE_VAL;
+          max = std::max(max, score[std::size_t(j)]);
+        }
+        double sum = 0;
+        for (Index j = 0; j < seq; ++j) {
+          score[std::size_t(j)] = max == -HUGE_VAL ? 0.0 : std::exp(score[std::size_t(j)] - max);
+          sum += score[std::size_t(j)];
+        }
+        for (Index j = 0; j < seq; ++j) p[j] = static_cast<T>(sum > 0 ? score[std::size_t(j)] / sum : 0.0);
+        for (Index c = 0; c < head_dim; ++c) {
+          double acc = 0;
+          for (Index j = 0; j < seq; ++j)
+            acc += (sum > 0 ? score[std::size_t(j)] / sum : 0.0) * v[(b * seq + j) * kw + g * head_dim + c];
+          out[(b * seq + i) * qw + h * head_dim + c] = static_cast<T>(acc);
+        }
+      }
+}
+
+/// dq, dk, dv (overwritten) of attention from dout and the forward's probs, in double.
+template <class T>
+void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* probs, const T* q, const T* k, const T* v,
+                        Index batch, Index seq, Index heads, Index kv_heads, Index head_dim) {
+  const Index qw = heads * head_dim, kw = kv_heads * head_dim, group = heads / kv_heads;
+  const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim));
+  std::vector<double> gq(static_cast<std::size_t>(batch * seq * qw), 0.0), gk(static_cast<std::size_t>(batch * seq * kw), 0.0),
+      gv(gk.size(), 0.0), dp(static_cast<std::size_t>(seq));
+  for (Index b = 0; b < batch; ++b)
+    for (Index h = 0; h < heads; ++h)
+      for (Index i = 0; i < seq; ++i) {
+        const Index g = h / group;
+        const T* p = probs + ((b * heads + h) * seq + i) * seq;
+        const T* go = dout + (b * seq + i) * qw + h * head_dim;
+        double rowdot = 0;
+        for (Index j = 0; j < seq; ++j) {
+          double acc = 0;
+          for (Index c = 0; c < head_dim; ++c) acc += static_cast<double>(go[c]) * v[(b * seq + j) * kw + g * head_dim + c];
+          dp[std::size_t(j)] = acc;
+          rowdot += static_cast<double>(p[j]) * acc;
+          for (Index c = 0; c < head_dim; ++c)
+            gv[std::size_t((b * seq + j) * kw + g * head_dim + c)] += static_cast<double>(p[j]) * go[c];
+        }
+        for (Index j = 0; j < seq; ++j) {
+          const double ds = static_cast<double>(p[j]) * (dp[std::size_t(j)] - rowdot) * scale;
+          for (Index c = 0; c < head_dim; ++c) {
+            gq[std::size_t((b * seq + i) * qw + h * head_dim + c)] += ds * k[(b * seq + j) * kw + g * head_dim + c];
+            gk[std::size_t((b * seq + j) * kw + g * head_dim + c)] += ds * q[(b * seq + i) * qw + h * head_dim + c];
+          }
+        }
+      }
+  for (std::size_t e = 0; e < gq.size(); ++e) dq[e] = static_cast<T>(gq[e]);
+  for (std::size_t e = 0; e < gk.size(); ++e) {
+    dk[e] = static_cast<T>(gk[e]);
+    dv[e] = static_cast<T>(gv[e]);
   }
 }
 
