@@ -46,7 +46,7 @@ def gemm_line(binary, env):
     return subprocess.run([binary], env=env, check=True, capture_output=True, text=True).stdout.strip()
 
 
-peak_env = dict(os.environ)
+AVX512 = " avx512f " in open("/proc/cpuinfo").read().replace("\n", " ")
 for threads in (1, 2):
     env = dict(os.environ, OMP_WAIT_POLICY="passive", OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads),
                MKL_NUM_THREADS=str(threads), WEGEFT_THREADS=str(threads))
@@ -57,6 +57,18 @@ for threads in (1, 2):
         path = os.path.join(build, "benchmarks", b)
         if os.path.exists(path):
             print(gemm_line(path, env))
+    blis = os.path.join(build + "-blis", "benchmarks", "bench_gemm_blas")
+    if os.path.exists(blis):
+        # BLIS picks its kernels from the CPU id at run time; BLIS_ARCH_DEBUG makes it say which.
+        variants = [{}]
+        if AVX512:
+            variants.append({"BLIS_ARCH_TYPE": "skx"})
+        for extra in variants:
+            blis_env = dict(env, BLIS_NUM_THREADS=str(threads), BLIS_ARCH_DEBUG="1", **extra)
+            done = subprocess.run([blis], env=blis_env, check=True, capture_output=True, text=True)
+            config = re.search(r"sub-configuration '(\w+)'", done.stdout + done.stderr)
+            how = " ".join(f"{k}={v}" for k, v in extra.items()) or "own CPU detection"
+            print(f"{done.stdout.strip().splitlines()[-1]} [BLIS {how}: '{config.group(1) if config else '?'}' kernels]")
     # ours with OpenBLAS (bench_linear_step_blas) against torch, A B A B; and ours with Eigen's own
     # products and OpenMP (bench_linear_step), where the rank-r kernels thread as well.
     blas_bin = os.path.join(build, "benchmarks", "bench_linear_step_blas")
