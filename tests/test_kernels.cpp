@@ -338,3 +338,17 @@ TEST_CASE("kernels split over two OpenMP threads equal their references", "[kern
   Eigen::setNbThreads(saved);
 }
 #endif
+
+TEST_CASE("set_threads sets the products' thread count and refuses zero", "[kernels][threads]") {
+  const int saved = Eigen::nbThreads();
+  set_threads(1);
+  CHECK(gemm_threads() == 1);
+  CHECK(Eigen::nbThreads() == 1);
+  CHECK_THAT(gemm_backend(), Catch::Contains("1 thread(s)"));
+  CHECK_THROWS_WITH(set_threads(0), Catch::Contains("at least one thread, got 0"));
+#ifdef _OPENMP
+  set_threads(2);  // OpenMP builds can run two; so can OpenBLAS and BLIS
+  CHECK(gemm_threads() == 2);
+#endif
+  set_threads(saved);
+}
