@@ -91,7 +91,7 @@ TEMPLATE_TEST_CASE("rank-r expansion Y = X + b + U Bt equals its scalar referenc
   using T = TestType;
   const Index r = GENERATE(1, 3, 8, 9, 16, 17, 40);
   const Index n = GENERATE(1, 5, 9);
-  const Index d = GENERATE(1, 7, 33, 70);
+  const Index d = GENERATE(1, 7, 33, 70, 150);  // 150: whole 4-register tiles, single registers, scalar edge
   INFO("n " << n << " d " << d << " r " << r);
   Rng rng(static_cast<std::uint64_t>(r * 1000 + n * 10 + d + 13));
   const Matrix<T> x = wt::random_matrix<T>(n, d, rng), u = wt::random_matrix<T>(n, r, rng), bt = wt::random_matrix<T>(r, d, rng);

@@ -60,7 +60,19 @@ void attention_forward(T* out, T* probs, const T* q, const T* k, const T* v,
   s.check();
   const Index L = s.seq, d = s.head_dim, group = s.heads / s.kv_heads;
   const T scale = static_cast<T>(1.0 / std::sqrt(static_cast<double>(d)));
+  constexpr T kNegInf = -std::numeric_limits<T>::infinity();
   detail::for_each_sequence(s, [&](Index b) {
+    // This sequence's padding as a row to add to the scores (0 or -inf) and one to multiply the
+    // exponentials by (1 or 0), so every softmax step is a vector operation over the row.
+    Eigen::Array<T, 1, Eigen::Dynamic> add, keep;
+    if (key_mask) {
+      add.resize(L);
+      keep.resize(L);
+      for (Index j = 0; j < L; ++j) {
+        keep[j] = key_mask[b * L + j] ? T(1) : T(0);
+        add[j] = key_mask[b * L + j] ? T(0) : kNegInf;
+      }
+    }
     for (Index h = 0; h < s.heads; ++h) {
       const Index g = h / group;
       detail::HeadMap<T> qh(q + b * L * s.q_width() + h * d, L, d, Eigen::OuterStride<>(s.q_width()));
@@ -71,20 +83,18 @@ void attention_forward(T* out, T* probs, const T* q, const T* k, const T* v,
       for (Index i = 0; i < L; ++i) {
         // Keys this query may see: j <= i when causal, and not padding.
         const Index visible = s.causal ? i + 1 : L;
-        T max = -std::numeric_limits<T>::infinity();
-        for (Index j = 0; j < visible; ++j)
-          if (!key_mask || key_mask[b * L + j]) max = std::max(max, p(i, j));
-        if (max == -std::numeric_limits<T>::infinity()) {
+        auto row = p.row(i).head(visible).array();
+        const T max = key_mask ? (row + add.head(visible)).maxCoeff() : row.maxCoeff();
+        if (max == kNegInf) {  // every visible key is padding
           p.row(i).setZero();
           continue;
         }
-        auto row = p.row(i).head(visible).array();
-        row = (row - max).exp();  // vectorized
-        p.row(i).tail(L - visible).setZero();
         if (key_mask)
-          for (Index j = 0; j < visible; ++j)
-            if (!key_mask[b * L + j]) p(i, j) = T(0);
-        p.row(i) /= p.row(i).sum();
+          row = (row - max).exp() * keep.head(visible);
+        else
+          row = (row - max).exp();
+        row /= row.sum();
+        p.row(i).tail(L - visible).setZero();
       }
       detail::MutHeadMap<T> oh(out + b * L * s.q_width() + h * d, L, d, Eigen::OuterStride<>(s.q_width()));
       oh.noalias() = p * vh;
