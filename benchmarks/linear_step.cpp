@@ -5,7 +5,7 @@
 // rounds, in alternating order, and is reported as the median over rounds of its time divided by
 // the base step's time in that round, next to the ratio the multiply-add count predicts.
 //
-//   build/release/benchmarks/bench_linear_step [rounds]
+//   build/release/benchmarks/bench_linear_step [rounds] [only the variants whose name contains this]
 #include <wegeft/wegeft.hpp>
 
 #include <algorithm>
@@ -118,6 +118,10 @@ int main(int argc, char** argv) {
   }
   std::printf("\n");
 
+  if (argc > 2) {  // only the variants whose name contains argv[2] (and the base), e.g. for a profiler
+    const std::string only = argv[2];
+    std::erase_if(variants, [&](const Variant& v) { return v.name != "frozen base" && v.name.find(only) == std::string::npos; });
+  }
   for (auto& v : variants) v.step();  // warm-up: allocations, caches
   for (int round = 0; round < rounds; ++round) {
     std::vector<double> t(variants.size());
