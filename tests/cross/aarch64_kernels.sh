@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Builds the SIMD kernel tests (tests/test_kernels.cpp) for aarch64 with Debian's cross compiler,
+# so Eigen takes its NEON path, and runs them under qemu-aarch64, with OpenMP (two threads).
+#   aarch64_kernels.sh SOURCE_DIR WORK_DIR CXX QEMU EIGEN_DIR CATCH2_PARENT_DIR JSON_PARENT_DIR
+set -euo pipefail
+src=$1 work=$2 cxx=$3 qemu=$4 eigen=$5 catch2=$6 json=$7
+mkdir -p "$work/include"
+# Only the header-only dependencies, not the host's whole /usr/include (its C library is x86's).
+ln -sfn "$catch2/catch2" "$work/include/catch2"
+ln -sfn "$json/nlohmann" "$work/include/nlohmann"
+"$cxx" -std=c++20 -O2 -static -fopenmp -Wall -Wextra -Wno-missing-field-initializers \
+  -DWEGEFT_ENABLE_ASSERTS -DWEGEFT_GOLDEN_DIR="\"$src/tests/golden\"" \
+  -I"$src/include" -isystem "$eigen" -isystem "$work/include" \
+  "$src/tests/catch_main.cpp" "$src/tests/test_kernels.cpp" -o "$work/kernel_tests_aarch64"
+OMP_NUM_THREADS=2 "$qemu" "$work/kernel_tests_aarch64"
