@@ -1,4 +1,4 @@
-// How the CPU kernels of wegeft (rank-r products, cross-entropy, AdamW) use threads.
+// How the CPU kernels of wegeft (rank-r products, cross-entropy, AdamW, attention) use threads.
 //
 // Built with OpenMP (wegeft::openmp), a kernel over a large tensor splits its rows or blocks over
 // Eigen's thread count (Eigen::setNbThreads). With a BLAS backend (EIGEN_USE_BLAS) they stay on
