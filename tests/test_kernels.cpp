@@ -123,6 +123,64 @@ TEMPLATE_TEST_CASE("rank-r expansion Y = X + b + U Bt equals its scalar referenc
   CHECK(wt::rel_diff(y, y_ref) < wt::Tol<T>::close);
 }
 
+namespace {
+
+/// The fused adapter forward (rank_r_project_expand) and backward (rank_r_backward) against the
+/// scalar references of the kernels they combine, with X, Y and Z as views into wider matrices.
+template <class T>
+void check_fused_adapter_kernels(Index n, Index d_in, Index d_out, Index r, std::uint64_t seed) {
+  INFO("n " << n << " d_in " << d_in << " d_out " << d_out << " r " << r);
+  Rng rng(seed);
+  const Matrix<T> x = wt::random_matrix<T>(n, d_in, rng), dy = wt::random_matrix<T>(n, d_out, rng);
+  const Matrix<T> a = wt::random_matrix<T>(r, d_in, rng), bt = wt::random_matrix<T>(r, d_out, rng);
+  const Matrix<T> m = wt::random_matrix<T>(d_out, r, rng), su = wt::random_matrix<T>(n, r, rng);
+  const Vector<T> b = wt::random_matrix<T>(d_out, 1, rng);
+  const Matrix<T> G0 = wt::random_matrix<T>(d_out, r, rng), H0 = wt::random_matrix<T>(r, d_in, rng);
+  const Matrix<T> x_wide = widened(x, 3, rng), dy_wide = widened(dy, 5, rng);
+
+  Matrix<T> u_ref(n, r), y_ref(n, d_out);
+  reference::rank_r_project(u_ref.data(), x.data(), a.data(), n, d_in, r);
+  reference::rank_r_expand(y_ref.data(), static_cast<const T*>(nullptr), b.data(), u_ref.data(), bt.data(), n, d_out, r);
+  Matrix<T> u(n, r), y_wide = wt::random_matrix<T>(n, d_out + 2, rng);
+  const Matrix<T> y_pad = y_wide.rightCols(2);
+  rank_r_project_expand(u.data(), x_wide.data(), d_in + 3, a.data(), d_in, y_wide.data(), d_out + 2, b.data(), bt.data(), d_out,
+                        n, r);
+  CHECK(wt::rel_diff(u, u_ref) < wt::Tol<T>::close);
+  CHECK(wt::rel_diff(Matrix<T>(y_wide.leftCols(d_out)), y_ref) < wt::Tol<T>::close);
+  CHECK(y_wide.rightCols(2) == y_pad);
+
+  Matrix<T> g_ref(n, r), G_ref = G0, H_ref = H0, z_ref(n, d_in);
+  reference::rank_r_pass(g_ref.data(), G_ref.data(), dy.data(), m.data(), su.data(), n, d_out, r);
+  reference::rank_r_reduce(H_ref.data(), g_ref.data(), x.data(), n, d_in, r);
+  reference::rank_r_expand(z_ref.data(), static_cast<const T*>(nullptr), static_cast<const T*>(nullptr), g_ref.data(),
+                           a.data(), n, d_in, r);
+  Matrix<T> g(n, r), G = G0, H = H0, z_wide = wt::random_matrix<T>(n, d_in + 4, rng);
+  const Matrix<T> z_pad = z_wide.rightCols(4);
+  rank_r_backward(g.data(), G.data(), H.data(), z_wide.data(), d_in + 4, dy_wide.data(), d_out + 5, m.data(), su.data(),
+                  x_wide.data(), d_in + 3, a.data(), n, d_out, d_in, r);
+  CHECK(wt::rel_diff(g, g_ref) < wt::Tol<T>::close);
+  CHECK(wt::rel_diff(G, G_ref) < wt::Tol<T>::close);
+  CHECK(wt::rel_diff(H, H_ref) < wt::Tol<T>::close);
+  CHECK(wt::rel_diff(Matrix<T>(z_wide.leftCols(d_in)), z_ref) < wt::Tol<T>::close);
+  CHECK(z_wide.rightCols(4) == z_pad);
+  // without the input gradient
+  Matrix<T> g2(n, r), G2 = G0, H2 = H0;
+  rank_r_backward(g2.data(), G2.data(), H2.data(), static_cast<T*>(nullptr), 0, dy.data(), d_out, m.data(), su.data(), x.data(),
+                  d_in, a.data(), n, d_out, d_in, r);
+  CHECK(wt::rel_diff(G2, G_ref) < wt::Tol<T>::close);
+  CHECK(wt::rel_diff(H2, H_ref) < wt::Tol<T>::close);
+}
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("fused adapter forward and backward kernels equal their scalar references", "[kernels][simd]", float, double) {
+  const Index r = GENERATE(1, 3, 4, 5, 8, 9, 16, 17);
+  const Index n = GENERATE(1, 7, 700);  // 700: several blocks of rows
+  const auto [d_in, d_out] = GENERATE(std::pair<Index, Index>{5, 33}, std::pair<Index, Index>{70, 13},
+                                      std::pair<Index, Index>{150, 70});
+  check_fused_adapter_kernels<TestType>(n, d_in, d_out, r, static_cast<std::uint64_t>(r * 7919 + n * 31 + d_in));
+}
+
 TEMPLATE_TEST_CASE("vectorised LayerNorm and RMSNorm equal their double-accumulating references", "[kernels][simd]", float, double) {
   using T = TestType;
   const Index c = GENERATE(1, 7, 33, 385);
@@ -332,6 +390,9 @@ TEST_CASE("kernels split over two OpenMP threads equal their references", "[kern
   opt.step(std::span<float>(p.data(), std::size_t(np)), std::span<const float>(grad.data(), std::size_t(np)));
   reference::adamw_step(p_ref.data(), m_ref.data(), v_ref.data(), grad.data(), np, 1e-2, 0.9, 0.999, 1e-8, 0.01, 1);
   CHECK(wt::rel_diff(Matrix<float>(p - p0), Matrix<float>(p_ref - p0)) < 2e-7);
+
+  // the fused adapter kernels: rows split over the threads (301 x 259 values)
+  for (const Index rank : {3, 8, 16}) check_fused_adapter_kernels<float>(301, 259, 251, rank, 35);
 
   // attention: sequences split over the threads (6 x 4 x 64 x (64 + 8) values of work)
   check_attention<float>({.batch = 6, .seq = 64, .heads = 4, .kv_heads = 2, .head_dim = 8, .causal = true}, true, 1e-5, 34);

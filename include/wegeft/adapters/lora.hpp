@@ -131,12 +131,17 @@ class LoraAdapter {
       auto xd = workspace<T>(1, n, x.cols());
       dropout_apply(xd.data(), x.data(), x.size(), m_config.dropout, cache.dropout_seed);
       rank_r_project(cache.u.data(), xd.data(), xd.outerStride(), a.data(), n, d_in(), rank());
-    } else {
-      rank_r_project(cache.u.data(), x.data(), x.outerStride(), a.data(), n, d_in(), rank());
     }
     // Scale factors go on the small operands, never on an [N, d] one (that would copy it).
     const Matrix<T> sbt = m_scale * lora_B().transpose();  // [r, d_out]
-    linear_forward_plus<T>(y, x, m_base.weight(), m_base.bias(), cache.u, sbt);
+    if (cache.dropped) {
+      linear_forward_plus<T>(y, x, m_base.weight(), m_base.bias(), cache.u, sbt);
+      return;
+    }
+    // u = x A^T and y = b + u (s B)^T in one pass each, then the frozen GEMM accumulates x W^T.
+    rank_r_project_expand(cache.u.data(), x.data(), x.outerStride(), a.data(), d_in(), y.data(), y.outerStride(),
+                          m_base.bias(), sbt.data(), d_out(), n, rank());
+    y.noalias() += x * m_base.weight().transpose();
   }
 
   /// Parameter gradients only: grad_A += ..., grad_B += ...
@@ -174,21 +179,21 @@ class LoraAdapter {
     const Matrix<T> sb = m_scale * b;                   // [d_out, r]
     const Matrix<T> su = m_scale * cache.u;             // [N, r]
     Matrix<T> g_u(x.rows(), rank());                     // [N, r] = dy (s B)
-    // one pass over dy for both g_u and dB += s dy^T u
-    rank_r_pass(g_u.data(), grad_B().data(), dy.data(), sb.data(), su.data(), x.rows(), d_out(), rank(), dy.outerStride());
     const Index n = x.rows();
-    auto xd = workspace<T>(1, cache.dropped ? n : 0, x.cols());
-    if (cache.dropped) {
-      dropout_apply(xd.data(), x.data(), x.size(), m_config.dropout, cache.dropout_seed);
-      rank_r_reduce(grad_A().data(), g_u.data(), xd.data(), xd.outerStride(), n, d_in(), rank());
-    } else {
-      rank_r_reduce(grad_A().data(), g_u.data(), x.data(), x.outerStride(), n, d_in(), rank());
-    }
-    if (dx == nullptr) return;
     if (!cache.dropped) {
-      linear_backward_input_plus<T>(*dx, dy, m_base.weight(), g_u, a);
+      // g_u, dB += s dy^T u, dA += g_u^T x and dx = g_u A together; then dx += dy W.
+      rank_r_backward(g_u.data(), grad_B().data(), grad_A().data(), dx != nullptr ? dx->data() : nullptr,
+                      dx != nullptr ? dx->outerStride() : 0, dy.data(), dy.outerStride(), sb.data(), su.data(), x.data(),
+                      x.outerStride(), a.data(), n, d_out(), d_in(), rank());
+      if (dx != nullptr) dx->noalias() += dy * m_base.weight();
       return;
     }
+    // one pass over dy for both g_u and dB += s dy^T u
+    rank_r_pass(g_u.data(), grad_B().data(), dy.data(), sb.data(), su.data(), n, d_out(), rank(), dy.outerStride());
+    auto xd = workspace<T>(1, n, x.cols());
+    dropout_apply(xd.data(), x.data(), x.size(), m_config.dropout, cache.dropout_seed);
+    rank_r_reduce(grad_A().data(), g_u.data(), xd.data(), xd.outerStride(), n, d_in(), rank());
+    if (dx == nullptr) return;
     // The adapter's share of dx passes the dropout mask: written (masked) first where dx is one
     // block of memory, then the GEMM accumulates dy W onto it.
     const bool contiguous = dx->outerStride() == dx->cols();

@@ -203,8 +203,8 @@ class WeGeFTAdapter {
     cache.order = resolve_order(x.rows());
     const Index n = x.rows(), r = m_gen->rank();
     cache.u.resize(n, r);
-    rank_r_project(cache.u.data(), x.data(), x.outerStride(), m_gen->psi().data(), n, d_in(), r);
     if (cache.order == WeGeFTOrder::input_edit) {
+      rank_r_project(cache.u.data(), x.data(), x.outerStride(), m_gen->psi().data(), n, d_in(), r);
       cache.dropped = false;
       // x_hat = x + s u Phi in one pass (scale on the small operand, not an [N, d] one)
       auto x_hat = workspace<T>(0, n, x.cols());
@@ -223,7 +223,10 @@ class WeGeFTAdapter {
       rank_r_project(cache.p.data(), w.data(), w.outerStride(), m_gen->phi().data(), d_out(), d_in(), m_gen->rank());
     }
     const Matrix<T> s_pt = s * cache.p.transpose();  // [r, d_out]
-    linear_forward_plus<T>(y, x, w, m_base.bias(), cache.u, s_pt);
+    // u = x Psi^T and y = b + u (s P)^T in one pass each, then the frozen GEMM accumulates x W^T.
+    rank_r_project_expand(cache.u.data(), x.data(), x.outerStride(), m_gen->psi().data(), d_in(), y.data(),
+                          y.outerStride(), m_base.bias(), s_pt.data(), d_out(), n, r);
+    y.noalias() += x * w.transpose();
   }
 
   /// Generator gradients only: grad_phi += ..., grad_psi += ... (summed over the group).
@@ -311,14 +314,16 @@ class WeGeFTAdapter {
     Matrix<T> g_u(x.rows(), m_gen->rank());                      // [N, r] = s dy P
     Matrix<T> g_p = Matrix<T>::Zero(d_out(), m_gen->rank());     // [d_out, r] = s dy^T u
     const Matrix<T> su = s * cache.u;
-    rank_r_pass(g_u.data(), g_p.data(), dy.data(), s_p.data(), su.data(), x.rows(), d_out(), m_gen->rank(), dy.outerStride());
-    rank_r_reduce(g_psi.data(), g_u.data(), x.data(), x.outerStride(), x.rows(), d_in(), m_gen->rank());
+    // g_u, g_p, dPsi += g_u^T x and dx = g_u Psi together; dx += dy W below.
+    rank_r_backward(g_u.data(), g_p.data(), g_psi.data(), dx != nullptr ? dx->data() : nullptr,
+                    dx != nullptr ? dx->outerStride() : 0, dy.data(), dy.outerStride(), s_p.data(), su.data(), x.data(),
+                    x.outerStride(), psi.data(), x.rows(), d_out(), d_in(), m_gen->rank());
     if (cache.dropped) {
       g_phi.noalias() += g_p.transpose() * dropped_weight(cache.dropout_seed);
     } else {  // dPhi += g_p^T W
       rank_r_reduce(g_phi.data(), g_p.data(), w.data(), w.outerStride(), d_out(), d_in(), m_gen->rank());
     }
-    if (dx != nullptr) linear_backward_input_plus<T>(*dx, dy, w, g_u, psi);
+    if (dx != nullptr) dx->noalias() += dy * w;
   }
 
   WeGeFTGenerator<T>* m_gen;

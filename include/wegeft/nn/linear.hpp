@@ -46,15 +46,6 @@ void linear_backward_input(MatRef<T> dx, CMatRef<T> dy, CMatRef<T> w) {
   dx.noalias() = dy * w;
 }
 
-/// dx = dy W + g A (g [N, r], A [r, d_in]), the rank-r term written first. Overwrites dx.
-template <class T>
-void linear_backward_input_plus(MatRef<T> dx, CMatRef<T> dy, CMatRef<T> w, const Matrix<T>& g, CMatRef<T> a) {
-  WEGEFT_ASSERT(a.outerStride() == a.cols());  // A is an adapter factor: one block of memory
-  rank_r_expand(dx.data(), dx.outerStride(), static_cast<const T*>(nullptr), 0, static_cast<const T*>(nullptr),
-                g.data(), a.data(), dx.rows(), dx.cols(), g.cols());
-  dx.noalias() += dy * w;
-}
-
 template <class T>
 class FrozenLinear {
  public:

@@ -22,6 +22,10 @@
 // (accumulated along the row, reduced at its end), the second as r x block accumulators swept
 // down column blocks of X. A GEMM library runs these shapes at a third of the vector width.
 //
+// rank_r_project_expand (the forward's u = X A^T and Y = 1 b^T + u Bt) and rank_r_backward (the
+// backward's g = dy M, G += dy^T U, H += g^T x and dx = g C) run an adapter step's side products
+// as one threaded region each, on blocks of rows that stay in L2 across the products.
+//
 // Built with OpenMP (wegeft::openmp), each splits its rows or column blocks over Eigen's thread
 // count once the tensor has 64K values or more (the policy is in kernels/cpu/threads.hpp).
 //
@@ -129,10 +133,11 @@ void rank_r_padded(T* g, T* G, const T* Y, const T* M, const T* U, Index n, Inde
   std::copy(gt.begin(), gt.begin() + (n - whole) * R, g + whole * R);
 }
 
-/// Rows [i0, i0 + 4), columns [c0, c0 + NP packets): Y = X + b + U Bt, Bt's rows `d` apart.
+/// Rows [i0, i0 + 4), columns [c0, c0 + NP packets): Y = X + b + U Bt, Bt's rows `d` apart and
+/// U's rows `ldu` apart.
 template <class T, class Packet, int NP>
 inline void expand_tile(T* Y, Index ldy, const T* X, Index ldx, const T* __restrict b, const T* __restrict U,
-                        const T* __restrict Bt, Index d, Index r, Index i0, Index c0) {
+                        Index ldu, const T* __restrict Bt, Index d, Index r, Index i0, Index c0) {
   using namespace Eigen::internal;
   constexpr int L = packet_size<Packet>;
   Packet a[4][NP];
@@ -143,10 +148,10 @@ inline void expand_tile(T* Y, Index ldy, const T* X, Index ldx, const T* __restr
   if (X != nullptr)
     for (int j = 0; j < 4; ++j)
       for (int p = 0; p < NP; ++p) a[j][p] = padd(a[j][p], ploadu<Packet>(X + (i0 + j) * ldx + c0 + p * L));
-  const T* u = U + i0 * r;
+  const T* u = U + i0 * ldu;
   for (Index k = 0; k < r; ++k) {
-    const Packet u0 = pset1<Packet>(u[k]), u1 = pset1<Packet>(u[r + k]);
-    const Packet u2 = pset1<Packet>(u[2 * r + k]), u3 = pset1<Packet>(u[3 * r + k]);
+    const Packet u0 = pset1<Packet>(u[k]), u1 = pset1<Packet>(u[ldu + k]);
+    const Packet u2 = pset1<Packet>(u[2 * ldu + k]), u3 = pset1<Packet>(u[3 * ldu + k]);
     for (int p = 0; p < NP; ++p) {
       const Packet bt = ploadu<Packet>(Bt + k * d + c0 + p * L);
       a[0][p] = pmadd(u0, bt, a[0][p]);
@@ -323,6 +328,40 @@ void rank_r_reduce(T* G, const T* g, const T* X, Index ldx, Index n, Index d, In
   });
 }
 
+namespace detail {
+
+/// rank_r_expand's kernel path, U's rows `ldu` apart, column blocks split over `threads`.
+template <class T>
+void expand_range(T* Y, Index ldy, const T* X, Index ldx, const T* b, const T* U, Index ldu, const T* Bt, Index n,
+                  Index d, Index r, int threads) {
+  using Packet = typename Eigen::internal::packet_traits<T>::type;
+  constexpr Index L = packet_size<Packet>;
+  // Tiles of 4 rows by NP registers: 4 x 4 accumulators with 32 vector registers, else 4 x 2.
+  constexpr int NP = max_accumulators<Packet> >= 16 ? 4 : 2;
+  constexpr Index C = NP * L;
+  const Index whole_rows = n / 4 * 4, whole_cols = d / C * C, whole_packets = d / L * L;
+  // Column blocks outside, rows inside: Bt's [r, C] slice stays in L1 while every row uses it.
+  auto columns = [=](Index c) {
+    for (Index i = 0; i < whole_rows; i += 4) expand_tile<T, Packet, NP>(Y, ldy, X, ldx, b, U, ldu, Bt, d, r, i, c);
+  };
+  for_each_step(0, whole_cols, C, threads, columns);
+  for (Index c = whole_cols; c < whole_packets; c += L)  // single registers for what is left
+    for (Index i = 0; i < whole_rows; i += 4) expand_tile<T, Packet, 1>(Y, ldy, X, ldx, b, U, ldu, Bt, d, r, i, c);
+  // Edges: plain loops (fewer than L columns of every row, at most 3 rows).
+  auto edge = [&](Index i, Index c) {
+    T acc = b != nullptr ? b[c] : T(0);
+    if (X != nullptr) acc += X[i * ldx + c];
+    for (Index k = 0; k < r; ++k) acc += U[i * ldu + k] * Bt[k * d + c];
+    Y[i * ldy + c] = acc;
+  };
+  for (Index i = 0; i < whole_rows; ++i)
+    for (Index c = whole_packets; c < d; ++c) edge(i, c);
+  for (Index i = whole_rows; i < n; ++i)
+    for (Index c = 0; c < d; ++c) edge(i, c);
+}
+
+}  // namespace detail
+
 /// The largest rank rank_r_expand handles itself; above it, a copy or fill and a GEMM (measured
 /// at N = 2048, d = 768 on AVX-512: 0.277 against 0.295 ms at r = 16, 1.065 against 0.925 at 64).
 template <class T>
@@ -344,31 +383,9 @@ void rank_r_expand(T* Y, Index ldy, const T* X, Index ldx, const T* b, const T* 
     y.noalias() += ConstMatrixMap<T>(U, n, r) * ConstMatrixMap<T>(Bt, r, d);
     return;
   }
-  using Packet = typename Eigen::internal::packet_traits<T>::type;
-  constexpr Index L = detail::packet_size<Packet>;
-  // Tiles of 4 rows by NP registers: 4 x 4 accumulators with 32 vector registers, else 4 x 2.
-  constexpr int NP = detail::max_accumulators<Packet> >= 16 ? 4 : 2;
-  constexpr Index C = NP * L;
-  const Index whole_rows = n / 4 * 4, whole_cols = d / C * C, whole_packets = d / L * L;
-  // Column blocks outside, rows inside: Bt's [r, C] slice stays in L1 while every row uses it.
-  auto columns = [=](Index c) {
-    for (Index i = 0; i < whole_rows; i += 4) detail::expand_tile<T, Packet, NP>(Y, ldy, X, ldx, b, U, Bt, d, r, i, c);
-  };
-  detail::for_each_step(0, whole_cols, C, detail::kernel_threads(n * d), columns);
-  for (Index c = whole_cols; c < whole_packets; c += L)  // single registers for what is left
-    for (Index i = 0; i < whole_rows; i += 4) detail::expand_tile<T, Packet, 1>(Y, ldy, X, ldx, b, U, Bt, d, r, i, c);
-  // Edges: plain loops (fewer than L columns of every row, at most 3 rows).
-  auto edge = [&](Index i, Index c) {
-    T acc = b != nullptr ? b[c] : T(0);
-    if (X != nullptr) acc += X[i * ldx + c];
-    for (Index k = 0; k < r; ++k) acc += U[i * r + k] * Bt[k * d + c];
-    Y[i * ldy + c] = acc;
-  };
-  for (Index i = 0; i < whole_rows; ++i)
-    for (Index c = whole_packets; c < d; ++c) edge(i, c);
-  for (Index i = whole_rows; i < n; ++i)
-    for (Index c = 0; c < d; ++c) edge(i, c);
+  detail::expand_range(Y, ldy, X, ldx, b, U, r, Bt, n, d, r, detail::kernel_threads(n * d));
 }
+
 
 /// The largest rank the fused kernels take; above it rank_r_pass uses Eigen products.
 inline constexpr Index kMaxFusedRank = 64;
@@ -455,6 +472,102 @@ void rank_r_pass(T* g, T* G, const T* Y, const T* M, const T* U, Index n, Index 
   for (Index i = 0; i < n; ++i) std::copy(gp.begin() + i * rp, gp.begin() + i * rp + r, g + i * r);
   for (Index o = 0; o < d; ++o)
     for (Index k = 0; k < r; ++k) G[o * r + k] += Gp[static_cast<std::size_t>(o * rp + k)];
+}
+
+// An adapter step's rank-r side products in one threaded region each. Under
+// OMP_WAIT_POLICY=passive every OpenMP region wakes a sleeping team (35-62 us on a 2-vCPU VM), so
+// the forward's two kernels and the backward's three run as one row-parallel region each; on one
+// thread they are the same loops as the separate calls.
+
+/// u [N, r] = X A^T and Y [N, d_out] = 1 b^T + u Bt (b may be null), overwriting both; X is
+/// [N, d_in] with rows `ldx` apart, Y's rows are `ldy` apart, A [r, d_in] and Bt [r, d_out]
+/// contiguous. The forward of a rank-r adapter before its frozen GEMM accumulates onto Y.
+template <class T>
+void rank_r_project_expand(T* u, const T* X, Index ldx, const T* A, Index d_in, T* Y, Index ldy, const T* b,
+                           const T* Bt, Index d_out, Index n, Index r) {
+  if (r > max_project_rank<T> || r > max_expand_rank<T> || n == 0) {
+    rank_r_project(u, X, ldx, A, n, d_in, r);
+    rank_r_expand(Y, ldy, static_cast<const T*>(nullptr), 0, b, u, Bt, n, d_out, r);
+    return;
+  }
+  using Packet = typename Eigen::internal::packet_traits<T>::type;
+  detail::with_padded_rank<T>(r, [&](auto rank) {
+    constexpr int R = decltype(rank)::value;
+    using Buffer = std::vector<T, AlignedAllocator<T, 64>>;
+    Buffer ap(static_cast<std::size_t>(R * d_in), T(0)), btp(static_cast<std::size_t>(R * d_out), T(0));
+    Buffer up(static_cast<std::size_t>(n * R));
+    std::copy(A, A + r * d_in, ap.begin());
+    std::copy(Bt, Bt + r * d_out, btp.begin());  // zero rows beyond r: the padded ranks add nothing
+    auto rows = [&](Index, Index begin, Index end) {
+      detail::project_padded<T, Packet, R>(up.data() + begin * R, X + begin * ldx, ldx, ap.data(), end - begin, d_in, 1);
+      detail::expand_range(Y + begin * ldy, ldy, static_cast<const T*>(nullptr), 0, b, up.data() + begin * R, Index(R),
+                           btp.data(), end - begin, d_out, Index(R), 1);
+    };
+    const int threads = detail::kernel_threads(n * std::max(d_in, d_out));
+    if (threads > 1)
+      detail::for_each_part(n, 16, threads, rows);
+    else
+      rows(0, 0, n);
+    for (Index i = 0; i < n; ++i) std::copy(up.begin() + i * R, up.begin() + i * R + r, u + i * r);
+  });
+}
+
+/// The backward of a rank-r adapter, given the output gradient Y = dy [N, d_out] (rows `ldy`
+/// apart) and the input X = x [N, d_in] (rows `ldx` apart):
+///   g [N, r] = Y M (overwritten),  G [d_out, r] += Y^T U,  H [r, d_in] += g^T X,
+///   Z [N, d_in] = g C (overwritten; Z may be null, rows `ldz` apart),
+/// with M [d_out, r], U [N, r], C [r, d_in] contiguous. Up to max_split_rank, one row-parallel
+/// region over blocks of rows small enough for a block of Y and of X to stay in L2 while all
+/// four products use them; above it, rank_r_pass, rank_r_reduce and rank_r_expand.
+template <class T>
+void rank_r_backward(T* g, T* G, T* H, T* Z, Index ldz, const T* Y, Index ldy, const T* M, const T* U, const T* X,
+                     Index ldx, const T* C, Index n, Index d_out, Index d_in, Index r) {
+  if (r > max_split_rank<T> || n == 0) {
+    rank_r_pass(g, G, Y, M, U, n, d_out, r, ldy);
+    rank_r_reduce(H, g, X, ldx, n, d_in, r);
+    if (Z != nullptr)
+      rank_r_expand(Z, ldz, static_cast<const T*>(nullptr), 0, static_cast<const T*>(nullptr), g, C, n, d_in, r);
+    return;
+  }
+  using Packet = typename Eigen::internal::packet_traits<T>::type;
+  detail::with_padded_rank<T>(r, [&](auto rank) {
+    constexpr int R = decltype(rank)::value;
+    using Buffer = std::vector<T, AlignedAllocator<T, 64>>;
+    Buffer mt(static_cast<std::size_t>(R * d_out), T(0)), up(static_cast<std::size_t>(n * R), T(0));
+    Buffer cp(static_cast<std::size_t>(R * d_in), T(0)), gp(static_cast<std::size_t>(n * R));
+    for (Index o = 0; o < d_out; ++o)
+      for (Index k = 0; k < r; ++k) mt[static_cast<std::size_t>(k * d_out + o)] = M[o * r + k];
+    for (Index i = 0; i < n; ++i) std::copy(U + i * r, U + (i + 1) * r, up.begin() + i * R);
+    std::copy(C, C + r * d_in, cp.begin());
+    const Index block = std::clamp<Index>((Index(1) << 16) / std::max<Index>(std::max(d_out, d_in), 1) / 8 * 8, 16, 512);
+    const int threads = static_cast<int>(std::min<Index>(detail::kernel_threads(n * std::max(d_out, d_in)),
+                                                         (n + block - 1) / block));
+    // per thread: an [R, d_out] sum for G (transposed) and an [R, d_in] sum for H
+    Buffer Gt(static_cast<std::size_t>(threads * R * d_out), T(0)), Ht(static_cast<std::size_t>(threads * R * d_in), T(0));
+    auto rows = [&](Index t, Index begin, Index end) {
+      for (Index i0 = begin; i0 < end; i0 += block) {
+        const Index len = std::min(block, end - i0);
+        T* gb = gp.data() + i0 * R;
+        detail::project_padded<T, Packet, R>(gb, Y + i0 * ldy, ldy, mt.data(), len, d_out, 1);
+        detail::reduce_padded<T, Packet, R>(Gt.data() + t * R * d_out, up.data() + i0 * R, Y + i0 * ldy, ldy, len, d_out, 1);
+        detail::reduce_padded<T, Packet, R>(Ht.data() + t * R * d_in, gb, X + i0 * ldx, ldx, len, d_in, 1);
+        if (Z != nullptr)
+          detail::expand_range(Z + i0 * ldz, ldz, static_cast<const T*>(nullptr), 0, static_cast<const T*>(nullptr), gb,
+                               Index(R), cp.data(), len, d_in, Index(R), 1);
+      }
+    };
+    if (threads > 1)
+      detail::for_each_part(n, block, threads, rows);
+    else
+      rows(0, 0, n);
+    for (Index i = 0; i < n; ++i) std::copy(gp.begin() + i * R, gp.begin() + i * R + r, g + i * r);
+    for (int t = 0; t < threads; ++t) {
+      for (Index o = 0; o < d_out; ++o)
+        for (Index k = 0; k < r; ++k) G[o * r + k] += Gt[static_cast<std::size_t>((t * R + k) * d_out + o)];
+      for (Index k = 0; k < r; ++k)
+        for (Index c = 0; c < d_in; ++c) H[k * d_in + c] += Ht[static_cast<std::size_t>((t * R + k) * d_in + c)];
+    }
+  });
 }
 
 }  // namespace wegeft
