@@ -113,8 +113,9 @@ int main(int argc, char** argv) {
     wegeft::ParameterStore<T> probe_store;
     wegeft::WeGeFTGenerator<T> probe_gen(probe_store, d_in, wegeft::WeGeFTConfig{.rank = r}, rng);
     wegeft::WeGeFTAdapter<T> probe(probe_gen, base, rng);
-    std::printf("automatic order at r = %ld: %s\n", long(r), wegeft::to_string(probe.resolve_order(n)));
-    std::printf("AUTO WeGeFT r=%ld|WeGeFT r=%ld %s\n", long(r), long(r), wegeft::to_string(probe.resolve_order(n)));
+    const char* order = wegeft::to_string(probe.resolve_order(n));
+    std::printf("automatic order at r = %ld: %s\n", long(r), order);
+    std::printf("AUTO WeGeFT r=%ld|WeGeFT r=%ld %s\n", long(r), long(r), order);
   }
   std::printf("\n");
 

@@ -396,6 +396,58 @@ inline constexpr Index kMaxFusedRank = 64;
 template <class T>
 inline constexpr Index max_split_rank = max_project_rank<T> / 2;
 
+namespace detail {
+
+/// rank_r_backward's kernel path (r <= max_split_rank), shared with rank_r_pass, which passes no
+/// H, X, Z or C: g = Y M, G += Y^T U and, when given, H += g^T X and Z = g C, on blocks of rows
+/// of Y and X small enough to stay in L2 across the products, split over the kernel threads.
+template <class T>
+void split_backward(T* g, T* G, T* H, T* Z, Index ldz, const T* Y, Index ldy, const T* M, const T* U, const T* X,
+                    Index ldx, const T* C, Index n, Index d_out, Index d_in, Index r) {
+  using Packet = typename Eigen::internal::packet_traits<T>::type;
+  with_padded_rank<T>(r, [&](auto rank) {
+    constexpr int R = decltype(rank)::value;
+    using Buffer = std::vector<T, AlignedAllocator<T, 64>>;
+    Buffer mt(static_cast<std::size_t>(R * d_out), T(0)), up(static_cast<std::size_t>(n * R), T(0));
+    Buffer cp(static_cast<std::size_t>(R * d_in), T(0)), gp(static_cast<std::size_t>(n * R));
+    for (Index o = 0; o < d_out; ++o)
+      for (Index k = 0; k < r; ++k) mt[static_cast<std::size_t>(k * d_out + o)] = M[o * r + k];
+    for (Index i = 0; i < n; ++i) std::copy(U + i * r, U + (i + 1) * r, up.begin() + i * R);
+    if (Z != nullptr) std::copy(C, C + r * d_in, cp.begin());
+    const Index block = std::clamp<Index>((Index(1) << 16) / std::max<Index>(std::max(d_out, d_in), 1) / 8 * 8, 16, 512);
+    const int threads = static_cast<int>(std::min<Index>(kernel_threads(n * std::max(d_out, d_in)),
+                                                         (n + block - 1) / block));
+    // per thread: an [R, d_out] sum for G (transposed) and an [R, d_in] sum for H
+    Buffer Gt(static_cast<std::size_t>(threads * R * d_out), T(0)), Ht(static_cast<std::size_t>(threads * R * d_in), T(0));
+    auto rows = [&](Index t, Index begin, Index end) {
+      for (Index i0 = begin; i0 < end; i0 += block) {
+        const Index len = std::min(block, end - i0);
+        T* gb = gp.data() + i0 * R;
+        project_padded<T, Packet, R>(gb, Y + i0 * ldy, ldy, mt.data(), len, d_out, 1);
+        reduce_padded<T, Packet, R>(Gt.data() + t * R * d_out, up.data() + i0 * R, Y + i0 * ldy, ldy, len, d_out, 1);
+        if (H != nullptr) reduce_padded<T, Packet, R>(Ht.data() + t * R * d_in, gb, X + i0 * ldx, ldx, len, d_in, 1);
+        if (Z != nullptr)
+          expand_range(Z + i0 * ldz, ldz, static_cast<const T*>(nullptr), 0, static_cast<const T*>(nullptr), gb,
+                       Index(R), cp.data(), len, d_in, Index(R), 1);
+      }
+    };
+    if (threads > 1)
+      for_each_part(n, block, threads, rows);
+    else
+      rows(0, 0, n);
+    for (Index i = 0; i < n; ++i) std::copy(gp.begin() + i * R, gp.begin() + i * R + r, g + i * r);
+    for (int t = 0; t < threads; ++t) {
+      for (Index o = 0; o < d_out; ++o)
+        for (Index k = 0; k < r; ++k) G[o * r + k] += Gt[static_cast<std::size_t>((t * R + k) * d_out + o)];
+      if (H != nullptr)
+        for (Index k = 0; k < r; ++k)
+          for (Index c = 0; c < d_in; ++c) H[k * d_in + c] += Ht[static_cast<std::size_t>((t * R + k) * d_in + c)];
+    }
+  });
+}
+
+}  // namespace detail
+
 /// g [N, r] = Y [N, d] M [d, r] (overwritten) and G [d, r] += Y^T U [N, r], in one pass over Y.
 /// All row-major; Y's rows are `ldy` apart (a view into a wider matrix), everything else is
 /// contiguous.
@@ -419,33 +471,7 @@ void rank_r_pass(T* g, T* G, const T* Y, const T* M, const T* U, Index n, Index 
     // Small ranks: the projection and reduction kernels, each at full vector width, beat one
     // fused pass whose rank-wide registers are mostly empty. They take Y in blocks of rows small
     // enough to stay in L2 between the two, so Y still comes from memory once.
-    detail::with_padded_rank<T>(r, [&](auto rank) {
-      constexpr int R = decltype(rank)::value;
-      using Buffer = std::vector<T, AlignedAllocator<T, 64>>;
-      Buffer mt(static_cast<std::size_t>(R * d), T(0)), up(static_cast<std::size_t>(n * R), T(0));
-      Buffer gp(static_cast<std::size_t>(n * R));
-      for (Index o = 0; o < d; ++o)
-        for (Index k = 0; k < r; ++k) mt[static_cast<std::size_t>(k * d + o)] = M[o * r + k];
-      for (Index i = 0; i < n; ++i) std::copy(U + i * r, U + (i + 1) * r, up.begin() + i * R);
-      const Index block = std::clamp<Index>((Index(1) << 16) / std::max<Index>(d, 1) / 8 * 8, 16, 512);
-      const int threads = static_cast<int>(std::min<Index>(detail::kernel_threads(n * d), (n + block - 1) / block));
-      Buffer Gt(static_cast<std::size_t>(std::max(threads, 1) * R * d), T(0));  // one [R, d] sum per thread
-      auto rows = [&](Index t, Index begin, Index end) {
-        for (Index i0 = begin; i0 < end; i0 += block) {
-          const Index len = std::min(block, end - i0);
-          detail::project_padded<T, Full, R>(gp.data() + i0 * R, Y + i0 * ldy, ldy, mt.data(), len, d, 1);
-          detail::reduce_padded<T, Full, R>(Gt.data() + t * R * d, up.data() + i0 * R, Y + i0 * ldy, ldy, len, d, 1);
-        }
-      };
-      if (threads > 1)
-        detail::for_each_part(n, block, threads, rows);
-      else
-        rows(0, 0, n);
-      for (Index i = 0; i < n; ++i) std::copy(gp.begin() + i * R, gp.begin() + i * R + r, g + i * r);
-      for (int t = 0; t < threads; ++t)
-        for (Index o = 0; o < d; ++o)
-          for (Index k = 0; k < r; ++k) G[o * r + k] += Gt[static_cast<std::size_t>((t * R + k) * d + o)];
-    });
+    detail::split_backward<T>(g, G, nullptr, nullptr, 0, Y, ldy, M, U, nullptr, 0, nullptr, n, d, 0, r);
     return;
   }
   const int np = r <= LH ? 0 : *std::find_if(std::begin(counts), std::end(counts), [&](int c) { return c >= need; });
@@ -529,45 +555,7 @@ void rank_r_backward(T* g, T* G, T* H, T* Z, Index ldz, const T* Y, Index ldy, c
       rank_r_expand(Z, ldz, static_cast<const T*>(nullptr), 0, static_cast<const T*>(nullptr), g, C, n, d_in, r);
     return;
   }
-  using Packet = typename Eigen::internal::packet_traits<T>::type;
-  detail::with_padded_rank<T>(r, [&](auto rank) {
-    constexpr int R = decltype(rank)::value;
-    using Buffer = std::vector<T, AlignedAllocator<T, 64>>;
-    Buffer mt(static_cast<std::size_t>(R * d_out), T(0)), up(static_cast<std::size_t>(n * R), T(0));
-    Buffer cp(static_cast<std::size_t>(R * d_in), T(0)), gp(static_cast<std::size_t>(n * R));
-    for (Index o = 0; o < d_out; ++o)
-      for (Index k = 0; k < r; ++k) mt[static_cast<std::size_t>(k * d_out + o)] = M[o * r + k];
-    for (Index i = 0; i < n; ++i) std::copy(U + i * r, U + (i + 1) * r, up.begin() + i * R);
-    std::copy(C, C + r * d_in, cp.begin());
-    const Index block = std::clamp<Index>((Index(1) << 16) / std::max<Index>(std::max(d_out, d_in), 1) / 8 * 8, 16, 512);
-    const int threads = static_cast<int>(std::min<Index>(detail::kernel_threads(n * std::max(d_out, d_in)),
-                                                         (n + block - 1) / block));
-    // per thread: an [R, d_out] sum for G (transposed) and an [R, d_in] sum for H
-    Buffer Gt(static_cast<std::size_t>(threads * R * d_out), T(0)), Ht(static_cast<std::size_t>(threads * R * d_in), T(0));
-    auto rows = [&](Index t, Index begin, Index end) {
-      for (Index i0 = begin; i0 < end; i0 += block) {
-        const Index len = std::min(block, end - i0);
-        T* gb = gp.data() + i0 * R;
-        detail::project_padded<T, Packet, R>(gb, Y + i0 * ldy, ldy, mt.data(), len, d_out, 1);
-        detail::reduce_padded<T, Packet, R>(Gt.data() + t * R * d_out, up.data() + i0 * R, Y + i0 * ldy, ldy, len, d_out, 1);
-        detail::reduce_padded<T, Packet, R>(Ht.data() + t * R * d_in, gb, X + i0 * ldx, ldx, len, d_in, 1);
-        if (Z != nullptr)
-          detail::expand_range(Z + i0 * ldz, ldz, static_cast<const T*>(nullptr), 0, static_cast<const T*>(nullptr), gb,
-                               Index(R), cp.data(), len, d_in, Index(R), 1);
-      }
-    };
-    if (threads > 1)
-      detail::for_each_part(n, block, threads, rows);
-    else
-      rows(0, 0, n);
-    for (Index i = 0; i < n; ++i) std::copy(gp.begin() + i * R, gp.begin() + i * R + r, g + i * r);
-    for (int t = 0; t < threads; ++t) {
-      for (Index o = 0; o < d_out; ++o)
-        for (Index k = 0; k < r; ++k) G[o * r + k] += Gt[static_cast<std::size_t>((t * R + k) * d_out + o)];
-      for (Index k = 0; k < r; ++k)
-        for (Index c = 0; c < d_in; ++c) H[k * d_in + c] += Ht[static_cast<std::size_t>((t * R + k) * d_in + c)];
-    }
-  });
+  detail::split_backward(g, G, H, Z, ldz, Y, ldy, M, U, X, ldx, C, n, d_out, d_in, r);
 }
 
 }  // namespace wegeft
