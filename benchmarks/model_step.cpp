@@ -32,7 +32,7 @@ int main(int argc, char** argv) {
   wegeft::Rng rng(1);
   model.init_random(rng, 0.05);
   wegeft::ParameterStore<float> store;
-  model.attach({.target_modules = {"q", "v"}, .lora = {.rank = 8, .alpha = 16}}, store);
+  model.attach({.target_modules = {"q", "v"}, .method = wegeft::LoraConfig{.rank = 8, .alpha = 16}}, store);
   model.add_classifier(2, store);
   wegeft::AdamW<float> opt({.lr = 1e-4});
   const wegeft::Index batch = 32, seq = 128;

@@ -50,7 +50,7 @@ Batch make_batch(const ModelConfig& c, Index batch, Index seq, Rng& rng) {
 }
 
 // Returns true when the last fifth's mean loss is below half of the first fifth's.
-bool train(Family family, AdapterKind kind, int steps) {
+bool train(Family family, const MethodConfig& method, int steps) {
   ModelConfig c = ModelConfig::tiny(family);
   c.hidden = 32;
   c.heads = 4;
@@ -61,15 +61,14 @@ bool train(Family family, AdapterKind kind, int steps) {
   Rng init(1);
   model.init_random(init, 0.25);
   ParameterStore<float> store;
-  const Index adapted = model.attach({.kind = kind, .target_modules = {"all-linear"}, .lora = {.rank = 4, .alpha = 8},
-                                      .wegeft = {.rank = 4, .alpha = 8}}, store);
+  const Index adapted = model.attach({.target_modules = {"all-linear"}, .method = method}, store);
   const bool classify = family == Family::bert || family == Family::vit;
   if (classify) model.add_classifier(3, store);
   Trainer<float> trainer(model, store, {.adamw = {.lr = 1e-2, .weight_decay = 0.0},
                                         .schedule = {ScheduleKind::cosine, steps / 10, steps}});
   Rng data(2);
   std::printf("%-5s %-6s  %2ld adapted linears, %5ld trainable of %6ld frozen   loss:", to_string(family),
-              kind == AdapterKind::lora ? "LoRA" : "WeGeFT", long(adapted), long(store.parameter_count()),
+              method_name(method), long(adapted), long(store.parameter_count()),
               long(model.frozen_parameter_count()));
   const Index batch = 16, seq = 8;
   double avg = 0, first = 0, last = 0;
@@ -100,6 +99,8 @@ int main(int argc, char** argv) {
   std::printf("tiny models of each family, random frozen weights, %d steps; loss averaged over each fifth\n", steps);
   bool all_fell = true;
   for (Family f : {Family::bert, Family::gpt2, Family::llama, Family::vit})
-    for (AdapterKind k : {AdapterKind::lora, AdapterKind::wegeft}) all_fell &= train(f, k, steps);
+    for (const MethodConfig& m : {MethodConfig(LoraConfig{.rank = 4, .alpha = 8}), MethodConfig(WeGeFTConfig{.rank = 4, .alpha = 8}),
+                                  MethodConfig(DoraConfig{.rank = 4, .alpha = 8})})
+      all_fell &= train(f, m, steps);
   return all_fell ? 0 : 1;
 }

@@ -33,6 +33,15 @@ struct Tol<float> {
   static constexpr double close = 2e-4;
 };
 
+/// Settings of the registered method `which` (0 LoRA, 1 WeGeFT, 2 DoRA) with one rank, alpha and
+/// dropout, for tests that run every method.
+inline constexpr int kMethods = 3;
+inline wegeft::MethodConfig method_config(int which, Index rank, double alpha, double dropout = 0.0) {
+  if (which == 1) return wegeft::WeGeFTConfig{.rank = rank, .alpha = alpha, .dropout = dropout};
+  if (which == 2) return wegeft::DoraConfig{.rank = rank, .alpha = alpha, .dropout = dropout};
+  return wegeft::LoraConfig{.rank = rank, .alpha = alpha, .dropout = dropout};
+}
+
 /// Uniform(-1, 1) entries, never all zero.
 template <class T>
 Matrix<T> random_matrix(Index rows, Index cols, wegeft::Rng& rng) {

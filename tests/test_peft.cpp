@@ -72,11 +72,11 @@ TEST_CASE("checkpoints and LoRA adapters written by transformers and PEFT load a
   const Index adapted = load_adapter(model, store, interop(family + "/lora"));
   CHECK(adapted == (family == "llama" ? 7 : 4));  // llama: layers_to_transform = [1]
   if (family == "llama") {
-    CHECK(model.lora("model.layers.0.self_attn.q_proj") == nullptr);
-    CHECK(model.lora("model.layers.1.mlp.down_proj")->scale() == Approx(2.0 / 2.0));  // alpha_pattern, rsLoRA: 2 / sqrt(4)
-    CHECK(model.lora("model.layers.1.mlp.up_proj")->scale() == Approx(8.0 / 2.0));
+    CHECK(model.adapter<LoraAdapter<double>>("model.layers.0.self_attn.q_proj") == nullptr);
+    CHECK(model.adapter<LoraAdapter<double>>("model.layers.1.mlp.down_proj")->scale() == Approx(2.0 / 2.0));  // alpha_pattern, rsLoRA: 2 / sqrt(4)
+    CHECK(model.adapter<LoraAdapter<double>>("model.layers.1.mlp.up_proj")->scale() == Approx(8.0 / 2.0));
   }
-  if (family == "bert") CHECK(model.lora("bert.encoder.layer.0.attention.self.value")->rank() == 3);  // rank_pattern
+  if (family == "bert") CHECK(model.adapter<LoraAdapter<double>>("bert.encoder.layer.0.attention.self.value")->rank() == 3);  // rank_pattern
   const wt::Golden g("interop/" + family + "/expected.txt");
   const Inputs in = read_inputs(g);
   Transformer<double>::Activations acts;
@@ -93,26 +93,30 @@ TEST_CASE("a bare BertModel checkpoint without the bert. prefix loads (sentence-
   CHECK(loaded.ignored.empty());
 }
 
-TEST_CASE("adapters written by wegeft load back identically, LoRA and WeGeFT", "[io][peft]") {
-  const AdapterKind kind = GENERATE(AdapterKind::lora, AdapterKind::wegeft);
+TEST_CASE("adapters written by wegeft load back identically, every method", "[io][peft]") {
+  const int which = GENERATE(range(0, wt::kMethods));
   const WeGeFTSharing sharing = GENERATE(WeGeFTSharing::per_role, WeGeFTSharing::per_layer);
-  if (kind == AdapterKind::lora && sharing == WeGeFTSharing::per_layer) return;
+  if (which != 1 && sharing == WeGeFTSharing::per_layer) return;
+  MethodConfig method = wt::method_config(which, 2, 4);
+  if (auto* w = std::get_if<WeGeFTConfig>(&method)) w->sharing = sharing;
+  INFO(method_name(method));
   TempDir dir;
   auto a = load_hf_model<double>(interop("llama/base"));
   ParameterStore<double> store;
-  a.model->attach({.kind = kind, .target_modules = {"q", "v", "down"}, .layers = {}, .lora = {.rank = 2, .alpha = 4},
-                   .wegeft = {.rank = 2, .alpha = 4}, .sharing = sharing, .rank_pattern = {{"down_proj", 3}},
+  a.model->attach({.target_modules = {"q", "v", "down"}, .layers = {}, .method = method, .rank_pattern = {{"down_proj", 3}},
                    .alpha_pattern = {{"v_proj", 1.5}}, .seed = 9}, store);
   a.model->add_classifier(2, store);
   Rng rng(3);
   for (std::size_t i = 0; i < store.entries().size(); ++i) fill_uniform(store.value(ParamId{i}), rng, -0.5, 0.5);
   save_adapter(*a.model, store, dir.str("adapter"), "tiny-llama", DType::F64);
   const auto cfg = read_adapter_config(dir.str("adapter"));
-  CHECK(cfg.json["peft_type"] == (kind == AdapterKind::lora ? "LORA" : "WEGEFT"));
+  CHECK(cfg.json["peft_type"] == (which == 1 ? "WEGEFT" : "LORA"));
+  CHECK(cfg.json.value("use_dora", nlohmann::json()) == (which == 2 ? nlohmann::json(true) : which == 0 ? nlohmann::json(false) : nlohmann::json()));
+  CHECK(cfg.spec.method.index() == method.index());
   CHECK(cfg.json["base_model_name_or_path"] == "tiny-llama");
   CHECK(cfg.json["modules_to_save"] == nlohmann::json::array({"score"}));
   CHECK(cfg.json["rank_pattern"].size() == 2);  // both down_proj layers
-  if (kind == AdapterKind::wegeft) {
+  if (which == 1) {
     const auto tied = cfg.json["tied_modules"];
     if (sharing == WeGeFTSharing::per_role) {
       CHECK(tied.size() == 3);
@@ -136,13 +140,13 @@ TEST_CASE("adapters written by wegeft load back identically, LoRA and WeGeFT", "
   a.model->forward(acts_a, in.input());
   b.model->forward(acts_b, in.input());
   CHECK(acts_a.logits == acts_b.logits);
-  CHECK(b.model->generators().size() == a.model->generators().size());
+  CHECK(b.model->adapters()->size() == a.model->adapters()->size());
 
   // With WEGEFT_INTEROP_OUT set, leave a LoRA adapter and our logits for tools/reference/check_peft_interop.py.
-  if (const char* out = std::getenv("WEGEFT_INTEROP_OUT"); out && kind == AdapterKind::lora) {
+  if (const char* out = std::getenv("WEGEFT_INTEROP_OUT"); out && which == 0) {
     auto c = load_hf_model<double>(interop("llama/base"));
     ParameterStore<double> s;
-    c.model->attach({.target_modules = {"all-linear"}, .lora = {.rank = 2, .alpha = 4, .use_rslora = true},
+    c.model->attach({.target_modules = {"all-linear"}, .method = LoraConfig{.rank = 2, .alpha = 4, .use_rslora = true},
                      .rank_pattern = {{"down_proj", 3}}, .alpha_pattern = {{"v_proj", 1.5}}}, s);
     for (std::size_t i = 0; i < s.entries().size(); ++i) fill_uniform(s.value(ParamId{i}), rng, -0.5, 0.5);
     save_adapter(*c.model, s, std::string(out) + "/llama-lora", "interop/llama/base");
@@ -165,11 +169,12 @@ TEST_CASE("bad adapter directories get clear errors naming the file and the fiel
     write_config(json);
     CHECK_THROWS_WITH(read_adapter_config(dir.str("a")), Catch::Contains(message) && Catch::Contains("adapter_config.json"));
   };
-  expect(R"({"peft_type": "IA3", "r": 2})", "unsupported peft_type \"IA3\"");
+  expect(R"({"peft_type": "IA3", "r": 2, "target_modules": ["q"]})", "peft_type \"IA3\"");
   expect(R"({"peft_type": "LORA", "target_modules": ["q"]})", "\"r\" must be a positive integer");
   expect(R"({"peft_type": "LORA", "r": 0, "target_modules": ["q"]})", "\"r\" must be a positive integer");
   expect(R"({"peft_type": "LORA", "r": 2})", "target_modules");
-  expect(R"({"peft_type": "LORA", "r": 2, "target_modules": ["q"], "use_dora": true})", "DoRA");
+  expect(R"({"peft_type": "LORA", "r": 2, "target_modules": ["q"], "use_dora": "yes"})", "\"use_dora\" must be true or false");
+  expect(R"({"peft_type": "LORA", "r": 2, "target_modules": ["q"], "modules_to_save": ["../../etc/passwd"]})", "is not a module name");
   expect(R"({"peft_type": "LORA", "r": 2, "target_modules": ["q"], "bias": "all"})", "bias \"all\"");
   expect(R"({"peft_type": "LORA", "r": 2, "target_modules": ["q"], "lora_alpha": "x"})", "\"lora_alpha\" must be a number");
   expect(R"({"peft_type": "LORA", "r": 2, "r": 3, "target_modules": ["q"]})", "duplicate key \"r\"");
@@ -191,7 +196,7 @@ TEST_CASE("bad adapter directories get clear errors naming the file and the fiel
   fs::copy(src, dir.path / "b");
   ParameterStore<float> store;
   std::ofstream(dir.path / "b" / "adapter_config.json") << R"({"peft_type": "LORA", "r": 3, "lora_alpha": 8, "target_modules": ["c_attn", "mlp.c_proj"]})";
-  CHECK_THROWS_WITH(load_adapter(*m.model, store, dir.str("b")), Catch::Contains("has shape [2, 12], the model needs [3, 12]"));
+  CHECK_THROWS_WITH(load_adapter(*m.model, store, dir.str("b")), Catch::Contains("has shape [2, 12], the adapter needs [3, 12]"));
   auto m2 = load_hf_model<float>(interop("gpt2/base"));
   ParameterStore<float> store2;
   std::ofstream(dir.path / "b" / "adapter_config.json") << R"({"peft_type": "LORA", "r": 2, "lora_alpha": 8, "target_modules": ["c_attn"]})";
@@ -212,8 +217,7 @@ TEST_CASE("resuming from a checkpoint is bit-identical to an uninterrupted run",
   const auto setup = [](Transformer<float>& model, ParameterStore<float>& store) {
     Rng init(1);
     model.init_random(init);
-    model.attach({.kind = AdapterKind::wegeft, .target_modules = {"all-linear"},
-                  .wegeft = {.rank = 2, .alpha = 4, .dropout = 0.2}, .seed = 5}, store);
+    model.attach({.target_modules = {"all-linear"}, .method = WeGeFTConfig{.rank = 2, .alpha = 4, .dropout = 0.2}, .seed = 5}, store);
     model.add_classifier(3, store);
   };
   const auto run = [](Transformer<float>& model, Trainer<float>& trainer, Rng& data, int steps) {
@@ -261,7 +265,106 @@ TEST_CASE("resuming from a checkpoint is bit-identical to an uninterrupted run",
   // a checkpoint of another model is refused
   Transformer<float> other(c);
   ParameterStore<float> so;
-  other.attach({.target_modules = {"q"}, .lora = {.rank = 2}}, so);
+  other.attach({.target_modules = {"q"}, .method = LoraConfig{.rank = 2}}, so);
   AdamW<float> opt;
   CHECK_THROWS_WITH(load_checkpoint(dir.str("ckpt.safetensors"), other, so, opt), Catch::Contains("no saved value for parameter"));
+}
+
+TEST_CASE("a DoRA adapter written by PEFT loads and gives PEFT's logits", "[io][peft][interop][dora]") {
+  auto loaded = load_hf_model<double>(interop("bert/base"));
+  Transformer<double>& model = *loaded.model;
+  ParameterStore<double> store;
+  CHECK(load_adapter(model, store, interop("bert/dora")) == 4);
+  const auto* value = model.adapter<DoraAdapter<double>>("bert.encoder.layer.1.attention.self.value");
+  REQUIRE(value != nullptr);
+  CHECK(value->rank() == 3);  // rank_pattern
+  CHECK(model.has_classifier());
+  const wt::Golden g("interop/bert/dora_expected.txt");
+  const Inputs in = read_inputs(g);
+  Transformer<double>::Activations acts;
+  model.set_training(false);
+  model.forward(acts, in.input());
+  CHECK(wt::rel_diff(acts.logits, g.get("logits")) < 1e-10);
+}
+
+TEST_CASE("adapters on a caller's own layers save and load without a Transformer, methods mixed", "[io][peft]") {
+  TempDir dir;
+  Rng rng(21);
+  // Three frozen layers of the caller's: two share d_in (one WeGeFT group), one gets LoRA.
+  std::vector<Matrix<double>> w = {wt::random_matrix<double>(6, 5, rng), wt::random_matrix<double>(4, 5, rng),
+                                   wt::random_matrix<double>(5, 6, rng)};
+  const auto sites_of = [](std::vector<Matrix<double>>& ws) {
+    return std::vector<AdapterSite<double>>{{"enc.0.proj", "proj", 0, FrozenLinear<double>(ws[0])},
+                                            {"enc.1.proj", "proj", 1, FrozenLinear<double>(ws[1])},
+                                            {"head.out", "out", -1, FrozenLinear<double>(ws[2])}};
+  };
+  const auto sites = sites_of(w);
+  ParameterStore<double> store;
+  AdapterSet<double> set(store);
+  CHECK(set.attach({.target_modules = {"proj"}, .method = WeGeFTConfig{.rank = 2, .alpha = 3}}, sites) == 2);
+  CHECK(set.attach({.target_modules = {"out"}, .method = LoraConfig{.rank = 2, .alpha = 4}}, sites) == 1);
+  for (std::size_t i = 0; i < store.entries().size(); ++i) fill_uniform(store.value(ParamId{i}), rng, -0.5, 0.5);
+  save_adapter(set, dir.str("mixed"), {.dtype = DType::F64});
+  CHECK(fs::exists(dir.path / "mixed" / "lora" / "adapter_config.json"));
+  CHECK(read_adapter_config(dir.str("mixed/wegeft")).json["tied_modules"] ==
+        nlohmann::json::parse(R"([["enc\\.\\d+\\.proj$"]])"));
+
+  std::vector<Matrix<double>> w2 = w;
+  const auto sites2 = sites_of(w2);
+  ParameterStore<double> store2;
+  AdapterSet<double> set2(store2);
+  CHECK(load_adapter(set2, std::span<const AdapterSite<double>>(sites2), dir.str("mixed/wegeft")).second == 2);
+  CHECK(load_adapter(set2, std::span<const AdapterSite<double>>(sites2), dir.str("mixed/lora")).second == 1);
+  REQUIRE(store2.entries().size() == store.entries().size());
+  const Matrix<double> x5 = wt::random_matrix<double>(3, 5, rng), x6 = wt::random_matrix<double>(3, 6, rng);
+  for (const auto& e : set.entries()) {
+    INFO(e.name);
+    const Matrix<double>& x = e.name == "head.out" ? x6 : x5;
+    Matrix<double> y1 = std::visit([&](auto& a) {
+      Matrix<double> y(x.rows(), a.base().d_out());
+      typename std::decay_t<decltype(a)>::Cache c;
+      a.forward(y, c, x);
+      return y;
+    }, *e.adapter);
+    Matrix<double> y2 = std::visit([&](auto& a) {
+      Matrix<double> y(x.rows(), a.base().d_out());
+      typename std::decay_t<decltype(a)>::Cache c;
+      a.forward(y, c, x);
+      return y;
+    }, *set2.find(e.name));
+    CHECK(y1 == y2);
+    CHECK(!y1.isApprox(wt::reference_linear<double>(x, e.name == "head.out" ? w[2] : e.name == "enc.0.proj" ? w[0] : w[1], nullptr)));
+  }
+}
+
+TEST_CASE("a failed adapter load leaves the model and store as they were, and a retry works", "[io][peft][hostile]") {
+  TempDir dir;
+  fs::copy(interop("llama/lora"), dir.path / "a");
+  // Corrupt one tensor's shape through the config: rank 3 where the file holds rank 4.
+  const std::string good = read_all((dir.path / "a" / "adapter_config.json").string());
+  std::string bad = good;
+  bad.replace(bad.find("\"r\": 4"), 6, "\"r\": 3");
+  std::ofstream(dir.path / "a" / "adapter_config.json") << bad;
+  auto m = load_hf_model<double>(interop("llama/base"));
+  ParameterStore<double> store;
+  CHECK_THROWS_WITH(load_adapter(*m.model, store, dir.str("a")), Catch::Contains("the adapter needs"));
+  CHECK(store.entries().empty());
+  for (const auto& mod : m.model->modules()) CHECK(mod.adapter == nullptr);
+  std::ofstream(dir.path / "a" / "adapter_config.json") << good;
+  CHECK(load_adapter(*m.model, store, dir.str("a")) == 7);
+}
+
+TEST_CASE("a model binds one parameter store", "[model][peft]") {
+  Transformer<float> model(ModelConfig::tiny(Family::bert));
+  ParameterStore<float> a, b;
+  model.attach({.target_modules = {"q"}, .method = LoraConfig{.rank = 2}}, a);
+  CHECK_THROWS_WITH(model.attach({.target_modules = {"v"}, .method = LoraConfig{.rank = 2}}, b), Catch::Contains("another ParameterStore"));
+  CHECK_THROWS_WITH(model.add_classifier(3, b), Catch::Contains("another ParameterStore"));
+  CHECK(b.entries().empty());
+  const auto before = a.entries().size();
+  // key attaches first, then value's rank fails: the whole call is undone.
+  CHECK_THROWS_WITH(model.attach({.target_modules = {"k", "v"}, .method = LoraConfig{.rank = 2}, .rank_pattern = {{"value", 50}}}, a),
+                    Catch::Contains("exceeds"));
+  CHECK(a.entries().size() == before);
+  CHECK(model.adapter<LoraAdapter<float>>("bert.encoder.layer.0.attention.self.key") == nullptr);
 }

@@ -79,13 +79,14 @@ TEST_CASE("merging a LoRA adapter with modules_to_save replaces the head and add
         base.matrix<double>("bert.encoder.layer.1.attention.self.key.weight"));
 }
 
-TEST_CASE("merging a WeGeFT adapter gives the adapted model's output from the plain model", "[tools][merge]") {
+TEST_CASE("merging a WeGeFT or DoRA adapter gives the adapted model's output from the plain model", "[tools][merge]") {
   const std::string family = GENERATE(as<std::string>{}, "gpt2", "llama");  // gpt2: [in, out] Conv1D weights
-  INFO(family);
+  const int which = GENERATE(1, 2);
+  INFO(family << " " << method_name(wt::method_config(which, 2, 3)));
   TempDir dir;
   auto adapted = load_hf_model<double>(interop(family + "/base"));
   ParameterStore<double> store;
-  adapted.model->attach({.kind = AdapterKind::wegeft, .target_modules = {"all-linear"}, .wegeft = {.rank = 2, .alpha = 3},
+  adapted.model->attach({.target_modules = {"all-linear"}, .method = wt::method_config(which, 2, 3),
                          .rank_pattern = {{"down", 3}}}, store);
   Rng rng(8);
   for (std::size_t i = 0; i < store.entries().size(); ++i) fill_uniform(store.value(ParamId{i}), rng, -0.4, 0.4);
@@ -142,4 +143,55 @@ TEST_CASE("llama q/k row permutation matches llama.cpp's reshape-swapaxes defini
       for (Index s = 0; s < 2; ++s)  // output index (h, a, s) <- input index (h, s, a)
         CHECK(p.row(h * d + a * 2 + s) == w.row(h * d + s * (d / 2) + a));
   CHECK(llama_permute_rows(p, heads, false) == w);
+}
+
+TEST_CASE("merge refuses adapters whose tensors do not fit their config or the base, writing nothing", "[tools][merge][hostile]") {
+  TempDir dir;
+  auto adapted = load_hf_model<double>(interop("llama/base"));
+  ParameterStore<double> store;
+  adapted.model->attach({.target_modules = {"q", "v"}, .method = WeGeFTConfig{.rank = 2, .alpha = 3}}, store);
+  for (const auto& m : adapted.model->modules())
+    if (m.adapter) std::get<WeGeFTAdapter<double>>(*m.adapter).generator().psi().setConstant(100.0);
+  save_adapter(*adapted.model, store, dir.str("good"), "", DType::F32);
+  const SafetensorsReader good(dir.str("good/adapter_model.safetensors"));
+  // Rewrites the adapter with tensor `name` replaced by `value` (same dtype) into dir/<sub>.
+  const auto variant = [&](const std::string& sub, const std::string& name, const Matrix<double>& value,
+                           std::vector<std::int64_t> shape) {
+    fs::create_directories(dir.path / sub);
+    fs::copy_file(dir.path / "good" / "adapter_config.json", dir.path / sub / "adapter_config.json");
+    SafetensorsBuilder b;
+    for (const auto& t : good.tensors()) {
+      if (t.name == name) b.add(name, DType::F32, shape, value.data(), static_cast<std::size_t>(value.size()));
+      else b.add_raw(t.name, t.dtype, t.shape, good.data(t), t.nbytes);
+    }
+    b.write(dir.str(sub + "/adapter_model.safetensors"));
+    return dir.str(sub);
+  };
+  Rng rng(4);
+  const std::string psi = "base_model.model.model.layers.0.self_attn.q_proj.wegeft_psi.weight";
+  const struct {
+    const char* sub;
+    Index rows, cols;
+    std::vector<std::int64_t> shape;
+    const char* message;
+  } cases[] = {
+      {"rank", 3, 16, {3, 16}, "has shape [3, 16], the adapter needs [2, 16]"},      // r != config's r
+      {"d_in", 2, 15, {2, 15}, "has shape [2, 15], the adapter needs [2, 16]"},      // d_in != the weight's
+      {"three_d", 2, 16, {2, 4, 4}, "has shape [2, 4, 4], the adapter needs [2, 16]"},  // 3-D
+  };
+  for (const auto& c : cases) {
+    INFO(c.sub);
+    const std::string a = variant(c.sub, psi, wt::random_matrix<double>(c.rows, c.cols, rng), c.shape);
+    CHECK_THROWS_WITH(merge_adapter(interop("llama/base"), a, dir.str(std::string(c.sub) + ".safetensors")),
+                      Catch::Contains(c.message) && Catch::Contains("wegeft_psi"));
+    CHECK(!fs::exists(dir.str(std::string(c.sub) + ".safetensors")));
+  }
+  // A merge that overflows the weights' dtype is refused, naming the tensor.
+  const std::string phi = "base_model.model.model.layers.0.self_attn.q_proj.wegeft_phi.weight";
+  const std::string big = variant("big", phi, Matrix<double>::Constant(2, 16, 3e38), {2, 16});
+  CHECK_THROWS_WITH(merge_adapter(interop("llama/base"), big, dir.str("big.safetensors")),
+                    Catch::Contains("not finite or do not fit F32") && Catch::Contains("q_proj.weight"));
+  CHECK(!fs::exists(dir.str("big.safetensors")));
+  // The unchanged adapter merges.
+  CHECK(merge_adapter(interop("llama/base"), dir.str("good"), dir.str("ok.safetensors")) == 4);
 }

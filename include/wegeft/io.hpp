@@ -7,7 +7,7 @@
 #include "wegeft/io/gguf.hpp"
 #include "wegeft/io/gguf_model.hpp"
 #include "wegeft/io/hf_model.hpp"
-#include "wegeft/io/json.hpp"
+#include "wegeft/core/json.hpp"
 #include "wegeft/io/merge.hpp"
 #include "wegeft/io/peft.hpp"
 #include "wegeft/io/safetensors.hpp"

@@ -1,4 +1,4 @@
-// wegeft: parameter-efficient fine-tuning (WeGeFT and LoRA) for transformers, header-only, CPU.
+// wegeft: parameter-efficient fine-tuning (WeGeFT, LoRA, DoRA) for transformers, header-only, CPU.
 // This umbrella never pulls in CUDA.
 #pragma once
 
@@ -6,7 +6,7 @@
 #include "wegeft/core/parameters.hpp"
 #include "wegeft/core/rng.hpp"
 #include "wegeft/core/tensor.hpp"
-#include "wegeft/adapters/targets.hpp"
+#include "wegeft/adapters/registry.hpp"
 #include "wegeft/nn/activations.hpp"
 #include "wegeft/nn/config.hpp"
 #include "wegeft/nn/attention.hpp"
@@ -22,6 +22,4 @@
 #include "wegeft/optim/schedule.hpp"
 #include "wegeft/optim/sgd.hpp"
 #include "wegeft/optim/trainer.hpp"
-#include "wegeft/adapters/lora.hpp"
-#include "wegeft/adapters/wegeft.hpp"
 #include "wegeft/version.hpp"

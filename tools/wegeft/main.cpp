@@ -6,6 +6,7 @@
 #include <wegeft/io/safetensors.hpp>
 #include <wegeft/version.hpp>
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
@@ -24,17 +25,42 @@ commands:
       Tensors (name, dtype, shape), parameter counts and metadata of a .safetensors file, a
       .gguf file, a Hugging Face checkpoint directory or an adapter directory (its config too).
   merge --base MODEL --adapter DIR --out FILE
-      MODEL (a checkpoint directory or .safetensors file) with the LoRA or WeGeFT adapter in DIR
-      merged in, written to FILE as safetensors. Every other tensor is copied unchanged and every
-      tensor keeps its dtype.
+      MODEL (a checkpoint directory or .safetensors file) with the LoRA, DoRA or WeGeFT adapter in
+      DIR merged in, written to FILE as safetensors. Every other tensor is copied unchanged and
+      every tensor keeps its dtype.
   convert --adapter DIR --base MODEL --out FILE.gguf
       A PEFT LoRA directory for a Llama model as a GGUF LoRA adapter for llama.cpp. MODEL is the
       base checkpoint directory (its config.json gives the head counts).
 
-options:
+Each command answers --help. Options:
   -h, --help     this text
   --version      the wegeft version
 )";
+
+const std::map<std::string, const char*> kCommandUsage = {
+    {"inspect", R"(usage: wegeft inspect PATH
+
+Prints the tensors (name, dtype, shape), parameter counts and metadata of PATH: a .safetensors
+file, a .gguf file, a Hugging Face checkpoint directory (config.json + model.safetensors or its
+shards) or an adapter directory (adapter_config.json + adapter_model.safetensors).
+)"},
+    {"merge", R"(usage: wegeft merge --base MODEL --adapter DIR --out FILE
+
+Writes FILE (safetensors): MODEL, a checkpoint directory or .safetensors file, with the LoRA, DoRA
+or WeGeFT adapter in DIR merged into its weights. Every tensor of the adapter is checked against
+its config and the weight it changes first; every other tensor is copied unchanged and every
+tensor keeps its dtype. FILE is written atomically: on any error it is left as it was.
+)"},
+    {"convert", R"(usage: wegeft convert --adapter DIR --base MODEL --out FILE.gguf
+
+Writes the PEFT LoRA adapter in DIR, for the Llama-family checkpoint directory MODEL (its
+config.json gives the head counts), as a GGUF LoRA adapter that llama.cpp loads.
+)"},
+};
+
+bool wants_help(const std::vector<std::string>& args) {
+  return std::any_of(args.begin() + 1, args.end(), [](const std::string& a) { return a == "-h" || a == "--help"; });
+}
 
 struct UsageError : std::runtime_error {
   using std::runtime_error::runtime_error;
@@ -93,14 +119,20 @@ void inspect_gguf(const std::string& path) {
 }
 
 int inspect(const std::string& path) {
+  if (!fs::exists(path)) throw wegeft::Error(path + ": no such file or directory");
   if (fs::is_directory(path)) {
     if (fs::exists(fs::path(path) / wegeft::kAdapterConfigFile)) {
       const auto cfg = wegeft::read_adapter_config(path);
-      std::printf("%s: %s adapter for '%s'\n%s\n", path.c_str(), cfg.json.value("peft_type", "").c_str(),
-                  cfg.base_model.c_str(), cfg.json.dump(2).c_str());
+      std::printf("%s: %s adapter (%s) for '%s'\n%s\n", path.c_str(), cfg.json.value("peft_type", "").c_str(),
+                  wegeft::method_name(cfg.spec.method), cfg.base_model.c_str(), cfg.json.dump(2).c_str());
       inspect_safetensors((fs::path(path) / wegeft::kAdapterWeightsFile).string());
       return 0;
     }
+    const bool checkpoint = fs::exists(fs::path(path) / "config.json") || fs::exists(fs::path(path) / "model.safetensors") ||
+                            fs::exists(fs::path(path) / "model.safetensors.index.json");
+    if (!checkpoint)
+      throw wegeft::Error(path + ": a directory that is neither an adapter (no " + wegeft::kAdapterConfigFile +
+                          ") nor a checkpoint (no config.json or model.safetensors)");
     if (fs::exists(fs::path(path) / "config.json"))
       std::printf("%s: checkpoint, model_type %s\n", path.c_str(),
                   wegeft::detail::parse_json_strict(wegeft::read_text_file((fs::path(path) / "config.json").string()), path)
@@ -108,12 +140,18 @@ int inspect(const std::string& path) {
     for (const auto& f : wegeft::checkpoint_files(path)) inspect_safetensors(f);
     return 0;
   }
+  if (!fs::is_regular_file(path)) throw wegeft::Error(path + ": not a regular file");
   std::FILE* f = std::fopen(path.c_str(), "rb");
   char magic[4] = {};
-  const bool gguf = f && std::fread(magic, 1, 4, f) == 4 && std::string(magic, 4) == "GGUF";
+  const bool gguf = (f && std::fread(magic, 1, 4, f) == 4 && std::string(magic, 4) == "GGUF") ||
+                    fs::path(path).extension() == ".gguf";
   if (f) std::fclose(f);
-  if (gguf) inspect_gguf(path);
-  else inspect_safetensors(path);
+  try {
+    if (gguf) inspect_gguf(path);
+    else inspect_safetensors(path);
+  } catch (const wegeft::Error& e) {
+    throw wegeft::Error(e.what(), std::string(gguf ? "as GGUF: " : "as safetensors: ") + e.message());
+  }
   return 0;
 }
 
@@ -122,6 +160,10 @@ int run(const std::vector<std::string>& args) {
   const std::string& cmd = args[0];
   if (cmd == "-h" || cmd == "--help" || cmd == "help") {
     std::fputs(kUsage, stdout);
+    return 0;
+  }
+  if (kCommandUsage.count(cmd) && wants_help(args)) {
+    std::fputs(kCommandUsage.at(cmd), stdout);
     return 0;
   }
   if (cmd == "--version") {
@@ -158,7 +200,8 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "wegeft: %s (see wegeft --help)\n", e.what());
     return 2;
   } catch (const std::exception& e) {
-    std::string msg = e.what();
+    const auto* error = dynamic_cast<const wegeft::Error*>(&e);
+    std::string msg = error ? error->message() : e.what();
     if (msg.rfind("wegeft: ", 0) == 0) msg = msg.substr(8);
     for (char& c : msg)
       if (c == '\n') c = ' ';

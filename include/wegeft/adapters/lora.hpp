@@ -22,8 +22,11 @@
 #include <cmath>
 #include <cstdint>
 #include <string>
+#include <vector>
 
+#include "wegeft/adapters/method.hpp"
 #include "wegeft/core/error.hpp"
+#include "wegeft/core/json.hpp"
 #include "wegeft/core/parameters.hpp"
 #include "wegeft/core/rng.hpp"
 #include "wegeft/core/tensor.hpp"
@@ -43,6 +46,7 @@ struct LoraConfig {
   bool use_rslora = false;
   double dropout = 0.0;
   LoraInit init = LoraInit::kaiming_uniform;
+  bool operator==(const LoraConfig&) const = default;
 };
 
 /// s = alpha / r, or alpha / sqrt(r) with rsLoRA.
@@ -54,6 +58,7 @@ inline double lora_scale(const LoraConfig& c) {
 template <class T>
 class LoraAdapter {
  public:
+  using Config = LoraConfig;
   /// What forward() leaves for backward(): u = drop(x) A^T and the dropout seed.
   struct Cache {
     Matrix<T> u;                  // [N, r]
@@ -103,6 +108,7 @@ class LoraAdapter {
   MatrixMap<T> grad_B() { return m_store->grad(m_b); }
   ParamId id_A() const { return m_a; }
   ParamId id_B() const { return m_b; }
+  std::vector<AdapterParam> parameters() const { return {{"lora_A.weight", m_a}, {"lora_B.weight", m_b}}; }
 
   /// Dropout is applied only in training mode (the default).
   void set_training(bool training) { m_training = training; }
@@ -217,6 +223,53 @@ class LoraAdapter {
   Rng m_dropout_rng;
   bool m_training = true;
   bool m_merged = false;
+};
+
+namespace detail {
+/// The adapter_config.json fields LoRA and DoRA share (PEFT's LoraConfig).
+inline LoraConfig lora_config_from_json(const nlohmann::json& j, Index r, const std::string& path) {
+  LoraConfig c;
+  c.rank = r;
+  c.alpha = json_number(j, "lora_alpha", 8.0, path);
+  c.dropout = json_number(j, "lora_dropout", 0.0, path);
+  c.use_rslora = json_bool(j, "use_rslora", false, path);
+  json_bool(j, "use_dora", false, path);  // its type is checked; the registry chose the method by it
+  if (j.contains("init_lora_weights") && j["init_lora_weights"] == "gaussian") c.init = LoraInit::gaussian;
+  const std::string bias = json_string(j, "bias", "none", path);
+  WEGEFT_CHECK(bias == "none", path << ": bias \"" << bias << "\" is not supported (only \"none\")");
+  WEGEFT_CHECK(!json_bool(j, "lora_bias", false, path), path << ": lora_bias is not supported");
+  WEGEFT_CHECK(!j.contains("layer_replication") || j["layer_replication"].is_null(),
+               path << ": layer_replication is not supported");
+  return c;
+}
+inline void lora_config_to_json(nlohmann::ordered_json& j, const LoraConfig& c, bool dora) {
+  j["peft_type"] = "LORA";
+  j["lora_alpha"] = c.alpha;
+  j["lora_dropout"] = c.dropout;
+  j["use_rslora"] = c.use_rslora;
+  j["init_lora_weights"] = c.init == LoraInit::gaussian ? nlohmann::ordered_json("gaussian") : nlohmann::ordered_json(true);
+  j["use_dora"] = dora;
+}
+}  // namespace detail
+
+/// LoRA's entry in the method registry (adapters/registry.hpp).
+struct LoraMethod {
+  static constexpr const char* name = "lora";
+  using Config = LoraConfig;
+  template <class T>
+  using Adapter = LoraAdapter<T>;
+
+  static bool claims(const nlohmann::json& j) {
+    return j.value("peft_type", "") == "LORA" && !(j.contains("use_dora") && j["use_dora"].is_boolean() && j["use_dora"].get<bool>());
+  }
+  static Config config_from_json(const nlohmann::json& j, Index r, const std::string& path) {
+    return detail::lora_config_from_json(j, r, path);
+  }
+  static void config_to_json(nlohmann::ordered_json& j, const Config& c) { detail::lora_config_to_json(j, c, false); }
+  template <class T>
+  static Adapter<T> attach(AttachContext<T>& ctx, const AdapterSite<T>& site, const Config& c) {
+    return Adapter<T>(ctx.store, site.base, c, ctx.rng, site.name);
+  }
 };
 
 }  // namespace wegeft

@@ -27,9 +27,14 @@
 #include <Eigen/LU>
 #include <cmath>
 #include <cstdint>
+#include <memory>
 #include <string>
+#include <vector>
 
+#include "wegeft/adapters/method.hpp"
+#include "wegeft/adapters/targets.hpp"
 #include "wegeft/core/error.hpp"
+#include "wegeft/core/json.hpp"
 #include "wegeft/core/parameters.hpp"
 #include "wegeft/core/rng.hpp"
 #include "wegeft/core/tensor.hpp"
@@ -38,13 +43,24 @@
 
 namespace wegeft {
 
+enum class WeGeFTOrder { automatic, weight_side, input_edit };
+
+/// How WeGeFT generators are shared when attached by pattern: one per role across all depths (the
+/// default: all q projections share one generator, all v projections another, ...), one per
+/// layer, or the explicit groups of `tied_modules` (the WeGeFT adapter format's rule: each group
+/// is a list of regexes matched from the start of a module's name, as Python's re.match; a
+/// targeted module in no group gets its own generator).
+enum class WeGeFTSharing { per_role, per_layer, tied };
+
 struct WeGeFTConfig {
   Index rank = 64;
   double alpha = 128.0;
   double dropout = 0.0;  ///< weight dropout inside the generator path
+  WeGeFTSharing sharing = WeGeFTSharing::per_role;
+  WeGeFTOrder order = WeGeFTOrder::automatic;
+  std::vector<std::vector<std::string>> tied_modules;  ///< groups, for WeGeFTSharing::tied
+  bool operator==(const WeGeFTConfig&) const = default;
 };
-
-enum class WeGeFTOrder { automatic, weight_side, input_edit };
 
 inline const char* to_string(WeGeFTOrder o) {
   switch (o) {
@@ -144,6 +160,7 @@ class WeGeFTGenerator {
 template <class T>
 class WeGeFTAdapter {
  public:
+  using Config = WeGeFTConfig;
   struct Cache {
     WeGeFTOrder order = WeGeFTOrder::automatic;  // the order this call used
     Matrix<T> u;                                 // [N, r]  x Psi^T
@@ -164,6 +181,12 @@ class WeGeFTAdapter {
   Index d_in() const { return m_base.d_in(); }
   Index d_out() const { return m_base.d_out(); }
   WeGeFTGenerator<T>& generator() { return *m_gen; }
+  const WeGeFTGenerator<T>& generator() const { return *m_gen; }
+  const WeGeFTConfig& config() const { return m_gen->config(); }
+  /// Phi and Psi, shared with every layer of the generator's group.
+  std::vector<AdapterParam> parameters() const {
+    return {{"wegeft_phi.weight", m_gen->id_phi(), m_gen}, {"wegeft_psi.weight", m_gen->id_psi(), m_gen}};
+  }
   FrozenLinear<T>& base() { return m_base; }
   void set_order(WeGeFTOrder order) { m_order = order; }
   WeGeFTOrder order() const { return m_order; }
@@ -332,6 +355,56 @@ class WeGeFTAdapter {
   Rng m_dropout_rng;
   bool m_training = true;
   bool m_merged = false;
+};
+
+/// WeGeFT's entry in the method registry (adapters/registry.hpp). attach() finds or creates the
+/// generator of the site's group (by `sharing`) among the set's shared objects.
+struct WeGeFTMethod {
+  static constexpr const char* name = "wegeft";
+  using Config = WeGeFTConfig;
+  template <class T>
+  using Adapter = WeGeFTAdapter<T>;
+
+  static bool claims(const nlohmann::json& j) { return j.value("peft_type", "") == "WEGEFT"; }
+  static Config config_from_json(const nlohmann::json& j, Index r, const std::string& path) {
+    Config c;
+    c.rank = r;
+    c.alpha = detail::json_number(j, "wegeft_alpha", 2.0 * static_cast<double>(r), path);
+    c.dropout = detail::json_number(j, "wegeft_dropout", 0.0, path);
+    c.sharing = WeGeFTSharing::tied;
+    if (j.contains("tied_modules") && !j["tied_modules"].is_null()) {
+      WEGEFT_CHECK(j["tied_modules"].is_array(), path << ": \"tied_modules\" must be a list of groups");
+      for (const auto& group : j["tied_modules"])
+        c.tied_modules.push_back(detail::json_string_list(group, path + ": a \"tied_modules\" group"));
+    }
+    for (const auto& group : c.tied_modules)
+      for (const auto& p : group) {
+        try {
+          detail::compile_regex(p);
+        } catch (const Error& e) {
+          WEGEFT_CHECK(false, path << ": " << e.what());
+        }
+      }
+    return c;
+  }
+  static void config_to_json(nlohmann::ordered_json& j, const Config& c) {
+    j["peft_type"] = "WEGEFT";
+    j["wegeft_alpha"] = c.alpha;
+    j["wegeft_dropout"] = c.dropout;
+  }
+  template <class T>
+  static Adapter<T> attach(AttachContext<T>& ctx, const AdapterSite<T>& site, const Config& c) {
+    const std::string tag = "wegeft#" + std::to_string(ctx.call) + "@r" + std::to_string(c.rank) + ":";
+    std::string key = tag + site.name;
+    if (c.sharing == WeGeFTSharing::per_role && !site.role.empty()) key = tag + "role:" + site.role;
+    if (c.sharing == WeGeFTSharing::tied) {
+      const int g = tied_group_of(c.tied_modules, site.name);
+      if (g >= 0) key = tag + "tied:" + std::to_string(g);
+    }
+    auto& slot = ctx.shared[key];
+    if (!slot) slot = std::make_shared<WeGeFTGenerator<T>>(ctx.store, site.base.d_in(), c, ctx.rng, site.name);
+    return Adapter<T>(*std::static_pointer_cast<WeGeFTGenerator<T>>(slot), site.base, ctx.rng, c.order);
+  }
 };
 
 }  // namespace wegeft

@@ -14,13 +14,21 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 namespace wegeft {
 
-/// The one exception type the library throws for bad input or a broken invariant.
+/// The one exception type the library throws for bad input or a broken invariant. what() is
+/// the whole text ("wegeft: MESSAGE [check `EXPR` failed at FILE:LINE]"); message() is MESSAGE
+/// alone, for showing to a person.
 class Error : public std::runtime_error {
  public:
-  using std::runtime_error::runtime_error;
+  explicit Error(const std::string& what) : std::runtime_error(what), m_message(what) {}
+  Error(const std::string& what, std::string message) : std::runtime_error(what), m_message(std::move(message)) {}
+  const std::string& message() const { return m_message; }
+
+ private:
+  std::string m_message;
 };
 
 namespace detail {
@@ -30,7 +38,7 @@ namespace detail {
   std::ostringstream out;
   out << "wegeft: " << message << " [check `" << expr << "` failed at " << file << ":" << line
       << "]";
-  throw Error(out.str());
+  throw Error(out.str(), message);
 }
 
 }  // namespace detail

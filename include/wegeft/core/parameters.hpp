@@ -93,6 +93,17 @@ class ParameterStore {
   }
   void zero_grad() { std::fill(m_grads.begin(), m_grads.end(), T(0)); }
 
+  /// Removes every parameter registered after the first `count` (undoes a failed set-up). ParamIds
+  /// below `count` stay valid.
+  void truncate(std::size_t count) {
+    WEGEFT_CHECK(count <= m_entries.size(), "cannot truncate a store of " << m_entries.size() << " parameters to " << count);
+    if (count == m_entries.size()) return;
+    const Index end = count == 0 ? 0 : m_entries[count - 1].offset + m_entries[count - 1].rows * m_entries[count - 1].cols;
+    m_entries.resize(count);
+    m_values.resize(static_cast<std::size_t>(end));
+    m_grads.resize(static_cast<std::size_t>(end));
+  }
+
  private:
   template <class Buffer>
   auto slice(Buffer& buffer, ParamId id) const {

@@ -39,10 +39,8 @@ constexpr DType dtype_of() {
 }
 template <class T, class F>
 void for_each_dropout_rng(Transformer<T>& model, F&& f) {
-  for (const auto& m : model.modules()) {
-    if (m.lora) f(m.name, m.lora->dropout_rng());
-    if (m.wegeft) f(m.name, m.wegeft->dropout_rng());
-  }
+  for (const auto& m : model.modules())
+    if (m.adapter) f(m.name, std::visit([](auto& a) -> Rng& { return a.dropout_rng(); }, *m.adapter));
 }
 }  // namespace detail
 
@@ -65,27 +63,27 @@ void save_checkpoint(const std::string& path, Transformer<T>& model, ParameterSt
 }
 
 /// Restores what save_checkpoint wrote into a model and store set up the same way (same
-/// adapters and heads). Every parameter must be present with its shape; `rngs`, if given,
-/// receives the caller RNG states.
+/// adapters and heads), all or nothing: every parameter must be present with its shape, and
+/// nothing changes unless the whole file checks out. `rngs`, if given, receives the caller RNG states.
 template <class T>
 void load_checkpoint(const std::string& path, Transformer<T>& model, ParameterStore<T>& store, AdamW<T>& opt,
                      std::map<std::string, Rng::State>* rngs = nullptr) {
   const SafetensorsReader f(path);
   const auto& meta = f.metadata();
   WEGEFT_CHECK(meta.count("format") && meta.at("format") == "wegeft-checkpoint", path << ": not a wegeft checkpoint");
-  Index params = 0;
+  // Everything is read and checked first; the model, store and optimizer change only after.
+  std::vector<Matrix<T>> values;
   for (std::size_t i = 0; i < store.entries().size(); ++i) {
     const std::string key = "param." + store.entries()[i].name;
     WEGEFT_CHECK(f.contains(key), path << ": no saved value for parameter '" << store.entries()[i].name << "'");
     WEGEFT_CHECK(f.info(key).dtype == detail::dtype_of<T>(), path << ": '" << key << "' is " << dtype_name(f.info(key).dtype)
                  << ", the model computes in " << dtype_name(detail::dtype_of<T>()));
-    const Matrix<T> v = f.matrix<T>(key);
-    auto dst = store.value(ParamId{i});
-    WEGEFT_CHECK(v.rows() == dst.rows() && v.cols() == dst.cols(), path << ": '" << key << "' has shape " << shape_of(v)
-                 << ", the model's parameter is " << shape_of(dst));
-    dst = v;
-    ++params;
+    values.push_back(f.matrix<T>(key));
+    const auto dst = store.value(ParamId{i});
+    WEGEFT_CHECK(values.back().rows() == dst.rows() && values.back().cols() == dst.cols(), path << ": '" << key << "' has shape "
+                 << shape_of(values.back()) << ", the model's parameter is " << shape_of(dst));
   }
+  Index params = static_cast<Index>(values.size());
   for (const auto& t : f.tensors())
     WEGEFT_CHECK(t.name.rfind("param.", 0) != 0 || params-- > 0, path << ": has more parameters than the model");
   typename AdamW<T>::State state;
@@ -96,18 +94,23 @@ void load_checkpoint(const std::string& path, Transformer<T>& model, ParameterSt
   if (f.contains("adamw.m")) {
     state.m = f.values<T>("adamw.m");
     state.v = f.values<T>("adamw.v");
-    WEGEFT_CHECK(state.m.size() == static_cast<std::size_t>(store.size()), path << ": optimizer state holds "
-                 << state.m.size() << " values, the store " << store.size());
+    WEGEFT_CHECK(state.m.size() == static_cast<std::size_t>(store.size()) && state.v.size() == state.m.size(),
+                 path << ": optimizer state holds " << state.m.size() << " values, the store " << store.size());
   }
-  opt.set_state(std::move(state));
+  std::vector<std::pair<Rng*, Rng::State>> streams;
   detail::for_each_dropout_rng(model, [&](const std::string& name, Rng& r) {
     const auto it = meta.find("rng.dropout." + name);
     WEGEFT_CHECK(it != meta.end(), path << ": no dropout stream for '" << name << "'");
-    r.set_state(detail::rng_from_string(it->second, path));
+    streams.emplace_back(&r, detail::rng_from_string(it->second, path));
   });
+  std::map<std::string, Rng::State> user;
+  for (const auto& [k, v] : meta)
+    if (k.rfind("rng.user.", 0) == 0) user[k.substr(9)] = detail::rng_from_string(v, path);
+  for (std::size_t i = 0; i < values.size(); ++i) store.value(ParamId{i}) = values[i];
+  opt.set_state(std::move(state));
+  for (auto& [r, st] : streams) r->set_state(st);
   if (rngs)
-    for (const auto& [k, v] : meta)
-      if (k.rfind("rng.user.", 0) == 0) (*rngs)[k.substr(9)] = detail::rng_from_string(v, path);
+    for (auto& [k, v] : user) (*rngs)[k] = v;
 }
 
 }  // namespace wegeft

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <random>
@@ -23,7 +24,12 @@ namespace wegeft {
 class MappedFile {
  public:
   explicit MappedFile(const std::string& path) : m_path(path) {
-    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    // A FIFO or device would block open() or read() forever: refuse anything but a regular file
+    // before opening, and open without blocking in case it changed in between.
+    struct stat pre {};
+    WEGEFT_CHECK(::stat(path.c_str(), &pre) == 0, path << ": cannot open: " << std::strerror(errno));
+    WEGEFT_CHECK(S_ISREG(pre.st_mode), path << ": not a regular file" << (S_ISDIR(pre.st_mode) ? " (a directory)" : S_ISFIFO(pre.st_mode) ? " (a FIFO)" : ""));
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     WEGEFT_CHECK(fd >= 0, path << ": cannot open: " << std::strerror(errno));
     struct stat st {};
     if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
@@ -118,6 +124,57 @@ inline void write_file_atomic(const std::string& path, std::string_view content)
   w.write(content);
   w.commit();
 }
+
+/// Writes a directory of files as a whole. Files go into a fresh sibling folder (`path(name)`);
+/// commit() hard-links there whatever else an existing `dir` holds, then swaps the two folders in
+/// one atomic rename (Linux renameat2 RENAME_EXCHANGE) and removes the old one. A reader sees the
+/// old directory or the new one, never a mix; on any error before commit() `dir` is untouched and
+/// the temporary folder is removed.
+class DirectoryWriter {
+ public:
+  explicit DirectoryWriter(std::string dir) : m_dir(std::move(dir)) {
+    while (!m_dir.empty() && m_dir.back() == '/') m_dir.pop_back();
+    WEGEFT_CHECK(!m_dir.empty(), "an output directory needs a name");
+    const std::filesystem::path p(m_dir);
+    WEGEFT_CHECK(!std::filesystem::exists(p) || std::filesystem::is_directory(p), m_dir << ": exists and is not a directory");
+    if (p.has_parent_path()) std::filesystem::create_directories(p.parent_path());
+    std::random_device rd;
+    m_tmp = m_dir + ".tmp-" + std::to_string(::getpid()) + "-" + std::to_string(rd());
+    WEGEFT_CHECK(::mkdir(m_tmp.c_str(), 0755) == 0, m_dir << ": cannot create a temporary folder: " << std::strerror(errno));
+  }
+  DirectoryWriter(const DirectoryWriter&) = delete;
+  DirectoryWriter& operator=(const DirectoryWriter&) = delete;
+  ~DirectoryWriter() {
+    std::error_code ec;
+    if (!m_committed) std::filesystem::remove_all(m_tmp, ec);
+  }
+  /// Where to write file `name` of the directory before commit().
+  std::string path(const std::string& name) const { return (std::filesystem::path(m_tmp) / name).string(); }
+
+  void commit() {
+    namespace fs = std::filesystem;
+    if (!fs::exists(m_dir)) {
+      WEGEFT_CHECK(::rename(m_tmp.c_str(), m_dir.c_str()) == 0, m_dir << ": cannot move the new directory into place: "
+                                                                 << std::strerror(errno));
+      m_committed = true;
+      return;
+    }
+    for (const auto& e : fs::directory_iterator(m_dir)) {
+      const fs::path target = fs::path(m_tmp) / e.path().filename();
+      if (fs::exists(fs::symlink_status(target))) continue;  // replaced by the new content
+      fs::copy(e.path(), target, fs::copy_options::recursive | fs::copy_options::create_hard_links | fs::copy_options::copy_symlinks);
+    }
+    WEGEFT_CHECK(::renameat2(AT_FDCWD, m_tmp.c_str(), AT_FDCWD, m_dir.c_str(), RENAME_EXCHANGE) == 0,
+                 m_dir << ": cannot swap the new directory into place: " << std::strerror(errno));
+    m_committed = true;
+    std::error_code ec;
+    fs::remove_all(m_tmp, ec);  // now the old directory
+  }
+
+ private:
+  std::string m_dir, m_tmp;
+  bool m_committed = false;
+};
 
 /// Reads a whole (small) file; throws naming the path if it cannot.
 inline std::string read_text_file(const std::string& path) {

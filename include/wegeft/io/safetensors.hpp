@@ -27,7 +27,7 @@
 #include "wegeft/core/error.hpp"
 #include "wegeft/core/tensor.hpp"
 #include "wegeft/io/file.hpp"
-#include "wegeft/io/json.hpp"
+#include "wegeft/core/json.hpp"
 
 namespace wegeft {
 

@@ -4,14 +4,15 @@
 // The frozen base weights live in a name -> tensor map keyed by Hugging Face names
 // ("model.layers.0.self_attn.q_proj.weight", ...), 1-D tensors stored as [1, n]. They never get a
 // gradient. Trainable parameters (adapters, a new classification head, norms if asked) live in a
-// ParameterStore the caller owns. The model orchestrates the free-function ops of nn/; it holds
+// ParameterStore the caller owns (one store per model: every call that adds parameters must pass
+// the same one). Adapters of any registered method (adapters/registry.hpp) live in the model's
+// AdapterSet. The model orchestrates the free-function ops of nn/; it holds
 // no per-call state: forward() fills an Activations object that backward() consumes.
 //
 //   wegeft::Transformer<float> model(wegeft::ModelConfig::tiny(wegeft::Family::llama));
 //   model.init_random(rng);                       // or load a checkpoint into model.tensor(...)
 //   wegeft::ParameterStore<float> store;
-//   model.attach({.kind = wegeft::AdapterKind::wegeft, .target_modules = {"q", "v"},
-//                 .wegeft = {.rank = 4, .alpha = 8}}, store);
+//   model.attach({.target_modules = {"q", "v"}, .method = wegeft::WeGeFTConfig{.rank = 4, .alpha = 8}}, store);
 //   wegeft::Transformer<float>::Activations acts;
 //   model.forward(acts, {.ids = ids.data(), .batch = 2, .seq = 8});
 //   double loss = model.lm_loss(acts, targets.data());   // fills acts.dlogits
@@ -29,9 +30,7 @@
 #include <variant>
 #include <vector>
 
-#include "wegeft/adapters/lora.hpp"
-#include "wegeft/adapters/targets.hpp"
-#include "wegeft/adapters/wegeft.hpp"
+#include "wegeft/adapters/registry.hpp"
 #include "wegeft/core/error.hpp"
 #include "wegeft/core/parameters.hpp"
 #include "wegeft/core/rng.hpp"
@@ -61,8 +60,7 @@ struct ModelInput {
 template <class T>
 class Transformer {
  public:
-  using LinearCache = std::variant<std::monostate, typename LoraAdapter<T>::Cache,
-                                   typename WeGeFTAdapter<T>::Cache>;
+  using LinearCache = AnyCache<T>;
 
   /// Everything one block's backward needs. With checkpointing only `x` (the block input) is
   /// kept after the forward; the rest is recomputed.
@@ -158,64 +156,45 @@ class Transformer {
   }
 
   /// Attaches adapters to every block linear that `spec` targets; trainable parameters go into
-  /// `store`, which must outlive the model. Returns the number of adapted modules. Throws if the
-  /// spec matches nothing or a module already has an adapter.
+  /// `store`, which must outlive the model. Returns the number of adapted modules. Throws, adding
+  /// nothing, if the spec matches nothing or a module already has an adapter.
   Index attach(const AdapterSpec& spec, ParameterStore<T>& store) {
-    Rng rng(spec.seed, 1);
-    Index count = 0;
-    for (auto& lin : m_linears) {
-      if (!targets_module(spec, lin.name, short_name(lin.role), lin.layer)) continue;
-      WEGEFT_CHECK(!lin.adapter, "module '" << lin.name << "' already has an adapter");
-      FrozenLinear<T> base = frozen(lin);
-      const Index r = rank_for(spec, lin.name, short_name(lin.role));
-      const double alpha = alpha_for(spec, lin.name, short_name(lin.role));
-      if (spec.kind == AdapterKind::lora) {
-        LoraConfig c = spec.lora;
-        c.rank = r;
-        c.alpha = alpha;
-        lin.adapter = std::make_unique<AdapterSlot>(std::in_place_type<LoraAdapter<T>>, store, base, c, rng, lin.name);
-      } else {
-        WeGeFTConfig c = spec.wegeft;
-        c.rank = r;
-        c.alpha = alpha;
-        std::string group = std::string(short_name(lin.role)) + "@r" + std::to_string(r) + "#" + std::to_string(m_attach_calls);
-        if (spec.sharing == WeGeFTSharing::per_layer) group = lin.name;
-        if (spec.sharing == WeGeFTSharing::tied) {
-          const int g = tied_group_of(spec, lin.name);
-          group = g < 0 ? lin.name : "tied" + std::to_string(m_attach_calls) + "." + std::to_string(g) + "@r" + std::to_string(r);
-        }
-        auto it = m_generators.find(group);
-        if (it == m_generators.end()) {
-          auto gen = std::make_unique<WeGeFTGenerator<T>>(store, base.d_in(), c, rng, lin.name);
-          it = m_generators.emplace(group, std::move(gen)).first;
-        }
-        lin.adapter = std::make_unique<AdapterSlot>(std::in_place_type<WeGeFTAdapter<T>>, *it->second, base, rng, spec.order);
-      }
-      ++count;
-    }
-    WEGEFT_CHECK(count > 0, "adapter targets " << describe_targets(spec) << " match no module; the "
-                 "model's linear modules are e.g. '" << m_linears.front().name << "' (short names: q k v "
-                 "qkv o gate up down, or all-linear)");
-    ++m_attach_calls;
+    const Index count = adapter_set(store).attach(spec, sites());
+    resolve_adapters();
     return count;
   }
 
-  /// One block linear and its adapter (at most one of the two pointers is set).
+  /// The model's AdapterSet, bound to `store` (created on first use). Adapters attached through it
+  /// to this model's sites() are used from the next forward() on.
+  AdapterSet<T>& adapter_set(ParameterStore<T>& store) {
+    bind_store(store);
+    if (!m_adapters) m_adapters = std::make_unique<AdapterSet<T>>(store);
+    return *m_adapters;
+  }
+
+  /// Every block linear as an AdapterSite (name, role short name, block, frozen weights), in model order.
+  std::vector<AdapterSite<T>> sites() {
+    std::vector<AdapterSite<T>> out;
+    out.reserve(m_linears.size());
+    for (const auto& lin : m_linears) out.push_back({lin.name, short_name(lin.role), lin.layer, frozen(lin)});
+    return out;
+  }
+  /// The model's adapters (null before the first attach).
+  AdapterSet<T>* adapters() { return m_adapters.get(); }
+  const AdapterSet<T>* adapters() const { return m_adapters.get(); }
+
+  /// One block linear and its adapter (null when not adapted).
   struct ModuleView {
     const std::string& name;
     LinearRole role;
     Index layer;
-    LoraAdapter<T>* lora;
-    WeGeFTAdapter<T>* wegeft;
+    AnyAdapter<T>* adapter;
   };
   /// Every block linear in model order, adapted or not.
   std::vector<ModuleView> modules() {
+    resolve_adapters();
     std::vector<ModuleView> out;
-    for (auto& lin : m_linears) {
-      LoraAdapter<T>* l = lin.adapter ? std::get_if<LoraAdapter<T>>(lin.adapter.get()) : nullptr;
-      WeGeFTAdapter<T>* w = lin.adapter ? std::get_if<WeGeFTAdapter<T>>(lin.adapter.get()) : nullptr;
-      out.push_back(ModuleView{lin.name, lin.role, lin.layer, l, w});
-    }
+    for (auto& lin : m_linears) out.push_back(ModuleView{lin.name, lin.role, lin.layer, lin.adapter});
     return out;
   }
   /// The classifier head's parameters in the store, if one was added.
@@ -225,12 +204,15 @@ class Transformer {
                                                                                     : std::optional<ParamId>{m_cls_bias}};
   }
 
-  /// The LoRA adapter of module `name`, or null.
-  LoraAdapter<T>* lora(const std::string& name) { return adapter_of<LoraAdapter<T>>(name); }
-  /// The WeGeFT layer of module `name`, or null.
-  WeGeFTAdapter<T>* wegeft(const std::string& name) { return adapter_of<WeGeFTAdapter<T>>(name); }
-  /// The WeGeFT generators, by group key.
-  const std::map<std::string, std::unique_ptr<WeGeFTGenerator<T>>>& generators() const { return m_generators; }
+  /// The adapter of module `name` if it is an A (LoraAdapter<T>, WeGeFTAdapter<T>, ...), else null.
+  template <class A>
+  A* adapter(const std::string& name) {
+    resolve_adapters();
+    for (auto& lin : m_linears)
+      if (lin.name == name) return lin.adapter ? std::get_if<A>(lin.adapter) : nullptr;
+    WEGEFT_CHECK(false, "model has no linear module '" << name << "'");
+    return nullptr;
+  }
 
   /// Adds a new trainable classification head of `labels` outputs on the pooled sequence
   /// (bert: through its frozen pooler; gpt2/llama default to the last token, bert/vit to the
@@ -241,12 +223,13 @@ class Transformer {
     const bool decoder = m_config.causal();
     m_pooling = pooling.value_or(decoder ? Pooling::last : Pooling::cls);
     const std::string head = decoder ? "score" : "classifier";
+    bind_store(store);
     m_cls_weight = store.add(head + ".weight", labels, m_config.hidden);
     Rng rng(seed, 2);
     auto w = store.value(m_cls_weight);
     fill_normal(w, rng, T(0.02));
+    bind_store(store);
     if (!decoder) m_cls_bias = store.add(head + ".bias", 1, labels);
-    m_store = &store;
     m_labels = labels;
   }
   bool has_classifier() const { return m_labels > 0; }
@@ -254,7 +237,8 @@ class Transformer {
   /// Makes every norm tensor whose name matches `regex` (std::regex, full match) trainable: its
   /// value is copied into `store`, and its gradient is computed from then on.
   Index train_norms(const std::string& regex, ParameterStore<T>& store) {
-    const std::regex re(regex);
+    bind_store(store);
+    const std::regex re = detail::compile_regex(regex);
     Index count = 0;
     for (const auto& name : m_norm_tensors) {
       if (!std::regex_match(name, re) || m_trainable.count(name)) continue;
@@ -265,7 +249,6 @@ class Transformer {
       ++count;
     }
     WEGEFT_CHECK(count > 0, "norm pattern '" << regex << "' matches no norm tensor");
-    m_store = &store;
     return count;
   }
 
@@ -274,13 +257,13 @@ class Transformer {
   void set_checkpointing(bool on) { m_checkpointing = on; }
   /// Training mode turns adapter dropout on (the default).
   void set_training(bool on) {
-    for (auto& lin : m_linears)
-      if (lin.adapter) std::visit([&](auto& a) { a.set_training(on); }, *lin.adapter);
+    if (m_adapters) m_adapters->set_training(on);
   }
 
   /// Runs the model; fills acts.logits ([N, vocab] with an LM head, [batch, labels] with a
   /// classifier, else acts.last / acts.final_out hold the hidden states).
   void forward(Activations& acts, const ModelInput<T>& in) {
+    resolve_adapters();
     const Index d = m_config.hidden;
     WEGEFT_CHECK(in.batch > 0, "model input needs batch > 0, got " << in.batch);
     acts.batch = in.batch;
@@ -369,12 +352,11 @@ class Transformer {
   }
 
  private:
-  using AdapterSlot = std::variant<LoraAdapter<T>, WeGeFTAdapter<T>>;
   struct Linear {
     std::string name;
     LinearRole role;
     Index layer;
-    std::unique_ptr<AdapterSlot> adapter;
+    AnyAdapter<T>* adapter;  // owned by m_adapters
   };
   struct ParamView {
     T* value;
@@ -408,18 +390,18 @@ class Transformer {
     const auto pos = std::find(roles.begin(), roles.end(), role) - roles.begin();
     return m_linears[static_cast<std::size_t>(layer * static_cast<Index>(roles.size()) + pos)];
   }
-  template <class A>
-  A* adapter_of(const std::string& name) {
-    for (auto& lin : m_linears)
-      if (lin.name == name) return lin.adapter ? std::get_if<A>(lin.adapter.get()) : nullptr;
-    WEGEFT_CHECK(false, "model has no linear module '" << name << "'");
-    return nullptr;
+  /// Points each block linear at its adapter in the set, if the set changed since the last time.
+  void resolve_adapters() {
+    if (!m_adapters || m_resolved == m_adapters->version()) return;
+    for (auto& lin : m_linears) lin.adapter = m_adapters->find(lin.name);
+    m_resolved = m_adapters->version();
   }
-  static std::string describe_targets(const AdapterSpec& spec) {
-    if (!spec.target_regex.empty()) return "regex '" + spec.target_regex + "'";
-    std::string out = "[";
-    for (const auto& t : spec.target_modules) out += (out.size() > 1 ? ", " : "") + t;
-    return out + "]";
+  /// Every call that adds trainable parameters must use the same store.
+  void bind_store(ParameterStore<T>& store) {
+    WEGEFT_CHECK(m_store == nullptr || m_store == &store,
+                 "this model's trainable parameters live in another ParameterStore; pass the same store to attach, "
+                 "add_classifier and train_norms");
+    m_store = &store;
   }
   const Matrix<T>& lm_head() {
     if (m_config.family == Family::gpt2 || m_config.tied_lm_head) return m_tensors.at(m_config.token_embedding_name() + ".weight");
@@ -747,13 +729,13 @@ class Transformer {
   std::map<std::string, Matrix<T>> m_tensors;
   std::set<std::string> m_norm_tensors;
   std::vector<Linear> m_linears;
-  std::map<std::string, std::unique_ptr<WeGeFTGenerator<T>>> m_generators;
+  std::unique_ptr<AdapterSet<T>> m_adapters;
+  Index m_resolved = 0;
   std::unique_ptr<RopeTable<T>> m_rope;
   std::map<std::string, ParamId> m_trainable;
   ParameterStore<T>* m_store = nullptr;
   ParamId m_cls_weight, m_cls_bias;
   Index m_labels = 0;
-  Index m_attach_calls = 0;
   Pooling m_pooling = Pooling::cls;
   bool m_checkpointing = false;
 };

@@ -1,4 +1,4 @@
-// JSON helpers for the file readers: strict parsing (no duplicate keys) and typed field access
+// JSON helpers for the file readers and adapter configs: strict parsing (no duplicate keys) and typed field access
 // whose every failure is a wegeft::Error naming the file and the field, never a JSON library
 // exception.
 #pragma once

@@ -1,0 +1,260 @@
+// DoRA (Liu et al. 2024, "Weight-Decomposed Low-Rank Adaptation") on a frozen linear layer, with
+// Hugging Face PEFT's conventions (LoraConfig(use_dora=True)).
+//
+//   W' = diag(m / n) (W + s B A),   n = ||W + s B A|| per output row,   s = alpha / r (or / sqrt(r))
+//   y  = x W^T + b + (g - 1) * (drop(x) W^T) + g * s (drop(x) A^T) B^T,   g = m / n  (per column)
+//
+// A: [r, d_in], B: [d_out, r] as in LoRA; the magnitude m: [d_out] is initialised to the row norms
+// of W, so the adapted layer starts as the base layer. As in PEFT (and the paper's section 4.3), n
+// is a constant for the gradient: it is recomputed at every forward and not differentiated. Without
+// dropout the output is y = g * (x W^T + s x A^T B^T) + b.
+//
+//   wegeft::ParameterStore<float> store;
+//   wegeft::Rng rng(0);
+//   wegeft::DoraAdapter<float> dora(store, wegeft::FrozenLinear<float>(w, &b), {.rank = 8, .alpha = 16},
+//                                   rng, "layers.0.q_proj");
+//   wegeft::DoraAdapter<float>::Cache cache;
+//   dora.forward(y, cache, x);
+//   dora.backward(dx, cache, x, dy);   // grad A, B, m += ...; dx overwritten
+//
+// Files: PEFT's layout, `<module>.lora_A.weight`, `<module>.lora_B.weight` and
+// `<module>.lora_magnitude_vector` [d_out], with "use_dora": true in adapter_config.json.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "wegeft/adapters/lora.hpp"
+#include "wegeft/adapters/method.hpp"
+#include "wegeft/core/error.hpp"
+#include "wegeft/core/parameters.hpp"
+#include "wegeft/core/rng.hpp"
+#include "wegeft/core/tensor.hpp"
+#include "wegeft/nn/linear.hpp"
+
+namespace wegeft {
+
+struct DoraConfig {
+  Index rank = 8;
+  double alpha = 8.0;
+  bool use_rslora = false;
+  double dropout = 0.0;
+  LoraInit init = LoraInit::kaiming_uniform;
+  bool operator==(const DoraConfig&) const = default;
+  LoraConfig lora() const { return {.rank = rank, .alpha = alpha, .use_rslora = use_rslora, .dropout = dropout, .init = init}; }
+};
+
+template <class T>
+class DoraAdapter {
+ public:
+  using Config = DoraConfig;
+  struct Cache {
+    Matrix<T> u;      // [N, r]      drop(x) A^T
+    Matrix<T> z;      // [N, d_out]  drop(x) W^T + s u B^T
+    Matrix<T> g;      // [1, d_out]  m / n
+    Matrix<T> inv_n;  // [1, d_out]  1 / n
+    std::uint64_t dropout_seed = 0;
+    bool dropped = false;
+    bool merged = false;
+    const void* owner = nullptr;
+  };
+
+  /// Registers `<name>.lora_A.weight` [r, d_in], `<name>.lora_B.weight` [d_out, r] and
+  /// `<name>.lora_magnitude_vector` [1, d_out] in `store`; A from `rng` as LoRA's init, B = 0,
+  /// m = the row norms of W.
+  DoraAdapter(ParameterStore<T>& store, FrozenLinear<T> base, const DoraConfig& config, Rng& rng,
+              const std::string& name = "dora")
+      : m_store(&store), m_base(base), m_config(config) {
+    const LoraConfig lc = config.lora();
+    const Index r = config.rank, d_in = base.d_in(), d_out = base.d_out();
+    WEGEFT_CHECK(r >= 1, "DoRA rank must be at least 1, got " << r << " for '" << name << "'");
+    WEGEFT_CHECK(r <= std::min(d_in, d_out), "DoRA rank " << r << " exceeds min(d_in, d_out) = min(" << d_in << ", "
+                                             << d_out << ") for '" << name << "'");
+    WEGEFT_CHECK(std::isfinite(config.alpha) && config.alpha != 0.0,
+                 "DoRA alpha must be finite and non-zero, got " << config.alpha << " for '" << name << "'");
+    WEGEFT_CHECK(config.dropout >= 0.0 && config.dropout < 1.0,
+                 "DoRA dropout must be in [0, 1), got " << config.dropout << " for '" << name << "'");
+    m_scale = static_cast<T>(lora_scale(lc));
+    m_a = store.add(name + ".lora_A.weight", r, d_in);
+    m_b = store.add(name + ".lora_B.weight", d_out, r);
+    m_m = store.add(name + ".lora_magnitude_vector", 1, d_out);
+    auto a = lora_A();
+    if (config.init == LoraInit::kaiming_uniform) {
+      const T bound = static_cast<T>(1.0 / std::sqrt(static_cast<double>(d_in)));
+      fill_uniform(a, rng, -bound, bound);
+    } else {
+      fill_normal(a, rng, static_cast<T>(1.0 / static_cast<double>(r)));
+    }
+    magnitude() = m_base.weight().rowwise().norm().transpose();
+    m_dropout_rng = Rng(rng.next_u64());
+  }
+
+  Index rank() const { return m_config.rank; }
+  Index d_in() const { return m_base.d_in(); }
+  Index d_out() const { return m_base.d_out(); }
+  T scale() const { return m_scale; }
+  const DoraConfig& config() const { return m_config; }
+  FrozenLinear<T>& base() { return m_base; }
+
+  MatrixMap<T> lora_A() { return m_store->value(m_a); }     // [r, d_in]
+  MatrixMap<T> lora_B() { return m_store->value(m_b); }     // [d_out, r]
+  MatrixMap<T> magnitude() { return m_store->value(m_m); }  // [1, d_out]
+  MatrixMap<T> grad_A() { return m_store->grad(m_a); }
+  MatrixMap<T> grad_B() { return m_store->grad(m_b); }
+  MatrixMap<T> grad_magnitude() { return m_store->grad(m_m); }
+  std::vector<AdapterParam> parameters() const {
+    return {{"lora_A.weight", m_a}, {"lora_B.weight", m_b}, {"lora_magnitude_vector", m_m, nullptr, true}};
+  }
+
+  void set_training(bool training) { m_training = training; }
+  bool training() const { return m_training; }
+  Rng& dropout_rng() { return m_dropout_rng; }
+
+  /// n = ||W + s B A|| per output row [1, d_out] (the pretrained W: not while merged).
+  Matrix<T> weight_norm() {
+    WEGEFT_CHECK(!m_merged, "DoRA weight_norm() needs the pretrained W; unmerge first");
+    const Matrix<T> sb = m_scale * lora_B();
+    return (m_base.weight() + sb * lora_A()).rowwise().norm().transpose();
+  }
+
+  /// y [N, d_out] as above. Overwrites y, fills cache.
+  void forward(MatRef<T> y, Cache& cache, CMatRef<T> x) {
+    m_base.check_input(x);
+    check_shape(y, x.rows(), d_out(), "DoRA output y");
+    cache.owner = this;
+    cache.merged = m_merged;
+    if (m_merged) {
+      linear_forward<T>(y, x, m_base.weight(), m_base.bias());
+      return;
+    }
+    const Index n = x.rows();
+    cache.inv_n = weight_norm().cwiseInverse();
+    WEGEFT_CHECK(cache.inv_n.allFinite(), "DoRA: a row of W + s B A has zero norm; its direction is undefined");
+    cache.g = magnitude().cwiseProduct(cache.inv_n);
+    cache.dropped = m_training && m_config.dropout > 0.0;
+    const auto w = m_base.weight();
+    const Matrix<T> sbt = m_scale * lora_B().transpose();  // [r, d_out]
+    if (!cache.dropped) {
+      cache.u.noalias() = x * lora_A().transpose();
+      cache.z.noalias() = x * w.transpose();
+      cache.z.noalias() += cache.u * sbt;
+      y = cache.z * cache.g.row(0).asDiagonal();
+    } else {
+      WEGEFT_CHECK(x.outerStride() == x.cols(), "DoRA dropout needs a contiguous input x; got a view with row stride "
+                                                << x.outerStride() << " for " << x.cols() << " columns");
+      cache.dropout_seed = m_dropout_rng.next_u64();
+      Matrix<T> xd(n, x.cols());
+      dropout_apply(xd.data(), x.data(), x.size(), m_config.dropout, cache.dropout_seed);
+      cache.u.noalias() = xd * lora_A().transpose();
+      Matrix<T> zb = xd * w.transpose();               // drop(x) W^T
+      cache.z = zb;
+      cache.z.noalias() += cache.u * sbt;
+      y.noalias() = x * w.transpose();
+      y += cache.z * cache.g.row(0).asDiagonal() - zb;  // (g - 1) zb + g s u B^T
+    }
+    if (m_base.bias() != nullptr) y.rowwise() += ConstVectorMap<T>(m_base.bias(), d_out()).transpose();
+  }
+
+  /// Parameter gradients only: grad_A, grad_B, grad_magnitude += ...
+  void backward(const Cache& cache, CMatRef<T> x, CMatRef<T> dy) { backward_impl(nullptr, cache, x, dy); }
+  /// Also the input gradient dx [N, d_in]. Overwrites dx.
+  void backward(MatRef<T> dx, const Cache& cache, CMatRef<T> x, CMatRef<T> dy) {
+    check_shape(dx, x.rows(), d_in(), "DoRA input gradient dx");
+    backward_impl(&dx, cache, x, dy);
+  }
+
+  /// W' - W = diag(m / n) (W + s B A) - W [d_out, d_in], the change merge() makes.
+  Matrix<T> delta() {
+    const Matrix<T> sb = m_scale * lora_B();
+    const Matrix<T> adapted = m_base.weight() + sb * lora_A();
+    const Matrix<T> g = magnitude().cwiseQuotient(adapted.rowwise().norm().transpose());
+    return g.row(0).asDiagonal() * adapted - Matrix<T>(m_base.weight());
+  }
+  /// W = diag(m / n) (W + s B A); keeps n so unmerge() can invert it.
+  void merge() {
+    WEGEFT_CHECK(!m_merged, "DoRA adapter is already merged");
+    m_merge_norm = weight_norm();
+    WEGEFT_CHECK((m_merge_norm.array() > T(0)).all() && (magnitude().array() != T(0)).all(),
+                 "DoRA merge: a zero row norm or magnitude cannot be merged invertibly");
+    m_base.weight() += delta();
+    m_merged = true;
+  }
+  /// W = diag(n / m) W' - s B A, undoing merge() (exact up to rounding if A, B and m did not change).
+  void unmerge() {
+    WEGEFT_CHECK(m_merged, "DoRA adapter is not merged");
+    const Matrix<T> ratio = m_merge_norm.cwiseQuotient(magnitude());
+    const Matrix<T> sb = m_scale * lora_B();
+    m_base.weight() = ratio.row(0).asDiagonal() * Matrix<T>(m_base.weight());
+    m_base.weight() -= sb * lora_A();
+    m_merged = false;
+  }
+  bool merged() const { return m_merged; }
+
+ private:
+  void backward_impl(MatRef<T>* dx, const Cache& cache, CMatRef<T> x, CMatRef<T> dy) {
+    WEGEFT_CHECK(cache.owner == this, "DoRA backward got a cache filled by another layer");
+    WEGEFT_CHECK(!cache.merged, "DoRA backward after a forward on merged weights; unmerge first");
+    check_shape(x, cache.u.rows(), d_in(), "DoRA backward input x");
+    check_shape(dy, cache.u.rows(), d_out(), "DoRA output gradient dy");
+    const Index n = x.rows();
+    // dm_j += sum_i dy_ij z_ij / n_j
+    grad_magnitude() += (dy.cwiseProduct(cache.z).colwise().sum()).cwiseProduct(cache.inv_n);
+    const Matrix<T> dyg = dy * cache.g.row(0).asDiagonal();  // [N, d_out]
+    const Matrix<T> g_u = m_scale * (dyg * lora_B());         // [N, r]
+    grad_B().noalias() += m_scale * (dyg.transpose() * cache.u);
+    const auto w = m_base.weight();
+    if (!cache.dropped) {
+      grad_A().noalias() += g_u.transpose() * x;
+      if (dx == nullptr) return;
+      dx->noalias() = dyg * w;
+      dx->noalias() += g_u * lora_A();
+      return;
+    }
+    Matrix<T> xd(n, x.cols());
+    dropout_apply(xd.data(), x.data(), x.size(), m_config.dropout, cache.dropout_seed);
+    grad_A().noalias() += g_u.transpose() * xd;
+    if (dx == nullptr) return;
+    // dx = dy W + mask(((g - 1) * dy) W + g_u A)
+    const Matrix<T> dym = dyg - dy;
+    Matrix<T> share = dym * w;
+    share.noalias() += g_u * lora_A();
+    dropout_apply(share.data(), share.data(), share.size(), m_config.dropout, cache.dropout_seed);
+    dx->noalias() = dy * w;
+    *dx += share;
+  }
+
+  ParameterStore<T>* m_store;
+  FrozenLinear<T> m_base;
+  DoraConfig m_config;
+  T m_scale;
+  ParamId m_a, m_b, m_m;
+  Rng m_dropout_rng;
+  Matrix<T> m_merge_norm;
+  bool m_training = true;
+  bool m_merged = false;
+};
+
+/// DoRA's entry in the method registry (adapters/registry.hpp): a PEFT LoRA config with use_dora.
+struct DoraMethod {
+  static constexpr const char* name = "dora";
+  using Config = DoraConfig;
+  template <class T>
+  using Adapter = DoraAdapter<T>;
+
+  static bool claims(const nlohmann::json& j) {
+    return j.value("peft_type", "") == "LORA" && j.contains("use_dora") && j["use_dora"].is_boolean() && j["use_dora"].get<bool>();
+  }
+  static Config config_from_json(const nlohmann::json& j, Index r, const std::string& path) {
+    const LoraConfig l = detail::lora_config_from_json(j, r, path);
+    return {.rank = l.rank, .alpha = l.alpha, .use_rslora = l.use_rslora, .dropout = l.dropout, .init = l.init};
+  }
+  static void config_to_json(nlohmann::ordered_json& j, const Config& c) { detail::lora_config_to_json(j, c.lora(), true); }
+  template <class T>
+  static Adapter<T> attach(AttachContext<T>& ctx, const AdapterSite<T>& site, const Config& c) {
+    return Adapter<T>(ctx.store, site.base, c, ctx.rng, site.name);
+  }
+};
+
+}  // namespace wegeft
