@@ -47,18 +47,17 @@ struct DoraConfig {
 };
 
 template <class T>
-class DoraAdapter {
+class DoraAdapter : public AdapterBase<DoraAdapter<T>, T> {
+  using Base = AdapterBase<DoraAdapter<T>, T>;
+  friend Base;
+
  public:
   using Config = DoraConfig;
-  struct Cache {
+  struct Cache : CacheBase {
     Matrix<T> u;      // [N, r]      drop(x) A^T
     Matrix<T> z;      // [N, d_out]  drop(x) W^T + s u B^T
     Matrix<T> g;      // [1, d_out]  m / n
     Matrix<T> inv_n;  // [1, d_out]  1 / n
-    std::uint64_t dropout_seed = 0;
-    bool dropped = false;
-    bool merged = false;
-    const void* owner = nullptr;
   };
 
   /// Registers `<name>.lora_A.weight` [r, d_in], `<name>.lora_B.weight` [d_out, r] and
@@ -66,7 +65,7 @@ class DoraAdapter {
   /// m = the row norms of W.
   DoraAdapter(ParameterStore<T>& store, FrozenLinear<T> base, const DoraConfig& config, Rng& rng,
               const std::string& name = "dora")
-      : m_store(&store), m_base(base), m_config(config) {
+      : Base(base, "DoRA", Rng()), m_store(&store), m_config(config) {
     const LoraConfig lc = config.lora();
     const Index r = config.rank, d_in = base.d_in(), d_out = base.d_out();
     WEGEFT_CHECK(r >= 1, "DoRA rank must be at least 1, got " << r << " for '" << name << "'");
@@ -87,16 +86,15 @@ class DoraAdapter {
     } else {
       fill_normal(a, rng, static_cast<T>(1.0 / static_cast<double>(r)));
     }
-    magnitude() = m_base.weight().rowwise().norm().transpose();
-    m_dropout_rng = Rng(rng.next_u64());
+    magnitude() = this->m_base.weight().rowwise().norm().transpose();
+    this->dropout_rng() = Rng(rng.next_u64());
   }
 
+  using Base::d_in;
+  using Base::d_out;
   Index rank() const { return m_config.rank; }
-  Index d_in() const { return m_base.d_in(); }
-  Index d_out() const { return m_base.d_out(); }
   T scale() const { return m_scale; }
   const DoraConfig& config() const { return m_config; }
-  FrozenLinear<T>& base() { return m_base; }
 
   MatrixMap<T> lora_A() { return m_store->value(m_a); }     // [r, d_in]
   MatrixMap<T> lora_B() { return m_store->value(m_b); }     // [d_out, r]
@@ -108,35 +106,23 @@ class DoraAdapter {
     return {{"lora_A.weight", m_a}, {"lora_B.weight", m_b}, {"lora_magnitude_vector", m_m, nullptr, true}};
   }
 
-  void set_training(bool training) { m_training = training; }
-  bool training() const { return m_training; }
-  Rng& dropout_rng() { return m_dropout_rng; }
-
   /// n = ||W + s B A|| per output row [1, d_out] (the pretrained W: not while merged).
   Matrix<T> weight_norm() {
-    WEGEFT_CHECK(!m_merged, "DoRA weight_norm() needs the pretrained W; unmerge first");
+    WEGEFT_CHECK(!this->merged(), "DoRA weight_norm() needs the pretrained W; unmerge first");
     const Matrix<T> sb = m_scale * lora_B();
-    return (m_base.weight() + sb * lora_A()).rowwise().norm().transpose();
+    return (this->m_base.weight() + sb * lora_A()).rowwise().norm().transpose();
   }
 
   /// y [N, d_out] as above. Overwrites y, fills cache.
   void forward(MatRef<T> y, Cache& cache, CMatRef<T> x) {
-    m_base.check_input(x);
-    check_shape(y, x.rows(), d_out(), "DoRA output y");
-    cache.owner = this;
-    cache.merged = m_merged;
-    if (m_merged) {
-      linear_forward<T>(y, x, m_base.weight(), m_base.bias());
-      return;
-    }
+    if (this->begin_forward(y, cache, x)) return;
     const Index n = x.rows();
     cache.inv_n = weight_norm().cwiseInverse();
     WEGEFT_CHECK(cache.inv_n.allFinite(), "DoRA: a row of W + s B A has zero norm; its direction is undefined");
     cache.g = magnitude().cwiseProduct(cache.inv_n);
-    cache.dropped = m_training && m_config.dropout > 0.0;
-    const auto w = m_base.weight();
+    const auto w = this->m_base.weight();
     const Matrix<T> sbt = m_scale * lora_B().transpose();  // [r, d_out]
-    if (!cache.dropped) {
+    if (!this->begin_dropout(cache, m_config.dropout)) {
       cache.u.noalias() = x * lora_A().transpose();
       cache.z.noalias() = x * w.transpose();
       cache.z.noalias() += cache.u * sbt;
@@ -144,7 +130,6 @@ class DoraAdapter {
     } else {
       WEGEFT_CHECK(x.outerStride() == x.cols(), "DoRA dropout needs a contiguous input x; got a view with row stride "
                                                 << x.outerStride() << " for " << x.cols() << " columns");
-      cache.dropout_seed = m_dropout_rng.next_u64();
       Matrix<T> xd(n, x.cols());
       dropout_apply(xd.data(), x.data(), x.size(), m_config.dropout, cache.dropout_seed);
       cache.u.noalias() = xd * lora_A().transpose();
@@ -154,57 +139,42 @@ class DoraAdapter {
       y.noalias() = x * w.transpose();
       y += cache.z * cache.g.row(0).asDiagonal() - zb;  // (g - 1) zb + g s u B^T
     }
-    if (m_base.bias() != nullptr) y.rowwise() += ConstVectorMap<T>(m_base.bias(), d_out()).transpose();
-  }
-
-  /// Parameter gradients only: grad_A, grad_B, grad_magnitude += ...
-  void backward(const Cache& cache, CMatRef<T> x, CMatRef<T> dy) { backward_impl(nullptr, cache, x, dy); }
-  /// Also the input gradient dx [N, d_in]. Overwrites dx.
-  void backward(MatRef<T> dx, const Cache& cache, CMatRef<T> x, CMatRef<T> dy) {
-    check_shape(dx, x.rows(), d_in(), "DoRA input gradient dx");
-    backward_impl(&dx, cache, x, dy);
+    if (this->m_base.bias() != nullptr) y.rowwise() += ConstVectorMap<T>(this->m_base.bias(), d_out()).transpose();
   }
 
   /// W' - W = diag(m / n) (W + s B A) - W [d_out, d_in], the change merge() makes.
   Matrix<T> delta() {
     const Matrix<T> sb = m_scale * lora_B();
-    const Matrix<T> adapted = m_base.weight() + sb * lora_A();
+    const Matrix<T> adapted = this->m_base.weight() + sb * lora_A();
     const Matrix<T> g = magnitude().cwiseQuotient(adapted.rowwise().norm().transpose());
-    return g.row(0).asDiagonal() * adapted - Matrix<T>(m_base.weight());
+    return g.row(0).asDiagonal() * adapted - Matrix<T>(this->m_base.weight());
   }
-  /// W = diag(m / n) (W + s B A); keeps n so unmerge() can invert it.
-  void merge() {
-    WEGEFT_CHECK(!m_merged, "DoRA adapter is already merged");
+
+ private:
+  /// merge(): W = diag(m / n) (W + s B A); keeps n so unmerge() can invert it.
+  void merge_weights() {
     m_merge_norm = weight_norm();
     WEGEFT_CHECK((m_merge_norm.array() > T(0)).all() && (magnitude().array() != T(0)).all(),
                  "DoRA merge: a zero row norm or magnitude cannot be merged invertibly");
-    m_base.weight() += delta();
-    m_merged = true;
+    this->m_base.weight() += delta();
   }
-  /// W = diag(n / m) W' - s B A, undoing merge() (exact up to rounding if A, B and m did not change).
-  void unmerge() {
-    WEGEFT_CHECK(m_merged, "DoRA adapter is not merged");
+  /// unmerge(): W = diag(n / m) W' - s B A (exact up to rounding if A, B and m did not change).
+  void unmerge_weights() {
     const Matrix<T> ratio = m_merge_norm.cwiseQuotient(magnitude());
     const Matrix<T> sb = m_scale * lora_B();
-    m_base.weight() = ratio.row(0).asDiagonal() * Matrix<T>(m_base.weight());
-    m_base.weight() -= sb * lora_A();
-    m_merged = false;
+    this->m_base.weight() = ratio.row(0).asDiagonal() * Matrix<T>(this->m_base.weight());
+    this->m_base.weight() -= sb * lora_A();
   }
-  bool merged() const { return m_merged; }
 
- private:
+  /// grad_A, grad_B, grad_magnitude += ...; dx (when not null) overwritten.
   void backward_impl(MatRef<T>* dx, const Cache& cache, CMatRef<T> x, CMatRef<T> dy) {
-    WEGEFT_CHECK(cache.owner == this, "DoRA backward got a cache filled by another layer");
-    WEGEFT_CHECK(!cache.merged, "DoRA backward after a forward on merged weights; unmerge first");
-    check_shape(x, cache.u.rows(), d_in(), "DoRA backward input x");
-    check_shape(dy, cache.u.rows(), d_out(), "DoRA output gradient dy");
     const Index n = x.rows();
     // dm_j += sum_i dy_ij z_ij / n_j
     grad_magnitude() += (dy.cwiseProduct(cache.z).colwise().sum()).cwiseProduct(cache.inv_n);
     const Matrix<T> dyg = dy * cache.g.row(0).asDiagonal();  // [N, d_out]
     const Matrix<T> g_u = m_scale * (dyg * lora_B());         // [N, r]
     grad_B().noalias() += m_scale * (dyg.transpose() * cache.u);
-    const auto w = m_base.weight();
+    const auto w = this->m_base.weight();
     if (!cache.dropped) {
       grad_A().noalias() += g_u.transpose() * x;
       if (dx == nullptr) return;
@@ -226,14 +196,10 @@ class DoraAdapter {
   }
 
   ParameterStore<T>* m_store;
-  FrozenLinear<T> m_base;
   DoraConfig m_config;
   T m_scale;
   ParamId m_a, m_b, m_m;
-  Rng m_dropout_rng;
   Matrix<T> m_merge_norm;
-  bool m_training = true;
-  bool m_merged = false;
 };
 
 /// DoRA's entry in the method registry (adapters/registry.hpp): a PEFT LoRA config with use_dora.

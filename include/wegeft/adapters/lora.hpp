@@ -56,23 +56,22 @@ inline double lora_scale(const LoraConfig& c) {
 }
 
 template <class T>
-class LoraAdapter {
+class LoraAdapter : public AdapterBase<LoraAdapter<T>, T> {
+  using Base = AdapterBase<LoraAdapter<T>, T>;
+  friend Base;
+
  public:
   using Config = LoraConfig;
-  /// What forward() leaves for backward(): u = drop(x) A^T and the dropout seed.
-  struct Cache {
-    Matrix<T> u;                  // [N, r]
-    std::uint64_t dropout_seed = 0;
-    bool dropped = false;         // dropout was applied in this call
-    bool merged = false;          // forward ran on merged weights (backward is then refused)
-    const void* owner = nullptr;  // the adapter that filled it
+  /// What forward() leaves for backward(): u = drop(x) A^T (and, in CacheBase, the dropout seed).
+  struct Cache : CacheBase {
+    Matrix<T> u;  // [N, r]
   };
 
   /// Registers `<name>.lora_A.weight` [r, d_in] and `<name>.lora_B.weight` [d_out, r] in `store` and
   /// initialises them from `rng`. The adapter keeps a pointer to `store` and the view `base`.
   LoraAdapter(ParameterStore<T>& store, FrozenLinear<T> base, const LoraConfig& config, Rng& rng,
               const std::string& name = "lora")
-      : m_store(&store), m_base(base), m_config(config) {
+      : Base(base, "LoRA", Rng()), m_store(&store), m_config(config) {
     const Index r = config.rank, d_in = base.d_in(), d_out = base.d_out();
     WEGEFT_CHECK(r >= 1, "LoRA rank must be at least 1, got " << r << " for '" << name << "'");
     WEGEFT_CHECK(r <= std::min(d_in, d_out), "LoRA rank " << r << " exceeds min(d_in, d_out) = min("
@@ -91,16 +90,15 @@ class LoraAdapter {
     } else {
       fill_normal(a, rng, static_cast<T>(1.0 / static_cast<double>(r)));
     }
-    m_dropout_rng = Rng(rng.next_u64());
+    this->dropout_rng() = Rng(rng.next_u64());
   }
 
+  using Base::d_in;
+  using Base::d_out;
   Index rank() const { return m_config.rank; }
-  Index d_in() const { return m_base.d_in(); }
-  Index d_out() const { return m_base.d_out(); }
   T scale() const { return m_scale; }
   const LoraConfig& config() const { return m_config; }
   Index parameter_count() const { return rank() * (d_in() + d_out()); }
-  FrozenLinear<T>& base() { return m_base; }
 
   MatrixMap<T> lora_A() { return m_store->value(m_a); }  // [r, d_in]
   MatrixMap<T> lora_B() { return m_store->value(m_b); }  // [d_out, r]
@@ -110,30 +108,15 @@ class LoraAdapter {
   ParamId id_B() const { return m_b; }
   std::vector<AdapterParam> parameters() const { return {{"lora_A.weight", m_a}, {"lora_B.weight", m_b}}; }
 
-  /// Dropout is applied only in training mode (the default).
-  void set_training(bool training) { m_training = training; }
-  bool training() const { return m_training; }
-  /// The stream of per-call dropout seeds; save and restore it to replay a call exactly.
-  Rng& dropout_rng() { return m_dropout_rng; }
-
   /// y [N, d_out] = x W^T + b + s (drop(x) A^T) B^T. Overwrites y, fills cache.
   void forward(MatRef<T> y, Cache& cache, CMatRef<T> x) {
-    m_base.check_input(x);
-    check_shape(y, x.rows(), d_out(), "LoRA output y");
-    cache.owner = this;
-    cache.merged = m_merged;
-    if (m_merged) {
-      linear_forward<T>(y, x, m_base.weight(), m_base.bias());
-      return;
-    }
+    if (this->begin_forward(y, cache, x)) return;
     const auto a = lora_A();
     const Index n = x.rows();
     cache.u.resize(n, rank());
-    cache.dropped = m_training && m_config.dropout > 0.0;
-    if (cache.dropped) {
+    if (this->begin_dropout(cache, m_config.dropout)) {
       WEGEFT_CHECK(x.outerStride() == x.cols(), "LoRA dropout needs a contiguous input x; got a view with row stride "
                                                 << x.outerStride() << " for " << x.cols() << " columns");
-      cache.dropout_seed = m_dropout_rng.next_u64();
       auto xd = workspace<T>(1, n, x.cols());
       dropout_apply(xd.data(), x.data(), x.size(), m_config.dropout, cache.dropout_seed);
       rank_r_project(cache.u.data(), xd.data(), xd.outerStride(), a.data(), n, d_in(), rank());
@@ -141,47 +124,27 @@ class LoraAdapter {
     // Scale factors go on the small operands, never on an [N, d] one (that would copy it).
     const Matrix<T> sbt = m_scale * lora_B().transpose();  // [r, d_out]
     if (cache.dropped) {
-      linear_forward_plus<T>(y, x, m_base.weight(), m_base.bias(), cache.u, sbt);
+      linear_forward_plus<T>(y, x, this->m_base.weight(), this->m_base.bias(), cache.u, sbt);
       return;
     }
     // u = x A^T and y = b + u (s B)^T in one pass each, then the frozen GEMM accumulates x W^T.
     rank_r_project_expand(cache.u.data(), x.data(), x.outerStride(), a.data(), d_in(), y.data(), y.outerStride(),
-                          m_base.bias(), sbt.data(), d_out(), n, rank());
-    y.noalias() += x * m_base.weight().transpose();
-  }
-
-  /// Parameter gradients only: grad_A += ..., grad_B += ...
-  void backward(const Cache& cache, CMatRef<T> x, CMatRef<T> dy) { backward_impl(nullptr, cache, x, dy); }
-  /// Also the input gradient: dx [N, d_in] = dy W + (s dy B) A (masked). Overwrites dx.
-  void backward(MatRef<T> dx, const Cache& cache, CMatRef<T> x, CMatRef<T> dy) {
-    check_shape(dx, x.rows(), d_in(), "LoRA input gradient dx");
-    backward_impl(&dx, cache, x, dy);
+                          this->m_base.bias(), sbt.data(), d_out(), n, rank());
+    y.noalias() += x * this->m_base.weight().transpose();
   }
 
   /// s B A [d_out, d_in], the update that merge() adds to W.
   Matrix<T> delta() { return (m_scale * lora_B()) * lora_A(); }
-  /// W += s B A. Afterwards forward() is the plain base layer and backward() is refused.
-  void merge() {
-    WEGEFT_CHECK(!m_merged, "LoRA adapter is already merged");
-    m_base.weight() += delta();
-    m_merged = true;
-  }
-  /// W -= s B A, undoing merge() (exact up to rounding if A and B did not change in between).
-  void unmerge() {
-    WEGEFT_CHECK(m_merged, "LoRA adapter is not merged");
-    m_base.weight() -= delta();
-    m_merged = false;
-  }
-  bool merged() const { return m_merged; }
 
  private:
+  void merge_weights() { this->m_base.weight() += delta(); }
+  void unmerge_weights() { this->m_base.weight() -= delta(); }
+
+  /// grad_A, grad_B += ...; dx (when not null) = dy W + (s dy B) A, masked.
   void backward_impl(MatRef<T>* dx, const Cache& cache, CMatRef<T> x, CMatRef<T> dy) {
-    WEGEFT_CHECK(cache.owner == this, "LoRA backward got a cache filled by another layer");
-    WEGEFT_CHECK(!cache.merged, "LoRA backward after a forward on merged weights; unmerge first");
-    check_shape(x, cache.u.rows(), d_in(), "LoRA backward input x");
-    check_shape(dy, cache.u.rows(), d_out(), "LoRA output gradient dy");
     const auto a = lora_A();
     const auto b = lora_B();
+    const auto& w = this->m_base.weight();
     const Matrix<T> sb = m_scale * b;                   // [d_out, r]
     const Matrix<T> su = m_scale * cache.u;             // [N, r]
     Matrix<T> g_u(x.rows(), rank());                     // [N, r] = dy (s B)
@@ -191,7 +154,7 @@ class LoraAdapter {
       rank_r_backward(g_u.data(), grad_B().data(), grad_A().data(), dx != nullptr ? dx->data() : nullptr,
                       dx != nullptr ? dx->outerStride() : 0, dy.data(), dy.outerStride(), sb.data(), su.data(), x.data(),
                       x.outerStride(), a.data(), n, d_out(), d_in(), rank());
-      if (dx != nullptr) dx->noalias() += dy * m_base.weight();
+      if (dx != nullptr) dx->noalias() += dy * w;
       return;
     }
     // one pass over dy for both g_u and dB += s dy^T u
@@ -208,21 +171,17 @@ class LoraAdapter {
                   a.data(), n, d_in(), rank());
     dropout_apply(share.data(), share.data(), share.size(), m_config.dropout, cache.dropout_seed);
     if (contiguous) {
-      dx->noalias() += dy * m_base.weight();
+      dx->noalias() += dy * w;
     } else {
-      linear_backward_input<T>(*dx, dy, m_base.weight());
+      linear_backward_input<T>(*dx, dy, w);
       *dx += xd;
     }
   }
 
   ParameterStore<T>* m_store;
-  FrozenLinear<T> m_base;
   LoraConfig m_config;
   T m_scale;
   ParamId m_a, m_b;
-  Rng m_dropout_rng;
-  bool m_training = true;
-  bool m_merged = false;
 };
 
 namespace detail {

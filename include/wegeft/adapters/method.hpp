@@ -12,12 +12,16 @@
 //   M::attach<T>(context, site, config)   a new Adapter<T> on one frozen linear
 // and registers once, in registry.hpp's AdapterMethods list.
 //
+// AdapterBase holds what every adapter shares (the frozen layer, dropout mode and stream, merge
+// state and guards, the backward overloads and their checks); an adapter class derives from it.
+//
 // An adapter keeps its trainable tensors in a ParameterStore and names them relative to its
 // module ("lora_A.weight"); a tensor shared by a group of modules (a WeGeFT generator) carries the
 // group's identity, and files store it once, under one member of the group.
 #pragma once
 
 #include <concepts>
+#include <cstdint>
 #include <map>
 #include <memory>
 #include <string>
@@ -64,6 +68,97 @@ struct AttachContext {
   Rng& rng;
   SharedObjects& shared;
   Index call = 0;  ///< which attach() call of the set this is: groups never span two calls
+};
+
+/// What every adapter's forward leaves in its cache besides its own tensors.
+struct CacheBase {
+  Index n = 0;                    // tokens of the call
+  std::uint64_t dropout_seed = 0;
+  bool dropped = false;           // dropout was applied in this call
+  bool merged = false;            // forward ran on merged weights (backward is then refused)
+  const void* owner = nullptr;    // the adapter that filled it
+};
+
+/// The scaffolding every adapter shares: the frozen layer, the training flag and dropout stream,
+/// merge state with its guards, and the two backward overloads with their checks. Derived
+/// implements merge_weights(), unmerge_weights() and backward_impl(dx or null, cache, x, dy).
+template <class Derived, class T>
+class AdapterBase {
+ public:
+  Index d_in() const { return m_base.d_in(); }
+  Index d_out() const { return m_base.d_out(); }
+  FrozenLinear<T>& base() { return m_base; }
+  /// Dropout is applied only in training mode (the default).
+  void set_training(bool training) { m_training = training; }
+  bool training() const { return m_training; }
+  /// The stream of per-call dropout seeds; save and restore it to replay a call exactly.
+  Rng& dropout_rng() { return m_dropout_rng; }
+  bool merged() const { return m_merged; }
+
+  /// Parameter gradients only (+=).
+  template <class Cache>
+  void backward(const Cache& cache, CMatRef<T> x, CMatRef<T> dy) {
+    check_backward(cache, x, dy);
+    self().backward_impl(nullptr, cache, x, dy);
+  }
+  /// Parameter gradients (+=) and the input gradient dx [N, d_in] (overwritten).
+  template <class Cache>
+  void backward(MatRef<T> dx, const Cache& cache, CMatRef<T> x, CMatRef<T> dy) {
+    check_backward(cache, x, dy);
+    check_shape(dx, x.rows(), d_in(), m_kind, "input gradient dx");
+    self().backward_impl(&dx, cache, x, dy);
+  }
+  /// W += delta(). Afterwards forward() is the plain base layer and backward() is refused.
+  void merge() {
+    WEGEFT_CHECK(!m_merged, m_kind << " adapter is already merged");
+    self().merge_weights();
+    m_merged = true;
+  }
+  /// Restores W from the merged weight.
+  void unmerge() {
+    WEGEFT_CHECK(m_merged, m_kind << " adapter is not merged");
+    self().unmerge_weights();
+    m_merged = false;
+  }
+
+ protected:
+  AdapterBase(FrozenLinear<T> base, const char* kind, Rng dropout_rng)
+      : m_base(base), m_kind(kind), m_dropout_rng(dropout_rng) {}
+
+  /// Checks a forward's shapes and stamps the cache. When merged, computes the plain layer into
+  /// y and returns true (the forward is done).
+  bool begin_forward(MatRef<T> y, CacheBase& cache, CMatRef<T> x) {
+    m_base.check_input(x);
+    check_shape(y, x.rows(), d_out(), m_kind, "output y");
+    cache.owner = this;
+    cache.merged = m_merged;
+    cache.n = x.rows();
+    cache.dropped = false;
+    if (m_merged) linear_forward<T>(y, x, m_base.weight(), m_base.bias());
+    return m_merged;
+  }
+  /// Whether this call applies dropout of probability p; if so, draws its seed into the cache.
+  bool begin_dropout(CacheBase& cache, double p) {
+    cache.dropped = m_training && p > 0.0;
+    if (cache.dropped) cache.dropout_seed = m_dropout_rng.next_u64();
+    return cache.dropped;
+  }
+
+  FrozenLinear<T> m_base;
+
+ private:
+  Derived& self() { return static_cast<Derived&>(*this); }
+  void check_backward(const CacheBase& cache, CMatRef<T> x, CMatRef<T> dy) const {
+    WEGEFT_CHECK(cache.owner == this, m_kind << " backward got a cache filled by another layer");
+    WEGEFT_CHECK(!cache.merged, m_kind << " backward after a forward on merged weights; unmerge first");
+    check_shape(x, cache.n, d_in(), m_kind, "backward input x");
+    check_shape(dy, cache.n, d_out(), m_kind, "output gradient dy");
+  }
+
+  const char* m_kind;
+  Rng m_dropout_rng;
+  bool m_training = true;
+  bool m_merged = false;
 };
 
 /// The adapted-layer half of the contract.

@@ -158,28 +158,27 @@ class WeGeFTGenerator {
 
 /// One frozen linear layer adapted by a (possibly shared) WeGeFTGenerator.
 template <class T>
-class WeGeFTAdapter {
+class WeGeFTAdapter : public AdapterBase<WeGeFTAdapter<T>, T> {
+  using Base = AdapterBase<WeGeFTAdapter<T>, T>;
+  friend Base;
+
  public:
   using Config = WeGeFTConfig;
-  struct Cache {
+  struct Cache : CacheBase {
     WeGeFTOrder order = WeGeFTOrder::automatic;  // the order this call used
     Matrix<T> u;                                 // [N, r]  x Psi^T
     Matrix<T> p;                                 // [d_out, r]  D(W) Phi^T (weight side only)
-    std::uint64_t dropout_seed = 0;
-    bool dropped = false;
-    bool merged = false;
-    const void* owner = nullptr;
   };
 
   /// Attaches `base` to `generator` (checks d_in); `rng` seeds this layer's dropout stream.
   WeGeFTAdapter(WeGeFTGenerator<T>& generator, FrozenLinear<T> base, Rng& rng,
                 WeGeFTOrder order = WeGeFTOrder::automatic)
-      : m_gen(&generator), m_base(base), m_order(order), m_dropout_rng(rng.next_u64()) {
+      : Base(base, "WeGeFT", Rng(rng.next_u64())), m_gen(&generator), m_order(order) {
     generator.attach(base);
   }
 
-  Index d_in() const { return m_base.d_in(); }
-  Index d_out() const { return m_base.d_out(); }
+  using Base::d_in;
+  using Base::d_out;
   WeGeFTGenerator<T>& generator() { return *m_gen; }
   const WeGeFTGenerator<T>& generator() const { return *m_gen; }
   const WeGeFTConfig& config() const { return m_gen->config(); }
@@ -187,12 +186,8 @@ class WeGeFTAdapter {
   std::vector<AdapterParam> parameters() const {
     return {{"wegeft_phi.weight", m_gen->id_phi(), m_gen}, {"wegeft_psi.weight", m_gen->id_psi(), m_gen}};
   }
-  FrozenLinear<T>& base() { return m_base; }
   void set_order(WeGeFTOrder order) { m_order = order; }
   WeGeFTOrder order() const { return m_order; }
-  void set_training(bool training) { m_training = training; }
-  bool training() const { return m_training; }
-  Rng& dropout_rng() { return m_dropout_rng; }
 
   /// The order a call with N tokens will use.
   WeGeFTOrder resolve_order(Index n) const {
@@ -213,33 +208,23 @@ class WeGeFTAdapter {
 
   /// y [N, d_out] = x W^T + b + s (x Psi^T)(D(W) Phi^T)^T. Overwrites y, fills cache.
   void forward(MatRef<T> y, Cache& cache, CMatRef<T> x) {
-    m_base.check_input(x);
-    check_shape(y, x.rows(), d_out(), "WeGeFT output y");
-    cache.owner = this;
-    cache.merged = m_merged;
-    const auto& w = m_base.weight();
-    if (m_merged) {
-      linear_forward<T>(y, x, w, m_base.bias());
-      return;
-    }
+    if (this->begin_forward(y, cache, x)) return;
+    const auto& w = this->m_base.weight();
     const T s = m_gen->scale();
     cache.order = resolve_order(x.rows());
     const Index n = x.rows(), r = m_gen->rank();
     cache.u.resize(n, r);
     if (cache.order == WeGeFTOrder::input_edit) {
       rank_r_project(cache.u.data(), x.data(), x.outerStride(), m_gen->psi().data(), n, d_in(), r);
-      cache.dropped = false;
       // x_hat = x + s u Phi in one pass (scale on the small operand, not an [N, d] one)
       auto x_hat = workspace<T>(0, n, x.cols());
       const Matrix<T> s_phi = s * m_gen->phi();
       rank_r_expand(x_hat.data(), x_hat.outerStride(), x.data(), x.outerStride(), static_cast<const T*>(nullptr),
                     cache.u.data(), s_phi.data(), n, d_in(), r);
-      linear_forward<T>(y, x_hat, w, m_base.bias());
+      linear_forward<T>(y, x_hat, w, this->m_base.bias());
       return;
     }
-    cache.dropped = dropout_active();
-    if (cache.dropped) {
-      cache.dropout_seed = m_dropout_rng.next_u64();
+    if (this->begin_dropout(cache, m_gen->config().dropout)) {
       cache.p.noalias() = dropped_weight(cache.dropout_seed) * m_gen->phi().transpose();
     } else {  // P = W Phi^T: r dot products per row of W
       cache.p.resize(d_out(), m_gen->rank());
@@ -248,37 +233,26 @@ class WeGeFTAdapter {
     const Matrix<T> s_pt = s * cache.p.transpose();  // [r, d_out]
     // u = x Psi^T and y = b + u (s P)^T in one pass each, then the frozen GEMM accumulates x W^T.
     rank_r_project_expand(cache.u.data(), x.data(), x.outerStride(), m_gen->psi().data(), d_in(), y.data(),
-                          y.outerStride(), m_base.bias(), s_pt.data(), d_out(), n, r);
+                          y.outerStride(), this->m_base.bias(), s_pt.data(), d_out(), n, r);
     y.noalias() += x * w.transpose();
-  }
-
-  /// Generator gradients only: grad_phi += ..., grad_psi += ... (summed over the group).
-  void backward(const Cache& cache, CMatRef<T> x, CMatRef<T> dy) { backward_impl(nullptr, cache, x, dy); }
-  /// Also the input gradient dx [N, d_in]. Overwrites dx.
-  void backward(MatRef<T> dx, const Cache& cache, CMatRef<T> x, CMatRef<T> dy) {
-    check_shape(dx, x.rows(), d_in(), "WeGeFT input gradient dx");
-    backward_impl(&dx, cache, x, dy);
   }
 
   /// C = W Phi^T [d_out, r]: its columns score tokens by the r generated directions
   /// (the interpretability maps of the paper). Uses the pretrained W, so not while merged.
   Matrix<T> projected_weight() {
-    WEGEFT_CHECK(!m_merged, "projected_weight() needs the pretrained W; unmerge first");
-    return m_base.weight() * m_gen->phi().transpose();
+    WEGEFT_CHECK(!this->merged(), "projected_weight() needs the pretrained W; unmerge first");
+    return this->m_base.weight() * m_gen->phi().transpose();
   }
   /// dW = s (W Phi^T) Psi [d_out, d_in], the update merge() adds to W.
   Matrix<T> delta() { return (m_gen->scale() * projected_weight()) * m_gen->psi(); }
-  /// W += s (W Phi^T) Psi. Afterwards forward() is the plain base layer; backward() is refused.
-  void merge() {
-    WEGEFT_CHECK(!m_merged, "WeGeFT layer is already merged");
-    m_base.weight() += delta();
-    m_merged = true;
-  }
-  /// Recovers W from W' = W (I + s Phi^T Psi) exactly by the Woodbury identity:
+
+ private:
+  /// merge(): W += s (W Phi^T) Psi.
+  void merge_weights() { this->m_base.weight() += delta(); }
+  /// unmerge(): recovers W from W' = W (I + s Phi^T Psi) exactly by the Woodbury identity:
   /// W = W' - s (W' Phi^T) (I_r + s Psi Phi^T)^{-1} Psi. Needs the generator unchanged since
   /// merge() and I_r + s Psi Phi^T invertible.
-  void unmerge() {
-    WEGEFT_CHECK(m_merged, "WeGeFT layer is not merged");
+  void unmerge_weights() {
     const T s = m_gen->scale();
     const auto phi = m_gen->phi();
     const auto psi = m_gen->psi();
@@ -288,29 +262,23 @@ class WeGeFTAdapter {
     WEGEFT_CHECK(lu.isInvertible(), "WeGeFT unmerge: I + s Psi Phi^T is singular (rank "
                                         << lu.rank() << " of " << r
                                         << "), the merged weight cannot be inverted exactly");
-    const Matrix<T> wp = m_base.weight() * phi.transpose();  // [d_out, r]
-    m_base.weight() -= (s * wp) * lu.solve(Matrix<T>(psi));
-    m_merged = false;
+    const Matrix<T> wp = this->m_base.weight() * phi.transpose();  // [d_out, r]
+    this->m_base.weight() -= (s * wp) * lu.solve(Matrix<T>(psi));
   }
-  bool merged() const { return m_merged; }
 
- private:
-  bool dropout_active() const { return m_training && m_gen->config().dropout > 0.0; }
+  bool dropout_active() const { return this->training() && m_gen->config().dropout > 0.0; }
 
   Matrix<T> dropped_weight(std::uint64_t seed) const {
-    const auto& w = m_base.weight();
+    const auto& w = this->m_base.weight();
     Matrix<T> wd(w.rows(), w.cols());
     dropout_apply(wd.data(), w.data(), w.size(), m_gen->config().dropout, seed);
     return wd;
   }
 
+  /// grad_phi, grad_psi += this layer's share; dx (when not null) overwritten.
   void backward_impl(MatRef<T>* dx, const Cache& cache, CMatRef<T> x, CMatRef<T> dy) {
-    WEGEFT_CHECK(cache.owner == this, "WeGeFT backward got a cache filled by another layer");
-    WEGEFT_CHECK(!cache.merged, "WeGeFT backward after a forward on merged weights; unmerge first");
-    check_shape(x, cache.u.rows(), d_in(), "WeGeFT backward input x");
-    check_shape(dy, cache.u.rows(), d_out(), "WeGeFT output gradient dy");
     const T s = m_gen->scale();
-    const auto& w = m_base.weight();
+    const auto& w = this->m_base.weight();
     const auto phi = m_gen->phi();
     const auto psi = m_gen->psi();
     auto g_phi = m_gen->grad_phi();
@@ -350,11 +318,7 @@ class WeGeFTAdapter {
   }
 
   WeGeFTGenerator<T>* m_gen;
-  FrozenLinear<T> m_base;
   WeGeFTOrder m_order;
-  Rng m_dropout_rng;
-  bool m_training = true;
-  bool m_merged = false;
 };
 
 /// WeGeFT's entry in the method registry (adapters/registry.hpp). attach() finds or creates the

@@ -73,5 +73,11 @@ void check_shape(const M& m, Index rows, Index cols, const char* what) {
                what << " has shape " << shape_of(m) << ", expected [" << rows << ", " << cols
                     << "]");
 }
+/// The same for `owner`'s argument `what` ("LoRA", "output y"); builds no string unless it fails.
+template <class M>
+void check_shape(const M& m, Index rows, Index cols, const char* owner, const char* what) {
+  WEGEFT_CHECK(m.rows() == rows && m.cols() == cols,
+               owner << " " << what << " has shape " << shape_of(m) << ", expected [" << rows << ", " << cols << "]");
+}
 
 }  // namespace wegeft
