@@ -9,7 +9,7 @@
 //   build/release/examples/tiny_families [steps]
 #include <wegeft/wegeft.hpp>
 #include <wegeft/nn/model.hpp>
-#include <wegeft/optim/trainer.hpp>
+#include <wegeft/train/trainer.hpp>
 
 #include <cstdio>
 #include <cstdlib>
@@ -60,15 +60,14 @@ bool train(Family family, const MethodConfig& method, int steps) {
   Transformer<float> model(c);
   Rng init(1);
   model.init_random(init, 0.25);
-  ParameterStore<float> store;
-  const Index adapted = model.attach({.target_modules = {"all-linear"}, .method = method}, store);
+  const Index adapted = model.attach({.target_modules = {"all-linear"}, .method = method});  // into model.store()
   const bool classify = family == Family::bert || family == Family::vit;
-  if (classify) model.add_classifier(3, store);
-  Trainer<float> trainer(model, store, {.adamw = {.lr = 1e-2, .weight_decay = 0.0},
+  if (classify) model.add_classifier(3);
+  Trainer<float> trainer(model, {.adamw = {.lr = 1e-2, .weight_decay = 0.0},
                                         .schedule = {ScheduleKind::cosine, steps / 10, steps}});
   Rng data(2);
   std::printf("%-5s %-6s  %2ld adapted linears, %5ld trainable of %6ld frozen   loss:", to_string(family),
-              method_name(method), long(adapted), long(store.parameter_count()),
+              method_name(method), long(adapted), long(model.store().parameter_count()),
               long(model.frozen_parameter_count()));
   const Index batch = 16, seq = 8;
   double avg = 0, first = 0, last = 0;

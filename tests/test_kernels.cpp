@@ -6,7 +6,7 @@
 
 #include <wegeft/kernels/cpu/rank_r.hpp>
 #include <wegeft/kernels/cpu/reference.hpp>
-#include <wegeft/nn/attention.hpp>
+#include <wegeft/kernels/cpu/attention.hpp>
 #include <wegeft/nn/loss.hpp>
 #include <wegeft/nn/norms.hpp>
 #include <wegeft/optim/adamw.hpp>

@@ -6,7 +6,7 @@
 
 #include <wegeft/nn/model.hpp>
 #include <wegeft/optim/adamw.hpp>
-#include <wegeft/optim/trainer.hpp>
+#include <wegeft/train/trainer.hpp>
 
 using namespace wegeft;
 
@@ -283,7 +283,7 @@ TEST_CASE("trainer: 2 accumulated micro-batches give the same step as one batch 
     ParameterStore<double> store;
     model.attach({.target_modules = {"q", "v"}, .method = WeGeFTConfig{.rank = 2, .alpha = 4}}, store);
     model.add_classifier(3, store);
-    Trainer<double> trainer(model, store, {.adamw = {.lr = 1e-2}, .max_grad_norm = 0.5, .accumulation = accumulate ? 2 : 1});
+    Trainer<double> trainer(model, {.adamw = {.lr = 1e-2}, .max_grad_norm = 0.5, .accumulation = accumulate ? 2 : 1});
     if (accumulate) {
       trainer.classification_step({.ids = ids.data(), .batch = 2, .seq = 5}, labels.data());
       CHECK(trainer.optimizer_steps() == 0);

@@ -3,7 +3,7 @@
 #include "support.hpp"
 
 #include <wegeft/nn/activations.hpp>
-#include <wegeft/nn/attention.hpp>
+#include <wegeft/kernels/cpu/attention.hpp>
 #include <wegeft/nn/embedding.hpp>
 #include <wegeft/nn/loss.hpp>
 #include <wegeft/nn/norms.hpp>

@@ -10,7 +10,7 @@
 #include <wegeft/io/hf_model.hpp>
 #include <wegeft/io/checkpoint.hpp>
 #include <wegeft/io/peft.hpp>
-#include <wegeft/optim/trainer.hpp>
+#include <wegeft/train/trainer.hpp>
 
 using namespace wegeft;
 namespace fs = std::filesystem;
@@ -235,7 +235,7 @@ TEST_CASE("resuming from a checkpoint is bit-identical to an uninterrupted run",
   Transformer<float> a(c);
   ParameterStore<float> sa;
   setup(a, sa);
-  Trainer<float> ta(a, sa, tc);
+  Trainer<float> ta(a, tc);
   Rng da(77);
   run(a, ta, da, 8);
   // interrupted after 3 steps, saved, restored into fresh objects, 5 more steps
@@ -244,7 +244,7 @@ TEST_CASE("resuming from a checkpoint is bit-identical to an uninterrupted run",
     Transformer<float> b(c);
     ParameterStore<float> sb;
     setup(b, sb);
-    Trainer<float> tb(b, sb, tc);
+    Trainer<float> tb(b, tc);
     Rng db(77);
     run(b, tb, db, 3);
     save_checkpoint(dir.str("ckpt.safetensors"), b, sb, tb.optimizer(), {{"data", db.state()}});
@@ -252,7 +252,7 @@ TEST_CASE("resuming from a checkpoint is bit-identical to an uninterrupted run",
   Transformer<float> b(c);
   ParameterStore<float> sb;
   setup(b, sb);
-  Trainer<float> tb(b, sb, tc);
+  Trainer<float> tb(b, tc);
   std::map<std::string, Rng::State> rngs;
   load_checkpoint(dir.str("ckpt.safetensors"), b, sb, tb.optimizer(), &rngs);
   CHECK(tb.optimizer_steps() == 3);

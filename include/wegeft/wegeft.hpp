@@ -1,17 +1,18 @@
 // wegeft: parameter-efficient fine-tuning (WeGeFT, LoRA, DoRA) for transformers, header-only, CPU.
-// This umbrella never pulls in CUDA.
+// This umbrella holds the library without the file formats (those are <wegeft/io.hpp>) and never
+// pulls in CUDA. docs/architecture.md lists the layers.
 #pragma once
 
 #include "wegeft/core/error.hpp"
 #include "wegeft/core/parameters.hpp"
 #include "wegeft/core/rng.hpp"
 #include "wegeft/core/tensor.hpp"
+#include "wegeft/kernels/cpu/attention.hpp"
+#include "wegeft/kernels/cpu/threads.hpp"
 #include "wegeft/adapters/registry.hpp"
 #include "wegeft/nn/activations.hpp"
 #include "wegeft/nn/config.hpp"
-#include "wegeft/nn/attention.hpp"
 #include "wegeft/nn/embedding.hpp"
-#include "wegeft/nn/linear.hpp"
 #include "wegeft/nn/loss.hpp"
 #include "wegeft/nn/model.hpp"
 #include "wegeft/nn/norms.hpp"
@@ -21,5 +22,5 @@
 #include "wegeft/optim/clip.hpp"
 #include "wegeft/optim/schedule.hpp"
 #include "wegeft/optim/sgd.hpp"
-#include "wegeft/optim/trainer.hpp"
+#include "wegeft/train/trainer.hpp"
 #include "wegeft/version.hpp"

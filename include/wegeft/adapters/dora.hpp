@@ -32,7 +32,7 @@
 #include "wegeft/core/parameters.hpp"
 #include "wegeft/core/rng.hpp"
 #include "wegeft/core/tensor.hpp"
-#include "wegeft/nn/linear.hpp"
+#include "wegeft/adapters/frozen_linear.hpp"
 
 namespace wegeft {
 

@@ -39,7 +39,7 @@
 #include "wegeft/core/rng.hpp"
 #include "wegeft/core/tensor.hpp"
 #include "wegeft/kernels/cpu/rank_r.hpp"
-#include "wegeft/nn/linear.hpp"
+#include "wegeft/adapters/frozen_linear.hpp"
 
 namespace wegeft {
 

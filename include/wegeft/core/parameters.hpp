@@ -60,6 +60,13 @@ class ParameterStore {
     Index offset, rows, cols;
   };
 
+  ParameterStore() = default;
+  /// Move-only: adapters and models point into a store, so a copy would silently detach them.
+  ParameterStore(const ParameterStore&) = delete;
+  ParameterStore& operator=(const ParameterStore&) = delete;
+  ParameterStore(ParameterStore&&) noexcept = default;
+  ParameterStore& operator=(ParameterStore&&) noexcept = default;
+
   /// Register a [rows, cols] parameter; its value and gradient start at zero.
   ParamId add(std::string name, Index rows, Index cols) {
     WEGEFT_CHECK(rows > 0 && cols > 0, "parameter '" << name << "' has empty shape [" << rows

@@ -36,10 +36,9 @@
 #include "wegeft/core/rng.hpp"
 #include "wegeft/core/tensor.hpp"
 #include "wegeft/nn/activations.hpp"
-#include "wegeft/nn/attention.hpp"
+#include "wegeft/kernels/cpu/attention.hpp"
 #include "wegeft/nn/config.hpp"
 #include "wegeft/nn/embedding.hpp"
-#include "wegeft/nn/linear.hpp"
 #include "wegeft/nn/loss.hpp"
 #include "wegeft/nn/norms.hpp"
 #include "wegeft/nn/pooling.hpp"
@@ -154,6 +153,23 @@ class Transformer {
       }
     }
   }
+
+  /// The store of the model's trainable parameters: the one the model was bound to by the first
+  /// call that took a store (attach, add_classifier, train_norms, adapter_set), else one the model
+  /// owns, created here and bound from then on.
+  ParameterStore<T>& store() {
+    if (!m_store) {
+      m_own_store = std::make_unique<ParameterStore<T>>();
+      m_store = m_own_store.get();
+    }
+    return *m_store;
+  }
+  /// attach(), add_classifier() and train_norms() into the model's store().
+  Index attach(const AdapterSpec& spec) { return attach(spec, store()); }
+  void add_classifier(Index labels, std::optional<Pooling> pooling = {}, std::uint64_t seed = 0) {
+    add_classifier(labels, store(), pooling, seed);
+  }
+  Index train_norms(const std::string& regex) { return train_norms(regex, store()); }
 
   /// Attaches adapters to every block linear that `spec` targets; trainable parameters go into
   /// `store`, which must outlive the model. Returns the number of adapted modules. Throws, adding
@@ -729,6 +745,7 @@ class Transformer {
   std::map<std::string, Matrix<T>> m_tensors;
   std::set<std::string> m_norm_tensors;
   std::vector<Linear> m_linears;
+  std::unique_ptr<ParameterStore<T>> m_own_store;
   std::unique_ptr<AdapterSet<T>> m_adapters;
   Index m_resolved = 0;
   std::unique_ptr<RopeTable<T>> m_rope;

@@ -150,8 +150,8 @@ void rmsnorm_backward(T* dx, T* dweight, const T* dout, const T* x, const T* wei
   }
 }
 
-// Cross-entropy and AdamW, one element at a time in double (the oracles of nn/loss.hpp and
-// optim/adamw.hpp). Targets are assumed valid here; the fast paths check them.
+// Cross-entropy and AdamW, one element at a time in double (the oracles of kernels/cpu/cross_entropy.hpp
+// and kernels/cpu/adamw.hpp). Targets are assumed valid here; the fast paths check them.
 
 /// max(row) and sum(exp(row - max)) of one row of logits.
 template <class T>
@@ -221,7 +221,7 @@ void adamw_step(T* params, T* m, T* v, const T* grads, Index n, double lr, doubl
   }
 }
 
-/// Attention (nn/attention.hpp) one score at a time in double: out [B*T, H*d] and probs
+/// Attention (kernels/cpu/attention.hpp) one score at a time in double: out [B*T, H*d] and probs
 /// [B, H, T, T] from q [B*T, H*d], k, v [B*T, Hkv*d]; key_mask [B, T] may be null.
 template <class T>
 void attention_forward(T* out, T* probs, const T* q, const T* k, const T* v, const std::uint8_t* key_mask,

@@ -2,8 +2,10 @@
 // a warmup schedule and AdamW. It only calls public pieces (Transformer::forward, the loss
 // functions, backward, clip_grad_norm, AdamW::step), so a user can write their own loop instead.
 //
-//   wegeft::Trainer<float> trainer(model, store, {.adamw = {.lr = 1e-3}, .accumulation = 4,
-//                                                 .schedule = {wegeft::ScheduleKind::cosine, 10, 500}});
+//   wegeft::Trainer<float> trainer(model, {.adamw = {.lr = 1e-3}, .accumulation = 4,
+//                                          .schedule = {wegeft::ScheduleKind::cosine, 10, 500}});
+//
+// It trains the model's store() (every trainable parameter the model has when the trainer is made).
 //   for (...) double loss = trainer.lm_step(input, targets);   // optimizer steps every 4th call
 #pragma once
 
@@ -29,8 +31,8 @@ struct TrainerConfig {
 template <class T>
 class Trainer {
  public:
-  Trainer(Transformer<T>& model, ParameterStore<T>& store, const TrainerConfig& config)
-      : m_model(&model), m_store(&store), m_config(config), m_opt(config.adamw) {
+  Trainer(Transformer<T>& model, const TrainerConfig& config)
+      : m_model(&model), m_store(&model.store()), m_config(config), m_opt(config.adamw) {
     WEGEFT_CHECK(config.accumulation >= 1, "gradient accumulation needs >= 1 micro-batch, got " << config.accumulation);
   }
 
