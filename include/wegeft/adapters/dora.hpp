@@ -58,6 +58,8 @@ class DoraAdapter : public AdapterBase<DoraAdapter<T>, T> {
     Matrix<T> z;      // [N, d_out]  drop(x) W^T + s u B^T
     Matrix<T> g;      // [1, d_out]  m / n
     Matrix<T> inv_n;  // [1, d_out]  1 / n
+    Matrix<T> sbt, wa, aat, bq, zb;  // forward scratch: s B^T, W A^T, A A^T, B A A^T, drop(x) W^T
+    mutable Matrix<T> dyg, g_u, dym, share;  // backward scratch
   };
 
   /// Registers `<name>.lora_A.weight` [r, d_in], `<name>.lora_B.weight` [d_out, r] and
@@ -117,11 +119,12 @@ class DoraAdapter : public AdapterBase<DoraAdapter<T>, T> {
   void forward(MatRef<T> y, Cache& cache, CMatRef<T> x) {
     if (this->begin_forward(y, cache, x)) return;
     const Index n = x.rows();
-    cache.inv_n = weight_norm().cwiseInverse();
+    inverse_weight_norm(cache);
     WEGEFT_CHECK(cache.inv_n.allFinite(), "DoRA: a row of W + s B A has zero norm; its direction is undefined");
     cache.g = magnitude().cwiseProduct(cache.inv_n);
     const auto w = this->m_base.weight();
-    const Matrix<T> sbt = m_scale * lora_B().transpose();  // [r, d_out]
+    Matrix<T>& sbt = cache.sbt;
+    sbt.noalias() = m_scale * lora_B().transpose();  // [r, d_out]
     if (!this->begin_dropout(cache, m_config.dropout)) {
       cache.u.noalias() = x * lora_A().transpose();
       cache.z.noalias() = x * w.transpose();
@@ -130,10 +133,11 @@ class DoraAdapter : public AdapterBase<DoraAdapter<T>, T> {
     } else {
       WEGEFT_CHECK(x.outerStride() == x.cols(), "DoRA dropout needs a contiguous input x; got a view with row stride "
                                                 << x.outerStride() << " for " << x.cols() << " columns");
-      Matrix<T> xd(n, x.cols());
+      auto xd = workspace<T>(1, n, x.cols());
       dropout_apply(xd.data(), x.data(), x.size(), m_config.dropout, cache.dropout_seed);
       cache.u.noalias() = xd * lora_A().transpose();
-      Matrix<T> zb = xd * w.transpose();               // drop(x) W^T
+      Matrix<T>& zb = cache.zb;
+      zb.noalias() = xd * w.transpose();  // drop(x) W^T
       cache.z = zb;
       cache.z.noalias() += cache.u * sbt;
       y.noalias() = x * w.transpose();
@@ -171,8 +175,11 @@ class DoraAdapter : public AdapterBase<DoraAdapter<T>, T> {
     const Index n = x.rows();
     // dm_j += sum_i dy_ij z_ij / n_j
     grad_magnitude() += (dy.cwiseProduct(cache.z).colwise().sum()).cwiseProduct(cache.inv_n);
-    const Matrix<T> dyg = dy * cache.g.row(0).asDiagonal();  // [N, d_out]
-    const Matrix<T> g_u = m_scale * (dyg * lora_B());         // [N, r]
+    Matrix<T>& dyg = cache.dyg;
+    Matrix<T>& g_u = cache.g_u;
+    dyg.noalias() = dy * cache.g.row(0).asDiagonal();  // [N, d_out]
+    g_u.noalias() = dyg * lora_B();                    // [N, r]
+    g_u *= m_scale;
     grad_B().noalias() += m_scale * (dyg.transpose() * cache.u);
     const auto w = this->m_base.weight();
     if (!cache.dropped) {
@@ -182,17 +189,37 @@ class DoraAdapter : public AdapterBase<DoraAdapter<T>, T> {
       dx->noalias() += g_u * lora_A();
       return;
     }
-    Matrix<T> xd(n, x.cols());
+    auto xd = workspace<T>(1, n, x.cols());
     dropout_apply(xd.data(), x.data(), x.size(), m_config.dropout, cache.dropout_seed);
     grad_A().noalias() += g_u.transpose() * xd;
     if (dx == nullptr) return;
     // dx = dy W + mask(((g - 1) * dy) W + g_u A)
-    const Matrix<T> dym = dyg - dy;
-    Matrix<T> share = dym * w;
+    Matrix<T>& dym = cache.dym;
+    Matrix<T>& share = cache.share;
+    dym = dyg - dy;
+    share.noalias() = dym * w;
     share.noalias() += g_u * lora_A();
     dropout_apply(share.data(), share.data(), share.size(), m_config.dropout, cache.dropout_seed);
     dx->noalias() = dy * w;
     *dx += share;
+  }
+
+  /// cache.inv_n = 1 / ||W + s B A|| per row, without forming W + s B A:
+  /// n_j^2 = ||W_j||^2 + 2 s B_j (W A^T)_j^T + s^2 B_j (A A^T) B_j^T.
+  void inverse_weight_norm(Cache& cache) {
+    const auto w = this->m_base.weight();
+    const auto a = lora_A();
+    const auto b = lora_B();
+    cache.wa.resize(d_out(), rank());
+    rank_r_project(cache.wa.data(), w.data(), w.outerStride(), a.data(), d_out(), d_in(), rank());
+    cache.aat.noalias() = a * a.transpose();
+    cache.bq.noalias() = b * cache.aat;
+    const T s = m_scale;
+    cache.inv_n.resize(1, d_out());
+    for (Index j = 0; j < d_out(); ++j) {
+      const T n2 = w.row(j).squaredNorm() + 2 * s * b.row(j).dot(cache.wa.row(j)) + s * s * b.row(j).dot(cache.bq.row(j));
+      cache.inv_n(0, j) = T(1) / std::sqrt(std::max(n2, T(0)));
+    }
   }
 
   ParameterStore<T>* m_store;

@@ -64,7 +64,9 @@ class LoraAdapter : public AdapterBase<LoraAdapter<T>, T> {
   using Config = LoraConfig;
   /// What forward() leaves for backward(): u = drop(x) A^T (and, in CacheBase, the dropout seed).
   struct Cache : CacheBase {
-    Matrix<T> u;  // [N, r]
+    Matrix<T> u;                  // [N, r]
+    Matrix<T> sbt;                // [r, d_out]  s B^T
+    mutable Matrix<T> sb, su, g_u;  // backward scratch: [d_out, r] s B, [N, r] s u, [N, r] dy s B
   };
 
   /// Registers `<name>.lora_A.weight` [r, d_in] and `<name>.lora_B.weight` [d_out, r] in `store` and
@@ -122,7 +124,8 @@ class LoraAdapter : public AdapterBase<LoraAdapter<T>, T> {
       rank_r_project(cache.u.data(), xd.data(), xd.outerStride(), a.data(), n, d_in(), rank());
     }
     // Scale factors go on the small operands, never on an [N, d] one (that would copy it).
-    const Matrix<T> sbt = m_scale * lora_B().transpose();  // [r, d_out]
+    Matrix<T>& sbt = cache.sbt;
+    sbt.noalias() = m_scale * lora_B().transpose();  // [r, d_out]
     if (cache.dropped) {
       linear_forward_plus<T>(y, x, this->m_base.weight(), this->m_base.bias(), cache.u, sbt);
       return;
@@ -145,9 +148,12 @@ class LoraAdapter : public AdapterBase<LoraAdapter<T>, T> {
     const auto a = lora_A();
     const auto b = lora_B();
     const auto& w = this->m_base.weight();
-    const Matrix<T> sb = m_scale * b;                   // [d_out, r]
-    const Matrix<T> su = m_scale * cache.u;             // [N, r]
-    Matrix<T> g_u(x.rows(), rank());                     // [N, r] = dy (s B)
+    Matrix<T>& sb = cache.sb;
+    Matrix<T>& su = cache.su;
+    Matrix<T>& g_u = cache.g_u;
+    sb.noalias() = m_scale * b;        // [d_out, r]
+    su.noalias() = m_scale * cache.u;  // [N, r]
+    g_u.resize(x.rows(), rank());      // [N, r] = dy (s B)
     const Index n = x.rows();
     if (!cache.dropped) {
       // g_u, dB += s dy^T u, dA += g_u^T x and dx = g_u A together; then dx += dy W.

@@ -168,6 +168,9 @@ class WeGeFTAdapter : public AdapterBase<WeGeFTAdapter<T>, T> {
     WeGeFTOrder order = WeGeFTOrder::automatic;  // the order this call used
     Matrix<T> u;                                 // [N, r]  x Psi^T
     Matrix<T> p;                                 // [d_out, r]  D(W) Phi^T (weight side only)
+    Matrix<T> scaled;                            // s Phi [r, d_in] (input edit) or s P^T [r, d_out]
+    // backward scratch, reused across steps
+    mutable Matrix<T> s_small, su, g_u, g_p;     // s Phi^T or s P, s u, [N, r], [d_out or d_in, r]
   };
 
   /// Attaches `base` to `generator` (checks d_in); `rng` seeds this layer's dropout stream.
@@ -218,19 +221,23 @@ class WeGeFTAdapter : public AdapterBase<WeGeFTAdapter<T>, T> {
       rank_r_project(cache.u.data(), x.data(), x.outerStride(), m_gen->psi().data(), n, d_in(), r);
       // x_hat = x + s u Phi in one pass (scale on the small operand, not an [N, d] one)
       auto x_hat = workspace<T>(0, n, x.cols());
-      const Matrix<T> s_phi = s * m_gen->phi();
+      cache.scaled.noalias() = s * m_gen->phi();
       rank_r_expand(x_hat.data(), x_hat.outerStride(), x.data(), x.outerStride(), static_cast<const T*>(nullptr),
-                    cache.u.data(), s_phi.data(), n, d_in(), r);
+                    cache.u.data(), cache.scaled.data(), n, d_in(), r);
       linear_forward<T>(y, x_hat, w, this->m_base.bias());
       return;
     }
     if (this->begin_dropout(cache, m_gen->config().dropout)) {
-      cache.p.noalias() = dropped_weight(cache.dropout_seed) * m_gen->phi().transpose();
+      cache.p.resize(d_out(), m_gen->rank());
+      for_dropped_rows(cache.dropout_seed, [&](Index i0, Index rows, const T* wd) {  // P = D(W) Phi^T
+        rank_r_project(cache.p.data() + i0 * m_gen->rank(), wd, d_in(), m_gen->phi().data(), rows, d_in(), m_gen->rank());
+      });
     } else {  // P = W Phi^T: r dot products per row of W
       cache.p.resize(d_out(), m_gen->rank());
       rank_r_project(cache.p.data(), w.data(), w.outerStride(), m_gen->phi().data(), d_out(), d_in(), m_gen->rank());
     }
-    const Matrix<T> s_pt = s * cache.p.transpose();  // [r, d_out]
+    Matrix<T>& s_pt = cache.scaled;
+    s_pt.noalias() = s * cache.p.transpose();  // [r, d_out]
     // u = x Psi^T and y = b + u (s P)^T in one pass each, then the frozen GEMM accumulates x W^T.
     rank_r_project_expand(cache.u.data(), x.data(), x.outerStride(), m_gen->psi().data(), d_in(), y.data(),
                           y.outerStride(), this->m_base.bias(), s_pt.data(), d_out(), n, r);
@@ -268,11 +275,19 @@ class WeGeFTAdapter : public AdapterBase<WeGeFTAdapter<T>, T> {
 
   bool dropout_active() const { return this->training() && m_gen->config().dropout > 0.0; }
 
-  Matrix<T> dropped_weight(std::uint64_t seed) const {
+  /// f(first row, rows, D(W) of those rows) over blocks of rows of the dropped weight, each built
+  /// in a per-thread buffer of at most 64 rows with the mask of the whole weight (no [d_out, d_in]
+  /// copy).
+  template <class F>
+  void for_dropped_rows(std::uint64_t seed, F&& f) const {
     const auto& w = this->m_base.weight();
-    Matrix<T> wd(w.rows(), w.cols());
-    dropout_apply(wd.data(), w.data(), w.size(), m_gen->config().dropout, seed);
-    return wd;
+    constexpr Index kRows = 64;
+    auto block = workspace<T>(2, std::min(kRows, d_out()), d_in());
+    for (Index i0 = 0; i0 < d_out(); i0 += kRows) {
+      const Index rows = std::min(kRows, d_out() - i0);
+      dropout_apply(block.data(), w.data() + i0 * d_in(), rows * d_in(), m_gen->config().dropout, seed, i0 * d_in());
+      f(i0, rows, block.data());
+    }
   }
 
   /// grad_phi, grad_psi += this layer's share; dx (when not null) overwritten.
@@ -290,9 +305,14 @@ class WeGeFTAdapter : public AdapterBase<WeGeFTAdapter<T>, T> {
                              : View(workspace<T>(0, x.rows(), x.cols()).data(), x.rows(), x.cols(), Eigen::OuterStride<>(x.cols()));
       h.noalias() = dy * w;
       // One pass over h: t = s h Phi^T [N, r] (dL/du) and G = s h^T u = dPhi^T [d_in, r].
-      const Matrix<T> s_phi_t = s * phi.transpose();
-      const Matrix<T> su = s * cache.u;
-      Matrix<T> t(x.rows(), m_gen->rank()), G = Matrix<T>::Zero(d_in(), m_gen->rank());
+      Matrix<T>& s_phi_t = cache.s_small;
+      Matrix<T>& su = cache.su;
+      Matrix<T>& t = cache.g_u;
+      Matrix<T>& G = cache.g_p;
+      s_phi_t.noalias() = s * phi.transpose();
+      su.noalias() = s * cache.u;
+      t.resize(x.rows(), m_gen->rank());
+      G.setZero(d_in(), m_gen->rank());
       rank_r_pass(t.data(), G.data(), h.data(), s_phi_t.data(), su.data(), x.rows(), d_in(), m_gen->rank(), h.outerStride());
       rank_r_reduce(g_psi.data(), t.data(), x.data(), x.outerStride(), x.rows(), d_in(), m_gen->rank());
       g_phi += G.transpose();
@@ -301,16 +321,22 @@ class WeGeFTAdapter : public AdapterBase<WeGeFTAdapter<T>, T> {
                       t.data(), psi.data(), x.rows(), d_in(), m_gen->rank());
       return;
     }
-    const Matrix<T> s_p = s * cache.p;
-    Matrix<T> g_u(x.rows(), m_gen->rank());                      // [N, r] = s dy P
-    Matrix<T> g_p = Matrix<T>::Zero(d_out(), m_gen->rank());     // [d_out, r] = s dy^T u
-    const Matrix<T> su = s * cache.u;
+    Matrix<T>& s_p = cache.s_small;
+    Matrix<T>& g_u = cache.g_u;  // [N, r] = s dy P
+    Matrix<T>& g_p = cache.g_p;  // [d_out, r] = s dy^T u
+    Matrix<T>& su = cache.su;
+    s_p.noalias() = s * cache.p;
+    g_u.resize(x.rows(), m_gen->rank());
+    g_p.setZero(d_out(), m_gen->rank());
+    su.noalias() = s * cache.u;
     // g_u, g_p, dPsi += g_u^T x and dx = g_u Psi together; dx += dy W below.
     rank_r_backward(g_u.data(), g_p.data(), g_psi.data(), dx != nullptr ? dx->data() : nullptr,
                     dx != nullptr ? dx->outerStride() : 0, dy.data(), dy.outerStride(), s_p.data(), su.data(), x.data(),
                     x.outerStride(), psi.data(), x.rows(), d_out(), d_in(), m_gen->rank());
     if (cache.dropped) {
-      g_phi.noalias() += g_p.transpose() * dropped_weight(cache.dropout_seed);
+      for_dropped_rows(cache.dropout_seed, [&](Index i0, Index rows, const T* wd) {  // dPhi += g_p^T D(W)
+        rank_r_reduce(g_phi.data(), g_p.data() + i0 * m_gen->rank(), wd, d_in(), rows, d_in(), m_gen->rank());
+      });
     } else {  // dPhi += g_p^T W
       rank_r_reduce(g_phi.data(), g_p.data(), w.data(), w.outerStride(), d_out(), d_in(), m_gen->rank());
     }

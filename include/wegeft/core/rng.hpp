@@ -114,17 +114,17 @@ void fill_normal(M&& m, Rng& rng, T std) {
 /// kept when word i of stream 0 under `seed` is >= p * 2^32, and kept values are scaled by
 /// 1 / (1 - p). out = in * mask; out may alias in. Calling it twice with the same seed
 /// reproduces the same mask, which is how backward passes regenerate it instead of storing it.
+/// With `offset`, out and in hold elements [offset, offset + n) of the masked tensor, so a tensor
+/// can be masked a piece at a time with the mask of the whole.
 template <class T>
-void dropout_apply(T* out, const T* in, Index n, double p, std::uint64_t seed) {
+void dropout_apply(T* out, const T* in, Index n, double p, std::uint64_t seed, Index offset = 0) {
   WEGEFT_CHECK(p >= 0.0 && p < 1.0, "dropout probability " << p << " is outside [0, 1)");
   const auto threshold = static_cast<std::uint64_t>(std::ldexp(p, 32));
   const T scale = static_cast<T>(1.0 / (1.0 - p));
-  for (Index block = 0; block * 4 < n; ++block) {
-    const auto words = philox_block(seed, 0, static_cast<std::uint64_t>(block));
-    for (Index k = 0; k < 4 && block * 4 + k < n; ++k) {
-      const Index i = block * 4 + k;
-      out[i] = words[k] >= threshold ? in[i] * scale : T(0);
-    }
+  for (Index i = 0; i < n;) {
+    const Index g = offset + i;
+    const auto words = philox_block(seed, 0, static_cast<std::uint64_t>(g / 4));
+    for (Index k = g % 4; k < 4 && i < n; ++k, ++i) out[i] = words[k] >= threshold ? in[i] * scale : T(0);
   }
 }
 

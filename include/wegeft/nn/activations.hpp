@@ -4,6 +4,7 @@
 // references for the tests.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <numbers>
 
@@ -44,6 +45,11 @@ template <class T>
 using ConstArrayMap = Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>>;
 template <class T>
 using ArrayMap = Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>>;
+/// Elementwise kernels that need intermediates run over blocks of this many elements, whose
+/// intermediates live on the stack (no heap allocation per call).
+inline constexpr Index kActivationBlock = 256;
+template <class T>
+using BlockArray = Eigen::Array<T, Eigen::Dynamic, 1, 0, kActivationBlock, 1>;
 }  // namespace detail
 
 /// out [n] = gelu(x [n]). out may alias x. Vectorized (Eigen's erf, tanh and exp packets);
@@ -68,9 +74,14 @@ void gelu_backward(T* dx, const T* dout, const T* x, Index n, GeluKind kind) {
     const T inv_sqrt_2pi = T(0.3989422804014327);
     d = g * (T(0.5) * (T(1) + (v * T(detail::kInvSqrt2)).erf()) + v * inv_sqrt_2pi * (T(-0.5) * v.square()).exp());
   } else {
-    const auto t = (T(detail::kSqrt2OverPi) * (v + T(detail::kGeluTanhCubic) * v.cube())).tanh().eval();
-    d = g * (T(0.5) * (T(1) + t) + T(0.5) * v * (T(1) - t.square()) * T(detail::kSqrt2OverPi) *
-                                       (T(1) + T(3 * detail::kGeluTanhCubic) * v.square()));
+    for (Index i = 0; i < n; i += detail::kActivationBlock) {
+      const Index len = std::min(detail::kActivationBlock, n - i);
+      const auto vb = v.segment(i, len);
+      const detail::BlockArray<T> t = (T(detail::kSqrt2OverPi) * (vb + T(detail::kGeluTanhCubic) * vb.cube())).tanh();
+      d.segment(i, len) = g.segment(i, len) * (T(0.5) * (T(1) + t) + T(0.5) * vb * (T(1) - t.square()) *
+                                                                   T(detail::kSqrt2OverPi) *
+                                                                   (T(1) + T(3 * detail::kGeluTanhCubic) * vb.square()));
+    }
   }
 }
 
@@ -84,12 +95,14 @@ void swiglu_forward(T* out, const T* gate, const T* up, Index n) {
 /// dgate [n], dup [n] from dout [n]; either output may alias dout.
 template <class T>
 void swiglu_backward(T* dgate, T* dup, const T* dout, const T* gate, const T* up, Index n) {
-  const detail::ConstArrayMap<T> g(gate, n), u(up, n), d(dout, n);
-  const auto s = g.logistic().eval();
-  const auto silu = (g * s).eval();
-  const auto dg = (d * u * s * (T(1) + g * (T(1) - s))).eval();  // evaluated before dup may overwrite dout
-  detail::ArrayMap<T>(dup, n) = d * silu;
-  detail::ArrayMap<T>(dgate, n) = dg;
+  for (Index i = 0; i < n; i += detail::kActivationBlock) {
+    const Index len = std::min(detail::kActivationBlock, n - i);
+    const detail::ConstArrayMap<T> g(gate + i, len), u(up + i, len), d(dout + i, len);
+    const detail::BlockArray<T> s = g.logistic();
+    const detail::BlockArray<T> dg = d * u * s * (T(1) + g * (T(1) - s));  // before dup may overwrite dout
+    detail::ArrayMap<T>(dup + i, len) = d * g * s;
+    detail::ArrayMap<T>(dgate + i, len) = dg;
+  }
 }
 
 /// out [n] = tanh(x [n]) (BERT's pooler). out may alias x.

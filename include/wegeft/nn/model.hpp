@@ -80,7 +80,7 @@ class Transformer {
   struct Activations {
     Index batch = 0, seq = 0, n = 0;
     std::vector<std::uint8_t> mask;  // [batch, seq] or empty
-    Matrix<T> patches;               // vit: [B P, C p p]
+    Matrix<T> patches, patch_emb;    // vit: [B P, C p p], [B P, d]
     std::vector<BlockCache> blocks;
     Matrix<T> emb_sum, emb_mean, emb_rstd;  // bert: embedding sum before its LayerNorm
     Matrix<T> last;                  // [N, d] last block output
@@ -88,6 +88,8 @@ class Transformer {
     Matrix<T> pooled, pooler_out;    // classifier: [B, d]
     Matrix<T> logits;                // lm: [N, V]; classifier: [B, labels]
     Matrix<T> dlogits;               // set by a loss function or the caller
+    Matrix<T> spare, dh, dx;         // [N, d] buffers reused by forward / backward
+    Matrix<T> dpooled, dfeatures;    // classifier backward: [B, d]
   };
 
   explicit Transformer(const ModelConfig& config) : m_config(config) {
@@ -110,17 +112,39 @@ class Transformer {
         const std::string name = config.linear_name(l, r);
         add_tensor(name + ".weight", d_out, d_in);
         if (config.linear_bias()) add_tensor(name + ".bias", 1, d_out);
-        m_linears.push_back(Linear{name, r, l, nullptr});
+        m_linears.push_back(Linear{name, r, l, nullptr, nullptr, nullptr});
       }
-      for (int which = 0; which < 2; ++which) add_norm(config.norm_name(l, which));
+      for (int which = 0; which < 2; ++which) {
+        add_norm(config.norm_name(l, which));
+        m_norm_names.push_back({config.norm_name(l, which) + ".weight", config.norm_name(l, which) + ".bias"});
+      }
     }
     add_norm(config.final_norm_name());
+    m_final_norm = {config.final_norm_name() + ".weight", config.final_norm_name() + ".bias"};
+    m_roles = config.roles();
     if (config.family == Family::llama && !config.tied_lm_head) add_tensor("lm_head.weight", config.vocab_size, d);
     if (config.family == Family::bert) {
       add_tensor(config.name_prefix() + "pooler.dense.weight", d, d);
       add_tensor(config.name_prefix() + "pooler.dense.bias", 1, d);
     }
     if (config.rope()) m_rope = std::make_unique<RopeTable<T>>(config.head_dim(), config.max_positions, config.rope_theta);
+    // Every tensor a step uses, found once (map nodes keep their addresses).
+    const auto find = [&](const std::string& name) { return m_tensors.count(name) ? &m_tensors.at(name) : nullptr; };
+    const std::string pre = config.name_prefix();
+    for (auto& lin : m_linears) {
+      lin.weight = find(lin.name + ".weight");
+      lin.bias = config.linear_bias() ? find(lin.name + ".bias") : nullptr;
+    }
+    m_fixed = {.token = find(config.token_embedding_name() + ".weight"),
+               .position = config.family == Family::llama ? nullptr : find(config.position_tensor_name()),
+               .token_type = find(pre + "embeddings.token_type_embeddings.weight"),
+               .patch_weight = find(pre + "embeddings.patch_embeddings.projection.weight"),
+               .patch_bias = find(pre + "embeddings.patch_embeddings.projection.bias"),
+               .cls_token = find(pre + "embeddings.cls_token"),
+               .lm_head = config.family == Family::gpt2 || config.tied_lm_head ? find(config.token_embedding_name() + ".weight")
+                                                                               : find("lm_head.weight"),
+               .pooler_weight = find(pre + "pooler.dense.weight"),
+               .pooler_bias = find(pre + "pooler.dense.bias")};
   }
 
   const ModelConfig& config() const { return m_config; }
@@ -290,22 +314,25 @@ class Transformer {
                  << " exceeds the model's " << m_config.max_positions << " positions");
     acts.mask.assign(in.mask ? in.mask : nullptr, in.mask ? in.mask + acts.n : nullptr);
     if (m_config.family == Family::vit) acts.mask.clear();
-    Matrix<T> x(acts.n, d);
+    Matrix<T> x;
+    x.swap(acts.spare);  // the buffer the last forward left over, if any
+    x.resize(acts.n, d);
     embed(x, acts, in);
     acts.blocks.resize(static_cast<std::size_t>(m_config.layers));
     for (Index l = 0; l < m_config.layers; ++l) {
       BlockCache& c = acts.blocks[static_cast<std::size_t>(l)];
-      c.rng_states = dropout_states(l);
+      dropout_states(l, c.rng_states);
       c.x.swap(x);  // reuses the buffer this block held in the previous step, if any
       x.resize(acts.n, d);
       block_forward(l, c, acts, x);
       if (m_checkpointing) release(c);
     }
     acts.last.swap(x);
+    acts.spare.swap(x);  // kept for the next forward
     const Matrix<T>* h = &acts.last;
     if (m_config.pre_norm()) {
       acts.final_out.resize(acts.n, d);
-      norm_forward(acts.final_out, acts.final_mean, acts.final_rstd, acts.last, m_config.final_norm_name());
+      norm_forward(acts.final_out, acts.final_mean, acts.final_rstd, acts.last, m_final_norm);
       h = &acts.final_out;
     }
     if (m_labels > 0) {
@@ -336,15 +363,17 @@ class Transformer {
     WEGEFT_CHECK(acts.dlogits.rows() == acts.logits.rows() && acts.dlogits.cols() == acts.logits.cols(),
                  "backward needs acts.dlogits of shape " << shape_of(acts.logits) << ", got " << shape_of(acts.dlogits));
     const Index d = m_config.hidden;
-    Matrix<T> dh(acts.n, d);
+    Matrix<T>& dh = acts.dh;
+    dh.resize(acts.n, d);
     if (m_labels > 0) {
       classifier_backward(dh, acts);
     } else {
       dh.noalias() = acts.dlogits * lm_head();
     }
-    Matrix<T> dx(acts.n, d);
+    Matrix<T>& dx = acts.dx;
+    dx.resize(acts.n, d);
     if (m_config.pre_norm()) {
-      norm_backward(&dx, dh, acts.last, acts.final_mean, acts.final_rstd, m_config.final_norm_name());
+      norm_backward(&dx, dh, acts.last, acts.final_mean, acts.final_rstd, m_final_norm);
       std::swap(dx, dh);
     }
     for (Index l = m_config.layers - 1; l >= 0; --l) {
@@ -357,7 +386,7 @@ class Transformer {
       if (need_dx) std::swap(dx, dh);
     }
     if (embedding_norm_trainable())
-      norm_backward(nullptr, dh, acts.emb_sum, acts.emb_mean, acts.emb_rstd, m_config.final_norm_name());
+      norm_backward(nullptr, dh, acts.emb_sum, acts.emb_mean, acts.emb_rstd, m_final_norm);
   }
 
   /// Frozen parameters (the base model) and trainable ones in `store`.
@@ -373,6 +402,12 @@ class Transformer {
     LinearRole role;
     Index layer;
     AnyAdapter<T>* adapter;  // owned by m_adapters
+    Matrix<T>* weight;       // in m_tensors
+    Matrix<T>* bias;         // in m_tensors, or null
+  };
+  /// The non-block tensors a step uses (null where the family has none).
+  struct FixedTensors {
+    Matrix<T>*token, *position, *token_type, *patch_weight, *patch_bias, *cls_token, *lm_head, *pooler_weight, *pooler_bias;
   };
   struct ParamView {
     T* value;
@@ -397,14 +432,11 @@ class Transformer {
     return {m_tensors.at(name).data(), nullptr};
   }
   FrozenLinear<T> frozen(const Linear& lin) {
-    Matrix<T>& w = m_tensors.at(lin.name + ".weight");
-    T* bias = m_config.linear_bias() ? m_tensors.at(lin.name + ".bias").data() : nullptr;
-    return FrozenLinear<T>(w.data(), w.rows(), w.cols(), bias);
+    return FrozenLinear<T>(lin.weight->data(), lin.weight->rows(), lin.weight->cols(), lin.bias ? lin.bias->data() : nullptr);
   }
   Linear& linear(Index layer, LinearRole role) {
-    const auto& roles = m_config.roles();
-    const auto pos = std::find(roles.begin(), roles.end(), role) - roles.begin();
-    return m_linears[static_cast<std::size_t>(layer * static_cast<Index>(roles.size()) + pos)];
+    const auto pos = std::find(m_roles.begin(), m_roles.end(), role) - m_roles.begin();
+    return m_linears[static_cast<std::size_t>(layer * static_cast<Index>(m_roles.size()) + pos)];
   }
   /// Points each block linear at its adapter in the set, if the set changed since the last time.
   void resolve_adapters() {
@@ -420,12 +452,11 @@ class Transformer {
     m_store = &store;
   }
   const Matrix<T>& lm_head() {
-    if (m_config.family == Family::gpt2 || m_config.tied_lm_head) return m_tensors.at(m_config.token_embedding_name() + ".weight");
-    return m_tensors.at("lm_head.weight");
+    return *m_fixed.lm_head;
   }
   bool embedding_norm_trainable() const {
     return m_config.family == Family::bert &&
-           m_trainable.count(m_config.final_norm_name() + ".weight") + m_trainable.count(m_config.final_norm_name() + ".bias") > 0;
+           m_trainable.count(m_final_norm.weight) + m_trainable.count(m_final_norm.bias) > 0;
   }
 
   // ---- linears, norms -------------------------------------------------------------------
@@ -440,7 +471,9 @@ class Transformer {
     }
     std::visit([&](auto& a) {
       using A = std::decay_t<decltype(a)>;
-      a.forward(y, cache.template emplace<typename A::Cache>(), x);
+      // The cache of the last step's call is reused (its buffers keep their size).
+      auto* held = std::get_if<typename A::Cache>(&cache);
+      a.forward(y, held != nullptr ? *held : cache.template emplace<typename A::Cache>(), x);
     }, *lin.adapter);
   }
   /// dx (overwritten; may be null) and adapter gradients (+=) of one block linear.
@@ -460,30 +493,36 @@ class Transformer {
     }, *lin.adapter);
   }
 
-  void norm_forward(Matrix<T>& out, Matrix<T>& mean, Matrix<T>& rstd, const Matrix<T>& x, const std::string& name) {
+  /// The full tensor names of one norm's parameters.
+  struct NormNames {
+    std::string weight, bias;
+  };
+  const NormNames& norm_of(Index l, int which) const { return m_norm_names[static_cast<std::size_t>(2 * l + which)]; }
+
+  void norm_forward(Matrix<T>& out, Matrix<T>& mean, Matrix<T>& rstd, const Matrix<T>& x, const NormNames& name) {
     const Index n = x.rows(), c = x.cols();
     out.resize(n, c);
     rstd.resize(n, 1);
-    const ParamView w = param(name + ".weight");
+    const ParamView w = param(name.weight);
     if (m_config.rms_norm()) {
       rmsnorm_forward(out.data(), rstd.data(), x.data(), w.value, n, c, m_config.norm_eps);
     } else {
       mean.resize(n, 1);
-      layernorm_forward(out.data(), mean.data(), rstd.data(), x.data(), w.value, param(name + ".bias").value, n, c,
+      layernorm_forward(out.data(), mean.data(), rstd.data(), x.data(), w.value, param(name.bias).value, n, c,
                         m_config.norm_eps);
     }
   }
   /// dx (overwritten, may be null) from dout; trainable norm parameters accumulate.
   void norm_backward(Matrix<T>* dx, const Matrix<T>& dout, const Matrix<T>& x, const Matrix<T>& mean,
-                     const Matrix<T>& rstd, const std::string& name) {
+                     const Matrix<T>& rstd, const NormNames& name) {
     const Index n = x.rows(), c = x.cols();
     if (dx) dx->resize(n, c);
     T* dxp = dx ? dx->data() : nullptr;
-    const ParamView w = param(name + ".weight");
+    const ParamView w = param(name.weight);
     if (m_config.rms_norm()) {
       rmsnorm_backward(dxp, w.grad, dout.data(), x.data(), w.value, rstd.data(), n, c);
     } else {
-      layernorm_backward(dxp, w.grad, param(name + ".bias").grad, dout.data(), x.data(), w.value, mean.data(),
+      layernorm_backward(dxp, w.grad, param(name.bias).grad, dout.data(), x.data(), w.value, mean.data(),
                          rstd.data(), n, c);
     }
   }
@@ -492,30 +531,28 @@ class Transformer {
 
   void embed(Matrix<T>& x, Activations& acts, const ModelInput<T>& in) {
     const Index d = m_config.hidden, n = acts.n;
-    const std::string pre = m_config.name_prefix();
     if (m_config.family == Family::vit) {
       WEGEFT_CHECK(in.images != nullptr, "vit model input needs images");
       const Index p = m_config.patch_size, P = m_config.patches();
       acts.patches.resize(in.batch * P, m_config.channels * p * p);
       patchify(acts.patches.data(), in.images, in.batch, m_config.channels, m_config.image_size, m_config.image_size, p);
-      Matrix<T> patch_emb(in.batch * P, d);
-      Matrix<T>& w = m_tensors.at(pre + "embeddings.patch_embeddings.projection.weight");
-      wegeft::linear_forward<T>(patch_emb, acts.patches, w, m_tensors.at(pre + "embeddings.patch_embeddings.projection.bias").data());
-      class_token_forward(x.data(), patch_emb.data(), m_tensors.at(pre + "embeddings.cls_token").data(), in.batch, P, d);
-      position_embedding_forward(x.data(), m_tensors.at(m_config.position_tensor_name()).data(),
+      Matrix<T>& patch_emb = acts.patch_emb;
+      patch_emb.resize(in.batch * P, d);
+      wegeft::linear_forward<T>(patch_emb, acts.patches, *m_fixed.patch_weight, m_fixed.patch_bias->data());
+      class_token_forward(x.data(), patch_emb.data(), m_fixed.cls_token->data(), in.batch, P, d);
+      position_embedding_forward(x.data(), m_fixed.position->data(),
                                  in.batch, acts.seq, d, m_config.max_positions);
       return;
     }
     WEGEFT_CHECK(in.ids != nullptr, to_string(m_config.family) << " model input needs token ids");
-    embedding_forward(x.data(), in.ids, m_tensors.at(m_config.token_embedding_name() + ".weight").data(), n,
-                      m_config.vocab_size, d);
+    embedding_forward(x.data(), in.ids, m_fixed.token->data(), n, m_config.vocab_size, d);
     if (m_config.family != Family::llama)
-      position_embedding_forward(x.data(), m_tensors.at(m_config.position_tensor_name()).data(),
+      position_embedding_forward(x.data(), m_fixed.position->data(),
                                  in.batch, acts.seq, d, m_config.max_positions);
     if (m_config.family == Family::bert) {
-      x.rowwise() += m_tensors.at(pre + "embeddings.token_type_embeddings.weight").row(0);
+      x.rowwise() += m_fixed.token_type->row(0);
       acts.emb_sum = x;
-      norm_forward(x, acts.emb_mean, acts.emb_rstd, acts.emb_sum, m_config.final_norm_name());
+      norm_forward(x, acts.emb_mean, acts.emb_rstd, acts.emb_sum, m_final_norm);
     }
   }
 
@@ -526,10 +563,8 @@ class Transformer {
     pool_forward(acts.pooled.data(), h.data(), mask, acts.batch, acts.seq, d, m_pooling);
     const Matrix<T>* features = &acts.pooled;
     if (m_config.family == Family::bert) {
-      const std::string pre = m_config.name_prefix();
       acts.pooler_out.resize(acts.batch, d);
-      wegeft::linear_forward<T>(acts.pooler_out, acts.pooled, m_tensors.at(pre + "pooler.dense.weight"),
-                        m_tensors.at(pre + "pooler.dense.bias").data());
+      wegeft::linear_forward<T>(acts.pooler_out, acts.pooled, *m_fixed.pooler_weight, m_fixed.pooler_bias->data());
       tanh_forward(acts.pooler_out.data(), acts.pooler_out.data(), acts.pooler_out.size());
       features = &acts.pooler_out;
     }
@@ -544,10 +579,12 @@ class Transformer {
     m_store->grad(m_cls_weight).noalias() += acts.dlogits.transpose() * features;
     if (m_cls_bias.index != static_cast<std::size_t>(-1))
       m_store->grad(m_cls_bias).row(0) += acts.dlogits.colwise().sum();
-    Matrix<T> dpooled = acts.dlogits * m_store->value(m_cls_weight);
+    Matrix<T>& dpooled = acts.dpooled;
+    dpooled.noalias() = acts.dlogits * m_store->value(m_cls_weight);
     if (m_config.family == Family::bert) {
       tanh_backward(dpooled.data(), dpooled.data(), acts.pooler_out.data(), dpooled.size());
-      dpooled = dpooled * m_tensors.at(m_config.name_prefix() + "pooler.dense.weight");
+      acts.dfeatures.noalias() = dpooled * *m_fixed.pooler_weight;
+      dpooled.swap(acts.dfeatures);
     }
     const std::uint8_t* mask = acts.mask.empty() ? nullptr : acts.mask.data();
     pool_backward(dh.data(), dpooled.data(), mask, acts.batch, acts.seq, d, m_pooling);
@@ -656,21 +693,21 @@ class Transformer {
     c.released = false;
     thread_local Matrix<T> o, m;
     if (m_config.pre_norm()) {
-      norm_forward(c.h1, c.mean1, c.rstd1, c.x, m_config.norm_name(l, 0));
+      norm_forward(c.h1, c.mean1, c.rstd1, c.x, norm_of(l, 0));
       attention_block_forward(l, c, acts, c.h1);
       run_linear(l, LinearRole::o, c.lin[int(LinearRole::o)], o, c.attn);
       c.x2 = c.x + o;
-      norm_forward(c.h2, c.mean2, c.rstd2, c.x2, m_config.norm_name(l, 1));
+      norm_forward(c.h2, c.mean2, c.rstd2, c.x2, norm_of(l, 1));
       mlp_forward(l, c, c.h2, m);
       out = c.x2 + m;
     } else {
       attention_block_forward(l, c, acts, c.x);
       run_linear(l, LinearRole::o, c.lin[int(LinearRole::o)], o, c.attn);
       c.h1 = c.x + o;  // LN1 input
-      norm_forward(c.x2, c.mean1, c.rstd1, c.h1, m_config.norm_name(l, 0));
+      norm_forward(c.x2, c.mean1, c.rstd1, c.h1, norm_of(l, 0));
       mlp_forward(l, c, c.x2, m);
       c.h2 = c.x2 + m;  // LN2 input
-      norm_forward(out, c.mean2, c.rstd2, c.h2, m_config.norm_name(l, 1));
+      norm_forward(out, c.mean2, c.rstd2, c.h2, norm_of(l, 1));
     }
   }
 
@@ -680,47 +717,47 @@ class Transformer {
     if (m_config.pre_norm()) {
       // out = x2 + mlp(norm2(x2)),  x2 = x + o(attn(norm1(x)))
       mlp_backward(l, c, c.h2, dout, tmp);
-      norm_backward(&d_mid, tmp, c.x2, c.mean2, c.rstd2, m_config.norm_name(l, 1));
+      norm_backward(&d_mid, tmp, c.x2, c.mean2, c.rstd2, norm_of(l, 1));
       d_mid += dout;
       thread_local Matrix<T> dh1;
       const bool need_dh1 = dx != nullptr || has_trainable_norm(l, 0);
       attention_block_backward(l, c, acts, c.h1, d_mid, need_dh1 ? &dh1 : nullptr);
       if (dx) {
-        norm_backward(dx, dh1, c.x, c.mean1, c.rstd1, m_config.norm_name(l, 0));
+        norm_backward(dx, dh1, c.x, c.mean1, c.rstd1, norm_of(l, 0));
         *dx += d_mid;
       } else if (has_trainable_norm(l, 0)) {
-        norm_backward(nullptr, dh1, c.x, c.mean1, c.rstd1, m_config.norm_name(l, 0));
+        norm_backward(nullptr, dh1, c.x, c.mean1, c.rstd1, norm_of(l, 0));
       }
     } else {
       // out = LN2(x2 + mlp(x2)),  x2 = LN1(x + o(attn(x)))
       thread_local Matrix<T> d_h2;
-      norm_backward(&d_h2, dout, c.h2, c.mean2, c.rstd2, m_config.norm_name(l, 1));
+      norm_backward(&d_h2, dout, c.h2, c.mean2, c.rstd2, norm_of(l, 1));
       mlp_backward(l, c, c.x2, d_h2, tmp);
       tmp += d_h2;
-      norm_backward(&d_mid, tmp, c.h1, c.mean1, c.rstd1, m_config.norm_name(l, 0));
+      norm_backward(&d_mid, tmp, c.h1, c.mean1, c.rstd1, norm_of(l, 0));
       attention_block_backward(l, c, acts, c.x, d_mid, dx);
       if (dx) *dx += d_mid;
     }
   }
 
   bool has_trainable_norm(Index l, int which) const {
-    const std::string name = m_config.norm_name(l, which);
-    return m_trainable.count(name + ".weight") + m_trainable.count(name + ".bias") > 0;
+    const NormNames& name = norm_of(l, which);
+    return m_trainable.count(name.weight) + m_trainable.count(name.bias) > 0;
   }
 
   // ---- checkpointing --------------------------------------------------------------------
 
-  std::vector<Rng::State> dropout_states(Index l) {
-    std::vector<Rng::State> out;
-    for (LinearRole r : m_config.roles()) {
+  /// The dropout streams of block l's adapters, into `out` (its capacity reused).
+  void dropout_states(Index l, std::vector<Rng::State>& out) {
+    out.clear();
+    for (LinearRole r : m_roles) {
       Linear& lin = linear(l, r);
       if (lin.adapter) out.push_back(std::visit([](auto& a) { return a.dropout_rng().state(); }, *lin.adapter));
     }
-    return out;
   }
   void set_dropout_states(Index l, const std::vector<Rng::State>& states) {
     std::size_t i = 0;
-    for (LinearRole r : m_config.roles()) {
+    for (LinearRole r : m_roles) {
       Linear& lin = linear(l, r);
       if (lin.adapter) std::visit([&](auto& a) { a.dropout_rng().set_state(states[i++]); }, *lin.adapter);
     }
@@ -734,17 +771,22 @@ class Transformer {
     c.released = true;
   }
   void recompute(Index l, BlockCache& c, const Activations& acts) {
-    const auto now = dropout_states(l);
+    dropout_states(l, m_recompute_states);
     set_dropout_states(l, c.rng_states);  // replay the forward's dropout masks
     Matrix<T> out;
     block_forward(l, c, acts, out);
-    set_dropout_states(l, now);
+    set_dropout_states(l, m_recompute_states);
   }
 
   ModelConfig m_config;
   std::map<std::string, Matrix<T>> m_tensors;
   std::set<std::string> m_norm_tensors;
   std::vector<Linear> m_linears;
+  std::vector<LinearRole> m_roles;
+  std::vector<NormNames> m_norm_names;  // [layer * 2 + which]
+  NormNames m_final_norm;
+  std::vector<Rng::State> m_recompute_states;
+  FixedTensors m_fixed{};
   std::unique_ptr<ParameterStore<T>> m_own_store;
   std::unique_ptr<AdapterSet<T>> m_adapters;
   Index m_resolved = 0;

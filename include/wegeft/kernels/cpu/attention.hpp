@@ -63,8 +63,9 @@ void attention_forward(T* out, T* probs, const T* q, const T* k, const T* v,
   constexpr T kNegInf = -std::numeric_limits<T>::infinity();
   detail::for_each_sequence(s, [&](Index b) {
     // This sequence's padding as a row to add to the scores (0 or -inf) and one to multiply the
-    // exponentials by (1 or 0), so every softmax step is a vector operation over the row.
-    Eigen::Array<T, 1, Eigen::Dynamic> add, keep;
+    // exponentials by (1 or 0), so every softmax step is a vector operation over the row. Per
+    // thread, reused across calls.
+    thread_local Eigen::Array<T, 1, Eigen::Dynamic> add, keep;
     if (key_mask) {
       add.resize(L);
       keep.resize(L);
@@ -79,7 +80,8 @@ void attention_forward(T* out, T* probs, const T* q, const T* k, const T* v,
       detail::HeadMap<T> kh(k + b * L * s.kv_width() + g * d, L, d, Eigen::OuterStride<>(s.kv_width()));
       detail::HeadMap<T> vh(v + b * L * s.kv_width() + g * d, L, d, Eigen::OuterStride<>(s.kv_width()));
       MatrixMap<T> p(probs + (b * s.heads + h) * L * L, L, L);
-      p.noalias() = (qh * kh.transpose()) * scale;
+      p.noalias() = qh * kh.transpose();
+      p *= scale;
       for (Index i = 0; i < L; ++i) {
         // Keys this query may see: j <= i when causal, and not padding.
         const Index visible = s.causal ? i + 1 : L;
@@ -114,7 +116,8 @@ void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* probs, cons
   MatrixMap<T>(dv, s.batch * L, s.kv_width()).setZero();
   // Heads of one key/value group add into the same dk, dv rows, so threads split sequences.
   detail::for_each_sequence(s, [&](Index b) {
-    Matrix<T> dp(L, L);
+    thread_local Matrix<T> dp;  // per thread, reused across calls
+    dp.resize(L, L);
     for (Index h = 0; h < s.heads; ++h) {
       const Index g = h / group;
       const auto qs = Eigen::OuterStride<>(s.q_width()), ks = Eigen::OuterStride<>(s.kv_width());

@@ -72,7 +72,11 @@ double cross_entropy_rows(T* dlogits, T* losses, const T* logits, const std::int
   if (counted) *counted = count;
   if (divisor < 0) divisor = count;
   const double scale = divisor ? dloss / static_cast<double>(divisor) : 0.0;
-  std::vector<double> row_loss(static_cast<std::size_t>(n), 0.0);
+  // Per-row losses in a per-thread buffer that grows to the largest n seen (no allocation after);
+  // the worker threads reach it through this thread's pointer.
+  thread_local std::vector<double> row_buffer;
+  row_buffer.assign(static_cast<std::size_t>(n), 0.0);
+  double* const row_loss = row_buffer.data();
   const auto rows = [&](Index, Index begin, Index end) {
     for (Index i = begin; i < end; ++i) {
       T* drow = dlogits ? dlogits + i * vocab : nullptr;
@@ -86,7 +90,7 @@ double cross_entropy_rows(T* dlogits, T* losses, const T* logits, const std::int
       const double target_logit = row[t];  // before drow, which may alias row, is written
       const auto [max, sum] = row_softmax_parts(row, vocab, drow);
       const double loss = std::log(sum) + static_cast<double>(max) - target_logit;
-      row_loss[static_cast<std::size_t>(i)] = loss;
+      row_loss[i] = loss;
       if (losses) losses[i] = static_cast<T>(loss);
       if (drow) {
         Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>>(drow, vocab) *= static_cast<T>(scale / sum);
@@ -100,7 +104,7 @@ double cross_entropy_rows(T* dlogits, T* losses, const T* logits, const std::int
   else
     rows(0, 0, n);
   double total = 0;
-  for (const double l : row_loss) total += l;
+  for (Index i = 0; i < n; ++i) total += row_loss[i];
   return count ? total / static_cast<double>(count) : 0.0;
 }
 

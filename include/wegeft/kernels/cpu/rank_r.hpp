@@ -34,6 +34,7 @@
 #pragma once
 
 #include <algorithm>
+#include <array>
 #include <vector>
 
 #include "wegeft/core/parameters.hpp"
@@ -50,6 +51,21 @@
 namespace wegeft {
 
 namespace detail {
+
+/// The kernels' padded copies of their small operands and partial sums, by use. Each is a
+/// per-thread buffer that only grows, so a call of a shape seen before allocates nothing; the
+/// pointer stays valid until the next request of the same use on this thread (worker threads of
+/// the call read and write it through the caller's pointer).
+enum class Scratch { left, right, input, rows_out, sums_g, sums_h, tail_rows, tail_in, tail_out, thread_sums, count };
+template <class T>
+T* scratch(Scratch use, Index n, bool zero) {
+  thread_local std::array<std::vector<T, AlignedAllocator<T, 64>>, static_cast<std::size_t>(Scratch::count)> buffers;
+  auto& b = buffers[static_cast<std::size_t>(use)];
+  if (b.size() < static_cast<std::size_t>(n)) b.resize(static_cast<std::size_t>(n));
+  if (zero) std::fill(b.begin(), b.begin() + n, T(0));
+  return b.data();
+}
+
 
 template <class Packet>
 inline constexpr int packet_size = Eigen::internal::unpacket_traits<Packet>::size;
@@ -114,23 +130,24 @@ void rank_r_padded(T* g, T* G, const T* Y, const T* M, const T* U, Index n, Inde
     rank_r_rows<T, Packet, NP>(g, G, Y, M, U, whole, d, ldy);
   } else {
     // Rows split across threads; each accumulates its own copy of G, summed at the end.
-    std::vector<T, AlignedAllocator<T, 64>> parts(static_cast<std::size_t>((threads - 1) * d * R), T(0));
+    T* parts = scratch<T>(Scratch::thread_sums, (threads - 1) * d * R, true);
     for_each_step(0, threads, 1, threads, [&](Index t) {
       const Index i0 = whole / 4 * t / threads * 4, i1 = whole / 4 * (t + 1) / threads * 4;
-      T* Gt = t == 0 ? G : parts.data() + (t - 1) * d * R;
+      T* Gt = t == 0 ? G : parts + (t - 1) * d * R;
       rank_r_rows<T, Packet, NP>(g + i0 * R, Gt, Y + i0 * ldy, M, U + i0 * R, i1 - i0, d, ldy);
     });
     for (int t = 1; t < threads; ++t)
-      for (Index e = 0; e < d * R; ++e) G[e] += parts[static_cast<std::size_t>((t - 1) * d * R + e)];
+      for (Index e = 0; e < d * R; ++e) G[e] += parts[(t - 1) * d * R + e];
   }
   if (whole == n) return;
   // The last 1-3 rows go through the same code on a zero-padded copy (zero rows add nothing).
-  std::vector<T, AlignedAllocator<T, 64>> y(static_cast<std::size_t>(4 * d), T(0)),
-      u(static_cast<std::size_t>(4 * R), T(0)), gt(static_cast<std::size_t>(4 * R));
-  for (Index i = whole; i < n; ++i) std::copy(Y + i * ldy, Y + i * ldy + d, y.begin() + (i - whole) * d);
-  std::copy(U + whole * R, U + n * R, u.begin());
-  rank_r_rows<T, Packet, NP>(gt.data(), G, y.data(), M, u.data(), 4, d, d);
-  std::copy(gt.begin(), gt.begin() + (n - whole) * R, g + whole * R);
+  T* y = scratch<T>(Scratch::tail_rows, 4 * d, true);
+  T* u = scratch<T>(Scratch::tail_in, 4 * R, true);
+  T* gt = scratch<T>(Scratch::tail_out, 4 * R, false);
+  for (Index i = whole; i < n; ++i) std::copy(Y + i * ldy, Y + i * ldy + d, y + (i - whole) * d);
+  std::copy(U + whole * R, U + n * R, u);
+  rank_r_rows<T, Packet, NP>(gt, G, y, M, u, 4, d, d);
+  std::copy(gt, gt + (n - whole) * R, g + whole * R);
 }
 
 /// Rows [i0, i0 + 4), columns [c0, c0 + NP packets): Y = X + b + U Bt, Bt's rows `d` apart and
@@ -301,10 +318,11 @@ void rank_r_project(T* u, const T* X, Index ldx, const T* A, Index n, Index d, I
   using Packet = typename Eigen::internal::packet_traits<T>::type;
   detail::with_padded_rank<T>(r, [&](auto rp) {
     constexpr int R = decltype(rp)::value;
-    std::vector<T, AlignedAllocator<T, 64>> ap(static_cast<std::size_t>(R * d), T(0)), up(static_cast<std::size_t>(n * R));
-    std::copy(A, A + r * d, ap.begin());
-    detail::project_padded<T, Packet, R>(up.data(), X, ldx, ap.data(), n, d, detail::kernel_threads(n * d));
-    for (Index i = 0; i < n; ++i) std::copy(up.begin() + i * R, up.begin() + i * R + r, u + i * r);
+    T* ap = detail::scratch<T>(detail::Scratch::left, R * d, true);
+    T* up = detail::scratch<T>(detail::Scratch::rows_out, n * R, false);
+    std::copy(A, A + r * d, ap);
+    detail::project_padded<T, Packet, R>(up, X, ldx, ap, n, d, detail::kernel_threads(n * d));
+    for (Index i = 0; i < n; ++i) std::copy(up + i * R, up + i * R + r, u + i * r);
   });
 }
 
@@ -320,11 +338,12 @@ void rank_r_reduce(T* G, const T* g, const T* X, Index ldx, Index n, Index d, In
   using Packet = typename Eigen::internal::packet_traits<T>::type;
   detail::with_padded_rank<T>(r, [&](auto rp) {
     constexpr int R = decltype(rp)::value;
-    std::vector<T, AlignedAllocator<T, 64>> gp(static_cast<std::size_t>(n * R), T(0)), Gp(static_cast<std::size_t>(R * d), T(0));
-    for (Index i = 0; i < n; ++i) std::copy(g + i * r, g + (i + 1) * r, gp.begin() + i * R);
-    detail::reduce_padded<T, Packet, R>(Gp.data(), gp.data(), X, ldx, n, d, detail::kernel_threads(n * d));
+    T* gp = detail::scratch<T>(detail::Scratch::input, n * R, true);
+    T* Gp = detail::scratch<T>(detail::Scratch::sums_g, R * d, true);
+    for (Index i = 0; i < n; ++i) std::copy(g + i * r, g + (i + 1) * r, gp + i * R);
+    detail::reduce_padded<T, Packet, R>(Gp, gp, X, ldx, n, d, detail::kernel_threads(n * d));
     for (Index k = 0; k < r; ++k)
-      for (Index c = 0; c < d; ++c) G[k * d + c] += Gp[static_cast<std::size_t>(k * d + c)];
+      for (Index c = 0; c < d; ++c) G[k * d + c] += Gp[k * d + c];
   });
 }
 
@@ -407,41 +426,43 @@ void split_backward(T* g, T* G, T* H, T* Z, Index ldz, const T* Y, Index ldy, co
   using Packet = typename Eigen::internal::packet_traits<T>::type;
   with_padded_rank<T>(r, [&](auto rank) {
     constexpr int R = decltype(rank)::value;
-    using Buffer = std::vector<T, AlignedAllocator<T, 64>>;
-    Buffer mt(static_cast<std::size_t>(R * d_out), T(0)), up(static_cast<std::size_t>(n * R), T(0));
-    Buffer cp(static_cast<std::size_t>(R * d_in), T(0)), gp(static_cast<std::size_t>(n * R));
+    T* mt = scratch<T>(Scratch::left, R * d_out, true);
+    T* up = scratch<T>(Scratch::input, n * R, true);
+    T* cp = scratch<T>(Scratch::right, R * d_in, true);
+    T* gp = scratch<T>(Scratch::rows_out, n * R, false);
     for (Index o = 0; o < d_out; ++o)
-      for (Index k = 0; k < r; ++k) mt[static_cast<std::size_t>(k * d_out + o)] = M[o * r + k];
-    for (Index i = 0; i < n; ++i) std::copy(U + i * r, U + (i + 1) * r, up.begin() + i * R);
-    if (Z != nullptr) std::copy(C, C + r * d_in, cp.begin());
+      for (Index k = 0; k < r; ++k) mt[k * d_out + o] = M[o * r + k];
+    for (Index i = 0; i < n; ++i) std::copy(U + i * r, U + (i + 1) * r, up + i * R);
+    if (Z != nullptr) std::copy(C, C + r * d_in, cp);
     const Index block = std::clamp<Index>((Index(1) << 16) / std::max<Index>(std::max(d_out, d_in), 1) / 8 * 8, 16, 512);
     const int threads = static_cast<int>(std::min<Index>(kernel_threads(n * std::max(d_out, d_in)),
                                                          (n + block - 1) / block));
     // per thread: an [R, d_out] sum for G (transposed) and an [R, d_in] sum for H
-    Buffer Gt(static_cast<std::size_t>(threads * R * d_out), T(0)), Ht(static_cast<std::size_t>(threads * R * d_in), T(0));
+    T* Gt = scratch<T>(Scratch::sums_g, threads * R * d_out, true);
+    T* Ht = scratch<T>(Scratch::sums_h, H != nullptr ? threads * R * d_in : 0, true);
     auto rows = [&](Index t, Index begin, Index end) {
       for (Index i0 = begin; i0 < end; i0 += block) {
         const Index len = std::min(block, end - i0);
-        T* gb = gp.data() + i0 * R;
-        project_padded<T, Packet, R>(gb, Y + i0 * ldy, ldy, mt.data(), len, d_out, 1);
-        reduce_padded<T, Packet, R>(Gt.data() + t * R * d_out, up.data() + i0 * R, Y + i0 * ldy, ldy, len, d_out, 1);
-        if (H != nullptr) reduce_padded<T, Packet, R>(Ht.data() + t * R * d_in, gb, X + i0 * ldx, ldx, len, d_in, 1);
+        T* gb = gp + i0 * R;
+        project_padded<T, Packet, R>(gb, Y + i0 * ldy, ldy, mt, len, d_out, 1);
+        reduce_padded<T, Packet, R>(Gt + t * R * d_out, up + i0 * R, Y + i0 * ldy, ldy, len, d_out, 1);
+        if (H != nullptr) reduce_padded<T, Packet, R>(Ht + t * R * d_in, gb, X + i0 * ldx, ldx, len, d_in, 1);
         if (Z != nullptr)
           expand_range(Z + i0 * ldz, ldz, static_cast<const T*>(nullptr), 0, static_cast<const T*>(nullptr), gb,
-                       Index(R), cp.data(), len, d_in, Index(R), 1);
+                       Index(R), cp, len, d_in, Index(R), 1);
       }
     };
     if (threads > 1)
       for_each_part(n, block, threads, rows);
     else
       rows(0, 0, n);
-    for (Index i = 0; i < n; ++i) std::copy(gp.begin() + i * R, gp.begin() + i * R + r, g + i * r);
+    for (Index i = 0; i < n; ++i) std::copy(gp + i * R, gp + i * R + r, g + i * r);
     for (int t = 0; t < threads; ++t) {
       for (Index o = 0; o < d_out; ++o)
-        for (Index k = 0; k < r; ++k) G[o * r + k] += Gt[static_cast<std::size_t>((t * R + k) * d_out + o)];
+        for (Index k = 0; k < r; ++k) G[o * r + k] += Gt[(t * R + k) * d_out + o];
       if (H != nullptr)
         for (Index k = 0; k < r; ++k)
-          for (Index c = 0; c < d_in; ++c) H[k * d_in + c] += Ht[static_cast<std::size_t>((t * R + k) * d_in + c)];
+          for (Index c = 0; c < d_in; ++c) H[k * d_in + c] += Ht[(t * R + k) * d_in + c];
     }
   });
 }
@@ -476,13 +497,14 @@ void rank_r_pass(T* g, T* G, const T* Y, const T* M, const T* U, Index n, Index 
   }
   const int np = r <= LH ? 0 : *std::find_if(std::begin(counts), std::end(counts), [&](int c) { return c >= need; });
   const Index rp = np == 0 ? LH : np * LF;
-  using Buffer = std::vector<T, AlignedAllocator<T, 64>>;
-  Buffer mp(static_cast<std::size_t>(d * rp), T(0)), up(static_cast<std::size_t>(n * rp), T(0));
-  Buffer gp(static_cast<std::size_t>(n * rp)), Gp(static_cast<std::size_t>(d * rp), T(0));
-  for (Index o = 0; o < d; ++o) std::copy(M + o * r, M + (o + 1) * r, mp.begin() + o * rp);
-  for (Index i = 0; i < n; ++i) std::copy(U + i * r, U + (i + 1) * r, up.begin() + i * rp);
+  T* mp = detail::scratch<T>(detail::Scratch::left, d * rp, true);
+  T* up = detail::scratch<T>(detail::Scratch::input, n * rp, true);
+  T* gp = detail::scratch<T>(detail::Scratch::rows_out, n * rp, false);
+  T* Gp = detail::scratch<T>(detail::Scratch::sums_g, d * rp, true);
+  for (Index o = 0; o < d; ++o) std::copy(M + o * r, M + (o + 1) * r, mp + o * rp);
+  for (Index i = 0; i < n; ++i) std::copy(U + i * r, U + (i + 1) * r, up + i * rp);
   auto run = [&](auto packet, auto count) {
-    detail::rank_r_padded<T, decltype(packet), decltype(count)::value>(gp.data(), Gp.data(), Y, mp.data(), up.data(), n, d, ldy);
+    detail::rank_r_padded<T, decltype(packet), decltype(count)::value>(gp, Gp, Y, mp, up, n, d, ldy);
   };
   switch (np) {
     case 0: run(Half{}, std::integral_constant<int, 1>{}); break;
@@ -495,9 +517,9 @@ void rank_r_pass(T* g, T* G, const T* Y, const T* M, const T* U, Index n, Index 
     case 12: run(Full{}, std::integral_constant<int, 12>{}); break;
     default: run(Full{}, std::integral_constant<int, 16>{}); break;
   }
-  for (Index i = 0; i < n; ++i) std::copy(gp.begin() + i * rp, gp.begin() + i * rp + r, g + i * r);
+  for (Index i = 0; i < n; ++i) std::copy(gp + i * rp, gp + i * rp + r, g + i * r);
   for (Index o = 0; o < d; ++o)
-    for (Index k = 0; k < r; ++k) G[o * r + k] += Gp[static_cast<std::size_t>(o * rp + k)];
+    for (Index k = 0; k < r; ++k) G[o * r + k] += Gp[o * rp + k];
 }
 
 // An adapter step's rank-r side products in one threaded region each. Under
@@ -519,22 +541,22 @@ void rank_r_project_expand(T* u, const T* X, Index ldx, const T* A, Index d_in, 
   using Packet = typename Eigen::internal::packet_traits<T>::type;
   detail::with_padded_rank<T>(r, [&](auto rank) {
     constexpr int R = decltype(rank)::value;
-    using Buffer = std::vector<T, AlignedAllocator<T, 64>>;
-    Buffer ap(static_cast<std::size_t>(R * d_in), T(0)), btp(static_cast<std::size_t>(R * d_out), T(0));
-    Buffer up(static_cast<std::size_t>(n * R));
-    std::copy(A, A + r * d_in, ap.begin());
-    std::copy(Bt, Bt + r * d_out, btp.begin());  // zero rows beyond r: the padded ranks add nothing
+    T* ap = detail::scratch<T>(detail::Scratch::left, R * d_in, true);
+    T* btp = detail::scratch<T>(detail::Scratch::right, R * d_out, true);
+    T* up = detail::scratch<T>(detail::Scratch::rows_out, n * R, false);
+    std::copy(A, A + r * d_in, ap);
+    std::copy(Bt, Bt + r * d_out, btp);  // zero rows beyond r: the padded ranks add nothing
     auto rows = [&](Index, Index begin, Index end) {
-      detail::project_padded<T, Packet, R>(up.data() + begin * R, X + begin * ldx, ldx, ap.data(), end - begin, d_in, 1);
-      detail::expand_range(Y + begin * ldy, ldy, static_cast<const T*>(nullptr), 0, b, up.data() + begin * R, Index(R),
-                           btp.data(), end - begin, d_out, Index(R), 1);
+      detail::project_padded<T, Packet, R>(up + begin * R, X + begin * ldx, ldx, ap, end - begin, d_in, 1);
+      detail::expand_range(Y + begin * ldy, ldy, static_cast<const T*>(nullptr), 0, b, up + begin * R, Index(R),
+                           btp, end - begin, d_out, Index(R), 1);
     };
     const int threads = detail::kernel_threads(n * std::max(d_in, d_out));
     if (threads > 1)
       detail::for_each_part(n, 16, threads, rows);
     else
       rows(0, 0, n);
-    for (Index i = 0; i < n; ++i) std::copy(up.begin() + i * R, up.begin() + i * R + r, u + i * r);
+    for (Index i = 0; i < n; ++i) std::copy(up + i * R, up + i * R + r, u + i * r);
   });
 }
 
