@@ -1,9 +1,11 @@
 // A consumer of wegeft: attaches a fresh LoRA and a fresh WeGeFT adapter to a frozen layer and
 // checks that both reproduce the layer (their updates start at zero), then that one training step
-// moves the output. Exit code 0 means the library was found, compiled and worked.
+// moves the output. Built against wegeft::blas (CONSUMER_EXPECT_BLAS) it also checks that the
+// dense products go through the BLAS. Exit code 0 means the library was found, compiled and worked.
 #include <wegeft/wegeft.hpp>
 
 #include <cstdio>
+#include <string>
 
 int main() {
   wegeft::Rng rng(7);
@@ -29,6 +31,13 @@ int main() {
   lora.backward(lc, x, y_lora);
   wg.backward(wc, x, y_wegeft);
   const float g_b = store.grad(lora.id_B()).norm(), g_phi = store.grad(gen.id_phi()).norm();
-  std::printf("consumer ok: wegeft %s, |dL/dB| = %g, |dL/dPhi| = %g\n", wegeft::version, g_b, g_phi);
+  const std::string backend = wegeft::gemm_backend();
+  std::printf("consumer ok: wegeft %s, %s, |dL/dB| = %g, |dL/dPhi| = %g\n", wegeft::version, backend.c_str(), g_b, g_phi);
+#ifdef CONSUMER_EXPECT_BLAS
+  if (backend.rfind("Eigen", 0) == 0) {
+    std::puts("linked wegeft::blas but the products do not go through a BLAS");
+    return 1;
+  }
+#endif
   return g_b > 0 && g_phi > 0 ? 0 : 1;
 }

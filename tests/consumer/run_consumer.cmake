@@ -12,8 +12,9 @@ file(REMOVE_RECURSE ${WORK_DIR})
 set(consumer_args -S ${SOURCE_DIR}/tests/consumer -B ${WORK_DIR}/consumer-build
     -DCMAKE_CXX_COMPILER=${CXX} -DCMAKE_BUILD_TYPE=Release -DCONSUMER_MODE=${MODE})
 if(MODE STREQUAL "find_package")
+  # The tool is configured but not built: `cmake --install` must still install the library.
   run(${CMAKE_COMMAND} -S ${SOURCE_DIR} -B ${WORK_DIR}/wegeft-build -DCMAKE_CXX_COMPILER=${CXX}
-      -DWEGEFT_BUILD_TESTS=OFF -DWEGEFT_BUILD_EXAMPLES=OFF -DWEGEFT_BUILD_BENCHMARKS=OFF -DWEGEFT_BUILD_TOOLS=OFF
+      -DWEGEFT_BUILD_TESTS=OFF -DWEGEFT_BUILD_EXAMPLES=OFF -DWEGEFT_BUILD_BENCHMARKS=OFF -DWEGEFT_BUILD_TOOLS=ON
       -DWEGEFT_INSTALL=ON -DCMAKE_INSTALL_PREFIX=${WORK_DIR}/prefix)
   run(${CMAKE_COMMAND} --install ${WORK_DIR}/wegeft-build)
   list(APPEND consumer_args -DCMAKE_PREFIX_PATH=${WORK_DIR}/prefix)
@@ -23,3 +24,6 @@ endif()
 run(${CMAKE_COMMAND} ${consumer_args})
 run(${CMAKE_COMMAND} --build ${WORK_DIR}/consumer-build)
 run(${WORK_DIR}/consumer-build/consumer)
+if(MODE STREQUAL "find_package")
+  run(${WORK_DIR}/consumer-build/consumer_blas)
+endif()
