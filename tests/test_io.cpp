@@ -162,6 +162,12 @@ TEST_CASE("hostile safetensors files get clear errors naming the file and the pr
       {"float offsets", make_file(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0.0,8.5]}})", data), "data_offsets"},
       {"metadata not strings", make_file(R"({"__metadata__":{"k":1}})", ""), "is not a string"},
       {"entry not an object", make_file(R"({"a":5})", ""), "is not an object"},
+      // 100,000 levels in a field the reader would otherwise recurse through, in shape and in an
+      // unused field; 65 levels is one past the limit, and brackets inside strings do not count.
+      {"deeply nested shape", make_file(R"({"a":{"dtype":"F32","shape":)" + std::string(100000, '[') + std::string(100000, ']') + "}}", data),
+       "JSON nests deeper than 64 levels"},
+      {"deeply nested unused field", make_file(R"({"x":)" + std::string(65, '[') + std::string(65, ']') + "}", ""),
+       "JSON nests deeper than 64 levels"},
   };
   for (const auto& c : cases) {
     INFO(c.what);
@@ -175,4 +181,10 @@ TEST_CASE("hostile safetensors files get clear errors naming the file and the pr
   CHECK(std::isnan(f.matrix<float>("a", false)(0, 1)));
   CHECK_THROWS_WITH(f.info("b"), Catch::Contains("no tensor named 'b'"));
   CHECK_THROWS_WITH(SafetensorsReader(dir / "does-not-exist"), Catch::Contains("cannot open"));
+  // 64 levels parse (here inside metadata a reader does not use: refused as not a string), and
+  // brackets inside strings are text.
+  write_bytes(dir / "deep-ok.safetensors", make_file(R"({"__metadata__":{"k":)" + std::string(62, '[') + std::string(62, ']') + "}}", ""));
+  CHECK_THROWS_WITH(SafetensorsReader(dir / "deep-ok.safetensors"), Catch::Contains("is not a string"));
+  write_bytes(dir / "brackets.safetensors", make_file(R"({"__metadata__":{"k":")" + std::string(500, '[') + R"("}})", ""));
+  CHECK(SafetensorsReader(dir / "brackets.safetensors").metadata().at("k") == std::string(500, '['));
 }

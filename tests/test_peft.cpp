@@ -186,6 +186,9 @@ TEST_CASE("bad adapter directories get clear errors naming the file and the fiel
   expect(R"({"peft_type": "LORA", "r": 2, "target_modules": ["q"], "layers_to_transform": ["1"]})", "is not an integer");
   expect(R"({"peft_type": "LORA", "r": 2, "target_modules": ["q"], "rank_pattern": {"q": 0}})", "is not a positive integer");
   expect(R"({"peft_type": "LORA", "r": 2, "target_modules": "q_proj("})", "invalid regular expression 'q_proj('");
+  expect(R"({"peft_type": "LORA", "r": 2, "target_modules": ["q"], "lora_alpha": )" + std::string(200000, '[') +
+             std::string(200000, ']') + "}",
+         "JSON nests deeper than 64 levels");
   // The input the adapter-config fuzzer found: a numeric peft_type used to escape as a JSON exception.
   write_config(read_all(std::string(WEGEFT_GOLDEN_DIR) + "/io/adapter_config_numeric_peft_type.json"));
   CHECK_THROWS_AS(read_adapter_config(dir.str("a")), Error);

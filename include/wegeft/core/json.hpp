@@ -13,8 +13,37 @@
 
 namespace wegeft::detail {
 
-/// Parses JSON, rejecting duplicate keys in any object (nlohmann would keep the last silently).
+/// The deepest nesting of arrays and objects a file may have. Every JSON file wegeft reads
+/// (safetensors headers, configs, adapter configs) needs fewer than 10 levels; a deeper one is
+/// refused before parsing, so no recursion (parse, copy, dump, destruction) sees untrusted depth.
+inline constexpr int kMaxJsonDepth = 64;
+
+/// Throws, naming `where`, if `text` nests arrays or objects deeper than kMaxJsonDepth (brackets
+/// inside strings do not count).
+inline void check_json_depth(const std::string& text, const std::string& where) {
+  int depth = 0;
+  bool in_string = false, escaped = false;
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    const char c = text[i];
+    if (in_string) {
+      if (escaped) escaped = false;
+      else if (c == '\\') escaped = true;
+      else if (c == '"') in_string = false;
+      continue;
+    }
+    if (c == '"') in_string = true;
+    else if (c == '[' || c == '{') {
+      WEGEFT_CHECK(++depth <= kMaxJsonDepth, where << ": JSON nests deeper than " << kMaxJsonDepth << " levels (at byte " << i << ")");
+    } else if (c == ']' || c == '}') {
+      --depth;
+    }
+  }
+}
+
+/// Parses JSON, rejecting duplicate keys in any object (nlohmann would keep the last silently)
+/// and nesting deeper than kMaxJsonDepth.
 inline nlohmann::json parse_json_strict(const std::string& text, const std::string& where) {
+  check_json_depth(text, where);
   std::vector<std::set<std::string>> keys;
   const nlohmann::json::parser_callback_t check = [&](int, nlohmann::json::parse_event_t event,
                                                       nlohmann::json& parsed) {
