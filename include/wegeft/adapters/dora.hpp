@@ -68,26 +68,11 @@ class DoraAdapter : public AdapterBase<DoraAdapter<T>, T> {
   DoraAdapter(ParameterStore<T>& store, FrozenLinear<T> base, const DoraConfig& config, Rng& rng,
               const std::string& name = "dora")
       : Base(base, "DoRA", Rng()), m_store(&store), m_config(config) {
-    const LoraConfig lc = config.lora();
-    const Index r = config.rank, d_in = base.d_in(), d_out = base.d_out();
-    WEGEFT_CHECK(r >= 1, "DoRA rank must be at least 1, got " << r << " for '" << name << "'");
-    WEGEFT_CHECK(r <= std::min(d_in, d_out), "DoRA rank " << r << " exceeds min(d_in, d_out) = min(" << d_in << ", "
-                                             << d_out << ") for '" << name << "'");
-    WEGEFT_CHECK(std::isfinite(config.alpha) && config.alpha != 0.0,
-                 "DoRA alpha must be finite and non-zero, got " << config.alpha << " for '" << name << "'");
-    WEGEFT_CHECK(config.dropout >= 0.0 && config.dropout < 1.0,
-                 "DoRA dropout must be in [0, 1), got " << config.dropout << " for '" << name << "'");
-    m_scale = static_cast<T>(lora_scale(lc));
-    m_a = store.add(name + ".lora_A.weight", r, d_in);
-    m_b = store.add(name + ".lora_B.weight", d_out, r);
-    m_m = store.add(name + ".lora_magnitude_vector", 1, d_out);
-    auto a = lora_A();
-    if (config.init == LoraInit::kaiming_uniform) {
-      const T bound = static_cast<T>(1.0 / std::sqrt(static_cast<double>(d_in)));
-      fill_uniform(a, rng, -bound, bound);
-    } else {
-      fill_normal(a, rng, static_cast<T>(1.0 / static_cast<double>(r)));
-    }
+    // alpha 0 would make s B A vanish and the magnitude's direction that of W alone, forever.
+    WEGEFT_CHECK(config.alpha != 0.0, "DoRA alpha must be non-zero for '" << name << "'");
+    std::tie(m_a, m_b) = detail::add_lora_pair(store, config.lora(), base.d_in(), base.d_out(), rng, name, "DoRA");
+    m_m = store.add(name + ".lora_magnitude_vector", 1, base.d_out());
+    m_scale = static_cast<T>(lora_scale(config.lora()));
     magnitude() = this->m_base.weight().rowwise().norm().transpose();
     this->dropout_rng() = Rng(rng.next_u64());
   }

@@ -22,6 +22,8 @@
 #include <cmath>
 #include <cstdint>
 #include <string>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #include "wegeft/adapters/method.hpp"
@@ -55,6 +57,33 @@ inline double lora_scale(const LoraConfig& c) {
                       : c.alpha / static_cast<double>(c.rank);
 }
 
+namespace detail {
+/// Checks a LoRA-style config for `kind` ("LoRA", "DoRA") on a [d_out, d_in] layer, registers
+/// `<name>.lora_A.weight` [r, d_in] and `<name>.lora_B.weight` [d_out, r] in `store` and
+/// initialises A by `config.init` from `rng` (B stays 0). Returns their ids.
+template <class T>
+std::pair<ParamId, ParamId> add_lora_pair(ParameterStore<T>& store, const LoraConfig& config, Index d_in, Index d_out,
+                                          Rng& rng, const std::string& name, const char* kind) {
+  const Index r = config.rank;
+  WEGEFT_CHECK(r >= 1, kind << " rank must be at least 1, got " << r << " for '" << name << "'");
+  WEGEFT_CHECK(r <= std::min(d_in, d_out), kind << " rank " << r << " exceeds min(d_in, d_out) = min(" << d_in << ", "
+                                           << d_out << ") for '" << name << "'");
+  WEGEFT_CHECK(std::isfinite(config.alpha), kind << " alpha must be finite, got " << config.alpha << " for '" << name << "'");
+  WEGEFT_CHECK(config.dropout >= 0.0 && config.dropout < 1.0,
+               kind << " dropout must be in [0, 1), got " << config.dropout << " for '" << name << "'");
+  const ParamId a = store.add(name + ".lora_A.weight", r, d_in);
+  const ParamId b = store.add(name + ".lora_B.weight", d_out, r);
+  auto av = store.value(a);
+  if (config.init == LoraInit::kaiming_uniform) {
+    const T bound = static_cast<T>(1.0 / std::sqrt(static_cast<double>(d_in)));
+    fill_uniform(av, rng, -bound, bound);
+  } else {
+    fill_normal(av, rng, static_cast<T>(1.0 / static_cast<double>(r)));
+  }
+  return {a, b};
+}
+}  // namespace detail
+
 template <class T>
 class LoraAdapter : public AdapterBase<LoraAdapter<T>, T> {
   using Base = AdapterBase<LoraAdapter<T>, T>;
@@ -74,24 +103,8 @@ class LoraAdapter : public AdapterBase<LoraAdapter<T>, T> {
   LoraAdapter(ParameterStore<T>& store, FrozenLinear<T> base, const LoraConfig& config, Rng& rng,
               const std::string& name = "lora")
       : Base(base, "LoRA", Rng()), m_store(&store), m_config(config) {
-    const Index r = config.rank, d_in = base.d_in(), d_out = base.d_out();
-    WEGEFT_CHECK(r >= 1, "LoRA rank must be at least 1, got " << r << " for '" << name << "'");
-    WEGEFT_CHECK(r <= std::min(d_in, d_out), "LoRA rank " << r << " exceeds min(d_in, d_out) = min("
-                                             << d_in << ", " << d_out << ") for '" << name << "'");
-    WEGEFT_CHECK(std::isfinite(config.alpha),
-                 "LoRA alpha must be finite, got " << config.alpha << " for '" << name << "'");
-    WEGEFT_CHECK(config.dropout >= 0.0 && config.dropout < 1.0,
-                 "LoRA dropout must be in [0, 1), got " << config.dropout << " for '" << name << "'");
+    std::tie(m_a, m_b) = detail::add_lora_pair(store, config, base.d_in(), base.d_out(), rng, name, "LoRA");
     m_scale = static_cast<T>(lora_scale(config));
-    m_a = store.add(name + ".lora_A.weight", r, d_in);
-    m_b = store.add(name + ".lora_B.weight", d_out, r);
-    auto a = lora_A();
-    if (config.init == LoraInit::kaiming_uniform) {
-      const T bound = static_cast<T>(1.0 / std::sqrt(static_cast<double>(d_in)));
-      fill_uniform(a, rng, -bound, bound);
-    } else {
-      fill_normal(a, rng, static_cast<T>(1.0 / static_cast<double>(r)));
-    }
     this->dropout_rng() = Rng(rng.next_u64());
   }
 
