@@ -1,10 +1,13 @@
-// The wegeft command-line tool: inspect, merge, convert. Any failure prints one line
-// "wegeft: error: ..." to stderr and exits 1 (2 for a usage error); outputs are written atomically.
+// The wegeft command-line tool: finetune, generate, eval, inspect, merge, convert. Any failure
+// prints one line "wegeft: error: ..." to stderr and exits 1 (2 for a usage error); outputs are
+// written atomically.
 #include <wegeft/io/gguf.hpp>
 #include <wegeft/io/merge.hpp>
 #include <wegeft/io/peft.hpp>
 #include <wegeft/io/safetensors.hpp>
 #include <wegeft/version.hpp>
+
+#include "finetune.hpp"
 
 #include <algorithm>
 #include <cstdio>
@@ -21,6 +24,13 @@ namespace {
 const char* kUsage = R"(usage: wegeft <command> [options]
 
 commands:
+  finetune --model PATH --data DIR [--method wegeft|lora] [options]
+      Fine-tune MODEL (a Hugging Face folder or a GGUF file) on DIR/train.jsonl (validated on
+      DIR/valid.jsonl) as a causal LM or a classifier; writes the adapter to --out.
+  generate --model PATH [--adapter DIR] --prompt TEXT [--max-tokens N] [--temperature T]
+      Text from a causal LM, with a fine-tuned adapter or without.
+  eval --model PATH [--adapter DIR] --data DIR
+      Loss and perplexity (causal LM) or loss and accuracy (classifier) on DIR/test.jsonl.
   inspect PATH
       Tensors (name, dtype, shape), parameter counts and metadata of a .safetensors file, a
       .gguf file, a Hugging Face checkpoint directory or an adapter directory (its config too).
@@ -155,6 +165,119 @@ int inspect(const std::string& path) {
   return 0;
 }
 
+/// Options of a --config FILE (a JSON object: {"rank": 8, "mask_prompt": true, ...}) as
+/// command-line tokens, put before the real ones; an option given on the command line wins.
+std::vector<std::string> with_config_file(const std::vector<std::string>& args) {
+  std::vector<std::string> rest, given;
+  std::string config;
+  for (std::size_t i = 1; i < args.size(); ++i) {
+    if (args[i] == "--config") {
+      if (i + 1 >= args.size()) throw UsageError("option '--config' needs a value");
+      config = args[++i];
+      continue;
+    }
+    if (args[i].rfind("--", 0) == 0) given.push_back(args[i].substr(0, args[i].find('=')));
+    rest.push_back(args[i]);
+  }
+  if (config.empty()) return rest;
+  const auto j = wegeft::detail::parse_json_strict(wegeft::read_text_file(config), config);
+  if (!j.is_object()) throw wegeft::Error(config + ": a config file holds one JSON object of options");
+  std::vector<std::string> out;
+  for (const auto& [key, v] : j.items()) {
+    std::string name = "--" + key;
+    std::replace(name.begin(), name.end(), '_', '-');
+    if (std::find(given.begin(), given.end(), name) != given.end()) continue;
+    if (v.is_boolean()) {
+      if (v.get<bool>()) out.push_back(name);
+    } else if (v.is_string()) {
+      out.push_back(name), out.push_back(v.get<std::string>());
+    } else if (v.is_number()) {
+      out.push_back(name), out.push_back(v.dump());
+    } else {
+      throw wegeft::Error(config + ": option '" + key + "' must be a string, a number or true/false");
+    }
+  }
+  out.insert(out.end(), rest.begin(), rest.end());
+  return out;
+}
+
+int run_cli11(const std::string& cmd, const std::vector<std::string>& args) {
+  CLI::App app{"", "wegeft " + cmd};
+  app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);  // a repeated option: the last one wins
+  wegeft::tool::FinetuneOptions o;
+  std::string adapter, prompt, split = "test", config;
+  int max_tokens = 128;
+  double temperature = 0.0, top_p = 1.0;
+  bool raw = false;
+  std::size_t max_seq = 512;
+  wegeft::Index batch = 8;
+  app.add_option("--model", o.model, "Hugging Face checkpoint folder or GGUF file")->required();
+  app.add_option("--threads", o.threads, "threads for the dense products (default: all cores)");
+  app.add_option("--config", config, "a JSON file of options (keys as the long options, '_' for '-')");
+  if (cmd == "finetune") {
+    app.description("Fine-tunes MODEL on DIR/train.jsonl with a WeGeFT or LoRA adapter, evaluating on DIR/valid.jsonl.\n"
+                    "Data: {\"text\"}, {\"prompt\", \"completion\"} or {\"messages\"} lines (causal LM); {\"text\", \"label\"} (classification).");
+    app.add_option("--data", o.data, "folder holding train.jsonl and valid.jsonl")->required();
+    app.add_option("--method", o.method, "wegeft, lora or dora")->capture_default_str();
+    app.add_option("--rank", o.rank, "adapter rank (default: wegeft 64, lora 8)");
+    app.add_option("--alpha", o.alpha, "scale numerator (default: wegeft 2 x rank, lora rank)");
+    app.add_option("--dropout", o.dropout, "adapter dropout")->capture_default_str();
+    app.add_option("--targets", o.targets, "comma-separated module names, or all-linear")->capture_default_str();
+    app.add_option("--task", o.task, "causal-lm or classification (default: causal-lm for decoders, classification for BERT)");
+    app.add_option("--iters", o.iters, "optimizer steps (default: from --epochs)");
+    app.add_option("--epochs", o.epochs, "passes over train.jsonl when --iters is not given (default 1)");
+    app.add_option("--batch-size", o.batch_size, "examples per micro-batch")->capture_default_str();
+    app.add_option("--grad-accum", o.grad_accum, "micro-batches per optimizer step")->capture_default_str();
+    app.add_option("--max-seq-length", o.max_seq_length, "tokens per example")->capture_default_str();
+    app.add_option("--on-long", o.on_long, "a longer example: truncate (and count) or error")->capture_default_str();
+    app.add_option("--lr", o.lr, "peak learning rate (default: wegeft 1e-3, lora 2e-4)");
+    app.add_option("--schedule", o.schedule, "cosine, linear or constant")->capture_default_str();
+    app.add_option("--warmup", o.warmup, "warm-up steps (default: 5% of the steps)");
+    app.add_option("--weight-decay", o.weight_decay, "AdamW weight decay")->capture_default_str();
+    app.add_option("--max-grad-norm", o.max_grad_norm, "gradient clipping (<= 0: none)")->capture_default_str();
+    app.add_flag("--mask-prompt", o.mask_prompt, "no loss on prompts and non-assistant turns");
+    app.add_option("--eval-every", o.eval_every, "steps between validations (default: a tenth of the run)");
+    app.add_option("--eval-batches", o.eval_batches, "validation batches per evaluation (default: all)");
+    app.add_option("--save-every", o.save_every, "steps between saves (default: at each validation)");
+    app.add_option("--report-every", o.report_every, "steps between progress lines")->capture_default_str();
+    app.add_flag("--resume", o.resume, "continue the run saved in --out");
+    app.add_option("--stop-at", o.stop_at, "stop after this step (the schedule still spans --iters); continue with --resume");
+    app.add_option("--seed", o.seed, "seed of the adapter init, dropout and data order")->capture_default_str();
+    app.add_option("--log", o.log, "append a JSON line per report to this file");
+    app.add_option("--out", o.out, "adapter directory to write")->capture_default_str();
+  } else if (cmd == "generate") {
+    app.description("Text from a causal LM (an instruct model's prompt goes through its chat template unless --raw).");
+    app.add_option("--adapter", adapter, "adapter directory (finetune's --out, or a PEFT folder)");
+    app.add_option("--prompt", prompt, "the prompt")->required();
+    app.add_option("--max-tokens", max_tokens, "tokens to generate at most")->capture_default_str();
+    app.add_option("--temperature", temperature, "0: greedy")->capture_default_str();
+    app.add_option("--top-p", top_p, "nucleus sampling mass")->capture_default_str();
+    app.add_option("--seed", o.seed, "sampling seed")->capture_default_str();
+    app.add_flag("--raw", raw, "use the prompt as it is, without the chat template");
+  } else {
+    app.description("Loss and perplexity (causal LM) or loss and accuracy (with a classification adapter) on DIR/SPLIT.jsonl.");
+    app.add_option("--adapter", adapter, "adapter directory (finetune's --out, or a PEFT folder)");
+    app.add_option("--data", o.data, "folder holding the JSONL files")->required();
+    app.add_option("--split", split, "test, valid or train (test falls back to valid)")->capture_default_str();
+    app.add_option("--batch-size", batch, "examples per batch")->capture_default_str();
+    app.add_option("--max-seq-length", max_seq, "tokens per example")->capture_default_str();
+    app.add_flag("--mask-prompt", o.mask_prompt, "score only completions / assistant turns (default: as the adapter was trained)");
+  }
+  std::vector<std::string> tokens = with_config_file(args);
+  std::reverse(tokens.begin(), tokens.end());  // CLI11 takes its arguments reversed
+  try {
+    app.parse(tokens);
+  } catch (const CLI::CallForHelp&) {
+    std::fputs(app.help().c_str(), stdout);
+    return 0;
+  } catch (const CLI::ParseError& e) {
+    throw UsageError(cmd + ": " + e.what());
+  }
+  if (cmd == "finetune") return wegeft::tool::finetune(o);
+  if (cmd == "generate") return wegeft::tool::generate_command(o.model, adapter, prompt, max_tokens, temperature, top_p, o.seed, raw, o.threads);
+  return wegeft::tool::eval_command(o.model, adapter, o.data, split, batch, max_seq, o.mask_prompt, o.threads);
+}
+
 int run(const std::vector<std::string>& args) {
   if (args.empty()) throw UsageError("no command given");
   const std::string& cmd = args[0];
@@ -170,6 +293,7 @@ int run(const std::vector<std::string>& args) {
     std::printf("wegeft %s\n", wegeft::version);
     return 0;
   }
+  if (cmd == "finetune" || cmd == "generate" || cmd == "eval") return run_cli11(cmd, args);
   if (cmd == "inspect") {
     if (args.size() != 2) throw UsageError("inspect takes one PATH");
     return inspect(args[1]);

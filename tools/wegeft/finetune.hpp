@@ -1,0 +1,527 @@
+// wegeft finetune / generate / eval: fine-tune a pretrained model on JSONL data, sample from it,
+// and score it. Part of the wegeft tool (main.cpp); options parsed with CLI11.
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <wegeft/io/checkpoint.hpp>
+#include <wegeft/io/gguf_model.hpp>
+#include <wegeft/io/hf_model.hpp>
+#include <wegeft/io/peft.hpp>
+#include <wegeft/text/dataset.hpp>
+#include <wegeft/train/trainer.hpp>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <numeric>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace wegeft::tool {
+
+namespace fs = std::filesystem;
+using text::Task;
+
+/// Every finetune option; also what finetune.json in the output directory records.
+struct FinetuneOptions {
+  std::string model, data, out = "adapter", method = "wegeft", targets = "all-linear", task, schedule = "cosine", log;
+  std::string on_long = "truncate";
+  Index rank = 0;  // 0: the method's default
+  double alpha = 0, lr = 0, dropout = 0, weight_decay = 0, max_grad_norm = 1.0, epochs = 0;
+  std::int64_t iters = 0, stop_at = 0, warmup = -1, eval_every = 0, save_every = 0, report_every = 10, eval_batches = 0;
+  Index batch_size = 4, grad_accum = 1;
+  std::size_t max_seq_length = 512;
+  bool mask_prompt = false, resume = false;
+  std::uint64_t seed = 0;
+  int threads = 0;
+};
+
+inline nlohmann::ordered_json to_json(const FinetuneOptions& o) {
+  return {{"model", o.model},         {"data", o.data},
+          {"method", o.method},       {"rank", o.rank},
+          {"alpha", o.alpha},         {"targets", o.targets},
+          {"task", o.task},           {"iters", o.iters},
+          {"batch_size", o.batch_size}, {"max_seq_length", o.max_seq_length},
+          {"lr", o.lr},               {"schedule", o.schedule},
+          {"warmup", o.warmup},       {"grad_accum", o.grad_accum},
+          {"mask_prompt", o.mask_prompt}, {"dropout", o.dropout},
+          {"weight_decay", o.weight_decay}, {"max_grad_norm", o.max_grad_norm},
+          {"seed", o.seed}};
+}
+
+/// A model from a Hugging Face folder or a GGUF file, with the tokenizer it came with.
+struct LoadedTextModel {
+  LoadedModel<float> loaded;
+  std::optional<text::Tokenizer> tokenizer;
+  Transformer<float>& model() { return *loaded.model; }
+};
+
+inline LoadedTextModel load_text_model(const std::string& path) {
+  WEGEFT_CHECK(fs::exists(path), path << ": no such file or directory");
+  LoadedTextModel m;
+  if (fs::is_directory(path)) {
+    m.loaded = load_hf_model<float>(path);
+  } else {
+    WEGEFT_CHECK(fs::path(path).extension() == ".gguf", path << ": a model is a Hugging Face checkpoint folder or a .gguf file");
+    m.loaded = load_gguf_model<float>(path);
+  }
+  m.tokenizer.emplace(text::Tokenizer::load(path));
+  WEGEFT_CHECK(m.tokenizer->vocab_size() <= static_cast<std::size_t>(m.model().config().vocab_size),
+               path << ": the tokenizer has " << m.tokenizer->vocab_size() << " tokens, the model's embedding "
+                    << m.model().config().vocab_size);
+  return m;
+}
+
+inline std::string hms(double s) {
+  const auto t = static_cast<long>(s + 0.5);
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%02ld:%02ld:%02ld", t / 3600, t / 60 % 60, t % 60);
+  return buf;
+}
+
+inline double peak_rss_gib() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return static_cast<double>(u.ru_maxrss) / (1024.0 * 1024.0);
+}
+
+inline double available_memory_bytes() {
+  std::ifstream in("/proc/meminfo");
+  std::string key;
+  double kb = 0;
+  std::string unit;
+  while (in >> key >> kb >> unit)
+    if (key == "MemAvailable:") return kb * 1024.0;
+  return 0;
+}
+
+/// Rough bytes of activations and logits a step of `batch` x `seq` tokens keeps (float32).
+inline double step_memory_estimate(const ModelConfig& c, Index batch, Index seq, Index classes) {
+  const double tokens = static_cast<double>(batch) * static_cast<double>(seq);
+  const double per_layer = 14.0 * double(c.hidden) + 4.0 * double(c.intermediate) + 2.0 * double(c.heads) * double(seq);
+  const double head = classes > 0 ? 0.0 : 3.0 * double(c.vocab_size);
+  return 4.0 * tokens * (double(c.layers) * per_layer + head);
+}
+
+struct EvalResult {
+  double loss = 0, accuracy = -1;
+  std::size_t count = 0;  // targets (LM) or examples (classification)
+};
+
+/// Mean loss (per target token, or per example) and, for classification, accuracy.
+inline EvalResult evaluate(Transformer<float>& model, const text::Dataset& data, Task task, Index batch_size, std::int32_t pad,
+                           std::int64_t max_batches) {
+  model.set_training(false);
+  Transformer<float>::Activations acts;
+  std::vector<std::size_t> order(data.examples.size());
+  std::iota(order.begin(), order.end(), 0);
+  double total = 0;
+  std::size_t correct = 0;
+  EvalResult r;
+  std::int64_t batches = 0;
+  for (std::size_t b = 0; b < order.size(); b += static_cast<std::size_t>(batch_size)) {
+    if (max_batches > 0 && batches++ >= max_batches) break;
+    const auto e = std::min(order.size(), b + static_cast<std::size_t>(batch_size));
+    const auto batch = text::make_batch(data, order, b, e, task, pad);
+    const ModelInput<float> in{.ids = batch.ids.data(), .mask = batch.mask.data(), .batch = batch.batch, .seq = batch.seq};
+    model.forward(acts, in);
+    if (task == Task::causal_lm) {
+      if (batch.target_count == 0) continue;
+      total += model.lm_loss(acts, batch.targets.data()) * static_cast<double>(batch.target_count);
+      r.count += batch.target_count;
+    } else {
+      total += model.classification_loss(acts, batch.labels.data()) * static_cast<double>(batch.batch);
+      for (Index i = 0; i < batch.batch; ++i) {
+        Index arg = 0;
+        acts.logits.row(i).maxCoeff(&arg);
+        correct += arg == batch.labels[static_cast<std::size_t>(i)] ? 1 : 0;
+      }
+      r.count += static_cast<std::size_t>(batch.batch);
+    }
+  }
+  model.set_training(true);
+  r.loss = r.count ? total / static_cast<double>(r.count) : std::nan("");
+  if (task == Task::classification && r.count) r.accuracy = static_cast<double>(correct) / static_cast<double>(r.count);
+  return r;
+}
+
+inline MethodConfig method_from_options(const FinetuneOptions& o) {
+  // LoRA and DoRA: alpha defaults to the rank (scale 1).
+  auto lora_like = [&](auto c) -> MethodConfig {
+    if (o.rank > 0) c.rank = o.rank;
+    c.alpha = o.alpha > 0 ? o.alpha : double(c.rank);
+    c.dropout = o.dropout;
+    return c;
+  };
+  if (o.method == "lora") return lora_like(LoraConfig{});
+  if (o.method == "dora") return lora_like(DoraConfig{});
+  WEGEFT_CHECK(o.method == "wegeft", "--method must be wegeft, lora or dora, got '" << o.method << "'");
+  WeGeFTConfig c;
+  if (o.rank > 0) c.rank = o.rank;
+  c.alpha = o.alpha > 0 ? o.alpha : 2.0 * double(c.rank);
+  c.dropout = o.dropout;
+  return c;
+}
+
+inline std::vector<std::string> split_commas(const std::string& s) {
+  std::vector<std::string> out;
+  std::size_t b = 0;
+  while (b <= s.size()) {
+    auto e = s.find(',', b);
+    if (e == std::string::npos) e = s.size();
+    if (e > b) out.push_back(s.substr(b, e - b));
+    b = e + 1;
+  }
+  return out;
+}
+
+class Progress {
+ public:
+  Progress(const std::string& log_path, bool tty) : m_tty(tty) {
+    if (!log_path.empty()) {
+      m_log.open(log_path, std::ios::app);
+      WEGEFT_CHECK(m_log.good(), log_path << ": cannot open the log file for writing");
+    }
+  }
+  void report(std::int64_t step, std::int64_t total, double loss, std::optional<EvalResult> val, double lr, double tok_s,
+              double elapsed, bool force_line) {
+    const double eta = step > 0 ? elapsed / double(step - m_first + (step == m_first)) * double(total - step) : 0;
+    char line[320];
+    int n = std::snprintf(line, sizeof line, "step %lld/%lld | loss %.4f", static_cast<long long>(step), static_cast<long long>(total), loss);
+    if (val) {
+      n += std::snprintf(line + n, sizeof line - std::size_t(n), " | val loss %.4f", val->loss);
+      if (val->accuracy >= 0) n += std::snprintf(line + n, sizeof line - std::size_t(n), " acc %.3f", val->accuracy);
+    }
+    std::snprintf(line + n, sizeof line - std::size_t(n), " | lr %.2e | %.0f tok/s | %s elapsed, ETA %s | peak %.2f GiB", lr, tok_s,
+                  hms(elapsed).c_str(), hms(eta).c_str(), peak_rss_gib());
+    if (m_tty) {
+      std::fprintf(stderr, "\r\033[K%s%s", line, force_line || val ? "\n" : "");
+    } else if (force_line || val) {
+      std::fprintf(stderr, "%s\n", line);
+    }
+    std::fflush(stderr);
+    if (m_log.is_open()) {
+      nlohmann::ordered_json j{{"step", step}, {"train_loss", loss}, {"lr", lr}, {"tokens_per_s", tok_s}, {"elapsed_s", elapsed},
+                               {"peak_gib", peak_rss_gib()}};
+      if (val) {
+        j["val_loss"] = val->loss;
+        if (val->accuracy >= 0) j["val_accuracy"] = val->accuracy;
+      }
+      m_log << j.dump() << "\n";
+      m_log.flush();
+    }
+  }
+  void set_first(std::int64_t s) { m_first = s; }
+
+ private:
+  bool m_tty;
+  std::ofstream m_log;
+  std::int64_t m_first = 0;
+};
+
+inline const char* kStateFile = "training_state.safetensors";
+inline const char* kRunFile = "finetune.json";
+inline const char* kLabelsFile = "labels.json";
+
+inline int finetune(FinetuneOptions o) {
+  using clock = std::chrono::steady_clock;
+  const auto t0 = clock::now();
+  if (o.threads > 0) set_threads(o.threads);
+  // Resuming: the run's own options come from finetune.json; the command line may only repeat them.
+  const std::string run_file = (fs::path(o.out) / kRunFile).string();
+  const auto given = to_json(o);  // the options as given, before defaults are filled in
+  if (o.resume) {
+    WEGEFT_CHECK(fs::exists(run_file) && fs::exists(fs::path(o.out) / kStateFile),
+                 o.out << ": nothing to resume (no " << kRunFile << " and " << kStateFile << ")");
+    const auto saved = detail::parse_json_strict(read_text_file(run_file), run_file);
+    for (const auto& [k, v] : saved.items()) {
+      if (!given.contains(k) || k == "iters") continue;
+      WEGEFT_CHECK(given[k] == v, "--resume: option '" << k << "' was " << v.dump() << " in the run being resumed, now " << given[k].dump());
+    }
+  }
+  auto tm = load_text_model(o.model);
+  auto& model = tm.model();
+  const auto& tok = *tm.tokenizer;
+  const ModelConfig& cfg = model.config();
+  if (o.task.empty()) o.task = cfg.causal() ? "causal-lm" : "classification";
+  WEGEFT_CHECK(o.task == "causal-lm" || o.task == "classification", "--task must be causal-lm or classification, got '" << o.task << "'");
+  const Task task = o.task == "causal-lm" ? Task::causal_lm : Task::classification;
+  WEGEFT_CHECK(task == Task::classification || cfg.causal(),
+               o.model << ": a " << to_string(cfg.family) << " model has no language-model head; use --task classification");
+  WEGEFT_CHECK(o.on_long == "truncate" || o.on_long == "error", "--on-long must be truncate or error, got '" << o.on_long << "'");
+  WEGEFT_CHECK(o.batch_size >= 1 && o.grad_accum >= 1, "--batch-size and --grad-accum must be at least 1");
+  WEGEFT_CHECK(o.max_seq_length >= 2, "--max-seq-length must be at least 2");
+  if (o.max_seq_length > static_cast<std::size_t>(cfg.max_positions)) {
+    std::fprintf(stderr, "wegeft: note: --max-seq-length %zu lowered to the model's %ld positions\n", o.max_seq_length,
+                 static_cast<long>(cfg.max_positions));
+    o.max_seq_length = static_cast<std::size_t>(cfg.max_positions);
+  }
+
+  text::DataOptions dopt{.task = task, .max_seq_length = o.max_seq_length, .mask_prompt = o.mask_prompt,
+                         .truncate = o.on_long == "truncate", .default_system = text::chat_default_system(tok.chat_template())};
+  text::LabelMap labels;
+  const std::string train_path = (fs::path(o.data) / "train.jsonl").string();
+  const std::string valid_path = (fs::path(o.data) / "valid.jsonl").string();
+  WEGEFT_CHECK(fs::is_directory(o.data), o.data << ": --data must be a folder holding train.jsonl (and valid.jsonl)");
+  WEGEFT_CHECK(fs::exists(train_path), o.data << ": no train.jsonl");
+  const auto train = text::read_dataset(train_path, tok, dopt, labels, true);
+  std::optional<text::Dataset> valid;
+  if (fs::exists(valid_path)) valid.emplace(text::read_dataset(valid_path, tok, dopt, labels, false));
+  if (task == Task::classification)
+    WEGEFT_CHECK(labels.names.size() >= 2, train_path << ": classification needs at least 2 labels, found " << labels.names.size());
+  for (const text::Dataset* d : {&train, valid ? &*valid : static_cast<const text::Dataset*>(nullptr)})
+    if (d && d->truncated)
+      std::fprintf(stderr, "wegeft: warning: %s: %zu of %zu examples cut to %zu tokens\n", d->path.c_str(), d->truncated,
+                   d->examples.size(), o.max_seq_length);
+
+  // Steps: --iters wins; else --epochs (default 1) over the training examples.
+  const auto n_train = static_cast<std::int64_t>(train.examples.size());
+  const std::int64_t batches_per_epoch = (n_train + o.batch_size - 1) / o.batch_size;
+  if (o.iters <= 0) {
+    const double epochs = o.epochs > 0 ? o.epochs : 1.0;
+    o.iters = std::max<std::int64_t>(1, static_cast<std::int64_t>(std::ceil(epochs * double(batches_per_epoch) / double(o.grad_accum))));
+  }
+  if (o.warmup < 0) o.warmup = o.iters / 20;
+  if (o.eval_every <= 0) o.eval_every = std::max<std::int64_t>(1, o.iters / 10);
+  if (o.save_every <= 0) o.save_every = o.eval_every;
+  if (o.lr <= 0) o.lr = o.method == "wegeft" ? 1e-3 : 2e-4;
+
+  // Memory: refuse a batch whose activations alone would not fit.
+  std::size_t longest = 0;
+  for (const auto& e : train.examples) longest = std::max(longest, e.ids.size());
+  const double need = step_memory_estimate(cfg, o.batch_size, static_cast<Index>(longest), task == Task::classification ? 2 : 0);
+  const double avail = available_memory_bytes();
+  WEGEFT_CHECK(avail <= 0 || need < 0.9 * avail, "a batch of " << o.batch_size << " x " << longest << " tokens needs about "
+                                                   << need / (1 << 30) << " GiB of activations, " << avail / (1 << 30)
+                                                   << " GiB are available; lower --batch-size or --max-seq-length");
+
+  // Adapters (and the classification head) in the model's store.
+  AdapterSpec spec;
+  spec.target_modules = split_commas(o.targets);
+  spec.method = method_from_options(o);
+  spec.seed = o.seed;
+  model.attach(spec);
+  if (task == Task::classification) model.add_classifier(static_cast<Index>(labels.names.size()), std::nullopt, o.seed + 1);
+  model.set_training(true);
+  auto& store = model.store();
+  const double frozen = double(model.frozen_parameter_count());
+
+  TrainerConfig tc;
+  tc.adamw = {.lr = o.lr, .weight_decay = o.weight_decay};
+  tc.schedule = {o.schedule == "cosine" ? ScheduleKind::cosine : o.schedule == "linear" ? ScheduleKind::linear : ScheduleKind::constant,
+                 o.warmup, o.iters};
+  WEGEFT_CHECK(o.schedule == "cosine" || o.schedule == "linear" || o.schedule == "constant",
+               "--schedule must be cosine, linear or constant, got '" << o.schedule << "'");
+  tc.max_grad_norm = o.max_grad_norm;
+  tc.accumulation = o.grad_accum;
+  Trainer<float> trainer(model, tc);
+
+  std::int64_t start = 0;
+  if (o.resume) {
+    load_checkpoint((fs::path(o.out) / kStateFile).string(), model, store, trainer.optimizer());
+    start = trainer.optimizer_steps();
+    WEGEFT_CHECK(start <= o.iters, o.out << ": the saved run is at step " << start << ", past --iters " << o.iters);
+  } else {
+    fs::create_directories(o.out);
+    write_file_atomic(run_file, given.dump(2) + "\n");
+    if (task == Task::classification) write_file_atomic((fs::path(o.out) / kLabelsFile).string(), nlohmann::json(labels.names).dump() + "\n");
+  }
+  std::fprintf(stderr,
+               "wegeft finetune: %s %s (%s), %s, %.1fM frozen + %.3fM trainable parameters (%.3f%%)\n"
+               "  data: %zu train / %zu valid examples, %zu train tokens; %lld steps of %ld x %ld; lr %.1e %s, warmup %lld; %d threads (%s)\n",
+               to_string(cfg.family), o.method.c_str(), o.targets.c_str(), text::to_string(task), frozen / 1e6,
+               double(store.parameter_count()) / 1e6, 100.0 * double(store.parameter_count()) / frozen, train.examples.size(),
+               valid ? valid->examples.size() : 0, train.tokens, static_cast<long long>(o.iters), static_cast<long>(o.batch_size),
+               static_cast<long>(o.grad_accum), o.lr, o.schedule.c_str(), static_cast<long long>(o.warmup), gemm_threads(),
+               gemm_backend().c_str());
+
+  const std::int32_t pad = tok.pad_id().value_or(0);
+  Progress progress(o.log, ::isatty(2) != 0);
+  progress.set_first(start);
+  auto save = [&](std::int64_t step) {
+    save_adapter(model, store, o.out, o.model);
+    save_checkpoint((fs::path(o.out) / kStateFile).string(), model, store, trainer.optimizer());
+    (void)step;
+  };
+  // Batch k of the run is batch (k mod per-epoch) of epoch k / per-epoch, whose order is a
+  // permutation drawn from the seed and the epoch alone: a resumed run sees the same batches.
+  auto epoch_order = [&](std::int64_t epoch) {
+    std::vector<std::size_t> order(train.examples.size());
+    std::iota(order.begin(), order.end(), 0);
+    Rng rng(o.seed * 1000003ULL + static_cast<std::uint64_t>(epoch) + 17);
+    for (std::size_t i = order.size(); i > 1; --i) std::swap(order[i - 1], order[rng.next_u64() % i]);
+    return order;
+  };
+  std::int64_t cached_epoch = -1;
+  std::vector<std::size_t> order;
+  double window_loss = 0, window_tokens = 0;
+  std::int64_t window_n = 0;
+  auto window_t = clock::now();
+  std::optional<EvalResult> last_val;
+  const std::int64_t end = o.stop_at > 0 ? std::min(o.stop_at, o.iters) : o.iters;
+  for (std::int64_t step = start; step < end; ++step) {
+    for (Index micro = 0; micro < o.grad_accum; ++micro) {
+      const std::int64_t k = step * o.grad_accum + micro;
+      const std::int64_t epoch = k / batches_per_epoch, within = k % batches_per_epoch;
+      if (epoch != cached_epoch) order = epoch_order(epoch), cached_epoch = epoch;
+      const auto b = static_cast<std::size_t>(within * o.batch_size);
+      const auto e = std::min(order.size(), b + static_cast<std::size_t>(o.batch_size));
+      const auto batch = text::make_batch(train, order, b, e, task, pad);
+      const ModelInput<float> in{.ids = batch.ids.data(), .mask = batch.mask.data(), .batch = batch.batch, .seq = batch.seq};
+      double loss;
+      if (task == Task::causal_lm) {
+        if (batch.target_count == 0) continue;
+        loss = trainer.lm_step(in, batch.targets.data());
+      } else {
+        loss = trainer.classification_step(in, batch.labels.data());
+      }
+      WEGEFT_CHECK(std::isfinite(loss), "the training loss became " << loss << " at step " << step + 1 << "; lower --lr");
+      window_loss += loss;
+      ++window_n;
+      for (auto m : batch.mask) window_tokens += m;
+    }
+    const std::int64_t done = step + 1;
+    const bool eval_now = valid && (done % o.eval_every == 0 || done == o.iters);
+    const double train_secs = std::chrono::duration<double>(clock::now() - window_t).count();
+    if (eval_now) last_val = evaluate(model, *valid, task, o.batch_size, pad, o.eval_batches);
+    if (done % o.report_every == 0 || eval_now || done == o.iters) {
+      const double secs = train_secs;
+      const double elapsed = std::chrono::duration<double>(clock::now() - t0).count();
+      progress.report(done, o.iters, window_n ? window_loss / double(window_n) : std::nan(""),
+                      eval_now ? last_val : std::nullopt, trainer.current_lr(), secs > 0 ? window_tokens / secs : 0, elapsed,
+                      done == o.iters);
+      window_loss = window_tokens = 0;
+      window_n = 0;
+    }
+    if (done % o.save_every == 0 || done == end) save(done);
+    window_t = done % o.report_every == 0 || eval_now || done == o.iters ? clock::now() : window_t;
+  }
+  if (start >= end) save(end);
+  std::printf("%s: %s adapter after %lld of %lld steps%s\n", o.out.c_str(), o.method.c_str(), static_cast<long long>(end),
+              static_cast<long long>(o.iters),
+              last_val ? (", validation loss " + std::to_string(last_val->loss)).c_str() : "");
+  return 0;
+}
+
+/// Loads MODEL and, if given, an adapter directory written by finetune (or PEFT).
+inline LoadedTextModel load_adapted(const std::string& model_path, const std::string& adapter) {
+  auto tm = load_text_model(model_path);
+  if (!adapter.empty()) load_adapter(tm.model(), tm.model().store(), adapter);
+  tm.model().set_training(false);
+  return tm;
+}
+
+inline int eval_command(const std::string& model_path, const std::string& adapter, const std::string& data, const std::string& split,
+                        Index batch_size, std::size_t max_seq_length, bool mask_prompt, int threads) {
+  if (threads > 0) set_threads(threads);
+  auto tm = load_adapted(model_path, adapter);
+  auto& model = tm.model();
+  const Task task = model.has_classifier() ? Task::classification : Task::causal_lm;
+  WEGEFT_CHECK(task == Task::classification || model.config().causal(),
+               model_path << ": a " << to_string(model.config().family) << " model without a classification adapter has nothing to score");
+  text::LabelMap labels;
+  if (task == Task::classification) {
+    const std::string lp = (fs::path(adapter) / kLabelsFile).string();
+    WEGEFT_CHECK(fs::exists(lp), adapter << ": no " << kLabelsFile << " (the label names of the classifier)");
+    const auto j = detail::parse_json_strict(read_text_file(lp), lp);
+    for (const auto& n : detail::json_string_list(j, lp)) labels.add(n);
+  }
+  std::string path = (fs::path(data) / (split + ".jsonl")).string();
+  if (!fs::exists(path) && split == "test") path = (fs::path(data) / "valid.jsonl").string();
+  // An adapter trained with --mask-prompt is scored on the tokens it was trained to produce.
+  const std::string run_file = adapter.empty() ? "" : (fs::path(adapter) / kRunFile).string();
+  if (!run_file.empty() && fs::exists(run_file))
+    mask_prompt = mask_prompt || detail::json_bool(detail::parse_json_strict(read_text_file(run_file), run_file), "mask_prompt", false, run_file);
+  text::DataOptions dopt{.task = task, .max_seq_length = std::min<std::size_t>(max_seq_length, std::size_t(model.config().max_positions)),
+                         .mask_prompt = mask_prompt,
+                         .default_system = text::chat_default_system(tm.tokenizer->chat_template())};
+  const auto ds = text::read_dataset(path, *tm.tokenizer, dopt, labels, false);
+  const auto r = evaluate(model, ds, task, batch_size, tm.tokenizer->pad_id().value_or(0), 0);
+  if (task == Task::causal_lm) {
+    std::printf("%s: %zu examples, %zu target tokens%s: loss %.4f, perplexity %.3f\n", path.c_str(), ds.examples.size(), r.count,
+                mask_prompt ? " (prompts masked)" : "", r.loss, std::exp(r.loss));
+  } else {
+    std::printf("%s: %zu examples: loss %.4f, accuracy %.4f\n", path.c_str(), r.count, r.loss, r.accuracy);
+  }
+  return 0;
+}
+
+inline int generate_command(const std::string& model_path, const std::string& adapter, const std::string& prompt, int max_tokens,
+                            double temperature, double top_p, std::uint64_t seed, bool raw, int threads) {
+  if (threads > 0) set_threads(threads);
+  auto tm = load_adapted(model_path, adapter);
+  auto& model = tm.model();
+  const auto& tok = *tm.tokenizer;
+  WEGEFT_CHECK(model.config().causal() && !model.has_classifier(), model_path << ": generation needs a causal language model");
+  WEGEFT_CHECK(max_tokens >= 1 && temperature >= 0 && top_p > 0 && top_p <= 1,
+               "--max-tokens must be >= 1, --temperature >= 0 and --top-p in (0, 1]");
+  std::string text = prompt;
+  if (!raw && tok.chatml()) {
+    text = text::render_chatml({{"user", prompt}}, text::chat_default_system(tok.chat_template())) + "<|im_start|>assistant\n";
+  }
+  std::vector<std::int32_t> ids;
+  if (tok.bpe() && tok.bpe()->config().add_bos && tok.bos_id()) ids.push_back(*tok.bos_id());
+  for (auto t : tok.encode(text)) ids.push_back(t);
+  WEGEFT_CHECK(!ids.empty(), "the prompt is empty");
+  const auto stop_im_end = tok.token_to_id("<|im_end|>");
+  Rng rng(seed);
+  Transformer<float>::Activations acts;
+  std::vector<std::int32_t> out;
+  std::string printed;
+  for (int n = 0; n < max_tokens; ++n) {
+    WEGEFT_CHECK(static_cast<Index>(ids.size()) <= model.config().max_positions, "the text reached the model's "
+                                                                                  << model.config().max_positions << " positions");
+    const ModelInput<float> in{.ids = ids.data(), .mask = nullptr, .batch = 1, .seq = static_cast<Index>(ids.size())};
+    model.forward(acts, in);
+    const auto last = acts.logits.row(acts.logits.rows() - 1);
+    std::int32_t next = 0;
+    if (temperature == 0) {
+      Index arg = 0;
+      last.maxCoeff(&arg);
+      next = static_cast<std::int32_t>(arg);
+    } else {
+      std::vector<std::pair<double, std::int32_t>> p(static_cast<std::size_t>(last.size()));
+      const double mx = last.maxCoeff();
+      double z = 0;
+      for (Index v = 0; v < last.size(); ++v) {
+        const double e = std::exp((double(last(v)) - mx) / temperature);
+        p[static_cast<std::size_t>(v)] = {e, static_cast<std::int32_t>(v)};
+        z += e;
+      }
+      std::sort(p.begin(), p.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
+      double keep = 0;
+      std::size_t k = 0;
+      while (k < p.size() && keep < top_p * z) keep += p[k++].first;
+      double u = rng.uniform() * keep;
+      next = p[0].second;
+      for (std::size_t i = 0; i < k; ++i) {
+        u -= p[i].first;
+        if (u <= 0) {
+          next = p[i].second;
+          break;
+        }
+      }
+    }
+    if ((tok.eos_id() && next == *tok.eos_id()) || (stop_im_end && next == *stop_im_end)) break;
+    ids.push_back(next);
+    out.push_back(next);
+    const std::string now = tok.decode(out, true);
+    if (now.size() > printed.size() && now.compare(0, printed.size(), printed) == 0 && now.find("\xEF\xBF\xBD", printed.size()) == std::string::npos) {
+      std::fputs(now.c_str() + printed.size(), stdout);
+      std::fflush(stdout);
+      printed = now;
+    }
+  }
+  const std::string final_text = tok.decode(out, true);
+  if (final_text.size() > printed.size()) std::fputs(final_text.c_str() + printed.size(), stdout);
+  std::fputs("\n", stdout);
+  return 0;
+}
+
+}  // namespace wegeft::tool
