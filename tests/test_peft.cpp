@@ -290,6 +290,59 @@ TEST_CASE("a DoRA adapter written by PEFT loads and gives PEFT's logits", "[io][
   CHECK(wt::rel_diff(acts.logits, g.get("logits")) < 1e-10);
 }
 
+TEST_CASE("a PEFT all-linear LoRA on BERT adapts the pooler and gives PEFT's logits", "[io][peft][interop]") {
+  // PEFT writes target_modules as the 13 full names (pooler.dense among them) and
+  // modules_to_save ["classifier", "score"] (task_type SEQ_CLS); only the classifier exists.
+  auto loaded = load_hf_model<double>(interop("bert/base"));
+  Transformer<double>& model = *loaded.model;
+  ParameterStore<double> store;
+  CHECK(load_adapter(model, store, interop("bert/lora_all_linear")) == 13);
+  CHECK(model.adapter<LoraAdapter<double>>("bert.pooler.dense") != nullptr);
+  CHECK(model.has_classifier());
+  const wt::Golden g("interop/bert/lora_all_linear_expected.txt");
+  const Inputs in = read_inputs(g);
+  Transformer<double>::Activations acts;
+  model.set_training(false);
+  model.forward(acts, in.input());
+  CHECK(wt::rel_diff(acts.logits, g.get("logits")) < 1e-10);
+}
+
+TEST_CASE("the pooler's adapter gets gradients equal to finite differences of the classification loss", "[model][peft]") {
+  auto loaded = load_hf_model<double>(interop("bert/base"));
+  Transformer<double>& model = *loaded.model;
+  ParameterStore<double> store;
+  load_adapter(model, store, interop("bert/lora_all_linear"));
+  const wt::Golden g("interop/bert/lora_all_linear_expected.txt");
+  const Inputs in = read_inputs(g);
+  const std::vector<std::int32_t> labels = {1, 0};
+  Transformer<double>::Activations acts;
+  model.set_training(false);
+  auto loss = [&] {
+    model.forward(acts, in.input());
+    return model.classification_loss(acts, labels.data());
+  };
+  store.zero_grad();
+  loss();
+  model.backward(acts);
+  std::size_t checked = 0;
+  for (std::size_t i = 0; i < store.entries().size(); ++i) {
+    if (store.entries()[i].name.find("pooler.dense") == std::string::npos) continue;
+    auto v = store.value(ParamId{i});
+    const auto gr = store.grad(ParamId{i});
+    for (Index k = 0; k < v.size(); k += 3) {
+      const double keep = v.data()[k], h = 1e-6;
+      v.data()[k] = keep + h;
+      const double up = loss();
+      v.data()[k] = keep - h;
+      const double down = loss();
+      v.data()[k] = keep;
+      CHECK(std::abs((up - down) / (2 * h) - gr.data()[k]) < 1e-7 * std::max(1.0, std::abs(gr.data()[k])));
+      ++checked;
+    }
+  }
+  CHECK(checked > 0);
+}
+
 TEST_CASE("adapters on a caller's own layers save and load without a Transformer, methods mixed", "[io][peft]") {
   TempDir dir;
   Rng rng(21);

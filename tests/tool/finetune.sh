@@ -76,6 +76,22 @@ for method in wegeft lora; do
   fi
 done
 
+# A decoder as a classifier (score head on the last real token).
+if run cls_llama "$tool" finetune --model "$work/llama" --data "$work/cls" --task classification --method lora --rank 4 \
+    --iters 30 --batch-size 8 --lr 1e-2 --threads 1 --out "$work/cls-llama" --log "$work/cls-llama.log" --report-every 1; then
+  read -r first last <<<"$(losses "$work/cls-llama.log")"
+  falls "$first" "$last" && pass || fail "cls_llama: training loss did not fall ($first -> $last)"
+  grep -q '"score"' "$work/cls-llama/adapter_config.json" && pass || fail "cls_llama: score head not in modules_to_save"
+fi
+
+# --config FILE: JSON options, the command line wins.
+echo '{"method": "lora", "rank": 3, "iters": 2, "batch_size": 4, "mask_prompt": true, "lr": 0.5}' >"$work/config.json"
+if run config "$tool" finetune --model "$work/llama" --data "$work/pc" --config "$work/config.json" --lr 1e-3 --threads 1 \
+    --out "$work/from-config"; then
+  grep -q '"rank": 3' "$work/from-config/finetune.json" && grep -q '"mask_prompt": true' "$work/from-config/finetune.json" &&
+    grep -q '"lr": 0.001' "$work/from-config/finetune.json" && pass || fail "config: options not taken: $(cat "$work/from-config/finetune.json")"
+fi
+
 # Stopped at step 5 and resumed to 12 == 12 steps straight (dropout on: its stream is restored too).
 common=(finetune --model "$work/llama" --data "$work/lm" --method lora --rank 4 --iters 12 --batch-size 3 --lr 1e-2
         --dropout 0.1 --threads 1 --seed 7)

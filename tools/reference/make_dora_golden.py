@@ -108,12 +108,20 @@ def interop():
                 p.mul_(1 + 0.3 * (2 * torch.rand(p.shape, generator=gen) - 1))
             elif "lora_" in name or "modules_to_save" in name:
                 p.copy_(0.3 * (2 * torch.rand(p.shape, generator=gen) - 1))
-    out = os.path.join(root, "dora")
+    save_and_score(model, root, "dora", "dora_expected.txt", gen,
+                   f"# bert: base + PEFT DoRA (peft {peft.__version__}), float64 from float32 files; "
+                   "see tools/reference/make_dora_golden.py\n")
+
+
+def save_and_score(model, root, name, expected, gen, header):
+    """Saves the PEFT model to root/name, reloads it on the float64 base as a user would, and writes
+    two padded input rows and their logits to root/expected."""
+    out = os.path.join(root, name)
     model.save_pretrained(out, safe_serialization=True)
     readme = os.path.join(out, "README.md")
     if os.path.exists(readme):
         os.remove(readme)
-    fresh = transformers.BertForSequenceClassification.from_pretrained(os.path.join(root, "base"), torch_dtype=D)
+    fresh = transformers.BertForSequenceClassification.from_pretrained(os.path.join(OUT, "interop", "bert", "base"), torch_dtype=D)
     final = peft.PeftModel.from_pretrained(fresh, out).to(D)
     final.eval()
     ids = torch.randint(0, 11, (2, 6), generator=gen)
@@ -121,9 +129,8 @@ def interop():
     mask[1, -2:] = 0
     with torch.no_grad():
         logits = final(input_ids=ids, attention_mask=mask).logits
-    with open(os.path.join(root, "dora_expected.txt"), "w") as f:
-        f.write(f"# bert: base + PEFT DoRA (peft {peft.__version__}), float64 from float32 files; "
-                "see tools/reference/make_dora_golden.py\n")
+    with open(os.path.join(root, expected), "w") as f:
+        f.write(header)
         write(f, "input.input_ids", ids.to(D))
         write(f, "input.attention_mask", mask.to(D))
         write(f, "logits", logits)

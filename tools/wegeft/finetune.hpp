@@ -290,7 +290,7 @@ inline int finetune(FinetuneOptions o) {
   if (o.warmup < 0) o.warmup = o.iters / 20;
   if (o.eval_every <= 0) o.eval_every = std::max<std::int64_t>(1, o.iters / 10);
   if (o.save_every <= 0) o.save_every = o.eval_every;
-  if (o.lr <= 0) o.lr = o.method == "wegeft" ? 1e-3 : 2e-4;
+  if (o.lr <= 0) o.lr = o.method == "wegeft" ? 5e-4 : 1e-3;  // docs/finetune.md: the sweep behind these
 
   // Memory: refuse a batch whose activations alone would not fit.
   std::size_t longest = 0;
@@ -444,10 +444,10 @@ inline int eval_command(const std::string& model_path, const std::string& adapte
   const auto ds = text::read_dataset(path, *tm.tokenizer, dopt, labels, false);
   const auto r = evaluate(model, ds, task, batch_size, tm.tokenizer->pad_id().value_or(0), 0);
   if (task == Task::causal_lm) {
-    std::printf("%s: %zu examples, %zu target tokens%s: loss %.4f, perplexity %.3f\n", path.c_str(), ds.examples.size(), r.count,
+    std::printf("%s: %zu examples, %zu target tokens%s: loss %.6f, perplexity %.3f\n", path.c_str(), ds.examples.size(), r.count,
                 mask_prompt ? " (prompts masked)" : "", r.loss, std::exp(r.loss));
   } else {
-    std::printf("%s: %zu examples: loss %.4f, accuracy %.4f\n", path.c_str(), r.count, r.loss, r.accuracy);
+    std::printf("%s: %zu examples: loss %.6f, accuracy %.4f\n", path.c_str(), r.count, r.loss, r.accuracy);
   }
   return 0;
 }

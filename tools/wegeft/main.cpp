@@ -230,7 +230,7 @@ int run_cli11(const std::string& cmd, const std::vector<std::string>& args) {
     app.add_option("--grad-accum", o.grad_accum, "micro-batches per optimizer step")->capture_default_str();
     app.add_option("--max-seq-length", o.max_seq_length, "tokens per example")->capture_default_str();
     app.add_option("--on-long", o.on_long, "a longer example: truncate (and count) or error")->capture_default_str();
-    app.add_option("--lr", o.lr, "peak learning rate (default: wegeft 1e-3, lora 2e-4)");
+    app.add_option("--lr", o.lr, "peak learning rate (default: wegeft 5e-4, lora and dora 1e-3)");
     app.add_option("--schedule", o.schedule, "cosine, linear or constant")->capture_default_str();
     app.add_option("--warmup", o.warmup, "warm-up steps (default: 5% of the steps)");
     app.add_option("--weight-decay", o.weight_decay, "AdamW weight decay")->capture_default_str();

@@ -5,7 +5,8 @@
 //   - `target_regex` is set and matches its full name (PEFT's string form, re.fullmatch), or
 //   - an entry of `target_modules` equals its name, is a suffix of it after a dot (PEFT's list
 //     form: "q_proj" matches "model.layers.0.self_attn.q_proj"), is its role's short name
-//     (q k v qkv o gate up down), or is "all-linear" (every block linear; heads excluded);
+//     (q k v qkv o gate up down pooler), or is "all-linear" (every block linear and BERT's
+//     pooler.dense, as PEFT; heads excluded);
 // and, if `layers` is not empty, its block index is listed (PEFT's layers_to_transform).
 // `rank_pattern` / `alpha_pattern` override r / alpha for modules whose name matches
 // `(.*\.)?KEY` (PEFT's rule) or whose short name is KEY; the first matching entry wins.

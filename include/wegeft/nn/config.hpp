@@ -31,13 +31,14 @@ inline const char* to_string(Family f) {
 }
 
 /// The linear layers of a block, by role. GPT-2 has one fused qkv projection instead of q, k, v;
-/// only Llama has gate.
-enum class LinearRole { q, k, v, qkv, o, gate, up, down };
-inline constexpr int kLinearRoles = 8;
+/// only Llama has gate. `pooler` is BERT's pooler.dense, the one adaptable linear outside the
+/// blocks (used by its classification head).
+enum class LinearRole { q, k, v, qkv, o, gate, up, down, pooler };
+inline constexpr int kLinearRoles = 8;  // roles inside a block
 
-/// The short target name of a role: q k v qkv o gate up down.
+/// The short target name of a role: q k v qkv o gate up down pooler.
 inline const char* short_name(LinearRole r) {
-  static const char* names[] = {"q", "k", "v", "qkv", "o", "gate", "up", "down"};
+  static const char* names[] = {"q", "k", "v", "qkv", "o", "gate", "up", "down", "pooler"};
   return names[static_cast<int>(r)];
 }
 
@@ -125,7 +126,8 @@ struct ModelConfig {
   /// [d_out, d_in] of a block linear.
   std::pair<Index, Index> linear_shape(LinearRole r) const {
     switch (r) {
-      case LinearRole::q: return {hidden, hidden};
+      case LinearRole::q:
+      case LinearRole::pooler: return {hidden, hidden};
       case LinearRole::k:
       case LinearRole::v: return {kv_width(), hidden};
       case LinearRole::qkv: return {3 * hidden, hidden};

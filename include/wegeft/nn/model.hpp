@@ -86,6 +86,7 @@ class Transformer {
     Matrix<T> last;                  // [N, d] last block output
     Matrix<T> final_out, final_mean, final_rstd;  // pre-norm families: final norm
     Matrix<T> pooled, pooler_out;    // classifier: [B, d]
+    LinearCache pooler;              // bert classifier: the pooler's adapter cache
     Matrix<T> logits;                // lm: [N, V]; classifier: [B, labels]
     Matrix<T> dlogits;               // set by a loss function or the caller
     Matrix<T> spare, dh, dx;         // [N, d] buffers reused by forward / backward
@@ -126,6 +127,8 @@ class Transformer {
     if (config.family == Family::bert) {
       add_tensor(config.name_prefix() + "pooler.dense.weight", d, d);
       add_tensor(config.name_prefix() + "pooler.dense.bias", 1, d);
+      // After every block linear, so linear(layer, role) indexing is unchanged; layer -1.
+      m_linears.push_back(Linear{config.name_prefix() + "pooler.dense", LinearRole::pooler, -1, nullptr, nullptr, nullptr});
     }
     if (config.rope()) m_rope = std::make_unique<RopeTable<T>>(config.head_dim(), config.max_positions, config.rope_theta);
     // Every tensor a step uses, found once (map nodes keep their addresses).
@@ -133,7 +136,7 @@ class Transformer {
     const std::string pre = config.name_prefix();
     for (auto& lin : m_linears) {
       lin.weight = find(lin.name + ".weight");
-      lin.bias = config.linear_bias() ? find(lin.name + ".bias") : nullptr;
+      lin.bias = config.linear_bias() || lin.role == LinearRole::pooler ? find(lin.name + ".bias") : nullptr;
     }
     m_fixed = {.token = find(config.token_embedding_name() + ".weight"),
                .position = config.family == Family::llama ? nullptr : find(config.position_tensor_name()),
@@ -142,9 +145,7 @@ class Transformer {
                .patch_bias = find(pre + "embeddings.patch_embeddings.projection.bias"),
                .cls_token = find(pre + "embeddings.cls_token"),
                .lm_head = config.family == Family::gpt2 || config.tied_lm_head ? find(config.token_embedding_name() + ".weight")
-                                                                               : find("lm_head.weight"),
-               .pooler_weight = find(pre + "pooler.dense.weight"),
-               .pooler_bias = find(pre + "pooler.dense.bias")};
+                                                                               : find("lm_head.weight")};
   }
 
   const ModelConfig& config() const { return m_config; }
@@ -156,7 +157,7 @@ class Transformer {
     return it->second;
   }
   const std::map<std::string, Matrix<T>>& tensors() const { return m_tensors; }
-  /// Module paths of the block linears, in model order.
+  /// Module paths of the adaptable linears (the block linears, then BERT's pooler), in model order.
   std::vector<std::string> linear_names() const {
     std::vector<std::string> out;
     for (const auto& l : m_linears) out.push_back(l.name);
@@ -212,7 +213,8 @@ class Transformer {
     return *m_adapters;
   }
 
-  /// Every block linear as an AdapterSite (name, role short name, block, frozen weights), in model order.
+  /// Every adaptable linear as an AdapterSite (name, role short name, block, frozen weights), in
+  /// model order; BERT's pooler.dense comes last with role "pooler" and layer -1.
   std::vector<AdapterSite<T>> sites() {
     std::vector<AdapterSite<T>> out;
     out.reserve(m_linears.size());
@@ -223,14 +225,14 @@ class Transformer {
   AdapterSet<T>* adapters() { return m_adapters.get(); }
   const AdapterSet<T>* adapters() const { return m_adapters.get(); }
 
-  /// One block linear and its adapter (null when not adapted).
+  /// One adaptable linear and its adapter (null when not adapted).
   struct ModuleView {
     const std::string& name;
     LinearRole role;
     Index layer;
     AnyAdapter<T>* adapter;
   };
-  /// Every block linear in model order, adapted or not.
+  /// Every adaptable linear in model order (block linears, then BERT's pooler), adapted or not.
   std::vector<ModuleView> modules() {
     resolve_adapters();
     std::vector<ModuleView> out;
@@ -407,7 +409,7 @@ class Transformer {
   };
   /// The non-block tensors a step uses (null where the family has none).
   struct FixedTensors {
-    Matrix<T>*token, *position, *token_type, *patch_weight, *patch_bias, *cls_token, *lm_head, *pooler_weight, *pooler_bias;
+    Matrix<T>*token, *position, *token_type, *patch_weight, *patch_bias, *cls_token, *lm_head;
   };
   struct ParamView {
     T* value;
@@ -462,8 +464,10 @@ class Transformer {
   // ---- linears, norms -------------------------------------------------------------------
 
   void run_linear(Index layer, LinearRole role, LinearCache& cache, Matrix<T>& y, const Matrix<T>& x) {
-    Linear& lin = linear(layer, role);
-    y.resize(x.rows(), m_config.linear_shape(role).first);
+    run_linear(linear(layer, role), cache, y, x);
+  }
+  void run_linear(Linear& lin, LinearCache& cache, Matrix<T>& y, const Matrix<T>& x) {
+    y.resize(x.rows(), m_config.linear_shape(lin.role).first);
     if (!lin.adapter) {
       cache.template emplace<std::monostate>();
       frozen(lin).forward(y, x);
@@ -479,7 +483,9 @@ class Transformer {
   /// dx (overwritten; may be null) and adapter gradients (+=) of one block linear.
   void run_linear_backward(Index layer, LinearRole role, LinearCache& cache, Matrix<T>* dx, const Matrix<T>& x,
                        const Matrix<T>& dy) {
-    Linear& lin = linear(layer, role);
+    run_linear_backward(linear(layer, role), cache, dx, x, dy);
+  }
+  void run_linear_backward(Linear& lin, LinearCache& cache, Matrix<T>* dx, const Matrix<T>& x, const Matrix<T>& dy) {
     if (dx) dx->resize(x.rows(), x.cols());
     if (!lin.adapter) {
       if (dx) frozen(lin).backward_input(*dx, dy);
@@ -563,8 +569,7 @@ class Transformer {
     pool_forward(acts.pooled.data(), h.data(), mask, acts.batch, acts.seq, d, m_pooling);
     const Matrix<T>* features = &acts.pooled;
     if (m_config.family == Family::bert) {
-      acts.pooler_out.resize(acts.batch, d);
-      wegeft::linear_forward<T>(acts.pooler_out, acts.pooled, *m_fixed.pooler_weight, m_fixed.pooler_bias->data());
+      run_linear(m_linears.back(), acts.pooler, acts.pooler_out, acts.pooled);
       tanh_forward(acts.pooler_out.data(), acts.pooler_out.data(), acts.pooler_out.size());
       features = &acts.pooler_out;
     }
@@ -583,7 +588,7 @@ class Transformer {
     dpooled.noalias() = acts.dlogits * m_store->value(m_cls_weight);
     if (m_config.family == Family::bert) {
       tanh_backward(dpooled.data(), dpooled.data(), acts.pooler_out.data(), dpooled.size());
-      acts.dfeatures.noalias() = dpooled * *m_fixed.pooler_weight;
+      run_linear_backward(m_linears.back(), acts.pooler, &acts.dfeatures, acts.pooled, dpooled);
       dpooled.swap(acts.dfeatures);
     }
     const std::uint8_t* mask = acts.mask.empty() ? nullptr : acts.mask.data();
