@@ -73,6 +73,7 @@ for method in wegeft lora; do
     run "lm_generate_$method" "$tool" generate --model "$work/llama" --adapter "$work/lm-$method" --prompt "Q: colour of the sky 3?" --max-tokens 4
     run "lm_eval_$method" "$tool" eval --model "$work/llama" --adapter "$work/lm-$method" --data "$work/pc" --split valid &&
       { grep -q "perplexity" "$work/lm_eval_$method.out" && pass || fail "lm_eval_$method: no perplexity in output"; }
+    [ "$method" = lora ] && run lm_convert "$tool" convert --adapter "$work/lm-lora" --base "$work/llama" --out "$work/lm-lora.gguf"
   fi
 done
 
