@@ -48,7 +48,7 @@ def main():
     ours = open(ours_file).read()
     m = re.search(r"loss ([0-9.]+), accuracy ([0-9.]+)", ours)
     print(f"PEFT: loss {loss:.6f}, accuracy {acc:.4f}; wegeft eval: loss {m.group(1)}, accuracy {m.group(2)}")
-    assert abs(loss - float(m.group(1))) < 2e-5 and abs(acc - float(m.group(2))) < 1e-9
+    assert abs(loss - float(m.group(1))) < 2e-5 and abs(acc - float(m.group(2))) < 5e-5  # as printed: 6 and 4 decimals
     print("OK: the wegeft finetune adapter loads in PEFT and scores the same")
 
 

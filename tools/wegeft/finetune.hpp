@@ -71,6 +71,18 @@ inline LoadedTextModel load_text_model(const std::string& path) {
     WEGEFT_CHECK(fs::path(path).extension() == ".gguf", path << ": a model is a Hugging Face checkpoint folder or a .gguf file");
     m.loaded = load_gguf_model<float>(path);
   }
+  // A bare BertModel checkpoint (sentence-transformers' MiniLM) gets the "bert." names a
+  // BertForSequenceClassification has, so the adapter's module names are the ones PEFT uses when
+  // it loads the same folder for classification.
+  if (m.model().config().family == Family::bert && m.model().config().name_prefix().empty()) {
+    ModelConfig c = m.model().config();
+    c.prefix_set = false;
+    c.prefix.clear();
+    auto named = std::make_unique<Transformer<float>>(c);
+    const std::string pre = c.name_prefix();
+    for (const auto& [name, value] : m.model().tensors()) named->tensor(pre + name) = value;
+    m.loaded.model = std::move(named);
+  }
   m.tokenizer.emplace(text::Tokenizer::load(path));
   WEGEFT_CHECK(m.tokenizer->vocab_size() <= static_cast<std::size_t>(m.model().config().vocab_size),
                path << ": the tokenizer has " << m.tokenizer->vocab_size() << " tokens, the model's embedding "
