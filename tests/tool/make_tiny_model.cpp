@@ -1,7 +1,8 @@
 // Writes a tiny randomly initialised Hugging Face checkpoint folder (config.json,
 // model.safetensors) with a real tokenizer copied beside it, for the fine-tuning smoke tests.
-// Usage: make_tiny_model bert|llama TOKENIZER_FILE OUT_DIR
-//   bert:  TOKENIZER_FILE is a vocab.txt (the vocabulary size follows it)
+// Usage: make_tiny_model bert|bert-bare|llama TOKENIZER_FILE OUT_DIR
+//   bert:  TOKENIZER_FILE is a vocab.txt (the vocabulary size follows it); bert-bare: the same
+//          saved as a bare BertModel (no "bert." prefix, as sentence-transformers saves MiniLM)
 //   llama: TOKENIZER_FILE is a tokenizer.json (byte-level BPE); eos is its last added token
 #include <wegeft/io/hf_model.hpp>
 #include <wegeft/io/safetensors.hpp>
@@ -14,11 +15,12 @@
 
 int main(int argc, char** argv) {
   if (argc != 4) {
-    std::fprintf(stderr, "usage: %s bert|llama TOKENIZER_FILE OUT_DIR\n", argv[0]);
+    std::fprintf(stderr, "usage: %s bert|bert-bare|llama TOKENIZER_FILE OUT_DIR\n", argv[0]);
     return 2;
   }
   namespace fs = std::filesystem;
-  const std::string family = argv[1], tok_path = argv[2], out = argv[3];
+  const std::string family = std::string(argv[1]) == "bert-bare" ? "bert" : argv[1], tok_path = argv[2], out = argv[3];
+  const bool bare = std::string(argv[1]) == "bert-bare";
   try {
     const auto tok = wegeft::text::Tokenizer::load(tok_path);
     const auto vocab = static_cast<wegeft::Index>(tok.vocab_size());
@@ -55,7 +57,8 @@ int main(int argc, char** argv) {
       for (wegeft::Index i = 0; i < v.size(); ++i)
         v.data()[i] = norm ? (name.ends_with(".bias") ? 0.f : 1.f) : static_cast<float>(0.05 * rng.normal());
       const bool vector = m.rows() == 1 && (name.ends_with(".bias") || norm);
-      st.add(name, wegeft::DType::F32, v, vector ? std::vector<std::int64_t>{m.cols()} : std::vector<std::int64_t>{});
+      const std::string stored = bare && name.rfind("bert.", 0) == 0 ? name.substr(5) : name;
+      st.add(stored, wegeft::DType::F32, v, vector ? std::vector<std::int64_t>{m.cols()} : std::vector<std::int64_t>{});
     }
     st.write((fs::path(out) / "model.safetensors").string());
     std::printf("%s: tiny %s, vocabulary %ld\n", out.c_str(), family.c_str(), static_cast<long>(vocab));
