@@ -356,10 +356,9 @@ inline int finetune(FinetuneOptions o) {
   const std::int32_t pad = tok.pad_id().value_or(0);
   Progress progress(o.log, ::isatty(2) != 0);
   progress.set_first(start);
-  auto save = [&](std::int64_t step) {
+  auto save = [&] {
     save_adapter(model, store, o.out, o.model);
     save_checkpoint((fs::path(o.out) / kStateFile).string(), model, store, trainer.optimizer());
-    (void)step;
   };
   // Batch k of the run is batch (k mod per-epoch) of epoch k / per-epoch, whose order is a
   // permutation drawn from the seed and the epoch alone: a resumed run sees the same batches.
@@ -411,10 +410,10 @@ inline int finetune(FinetuneOptions o) {
       window_loss = window_tokens = 0;
       window_n = 0;
     }
-    if (done % o.save_every == 0 || done == end) save(done);
+    if (done % o.save_every == 0 || done == end) save();
     window_t = done % o.report_every == 0 || eval_now || done == o.iters ? clock::now() : window_t;
   }
-  if (start >= end) save(end);
+  if (start >= end) save();
   std::printf("%s: %s adapter after %lld of %lld steps%s\n", o.out.c_str(), o.method.c_str(), static_cast<long long>(end),
               static_cast<long long>(o.iters),
               last_val ? (", validation loss " + std::to_string(last_val->loss)).c_str() : "");

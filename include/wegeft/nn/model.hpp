@@ -136,7 +136,7 @@ class Transformer {
     const std::string pre = config.name_prefix();
     for (auto& lin : m_linears) {
       lin.weight = find(lin.name + ".weight");
-      lin.bias = config.linear_bias() || lin.role == LinearRole::pooler ? find(lin.name + ".bias") : nullptr;
+      lin.bias = config.linear_bias() ? find(lin.name + ".bias") : nullptr;  // bert (the pooler's family) has biases
     }
     m_fixed = {.token = find(config.token_embedding_name() + ".weight"),
                .position = config.family == Family::llama ? nullptr : find(config.position_tensor_name()),

@@ -15,7 +15,6 @@
 
 namespace wegeft::text {
 
-using ::wegeft::detail::check_json_depth;
 using ::wegeft::detail::json_bool;
 using ::wegeft::detail::json_number;
 using ::wegeft::detail::json_string;
@@ -44,7 +43,7 @@ class AddedTokens {
     for (std::size_t i = 0; i < m_tokens.size(); ++i) {
       const auto& t = m_tokens[i];
       WEGEFT_CHECK(!t.content.empty(), "added token " << t.id << " has empty content");
-      (void)utf8_decode(t.content, "added token content");
+      utf8_check(t.content, "added token content");
       m_by_id[t.id] = i;
       if (!t.normalized) m_raw_first[static_cast<unsigned char>(t.content[0])].push_back(i);
       if (t.normalized) m_norm_first[static_cast<unsigned char>(t.content[0])].push_back(i);

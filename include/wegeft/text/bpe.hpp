@@ -82,7 +82,7 @@ class BpeTokenizer {
     WEGEFT_CHECK(!m_vocab.empty(), what << ": the vocabulary is empty");
     m_index.reserve(m_vocab.size());
     for (std::size_t i = 0; i < m_vocab.size(); ++i) {
-      (void)utf8_decode(m_vocab[i], what);
+      utf8_check(m_vocab[i], what);
       m_index.emplace(m_vocab[i], static_cast<std::int32_t>(i));
     }
     m_ranks.reserve(merges.size());
@@ -161,7 +161,7 @@ class BpeTokenizer {
 
   /// Ids of `s` (no BOS/EOS; see encode_document).
   std::vector<std::int32_t> encode(std::string_view s) const {
-    (void)utf8_decode(s);
+    utf8_check(s);
     std::vector<std::int32_t> ids;
     std::vector<std::string_view> pieces, next;
     for (const auto& part : m_added.split(s)) {
@@ -265,12 +265,8 @@ class BpeTokenizer {
     }
     std::size_t start = 0, i = 0;
     while (i < s.size()) {
-      std::size_t len = 1;
-      const auto b = static_cast<unsigned char>(s[i]);
-      if (b >= 0xF0) len = 4;
-      else if (b >= 0xE0) len = 3;
-      else if (b >= 0xC0) len = 2;
-      const char32_t c = utf8_decode(s.substr(i, len))[0];
+      char32_t c = 0;
+      const std::size_t len = utf8_next(s, i, c);  // the text was checked in encode()
       if (is_numeric(c)) {
         if (i > start) out.push_back(s.substr(start, i - start));
         out.push_back(s.substr(i, len));
@@ -326,20 +322,10 @@ class BpeTokenizer {
   static std::string repair_utf8(const std::string& b) {
     std::string out;
     out.reserve(b.size());
-    std::size_t i = 0;
-    while (i < b.size()) {
-      const auto c = static_cast<unsigned char>(b[i]);
-      std::size_t len = c < 0x80 ? 1 : (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3 : (c & 0xF8) == 0xF0 ? 4 : 0;
-      bool ok = len > 0 && i + len <= b.size();
-      for (std::size_t k = 1; ok && k < len; ++k) ok = (static_cast<unsigned char>(b[i + k]) & 0xC0) == 0x80;
-      if (ok && len > 1) {
-        try {
-          (void)utf8_decode(std::string_view(b).substr(i, len));
-        } catch (const Error&) {
-          ok = false;
-        }
-      }
-      if (ok) {
+    for (std::size_t i = 0; i < b.size();) {
+      char32_t c = 0;
+      const std::size_t len = utf8_next(b, i, c);
+      if (len > 0) {
         out.append(b, i, len);
         i += len;
       } else {

@@ -171,13 +171,7 @@ inline Dataset read_dataset(const std::string& path, const Tokenizer& tok, const
     while (!line.empty() && (line.back() == '\r' || line.back() == ' ' || line.back() == '\t')) line.remove_suffix(1);
     if (line.empty()) continue;
     const std::string where = path + ":" + std::to_string(line_no);
-    nlohmann::json j;
-    try {
-      check_json_depth(std::string(line), where);
-      j = nlohmann::json::parse(line);
-    } catch (const nlohmann::json::exception& ex) {
-      WEGEFT_CHECK(false, where << ": not a JSON object (" << ex.what() << ")");
-    }
+    const nlohmann::json j = parse_json_strict(std::string(line), where);
     Example ex = make_example(j, tok, opt, labels, new_labels, where);
     if (ex.ids.size() > opt.max_seq_length) {
       WEGEFT_CHECK(opt.truncate, where << ": " << ex.ids.size() << " tokens, more than max_seq_length " << opt.max_seq_length);

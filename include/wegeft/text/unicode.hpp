@@ -19,41 +19,67 @@
 
 namespace wegeft::text {
 
-/// Code points of `s`; refuses malformed UTF-8 (overlong forms, surrogates, values past
-/// U+10FFFF, truncated sequences), naming the byte offset. `what` names the source in the error.
+/// Decodes the code point starting at byte `i` of `s` into `c`; returns its length in bytes, or 0
+/// when the bytes there are not well-formed UTF-8 (overlong forms, surrogates, values past
+/// U+10FFFF, truncated sequences, stray continuation bytes). `why`, if given, says which.
+inline std::size_t utf8_next(std::string_view s, std::size_t i, char32_t& c, const char** why = nullptr) {
+  const auto* p = reinterpret_cast<const unsigned char*>(s.data());
+  const std::size_t n = s.size();
+  const unsigned char b = p[i];
+  std::size_t len = 0;
+  char32_t min = 0;
+  const auto bad = [&](const char* w) -> std::size_t {
+    if (why != nullptr) *why = w;
+    return 0;
+  };
+  if (b < 0x80) {
+    c = b;
+    return 1;
+  }
+  if ((b & 0xE0) == 0xC0) {
+    c = b & 0x1F, len = 2, min = 0x80;
+  } else if ((b & 0xF0) == 0xE0) {
+    c = b & 0x0F, len = 3, min = 0x800;
+  } else if ((b & 0xF8) == 0xF0) {
+    c = b & 0x07, len = 4, min = 0x10000;
+  } else {
+    return bad("is not a lead byte");
+  }
+  if (len > n - i) return bad("starts a sequence that is cut short");
+  for (std::size_t k = 1; k < len; ++k) {
+    if ((p[i + k] & 0xC0) != 0x80) return bad("starts a sequence with a missing continuation byte");
+    c = (c << 6) | (p[i + k] & 0x3F);
+  }
+  if (c < min || c > 0x10FFFF || (c >= 0xD800 && c <= 0xDFFF))
+    return bad("starts a sequence that is overlong, a surrogate or out of range");
+  return len;
+}
+
+/// Code points of `s`; refuses malformed UTF-8, naming the byte offset. `what` names the source
+/// in the error.
 inline std::u32string utf8_decode(std::string_view s, std::string_view what = "text") {
   std::u32string out;
   out.reserve(s.size());
-  const auto* p = reinterpret_cast<const unsigned char*>(s.data());
-  const std::size_t n = s.size();
-  for (std::size_t i = 0; i < n;) {
-    const unsigned char b = p[i];
+  for (std::size_t i = 0; i < s.size();) {
     char32_t c = 0;
-    std::size_t len = 0;
-    char32_t min = 0;
-    if (b < 0x80) {
-      c = b, len = 1;
-    } else if ((b & 0xE0) == 0xC0) {
-      c = b & 0x1F, len = 2, min = 0x80;
-    } else if ((b & 0xF0) == 0xE0) {
-      c = b & 0x0F, len = 3, min = 0x800;
-    } else if ((b & 0xF8) == 0xF0) {
-      c = b & 0x07, len = 4, min = 0x10000;
-    } else {
-      WEGEFT_CHECK(false, what << " is not valid UTF-8: byte " << i << " is 0x" << std::hex << int(b));
-    }
-    WEGEFT_CHECK(len <= n - i, what << " is not valid UTF-8: the sequence at byte " << i << " is cut short");
-    for (std::size_t k = 1; k < len; ++k) {
-      WEGEFT_CHECK((p[i + k] & 0xC0) == 0x80, what << " is not valid UTF-8: byte " << i + k << " is not a continuation byte");
-      c = (c << 6) | (p[i + k] & 0x3F);
-    }
-    WEGEFT_CHECK(c >= min && c <= 0x10FFFF && (c < 0xD800 || c > 0xDFFF),
-                 what << " is not valid UTF-8: the sequence at byte " << i << " encodes U+" << std::hex << std::uppercase
-                      << std::uint32_t(c) << ", which is overlong, a surrogate or out of range");
+    const char* why = "";
+    const std::size_t len = utf8_next(s, i, c, &why);
+    WEGEFT_CHECK(len > 0, what << " is not valid UTF-8: byte " << i << " (0x" << std::hex
+                               << int(static_cast<unsigned char>(s[i])) << std::dec << ") " << why);
     out.push_back(c);
     i += len;
   }
   return out;
+}
+
+/// Throws (as utf8_decode) unless `s` is well-formed UTF-8; allocates nothing.
+inline void utf8_check(std::string_view s, std::string_view what = "text") {
+  for (std::size_t i = 0; i < s.size();) {
+    char32_t c = 0;
+    const std::size_t len = utf8_next(s, i, c);
+    if (len == 0) (void)utf8_decode(s.substr(i), what);  // throws with the reason
+    i += len;
+  }
 }
 
 /// Appends the UTF-8 form of the code point `c` (which must be a valid scalar value).

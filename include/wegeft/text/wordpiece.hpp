@@ -79,7 +79,7 @@ class WordPieceTokenizer {
       : m_vocab(std::move(vocab)), m_config(std::move(config)), m_added(std::move(added)) {
     WEGEFT_CHECK(!m_vocab.empty(), what << ": the vocabulary is empty");
     for (std::size_t i = 0; i < m_vocab.size(); ++i) {
-      (void)utf8_decode(m_vocab[i], what);
+      utf8_check(m_vocab[i], what);
       m_index.emplace(m_vocab[i], static_cast<std::int32_t>(i));  // first occurrence wins
     }
     for (const auto& t : m_added.tokens()) {
