@@ -84,7 +84,8 @@ int main(int argc, char** argv) {
                         base.backward_input(dx, dy);
                       }});
   for (Index r : {8, 16, 64}) {
-    loras.push_back(std::make_unique<wegeft::LoraAdapter<T>>(store, base, wegeft::LoraConfig{.rank = r, .alpha = 2.0 * r}, rng));
+    loras.push_back(std::make_unique<wegeft::LoraAdapter<T>>(store, base, wegeft::LoraConfig{.rank = r, .alpha = 2.0 * r}, rng,
+                                                             "lora_r" + std::to_string(r)));
     auto* lora = loras.back().get();
     lora->lora_B().setConstant(T(0.01));
     auto cache = std::make_shared<wegeft::LoraAdapter<T>::Cache>();
@@ -93,7 +94,8 @@ int main(int argc, char** argv) {
                           lora->forward(y, *cache, x);
                           lora->backward(dx, *cache, x, dy);
                         }});
-    gens.push_back(std::make_unique<wegeft::WeGeFTGenerator<T>>(store, d_in, wegeft::WeGeFTConfig{.rank = r, .alpha = 2.0 * r}, rng));
+    gens.push_back(std::make_unique<wegeft::WeGeFTGenerator<T>>(store, d_in, wegeft::WeGeFTConfig{.rank = r, .alpha = 2.0 * r}, rng,
+                                                                "wegeft_r" + std::to_string(r)));
     gens.back()->phi().setConstant(T(0.01));
     for (auto order : {wegeft::WeGeFTOrder::weight_side, wegeft::WeGeFTOrder::input_edit}) {
       layers.push_back(std::make_unique<wegeft::WeGeFTAdapter<T>>(*gens.back(), base, rng, order));

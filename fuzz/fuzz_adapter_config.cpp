@@ -12,9 +12,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     const wegeft::AdapterConfig c = wegeft::read_adapter_config(dir);
     for (const char* name : {"model.layers.0.self_attn.q_proj", "transformer.h.1.mlp.c_proj"}) {
       (void)wegeft::targets_module(c.spec, name, "q", 0);
-      (void)wegeft::rank_for(c.spec, name, "q");
-      (void)wegeft::alpha_for(c.spec, name, "q");
-      (void)wegeft::tied_group_of(c.spec, name);
+      (void)wegeft::rank_for(c.spec, name, "q", 8);
+      (void)wegeft::alpha_for(c.spec, name, "q", 8.0);
+      if (const auto* w = std::get_if<wegeft::WeGeFTConfig>(&c.spec.method)) (void)wegeft::tied_group_of(w->tied_modules, name);
     }
   } catch (const wegeft::Error&) {
   }

@@ -1,5 +1,8 @@
 #include "support.hpp"
 
+#include <random>
+#include <regex>
+
 
 using namespace wegeft;
 
@@ -154,4 +157,113 @@ TEST_CASE("FrozenLinear matches a scalar reference and rejects wrong shapes", "[
   CHECK_THROWS_WITH(lin.forward(bad_y, x), Catch::Contains("[4, 6]") && Catch::Contains("[4, 5]"));
   Vector<double> short_bias(4);
   CHECK_THROWS_WITH(FrozenLinear<double>(w, &short_bias), Catch::Contains("4 entries"));
+}
+
+namespace {
+// Random patterns over a small alphabet with every construct Pattern shares with ECMAScript, kept
+// shallow so that std::regex (a backtracking matcher) stays fast enough to act as the oracle.
+std::string random_pattern(std::mt19937& g, int depth) {
+  const char* literals[] = {"a", "b", "_", "\\.", "0"};
+  const unsigned k = static_cast<unsigned>(g() % 10) % (depth > 2 ? 4u : 10u);
+  switch (k) {
+    case 0:
+    case 1:
+    case 2: return literals[g() % 5];
+    case 3: return std::string("[") + (g() % 2 ? "^" : "") + "a0-9]";
+    case 4: return random_pattern(g, depth + 1) + random_pattern(g, depth + 1);
+    case 5: return "(" + random_pattern(g, depth + 1) + "|" + random_pattern(g, depth + 1) + ")";
+    case 6: return "(?:" + random_pattern(g, depth + 1) + ")*";
+    case 7: return "(" + random_pattern(g, depth + 1) + ")+";
+    case 8: return "(" + random_pattern(g, depth + 1) + ")?";
+    default: {
+      const unsigned lo = g() % 3, hi = lo + g() % 3;
+      return "(" + random_pattern(g, depth + 1) + "){" + std::to_string(lo) + "," + std::to_string(hi) + "}";
+    }
+  }
+}
+}  // namespace
+
+TEST_CASE("Pattern's full, prefix and search matches equal std::regex on 30,000 random cases", "[core][pattern]") {
+  std::mt19937 g(7);
+  const char alphabet[] = "ab_.0x";
+  int mismatches = 0;
+  for (int i = 0; i < 1500; ++i) {
+    std::string source = random_pattern(g, 0);
+    if (g() % 4 == 0) source = ".*" + source;
+    if (g() % 5 == 0) source += "\\b";
+    if (g() % 7 == 0) source = "^" + source + "$";
+    const Pattern p(source);
+    const std::regex oracle(source);
+    for (int j = 0; j < 20; ++j) {
+      std::string s;
+      for (unsigned n = g() % 8; n > 0; --n) s += alphabet[g() % 6];
+      const bool full = std::regex_match(s, oracle), prefix = std::regex_search(s, oracle, std::regex_constants::match_continuous),
+                 any = std::regex_search(s, oracle);
+      if (p.full_match(s) != full || p.prefix_match(s) != prefix || p.search(s) != any) {
+        UNSCOPED_INFO("pattern '" << source << "' on '" << s << "': oracle " << full << prefix << any);
+        ++mismatches;
+      }
+    }
+  }
+  CHECK(mismatches == 0);
+}
+
+TEST_CASE("Pattern follows Python re on PEFT-style patterns, classes, counts and anchors", "[core][pattern]") {
+  const std::string q = "model.layers.11.self_attn.q_proj";
+  CHECK(Pattern(R"(.*\.(q|v)_proj)").full_match(q));
+  CHECK(Pattern(R"(model\.layers\.\d+\.self_attn\.(?:q|k)_proj)").full_match(q));
+  CHECK(!Pattern(R"(model\.layers\.\d\.self_attn\.q_proj)").full_match(q));
+  CHECK(Pattern(R"(model\.layers\.\d{2}\.)").prefix_match(q));
+  CHECK(!Pattern(R"(model\.layers\.\d{2}\.)").full_match(q));
+  CHECK(Pattern(R"((?P<block>\d+)\.self)").search(q));
+  CHECK(Pattern(R"(\bq_proj$)").search(q));
+  CHECK(!Pattern(R"(\Bq_proj$)").search(q));
+  CHECK(Pattern("a$").prefix_match("a\n"));  // $ matches before a final newline, as in Python
+  CHECK(!Pattern("a$").full_match("a\n"));
+  CHECK(!Pattern(R"(a\Z)").prefix_match("a\n"));
+  CHECK(Pattern("a{,2}b").full_match("aab"));
+  CHECK(Pattern("a{,}b").full_match("aaaab"));
+  CHECK(Pattern("a{x}").full_match("a{x}"));  // not a count: literal braces, as in Python
+  CHECK(Pattern("[]a]+").full_match("]a]"));
+  CHECK(Pattern(R"([^\d.]+)").full_match("q_proj"));
+  CHECK(!Pattern(R"([^\d.]+)").full_match("q.proj"));
+  CHECK(Pattern(R"(\x41+?)").full_match("AAA"));
+  CHECK(Pattern(".").full_match("x"));
+  CHECK(!Pattern(".").full_match("\n"));
+  CHECK(Pattern("").full_match(""));
+  CHECK(Pattern("(a|)+").full_match("aa"));
+}
+
+TEST_CASE("Pattern refuses what it cannot match in linear time and bounds its size", "[core][pattern][hostile]") {
+  const auto refuses = [](const std::string& source, const char* why) {
+    INFO(source.substr(0, 60));
+    CHECK_THROWS_WITH(Pattern(source), Catch::Contains(why));
+  };
+  refuses("(a)\\1", "backreferences");
+  refuses("(?=a)", "lookaround");
+  refuses("(?i)a", "lookaround, inline flags");
+  refuses("a*+", "possessive");
+  refuses("a**", "multiple repeat");
+  refuses("*a", "nothing to repeat");
+  refuses("^*", "nothing to repeat");
+  refuses("(a", "missing ')'");
+  refuses("a)", "unbalanced parenthesis");
+  refuses("[a", "unterminated character set");
+  refuses("[z-a]", "bad character range");
+  refuses("a{3,2}", "min repeat greater than max repeat");
+  refuses("a{1001}", "counts above 1000");
+  refuses("\\q", "unknown or unsupported escape");
+  refuses(std::string(100, '(') + std::string(100, ')'), "nest deeper than 64");
+  refuses(std::string(20000, '(') + std::string(20000, ')'), "at most 4096");
+  refuses("(a{1000}){1000}", "more than 20000 instructions");
+}
+
+TEST_CASE("Pattern matching takes linear time on patterns that make backtracking engines explode", "[core][pattern][hostile]") {
+  // (.*.*.*)*X and (a|a)*b against 100,000 bytes: a backtracking matcher takes minutes or overflows
+  // its stack; a Thompson simulation visits each (position, instruction) pair once.
+  const std::string text(100000, 'a');
+  CHECK(!Pattern("(.*.*.*)*X").full_match(text));
+  CHECK(!Pattern("(a|a)*b").full_match(text));
+  CHECK(!Pattern("(a*)*b").search(text));
+  CHECK(Pattern("(a|aa)*").full_match(text));
 }

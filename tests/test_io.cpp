@@ -7,6 +7,9 @@
 
 #include <wegeft/io/safetensors.hpp>
 
+#include <sys/wait.h>
+#include <unistd.h>
+
 using namespace wegeft;
 namespace fs = std::filesystem;
 
@@ -117,13 +120,13 @@ TEST_CASE("a failed atomic write leaves the previous file and no temporary behin
   const std::string before = read_bytes(dir / "a.safetensors");
   fs::create_directory(dir.path / "is_a_dir");
   fs::create_directory(dir.path / "is_a_dir" / "child");
-  CHECK_THROWS_WITH(b.write(dir / "is_a_dir"), Catch::Contains("cannot rename"));
+  CHECK_THROWS_WITH(b.write(dir / "is_a_dir"), Catch::Contains("is not a regular file (a directory)"));
   CHECK_THROWS_WITH(b.write(dir / "missing/x.safetensors"), Catch::Contains("cannot create a temporary file"));
   CHECK(read_bytes(dir / "a.safetensors") == before);
   std::size_t entries = 0;
   for (const auto& e : fs::directory_iterator(dir.path)) {
     INFO(e.path().string());
-    CHECK(e.path().string().find(".tmp-") == std::string::npos);
+    CHECK(e.path().string().find("wegeft-tmp-") == std::string::npos);
     ++entries;
   }
   CHECK(entries == 2);
@@ -187,4 +190,47 @@ TEST_CASE("hostile safetensors files get clear errors naming the file and the pr
   CHECK_THROWS_WITH(SafetensorsReader(dir / "deep-ok.safetensors"), Catch::Contains("is not a string"));
   write_bytes(dir / "brackets.safetensors", make_file(R"({"__metadata__":{"k":")" + std::string(500, '[') + R"("}})", ""));
   CHECK(SafetensorsReader(dir / "brackets.safetensors").metadata().at("k") == std::string(500, '['));
+}
+
+TEST_CASE("crc32 gives zlib's check value and continues across pieces", "[io]") {
+  const std::string s = "123456789";
+  CHECK(crc32(s.data(), s.size()) == 0xCBF43926u);
+  CHECK(crc32(s.data() + 4, 5, crc32(s.data(), 4)) == 0xCBF43926u);
+  CHECK(crc32(nullptr, 0) == 0u);
+}
+
+TEST_CASE("the atomic writer keeps modes, refuses links and devices, fits long names and clears dead temporaries",
+          "[io][hostile]") {
+  TempDir dir;
+  const auto write = [](const std::string& path, const std::string& text) { write_file_atomic(path, text); };
+  // A replaced file keeps its permission bits.
+  write((dir / "secret"), "a");
+  fs::permissions(dir.path / "secret", fs::perms::owner_read | fs::perms::owner_write);
+  write((dir / "secret"), "b");
+  CHECK(fs::status(dir.path / "secret").permissions() == (fs::perms::owner_read | fs::perms::owner_write));
+  CHECK(read_bytes((dir / "secret")) == "b");
+  // A symbolic link is not written through, and the file it points at is unchanged.
+  fs::create_symlink(dir.path / "secret", dir.path / "link");
+  CHECK_THROWS_WITH(write((dir / "link"), "c"), Catch::Contains("link: is a symbolic link"));
+  CHECK(read_bytes((dir / "secret")) == "b");
+  CHECK(fs::is_symlink(dir.path / "link"));
+  // A device node is refused, not replaced (the writer would need rights to /dev, but the check comes first).
+  CHECK_THROWS_WITH(write("/dev/null", "x"), Catch::Contains("/dev/null: exists and is not a regular file"));
+  // A 250-byte file name: the temporary's name is shortened, not the target's.
+  const std::string long_name(250, 'n');
+  write((dir / long_name), "long");
+  CHECK(read_bytes((dir / long_name)) == "long");
+  // Temporaries of a killed write (a process that no longer exists) go on the next write of that
+  // file; a temporary of a live process stays.
+  const pid_t child = ::fork();
+  if (child == 0) ::_exit(0);
+  ::waitpid(child, nullptr, 0);
+  const std::string dead = dir / (".secret.wegeft-tmp-" + std::to_string(child) + "-123");
+  const std::string live = dir / (".secret.wegeft-tmp-" + std::to_string(::getppid()) + "-456");
+  std::ofstream(dead) << "half";
+  std::ofstream(live) << "busy";
+  write((dir / "secret"), "d");
+  CHECK(!fs::exists(dead));
+  CHECK(fs::exists(live));
+  CHECK(read_bytes((dir / "secret")) == "d");
 }

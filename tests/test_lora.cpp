@@ -126,7 +126,7 @@ TEST_CASE("lora init follows PEFT: kaiming-uniform bound 1/sqrt(d_in), gaussian 
   CHECK(ku.lora_A().cwiseAbs().maxCoeff() > 0.99 * bound);
   // U(-c, c) has variance c^2 / 3
   CHECK(ku.lora_A().squaredNorm() / double(r * d_in) == Approx(bound * bound / 3).epsilon(0.03));
-  LoraAdapter<double> ga(store, FrozenLinear<double>(w), {.rank = r, .init = LoraInit::gaussian}, rng);
+  LoraAdapter<double> ga(store, FrozenLinear<double>(w), {.rank = r, .init = LoraInit::gaussian}, rng, "gaussian");
   CHECK(std::sqrt(ga.lora_A().squaredNorm() / double(r * d_in)) == Approx(1.0 / r).epsilon(0.03));
   CHECK(std::abs(ga.lora_A().mean()) < 0.01 / r);
   CHECK(ku.parameter_count() == r * (d_in + d_out));
@@ -185,13 +185,13 @@ TEST_CASE("lora rejects bad configurations and shapes with messages naming the s
   CHECK_THROWS_WITH(LoraAdapter<float>(store, base, {.rank = 7}, rng),
                     Catch::Contains("rank 7 exceeds min(d_in, d_out) = min(10, 6)"));
   CHECK_THROWS_WITH(LoraAdapter<float>(store, base, {.rank = 2, .alpha = NAN}, rng),
-                    Catch::Contains("alpha must be finite, got nan"));
+                    Catch::Contains("alpha must be finite and non-zero, got nan"));
   CHECK_THROWS_WITH(LoraAdapter<float>(store, base, {.rank = 2, .alpha = INFINITY}, rng),
-                    Catch::Contains("alpha must be finite, got inf"));
+                    Catch::Contains("alpha must be finite and non-zero, got inf"));
   CHECK_THROWS_WITH(LoraAdapter<float>(store, base, {.rank = 2, .dropout = 1.0}, rng),
                     Catch::Contains("dropout must be in [0, 1), got 1"));
   LoraAdapter<float> lora(store, base, {.rank = 2}, rng);
-  LoraAdapter<float> other(store, base, {.rank = 2}, rng);
+  LoraAdapter<float> other(store, base, {.rank = 2}, rng, "other");
   Matrix<float> x(3, 9), y(3, 6);
   LoraAdapter<float>::Cache cache;
   CHECK_THROWS_WITH(lora.forward(y, cache, x), Catch::Contains("[3, 9]") && Catch::Contains("10 columns"));

@@ -206,6 +206,35 @@ TEST_CASE("model bad input gets clear errors", "[model][errors]") {
   CHECK_THROWS_WITH(model.train_norms("nothing", store), Catch::Contains("matches no norm tensor"));
 }
 
+TEST_CASE("API misuse gets wegeft::Error, not a crash or a silently useless adapter", "[model][errors][hostile]") {
+  Transformer<float> model(ModelConfig::tiny(Family::llama));
+  Rng init(1);
+  model.init_random(init);
+  ParameterStore<float> store;
+  // Backward before any forward: the activations hold nothing to differentiate.
+  Transformer<float>::Activations fresh;
+  CHECK_THROWS_WITH(model.backward(fresh), Catch::Contains("backward needs the activations of a forward"));
+  // A malformed norm pattern is a wegeft::Error naming the pattern.
+  CHECK_THROWS_WITH(model.train_norms("model.norm(", store), Catch::Contains("invalid regular expression 'model.norm('"));
+  // alpha 0 (an update that is always zero) and a scale that overflows float are refused, for each method.
+  CHECK_THROWS_WITH(model.attach({.target_modules = {"q"}, .method = LoraConfig{.rank = 2, .alpha = 0}}, store),
+                    Catch::Contains("alpha must be finite and non-zero, got 0"));
+  CHECK_THROWS_WITH(model.attach({.target_modules = {"q"}, .method = WeGeFTConfig{.rank = 2, .alpha = 0}}, store),
+                    Catch::Contains("alpha must be finite and non-zero, got 0"));
+  CHECK_THROWS_WITH(model.attach({.target_modules = {"q"}, .method = LoraConfig{.rank = 2, .alpha = 1e300}}, store),
+                    Catch::Contains("overflows the compute type"));
+  CHECK_THROWS_WITH(model.attach({.target_modules = {"q"}, .method = WeGeFTConfig{.rank = 2, .alpha = 1e300}}, store),
+                    Catch::Contains("overflows the compute type"));
+  CHECK(store.entries().empty());
+  // Two adapters under one name in one store.
+  Matrix<float> w = Matrix<float>::Ones(4, 6);
+  ParameterStore<float> own;
+  Rng rng(2);
+  LoraAdapter<float> first(own, FrozenLinear<float>(w.data(), 4, 6), LoraConfig{.rank = 2}, rng, "layer");
+  CHECK_THROWS_WITH(LoraAdapter<float>(own, FrozenLinear<float>(w.data(), 4, 6), LoraConfig{.rank = 2}, rng, "layer"),
+                    Catch::Contains("parameter 'layer.lora_A.weight' is already in this store"));
+}
+
 TEST_CASE("whole tiny models equal Hugging Face transformers + PEFT: logits, loss and every adapter gradient",
           "[model][golden]") {
   const Family family = GENERATE(Family::bert, Family::gpt2, Family::llama, Family::vit);

@@ -273,6 +273,33 @@ TEST_CASE("resuming from a checkpoint is bit-identical to an uninterrupted run",
   CHECK_THROWS_WITH(load_checkpoint(dir.str("ckpt.safetensors"), other, so, opt), Catch::Contains("no saved value for parameter"));
 }
 
+TEST_CASE("a damaged checkpoint is refused by its checksum and changes nothing", "[io][checkpoint][hostile]") {
+  TempDir dir;
+  const ModelConfig c = ModelConfig::tiny(Family::llama);
+  Transformer<float> model(c);
+  Rng init(2);
+  model.init_random(init);
+  ParameterStore<float> store;
+  model.attach({.target_modules = {"q", "v"}, .method = LoraConfig{.rank = 2}, .seed = 3}, store);
+  AdamW<float> opt;
+  for (auto& v : store.values()) v += 0.25f;  // B starts at zero: make every byte of the file matter
+  save_checkpoint(dir.str("ckpt.safetensors"), model, store, opt);
+  const std::string good = read_all(dir.str("ckpt.safetensors"));
+  const std::vector<float> before(store.values().begin(), store.values().end());
+  CHECK_NOTHROW(load_checkpoint(dir.str("ckpt.safetensors"), model, store, opt));
+  // The trailing bytes zeroed (a torn copy), then one flipped bit in the middle of the data.
+  std::string zeroed = good;
+  std::fill(zeroed.end() - 16, zeroed.end(), '\0');
+  std::string flipped = good;
+  flipped[flipped.size() - flipped.size() / 4] ^= 0x10;
+  for (const std::string* bad : {&zeroed, &flipped}) {
+    { std::ofstream(dir.str("bad.safetensors"), std::ios::binary) << *bad; }
+    CHECK_THROWS_WITH(load_checkpoint(dir.str("bad.safetensors"), model, store, opt),
+                      Catch::Contains("bad.safetensors: checksum mismatch") && Catch::Contains("damaged"));
+    CHECK(std::equal(before.begin(), before.end(), store.values().begin(), store.values().end()));
+  }
+}
+
 TEST_CASE("a DoRA adapter written by PEFT loads and gives PEFT's logits", "[io][peft][interop][dora]") {
   auto loaded = load_hf_model<double>(interop("bert/base"));
   Transformer<double>& model = *loaded.model;

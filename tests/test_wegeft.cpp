@@ -247,7 +247,7 @@ TEST_CASE("wegeft automatic order picks the cheaper exact order", "[wegeft]") {
   Matrix<float> big = Matrix<float>::Ones(768, 768);
   for (const auto& [rank, want] : {std::pair{8, WeGeFTOrder::weight_side}, std::pair{16, WeGeFTOrder::weight_side},
                                    std::pair{64, WeGeFTOrder::input_edit}}) {
-    WeGeFTGenerator<float> g(store, 768, {.rank = rank, .alpha = 16}, rng);
+    WeGeFTGenerator<float> g(store, 768, {.rank = rank, .alpha = 16}, rng, "bench_r" + std::to_string(rank));
     WeGeFTAdapter<float> layer(g, FrozenLinear<float>(big), rng);
     CHECK(layer.resolve_order(2048) == want);
   }
@@ -255,7 +255,7 @@ TEST_CASE("wegeft automatic order picks the cheaper exact order", "[wegeft]") {
   CHECK(wegeft_extra_macs(WeGeFTOrder::weight_side, 2048, 8, 768, 768) ==
         3.0 * 2048 * 8 * 1536 + 2.0 * 8 * 768 * 768);
 
-  WeGeFTGenerator<float> dropgen(store, 64, {.rank = 8, .alpha = 16, .dropout = 0.1}, rng);
+  WeGeFTGenerator<float> dropgen(store, 64, {.rank = 8, .alpha = 16, .dropout = 0.1}, rng, "dropout");
   WeGeFTAdapter<float> drop_auto(dropgen, FrozenLinear<float>(square), rng);
   CHECK(drop_auto.resolve_order(1) == WeGeFTOrder::weight_side);
   drop_auto.set_training(false);
@@ -273,9 +273,9 @@ TEST_CASE("wegeft rejects bad configurations and shapes with messages naming the
   CHECK_THROWS_WITH(WeGeFTGenerator<double>(store, 8, {.rank = 9}, rng),
                     Catch::Contains("rank 9 exceeds d_in = 8"));
   CHECK_THROWS_WITH(WeGeFTGenerator<double>(store, 8, {.rank = 2, .alpha = NAN}, rng),
-                    Catch::Contains("alpha must be finite, got nan"));
+                    Catch::Contains("alpha must be finite and non-zero, got nan"));
   CHECK_THROWS_WITH(WeGeFTGenerator<double>(store, 8, {.rank = 2, .alpha = -INFINITY}, rng),
-                    Catch::Contains("alpha must be finite, got -inf"));
+                    Catch::Contains("alpha must be finite and non-zero, got -inf"));
   CHECK_THROWS_WITH(WeGeFTGenerator<double>(store, 8, {.rank = 2, .dropout = -0.1}, rng),
                     Catch::Contains("dropout must be in [0, 1)"));
   WeGeFTGenerator<double> gen(store, 8, {.rank = 2, .alpha = 4}, rng, "k_proj");

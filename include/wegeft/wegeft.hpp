@@ -5,6 +5,7 @@
 
 #include "wegeft/core/error.hpp"
 #include "wegeft/core/parameters.hpp"
+#include "wegeft/core/pattern.hpp"
 #include "wegeft/core/rng.hpp"
 #include "wegeft/core/tensor.hpp"
 #include "wegeft/kernels/cpu/attention.hpp"

@@ -68,7 +68,10 @@ std::pair<ParamId, ParamId> add_lora_pair(ParameterStore<T>& store, const LoraCo
   WEGEFT_CHECK(r >= 1, kind << " rank must be at least 1, got " << r << " for '" << name << "'");
   WEGEFT_CHECK(r <= std::min(d_in, d_out), kind << " rank " << r << " exceeds min(d_in, d_out) = min(" << d_in << ", "
                                            << d_out << ") for '" << name << "'");
-  WEGEFT_CHECK(std::isfinite(config.alpha), kind << " alpha must be finite, got " << config.alpha << " for '" << name << "'");
+  WEGEFT_CHECK(std::isfinite(config.alpha) && config.alpha != 0.0,
+               kind << " alpha must be finite and non-zero, got " << config.alpha << " for '" << name << "'");
+  WEGEFT_CHECK(std::isfinite(static_cast<T>(lora_scale(config))), kind << " scale alpha / r = " << lora_scale(config)
+               << " overflows the compute type for '" << name << "'");
   WEGEFT_CHECK(config.dropout >= 0.0 && config.dropout < 1.0,
                kind << " dropout must be in [0, 1), got " << config.dropout << " for '" << name << "'");
   const ParamId a = store.add(name + ".lora_A.weight", r, d_in);

@@ -13,26 +13,17 @@
 #pragma once
 
 #include <algorithm>
-#include <regex>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "wegeft/core/error.hpp"
+#include "wegeft/core/pattern.hpp"
 #include "wegeft/core/tensor.hpp"
 
 namespace wegeft {
 
 namespace detail {
-/// std::regex of `pattern`; a malformed pattern is a wegeft::Error naming it.
-inline std::regex compile_regex(const std::string& pattern) {
-  try {
-    return std::regex(pattern);
-  } catch (const std::regex_error& e) {
-    WEGEFT_CHECK(false, "invalid regular expression '" << pattern << "': " << e.what());
-  }
-  return {};
-}
 inline bool name_has_suffix(const std::string& name, const std::string& key) {
   if (name == key) return true;
   return name.size() > key.size() && name.compare(name.size() - key.size(), key.size(), key) == 0 &&
@@ -40,7 +31,7 @@ inline bool name_has_suffix(const std::string& name, const std::string& key) {
 }
 inline bool pattern_matches(const std::string& key, const std::string& name, const char* role) {
   if (key == role) return true;
-  return std::regex_match(name, compile_regex("(.*\\.)?(" + key + ")"));
+  return Pattern("(.*\\.)?(?:" + key + ")").full_match(name);
 }
 }  // namespace detail
 
@@ -49,7 +40,7 @@ template <class Spec>
 bool targets_module(const Spec& spec, const std::string& name, const char* role, Index layer) {
   if (!spec.layers.empty() && std::find(spec.layers.begin(), spec.layers.end(), layer) == spec.layers.end())
     return false;
-  if (!spec.target_regex.empty()) return std::regex_match(name, detail::compile_regex(spec.target_regex));
+  if (!spec.target_regex.empty()) return Pattern(spec.target_regex).full_match(name);
   for (const auto& t : spec.target_modules)
     if (t == "all-linear" || t == role || detail::name_has_suffix(name, t)) return true;
   return false;
@@ -75,7 +66,7 @@ double alpha_for(const Spec& spec, const std::string& name, const char* role, do
 inline int tied_group_of(const std::vector<std::vector<std::string>>& groups, const std::string& name) {
   for (std::size_t g = 0; g < groups.size(); ++g)
     for (const auto& pattern : groups[g])
-      if (std::regex_search(name, detail::compile_regex(pattern), std::regex_constants::match_continuous))
+      if (Pattern(pattern).prefix_match(name))
         return static_cast<int>(g);
   return -1;
 }

@@ -108,8 +108,11 @@ class WeGeFTGenerator {
     WEGEFT_CHECK(r >= 1, "WeGeFT rank must be at least 1, got " << r << " for '" << name << "'");
     WEGEFT_CHECK(r <= d_in, "WeGeFT rank " << r << " exceeds d_in = " << d_in << " for '" << name
                                            << "'");
-    WEGEFT_CHECK(std::isfinite(config.alpha),
-                 "WeGeFT alpha must be finite, got " << config.alpha << " for '" << name << "'");
+    WEGEFT_CHECK(std::isfinite(config.alpha) && config.alpha != 0.0,
+                 "WeGeFT alpha must be finite and non-zero, got " << config.alpha << " for '" << name << "'");
+    WEGEFT_CHECK(std::isfinite(static_cast<T>(config.alpha / static_cast<double>(r))),
+                 "WeGeFT scale alpha / r = " << config.alpha / static_cast<double>(r) << " overflows the compute type for '"
+                                             << name << "'");
     WEGEFT_CHECK(config.dropout >= 0.0 && config.dropout < 1.0,
                  "WeGeFT dropout must be in [0, 1), got " << config.dropout << " for '" << name
                                                           << "'");
@@ -370,9 +373,9 @@ struct WeGeFTMethod {
     for (const auto& group : c.tied_modules)
       for (const auto& p : group) {
         try {
-          detail::compile_regex(p);
+          (void)Pattern(p);
         } catch (const Error& e) {
-          WEGEFT_CHECK(false, path << ": " << e.what());
+          WEGEFT_CHECK(false, path << ": " << e.message());
         }
       }
     return c;

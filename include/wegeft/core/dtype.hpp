@@ -133,19 +133,27 @@ inline double dtype_load(const unsigned char* data, DType t, std::size_t i) {
 inline void dtype_store(unsigned char* data, DType t, std::size_t i, double v) {
   unsigned char* p = data + i * dtype_size(t);
   auto write = [p](auto x) { std::memcpy(p, &x, sizeof x); };
+  // An integer store of a value outside the type's range (or not finite) would be undefined
+  // behaviour; it is an error instead.
+  auto integer = [&](auto zero) {
+    using I = decltype(zero);
+    const double lo = static_cast<double>(std::numeric_limits<I>::min()), hi = static_cast<double>(std::numeric_limits<I>::max()) + 1.0;
+    WEGEFT_CHECK(v >= lo && v < hi, "value " << v << " does not fit " << dtype_name(t));
+    return static_cast<I>(v);
+  };
   switch (t) {
     case DType::F64: write(v); break;
     case DType::F32: write(static_cast<float>(v)); break;
     case DType::F16: write(float_to_half(static_cast<float>(v))); break;
     case DType::BF16: write(float_to_bf16(static_cast<float>(v))); break;
-    case DType::I64: write(static_cast<std::int64_t>(v)); break;
-    case DType::I32: write(static_cast<std::int32_t>(v)); break;
-    case DType::I16: write(static_cast<std::int16_t>(v)); break;
-    case DType::I8: write(static_cast<std::int8_t>(v)); break;
-    case DType::U64: write(static_cast<std::uint64_t>(v)); break;
-    case DType::U32: write(static_cast<std::uint32_t>(v)); break;
-    case DType::U16: write(static_cast<std::uint16_t>(v)); break;
-    case DType::U8: write(static_cast<std::uint8_t>(v)); break;
+    case DType::I64: write(integer(std::int64_t{})); break;
+    case DType::I32: write(integer(std::int32_t{})); break;
+    case DType::I16: write(integer(std::int16_t{})); break;
+    case DType::I8: write(integer(std::int8_t{})); break;
+    case DType::U64: write(integer(std::uint64_t{})); break;
+    case DType::U32: write(integer(std::uint32_t{})); break;
+    case DType::U16: write(integer(std::uint16_t{})); break;
+    case DType::U8: write(integer(std::uint8_t{})); break;
     case DType::BOOL: write(static_cast<std::uint8_t>(v != 0)); break;
     default: WEGEFT_CHECK(false, "writing dtype " << dtype_name(t) << " is not supported");
   }

@@ -17,6 +17,7 @@
 
 #include <cstddef>
 #include <new>
+#include <set>
 #include <span>
 #include <string>
 #include <vector>
@@ -71,6 +72,8 @@ class ParameterStore {
   ParamId add(std::string name, Index rows, Index cols) {
     WEGEFT_CHECK(rows > 0 && cols > 0, "parameter '" << name << "' has empty shape [" << rows
                                                       << ", " << cols << "]");
+    WEGEFT_CHECK(m_names.insert(name).second, "parameter '" << name << "' is already in this store (two adapters or "
+                                                             "heads with one name)");
     constexpr Index align = static_cast<Index>(64 / sizeof(T));
     const Index offset = (size() + align - 1) / align * align;
     m_entries.push_back(Entry{std::move(name), offset, rows, cols});
@@ -106,6 +109,7 @@ class ParameterStore {
     WEGEFT_CHECK(count <= m_entries.size(), "cannot truncate a store of " << m_entries.size() << " parameters to " << count);
     if (count == m_entries.size()) return;
     const Index end = count == 0 ? 0 : m_entries[count - 1].offset + m_entries[count - 1].rows * m_entries[count - 1].cols;
+    for (std::size_t i = count; i < m_entries.size(); ++i) m_names.erase(m_entries[i].name);
     m_entries.resize(count);
     m_values.resize(static_cast<std::size_t>(end));
     m_grads.resize(static_cast<std::size_t>(end));
@@ -122,6 +126,7 @@ class ParameterStore {
   }
 
   std::vector<Entry> m_entries;
+  std::set<std::string> m_names;
   std::vector<T, AlignedAllocator<T>> m_values, m_grads;
 };
 

@@ -48,7 +48,7 @@ template <class T>
 void save_checkpoint(const std::string& path, Transformer<T>& model, ParameterStore<T>& store, const AdamW<T>& opt,
                      const std::map<std::string, Rng::State>& rngs = {}) {
   SafetensorsBuilder out;
-  std::map<std::string, std::string> meta{{"format", "wegeft-checkpoint"}, {"version", "1"},
+  std::map<std::string, std::string> meta{{"format", "wegeft-checkpoint"}, {"version", "2"},
                                           {"adamw.step", std::to_string(opt.state().step)}};
   for (std::size_t i = 0; i < store.entries().size(); ++i)
     out.add("param." + store.entries()[i].name, detail::dtype_of<T>(), Matrix<T>(store.value(ParamId{i})));
@@ -59,6 +59,7 @@ void save_checkpoint(const std::string& path, Transformer<T>& model, ParameterSt
   }
   detail::for_each_dropout_rng(model, [&](const std::string& name, Rng& r) { meta["rng.dropout." + name] = detail::rng_to_string(r.state()); });
   for (const auto& [k, s] : rngs) meta["rng.user." + k] = detail::rng_to_string(s);
+  meta["checksum"] = "crc32:" + std::to_string(out.content_crc32(meta));
   out.write(path, meta);
 }
 
@@ -71,6 +72,17 @@ void load_checkpoint(const std::string& path, Transformer<T>& model, ParameterSt
   const SafetensorsReader f(path);
   const auto& meta = f.metadata();
   WEGEFT_CHECK(meta.count("format") && meta.at("format") == "wegeft-checkpoint", path << ": not a wegeft checkpoint");
+  // Version 2 carries a CRC-32 of its tensors and metadata; version 1 (no checksum) still loads.
+  const auto version = meta.find("version");
+  WEGEFT_CHECK(version != meta.end() && (version->second == "1" || version->second == "2"),
+               path << ": checkpoint version \"" << (version == meta.end() ? "" : version->second) << "\" is not 1 or 2");
+  if (version->second == "2") {
+    const auto sum = meta.find("checksum");
+    WEGEFT_CHECK(sum != meta.end(), path << ": no checksum in a version 2 checkpoint");
+    const std::string want = "crc32:" + std::to_string(f.content_crc32());
+    WEGEFT_CHECK(sum->second == want, path << ": checksum mismatch (stored " << sum->second << ", content " << want
+                                           << "): the file is damaged");
+  }
   // Everything is read and checked first; the model, store and optimizer change only after.
   std::vector<Matrix<T>> values;
   for (std::size_t i = 0; i < store.entries().size(); ++i) {

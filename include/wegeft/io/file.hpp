@@ -4,11 +4,14 @@
 #pragma once
 
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <array>
 #include <cerrno>
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -66,16 +69,67 @@ class MappedFile {
   std::size_t m_size = 0;
 };
 
-/// Writes `path` atomically: the bytes go to a temporary file next to it, which is flushed to
-/// disk and renamed over `path`. On any error the temporary file is removed, `path` keeps its
-/// previous content, and wegeft::Error names the path and the reason.
+namespace detail {
+
+/// The name prefix of temporaries written beside `target`: ".NAME.wegeft-tmp-" with NAME cut to
+/// 200 bytes, so that the temporary's name fits the 255-byte limit whatever the target's length.
+inline std::string temp_prefix(const std::filesystem::path& target) {
+  return "." + target.filename().string().substr(0, 200) + ".wegeft-tmp-";
+}
+
+/// A fresh temporary path beside `target`: the prefix, this process's id and a random number.
+inline std::string temp_path(const std::filesystem::path& target) {
+  std::random_device rd;
+  return (target.parent_path() / (temp_prefix(target) + std::to_string(::getpid()) + "-" + std::to_string(rd()))).string();
+}
+
+/// Removes the temporaries beside `target` (our naming) whose writing process no longer exists:
+/// what a killed write left behind.
+inline void remove_stale_temporaries(const std::filesystem::path& target) {
+  namespace fs = std::filesystem;
+  const std::string prefix = temp_prefix(target);
+  const fs::path dir = target.parent_path().empty() ? fs::path(".") : target.parent_path();
+  std::error_code ec;
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    if (name.rfind(prefix, 0) != 0) continue;
+    const std::string rest = name.substr(prefix.size());
+    const std::size_t dash = rest.find('-');
+    if (dash == 0 || dash == std::string::npos || dash > 9 || rest.find_first_not_of("0123456789") != dash) continue;
+    const pid_t pid = static_cast<pid_t>(std::stol(rest.substr(0, dash)));
+    if (pid == ::getpid() || ::kill(pid, 0) == 0 || errno == EPERM) continue;  // still being written
+    std::error_code ignored;
+    fs::remove_all(it->path(), ignored);
+  }
+}
+
+}  // namespace detail
+
+/// Writes `path` atomically: the bytes go to a temporary file next to it (".NAME.wegeft-tmp-PID-N"),
+/// which is flushed to disk and renamed over `path`. On any error the temporary file is removed,
+/// `path` keeps its previous content, and wegeft::Error names the path and the reason. A replaced
+/// file keeps its permission bits; a new one gets 0666 less the umask. `path` must not be a
+/// symbolic link or anything but a regular file (a device, a FIFO, a directory). Temporaries of
+/// earlier writes to `path` whose process was killed are removed first.
 class AtomicWriter {
  public:
   explicit AtomicWriter(std::string path) : m_path(std::move(path)) {
-    std::random_device rd;
-    m_tmp = m_path + ".tmp-" + std::to_string(::getpid()) + "-" + std::to_string(rd());
-    m_fd = ::open(m_tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    struct stat st {};
+    mode_t mode = 0666;
+    bool keep_mode = false;
+    if (::lstat(m_path.c_str(), &st) == 0) {
+      WEGEFT_CHECK(!S_ISLNK(st.st_mode), m_path << ": is a symbolic link; wegeft replaces files atomically and does not "
+                                                   "write through links (give the link's target instead)");
+      WEGEFT_CHECK(S_ISREG(st.st_mode), m_path << ": exists and is not a regular file"
+                                               << (S_ISDIR(st.st_mode) ? " (a directory)" : S_ISFIFO(st.st_mode) ? " (a FIFO)" : " (a device or socket)"));
+      mode = st.st_mode & 07777;
+      keep_mode = true;
+    }
+    detail::remove_stale_temporaries(m_path);
+    m_tmp = detail::temp_path(m_path);
+    m_fd = ::open(m_tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
     WEGEFT_CHECK(m_fd >= 0, m_path << ": cannot create a temporary file: " << std::strerror(errno));
+    if (keep_mode) (void)::fchmod(m_fd, mode);
   }
   AtomicWriter(const AtomicWriter&) = delete;
   AtomicWriter& operator=(const AtomicWriter&) = delete;
@@ -125,7 +179,7 @@ inline void write_file_atomic(const std::string& path, std::string_view content)
   w.commit();
 }
 
-/// Writes a directory of files as a whole. Files go into a fresh sibling folder (`path(name)`);
+/// Writes a directory of files as a whole. Files go into a fresh hidden sibling folder (`path(name)`);
 /// commit() hard-links there whatever else an existing `dir` holds, then swaps the two folders in
 /// one atomic rename (Linux renameat2 RENAME_EXCHANGE) and removes the old one. A reader sees the
 /// old directory or the new one, never a mix; on any error before commit() `dir` is untouched and
@@ -137,9 +191,11 @@ class DirectoryWriter {
     WEGEFT_CHECK(!m_dir.empty(), "an output directory needs a name");
     const std::filesystem::path p(m_dir);
     WEGEFT_CHECK(!std::filesystem::exists(p) || std::filesystem::is_directory(p), m_dir << ": exists and is not a directory");
+    WEGEFT_CHECK(!std::filesystem::is_symlink(p), m_dir << ": is a symbolic link; wegeft replaces directories atomically "
+                                                          "and does not write through links (give the link's target instead)");
     if (p.has_parent_path()) std::filesystem::create_directories(p.parent_path());
-    std::random_device rd;
-    m_tmp = m_dir + ".tmp-" + std::to_string(::getpid()) + "-" + std::to_string(rd());
+    detail::remove_stale_temporaries(p);
+    m_tmp = detail::temp_path(p);
     WEGEFT_CHECK(::mkdir(m_tmp.c_str(), 0755) == 0, m_dir << ": cannot create a temporary folder: " << std::strerror(errno));
   }
   DirectoryWriter(const DirectoryWriter&) = delete;
@@ -175,6 +231,24 @@ class DirectoryWriter {
   std::string m_dir, m_tmp;
   bool m_committed = false;
 };
+
+/// CRC-32 (the polynomial of zlib, PNG and gzip) of `n` bytes, continuing from `crc`
+/// (0 to start): crc32("123456789") = 0xCBF43926.
+inline std::uint32_t crc32(const void* data, std::size_t n, std::uint32_t crc = 0) {
+  static const auto table = [] {
+    std::array<std::uint32_t, 256> t{};
+    for (std::uint32_t i = 0; i < 256; ++i) {
+      std::uint32_t c = i;
+      for (int k = 0; k < 8; ++k) c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+      t[i] = c;
+    }
+    return t;
+  }();
+  const auto* p = static_cast<const unsigned char*>(data);
+  crc = ~crc;
+  for (std::size_t i = 0; i < n; ++i) crc = table[(crc ^ p[i]) & 0xFF] ^ (crc >> 8);
+  return ~crc;
+}
 
 /// Reads a whole (small) file; throws naming the path if it cannot.
 inline std::string read_text_file(const std::string& path) {

@@ -99,7 +99,15 @@ class GgufCursor {
   const std::string& m_path;
 };
 
-inline nlohmann::json gguf_value(GgufCursor& c, std::uint32_t type, const std::string& key, const std::string& path, int depth) {
+/// Metadata values a file may hold in all (arrays included): a Llama-3 tokenizer holds about 700,000.
+inline constexpr std::size_t kGgufMaxMetadataValues = std::size_t(1) << 23;
+
+/// One metadata value; `budget` is what is left of kGgufMaxMetadataValues.
+inline nlohmann::json gguf_value(GgufCursor& c, std::uint32_t type, const std::string& key, const std::string& path, int depth,
+                                 std::size_t& budget) {
+  WEGEFT_CHECK(budget > 0, path << ": metadata '" << key << "' exceeds the limit of " << kGgufMaxMetadataValues
+                                << " metadata values in a file");
+  --budget;
   switch (type) {
     case 0: return c.read<std::uint8_t>("u8");
     case 1: return c.read<std::int8_t>("i8");
@@ -127,8 +135,11 @@ inline nlohmann::json gguf_value(GgufCursor& c, std::uint32_t type, const std::s
       const auto elem = c.read<std::uint32_t>("array type");
       const auto n = c.read<std::uint64_t>("array length");
       WEGEFT_CHECK(n <= c.left(), path << ": metadata '" << key << "' claims " << n << " elements, more than the file holds");
+      WEGEFT_CHECK(n <= budget, path << ": metadata '" << key << "' has " << n << " elements, beyond the limit of "
+                                     << kGgufMaxMetadataValues << " metadata values in a file");
       nlohmann::json arr = nlohmann::json::array();
-      for (std::uint64_t i = 0; i < n; ++i) arr.push_back(gguf_value(c, elem, key, path, depth + 1));
+      arr.get_ref<nlohmann::json::array_t&>().reserve(static_cast<std::size_t>(n));
+      for (std::uint64_t i = 0; i < n; ++i) arr.push_back(gguf_value(c, elem, key, path, depth + 1, budget));
       return arr;
     }
     case 10: return c.read<std::uint64_t>("u64");
@@ -160,6 +171,8 @@ class GgufReader {
   template <class T>
   std::vector<T> values(const std::string& name) const {
     const GgufTensorInfo& t = info(name);
+    WEGEFT_CHECK(ggml_block(t.type).first > 0, path() << ": tensor '" << name << "' has ggml type " << t.type
+                 << ", which wegeft cannot dequantize (F32, F16, BF16, Q8_0, Q4_0, Q4_1)");
     const unsigned char* p = m_file->data() + t.offset;
     std::vector<T> out(t.numel);
     auto half = [&](std::size_t at) {
@@ -231,11 +244,12 @@ class GgufReader {
     WEGEFT_CHECK(n_tensors <= c.left() / 24 && n_kv <= c.left() / 12, p << ": tensor count " << n_tensors
                  << " or metadata count " << n_kv << " is more than the file can hold");
     m_meta = nlohmann::json::object();
+    std::size_t budget = detail::kGgufMaxMetadataValues;
     for (std::uint64_t i = 0; i < n_kv; ++i) {
       const std::string key = c.string("metadata key");
       WEGEFT_CHECK(!m_meta.contains(key), p << ": duplicate metadata key '" << key << "'");
       const auto type = c.read<std::uint32_t>("metadata type");
-      m_meta[key] = detail::gguf_value(c, type, key, p, 0);
+      m_meta[key] = detail::gguf_value(c, type, key, p, 0, budget);
     }
     std::uint64_t alignment = 32;
     if (m_meta.contains("general.alignment")) {

@@ -43,6 +43,12 @@ template <class T>
 LoadedModel<T> load_gguf_model(const std::string& path) {
   const GgufReader f(path);
   ModelConfig c = config_from_gguf(f);
+  c.validate();
+  double held = 0;
+  for (const auto& t : f.tensors())  // a tensor of an unknown type holds nothing the model can use
+    if (ggml_block(t.type).first > 0) held += static_cast<double>(t.numel);
+  WEGEFT_CHECK(c.min_values() <= held, path << ": the metadata describes a model of at least " << c.min_values()
+               << " values, but the file's tensors hold " << held);
   auto model = std::make_unique<Transformer<T>>(c);
   std::set<std::string> used;
   for (const auto& [name, dst] : model->tensors()) {

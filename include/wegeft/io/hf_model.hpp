@@ -158,6 +158,12 @@ LoadedModel<T> load_hf_model(const std::string& dir) {
     c.prefix = "";
     c.prefix_set = true;
   }
+  c.validate();
+  double held = 0;
+  for (const auto& f : files)
+    for (const auto& t : f->tensors()) held += static_cast<double>(t.numel);
+  WEGEFT_CHECK(c.min_values() <= held, cfg_path << ": describes a model of at least " << c.min_values()
+               << " values, but the checkpoint's tensors hold " << held);
   auto model = std::make_unique<Transformer<T>>(c);
   std::set<std::string> used;
   for (const auto& [name, dst] : model->tensors()) {

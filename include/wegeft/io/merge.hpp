@@ -7,7 +7,6 @@
 #include <limits>
 #include <map>
 #include <memory>
-#include <regex>
 #include <set>
 #include <string>
 #include <vector>
@@ -21,11 +20,23 @@
 namespace wegeft {
 
 namespace detail {
-/// The block index of a module path: its first purely numeric component, or -1.
+/// The block index of a module path: its first purely numeric component (at most 9 digits), or -1.
 inline Index layer_of(const std::string& name) {
-  static const std::regex number(R"((^|\.)(\d+)(\.|$))");
-  std::smatch m;
-  return std::regex_search(name, m, number) ? std::stoll(m[2].str()) : -1;
+  std::size_t start = 0;
+  while (start <= name.size()) {
+    const std::size_t end = std::min(name.find('.', start), name.size());
+    const std::string_view part(name.data() + start, end - start);
+    if (!part.empty() && part.size() <= 9 && part.find_first_not_of("0123456789") == std::string_view::npos)
+      return std::stoll(std::string(part));
+    start = end + 1;
+  }
+  return -1;
+}
+/// Whether `module` is one of GPT-2's Conv1D modules, which store W as [in, out].
+inline bool is_gpt2_conv1d(const std::string& module) {
+  for (const char* s : {"attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"})
+    if (name_has_suffix(module, s)) return true;
+  return false;
 }
 }  // namespace detail
 
@@ -61,8 +72,6 @@ inline Index merge_adapter(const std::string& base, const std::string& adapter_d
       where[t.name] = files.back().get();
     }
   }
-  // GPT-2's Conv1D modules store W as [in, out] (PEFT's fan_in_fan_out).
-  static const std::regex conv1d(R"((^|.*\.)(attn\.c_attn|attn\.c_proj|mlp\.c_fc|mlp\.c_proj)$)");
   std::map<std::string, Matrix<double>> weights;  // module -> W [d_out, d_in]; stable addresses
   std::map<std::string, bool> transposed;
   std::vector<AdapterSite<double>> sites;
@@ -74,7 +83,7 @@ inline Index merge_adapter(const std::string& base, const std::string& adapter_d
     WEGEFT_CHECK(dtype_is_float(t.dtype), base << ": '" << name << "' is " << dtype_name(t.dtype)
                  << "; an adapter merges only into floating-point weights");
     Matrix<double> w = f->matrix<double>(name, false);
-    transposed[module] = cfg.fan_in_fan_out || std::regex_match(module, conv1d);
+    transposed[module] = cfg.fan_in_fan_out || detail::is_gpt2_conv1d(module);
     if (transposed[module]) w.transposeInPlace();
     WEGEFT_CHECK(w.size() > 0, base << ": '" << name << "' is empty");
     Matrix<double>& held = weights[module] = std::move(w);
@@ -138,35 +147,53 @@ inline Index convert_lora_to_gguf(const std::string& adapter_dir, const std::str
   WEGEFT_CHECK(cfg.modules_to_save.empty(), adapter_dir << ": modules_to_save cannot be expressed in a GGUF LoRA adapter");
   const ModelConfig model = config_from_hf(detail::parse_json_strict(read_text_file(base_config), base_config), base_config);
   WEGEFT_CHECK(model.family == Family::llama, base_config << ": only llama models convert to GGUF adapters");
+  model.validate();
   const std::string apath = (std::filesystem::path(adapter_dir) / kAdapterWeightsFile).string();
   const SafetensorsReader adapter(apath);
   const double alpha = lora->alpha;
   WEGEFT_CHECK(std::isfinite(alpha) && alpha != 0.0, adapter_dir << ": lora_alpha " << alpha
                << " cannot be expressed in a GGUF adapter (llama.cpp scales by alpha / r)");
+  WEGEFT_CHECK(std::fabs(alpha) <= std::numeric_limits<float>::max(), adapter_dir << ": lora_alpha " << alpha << " does not fit F32");
+  // Every targeted linear of the base, with its [d_out, d_in]: each adapter tensor is checked
+  // against the config's rank and the base's shape before any arithmetic.
+  std::map<std::string, LinearRole> targeted;
+  for (Index l = 0; l < model.layers; ++l)
+    for (LinearRole role : model.roles()) {
+      const std::string module = model.linear_name(l, role);
+      if (targets_module(cfg.spec, module, short_name(role), l)) targeted[module] = role;
+    }
+  WEGEFT_CHECK(!targeted.empty(), adapter_dir << ": the adapter's targets match no linear of " << base_config);
+  std::set<std::string> used;
   GgufWriter w;
   w.set("general.architecture", "llama");
   w.set("general.type", "adapter");
   w.set("adapter.type", "lora");
   w.set_f32("adapter.lora.alpha", static_cast<float>(alpha));
   Index count = 0;
-  for (const auto& t : adapter.tensors()) {
-    const std::string suffix = ".lora_A.weight";
-    if (!t.name.ends_with(suffix)) continue;
-    const std::string module = t.name.substr(std::string(kPeftPrefix).size(), t.name.size() - std::string(kPeftPrefix).size() - suffix.size());
+  for (const auto& [module, role] : targeted) {
     const std::string gg = gguf_llama_name(module);
     WEGEFT_CHECK(!gg.empty(), apath << ": module '" << module << "' has no llama.cpp name");
-    const Matrix<double> a = adapter.matrix<double>(t.name);
-    Matrix<double> b = adapter.matrix<double>(std::string(kPeftPrefix) + module + ".lora_B.weight");
-    const double r = static_cast<double>(a.rows()), module_alpha = alpha_for(cfg.spec, module, "", alpha);
+    const auto shape = model.linear_shape(role);
+    const Index rank = rank_for(cfg.spec, module, short_name(role), lora->rank);
+    const std::string ka = std::string(kPeftPrefix) + module + ".lora_A.weight", kb = std::string(kPeftPrefix) + module + ".lora_B.weight";
+    const Matrix<double> a = detail::read_param<double>(adapter, ka, rank, shape.second, false);
+    Matrix<double> b = detail::read_param<double>(adapter, kb, shape.first, rank, false);
+    used.insert(ka);
+    used.insert(kb);
+    const double r = static_cast<double>(rank), module_alpha = alpha_for(cfg.spec, module, short_name(role), alpha);
     const double s = lora->use_rslora ? module_alpha / std::sqrt(r) : module_alpha / r;
     b *= s / (alpha / r);
+    WEGEFT_CHECK(b.allFinite() && b.cwiseAbs().maxCoeff() <= std::numeric_limits<float>::max() &&
+                     a.cwiseAbs().maxCoeff() <= std::numeric_limits<float>::max(),
+                 apath << ": '" << module << "' gives lora_a or scaled lora_b values that are not finite or do not fit F32");
     if (module.ends_with("self_attn.q_proj")) b = llama_permute_rows(b, model.heads, true);
     if (module.ends_with("self_attn.k_proj")) b = llama_permute_rows(b, model.kv_heads, true);
     w.add(gg + ".weight.lora_a", a);
     w.add(gg + ".weight.lora_b", b);
     ++count;
   }
-  WEGEFT_CHECK(count > 0, apath << ": no LoRA tensors");
+  for (const auto& t : adapter.tensors())
+    WEGEFT_CHECK(used.count(t.name), apath << ": tensor '" << t.name << "' belongs to no targeted linear of " << base_config);
   w.write(out);
   return count;
 }

@@ -22,7 +22,6 @@
 #include <filesystem>
 #include <map>
 #include <optional>
-#include <regex>
 #include <set>
 #include <span>
 #include <string>
@@ -101,11 +100,11 @@ inline AdapterConfig read_adapter_config(const std::string& dir) {
   spec.method = method_config_from_json(j, r, path);
   // Every pattern must compile: a malformed one is reported here, naming the file.
   try {
-    if (!spec.target_regex.empty()) detail::compile_regex(spec.target_regex);
-    for (const auto& [k, v] : spec.rank_pattern) detail::compile_regex("(.*\\.)?(" + k + ")");
-    for (const auto& [k, v] : spec.alpha_pattern) detail::compile_regex("(.*\\.)?(" + k + ")");
+    if (!spec.target_regex.empty()) (void)Pattern(spec.target_regex);
+    for (const auto& [k, v] : spec.rank_pattern) (void)Pattern("(.*\\.)?(?:" + k + ")");
+    for (const auto& [k, v] : spec.alpha_pattern) (void)Pattern("(.*\\.)?(?:" + k + ")");
   } catch (const Error& e) {
-    WEGEFT_CHECK(false, path << ": " << e.what());
+    WEGEFT_CHECK(false, path << ": " << e.message());
   }
   return out;
 }
@@ -227,16 +226,28 @@ struct AdapterSaveOptions {
 
 namespace detail {
 
+/// The module path after its last numeric component followed by a dot ("self_attn.q_proj" for
+/// "model.layers.3.self_attn.q_proj"); the whole name when there is none.
+inline std::string after_last_block(const std::string& name) {
+  std::size_t cut = 0, start = 0;
+  while (true) {
+    const std::size_t end = name.find('.', start);
+    if (end == std::string::npos) break;
+    if (end > start && name.find_first_not_of("0123456789", start) >= end) cut = end + 1;
+    start = end + 1;
+  }
+  return name.substr(cut);
+}
+
 /// A target_modules list that selects exactly `adapted` among `all` under PEFT's suffix rule: for
 /// each module path after its last numeric component ("self_attn.q_proj"), that suffix when it
 /// selects nothing else, else the full names.
 inline std::vector<std::string> target_list(const std::vector<std::string>& all, const std::vector<std::string>& adapted) {
-  static const std::regex block(R"(^(.*\.)?\d+\.)");
   const std::set<std::string> is_adapted(adapted.begin(), adapted.end());
   std::vector<std::string> suffixes;
   std::map<std::string, std::vector<std::string>> by_suffix;
   for (const auto& name : adapted) {
-    const std::string suffix = std::regex_replace(name, block, "", std::regex_constants::format_first_only);
+    const std::string suffix = after_last_block(name);
     if (!by_suffix.count(suffix)) suffixes.push_back(suffix);
     by_suffix[suffix].push_back(name);
   }
@@ -254,9 +265,30 @@ inline std::vector<std::string> target_list(const std::vector<std::string>& all,
   return out;
 }
 
+/// `s` with every regular-expression metacharacter escaped.
 inline std::string regex_escape(const std::string& s) {
-  static const std::regex special(R"([.^$|()\[\]{}*+?\\])");
-  return std::regex_replace(s, special, R"(\$&)");
+  std::string out;
+  for (char c : s) {
+    if (std::string_view(".^$|()[]{}*+?\\").find(c) != std::string_view::npos) out += '\\';
+    out += c;
+  }
+  return out;
+}
+
+/// A pattern for `name` in which every inner numeric component matches any block index.
+inline std::string block_pattern(const std::string& name) {
+  std::string out;
+  std::size_t start = 0;
+  while (true) {
+    const std::size_t end = std::min(name.find('.', start), name.size());
+    const std::string part = name.substr(start, end - start);
+    const bool inner = start > 0 && end < name.size();
+    out += inner && !part.empty() && part.find_first_not_of("0123456789") == std::string::npos ? "\\d+" : regex_escape(part);
+    if (end == name.size()) break;
+    out += "\\.";
+    start = end + 1;
+  }
+  return out;
 }
 
 /// tied_modules for the groups of shared tensors: one pattern per group when its members are one
@@ -266,12 +298,13 @@ inline nlohmann::ordered_json tied_list(const std::vector<std::vector<std::strin
   for (const auto& names : groups) {
     if (names.size() < 2) continue;
     std::set<std::string> shapes;
-    for (const auto& n : names) shapes.insert(std::regex_replace(regex_escape(n), std::regex(R"(\\\.\d+\\\.)"), R"(\.\d+\.)"));
+    for (const auto& n : names) shapes.insert(block_pattern(n));
     std::vector<std::string> patterns;
     if (shapes.size() == 1) {
       const std::string p = *shapes.begin() + "$";
       std::size_t hits = 0;
-      for (const auto& m : all) hits += std::regex_search(m, std::regex(p), std::regex_constants::match_continuous);
+      const Pattern pattern(p);
+      for (const auto& m : all) hits += pattern.prefix_match(m);
       if (hits == names.size()) patterns.push_back(p);
     }
     if (patterns.empty())

@@ -78,6 +78,27 @@ void check_no_overlap(const std::vector<Item>& items, const std::string& path) {
                  path << ": tensors '" << order[i - 1]->name << "' and '" << order[i]->name << "' overlap");
 }
 
+/// CRC-32 over every tensor in name order (its name, a zero byte, its bytes as stored) and every
+/// metadata entry but "checksum" in key order (key, zero byte, value, zero byte).
+inline std::uint32_t content_crc32(const std::map<std::string, std::pair<const unsigned char*, std::size_t>>& tensors,
+                                   const std::map<std::string, std::string>& metadata) {
+  std::uint32_t crc = 0;
+  const char zero = 0;
+  for (const auto& [name, b] : tensors) {
+    crc = crc32(name.data(), name.size(), crc);
+    crc = crc32(&zero, 1, crc);
+    crc = crc32(b.first, b.second, crc);
+  }
+  for (const auto& [k, v] : metadata) {
+    if (k == "checksum") continue;
+    crc = crc32(k.data(), k.size(), crc);
+    crc = crc32(&zero, 1, crc);
+    crc = crc32(v.data(), v.size(), crc);
+    crc = crc32(&zero, 1, crc);
+  }
+  return crc;
+}
+
 }  // namespace detail
 
 class SafetensorsReader {
@@ -94,6 +115,13 @@ class SafetensorsReader {
     return m_tensors[it->second];
   }
   const unsigned char* data(const TensorInfo& t) const { return m_file->data() + t.offset; }
+
+  /// CRC-32 of the content (see detail::content_crc32); compare with a stored "checksum".
+  std::uint32_t content_crc32() const {
+    std::map<std::string, std::pair<const unsigned char*, std::size_t>> bytes;
+    for (const auto& t : m_tensors) bytes[t.name] = {data(t), t.nbytes};
+    return detail::content_crc32(bytes, m_metadata);
+  }
 
   /// Element values converted to T. With `require_finite` a NaN or infinity is an error that
   /// names the tensor and the element.
@@ -193,6 +221,7 @@ class SafetensorsReader {
   std::map<std::string, std::string> m_metadata;
 };
 
+
 /// Collects tensors (converted to their storage dtype on add) and writes them atomically.
 class SafetensorsBuilder {
  public:
@@ -219,6 +248,13 @@ class SafetensorsBuilder {
     WEGEFT_CHECK(detail::checked_numel(shape, name) * dtype_size(dtype) == nbytes,
                  "tensor '" << name << "': " << nbytes << " bytes do not match its shape and dtype");
     m_entries.push_back(Entry{name, dtype, std::move(shape), std::vector<unsigned char>(bytes, bytes + nbytes)});
+  }
+
+  /// CRC-32 of what write(path, metadata) stores (see detail::content_crc32).
+  std::uint32_t content_crc32(const std::map<std::string, std::string>& metadata) const {
+    std::map<std::string, std::pair<const unsigned char*, std::size_t>> bytes;
+    for (const auto& e : m_entries) bytes[e.name] = {e.bytes.data(), e.bytes.size()};
+    return detail::content_crc32(bytes, metadata);
   }
 
   void write(const std::string& path, const std::map<std::string, std::string>& metadata = {}) const {

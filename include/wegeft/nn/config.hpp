@@ -71,7 +71,22 @@ struct ModelConfig {
   Index patches() const { return family == Family::vit ? (image_size / patch_size) * (image_size / patch_size) : 0; }
   Index kv_width() const { return kv_heads * head_dim(); }
 
+  // Upper bounds on every size, far above any released model of the four families, so that a
+  // hostile config cannot make the constructor allocate terabytes before any tensor is read.
+  static constexpr Index kMaxWidth = Index(1) << 16, kMaxIntermediate = Index(1) << 18, kMaxLayers = 1024,
+                         kMaxVocab = Index(1) << 22, kMaxPositions = Index(1) << 18, kMaxImage = Index(1) << 14;
+
   void validate() const {
+    const auto within = [](Index v, Index hi) { return v <= hi; };
+    WEGEFT_CHECK(within(hidden, kMaxWidth) && within(intermediate, kMaxIntermediate) && within(layers, kMaxLayers) &&
+                     within(heads, kMaxWidth) && within(kv_heads, kMaxWidth) && within(vocab_size, kMaxVocab) &&
+                     within(max_positions, kMaxPositions) && within(type_vocab_size, kMaxWidth) &&
+                     within(image_size, kMaxImage) && within(patch_size, kMaxImage) && within(channels, 64),
+                 to_string(family) << " config has a size beyond wegeft's limits (hidden " << hidden << " <= " << kMaxWidth
+                 << ", intermediate " << intermediate << " <= " << kMaxIntermediate << ", layers " << layers << " <= "
+                 << kMaxLayers << ", vocab " << vocab_size << " <= " << kMaxVocab << ", positions " << max_positions
+                 << " <= " << kMaxPositions << ", type vocab " << type_vocab_size << ", image " << image_size
+                 << ", patch " << patch_size << ", channels " << channels << " <= 64)");
     WEGEFT_CHECK(hidden > 0 && layers > 0 && heads > 0 && intermediate > 0,
                  to_string(family) << " config needs hidden, layers, heads and intermediate > 0; got hidden "
                  << hidden << ", layers " << layers << ", heads " << heads << ", intermediate " << intermediate);
@@ -91,6 +106,18 @@ struct ModelConfig {
     } else {
       WEGEFT_CHECK(vocab_size > 0, to_string(family) << " config needs vocab_size > 0");
     }
+  }
+
+  /// A lower bound on the number of frozen values the model holds (token embedding and block
+  /// linears), in double so that it cannot overflow. Loaders compare it with the values the
+  /// checkpoint holds before they allocate anything.
+  double min_values() const {
+    double n = family == Family::vit ? 0.0 : static_cast<double>(vocab_size) * static_cast<double>(hidden);
+    for (LinearRole r : roles()) {
+      const auto [d_out, d_in] = linear_shape(r);
+      n += static_cast<double>(layers) * static_cast<double>(d_out) * static_cast<double>(d_in);
+    }
+    return n;
   }
 
   /// The Hugging Face prefix of every block, e.g. "model.layers.".

@@ -20,11 +20,12 @@
 #pragma once
 
 #include <array>
+#include <atomic>
+#include <mutex>
 #include <cstdint>
 #include <map>
 #include <memory>
 #include <optional>
-#include <regex>
 #include <set>
 #include <string>
 #include <variant>
@@ -33,6 +34,7 @@
 #include "wegeft/adapters/registry.hpp"
 #include "wegeft/core/error.hpp"
 #include "wegeft/core/parameters.hpp"
+#include "wegeft/core/pattern.hpp"
 #include "wegeft/core/rng.hpp"
 #include "wegeft/core/tensor.hpp"
 #include "wegeft/nn/activations.hpp"
@@ -276,14 +278,14 @@ class Transformer {
   }
   bool has_classifier() const { return m_labels > 0; }
 
-  /// Makes every norm tensor whose name matches `regex` (std::regex, full match) trainable: its
+  /// Makes every norm tensor whose name matches `regex` (a Pattern, full match) trainable: its
   /// value is copied into `store`, and its gradient is computed from then on.
   Index train_norms(const std::string& regex, ParameterStore<T>& store) {
     bind_store(store);
-    const std::regex re = detail::compile_regex(regex);
+    const Pattern re(regex);
     Index count = 0;
     for (const auto& name : m_norm_tensors) {
-      if (!std::regex_match(name, re) || m_trainable.count(name)) continue;
+      if (!re.full_match(name) || m_trainable.count(name)) continue;
       const Matrix<T>& t = m_tensors.at(name);
       const ParamId id = store.add(name, t.rows(), t.cols());
       store.value(id) = t;
@@ -362,6 +364,9 @@ class Transformer {
 
   /// Back-propagates acts.dlogits; parameter gradients accumulate into the store(s).
   void backward(Activations& acts) {
+    WEGEFT_CHECK(acts.n > 0 && acts.blocks.size() == static_cast<std::size_t>(m_config.layers) && acts.logits.rows() > 0,
+                 "backward needs the activations of a forward through this model (these hold "
+                     << acts.blocks.size() << " blocks of " << m_config.layers << ")");
     WEGEFT_CHECK(acts.dlogits.rows() == acts.logits.rows() && acts.dlogits.cols() == acts.logits.cols(),
                  "backward needs acts.dlogits of shape " << shape_of(acts.logits) << ", got " << shape_of(acts.dlogits));
     const Index d = m_config.hidden;
@@ -441,10 +446,18 @@ class Transformer {
     return m_linears[static_cast<std::size_t>(layer * static_cast<Index>(m_roles.size()) + pos)];
   }
   /// Points each block linear at its adapter in the set, if the set changed since the last time.
+  // Finds each linear's adapter after the adapter set changed. Concurrent eval-mode forwards may
+  // all arrive here after an attach: one of them resolves under a lock, the others wait for it.
   void resolve_adapters() {
-    if (!m_adapters || m_resolved == m_adapters->version()) return;
+    if (!m_adapters) return;
+    const Index version = static_cast<Index>(m_adapters->version());
+    std::atomic_ref<Index> resolved(m_resolved);
+    if (resolved.load(std::memory_order_acquire) == version) return;
+    static std::mutex lock;
+    const std::lock_guard<std::mutex> guard(lock);
+    if (resolved.load(std::memory_order_relaxed) == version) return;
     for (auto& lin : m_linears) lin.adapter = m_adapters->find(lin.name);
-    m_resolved = m_adapters->version();
+    resolved.store(version, std::memory_order_release);
   }
   /// Every call that adds trainable parameters must use the same store.
   void bind_store(ParameterStore<T>& store) {
@@ -794,7 +807,7 @@ class Transformer {
   FixedTensors m_fixed{};
   std::unique_ptr<ParameterStore<T>> m_own_store;
   std::unique_ptr<AdapterSet<T>> m_adapters;
-  Index m_resolved = 0;
+  alignas(std::atomic_ref<Index>::required_alignment) Index m_resolved = 0;
   std::unique_ptr<RopeTable<T>> m_rope;
   std::map<std::string, ParamId> m_trainable;
   ParameterStore<T>* m_store = nullptr;
