@@ -1,8 +1,15 @@
 // A consumer of wegeft: attaches a fresh LoRA and a fresh WeGeFT adapter to a frozen layer and
 // checks that both reproduce the layer (their updates start at zero), then that one training step
 // moves the output. Built against wegeft::blas (CONSUMER_EXPECT_BLAS) it also checks that the
-// dense products go through the BLAS. Exit code 0 means the library was found, compiled and worked.
+// dense products go through the BLAS; linked to wegeft::precompiled (CONSUMER_EXPECT_PRECOMPILED),
+// that it takes the adapters from that library. Exit code 0 means the library was found, compiled and worked.
 #include <wegeft/wegeft.hpp>
+
+// Linked to wegeft::precompiled: the adapters below are only declared here (extern template) and
+// come from the library, so this program links only if the library holds them.
+#if defined(CONSUMER_EXPECT_PRECOMPILED) && !defined(WEGEFT_PRECOMPILED)
+#error "wegeft::precompiled did not pass WEGEFT_PRECOMPILED on"
+#endif
 
 #include <cstdio>
 #include <string>

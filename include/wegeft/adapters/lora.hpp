@@ -30,6 +30,7 @@
 #include "wegeft/core/error.hpp"
 #include "wegeft/core/json.hpp"
 #include "wegeft/core/parameters.hpp"
+#include "wegeft/core/precompiled.hpp"
 #include "wegeft/core/rng.hpp"
 #include "wegeft/core/tensor.hpp"
 #include "wegeft/kernels/cpu/rank_r.hpp"
@@ -104,12 +105,7 @@ class LoraAdapter : public AdapterBase<LoraAdapter<T>, T> {
   /// Registers `<name>.lora_A.weight` [r, d_in] and `<name>.lora_B.weight` [d_out, r] in `store` and
   /// initialises them from `rng`. The adapter keeps a pointer to `store` and the view `base`.
   LoraAdapter(ParameterStore<T>& store, FrozenLinear<T> base, const LoraConfig& config, Rng& rng,
-              const std::string& name = "lora")
-      : Base(base, "LoRA", Rng()), m_store(&store), m_config(config) {
-    std::tie(m_a, m_b) = detail::add_lora_pair(store, config, base.d_in(), base.d_out(), rng, name, "LoRA");
-    m_scale = static_cast<T>(lora_scale(config));
-    this->dropout_rng() = Rng(rng.next_u64());
-  }
+              const std::string& name = "lora");
 
   using Base::d_in;
   using Base::d_out;
@@ -127,84 +123,113 @@ class LoraAdapter : public AdapterBase<LoraAdapter<T>, T> {
   std::vector<AdapterParam> parameters() const { return {{"lora_A.weight", m_a}, {"lora_B.weight", m_b}}; }
 
   /// y [N, d_out] = x W^T + b + s (drop(x) A^T) B^T. Overwrites y, fills cache.
-  void forward(MatRef<T> y, Cache& cache, CMatRef<T> x) {
-    if (this->begin_forward(y, cache, x)) return;
-    const auto a = lora_A();
-    const Index n = x.rows();
-    cache.u.resize(n, rank());
-    if (this->begin_dropout(cache, m_config.dropout)) {
-      WEGEFT_CHECK(x.outerStride() == x.cols(), "LoRA dropout needs a contiguous input x; got a view with row stride "
-                                                << x.outerStride() << " for " << x.cols() << " columns");
-      auto xd = workspace<T>(1, n, x.cols());
-      dropout_apply(xd.data(), x.data(), x.size(), m_config.dropout, cache.dropout_seed);
-      rank_r_project(cache.u.data(), xd.data(), xd.outerStride(), a.data(), n, d_in(), rank());
-    }
-    // Scale factors go on the small operands, never on an [N, d] one (that would copy it).
-    Matrix<T>& sbt = cache.sbt;
-    sbt.noalias() = m_scale * lora_B().transpose();  // [r, d_out]
-    if (cache.dropped) {
-      linear_forward_plus<T>(y, x, this->m_base.weight(), this->m_base.bias(), cache.u, sbt);
-      return;
-    }
-    // u = x A^T and y = b + u (s B)^T in one pass each, then the frozen GEMM accumulates x W^T.
-    rank_r_project_expand(cache.u.data(), x.data(), x.outerStride(), a.data(), d_in(), y.data(), y.outerStride(),
-                          this->m_base.bias(), sbt.data(), d_out(), n, rank());
-    y.noalias() += x * this->m_base.weight().transpose();
-  }
+  void forward(MatRef<T> y, Cache& cache, CMatRef<T> x);
 
   /// s B A [d_out, d_in], the update that merge() adds to W.
-  Matrix<T> delta() { return (m_scale * lora_B()) * lora_A(); }
+  Matrix<T> delta();
 
  private:
-  void merge_weights() { this->m_base.weight() += delta(); }
-  void unmerge_weights() { this->m_base.weight() -= delta(); }
+  void merge_weights();
+  void unmerge_weights();
 
   /// grad_A, grad_B += ...; dx (when not null) = dy W + (s dy B) A, masked.
-  void backward_impl(MatRef<T>* dx, const Cache& cache, CMatRef<T> x, CMatRef<T> dy) {
-    const auto a = lora_A();
-    const auto b = lora_B();
-    const auto& w = this->m_base.weight();
-    Matrix<T>& sb = cache.sb;
-    Matrix<T>& su = cache.su;
-    Matrix<T>& g_u = cache.g_u;
-    sb.noalias() = m_scale * b;        // [d_out, r]
-    su.noalias() = m_scale * cache.u;  // [N, r]
-    g_u.resize(x.rows(), rank());      // [N, r] = dy (s B)
-    const Index n = x.rows();
-    if (!cache.dropped) {
-      // g_u, dB += s dy^T u, dA += g_u^T x and dx = g_u A together; then dx += dy W.
-      rank_r_backward(g_u.data(), grad_B().data(), grad_A().data(), dx != nullptr ? dx->data() : nullptr,
-                      dx != nullptr ? dx->outerStride() : 0, dy.data(), dy.outerStride(), sb.data(), su.data(), x.data(),
-                      x.outerStride(), a.data(), n, d_out(), d_in(), rank());
-      if (dx != nullptr) dx->noalias() += dy * w;
-      return;
-    }
-    // one pass over dy for both g_u and dB += s dy^T u
-    rank_r_pass(g_u.data(), grad_B().data(), dy.data(), sb.data(), su.data(), n, d_out(), rank(), dy.outerStride());
-    auto xd = workspace<T>(1, n, x.cols());
-    dropout_apply(xd.data(), x.data(), x.size(), m_config.dropout, cache.dropout_seed);
-    rank_r_reduce(grad_A().data(), g_u.data(), xd.data(), xd.outerStride(), n, d_in(), rank());
-    if (dx == nullptr) return;
-    // The adapter's share of dx passes the dropout mask: written (masked) first where dx is one
-    // block of memory, then the GEMM accumulates dy W onto it.
-    const bool contiguous = dx->outerStride() == dx->cols();
-    auto share = contiguous ? MatrixMap<T>(dx->data(), n, d_in()) : xd;
-    rank_r_expand(share.data(), d_in(), static_cast<const T*>(nullptr), 0, static_cast<const T*>(nullptr), g_u.data(),
-                  a.data(), n, d_in(), rank());
-    dropout_apply(share.data(), share.data(), share.size(), m_config.dropout, cache.dropout_seed);
-    if (contiguous) {
-      dx->noalias() += dy * w;
-    } else {
-      linear_backward_input<T>(*dx, dy, w);
-      *dx += xd;
-    }
-  }
+  void backward_impl(MatRef<T>* dx, const Cache& cache, CMatRef<T> x, CMatRef<T> dy);
 
   ParameterStore<T>* m_store;
   LoraConfig m_config;
   T m_scale;
   ParamId m_a, m_b;
 };
+
+template <class T>
+LoraAdapter<T>::LoraAdapter(ParameterStore<T>& store, FrozenLinear<T> base, const LoraConfig& config, Rng& rng,
+            const std::string& name) : Base(base, "LoRA", Rng()), m_store(&store), m_config(config) {
+  std::tie(m_a, m_b) = detail::add_lora_pair(store, config, base.d_in(), base.d_out(), rng, name, "LoRA");
+  m_scale = static_cast<T>(lora_scale(config));
+  this->dropout_rng() = Rng(rng.next_u64());
+}
+
+template <class T>
+void LoraAdapter<T>::forward(MatRef<T> y, Cache& cache, CMatRef<T> x) {
+  if (this->begin_forward(y, cache, x)) return;
+  const auto a = lora_A();
+  const Index n = x.rows();
+  cache.u.resize(n, rank());
+  if (this->begin_dropout(cache, m_config.dropout)) {
+    WEGEFT_CHECK(x.outerStride() == x.cols(), "LoRA dropout needs a contiguous input x; got a view with row stride "
+                                              << x.outerStride() << " for " << x.cols() << " columns");
+    auto xd = workspace<T>(1, n, x.cols());
+    dropout_apply(xd.data(), x.data(), x.size(), m_config.dropout, cache.dropout_seed);
+    rank_r_project(cache.u.data(), xd.data(), xd.outerStride(), a.data(), n, d_in(), rank());
+  }
+  // Scale factors go on the small operands, never on an [N, d] one (that would copy it).
+  Matrix<T>& sbt = cache.sbt;
+  sbt.noalias() = m_scale * lora_B().transpose();  // [r, d_out]
+  if (cache.dropped) {
+    linear_forward_plus<T>(y, x, this->m_base.weight(), this->m_base.bias(), cache.u, sbt);
+    return;
+  }
+  // u = x A^T and y = b + u (s B)^T in one pass each, then the frozen GEMM accumulates x W^T.
+  rank_r_project_expand(cache.u.data(), x.data(), x.outerStride(), a.data(), d_in(), y.data(), y.outerStride(),
+                        this->m_base.bias(), sbt.data(), d_out(), n, rank());
+  y.noalias() += x * this->m_base.weight().transpose();
+}
+
+template <class T>
+Matrix<T> LoraAdapter<T>::delta() {
+  return (m_scale * lora_B()) * lora_A();
+}
+
+template <class T>
+void LoraAdapter<T>::merge_weights() {
+  this->m_base.weight() += delta();
+}
+
+template <class T>
+void LoraAdapter<T>::unmerge_weights() {
+  this->m_base.weight() -= delta();
+}
+
+template <class T>
+void LoraAdapter<T>::backward_impl(MatRef<T>* dx, const Cache& cache, CMatRef<T> x, CMatRef<T> dy) {
+  const auto a = lora_A();
+  const auto b = lora_B();
+  const auto& w = this->m_base.weight();
+  Matrix<T>& sb = cache.sb;
+  Matrix<T>& su = cache.su;
+  Matrix<T>& g_u = cache.g_u;
+  sb.noalias() = m_scale * b;        // [d_out, r]
+  su.noalias() = m_scale * cache.u;  // [N, r]
+  g_u.resize(x.rows(), rank());      // [N, r] = dy (s B)
+  const Index n = x.rows();
+  if (!cache.dropped) {
+    // g_u, dB += s dy^T u, dA += g_u^T x and dx = g_u A together; then dx += dy W.
+    rank_r_backward(g_u.data(), grad_B().data(), grad_A().data(), dx != nullptr ? dx->data() : nullptr,
+                    dx != nullptr ? dx->outerStride() : 0, dy.data(), dy.outerStride(), sb.data(), su.data(), x.data(),
+                    x.outerStride(), a.data(), n, d_out(), d_in(), rank());
+    if (dx != nullptr) dx->noalias() += dy * w;
+    return;
+  }
+  // one pass over dy for both g_u and dB += s dy^T u
+  rank_r_pass(g_u.data(), grad_B().data(), dy.data(), sb.data(), su.data(), n, d_out(), rank(), dy.outerStride());
+  auto xd = workspace<T>(1, n, x.cols());
+  dropout_apply(xd.data(), x.data(), x.size(), m_config.dropout, cache.dropout_seed);
+  rank_r_reduce(grad_A().data(), g_u.data(), xd.data(), xd.outerStride(), n, d_in(), rank());
+  if (dx == nullptr) return;
+  // The adapter's share of dx passes the dropout mask: written (masked) first where dx is one
+  // block of memory, then the GEMM accumulates dy W onto it.
+  const bool contiguous = dx->outerStride() == dx->cols();
+  auto share = contiguous ? MatrixMap<T>(dx->data(), n, d_in()) : xd;
+  rank_r_expand(share.data(), d_in(), static_cast<const T*>(nullptr), 0, static_cast<const T*>(nullptr), g_u.data(),
+                a.data(), n, d_in(), rank());
+  dropout_apply(share.data(), share.data(), share.size(), m_config.dropout, cache.dropout_seed);
+  if (contiguous) {
+    dx->noalias() += dy * w;
+  } else {
+    linear_backward_input<T>(*dx, dy, w);
+    *dx += xd;
+  }
+}
 
 namespace detail {
 /// The adapter_config.json fields LoRA and DoRA share (PEFT's LoraConfig).
@@ -252,5 +277,8 @@ struct LoraMethod {
     return Adapter<T>(ctx.store, site.base, c, ctx.rng, site.name);
   }
 };
+
+#define WEGEFT_LORA_TEMPLATES(EXTERN, T) EXTERN template class LoraAdapter<T>;
+WEGEFT_EXTERN_TEMPLATES(WEGEFT_LORA_TEMPLATES)
 
 }  // namespace wegeft

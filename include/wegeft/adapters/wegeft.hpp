@@ -36,6 +36,7 @@
 #include "wegeft/core/error.hpp"
 #include "wegeft/core/json.hpp"
 #include "wegeft/core/parameters.hpp"
+#include "wegeft/core/precompiled.hpp"
 #include "wegeft/core/rng.hpp"
 #include "wegeft/core/tensor.hpp"
 #include "wegeft/kernels/cpu/rank_r.hpp"
@@ -101,28 +102,7 @@ class WeGeFTGenerator {
  public:
   /// Registers `<name>.wegeft_phi.weight` and `<name>.wegeft_psi.weight` [r, d_in] in `store`.
   WeGeFTGenerator(ParameterStore<T>& store, Index d_in, const WeGeFTConfig& config, Rng& rng,
-                  const std::string& name = "wegeft")
-      : m_store(&store), m_config(config), m_d_in(d_in), m_name(name) {
-    const Index r = config.rank;
-    WEGEFT_CHECK(d_in >= 1, "WeGeFT generator '" << name << "' needs d_in >= 1, got " << d_in);
-    WEGEFT_CHECK(r >= 1, "WeGeFT rank must be at least 1, got " << r << " for '" << name << "'");
-    WEGEFT_CHECK(r <= d_in, "WeGeFT rank " << r << " exceeds d_in = " << d_in << " for '" << name
-                                           << "'");
-    WEGEFT_CHECK(std::isfinite(config.alpha) && config.alpha != 0.0,
-                 "WeGeFT alpha must be finite and non-zero, got " << config.alpha << " for '" << name << "'");
-    WEGEFT_CHECK(std::isfinite(static_cast<T>(config.alpha / static_cast<double>(r))),
-                 "WeGeFT scale alpha / r = " << config.alpha / static_cast<double>(r) << " overflows the compute type for '"
-                                             << name << "'");
-    WEGEFT_CHECK(config.dropout >= 0.0 && config.dropout < 1.0,
-                 "WeGeFT dropout must be in [0, 1), got " << config.dropout << " for '" << name
-                                                          << "'");
-    m_scale = static_cast<T>(config.alpha / static_cast<double>(r));
-    m_phi = store.add(name + ".wegeft_phi.weight", r, d_in);
-    m_psi = store.add(name + ".wegeft_psi.weight", r, d_in);
-    const T bound = static_cast<T>(1.0 / std::sqrt(static_cast<double>(d_in)));
-    auto psi_value = psi();
-    fill_uniform(psi_value, rng, -bound, bound);
-  }
+                  const std::string& name = "wegeft");
 
   Index rank() const { return m_config.rank; }
   Index d_in() const { return m_d_in; }
@@ -141,13 +121,7 @@ class WeGeFTGenerator {
   ParamId id_psi() const { return m_psi; }
 
   /// Called by WeGeFTAdapter's constructor: a group member must share d_in.
-  void attach(const FrozenLinear<T>& base) {
-    WEGEFT_CHECK(base.d_in() == m_d_in, "WeGeFT group '" << m_name << "' has d_in = " << m_d_in
-                                        << " but a layer with W [" << base.d_out() << ", "
-                                        << base.d_in() << "] was attached; every layer of a "
-                                        << "group must have the same d_in");
-    ++m_layers;
-  }
+  void attach(const FrozenLinear<T>& base);
 
  private:
   ParameterStore<T>* m_store;
@@ -158,6 +132,39 @@ class WeGeFTGenerator {
   ParamId m_phi, m_psi;
   Index m_layers = 0;
 };
+
+template <class T>
+WeGeFTGenerator<T>::WeGeFTGenerator(ParameterStore<T>& store, Index d_in, const WeGeFTConfig& config, Rng& rng,
+                const std::string& name) : m_store(&store), m_config(config), m_d_in(d_in), m_name(name) {
+  const Index r = config.rank;
+  WEGEFT_CHECK(d_in >= 1, "WeGeFT generator '" << name << "' needs d_in >= 1, got " << d_in);
+  WEGEFT_CHECK(r >= 1, "WeGeFT rank must be at least 1, got " << r << " for '" << name << "'");
+  WEGEFT_CHECK(r <= d_in, "WeGeFT rank " << r << " exceeds d_in = " << d_in << " for '" << name
+                                         << "'");
+  WEGEFT_CHECK(std::isfinite(config.alpha) && config.alpha != 0.0,
+               "WeGeFT alpha must be finite and non-zero, got " << config.alpha << " for '" << name << "'");
+  WEGEFT_CHECK(std::isfinite(static_cast<T>(config.alpha / static_cast<double>(r))),
+               "WeGeFT scale alpha / r = " << config.alpha / static_cast<double>(r) << " overflows the compute type for '"
+                                           << name << "'");
+  WEGEFT_CHECK(config.dropout >= 0.0 && config.dropout < 1.0,
+               "WeGeFT dropout must be in [0, 1), got " << config.dropout << " for '" << name
+                                                        << "'");
+  m_scale = static_cast<T>(config.alpha / static_cast<double>(r));
+  m_phi = store.add(name + ".wegeft_phi.weight", r, d_in);
+  m_psi = store.add(name + ".wegeft_psi.weight", r, d_in);
+  const T bound = static_cast<T>(1.0 / std::sqrt(static_cast<double>(d_in)));
+  auto psi_value = psi();
+  fill_uniform(psi_value, rng, -bound, bound);
+}
+
+template <class T>
+void WeGeFTGenerator<T>::attach(const FrozenLinear<T>& base) {
+  WEGEFT_CHECK(base.d_in() == m_d_in, "WeGeFT group '" << m_name << "' has d_in = " << m_d_in
+                                      << " but a layer with W [" << base.d_out() << ", "
+                                      << base.d_in() << "] was attached; every layer of a "
+                                      << "group must have the same d_in");
+  ++m_layers;
+}
 
 /// One frozen linear layer adapted by a (possibly shared) WeGeFTGenerator.
 template <class T>
@@ -178,10 +185,7 @@ class WeGeFTAdapter : public AdapterBase<WeGeFTAdapter<T>, T> {
 
   /// Attaches `base` to `generator` (checks d_in); `rng` seeds this layer's dropout stream.
   WeGeFTAdapter(WeGeFTGenerator<T>& generator, FrozenLinear<T> base, Rng& rng,
-                WeGeFTOrder order = WeGeFTOrder::automatic)
-      : Base(base, "WeGeFT", Rng(rng.next_u64())), m_gen(&generator), m_order(order) {
-    generator.attach(base);
-  }
+                WeGeFTOrder order = WeGeFTOrder::automatic);
 
   using Base::d_in;
   using Base::d_out;
@@ -196,85 +200,24 @@ class WeGeFTAdapter : public AdapterBase<WeGeFTAdapter<T>, T> {
   WeGeFTOrder order() const { return m_order; }
 
   /// The order a call with N tokens will use.
-  WeGeFTOrder resolve_order(Index n) const {
-    const bool drop = dropout_active();
-    if (m_order == WeGeFTOrder::input_edit) {
-      WEGEFT_CHECK(!drop, "WeGeFT input_edit order cannot apply weight dropout (p = "
-                              << m_gen->config().dropout
-                              << "); use weight_side or automatic, or set_training(false)");
-      return m_order;
-    }
-    if (m_order == WeGeFTOrder::weight_side || drop) return WeGeFTOrder::weight_side;
-    const Index r = m_gen->rank();
-    return wegeft_order_cost(WeGeFTOrder::input_edit, n, r, d_in(), d_out()) <=
-                   wegeft_order_cost(WeGeFTOrder::weight_side, n, r, d_in(), d_out())
-               ? WeGeFTOrder::input_edit
-               : WeGeFTOrder::weight_side;
-  }
+  WeGeFTOrder resolve_order(Index n) const;
 
   /// y [N, d_out] = x W^T + b + s (x Psi^T)(D(W) Phi^T)^T. Overwrites y, fills cache.
-  void forward(MatRef<T> y, Cache& cache, CMatRef<T> x) {
-    if (this->begin_forward(y, cache, x)) return;
-    const auto& w = this->m_base.weight();
-    const T s = m_gen->scale();
-    cache.order = resolve_order(x.rows());
-    const Index n = x.rows(), r = m_gen->rank();
-    cache.u.resize(n, r);
-    if (cache.order == WeGeFTOrder::input_edit) {
-      rank_r_project(cache.u.data(), x.data(), x.outerStride(), m_gen->psi().data(), n, d_in(), r);
-      // x_hat = x + s u Phi in one pass (scale on the small operand, not an [N, d] one)
-      auto x_hat = workspace<T>(0, n, x.cols());
-      cache.scaled.noalias() = s * m_gen->phi();
-      rank_r_expand(x_hat.data(), x_hat.outerStride(), x.data(), x.outerStride(), static_cast<const T*>(nullptr),
-                    cache.u.data(), cache.scaled.data(), n, d_in(), r);
-      linear_forward<T>(y, x_hat, w, this->m_base.bias());
-      return;
-    }
-    if (this->begin_dropout(cache, m_gen->config().dropout)) {
-      cache.p.resize(d_out(), m_gen->rank());
-      for_dropped_rows(cache.dropout_seed, [&](Index i0, Index rows, const T* wd) {  // P = D(W) Phi^T
-        rank_r_project(cache.p.data() + i0 * m_gen->rank(), wd, d_in(), m_gen->phi().data(), rows, d_in(), m_gen->rank());
-      });
-    } else {  // P = W Phi^T: r dot products per row of W
-      cache.p.resize(d_out(), m_gen->rank());
-      rank_r_project(cache.p.data(), w.data(), w.outerStride(), m_gen->phi().data(), d_out(), d_in(), m_gen->rank());
-    }
-    Matrix<T>& s_pt = cache.scaled;
-    s_pt.noalias() = s * cache.p.transpose();  // [r, d_out]
-    // u = x Psi^T and y = b + u (s P)^T in one pass each, then the frozen GEMM accumulates x W^T.
-    rank_r_project_expand(cache.u.data(), x.data(), x.outerStride(), m_gen->psi().data(), d_in(), y.data(),
-                          y.outerStride(), this->m_base.bias(), s_pt.data(), d_out(), n, r);
-    y.noalias() += x * w.transpose();
-  }
+  void forward(MatRef<T> y, Cache& cache, CMatRef<T> x);
 
   /// C = W Phi^T [d_out, r]: its columns score tokens by the r generated directions
   /// (the interpretability maps of the paper). Uses the pretrained W, so not while merged.
-  Matrix<T> projected_weight() {
-    WEGEFT_CHECK(!this->merged(), "projected_weight() needs the pretrained W; unmerge first");
-    return this->m_base.weight() * m_gen->phi().transpose();
-  }
+  Matrix<T> projected_weight();
   /// dW = s (W Phi^T) Psi [d_out, d_in], the update merge() adds to W.
-  Matrix<T> delta() { return (m_gen->scale() * projected_weight()) * m_gen->psi(); }
+  Matrix<T> delta();
 
  private:
   /// merge(): W += s (W Phi^T) Psi.
-  void merge_weights() { this->m_base.weight() += delta(); }
+  void merge_weights();
   /// unmerge(): recovers W from W' = W (I + s Phi^T Psi) exactly by the Woodbury identity:
   /// W = W' - s (W' Phi^T) (I_r + s Psi Phi^T)^{-1} Psi. Needs the generator unchanged since
   /// merge() and I_r + s Psi Phi^T invertible.
-  void unmerge_weights() {
-    const T s = m_gen->scale();
-    const auto phi = m_gen->phi();
-    const auto psi = m_gen->psi();
-    const Index r = m_gen->rank();
-    const Matrix<T> core = Matrix<T>::Identity(r, r) + s * (psi * phi.transpose());
-    Eigen::FullPivLU<Matrix<T>> lu(core);
-    WEGEFT_CHECK(lu.isInvertible(), "WeGeFT unmerge: I + s Psi Phi^T is singular (rank "
-                                        << lu.rank() << " of " << r
-                                        << "), the merged weight cannot be inverted exactly");
-    const Matrix<T> wp = this->m_base.weight() * phi.transpose();  // [d_out, r]
-    this->m_base.weight() -= (s * wp) * lu.solve(Matrix<T>(psi));
-  }
+  void unmerge_weights();
 
   bool dropout_active() const { return this->training() && m_gen->config().dropout > 0.0; }
 
@@ -294,61 +237,153 @@ class WeGeFTAdapter : public AdapterBase<WeGeFTAdapter<T>, T> {
   }
 
   /// grad_phi, grad_psi += this layer's share; dx (when not null) overwritten.
-  void backward_impl(MatRef<T>* dx, const Cache& cache, CMatRef<T> x, CMatRef<T> dy) {
-    const T s = m_gen->scale();
-    const auto& w = this->m_base.weight();
-    const auto phi = m_gen->phi();
-    const auto psi = m_gen->psi();
-    auto g_phi = m_gen->grad_phi();
-    auto g_psi = m_gen->grad_psi();
-    if (cache.order == WeGeFTOrder::input_edit) {
-      // h = dL/dx_hat = dy W [N, d_in]: computed straight into dx when it is wanted.
-      using View = Eigen::Map<Matrix<T>, 0, Eigen::OuterStride<>>;
-      View h = dx != nullptr ? View(dx->data(), x.rows(), x.cols(), Eigen::OuterStride<>(dx->outerStride()))
-                             : View(workspace<T>(0, x.rows(), x.cols()).data(), x.rows(), x.cols(), Eigen::OuterStride<>(x.cols()));
-      h.noalias() = dy * w;
-      // One pass over h: t = s h Phi^T [N, r] (dL/du) and G = s h^T u = dPhi^T [d_in, r].
-      Matrix<T>& s_phi_t = cache.s_small;
-      Matrix<T>& su = cache.su;
-      Matrix<T>& t = cache.g_u;
-      Matrix<T>& G = cache.g_p;
-      s_phi_t.noalias() = s * phi.transpose();
-      su.noalias() = s * cache.u;
-      t.resize(x.rows(), m_gen->rank());
-      G.setZero(d_in(), m_gen->rank());
-      rank_r_pass(t.data(), G.data(), h.data(), s_phi_t.data(), su.data(), x.rows(), d_in(), m_gen->rank(), h.outerStride());
-      rank_r_reduce(g_psi.data(), t.data(), x.data(), x.outerStride(), x.rows(), d_in(), m_gen->rank());
-      g_phi += G.transpose();
-      if (dx != nullptr)  // dx = h + t Psi, in place
-        rank_r_expand(dx->data(), dx->outerStride(), dx->data(), dx->outerStride(), static_cast<const T*>(nullptr),
-                      t.data(), psi.data(), x.rows(), d_in(), m_gen->rank());
-      return;
-    }
-    Matrix<T>& s_p = cache.s_small;
-    Matrix<T>& g_u = cache.g_u;  // [N, r] = s dy P
-    Matrix<T>& g_p = cache.g_p;  // [d_out, r] = s dy^T u
-    Matrix<T>& su = cache.su;
-    s_p.noalias() = s * cache.p;
-    g_u.resize(x.rows(), m_gen->rank());
-    g_p.setZero(d_out(), m_gen->rank());
-    su.noalias() = s * cache.u;
-    // g_u, g_p, dPsi += g_u^T x and dx = g_u Psi together; dx += dy W below.
-    rank_r_backward(g_u.data(), g_p.data(), g_psi.data(), dx != nullptr ? dx->data() : nullptr,
-                    dx != nullptr ? dx->outerStride() : 0, dy.data(), dy.outerStride(), s_p.data(), su.data(), x.data(),
-                    x.outerStride(), psi.data(), x.rows(), d_out(), d_in(), m_gen->rank());
-    if (cache.dropped) {
-      for_dropped_rows(cache.dropout_seed, [&](Index i0, Index rows, const T* wd) {  // dPhi += g_p^T D(W)
-        rank_r_reduce(g_phi.data(), g_p.data() + i0 * m_gen->rank(), wd, d_in(), rows, d_in(), m_gen->rank());
-      });
-    } else {  // dPhi += g_p^T W
-      rank_r_reduce(g_phi.data(), g_p.data(), w.data(), w.outerStride(), d_out(), d_in(), m_gen->rank());
-    }
-    if (dx != nullptr) dx->noalias() += dy * w;
-  }
+  void backward_impl(MatRef<T>* dx, const Cache& cache, CMatRef<T> x, CMatRef<T> dy);
 
   WeGeFTGenerator<T>* m_gen;
   WeGeFTOrder m_order;
 };
+
+template <class T>
+WeGeFTAdapter<T>::WeGeFTAdapter(WeGeFTGenerator<T>& generator, FrozenLinear<T> base, Rng& rng,
+              WeGeFTOrder order) : Base(base, "WeGeFT", Rng(rng.next_u64())), m_gen(&generator), m_order(order) {
+  generator.attach(base);
+}
+
+template <class T>
+WeGeFTOrder WeGeFTAdapter<T>::resolve_order(Index n) const {
+  const bool drop = dropout_active();
+  if (m_order == WeGeFTOrder::input_edit) {
+    WEGEFT_CHECK(!drop, "WeGeFT input_edit order cannot apply weight dropout (p = "
+                            << m_gen->config().dropout
+                            << "); use weight_side or automatic, or set_training(false)");
+    return m_order;
+  }
+  if (m_order == WeGeFTOrder::weight_side || drop) return WeGeFTOrder::weight_side;
+  const Index r = m_gen->rank();
+  return wegeft_order_cost(WeGeFTOrder::input_edit, n, r, d_in(), d_out()) <=
+                 wegeft_order_cost(WeGeFTOrder::weight_side, n, r, d_in(), d_out())
+             ? WeGeFTOrder::input_edit
+             : WeGeFTOrder::weight_side;
+}
+
+template <class T>
+void WeGeFTAdapter<T>::forward(MatRef<T> y, Cache& cache, CMatRef<T> x) {
+  if (this->begin_forward(y, cache, x)) return;
+  const auto& w = this->m_base.weight();
+  const T s = m_gen->scale();
+  cache.order = resolve_order(x.rows());
+  const Index n = x.rows(), r = m_gen->rank();
+  cache.u.resize(n, r);
+  if (cache.order == WeGeFTOrder::input_edit) {
+    rank_r_project(cache.u.data(), x.data(), x.outerStride(), m_gen->psi().data(), n, d_in(), r);
+    // x_hat = x + s u Phi in one pass (scale on the small operand, not an [N, d] one)
+    auto x_hat = workspace<T>(0, n, x.cols());
+    cache.scaled.noalias() = s * m_gen->phi();
+    rank_r_expand(x_hat.data(), x_hat.outerStride(), x.data(), x.outerStride(), static_cast<const T*>(nullptr),
+                  cache.u.data(), cache.scaled.data(), n, d_in(), r);
+    linear_forward<T>(y, x_hat, w, this->m_base.bias());
+    return;
+  }
+  if (this->begin_dropout(cache, m_gen->config().dropout)) {
+    cache.p.resize(d_out(), m_gen->rank());
+    for_dropped_rows(cache.dropout_seed, [&](Index i0, Index rows, const T* wd) {  // P = D(W) Phi^T
+      rank_r_project(cache.p.data() + i0 * m_gen->rank(), wd, d_in(), m_gen->phi().data(), rows, d_in(), m_gen->rank());
+    });
+  } else {  // P = W Phi^T: r dot products per row of W
+    cache.p.resize(d_out(), m_gen->rank());
+    rank_r_project(cache.p.data(), w.data(), w.outerStride(), m_gen->phi().data(), d_out(), d_in(), m_gen->rank());
+  }
+  Matrix<T>& s_pt = cache.scaled;
+  s_pt.noalias() = s * cache.p.transpose();  // [r, d_out]
+  // u = x Psi^T and y = b + u (s P)^T in one pass each, then the frozen GEMM accumulates x W^T.
+  rank_r_project_expand(cache.u.data(), x.data(), x.outerStride(), m_gen->psi().data(), d_in(), y.data(),
+                        y.outerStride(), this->m_base.bias(), s_pt.data(), d_out(), n, r);
+  y.noalias() += x * w.transpose();
+}
+
+template <class T>
+Matrix<T> WeGeFTAdapter<T>::projected_weight() {
+  WEGEFT_CHECK(!this->merged(), "projected_weight() needs the pretrained W; unmerge first");
+  return this->m_base.weight() * m_gen->phi().transpose();
+}
+
+template <class T>
+Matrix<T> WeGeFTAdapter<T>::delta() {
+  return (m_gen->scale() * projected_weight()) * m_gen->psi();
+}
+
+template <class T>
+void WeGeFTAdapter<T>::merge_weights() {
+  this->m_base.weight() += delta();
+}
+
+template <class T>
+void WeGeFTAdapter<T>::unmerge_weights() {
+  const T s = m_gen->scale();
+  const auto phi = m_gen->phi();
+  const auto psi = m_gen->psi();
+  const Index r = m_gen->rank();
+  const Matrix<T> core = Matrix<T>::Identity(r, r) + s * (psi * phi.transpose());
+  Eigen::FullPivLU<Matrix<T>> lu(core);
+  WEGEFT_CHECK(lu.isInvertible(), "WeGeFT unmerge: I + s Psi Phi^T is singular (rank "
+                                      << lu.rank() << " of " << r
+                                      << "), the merged weight cannot be inverted exactly");
+  const Matrix<T> wp = this->m_base.weight() * phi.transpose();  // [d_out, r]
+  this->m_base.weight() -= (s * wp) * lu.solve(Matrix<T>(psi));
+}
+
+template <class T>
+void WeGeFTAdapter<T>::backward_impl(MatRef<T>* dx, const Cache& cache, CMatRef<T> x, CMatRef<T> dy) {
+  const T s = m_gen->scale();
+  const auto& w = this->m_base.weight();
+  const auto phi = m_gen->phi();
+  const auto psi = m_gen->psi();
+  auto g_phi = m_gen->grad_phi();
+  auto g_psi = m_gen->grad_psi();
+  if (cache.order == WeGeFTOrder::input_edit) {
+    // h = dL/dx_hat = dy W [N, d_in]: computed straight into dx when it is wanted.
+    using View = Eigen::Map<Matrix<T>, 0, Eigen::OuterStride<>>;
+    View h = dx != nullptr ? View(dx->data(), x.rows(), x.cols(), Eigen::OuterStride<>(dx->outerStride()))
+                           : View(workspace<T>(0, x.rows(), x.cols()).data(), x.rows(), x.cols(), Eigen::OuterStride<>(x.cols()));
+    h.noalias() = dy * w;
+    // One pass over h: t = s h Phi^T [N, r] (dL/du) and G = s h^T u = dPhi^T [d_in, r].
+    Matrix<T>& s_phi_t = cache.s_small;
+    Matrix<T>& su = cache.su;
+    Matrix<T>& t = cache.g_u;
+    Matrix<T>& G = cache.g_p;
+    s_phi_t.noalias() = s * phi.transpose();
+    su.noalias() = s * cache.u;
+    t.resize(x.rows(), m_gen->rank());
+    G.setZero(d_in(), m_gen->rank());
+    rank_r_pass(t.data(), G.data(), h.data(), s_phi_t.data(), su.data(), x.rows(), d_in(), m_gen->rank(), h.outerStride());
+    rank_r_reduce(g_psi.data(), t.data(), x.data(), x.outerStride(), x.rows(), d_in(), m_gen->rank());
+    g_phi += G.transpose();
+    if (dx != nullptr)  // dx = h + t Psi, in place
+      rank_r_expand(dx->data(), dx->outerStride(), dx->data(), dx->outerStride(), static_cast<const T*>(nullptr),
+                    t.data(), psi.data(), x.rows(), d_in(), m_gen->rank());
+    return;
+  }
+  Matrix<T>& s_p = cache.s_small;
+  Matrix<T>& g_u = cache.g_u;  // [N, r] = s dy P
+  Matrix<T>& g_p = cache.g_p;  // [d_out, r] = s dy^T u
+  Matrix<T>& su = cache.su;
+  s_p.noalias() = s * cache.p;
+  g_u.resize(x.rows(), m_gen->rank());
+  g_p.setZero(d_out(), m_gen->rank());
+  su.noalias() = s * cache.u;
+  // g_u, g_p, dPsi += g_u^T x and dx = g_u Psi together; dx += dy W below.
+  rank_r_backward(g_u.data(), g_p.data(), g_psi.data(), dx != nullptr ? dx->data() : nullptr,
+                  dx != nullptr ? dx->outerStride() : 0, dy.data(), dy.outerStride(), s_p.data(), su.data(), x.data(),
+                  x.outerStride(), psi.data(), x.rows(), d_out(), d_in(), m_gen->rank());
+  if (cache.dropped) {
+    for_dropped_rows(cache.dropout_seed, [&](Index i0, Index rows, const T* wd) {  // dPhi += g_p^T D(W)
+      rank_r_reduce(g_phi.data(), g_p.data() + i0 * m_gen->rank(), wd, d_in(), rows, d_in(), m_gen->rank());
+    });
+  } else {  // dPhi += g_p^T W
+    rank_r_reduce(g_phi.data(), g_p.data(), w.data(), w.outerStride(), d_out(), d_in(), m_gen->rank());
+  }
+  if (dx != nullptr) dx->noalias() += dy * w;
+}
 
 /// WeGeFT's entry in the method registry (adapters/registry.hpp). attach() finds or creates the
 /// generator of the site's group (by `sharing`) among the set's shared objects.
@@ -399,5 +434,10 @@ struct WeGeFTMethod {
     return Adapter<T>(*std::static_pointer_cast<WeGeFTGenerator<T>>(slot), site.base, ctx.rng, c.order);
   }
 };
+
+#define WEGEFT_WEGEFT_TEMPLATES(EXTERN, T) \
+  EXTERN template class WeGeFTGenerator<T>;   \
+  EXTERN template class WeGeFTAdapter<T>;
+WEGEFT_EXTERN_TEMPLATES(WEGEFT_WEGEFT_TEMPLATES)
 
 }  // namespace wegeft

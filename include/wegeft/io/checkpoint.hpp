@@ -15,6 +15,7 @@
 
 #include "wegeft/core/error.hpp"
 #include "wegeft/core/parameters.hpp"
+#include "wegeft/core/precompiled.hpp"
 #include "wegeft/core/rng.hpp"
 #include "wegeft/io/safetensors.hpp"
 #include "wegeft/nn/model.hpp"
@@ -124,5 +125,12 @@ void load_checkpoint(const std::string& path, Transformer<T>& model, ParameterSt
   if (rngs)
     for (auto& [k, v] : user) (*rngs)[k] = v;
 }
+
+#define WEGEFT_CHECKPOINT_TEMPLATES(EXTERN, T)                                                       \
+  EXTERN template void save_checkpoint<T>(const std::string&, Transformer<T>&, ParameterStore<T>&, const AdamW<T>&, \
+                                          const std::map<std::string, Rng::State>&);                   \
+  EXTERN template void load_checkpoint<T>(const std::string&, Transformer<T>&, ParameterStore<T>&, AdamW<T>&, \
+                                          std::map<std::string, Rng::State>*);
+WEGEFT_EXTERN_TEMPLATES(WEGEFT_CHECKPOINT_TEMPLATES)
 
 }  // namespace wegeft

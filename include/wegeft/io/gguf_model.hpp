@@ -7,6 +7,7 @@
 #include <memory>
 #include <string>
 
+#include "wegeft/core/precompiled.hpp"
 #include "wegeft/io/gguf.hpp"
 #include "wegeft/io/hf_model.hpp"
 #include "wegeft/nn/model.hpp"
@@ -70,5 +71,8 @@ LoadedModel<T> load_gguf_model(const std::string& path) {
   out.model = std::move(model);
   return out;
 }
+
+#define WEGEFT_GGUF_MODEL_TEMPLATES(EXTERN, T) EXTERN template LoadedModel<T> load_gguf_model<T>(const std::string&);
+WEGEFT_EXTERN_TEMPLATES(WEGEFT_GGUF_MODEL_TEMPLATES)
 
 }  // namespace wegeft

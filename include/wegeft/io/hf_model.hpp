@@ -20,6 +20,7 @@
 #include <nlohmann/json.hpp>
 
 #include "wegeft/core/error.hpp"
+#include "wegeft/core/precompiled.hpp"
 #include "wegeft/io/file.hpp"
 #include "wegeft/io/safetensors.hpp"
 #include "wegeft/nn/config.hpp"
@@ -189,5 +190,8 @@ LoadedModel<T> load_hf_model(const std::string& dir) {
   out.model = std::move(model);
   return out;
 }
+
+#define WEGEFT_HF_MODEL_TEMPLATES(EXTERN, T) EXTERN template LoadedModel<T> load_hf_model<T>(const std::string&);
+WEGEFT_EXTERN_TEMPLATES(WEGEFT_HF_MODEL_TEMPLATES)
 
 }  // namespace wegeft

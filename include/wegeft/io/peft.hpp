@@ -32,6 +32,7 @@
 #include "wegeft/adapters/registry.hpp"
 #include "wegeft/core/error.hpp"
 #include "wegeft/core/json.hpp"
+#include "wegeft/core/precompiled.hpp"
 #include "wegeft/io/file.hpp"
 #include "wegeft/io/safetensors.hpp"
 #include "wegeft/nn/model.hpp"
@@ -500,5 +501,13 @@ void save_adapter(Transformer<T>& model, ParameterStore<T>& store, const std::st
   }
   save_adapter(*model.adapters(), dir, opt);
 }
+
+#define WEGEFT_PEFT_TEMPLATES(EXTERN, T)                                                                 \
+  EXTERN template std::pair<AdapterConfig, Index> load_adapter<T>(                                       \
+      AdapterSet<T>&, std::span<const AdapterSite<T>>, const std::string&, const std::set<std::string>&); \
+  EXTERN template void save_adapter<T>(const AdapterSet<T>&, const std::string&, const AdapterSaveOptions<T>&); \
+  EXTERN template Index load_adapter<T>(Transformer<T>&, ParameterStore<T>&, const std::string&);          \
+  EXTERN template void save_adapter<T>(Transformer<T>&, ParameterStore<T>&, const std::string&, const std::string&, DType);
+WEGEFT_EXTERN_TEMPLATES(WEGEFT_PEFT_TEMPLATES)
 
 }  // namespace wegeft

@@ -35,6 +35,7 @@
 #include "wegeft/core/error.hpp"
 #include "wegeft/core/parameters.hpp"
 #include "wegeft/core/pattern.hpp"
+#include "wegeft/core/precompiled.hpp"
 #include "wegeft/core/rng.hpp"
 #include "wegeft/core/tensor.hpp"
 #include "wegeft/nn/activations.hpp"
@@ -95,60 +96,7 @@ class Transformer {
     Matrix<T> dpooled, dfeatures;    // classifier backward: [B, d]
   };
 
-  explicit Transformer(const ModelConfig& config) : m_config(config) {
-    config.validate();
-    const Index d = config.hidden;
-    if (config.family == Family::vit) {
-      add_tensor(config.name_prefix() + "embeddings.patch_embeddings.projection.weight", d,
-                 config.channels * config.patch_size * config.patch_size);
-      add_tensor(config.name_prefix() + "embeddings.patch_embeddings.projection.bias", 1, d);
-      add_tensor(config.name_prefix() + "embeddings.cls_token", 1, d);
-    } else {
-      add_tensor(config.token_embedding_name() + ".weight", config.vocab_size, d);
-    }
-    if (config.family != Family::llama) add_tensor(config.position_tensor_name(), config.max_positions, d);
-    if (config.family == Family::bert)
-      add_tensor(config.name_prefix() + "embeddings.token_type_embeddings.weight", config.type_vocab_size, d);
-    for (Index l = 0; l < config.layers; ++l) {
-      for (LinearRole r : config.roles()) {
-        const auto [d_out, d_in] = config.linear_shape(r);
-        const std::string name = config.linear_name(l, r);
-        add_tensor(name + ".weight", d_out, d_in);
-        if (config.linear_bias()) add_tensor(name + ".bias", 1, d_out);
-        m_linears.push_back(Linear{name, r, l, nullptr, nullptr, nullptr});
-      }
-      for (int which = 0; which < 2; ++which) {
-        add_norm(config.norm_name(l, which));
-        m_norm_names.push_back({config.norm_name(l, which) + ".weight", config.norm_name(l, which) + ".bias"});
-      }
-    }
-    add_norm(config.final_norm_name());
-    m_final_norm = {config.final_norm_name() + ".weight", config.final_norm_name() + ".bias"};
-    m_roles = config.roles();
-    if (config.family == Family::llama && !config.tied_lm_head) add_tensor("lm_head.weight", config.vocab_size, d);
-    if (config.family == Family::bert) {
-      add_tensor(config.name_prefix() + "pooler.dense.weight", d, d);
-      add_tensor(config.name_prefix() + "pooler.dense.bias", 1, d);
-      // After every block linear, so linear(layer, role) indexing is unchanged; layer -1.
-      m_linears.push_back(Linear{config.name_prefix() + "pooler.dense", LinearRole::pooler, -1, nullptr, nullptr, nullptr});
-    }
-    if (config.rope()) m_rope = std::make_unique<RopeTable<T>>(config.head_dim(), config.max_positions, config.rope_theta);
-    // Every tensor a step uses, found once (map nodes keep their addresses).
-    const auto find = [&](const std::string& name) { return m_tensors.count(name) ? &m_tensors.at(name) : nullptr; };
-    const std::string pre = config.name_prefix();
-    for (auto& lin : m_linears) {
-      lin.weight = find(lin.name + ".weight");
-      lin.bias = config.linear_bias() ? find(lin.name + ".bias") : nullptr;  // bert (the pooler's family) has biases
-    }
-    m_fixed = {.token = find(config.token_embedding_name() + ".weight"),
-               .position = config.family == Family::llama ? nullptr : find(config.position_tensor_name()),
-               .token_type = find(pre + "embeddings.token_type_embeddings.weight"),
-               .patch_weight = find(pre + "embeddings.patch_embeddings.projection.weight"),
-               .patch_bias = find(pre + "embeddings.patch_embeddings.projection.bias"),
-               .cls_token = find(pre + "embeddings.cls_token"),
-               .lm_head = config.family == Family::gpt2 || config.tied_lm_head ? find(config.token_embedding_name() + ".weight")
-                                                                               : find("lm_head.weight")};
-  }
+  explicit Transformer(const ModelConfig& config);
 
   const ModelConfig& config() const { return m_config; }
 
@@ -168,18 +116,7 @@ class Transformer {
 
   /// Random weights for tests and toy runs: matrices U(-scale, scale), norm weights near 1,
   /// biases small.
-  void init_random(Rng& rng, double scale = 0.2) {
-    for (auto& [name, t] : m_tensors) {
-      const bool norm_weight = m_norm_tensors.count(name) && name.ends_with(".weight");
-      if (norm_weight) {
-        fill_uniform(t, rng, T(0.9), T(1.1));
-      } else if (name.ends_with(".bias")) {
-        fill_uniform(t, rng, T(-0.05), T(0.05));
-      } else {
-        fill_uniform(t, rng, static_cast<T>(-scale), static_cast<T>(scale));
-      }
-    }
-  }
+  void init_random(Rng& rng, double scale = 0.2);
 
   /// The store of the model's trainable parameters: the one the model was bound to by the first
   /// call that took a store (attach, add_classifier, train_norms, adapter_set), else one the model
@@ -201,11 +138,7 @@ class Transformer {
   /// Attaches adapters to every block linear that `spec` targets; trainable parameters go into
   /// `store`, which must outlive the model. Returns the number of adapted modules. Throws, adding
   /// nothing, if the spec matches nothing or a module already has an adapter.
-  Index attach(const AdapterSpec& spec, ParameterStore<T>& store) {
-    const Index count = adapter_set(store).attach(spec, sites());
-    resolve_adapters();
-    return count;
-  }
+  Index attach(const AdapterSpec& spec, ParameterStore<T>& store);
 
   /// The model's AdapterSet, bound to `store` (created on first use). Adapters attached through it
   /// to this model's sites() are used from the next forward() on.
@@ -217,12 +150,7 @@ class Transformer {
 
   /// Every adaptable linear as an AdapterSite (name, role short name, block, frozen weights), in
   /// model order; BERT's pooler.dense comes last with role "pooler" and layer -1.
-  std::vector<AdapterSite<T>> sites() {
-    std::vector<AdapterSite<T>> out;
-    out.reserve(m_linears.size());
-    for (const auto& lin : m_linears) out.push_back({lin.name, short_name(lin.role), lin.layer, frozen(lin)});
-    return out;
-  }
+  std::vector<AdapterSite<T>> sites();
   /// The model's adapters (null before the first attach).
   AdapterSet<T>* adapters() { return m_adapters.get(); }
   const AdapterSet<T>* adapters() const { return m_adapters.get(); }
@@ -235,12 +163,7 @@ class Transformer {
     AnyAdapter<T>* adapter;
   };
   /// Every adaptable linear in model order (block linears, then BERT's pooler), adapted or not.
-  std::vector<ModuleView> modules() {
-    resolve_adapters();
-    std::vector<ModuleView> out;
-    for (auto& lin : m_linears) out.push_back(ModuleView{lin.name, lin.role, lin.layer, lin.adapter});
-    return out;
-  }
+  std::vector<ModuleView> modules();
   /// The classifier head's parameters in the store, if one was added.
   std::optional<std::pair<ParamId, std::optional<ParamId>>> classifier_params() const {
     if (m_labels == 0) return std::nullopt;
@@ -262,39 +185,12 @@ class Transformer {
   /// (bert: through its frozen pooler; gpt2/llama default to the last token, bert/vit to the
   /// first). Its weight is N(0, 0.02^2)-initialised from `seed`, its bias zero.
   void add_classifier(Index labels, ParameterStore<T>& store, std::optional<Pooling> pooling = {},
-                      std::uint64_t seed = 0) {
-    WEGEFT_CHECK(labels > 0, "classifier needs at least one label, got " << labels);
-    const bool decoder = m_config.causal();
-    m_pooling = pooling.value_or(decoder ? Pooling::last : Pooling::cls);
-    const std::string head = decoder ? "score" : "classifier";
-    bind_store(store);
-    m_cls_weight = store.add(head + ".weight", labels, m_config.hidden);
-    Rng rng(seed, 2);
-    auto w = store.value(m_cls_weight);
-    fill_normal(w, rng, T(0.02));
-    bind_store(store);
-    if (!decoder) m_cls_bias = store.add(head + ".bias", 1, labels);
-    m_labels = labels;
-  }
+                      std::uint64_t seed = 0);
   bool has_classifier() const { return m_labels > 0; }
 
   /// Makes every norm tensor whose name matches `regex` (a Pattern, full match) trainable: its
   /// value is copied into `store`, and its gradient is computed from then on.
-  Index train_norms(const std::string& regex, ParameterStore<T>& store) {
-    bind_store(store);
-    const Pattern re(regex);
-    Index count = 0;
-    for (const auto& name : m_norm_tensors) {
-      if (!re.full_match(name) || m_trainable.count(name)) continue;
-      const Matrix<T>& t = m_tensors.at(name);
-      const ParamId id = store.add(name, t.rows(), t.cols());
-      store.value(id) = t;
-      m_trainable.emplace(name, id);
-      ++count;
-    }
-    WEGEFT_CHECK(count > 0, "norm pattern '" << regex << "' matches no norm tensor");
-    return count;
-  }
+  Index train_norms(const std::string& regex, ParameterStore<T>& store);
 
   /// Per-block recomputation: forward keeps only each block's input; backward recomputes the
   /// block before differentiating it. Same gradients, less memory.
@@ -306,102 +202,19 @@ class Transformer {
 
   /// Runs the model; fills acts.logits ([N, vocab] with an LM head, [batch, labels] with a
   /// classifier, else acts.last / acts.final_out hold the hidden states).
-  void forward(Activations& acts, const ModelInput<T>& in) {
-    resolve_adapters();
-    const Index d = m_config.hidden;
-    WEGEFT_CHECK(in.batch > 0, "model input needs batch > 0, got " << in.batch);
-    acts.batch = in.batch;
-    acts.seq = m_config.family == Family::vit ? m_config.patches() + 1 : in.seq;
-    acts.n = acts.batch * acts.seq;
-    WEGEFT_CHECK(acts.seq > 0, "model input needs seq > 0, got " << in.seq);
-    WEGEFT_CHECK(acts.seq <= m_config.max_positions, "sequence length " << acts.seq
-                 << " exceeds the model's " << m_config.max_positions << " positions");
-    acts.mask.assign(in.mask ? in.mask : nullptr, in.mask ? in.mask + acts.n : nullptr);
-    if (m_config.family == Family::vit) acts.mask.clear();
-    Matrix<T> x;
-    x.swap(acts.spare);  // the buffer the last forward left over, if any
-    x.resize(acts.n, d);
-    embed(x, acts, in);
-    acts.blocks.resize(static_cast<std::size_t>(m_config.layers));
-    for (Index l = 0; l < m_config.layers; ++l) {
-      BlockCache& c = acts.blocks[static_cast<std::size_t>(l)];
-      dropout_states(l, c.rng_states);
-      c.x.swap(x);  // reuses the buffer this block held in the previous step, if any
-      x.resize(acts.n, d);
-      block_forward(l, c, acts, x);
-      if (m_checkpointing) release(c);
-    }
-    acts.last.swap(x);
-    acts.spare.swap(x);  // kept for the next forward
-    const Matrix<T>* h = &acts.last;
-    if (m_config.pre_norm()) {
-      acts.final_out.resize(acts.n, d);
-      norm_forward(acts.final_out, acts.final_mean, acts.final_rstd, acts.last, m_final_norm);
-      h = &acts.final_out;
-    }
-    if (m_labels > 0) {
-      classifier_forward(acts, *h);
-    } else if (m_config.family == Family::gpt2 || m_config.family == Family::llama) {
-      acts.logits.noalias() = *h * lm_head().transpose();
-    }
-  }
+  void forward(Activations& acts, const ModelInput<T>& in);
 
   /// Cross-entropy of the LM logits against targets [N] (kIgnoreIndex skips a row); sets
   /// acts.dlogits to d(mean loss)/d(logits).
-  double lm_loss(Activations& acts, const std::int32_t* targets) {
-    WEGEFT_CHECK(acts.logits.rows() == acts.n && m_labels == 0, "lm_loss needs a forward through the LM head");
-    acts.dlogits.resize(acts.logits.rows(), acts.logits.cols());
-    return cross_entropy_forward_backward<T>(acts.dlogits.data(), nullptr, acts.logits.data(), targets, acts.n,
-                                             acts.logits.cols());
-  }
+  double lm_loss(Activations& acts, const std::int32_t* targets);
   /// Cross-entropy of the classifier logits against labels [batch]; sets acts.dlogits.
-  double classification_loss(Activations& acts, const std::int32_t* labels) {
-    WEGEFT_CHECK(m_labels > 0 && acts.logits.rows() == acts.batch, "classification_loss needs a classifier head");
-    acts.dlogits.resize(acts.logits.rows(), acts.logits.cols());
-    return cross_entropy_forward_backward<T>(acts.dlogits.data(), nullptr, acts.logits.data(), labels, acts.batch,
-                                             m_labels);
-  }
+  double classification_loss(Activations& acts, const std::int32_t* labels);
 
   /// Back-propagates acts.dlogits; parameter gradients accumulate into the store(s).
-  void backward(Activations& acts) {
-    WEGEFT_CHECK(acts.n > 0 && acts.blocks.size() == static_cast<std::size_t>(m_config.layers) && acts.logits.rows() > 0,
-                 "backward needs the activations of a forward through this model (these hold "
-                     << acts.blocks.size() << " blocks of " << m_config.layers << ")");
-    WEGEFT_CHECK(acts.dlogits.rows() == acts.logits.rows() && acts.dlogits.cols() == acts.logits.cols(),
-                 "backward needs acts.dlogits of shape " << shape_of(acts.logits) << ", got " << shape_of(acts.dlogits));
-    const Index d = m_config.hidden;
-    Matrix<T>& dh = acts.dh;
-    dh.resize(acts.n, d);
-    if (m_labels > 0) {
-      classifier_backward(dh, acts);
-    } else {
-      dh.noalias() = acts.dlogits * lm_head();
-    }
-    Matrix<T>& dx = acts.dx;
-    dx.resize(acts.n, d);
-    if (m_config.pre_norm()) {
-      norm_backward(&dx, dh, acts.last, acts.final_mean, acts.final_rstd, m_final_norm);
-      std::swap(dx, dh);
-    }
-    for (Index l = m_config.layers - 1; l >= 0; --l) {
-      BlockCache& c = acts.blocks[static_cast<std::size_t>(l)];
-      if (c.released) recompute(l, c, acts);
-      // The input gradient of the first block is needed only for a trainable embedding norm.
-      const bool need_dx = l > 0 || embedding_norm_trainable();
-      block_backward(l, c, acts, dh, need_dx ? &dx : nullptr);
-      if (m_checkpointing) release(c);
-      if (need_dx) std::swap(dx, dh);
-    }
-    if (embedding_norm_trainable())
-      norm_backward(nullptr, dh, acts.emb_sum, acts.emb_mean, acts.emb_rstd, m_final_norm);
-  }
+  void backward(Activations& acts);
 
   /// Frozen parameters (the base model) and trainable ones in `store`.
-  Index frozen_parameter_count() const {
-    Index n = 0;
-    for (const auto& [name, t] : m_tensors) n += t.size();
-    return n;
-  }
+  Index frozen_parameter_count() const;
 
  private:
   struct Linear {
@@ -816,5 +629,233 @@ class Transformer {
   Pooling m_pooling = Pooling::cls;
   bool m_checkpointing = false;
 };
+
+template <class T>
+Transformer<T>::Transformer(const ModelConfig& config) : m_config(config) {
+  config.validate();
+  const Index d = config.hidden;
+  if (config.family == Family::vit) {
+    add_tensor(config.name_prefix() + "embeddings.patch_embeddings.projection.weight", d,
+               config.channels * config.patch_size * config.patch_size);
+    add_tensor(config.name_prefix() + "embeddings.patch_embeddings.projection.bias", 1, d);
+    add_tensor(config.name_prefix() + "embeddings.cls_token", 1, d);
+  } else {
+    add_tensor(config.token_embedding_name() + ".weight", config.vocab_size, d);
+  }
+  if (config.family != Family::llama) add_tensor(config.position_tensor_name(), config.max_positions, d);
+  if (config.family == Family::bert)
+    add_tensor(config.name_prefix() + "embeddings.token_type_embeddings.weight", config.type_vocab_size, d);
+  for (Index l = 0; l < config.layers; ++l) {
+    for (LinearRole r : config.roles()) {
+      const auto [d_out, d_in] = config.linear_shape(r);
+      const std::string name = config.linear_name(l, r);
+      add_tensor(name + ".weight", d_out, d_in);
+      if (config.linear_bias()) add_tensor(name + ".bias", 1, d_out);
+      m_linears.push_back(Linear{name, r, l, nullptr, nullptr, nullptr});
+    }
+    for (int which = 0; which < 2; ++which) {
+      add_norm(config.norm_name(l, which));
+      m_norm_names.push_back({config.norm_name(l, which) + ".weight", config.norm_name(l, which) + ".bias"});
+    }
+  }
+  add_norm(config.final_norm_name());
+  m_final_norm = {config.final_norm_name() + ".weight", config.final_norm_name() + ".bias"};
+  m_roles = config.roles();
+  if (config.family == Family::llama && !config.tied_lm_head) add_tensor("lm_head.weight", config.vocab_size, d);
+  if (config.family == Family::bert) {
+    add_tensor(config.name_prefix() + "pooler.dense.weight", d, d);
+    add_tensor(config.name_prefix() + "pooler.dense.bias", 1, d);
+    // After every block linear, so linear(layer, role) indexing is unchanged; layer -1.
+    m_linears.push_back(Linear{config.name_prefix() + "pooler.dense", LinearRole::pooler, -1, nullptr, nullptr, nullptr});
+  }
+  if (config.rope()) m_rope = std::make_unique<RopeTable<T>>(config.head_dim(), config.max_positions, config.rope_theta);
+  // Every tensor a step uses, found once (map nodes keep their addresses).
+  const auto find = [&](const std::string& name) { return m_tensors.count(name) ? &m_tensors.at(name) : nullptr; };
+  const std::string pre = config.name_prefix();
+  for (auto& lin : m_linears) {
+    lin.weight = find(lin.name + ".weight");
+    lin.bias = config.linear_bias() ? find(lin.name + ".bias") : nullptr;  // bert (the pooler's family) has biases
+  }
+  m_fixed = {.token = find(config.token_embedding_name() + ".weight"),
+             .position = config.family == Family::llama ? nullptr : find(config.position_tensor_name()),
+             .token_type = find(pre + "embeddings.token_type_embeddings.weight"),
+             .patch_weight = find(pre + "embeddings.patch_embeddings.projection.weight"),
+             .patch_bias = find(pre + "embeddings.patch_embeddings.projection.bias"),
+             .cls_token = find(pre + "embeddings.cls_token"),
+             .lm_head = config.family == Family::gpt2 || config.tied_lm_head ? find(config.token_embedding_name() + ".weight")
+                                                                             : find("lm_head.weight")};
+}
+
+template <class T>
+void Transformer<T>::init_random(Rng& rng, double scale) {
+  for (auto& [name, t] : m_tensors) {
+    const bool norm_weight = m_norm_tensors.count(name) && name.ends_with(".weight");
+    if (norm_weight) {
+      fill_uniform(t, rng, T(0.9), T(1.1));
+    } else if (name.ends_with(".bias")) {
+      fill_uniform(t, rng, T(-0.05), T(0.05));
+    } else {
+      fill_uniform(t, rng, static_cast<T>(-scale), static_cast<T>(scale));
+    }
+  }
+}
+
+template <class T>
+Index Transformer<T>::attach(const AdapterSpec& spec, ParameterStore<T>& store) {
+  const Index count = adapter_set(store).attach(spec, sites());
+  resolve_adapters();
+  return count;
+}
+
+template <class T>
+std::vector<AdapterSite<T>> Transformer<T>::sites() {
+  std::vector<AdapterSite<T>> out;
+  out.reserve(m_linears.size());
+  for (const auto& lin : m_linears) out.push_back({lin.name, short_name(lin.role), lin.layer, frozen(lin)});
+  return out;
+}
+
+template <class T>
+std::vector<typename Transformer<T>::ModuleView> Transformer<T>::modules() {
+  resolve_adapters();
+  std::vector<ModuleView> out;
+  for (auto& lin : m_linears) out.push_back(ModuleView{lin.name, lin.role, lin.layer, lin.adapter});
+  return out;
+}
+
+template <class T>
+void Transformer<T>::add_classifier(Index labels, ParameterStore<T>& store, std::optional<Pooling> pooling,
+                    std::uint64_t seed) {
+  WEGEFT_CHECK(labels > 0, "classifier needs at least one label, got " << labels);
+  const bool decoder = m_config.causal();
+  m_pooling = pooling.value_or(decoder ? Pooling::last : Pooling::cls);
+  const std::string head = decoder ? "score" : "classifier";
+  bind_store(store);
+  m_cls_weight = store.add(head + ".weight", labels, m_config.hidden);
+  Rng rng(seed, 2);
+  auto w = store.value(m_cls_weight);
+  fill_normal(w, rng, T(0.02));
+  bind_store(store);
+  if (!decoder) m_cls_bias = store.add(head + ".bias", 1, labels);
+  m_labels = labels;
+}
+
+template <class T>
+Index Transformer<T>::train_norms(const std::string& regex, ParameterStore<T>& store) {
+  bind_store(store);
+  const Pattern re(regex);
+  Index count = 0;
+  for (const auto& name : m_norm_tensors) {
+    if (!re.full_match(name) || m_trainable.count(name)) continue;
+    const Matrix<T>& t = m_tensors.at(name);
+    const ParamId id = store.add(name, t.rows(), t.cols());
+    store.value(id) = t;
+    m_trainable.emplace(name, id);
+    ++count;
+  }
+  WEGEFT_CHECK(count > 0, "norm pattern '" << regex << "' matches no norm tensor");
+  return count;
+}
+
+template <class T>
+void Transformer<T>::forward(Activations& acts, const ModelInput<T>& in) {
+  resolve_adapters();
+  const Index d = m_config.hidden;
+  WEGEFT_CHECK(in.batch > 0, "model input needs batch > 0, got " << in.batch);
+  acts.batch = in.batch;
+  acts.seq = m_config.family == Family::vit ? m_config.patches() + 1 : in.seq;
+  acts.n = acts.batch * acts.seq;
+  WEGEFT_CHECK(acts.seq > 0, "model input needs seq > 0, got " << in.seq);
+  WEGEFT_CHECK(acts.seq <= m_config.max_positions, "sequence length " << acts.seq
+               << " exceeds the model's " << m_config.max_positions << " positions");
+  acts.mask.assign(in.mask ? in.mask : nullptr, in.mask ? in.mask + acts.n : nullptr);
+  if (m_config.family == Family::vit) acts.mask.clear();
+  Matrix<T> x;
+  x.swap(acts.spare);  // the buffer the last forward left over, if any
+  x.resize(acts.n, d);
+  embed(x, acts, in);
+  acts.blocks.resize(static_cast<std::size_t>(m_config.layers));
+  for (Index l = 0; l < m_config.layers; ++l) {
+    BlockCache& c = acts.blocks[static_cast<std::size_t>(l)];
+    dropout_states(l, c.rng_states);
+    c.x.swap(x);  // reuses the buffer this block held in the previous step, if any
+    x.resize(acts.n, d);
+    block_forward(l, c, acts, x);
+    if (m_checkpointing) release(c);
+  }
+  acts.last.swap(x);
+  acts.spare.swap(x);  // kept for the next forward
+  const Matrix<T>* h = &acts.last;
+  if (m_config.pre_norm()) {
+    acts.final_out.resize(acts.n, d);
+    norm_forward(acts.final_out, acts.final_mean, acts.final_rstd, acts.last, m_final_norm);
+    h = &acts.final_out;
+  }
+  if (m_labels > 0) {
+    classifier_forward(acts, *h);
+  } else if (m_config.family == Family::gpt2 || m_config.family == Family::llama) {
+    acts.logits.noalias() = *h * lm_head().transpose();
+  }
+}
+
+template <class T>
+double Transformer<T>::lm_loss(Activations& acts, const std::int32_t* targets) {
+  WEGEFT_CHECK(acts.logits.rows() == acts.n && m_labels == 0, "lm_loss needs a forward through the LM head");
+  acts.dlogits.resize(acts.logits.rows(), acts.logits.cols());
+  return cross_entropy_forward_backward<T>(acts.dlogits.data(), nullptr, acts.logits.data(), targets, acts.n,
+                                           acts.logits.cols());
+}
+
+template <class T>
+double Transformer<T>::classification_loss(Activations& acts, const std::int32_t* labels) {
+  WEGEFT_CHECK(m_labels > 0 && acts.logits.rows() == acts.batch, "classification_loss needs a classifier head");
+  acts.dlogits.resize(acts.logits.rows(), acts.logits.cols());
+  return cross_entropy_forward_backward<T>(acts.dlogits.data(), nullptr, acts.logits.data(), labels, acts.batch,
+                                           m_labels);
+}
+
+template <class T>
+void Transformer<T>::backward(Activations& acts) {
+  WEGEFT_CHECK(acts.n > 0 && acts.blocks.size() == static_cast<std::size_t>(m_config.layers) && acts.logits.rows() > 0,
+               "backward needs the activations of a forward through this model (these hold "
+                   << acts.blocks.size() << " blocks of " << m_config.layers << ")");
+  WEGEFT_CHECK(acts.dlogits.rows() == acts.logits.rows() && acts.dlogits.cols() == acts.logits.cols(),
+               "backward needs acts.dlogits of shape " << shape_of(acts.logits) << ", got " << shape_of(acts.dlogits));
+  const Index d = m_config.hidden;
+  Matrix<T>& dh = acts.dh;
+  dh.resize(acts.n, d);
+  if (m_labels > 0) {
+    classifier_backward(dh, acts);
+  } else {
+    dh.noalias() = acts.dlogits * lm_head();
+  }
+  Matrix<T>& dx = acts.dx;
+  dx.resize(acts.n, d);
+  if (m_config.pre_norm()) {
+    norm_backward(&dx, dh, acts.last, acts.final_mean, acts.final_rstd, m_final_norm);
+    std::swap(dx, dh);
+  }
+  for (Index l = m_config.layers - 1; l >= 0; --l) {
+    BlockCache& c = acts.blocks[static_cast<std::size_t>(l)];
+    if (c.released) recompute(l, c, acts);
+    // The input gradient of the first block is needed only for a trainable embedding norm.
+    const bool need_dx = l > 0 || embedding_norm_trainable();
+    block_backward(l, c, acts, dh, need_dx ? &dx : nullptr);
+    if (m_checkpointing) release(c);
+    if (need_dx) std::swap(dx, dh);
+  }
+  if (embedding_norm_trainable())
+    norm_backward(nullptr, dh, acts.emb_sum, acts.emb_mean, acts.emb_rstd, m_final_norm);
+}
+
+template <class T>
+Index Transformer<T>::frozen_parameter_count() const {
+  Index n = 0;
+  for (const auto& [name, t] : m_tensors) n += t.size();
+  return n;
+}
+
+#define WEGEFT_MODEL_TEMPLATES(EXTERN, T) EXTERN template class Transformer<T>;
+WEGEFT_EXTERN_TEMPLATES(WEGEFT_MODEL_TEMPLATES)
 
 }  // namespace wegeft
