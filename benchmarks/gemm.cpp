@@ -30,7 +30,10 @@ int main() {
   }
   std::sort(times.begin(), times.end());
   const double gflops = 2.0 * M * N * K / times[times.size() / 2] * 1e-9;
-  std::printf("gemm %ldx%ldx%ld fp32 [%s]: %.1f GFLOP/s; measured FMA peak %.1f GFLOP/s per thread; %.1f %% of peak\n",
-              long(M), long(K), long(N), wegeft::gemm_backend().c_str(), gflops, peak, 100.0 * gflops / (peak * threads));
+  std::printf(
+      "gemm %ldx%ldx%ld fp32 [%s]: %.1f GFLOP/s; measured FMA peak %.1f GFLOP/s per thread; %.1f "
+      "%% of peak\n",
+      long(M), long(K), long(N), wegeft::gemm_backend().c_str(), gflops, peak,
+      100.0 * gflops / (peak * threads));
   return 0;
 }

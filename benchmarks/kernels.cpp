@@ -28,7 +28,8 @@ double median_ms(std::vector<double> v) {
 }
 
 /// Median times of `ours` and `theirs`, run alternately `rounds` times each.
-std::pair<double, double> race(int rounds, const std::function<void()>& ours, const std::function<void()>& theirs) {
+std::pair<double, double> race(int rounds, const std::function<void()>& ours,
+                               const std::function<void()>& theirs) {
   std::vector<double> a, b;
   auto time = [](const std::function<void()>& f) {
     const auto t0 = std::chrono::steady_clock::now();
@@ -45,7 +46,8 @@ std::pair<double, double> race(int rounds, const std::function<void()>& ours, co
 }
 
 void report(const char* what, Index r, std::pair<double, double> t) {
-  std::printf("%-46s r=%-3ld %9.3f %9.3f %8.2fx\n", what, long(r), t.first, t.second, t.second / t.first);
+  std::printf("%-46s r=%-3ld %9.3f %9.3f %8.2fx\n", what, long(r), t.first, t.second,
+              t.second / t.first);
 }
 
 }  // namespace
@@ -60,8 +62,10 @@ int main(int argc, char** argv) {
   wegeft::Vector<T> b(d);
   wegeft::fill_uniform(x, rng, T(-1), T(1));
   wegeft::fill_uniform(b, rng, T(-1), T(1));
-  std::printf("rank-r kernels, float32, N = %ld, d = %ld; backend: %s\n", long(n), long(d), wegeft::gemm_backend().c_str());
-  std::printf("%-46s %-5s %9s %9s %9s\n", "kernel (vs the product it replaces)", "rank", "ours ms", "theirs ms", "speedup");
+  std::printf("rank-r kernels, float32, N = %ld, d = %ld; backend: %s\n", long(n), long(d),
+              wegeft::gemm_backend().c_str());
+  std::printf("%-46s %-5s %9s %9s %9s\n", "kernel (vs the product it replaces)", "rank", "ours ms",
+              "theirs ms", "speedup");
   for (Index r : {4, 8, 16, 64}) {
     Matrix<T> a(r, d), u(n, r), g(n, r), m(d, r), G(d, r), dA(r, d);
     wegeft::fill_uniform(a, rng, T(-1), T(1));
@@ -69,57 +73,80 @@ int main(int argc, char** argv) {
     wegeft::fill_uniform(m, rng, T(-1), T(1));
     G.setZero();
     dA.setZero();
-    report("u = X A^T (rank_r_project vs GEMM)", r, race(rounds, [&] {
-      wegeft::rank_r_project(u.data(), x.data(), d, a.data(), n, d, r);
-    }, [&] { u.noalias() = x * a.transpose(); }));
-    report("dA += g^T X (rank_r_reduce vs GEMM)", r, race(rounds, [&] {
-      wegeft::rank_r_reduce(dA.data(), u.data(), x.data(), d, n, d, r);
-    }, [&] { dA.noalias() += u.transpose() * x; }));
-    report("g = Y M, G += Y^T U (rank_r_pass vs 2 GEMMs)", r, race(rounds, [&] {
-      wegeft::rank_r_pass(g.data(), G.data(), x.data(), m.data(), u.data(), n, d, r, d);
-    }, [&] {
-      g.noalias() = x * m;
-      G.noalias() += x.transpose() * u;
-    }));
-    report("Y = 1 b^T + U Bt (rank_r_expand vs fill+GEMM)", r, race(rounds, [&] {
-      wegeft::rank_r_expand(y.data(), d, static_cast<const T*>(nullptr), 0, b.data(), u.data(), a.data(), n, d, r);
-    }, [&] {
-      y.rowwise() = b.transpose();
-      y.noalias() += u * a;
-    }));
+    report("u = X A^T (rank_r_project vs GEMM)", r,
+           race(
+               rounds, [&] { wegeft::rank_r_project(u.data(), x.data(), d, a.data(), n, d, r); },
+               [&] { u.noalias() = x * a.transpose(); }));
+    report("dA += g^T X (rank_r_reduce vs GEMM)", r,
+           race(
+               rounds, [&] { wegeft::rank_r_reduce(dA.data(), u.data(), x.data(), d, n, d, r); },
+               [&] { dA.noalias() += u.transpose() * x; }));
+    report("g = Y M, G += Y^T U (rank_r_pass vs 2 GEMMs)", r,
+           race(
+               rounds,
+               [&] {
+                 wegeft::rank_r_pass(g.data(), G.data(), x.data(), m.data(), u.data(), n, d, r, d);
+               },
+               [&] {
+                 g.noalias() = x * m;
+                 G.noalias() += x.transpose() * u;
+               }));
+    report("Y = 1 b^T + U Bt (rank_r_expand vs fill+GEMM)", r,
+           race(
+               rounds,
+               [&] {
+                 wegeft::rank_r_expand(y.data(), d, static_cast<const T*>(nullptr), 0, b.data(),
+                                       u.data(), a.data(), n, d, r);
+               },
+               [&] {
+                 y.rowwise() = b.transpose();
+                 y.noalias() += u * a;
+               }));
   }
   {
     const Index rows = 256, vocab = 32000;
     Matrix<T> logits(rows, vocab), dlogits(rows, vocab);
     wegeft::fill_uniform(logits, rng, T(-8), T(8));
     std::vector<std::int32_t> targets(static_cast<std::size_t>(rows));
-    for (Index i = 0; i < rows; ++i) targets[std::size_t(i)] = static_cast<std::int32_t>(i * 7919 % vocab);
-    const auto t = race(std::max(3, rounds / 4), [&] {
-      wegeft::cross_entropy_forward_backward(dlogits.data(), static_cast<T*>(nullptr), logits.data(), targets.data(), rows, vocab);
-    }, [&] {
-      Index counted = 0;
-      wegeft::reference::cross_entropy_forward(static_cast<T*>(nullptr), logits.data(), targets.data(), rows, vocab,
-                                               wegeft::kIgnoreIndex, &counted);
-      wegeft::reference::cross_entropy_backward(dlogits.data(), logits.data(), targets.data(), rows, vocab, counted, 1.0,
-                                                wegeft::kIgnoreIndex);
-    });
-    std::printf("%-52s %9.3f %9.3f %8.2fx\n", "cross-entropy loss+grad 256 x 32000 (vs double loops)", t.first, t.second,
+    for (Index i = 0; i < rows; ++i)
+      targets[std::size_t(i)] = static_cast<std::int32_t>(i * 7919 % vocab);
+    const auto t = race(
+        std::max(3, rounds / 4),
+        [&] {
+          wegeft::cross_entropy_forward_backward(dlogits.data(), static_cast<T*>(nullptr),
+                                                 logits.data(), targets.data(), rows, vocab);
+        },
+        [&] {
+          Index counted = 0;
+          wegeft::reference::cross_entropy_forward(static_cast<T*>(nullptr), logits.data(),
+                                                   targets.data(), rows, vocab,
+                                                   wegeft::kIgnoreIndex, &counted);
+          wegeft::reference::cross_entropy_backward(dlogits.data(), logits.data(), targets.data(),
+                                                    rows, vocab, counted, 1.0,
+                                                    wegeft::kIgnoreIndex);
+        });
+    std::printf("%-52s %9.3f %9.3f %8.2fx\n",
+                "cross-entropy loss+grad 256 x 32000 (vs double loops)", t.first, t.second,
                 t.second / t.first);
   }
   {
     const Index np = Index(1) << 20;
-    std::vector<T> p(static_cast<std::size_t>(np)), g(p.size()), q(p.size()), m(p.size(), T(0)), v(p.size(), T(0));
+    std::vector<T> p(static_cast<std::size_t>(np)), g(p.size()), q(p.size()), m(p.size(), T(0)),
+        v(p.size(), T(0));
     for (std::size_t i = 0; i < p.size(); ++i) {
       p[i] = q[i] = rng.uniform(T(-1), T(1));
       g[i] = rng.uniform(T(-1), T(1));
     }
     wegeft::AdamW<T> opt({.lr = 1e-6});
     std::int64_t step = 0;
-    const auto t = race(rounds, [&] { opt.step(std::span<T>(p), std::span<const T>(g)); }, [&] {
-      wegeft::reference::adamw_step(q.data(), m.data(), v.data(), g.data(), np, 1e-6, 0.9, 0.999, 1e-8, 0.01, ++step);
-    });
-    std::printf("%-52s %9.3f %9.3f %8.2fx\n", "AdamW update, 1M parameters (vs double loop)", t.first, t.second,
-                t.second / t.first);
+    const auto t = race(
+        rounds, [&] { opt.step(std::span<T>(p), std::span<const T>(g)); },
+        [&] {
+          wegeft::reference::adamw_step(q.data(), m.data(), v.data(), g.data(), np, 1e-6, 0.9,
+                                        0.999, 1e-8, 0.01, ++step);
+        });
+    std::printf("%-52s %9.3f %9.3f %8.2fx\n", "AdamW update, 1M parameters (vs double loop)",
+                t.first, t.second, t.second / t.first);
   }
   return 0;
 }

@@ -84,18 +84,21 @@ int main(int argc, char** argv) {
                         base.backward_input(dx, dy);
                       }});
   for (Index r : {8, 16, 64}) {
-    loras.push_back(std::make_unique<wegeft::LoraAdapter<T>>(store, base, wegeft::LoraConfig{.rank = r, .alpha = 2.0 * r}, rng,
-                                                             "lora_r" + std::to_string(r)));
+    loras.push_back(std::make_unique<wegeft::LoraAdapter<T>>(
+        store, base, wegeft::LoraConfig{.rank = r, .alpha = 2.0 * r}, rng,
+        "lora_r" + std::to_string(r)));
     auto* lora = loras.back().get();
     lora->lora_B().setConstant(T(0.01));
     auto cache = std::make_shared<wegeft::LoraAdapter<T>::Cache>();
     const double lora_macs = 3.0 * double(n) * double(r) * double(d_in + d_out);
-    variants.push_back({"LoRA r=" + std::to_string(r), 1.0 + lora_macs / base_macs, [=, &y, &x, &dx, &dy] {
-                          lora->forward(y, *cache, x);
-                          lora->backward(dx, *cache, x, dy);
-                        }});
-    gens.push_back(std::make_unique<wegeft::WeGeFTGenerator<T>>(store, d_in, wegeft::WeGeFTConfig{.rank = r, .alpha = 2.0 * r}, rng,
-                                                                "wegeft_r" + std::to_string(r)));
+    variants.push_back(
+        {"LoRA r=" + std::to_string(r), 1.0 + lora_macs / base_macs, [=, &y, &x, &dx, &dy] {
+           lora->forward(y, *cache, x);
+           lora->backward(dx, *cache, x, dy);
+         }});
+    gens.push_back(std::make_unique<wegeft::WeGeFTGenerator<T>>(
+        store, d_in, wegeft::WeGeFTConfig{.rank = r, .alpha = 2.0 * r}, rng,
+        "wegeft_r" + std::to_string(r)));
     gens.back()->phi().setConstant(T(0.01));
     for (auto order : {wegeft::WeGeFTOrder::weight_side, wegeft::WeGeFTOrder::input_edit}) {
       layers.push_back(std::make_unique<wegeft::WeGeFTAdapter<T>>(*gens.back(), base, rng, order));
@@ -121,9 +124,12 @@ int main(int argc, char** argv) {
   }
   std::printf("\n");
 
-  if (argc > 2) {  // only the variants whose name contains argv[2] (and the base), e.g. for a profiler
+  if (argc >
+      2) {  // only the variants whose name contains argv[2] (and the base), e.g. for a profiler
     const std::string only = argv[2];
-    std::erase_if(variants, [&](const Variant& v) { return v.name != "frozen base" && v.name.find(only) == std::string::npos; });
+    std::erase_if(variants, [&](const Variant& v) {
+      return v.name != "frozen base" && v.name.find(only) == std::string::npos;
+    });
   }
   for (auto& v : variants) v.step();  // warm-up: allocations, caches
   for (int round = 0; round < rounds; ++round) {
@@ -143,7 +149,8 @@ int main(int argc, char** argv) {
     std::printf("%-28s %12.2f %14.3f %14.3f\n", v.name.c_str(), 1e3 * median(v.times),
                 median(v.ratios), v.ideal);
   for (const auto& v : variants)  // machine-readable, for scripts/bench
-    std::printf("RESULT %s|%.4f|%.4f|%.4f\n", v.name.c_str(), 1e3 * median(v.times), median(v.ratios), v.ideal);
+    std::printf("RESULT %s|%.4f|%.4f|%.4f\n", v.name.c_str(), 1e3 * median(v.times),
+                median(v.ratios), v.ideal);
   const double gflops = 2.0 * base_macs / median(variants[0].times) * 1e-9;
   std::printf("\nfrozen base step: %.1f GFLOP/s\n", gflops);
   return 0;

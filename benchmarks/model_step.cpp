@@ -32,7 +32,8 @@ int main(int argc, char** argv) {
   wegeft::Rng rng(1);
   model.init_random(rng, 0.05);
   wegeft::ParameterStore<float> store;
-  model.attach({.target_modules = {"q", "v"}, .method = wegeft::LoraConfig{.rank = 8, .alpha = 16}}, store);
+  model.attach({.target_modules = {"q", "v"}, .method = wegeft::LoraConfig{.rank = 8, .alpha = 16}},
+               store);
   model.add_classifier(2, store);
   wegeft::AdamW<float> opt({.lr = 1e-4});
   const wegeft::Index batch = 32, seq = 128;
@@ -49,13 +50,15 @@ int main(int argc, char** argv) {
     model.backward(acts);
     opt.step(store.values(), store.grads());
     store.zero_grad();
-    if (r > 0) times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    if (r > 0)
+      times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   }
   std::sort(times.begin(), times.end());
   rusage ru{};
   getrusage(RUSAGE_SELF, &ru);
-  std::printf("wegeft model step [%s]: loss %.4f, trainable %ld\n", wegeft::gemm_backend().c_str(), loss,
-              long(store.parameter_count()));
-  std::printf("RESULT model step|%.4f|%.1f\n", 1e3 * times[times.size() / 2], ru.ru_maxrss / 1024.0);
+  std::printf("wegeft model step [%s]: loss %.4f, trainable %ld\n", wegeft::gemm_backend().c_str(),
+              loss, long(store.parameter_count()));
+  std::printf("RESULT model step|%.4f|%.1f\n", 1e3 * times[times.size() / 2],
+              ru.ru_maxrss / 1024.0);
   return 0;
 }

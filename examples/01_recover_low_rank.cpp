@@ -112,7 +112,8 @@ int main(int argc, char** argv) {
   }
   wegeft::Rng rng(2025);
   std::vector<Matrix<double>> pretrained;
-  for (Index l = 0; l < kLayers; ++l) pretrained.push_back(gaussian(kDim, kDim, rng, 1.0 / std::sqrt(kDim)));
+  for (Index l = 0; l < kLayers; ++l)
+    pretrained.push_back(gaussian(kDim, kDim, rng, 1.0 / std::sqrt(kDim)));
 
   // Teacher changes of relative size about 0.3.
   const Matrix<double> m = gaussian(kDim, kRank, rng, 0.3 / std::sqrt(kRank)) *
@@ -145,10 +146,11 @@ int main(int argc, char** argv) {
     return out;
   };
 
-  std::printf("wegeft %s: recover the weight change of %ld frozen [%ld, %ld] layers, rank %ld, "
-              "%d Adam steps of %ld random inputs, double precision, Eigen %d.%d.%d\n",
-              wegeft::version, long(kLayers), long(kDim), long(kDim), long(kRank), steps,
-              long(kBatch), EIGEN_WORLD_VERSION, EIGEN_MAJOR_VERSION, EIGEN_MINOR_VERSION);
+  std::printf(
+      "wegeft %s: recover the weight change of %ld frozen [%ld, %ld] layers, rank %ld, "
+      "%d Adam steps of %ld random inputs, double precision, Eigen %d.%d.%d\n",
+      wegeft::version, long(kLayers), long(kDim), long(kDim), long(kRank), steps, long(kBatch),
+      EIGEN_WORLD_VERSION, EIGEN_MAJOR_VERSION, EIGEN_MINOR_VERSION);
   struct Row {
     const char* teacher;
     const char* method;
@@ -156,11 +158,15 @@ int main(int argc, char** argv) {
   };
   std::vector<Row> rows;
   std::printf("teacher: shared generated change W_l M\n");
-  rows.push_back({"shared W_l M", "LoRA r=4 per layer", train("LoRA", pretrained, shared, steps, make_lora)});
-  rows.push_back({"shared W_l M", "WeGeFT r=4 shared", train("WeGeFT", pretrained, shared, steps, make_wegeft)});
+  rows.push_back(
+      {"shared W_l M", "LoRA r=4 per layer", train("LoRA", pretrained, shared, steps, make_lora)});
+  rows.push_back({"shared W_l M", "WeGeFT r=4 shared",
+                  train("WeGeFT", pretrained, shared, steps, make_wegeft)});
   std::printf("teacher: independent change U_l V_l per layer\n");
-  rows.push_back({"independent U_l V_l", "LoRA r=4 per layer", train("LoRA", pretrained, independent, steps, make_lora)});
-  rows.push_back({"independent U_l V_l", "WeGeFT r=4 shared", train("WeGeFT", pretrained, independent, steps, make_wegeft)});
+  rows.push_back({"independent U_l V_l", "LoRA r=4 per layer",
+                  train("LoRA", pretrained, independent, steps, make_lora)});
+  rows.push_back({"independent U_l V_l", "WeGeFT r=4 shared",
+                  train("WeGeFT", pretrained, independent, steps, make_wegeft)});
 
   std::printf("\n%-20s  %-19s  %10s  %12s  %12s  %18s\n", "teacher", "method", "trainable",
               "first loss", "final loss", "|dW - truth|/|truth|");

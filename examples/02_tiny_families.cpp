@@ -7,9 +7,9 @@
 // run's loss did not fall to below half of its first average.
 //
 //   build/release/examples/tiny_families [steps]
-#include <wegeft/wegeft.hpp>
 #include <wegeft/nn/model.hpp>
 #include <wegeft/train/trainer.hpp>
+#include <wegeft/wegeft.hpp>
 
 #include <cstdio>
 #include <cstdlib>
@@ -40,10 +40,12 @@ Batch make_batch(const ModelConfig& c, Index batch, Index seq, Rng& rng) {
     }
     const std::int32_t start = rng.next_u32() % c.vocab_size, step = 1 + rng.next_u32() % 3;
     for (Index t = 0; t < seq; ++t)
-      b.ids.push_back(c.family == Family::bert ? static_cast<std::int32_t>(rng.next_u32() % c.vocab_size)
-                                               : static_cast<std::int32_t>((start + step * t) % c.vocab_size));
+      b.ids.push_back(c.family == Family::bert
+                          ? static_cast<std::int32_t>(rng.next_u32() % c.vocab_size)
+                          : static_cast<std::int32_t>((start + step * t) % c.vocab_size));
     for (Index t = 0; t < seq; ++t)
-      b.targets.push_back(t + 1 < seq && t >= 1 ? b.ids[std::size_t(i * seq + t + 1)] : kIgnoreIndex);
+      b.targets.push_back(t + 1 < seq && t >= 1 ? b.ids[std::size_t(i * seq + t + 1)]
+                                                : kIgnoreIndex);
     b.labels.push_back(b.ids.back() % 3);
   }
   return b;
@@ -60,22 +62,26 @@ bool train(Family family, const MethodConfig& method, int steps) {
   Transformer<float> model(c);
   Rng init(1);
   model.init_random(init, 0.25);
-  const Index adapted = model.attach({.target_modules = {"all-linear"}, .method = method});  // into model.store()
+  const Index adapted =
+      model.attach({.target_modules = {"all-linear"}, .method = method});  // into model.store()
   const bool classify = family == Family::bert || family == Family::vit;
   if (classify) model.add_classifier(3);
   Trainer<float> trainer(model, {.adamw = {.lr = 1e-2, .weight_decay = 0.0},
-                                        .schedule = {ScheduleKind::cosine, steps / 10, steps}});
+                                 .schedule = {ScheduleKind::cosine, steps / 10, steps}});
   Rng data(2);
-  std::printf("%-5s %-6s  %2ld adapted linears, %5ld trainable of %6ld frozen   loss:", to_string(family),
-              method_name(method), long(adapted), long(model.store().parameter_count()),
-              long(model.frozen_parameter_count()));
+  std::printf("%-5s %-6s  %2ld adapted linears, %5ld trainable of %6ld frozen   loss:",
+              to_string(family), method_name(method), long(adapted),
+              long(model.store().parameter_count()), long(model.frozen_parameter_count()));
   const Index batch = 16, seq = 8;
   double avg = 0, first = 0, last = 0;
   for (int step = 1; step <= steps; ++step) {
     Batch b = make_batch(c, batch, seq, data);
     const ModelInput<float> in{.ids = b.ids.empty() ? nullptr : b.ids.data(),
-                               .images = b.images.empty() ? nullptr : b.images.data(), .batch = batch, .seq = seq};
-    avg += classify ? trainer.classification_step(in, b.labels.data()) : trainer.lm_step(in, b.targets.data());
+                               .images = b.images.empty() ? nullptr : b.images.data(),
+                               .batch = batch,
+                               .seq = seq};
+    avg += classify ? trainer.classification_step(in, b.labels.data())
+                    : trainer.lm_step(in, b.targets.data());
     if (step % (steps / 5) == 0) {
       last = avg / (steps / 5);
       if (first == 0) first = last;
@@ -95,10 +101,14 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "usage: %s [steps >= 10]\n", argv[0]);
     return 2;
   }
-  std::printf("tiny models of each family, random frozen weights, %d steps; loss averaged over each fifth\n", steps);
+  std::printf(
+      "tiny models of each family, random frozen weights, %d steps; loss averaged over each "
+      "fifth\n",
+      steps);
   bool all_fell = true;
   for (Family f : {Family::bert, Family::gpt2, Family::llama, Family::vit})
-    for (const MethodConfig& m : {MethodConfig(LoraConfig{.rank = 4, .alpha = 8}), MethodConfig(WeGeFTConfig{.rank = 4, .alpha = 8}),
+    for (const MethodConfig& m : {MethodConfig(LoraConfig{.rank = 4, .alpha = 8}),
+                                  MethodConfig(WeGeFTConfig{.rank = 4, .alpha = 8}),
                                   MethodConfig(DoraConfig{.rank = 4, .alpha = 8})})
       all_fell &= train(f, m, steps);
   return all_fell ? 0 : 1;

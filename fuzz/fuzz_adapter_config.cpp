@@ -14,13 +14,15 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       (void)wegeft::targets_module(c.spec, name, "q", 0);
       (void)wegeft::rank_for(c.spec, name, "q", 8);
       (void)wegeft::alpha_for(c.spec, name, "q", 8.0);
-      if (const auto* w = std::get_if<wegeft::WeGeFTConfig>(&c.spec.method)) (void)wegeft::tied_group_of(w->tied_modules, name);
+      if (const auto* w = std::get_if<wegeft::WeGeFTConfig>(&c.spec.method))
+        (void)wegeft::tied_group_of(w->tied_modules, name);
     }
   } catch (const wegeft::Error&) {
   }
   try {
     const std::string text(reinterpret_cast<const char*>(data), size);
-    const auto c = wegeft::config_from_hf(wegeft::detail::parse_json_strict(text, "config.json"), "config.json");
+    const auto c = wegeft::config_from_hf(wegeft::detail::parse_json_strict(text, "config.json"),
+                                          "config.json");
     c.validate();
   } catch (const wegeft::Error&) {
   }

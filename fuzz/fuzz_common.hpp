@@ -11,7 +11,9 @@
 
 inline std::string fuzz_write(const std::uint8_t* data, std::size_t size, const std::string& name) {
   static const std::string dir = [] {
-    const std::string base = std::filesystem::exists("/dev/shm") ? "/dev/shm" : std::filesystem::temp_directory_path().string();
+    const std::string base = std::filesystem::exists("/dev/shm")
+                                 ? "/dev/shm"
+                                 : std::filesystem::temp_directory_path().string();
     const std::string d = base + "/wegeft-fuzz-" + std::to_string(::getpid());
     std::filesystem::create_directories(d);
     return d;

@@ -9,7 +9,9 @@
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   const std::string_view all(reinterpret_cast<const char*>(data), size);
   const std::size_t cut = all.find('\n');
-  const std::string_view source = all.substr(0, cut), text = cut == std::string_view::npos ? std::string_view{} : all.substr(cut + 1);
+  const std::string_view source = all.substr(0, cut), text = cut == std::string_view::npos
+                                                                 ? std::string_view{}
+                                                                 : all.substr(cut + 1);
   try {
     const wegeft::Pattern p(source);
     (void)p.full_match(text);

@@ -36,7 +36,8 @@ struct Tol<float> {
 /// Settings of the registered method `which` (0 LoRA, 1 WeGeFT, 2 DoRA) with one rank, alpha and
 /// dropout, for tests that run every method.
 inline constexpr int kMethods = 3;
-inline wegeft::MethodConfig method_config(int which, Index rank, double alpha, double dropout = 0.0) {
+inline wegeft::MethodConfig method_config(int which, Index rank, double alpha,
+                                          double dropout = 0.0) {
   if (which == 1) return wegeft::WeGeFTConfig{.rank = rank, .alpha = alpha, .dropout = dropout};
   if (which == 2) return wegeft::DoraConfig{.rank = rank, .alpha = alpha, .dropout = dropout};
   return wegeft::LoraConfig{.rank = rank, .alpha = alpha, .dropout = dropout};

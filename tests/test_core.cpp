@@ -3,7 +3,6 @@
 #include <random>
 #include <regex>
 
-
 using namespace wegeft;
 
 TEST_CASE("WEGEFT_CHECK throws wegeft::Error naming file, line, expression and values", "[core]") {
@@ -36,12 +35,13 @@ TEST_CASE("philox4x32_10 matches Random123's published known-answer vectors", "[
 TEST_CASE("Rng stream and uniforms equal an independent Python implementation", "[core][rng]") {
   const wt::Golden g("rng.txt");
   const auto meta = g.get("stream.seed_stream_words");
-  const std::uint64_t seed = (static_cast<std::uint64_t>(meta(0, 0)) << 32) |
-                             static_cast<std::uint64_t>(meta(0, 1));
+  const std::uint64_t seed =
+      (static_cast<std::uint64_t>(meta(0, 0)) << 32) | static_cast<std::uint64_t>(meta(0, 1));
   const auto stream = static_cast<std::uint64_t>(meta(0, 2));
   const auto words = g.get("stream.words");
   Rng rng(seed, stream);
-  for (Index i = 0; i < words.cols(); ++i) CHECK(rng.next_u32() == static_cast<std::uint32_t>(words(0, i)));
+  for (Index i = 0; i < words.cols(); ++i)
+    CHECK(rng.next_u32() == static_cast<std::uint32_t>(words(0, i)));
   const auto uniforms = g.get("stream.uniform");
   Rng again(seed, stream);
   for (Index i = 0; i < uniforms.cols(); ++i) CHECK(again.uniform() == uniforms(0, i));
@@ -51,8 +51,8 @@ TEST_CASE("dropout mask equals an independent Python implementation and scales b
           "[core][rng]") {
   const wt::Golden g("rng.txt");
   const auto meta = g.get("mask.seed_p");
-  const std::uint64_t seed = (static_cast<std::uint64_t>(meta(0, 0)) << 32) |
-                             static_cast<std::uint64_t>(meta(0, 1));
+  const std::uint64_t seed =
+      (static_cast<std::uint64_t>(meta(0, 0)) << 32) | static_cast<std::uint64_t>(meta(0, 1));
   const double p = meta(0, 2);
   const auto keep = g.get("mask.keep");
   const Index n = keep.cols();
@@ -153,7 +153,8 @@ TEST_CASE("FrozenLinear matches a scalar reference and rejects wrong shapes", "[
   lin.backward_input(dx, dy);
   CHECK(wt::rel_diff(dx, wt::reference_matmul<double>(dy, w)) < 1e-14);
   Matrix<double> bad_x(4, 8), bad_y(4, 6);
-  CHECK_THROWS_WITH(lin.forward(y, bad_x), Catch::Contains("[4, 8]") && Catch::Contains("9 columns"));
+  CHECK_THROWS_WITH(lin.forward(y, bad_x),
+                    Catch::Contains("[4, 8]") && Catch::Contains("9 columns"));
   CHECK_THROWS_WITH(lin.forward(bad_y, x), Catch::Contains("[4, 6]") && Catch::Contains("[4, 5]"));
   Vector<double> short_bias(4);
   CHECK_THROWS_WITH(FrozenLinear<double>(w, &short_bias), Catch::Contains("4 entries"));
@@ -168,22 +169,31 @@ std::string random_pattern(std::mt19937& g, int depth) {
   switch (k) {
     case 0:
     case 1:
-    case 2: return literals[g() % 5];
-    case 3: return std::string("[") + (g() % 2 ? "^" : "") + "a0-9]";
-    case 4: return random_pattern(g, depth + 1) + random_pattern(g, depth + 1);
-    case 5: return "(" + random_pattern(g, depth + 1) + "|" + random_pattern(g, depth + 1) + ")";
-    case 6: return "(?:" + random_pattern(g, depth + 1) + ")*";
-    case 7: return "(" + random_pattern(g, depth + 1) + ")+";
-    case 8: return "(" + random_pattern(g, depth + 1) + ")?";
+    case 2:
+      return literals[g() % 5];
+    case 3:
+      return std::string("[") + (g() % 2 ? "^" : "") + "a0-9]";
+    case 4:
+      return random_pattern(g, depth + 1) + random_pattern(g, depth + 1);
+    case 5:
+      return "(" + random_pattern(g, depth + 1) + "|" + random_pattern(g, depth + 1) + ")";
+    case 6:
+      return "(?:" + random_pattern(g, depth + 1) + ")*";
+    case 7:
+      return "(" + random_pattern(g, depth + 1) + ")+";
+    case 8:
+      return "(" + random_pattern(g, depth + 1) + ")?";
     default: {
       const unsigned lo = g() % 3, hi = lo + g() % 3;
-      return "(" + random_pattern(g, depth + 1) + "){" + std::to_string(lo) + "," + std::to_string(hi) + "}";
+      return "(" + random_pattern(g, depth + 1) + "){" + std::to_string(lo) + "," +
+             std::to_string(hi) + "}";
     }
   }
 }
 }  // namespace
 
-TEST_CASE("Pattern's full, prefix and search matches equal std::regex on 20,000 random cases", "[core][pattern]") {
+TEST_CASE("Pattern's full, prefix and search matches equal std::regex on 20,000 random cases",
+          "[core][pattern]") {
   std::mt19937 g(7);
   const char alphabet[] = "ab_.0x";
   int mismatches = 0;
@@ -197,10 +207,12 @@ TEST_CASE("Pattern's full, prefix and search matches equal std::regex on 20,000 
     for (int j = 0; j < 20; ++j) {
       std::string s;
       for (unsigned n = g() % 8; n > 0; --n) s += alphabet[g() % 6];
-      const bool full = std::regex_match(s, oracle), prefix = std::regex_search(s, oracle, std::regex_constants::match_continuous),
+      const bool full = std::regex_match(s, oracle),
+                 prefix = std::regex_search(s, oracle, std::regex_constants::match_continuous),
                  any = std::regex_search(s, oracle);
       if (p.full_match(s) != full || p.prefix_match(s) != prefix || p.search(s) != any) {
-        UNSCOPED_INFO("pattern '" << source << "' on '" << s << "': oracle " << full << prefix << any);
+        UNSCOPED_INFO("pattern '" << source << "' on '" << s << "': oracle " << full << prefix
+                                  << any);
         ++mismatches;
       }
     }
@@ -208,7 +220,8 @@ TEST_CASE("Pattern's full, prefix and search matches equal std::regex on 20,000 
   CHECK(mismatches == 0);
 }
 
-TEST_CASE("Pattern follows Python re on PEFT-style patterns, classes, counts and anchors", "[core][pattern]") {
+TEST_CASE("Pattern follows Python re on PEFT-style patterns, classes, counts and anchors",
+          "[core][pattern]") {
   const std::string q = "model.layers.11.self_attn.q_proj";
   CHECK(Pattern(R"(.*\.(q|v)_proj)").full_match(q));
   CHECK(Pattern(R"(model\.layers\.\d+\.self_attn\.(?:q|k)_proj)").full_match(q));
@@ -234,7 +247,8 @@ TEST_CASE("Pattern follows Python re on PEFT-style patterns, classes, counts and
   CHECK(Pattern("(a|)+").full_match("aa"));
 }
 
-TEST_CASE("Pattern refuses what it cannot match in linear time and bounds its size", "[core][pattern][hostile]") {
+TEST_CASE("Pattern refuses what it cannot match in linear time and bounds its size",
+          "[core][pattern][hostile]") {
   const auto refuses = [](const std::string& source, const char* why) {
     INFO(source.substr(0, 60));
     CHECK_THROWS_WITH(Pattern(source), Catch::Contains(why));
@@ -258,7 +272,8 @@ TEST_CASE("Pattern refuses what it cannot match in linear time and bounds its si
   refuses("(a{1000}){1000}", "more than 20000 instructions");
 }
 
-TEST_CASE("Pattern matching takes linear time on patterns that make backtracking engines explode", "[core][pattern][hostile]") {
+TEST_CASE("Pattern matching takes linear time on patterns that make backtracking engines explode",
+          "[core][pattern][hostile]") {
   // (.*.*.*)*X and (a|a)*b against 100,000 bytes: a backtracking matcher takes minutes or overflows
   // its stack; a Thompson simulation visits each (position, instruction) pair once.
   const std::string text(100000, 'a');

@@ -9,13 +9,15 @@ namespace {
 
 /// y = x W^T + b + (g - 1) * (xd W^T) + g * s (xd A^T) B^T, g = m / ||W + s B A||, xd = mask * x.
 template <class T>
-Matrix<T> reference_dora(const Matrix<T>& x, const Matrix<T>& w, const T* b, const Matrix<T>& a, const Matrix<T>& bm,
-                         const Matrix<T>& m, double s, const Matrix<T>& mask) {
-  const Matrix<double> wd = w.template cast<double>(), xd = x.cwiseProduct(mask).template cast<double>();
+Matrix<T> reference_dora(const Matrix<T>& x, const Matrix<T>& w, const T* b, const Matrix<T>& a,
+                         const Matrix<T>& bm, const Matrix<T>& m, double s, const Matrix<T>& mask) {
+  const Matrix<double> wd = w.template cast<double>(),
+                       xd = x.cwiseProduct(mask).template cast<double>();
   const Matrix<double> adapted = wd + s * (bm.template cast<double>() * a.template cast<double>());
   Matrix<double> y = x.template cast<double>() * wd.transpose();
   const Matrix<double> zb = xd * wd.transpose();
-  const Matrix<double> zl = s * (xd * a.template cast<double>().transpose()) * bm.template cast<double>().transpose();
+  const Matrix<double> zl =
+      s * (xd * a.template cast<double>().transpose()) * bm.template cast<double>().transpose();
   for (Index j = 0; j < w.rows(); ++j) {
     const double g = static_cast<double>(m(0, j)) / adapted.row(j).norm();
     y.col(j) += (g - 1) * zb.col(j) + g * zl.col(j);
@@ -26,8 +28,9 @@ Matrix<T> reference_dora(const Matrix<T>& x, const Matrix<T>& w, const T* b, con
 
 }  // namespace
 
-TEMPLATE_TEST_CASE("dora equals PEFT's use_dora layer: output, input and parameter gradients, init, merge",
-                   "[dora][golden]", float, double) {
+TEMPLATE_TEST_CASE(
+    "dora equals PEFT's use_dora layer: output, input and parameter gradients, init, merge",
+    "[dora][golden]", float, double) {
   using T = TestType;
   const std::string name = GENERATE(as<std::string>{}, "dora_bias", "dora_rs");
   INFO(name);
@@ -39,8 +42,10 @@ TEMPLATE_TEST_CASE("dora equals PEFT's use_dora layer: output, input and paramet
   if (has_bias) b = g.get(name + ".b").cast<T>().transpose();
   ParameterStore<T> store;
   Rng rng(3);
-  DoraAdapter<T> dora(store, FrozenLinear<T>(w, has_bias ? &b : nullptr),
-                      {.rank = static_cast<Index>(cfg(0, 0)), .alpha = cfg(0, 1), .use_rslora = cfg(0, 2) != 0}, rng, "lin");
+  DoraAdapter<T> dora(
+      store, FrozenLinear<T>(w, has_bias ? &b : nullptr),
+      {.rank = static_cast<Index>(cfg(0, 0)), .alpha = cfg(0, 1), .use_rslora = cfg(0, 2) != 0},
+      rng, "lin");
   CHECK(dora.lora_B().isZero(0));
   CHECK(wt::rel_diff(dora.magnitude(), g.get(name + ".m_init").cast<T>()) < wt::Tol<T>::close);
   dora.lora_A() = g.get(name + ".A").cast<T>();
@@ -73,16 +78,19 @@ TEMPLATE_TEST_CASE("dora equals PEFT's use_dora layer: output, input and paramet
   CHECK(wt::rel_diff(w, g.get(name + ".W").cast<T>()) < wt::Tol<T>::close);
 }
 
-TEMPLATE_TEST_CASE("dora forward with dropout equals a reference with the same mask; eval mode has none",
-                   "[dora]", float, double) {
+TEMPLATE_TEST_CASE(
+    "dora forward with dropout equals a reference with the same mask; eval mode has none", "[dora]",
+    float, double) {
   using T = TestType;
   Rng rng(8);
   Matrix<T> w = wt::random_matrix<T>(7, 10, rng), x = wt::random_matrix<T>(6, 10, rng);
   Vector<T> b = wt::random_matrix<T>(7, 1, rng);
   ParameterStore<T> store;
-  DoraAdapter<T> dora(store, FrozenLinear<T>(w, &b), {.rank = 3, .alpha = 5.0, .dropout = 0.4}, rng, "d");
+  DoraAdapter<T> dora(store, FrozenLinear<T>(w, &b), {.rank = 3, .alpha = 5.0, .dropout = 0.4}, rng,
+                      "d");
   dora.lora_B() = wt::random_matrix<T>(7, 3, rng);
-  dora.magnitude() = (dora.magnitude().array() * (1 + 0.3 * wt::random_matrix<T>(1, 7, rng).array())).matrix();
+  dora.magnitude() =
+      (dora.magnitude().array() * (1 + 0.3 * wt::random_matrix<T>(1, 7, rng).array())).matrix();
   const auto state = dora.dropout_rng().state();
   Matrix<T> y(6, 7);
   typename DoraAdapter<T>::Cache cache;
@@ -93,8 +101,8 @@ TEMPLATE_TEST_CASE("dora forward with dropout equals a reference with the same m
   Matrix<T> mask = Matrix<T>::Ones(6, 10);
   dropout_apply(mask.data(), mask.data(), mask.size(), 0.4, cache.dropout_seed);
   const double s = 5.0 / 3.0;
-  CHECK(wt::rel_diff(y, reference_dora<T>(x, w, b.data(), dora.lora_A(), dora.lora_B(), dora.magnitude(), s, mask)) <
-        wt::Tol<T>::close);
+  CHECK(wt::rel_diff(y, reference_dora<T>(x, w, b.data(), dora.lora_A(), dora.lora_B(),
+                                          dora.magnitude(), s, mask)) < wt::Tol<T>::close);
 
   // Input gradient with the mask: finite differences of <y, dy> in x with the norm and mask fixed
   // (the norm does not depend on x, so this is the exact gradient).
@@ -103,7 +111,9 @@ TEMPLATE_TEST_CASE("dora forward with dropout equals a reference with the same m
   dora.backward(dx, cache, x, dy);
   Matrix<T> xv = x;
   const std::function<double()> loss = [&] {
-    return (reference_dora<T>(xv, w, b.data(), dora.lora_A(), dora.lora_B(), dora.magnitude(), s, mask).template cast<double>()
+    return (reference_dora<T>(xv, w, b.data(), dora.lora_A(), dora.lora_B(), dora.magnitude(), s,
+                              mask)
+                .template cast<double>()
                 .cwiseProduct(dy.template cast<double>()))
         .sum();
   };
@@ -111,8 +121,9 @@ TEMPLATE_TEST_CASE("dora forward with dropout equals a reference with the same m
 
   dora.set_training(false);
   dora.forward(y, cache, x);
-  CHECK(wt::rel_diff(y, reference_dora<T>(x, w, b.data(), dora.lora_A(), dora.lora_B(), dora.magnitude(), s,
-                                          Matrix<T>::Ones(6, 10))) < wt::Tol<T>::close);
+  CHECK(wt::rel_diff(y, reference_dora<T>(x, w, b.data(), dora.lora_A(), dora.lora_B(),
+                                          dora.magnitude(), s, Matrix<T>::Ones(6, 10))) <
+        wt::Tol<T>::close);
 }
 
 TEMPLATE_TEST_CASE("a fresh dora adapter reproduces the frozen layer", "[dora]", float, double) {
@@ -128,5 +139,6 @@ TEMPLATE_TEST_CASE("a fresh dora adapter reproduces the frozen layer", "[dora]",
   dora.forward(y, cache, x);
   CHECK(wt::rel_diff(y, wt::reference_linear<T>(x, w, b.data())) < wt::Tol<T>::close);
   CHECK(store.parameter_count() == 2 * (8 + 5) + 5);
-  CHECK_THROWS_WITH((DoraAdapter<T>(store, FrozenLinear<T>(w), {.rank = 2, .alpha = 0}, rng)), Catch::Contains("alpha"));
+  CHECK_THROWS_WITH((DoraAdapter<T>(store, FrozenLinear<T>(w), {.rank = 2, .alpha = 0}, rng)),
+                    Catch::Contains("alpha"));
 }

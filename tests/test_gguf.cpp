@@ -12,7 +12,9 @@ using namespace wegeft;
 namespace fs = std::filesystem;
 
 namespace {
-std::string gguf_path(const std::string& name) { return std::string(WEGEFT_GOLDEN_DIR) + "/gguf/" + name; }
+std::string gguf_path(const std::string& name) {
+  return std::string(WEGEFT_GOLDEN_DIR) + "/gguf/" + name;
+}
 
 std::string read_all(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -20,8 +22,10 @@ std::string read_all(const std::string& path) {
 }
 }  // namespace
 
-TEST_CASE("GGUF tensors of every supported type dequantize as llama.cpp's gguf package does", "[io][gguf]") {
-  const std::string type = GENERATE(as<std::string>{}, "f32", "f16", "bf16", "q8_0", "q4_0", "q4_1");
+TEST_CASE("GGUF tensors of every supported type dequantize as llama.cpp's gguf package does",
+          "[io][gguf]") {
+  const std::string type =
+      GENERATE(as<std::string>{}, "f32", "f16", "bf16", "q8_0", "q4_0", "q4_1");
   INFO(type);
   const GgufReader f(gguf_path("tiny-" + type + ".gguf"));
   const wt::Golden g("gguf/expected.txt");
@@ -35,8 +39,10 @@ TEST_CASE("GGUF tensors of every supported type dequantize as llama.cpp's gguf p
   }
 }
 
-TEST_CASE("a Llama GGUF file loads with q/k un-permuted and gives Hugging Face's logits", "[io][gguf]") {
-  const std::string type = GENERATE(as<std::string>{}, "f32", "f16", "q8_0");  // Q4 dequantization is checked above
+TEST_CASE("a Llama GGUF file loads with q/k un-permuted and gives Hugging Face's logits",
+          "[io][gguf]") {
+  const std::string type =
+      GENERATE(as<std::string>{}, "f32", "f16", "q8_0");  // Q4 dequantization is checked above
   INFO(type);
   auto loaded = load_gguf_model<double>(gguf_path("tiny-" + type + ".gguf"));
   const ModelConfig& c = loaded.model->config();
@@ -53,14 +59,16 @@ TEST_CASE("a Llama GGUF file loads with q/k un-permuted and gives Hugging Face's
     m.push_back(mask.data()[i] != 0);
   }
   Transformer<double>::Activations acts;
-  loaded.model->forward(acts, {.ids = id.data(), .mask = m.data(), .batch = ids.rows(), .seq = ids.cols()});
+  loaded.model->forward(
+      acts, {.ids = id.data(), .mask = m.data(), .batch = ids.rows(), .seq = ids.cols()});
   // F32 holds the reference weights exactly; the lossy types must still be close.
   const double tol = type == "f32" ? 1e-6 : type == "f16" ? 1e-2 : 5e-2;
   CHECK(wt::rel_diff(acts.logits, g.get("logits")) < tol);
 }
 
 TEST_CASE("GGUF written by wegeft reads back", "[io][gguf]") {
-  const fs::path dir = fs::temp_directory_path() / ("wegeft-gguf-" + std::to_string(Rng(std::random_device{}()).next_u64()));
+  const fs::path dir = fs::temp_directory_path() /
+                       ("wegeft-gguf-" + std::to_string(Rng(std::random_device{}()).next_u64()));
   fs::create_directories(dir);
   Rng rng(1);
   const Matrix<float> a = wt::random_matrix<float>(3, 5, rng);
@@ -83,9 +91,12 @@ TEST_CASE("GGUF written by wegeft reads back", "[io][gguf]") {
   fs::remove_all(dir);
 }
 
-TEST_CASE("hostile GGUF files get clear errors naming the file and the problem", "[io][gguf][hostile]") {
+TEST_CASE("hostile GGUF files get clear errors naming the file and the problem",
+          "[io][gguf][hostile]") {
   const std::string good = read_all(gguf_path("tiny-q8_0.gguf"));
-  const fs::path dir = fs::temp_directory_path() / ("wegeft-gguf-bad-" + std::to_string(Rng(std::random_device{}()).next_u64()));
+  const fs::path dir =
+      fs::temp_directory_path() /
+      ("wegeft-gguf-bad-" + std::to_string(Rng(std::random_device{}()).next_u64()));
   fs::create_directories(dir);
   const std::string path = (dir / "bad.gguf").string();
   const auto expect = [&](std::string bytes, const char* message) {
@@ -127,6 +138,7 @@ TEST_CASE("hostile GGUF files get clear errors naming the file and the problem",
   std::memcpy(unknown.data() + type_at, &q5, 4);
   std::ofstream(path, std::ios::binary) << unknown;
   const GgufReader f(path);  // inspectable ...
-  CHECK_THROWS_WITH(f.matrix<float>(first), Catch::Contains("cannot dequantize"));  // ... but not loadable
+  CHECK_THROWS_WITH(f.matrix<float>(first),
+                    Catch::Contains("cannot dequantize"));  // ... but not loadable
   fs::remove_all(dir);
 }

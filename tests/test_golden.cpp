@@ -42,8 +42,9 @@ TEMPLATE_TEST_CASE("lora forward and gradients equal PyTorch/PEFT golden files",
   CHECK(wt::rel_diff(Matrix<T>(lora.grad_B()).template cast<double>(), g.get(name + ".dB")) < tol);
 }
 
-TEMPLATE_TEST_CASE("wegeft forward and group-summed gradients equal PyTorch golden files, both orders",
-                   "[wegeft][golden]", float, double) {
+TEMPLATE_TEST_CASE(
+    "wegeft forward and group-summed gradients equal PyTorch golden files, both orders",
+    "[wegeft][golden]", float, double) {
   using T = TestType;
   const wt::Golden g("adapters.txt");
   const std::string name = GENERATE(as<std::string>{}, "wegeft_group", "wegeft_r1", "wegeft_wide");
@@ -78,6 +79,8 @@ TEMPLATE_TEST_CASE("wegeft forward and group-summed gradients equal PyTorch gold
     CHECK(wt::rel_diff(y.template cast<double>(), g.get(p + "y")) < tol);
     CHECK(wt::rel_diff(dx.template cast<double>(), g.get(p + "dx")) < tol);
   }
-  CHECK(wt::rel_diff(Matrix<T>(gen.grad_phi()).template cast<double>(), g.get(name + ".dphi")) < tol);
-  CHECK(wt::rel_diff(Matrix<T>(gen.grad_psi()).template cast<double>(), g.get(name + ".dpsi")) < tol);
+  CHECK(wt::rel_diff(Matrix<T>(gen.grad_phi()).template cast<double>(), g.get(name + ".dphi")) <
+        tol);
+  CHECK(wt::rel_diff(Matrix<T>(gen.grad_psi()).template cast<double>(), g.get(name + ".dpsi")) <
+        tol);
 }

@@ -15,13 +15,16 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::string golden_path(const std::string& name) { return std::string(WEGEFT_GOLDEN_DIR) + "/" + name; }
+std::string golden_path(const std::string& name) {
+  return std::string(WEGEFT_GOLDEN_DIR) + "/" + name;
+}
 
 /// A fresh empty directory under the system temp dir, removed at scope exit.
 struct TempDir {
   fs::path path;
   TempDir() {
-    path = fs::temp_directory_path() / ("wegeft-test-" + std::to_string(Rng(std::random_device{}()).next_u64()));
+    path = fs::temp_directory_path() /
+           ("wegeft-test-" + std::to_string(Rng(std::random_device{}()).next_u64()));
     fs::create_directories(path);
   }
   ~TempDir() { fs::remove_all(path); }
@@ -39,13 +42,15 @@ void write_bytes(const std::string& path, const std::string& bytes) {
 /// A safetensors file from a header string and a data section.
 std::string make_file(const std::string& header, const std::string& data) {
   std::string out(8, '\0');
-  for (int i = 0; i < 8; ++i) out[std::size_t(i)] = static_cast<char>((header.size() >> (8 * i)) & 0xFF);
+  for (int i = 0; i < 8; ++i)
+    out[std::size_t(i)] = static_cast<char>((header.size() >> (8 * i)) & 0xFF);
   return out + header + data;
 }
 
 }  // namespace
 
-TEST_CASE("safetensors reader decodes every dtype exactly as PyTorch stored it", "[io][safetensors]") {
+TEST_CASE("safetensors reader decodes every dtype exactly as PyTorch stored it",
+          "[io][safetensors]") {
   const SafetensorsReader f(golden_path("io/dtypes.safetensors"));
   const wt::Golden g("io/dtypes.txt");
   CHECK(f.metadata().at("note") == "every dtype");
@@ -82,7 +87,8 @@ TEST_CASE("float to F16 and BF16 encoding rounds exactly as PyTorch", "[io][safe
   }
 }
 
-TEST_CASE("safetensors written by wegeft read back with shapes, dtypes, metadata and values", "[io][safetensors]") {
+TEST_CASE("safetensors written by wegeft read back with shapes, dtypes, metadata and values",
+          "[io][safetensors]") {
   TempDir dir;
   Rng rng(3);
   const Matrix<double> m = wt::random_matrix<double>(3, 5, rng);
@@ -93,7 +99,8 @@ TEST_CASE("safetensors written by wegeft read back with shapes, dtypes, metadata
     if (t == DType::BOOL) v = (m.array() > 0).cast<double>();
     b.add(std::string("t_") + dtype_name(t), t, v);
   }
-  b.add("cube", DType::F32, std::vector<std::int64_t>{2, 2, 3}, std::vector<float>(12, 1.5f).data(), 12);
+  b.add("cube", DType::F32, std::vector<std::int64_t>{2, 2, 3}, std::vector<float>(12, 1.5f).data(),
+        12);
   CHECK_THROWS_WITH(b.add("cube", DType::F32, m), Catch::Contains("added twice"));
   b.write(dir / "out.safetensors", {{"format", "pt"}});
   const SafetensorsReader f(dir / "out.safetensors");
@@ -112,7 +119,8 @@ TEST_CASE("safetensors written by wegeft read back with shapes, dtypes, metadata
   CHECK((f.info("t_F64").offset % 8) == 0);
 }
 
-TEST_CASE("a failed atomic write leaves the previous file and no temporary behind", "[io][safetensors]") {
+TEST_CASE("a failed atomic write leaves the previous file and no temporary behind",
+          "[io][safetensors]") {
   TempDir dir;
   SafetensorsBuilder b;
   b.add("x", DType::F32, Matrix<float>(Matrix<float>::Ones(2, 2)));
@@ -120,8 +128,10 @@ TEST_CASE("a failed atomic write leaves the previous file and no temporary behin
   const std::string before = read_bytes(dir / "a.safetensors");
   fs::create_directory(dir.path / "is_a_dir");
   fs::create_directory(dir.path / "is_a_dir" / "child");
-  CHECK_THROWS_WITH(b.write(dir / "is_a_dir"), Catch::Contains("is not a regular file (a directory)"));
-  CHECK_THROWS_WITH(b.write(dir / "missing/x.safetensors"), Catch::Contains("cannot create a temporary file"));
+  CHECK_THROWS_WITH(b.write(dir / "is_a_dir"),
+                    Catch::Contains("is not a regular file (a directory)"));
+  CHECK_THROWS_WITH(b.write(dir / "missing/x.safetensors"),
+                    Catch::Contains("cannot create a temporary file"));
   CHECK(read_bytes(dir / "a.safetensors") == before);
   std::size_t entries = 0;
   for (const auto& e : fs::directory_iterator(dir.path)) {
@@ -132,7 +142,8 @@ TEST_CASE("a failed atomic write leaves the previous file and no temporary behin
   CHECK(entries == 2);
 }
 
-TEST_CASE("hostile safetensors files get clear errors naming the file and the problem", "[io][safetensors][hostile]") {
+TEST_CASE("hostile safetensors files get clear errors naming the file and the problem",
+          "[io][safetensors][hostile]") {
   TempDir dir;
   const std::string ok_header = R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})";
   const std::string data(8, '\0');
@@ -143,53 +154,91 @@ TEST_CASE("hostile safetensors files get clear errors naming the file and the pr
   };
   std::string huge_len = make_file(ok_header, data);
   huge_len[6] = 1;  // header length of 2^48 + ...
-  std::string utf8 = R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"__metadata__":{"k":"\xff"}})";
+  std::string utf8 =
+      R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"__metadata__":{"k":"\xff"}})";
   float nan_data[2] = {1.0f, NAN};
   const std::vector<Case> cases = {
       {"empty file", "", "too short for the 8-byte header length"},
       {"truncated header", make_file(ok_header, data).substr(0, 30), "exceeds the"},
       {"header length past the end", huge_len, "exceeds the"},
-      {"truncated data", make_file(ok_header, data).substr(0, 8 + ok_header.size() + 5), "outside the 5 data bytes"},
+      {"truncated data", make_file(ok_header, data).substr(0, 8 + ok_header.size() + 5),
+       "outside the 5 data bytes"},
       {"not an object", make_file("[1, 2]", ""), "does not start with '{'"},
       {"invalid JSON", make_file(R"({"a": )", ""), "invalid JSON"},
       {"invalid UTF-8", make_file(utf8, data), "invalid JSON"},
-      {"duplicate names", make_file(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})", data), "duplicate key \"a\""},
-      {"unknown dtype", make_file(R"({"a":{"dtype":"F128","shape":[1],"data_offsets":[0,8]}})", data), "unknown dtype \"F128\""},
-      {"negative dimension", make_file(R"({"a":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}})", data), "not a non-negative integer"},
-      {"overflowing shape", make_file(R"({"a":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,8]}})", data), "overflows"},
-      {"byte count mismatch", make_file(R"({"a":{"dtype":"F64","shape":[2],"data_offsets":[0,8]}})", data), "needs 16 bytes but data_offsets span 8"},
-      {"offsets reversed", make_file(R"({"a":{"dtype":"F32","shape":[0],"data_offsets":[8,4]}})", data), "outside the 8 data bytes"},
-      {"offsets past the end", make_file(R"({"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}})", data), "outside the 8 data bytes"},
-      {"overlapping tensors", make_file(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})", data), "overlap"},
+      {"duplicate names",
+       make_file(
+           R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})",
+           data),
+       "duplicate key \"a\""},
+      {"unknown dtype",
+       make_file(R"({"a":{"dtype":"F128","shape":[1],"data_offsets":[0,8]}})", data),
+       "unknown dtype \"F128\""},
+      {"negative dimension",
+       make_file(R"({"a":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}})", data),
+       "not a non-negative integer"},
+      {"overflowing shape",
+       make_file(R"({"a":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,8]}})",
+                 data),
+       "overflows"},
+      {"byte count mismatch",
+       make_file(R"({"a":{"dtype":"F64","shape":[2],"data_offsets":[0,8]}})", data),
+       "needs 16 bytes but data_offsets span 8"},
+      {"offsets reversed",
+       make_file(R"({"a":{"dtype":"F32","shape":[0],"data_offsets":[8,4]}})", data),
+       "outside the 8 data bytes"},
+      {"offsets past the end",
+       make_file(R"({"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}})", data),
+       "outside the 8 data bytes"},
+      {"overlapping tensors",
+       make_file(
+           R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})",
+           data),
+       "overlap"},
       {"missing offsets", make_file(R"({"a":{"dtype":"F32","shape":[2]}})", data), "data_offsets"},
-      {"float offsets", make_file(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0.0,8.5]}})", data), "data_offsets"},
+      {"float offsets",
+       make_file(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0.0,8.5]}})", data),
+       "data_offsets"},
       {"metadata not strings", make_file(R"({"__metadata__":{"k":1}})", ""), "is not a string"},
       {"entry not an object", make_file(R"({"a":5})", ""), "is not an object"},
       // 100,000 levels in a field the reader would otherwise recurse through, in shape and in an
       // unused field; 65 levels is one past the limit, and brackets inside strings do not count.
-      {"deeply nested shape", make_file(R"({"a":{"dtype":"F32","shape":)" + std::string(100000, '[') + std::string(100000, ']') + "}}", data),
+      {"deeply nested shape",
+       make_file(R"({"a":{"dtype":"F32","shape":)" + std::string(100000, '[') +
+                     std::string(100000, ']') + "}}",
+                 data),
        "JSON nests deeper than 64 levels"},
-      {"deeply nested unused field", make_file(R"({"x":)" + std::string(65, '[') + std::string(65, ']') + "}", ""),
+      {"deeply nested unused field",
+       make_file(R"({"x":)" + std::string(65, '[') + std::string(65, ']') + "}", ""),
        "JSON nests deeper than 64 levels"},
   };
   for (const auto& c : cases) {
     INFO(c.what);
     const std::string path = dir / "bad.safetensors";
     write_bytes(path, c.bytes);
-    CHECK_THROWS_WITH(SafetensorsReader(path), Catch::Contains(c.message) && Catch::Contains("bad.safetensors"));
+    CHECK_THROWS_WITH(SafetensorsReader(path),
+                      Catch::Contains(c.message) && Catch::Contains("bad.safetensors"));
   }
-  write_bytes(dir / "nan.safetensors", make_file(ok_header, std::string(reinterpret_cast<char*>(nan_data), 8)));
+  write_bytes(dir / "nan.safetensors",
+              make_file(ok_header, std::string(reinterpret_cast<char*>(nan_data), 8)));
   const SafetensorsReader f(dir / "nan.safetensors");
-  CHECK_THROWS_WITH(f.matrix<float>("a"), Catch::Contains("tensor 'a' has a non-finite value (nan) at element 1"));
+  CHECK_THROWS_WITH(f.matrix<float>("a"),
+                    Catch::Contains("tensor 'a' has a non-finite value (nan) at element 1"));
   CHECK(std::isnan(f.matrix<float>("a", false)(0, 1)));
   CHECK_THROWS_WITH(f.info("b"), Catch::Contains("no tensor named 'b'"));
   CHECK_THROWS_WITH(SafetensorsReader(dir / "does-not-exist"), Catch::Contains("cannot open"));
   // 64 levels parse (here inside metadata a reader does not use: refused as not a string), and
   // brackets inside strings are text.
-  write_bytes(dir / "deep-ok.safetensors", make_file(R"({"__metadata__":{"k":)" + std::string(62, '[') + std::string(62, ']') + "}}", ""));
-  CHECK_THROWS_WITH(SafetensorsReader(dir / "deep-ok.safetensors"), Catch::Contains("is not a string"));
-  write_bytes(dir / "brackets.safetensors", make_file(R"({"__metadata__":{"k":")" + std::string(500, '[') + R"("}})", ""));
-  CHECK(SafetensorsReader(dir / "brackets.safetensors").metadata().at("k") == std::string(500, '['));
+  write_bytes(
+      dir / "deep-ok.safetensors",
+      make_file(R"({"__metadata__":{"k":)" + std::string(62, '[') + std::string(62, ']') + "}}",
+                ""));
+  CHECK_THROWS_WITH(SafetensorsReader(dir / "deep-ok.safetensors"),
+                    Catch::Contains("is not a string"));
+  write_bytes(dir / "brackets.safetensors",
+              make_file(R"({"__metadata__":{"k":")" + std::string(500, '[') + R"("}})", ""));
+  CHECK(SafetensorsReader(dir / "brackets.safetensors").metadata().at("k") ==
+        std::string(500, '['));
 }
 
 TEST_CASE("crc32 gives zlib's check value and continues across pieces", "[io]") {
@@ -199,15 +248,20 @@ TEST_CASE("crc32 gives zlib's check value and continues across pieces", "[io]") 
   CHECK(crc32(nullptr, 0) == 0u);
 }
 
-TEST_CASE("the atomic writer keeps modes, refuses links and devices, fits long names and clears dead temporaries",
-          "[io][hostile]") {
+TEST_CASE(
+    "the atomic writer keeps modes, refuses links and devices, fits long names and clears dead "
+    "temporaries",
+    "[io][hostile]") {
   TempDir dir;
-  const auto write = [](const std::string& path, const std::string& text) { write_file_atomic(path, text); };
+  const auto write = [](const std::string& path, const std::string& text) {
+    write_file_atomic(path, text);
+  };
   // A replaced file keeps its permission bits.
   write((dir / "secret"), "a");
   fs::permissions(dir.path / "secret", fs::perms::owner_read | fs::perms::owner_write);
   write((dir / "secret"), "b");
-  CHECK(fs::status(dir.path / "secret").permissions() == (fs::perms::owner_read | fs::perms::owner_write));
+  CHECK(fs::status(dir.path / "secret").permissions() ==
+        (fs::perms::owner_read | fs::perms::owner_write));
   CHECK(read_bytes((dir / "secret")) == "b");
   // A symbolic link is not written through, and the file it points at is unchanged.
   fs::create_symlink(dir.path / "secret", dir.path / "link");
@@ -215,7 +269,8 @@ TEST_CASE("the atomic writer keeps modes, refuses links and devices, fits long n
   CHECK(read_bytes((dir / "secret")) == "b");
   CHECK(fs::is_symlink(dir.path / "link"));
   // A device node is refused, not replaced (the writer would need rights to /dev, but the check comes first).
-  CHECK_THROWS_WITH(write("/dev/null", "x"), Catch::Contains("/dev/null: exists and is not a regular file"));
+  CHECK_THROWS_WITH(write("/dev/null", "x"),
+                    Catch::Contains("/dev/null: exists and is not a regular file"));
   // A 250-byte file name: the temporary's name is shortened, not the target's.
   const std::string long_name(250, 'n');
   write((dir / long_name), "long");

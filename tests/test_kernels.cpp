@@ -4,9 +4,9 @@
 // wegeft_kernel_tests with -march=native, so the vector path of the building machine is tested too.
 #include "support.hpp"
 
+#include <wegeft/kernels/cpu/attention.hpp>
 #include <wegeft/kernels/cpu/rank_r.hpp>
 #include <wegeft/kernels/cpu/reference.hpp>
-#include <wegeft/kernels/cpu/attention.hpp>
 #include <wegeft/nn/loss.hpp>
 #include <wegeft/nn/norms.hpp>
 #include <wegeft/optim/adamw.hpp>
@@ -28,14 +28,16 @@ Matrix<T> widened(const Matrix<T>& m, Index pad, Rng& rng) {
 
 }  // namespace
 
-TEMPLATE_TEST_CASE("fused rank-r pass equals its scalar reference on odd sizes", "[kernels][simd]", float, double) {
+TEMPLATE_TEST_CASE("fused rank-r pass equals its scalar reference on odd sizes", "[kernels][simd]",
+                   float, double) {
   using T = TestType;
   const Index r = GENERATE(1, 3, 8, 9, 16, 17, 24, 40, 64, 65);
   const Index n = GENERATE(1, 6, 13, 700);  // 700: more than one block of rows at small ranks
   const Index d = GENERATE(5, 33, 70);
   INFO("n " << n << " d " << d << " r " << r);
   Rng rng(static_cast<std::uint64_t>(r * 1000 + n * 10 + d));
-  const Matrix<T> y = wt::random_matrix<T>(n, d, rng), m = wt::random_matrix<T>(d, r, rng), u = wt::random_matrix<T>(n, r, rng);
+  const Matrix<T> y = wt::random_matrix<T>(n, d, rng), m = wt::random_matrix<T>(d, r, rng),
+                  u = wt::random_matrix<T>(n, r, rng);
   const Matrix<T> g0 = wt::random_matrix<T>(d, r, rng);  // G accumulates onto this
   Matrix<T> g(n, r), G = g0, g_ref(n, r), G_ref = g0;
   rank_r_pass(g.data(), G.data(), y.data(), m.data(), u.data(), n, d, r, d);
@@ -50,7 +52,8 @@ TEMPLATE_TEST_CASE("fused rank-r pass equals its scalar reference on odd sizes",
   CHECK(wt::rel_diff(G_strided, G_ref) < wt::Tol<T>::close);
 }
 
-TEMPLATE_TEST_CASE("rank-r projection u = X A^T equals its scalar reference on odd sizes", "[kernels][simd]", float, double) {
+TEMPLATE_TEST_CASE("rank-r projection u = X A^T equals its scalar reference on odd sizes",
+                   "[kernels][simd]", float, double) {
   using T = TestType;
   const Index r = GENERATE(1, 3, 4, 5, 8, 9, 12, 13, 16, 17, 40);
   const Index n = GENERATE(1, 3, 7, 18);
@@ -68,7 +71,8 @@ TEMPLATE_TEST_CASE("rank-r projection u = X A^T equals its scalar reference on o
   CHECK(wt::rel_diff(u_strided, u_ref) < wt::Tol<T>::close);
 }
 
-TEMPLATE_TEST_CASE("rank-r reduction G += g^T X equals its scalar reference on odd sizes", "[kernels][simd]", float, double) {
+TEMPLATE_TEST_CASE("rank-r reduction G += g^T X equals its scalar reference on odd sizes",
+                   "[kernels][simd]", float, double) {
   using T = TestType;
   const Index r = GENERATE(1, 3, 4, 5, 8, 9, 12, 13, 16, 17, 40);
   const Index n = GENERATE(1, 3, 7, 18);
@@ -87,14 +91,17 @@ TEMPLATE_TEST_CASE("rank-r reduction G += g^T X equals its scalar reference on o
   CHECK(wt::rel_diff(G_strided, G_ref) < wt::Tol<T>::close);
 }
 
-TEMPLATE_TEST_CASE("rank-r expansion Y = X + b + U Bt equals its scalar reference on odd sizes", "[kernels][simd]", float, double) {
+TEMPLATE_TEST_CASE("rank-r expansion Y = X + b + U Bt equals its scalar reference on odd sizes",
+                   "[kernels][simd]", float, double) {
   using T = TestType;
   const Index r = GENERATE(1, 3, 8, 9, 16, 17, 40);
   const Index n = GENERATE(1, 5, 9);
-  const Index d = GENERATE(1, 7, 33, 70, 150);  // 150: whole 4-register tiles, single registers, scalar edge
+  const Index d =
+      GENERATE(1, 7, 33, 70, 150);  // 150: whole 4-register tiles, single registers, scalar edge
   INFO("n " << n << " d " << d << " r " << r);
   Rng rng(static_cast<std::uint64_t>(r * 1000 + n * 10 + d + 13));
-  const Matrix<T> x = wt::random_matrix<T>(n, d, rng), u = wt::random_matrix<T>(n, r, rng), bt = wt::random_matrix<T>(r, d, rng);
+  const Matrix<T> x = wt::random_matrix<T>(n, d, rng), u = wt::random_matrix<T>(n, r, rng),
+                  bt = wt::random_matrix<T>(r, d, rng);
   const Vector<T> b = wt::random_matrix<T>(d, 1, rng);
   const T* none = nullptr;
   for (const bool with_x : {false, true})
@@ -112,7 +119,8 @@ TEMPLATE_TEST_CASE("rank-r expansion Y = X + b + U Bt equals its scalar referenc
       const Matrix<T> x_wide = widened(x, 3, rng);
       Matrix<T> y_wide = wt::random_matrix<T>(n, d + 4, rng);
       const Matrix<T> pad = y_wide.rightCols(4);
-      rank_r_expand(y_wide.data(), d + 4, with_x ? x_wide.data() : none, d + 3, bp, u.data(), bt.data(), n, d, r);
+      rank_r_expand(y_wide.data(), d + 4, with_x ? x_wide.data() : none, d + 3, bp, u.data(),
+                    bt.data(), n, d, r);
       CHECK(wt::rel_diff(Matrix<T>(y_wide.leftCols(d)), y_ref) < wt::Tol<T>::close);
       CHECK(y_wide.rightCols(4) == pad);
     }
@@ -140,11 +148,12 @@ void check_fused_adapter_kernels(Index n, Index d_in, Index d_out, Index r, std:
 
   Matrix<T> u_ref(n, r), y_ref(n, d_out);
   reference::rank_r_project(u_ref.data(), x.data(), a.data(), n, d_in, r);
-  reference::rank_r_expand(y_ref.data(), static_cast<const T*>(nullptr), b.data(), u_ref.data(), bt.data(), n, d_out, r);
+  reference::rank_r_expand(y_ref.data(), static_cast<const T*>(nullptr), b.data(), u_ref.data(),
+                           bt.data(), n, d_out, r);
   Matrix<T> u(n, r), y_wide = wt::random_matrix<T>(n, d_out + 2, rng);
   const Matrix<T> y_pad = y_wide.rightCols(2);
-  rank_r_project_expand(u.data(), x_wide.data(), d_in + 3, a.data(), d_in, y_wide.data(), d_out + 2, b.data(), bt.data(), d_out,
-                        n, r);
+  rank_r_project_expand(u.data(), x_wide.data(), d_in + 3, a.data(), d_in, y_wide.data(), d_out + 2,
+                        b.data(), bt.data(), d_out, n, r);
   CHECK(wt::rel_diff(u, u_ref) < wt::Tol<T>::close);
   CHECK(wt::rel_diff(Matrix<T>(y_wide.leftCols(d_out)), y_ref) < wt::Tol<T>::close);
   CHECK(y_wide.rightCols(2) == y_pad);
@@ -152,12 +161,12 @@ void check_fused_adapter_kernels(Index n, Index d_in, Index d_out, Index r, std:
   Matrix<T> g_ref(n, r), G_ref = G0, H_ref = H0, z_ref(n, d_in);
   reference::rank_r_pass(g_ref.data(), G_ref.data(), dy.data(), m.data(), su.data(), n, d_out, r);
   reference::rank_r_reduce(H_ref.data(), g_ref.data(), x.data(), n, d_in, r);
-  reference::rank_r_expand(z_ref.data(), static_cast<const T*>(nullptr), static_cast<const T*>(nullptr), g_ref.data(),
-                           a.data(), n, d_in, r);
+  reference::rank_r_expand(z_ref.data(), static_cast<const T*>(nullptr),
+                           static_cast<const T*>(nullptr), g_ref.data(), a.data(), n, d_in, r);
   Matrix<T> g(n, r), G = G0, H = H0, z_wide = wt::random_matrix<T>(n, d_in + 4, rng);
   const Matrix<T> z_pad = z_wide.rightCols(4);
-  rank_r_backward(g.data(), G.data(), H.data(), z_wide.data(), d_in + 4, dy_wide.data(), d_out + 5, m.data(), su.data(),
-                  x_wide.data(), d_in + 3, a.data(), n, d_out, d_in, r);
+  rank_r_backward(g.data(), G.data(), H.data(), z_wide.data(), d_in + 4, dy_wide.data(), d_out + 5,
+                  m.data(), su.data(), x_wide.data(), d_in + 3, a.data(), n, d_out, d_in, r);
   CHECK(wt::rel_diff(g, g_ref) < wt::Tol<T>::close);
   CHECK(wt::rel_diff(G, G_ref) < wt::Tol<T>::close);
   CHECK(wt::rel_diff(H, H_ref) < wt::Tol<T>::close);
@@ -165,23 +174,27 @@ void check_fused_adapter_kernels(Index n, Index d_in, Index d_out, Index r, std:
   CHECK(z_wide.rightCols(4) == z_pad);
   // without the input gradient
   Matrix<T> g2(n, r), G2 = G0, H2 = H0;
-  rank_r_backward(g2.data(), G2.data(), H2.data(), static_cast<T*>(nullptr), 0, dy.data(), d_out, m.data(), su.data(), x.data(),
-                  d_in, a.data(), n, d_out, d_in, r);
+  rank_r_backward(g2.data(), G2.data(), H2.data(), static_cast<T*>(nullptr), 0, dy.data(), d_out,
+                  m.data(), su.data(), x.data(), d_in, a.data(), n, d_out, d_in, r);
   CHECK(wt::rel_diff(G2, G_ref) < wt::Tol<T>::close);
   CHECK(wt::rel_diff(H2, H_ref) < wt::Tol<T>::close);
 }
 
 }  // namespace
 
-TEMPLATE_TEST_CASE("fused adapter forward and backward kernels equal their scalar references", "[kernels][simd]", float, double) {
+TEMPLATE_TEST_CASE("fused adapter forward and backward kernels equal their scalar references",
+                   "[kernels][simd]", float, double) {
   const Index r = GENERATE(1, 3, 4, 5, 8, 9, 16, 17);
   const Index n = GENERATE(1, 7, 700);  // 700: several blocks of rows
-  const auto [d_in, d_out] = GENERATE(std::pair<Index, Index>{5, 33}, std::pair<Index, Index>{70, 13},
-                                      std::pair<Index, Index>{150, 70});
-  check_fused_adapter_kernels<TestType>(n, d_in, d_out, r, static_cast<std::uint64_t>(r * 7919 + n * 31 + d_in));
+  const auto [d_in, d_out] =
+      GENERATE(std::pair<Index, Index>{5, 33}, std::pair<Index, Index>{70, 13},
+               std::pair<Index, Index>{150, 70});
+  check_fused_adapter_kernels<TestType>(n, d_in, d_out, r,
+                                        static_cast<std::uint64_t>(r * 7919 + n * 31 + d_in));
 }
 
-TEMPLATE_TEST_CASE("vectorised LayerNorm and RMSNorm equal their double-accumulating references", "[kernels][simd]", float, double) {
+TEMPLATE_TEST_CASE("vectorised LayerNorm and RMSNorm equal their double-accumulating references",
+                   "[kernels][simd]", float, double) {
   using T = TestType;
   const Index c = GENERATE(1, 7, 33, 385);
   const Index n = GENERATE(1, 5);
@@ -190,28 +203,31 @@ TEMPLATE_TEST_CASE("vectorised LayerNorm and RMSNorm equal their double-accumula
   // rows with a large common offset, where a one-pass variance would lose its digits
   Matrix<T> x = wt::random_matrix<T>(n, c, rng);
   x.array() += T(3);
-  const Matrix<T> w = wt::random_matrix<T>(1, c, rng), b = wt::random_matrix<T>(1, c, rng), dout = wt::random_matrix<T>(n, c, rng);
+  const Matrix<T> w = wt::random_matrix<T>(1, c, rng), b = wt::random_matrix<T>(1, c, rng),
+                  dout = wt::random_matrix<T>(n, c, rng);
   const Matrix<T> dw0 = wt::random_matrix<T>(1, c, rng), db0 = wt::random_matrix<T>(1, c, rng);
   for (const bool with_bias : {true, false}) {
     INFO("bias " << with_bias);
     const T* bp = with_bias ? b.data() : nullptr;
     Matrix<T> out(n, c), mean(n, 1), rstd(n, 1), out_ref(n, c), mean_ref(n, 1), rstd_ref(n, 1);
     layernorm_forward(out.data(), mean.data(), rstd.data(), x.data(), w.data(), bp, n, c, 1e-5);
-    reference::layernorm_forward(out_ref.data(), mean_ref.data(), rstd_ref.data(), x.data(), w.data(), bp, n, c, 1e-5);
+    reference::layernorm_forward(out_ref.data(), mean_ref.data(), rstd_ref.data(), x.data(),
+                                 w.data(), bp, n, c, 1e-5);
     CHECK(wt::rel_diff(out, out_ref) < wt::Tol<T>::close);
     CHECK(wt::rel_diff(mean, mean_ref) < wt::Tol<T>::close);
     CHECK(wt::rel_diff(rstd, rstd_ref) < wt::Tol<T>::close);
     Matrix<T> dx(n, c), dw = dw0, db = db0, dx_ref(n, c), dw_ref = dw0, db_ref = db0;
-    layernorm_backward(dx.data(), dw.data(), db.data(), dout.data(), x.data(), w.data(), mean.data(), rstd.data(), n, c);
-    reference::layernorm_backward(dx_ref.data(), dw_ref.data(), db_ref.data(), dout.data(), x.data(), w.data(), mean_ref.data(),
-                                  rstd_ref.data(), n, c);
+    layernorm_backward(dx.data(), dw.data(), db.data(), dout.data(), x.data(), w.data(),
+                       mean.data(), rstd.data(), n, c);
+    reference::layernorm_backward(dx_ref.data(), dw_ref.data(), db_ref.data(), dout.data(),
+                                  x.data(), w.data(), mean_ref.data(), rstd_ref.data(), n, c);
     CHECK(wt::rel_diff(dx, dx_ref) < wt::Tol<T>::close);
     CHECK(wt::rel_diff(dw, dw_ref) < wt::Tol<T>::close);
     CHECK(wt::rel_diff(db, db_ref) < wt::Tol<T>::close);
     // frozen parameters: only dx
     Matrix<T> dx_only(n, c);
-    layernorm_backward(dx_only.data(), static_cast<T*>(nullptr), static_cast<T*>(nullptr), dout.data(), x.data(), w.data(),
-                       mean.data(), rstd.data(), n, c);
+    layernorm_backward(dx_only.data(), static_cast<T*>(nullptr), static_cast<T*>(nullptr),
+                       dout.data(), x.data(), w.data(), mean.data(), rstd.data(), n, c);
     CHECK(wt::rel_diff(dx_only, dx_ref) < wt::Tol<T>::close);
   }
   Matrix<T> out(n, c), rstd(n, 1), out_ref(n, c), rstd_ref(n, 1);
@@ -221,12 +237,14 @@ TEMPLATE_TEST_CASE("vectorised LayerNorm and RMSNorm equal their double-accumula
   CHECK(wt::rel_diff(rstd, rstd_ref) < wt::Tol<T>::close);
   Matrix<T> dx(n, c), dw = dw0, dx_ref(n, c), dw_ref = dw0;
   rmsnorm_backward(dx.data(), dw.data(), dout.data(), x.data(), w.data(), rstd.data(), n, c);
-  reference::rmsnorm_backward(dx_ref.data(), dw_ref.data(), dout.data(), x.data(), w.data(), rstd_ref.data(), n, c);
+  reference::rmsnorm_backward(dx_ref.data(), dw_ref.data(), dout.data(), x.data(), w.data(),
+                              rstd_ref.data(), n, c);
   CHECK(wt::rel_diff(dx, dx_ref) < wt::Tol<T>::close);
   CHECK(wt::rel_diff(dw, dw_ref) < wt::Tol<T>::close);
 }
 
-TEMPLATE_TEST_CASE("vectorised cross-entropy equals its double reference on odd vocabularies", "[kernels][simd]", float, double) {
+TEMPLATE_TEST_CASE("vectorised cross-entropy equals its double reference on odd vocabularies",
+                   "[kernels][simd]", float, double) {
   using T = TestType;
   const double tol = std::is_same_v<T, float> ? 2e-6 : 1e-12;
   const Index vocab = GENERATE(1, 2, 7, 33, 1023, 1025, 3001);
@@ -237,21 +255,24 @@ TEMPLATE_TEST_CASE("vectorised cross-entropy equals its double reference on odd 
   Matrix<T> logits = T(8) * wt::random_matrix<T>(n, vocab, rng);
   logits.array() += T(90);
   std::vector<std::int32_t> targets(static_cast<std::size_t>(n));
-  for (Index i = 0; i < n; ++i) targets[std::size_t(i)] = static_cast<std::int32_t>((i * 7919 + 3) % vocab);
+  for (Index i = 0; i < n; ++i)
+    targets[std::size_t(i)] = static_cast<std::int32_t>((i * 7919 + 3) % vocab);
   if (n > 1) targets[1] = kIgnoreIndex;
   const double dloss = 0.75;
 
   Matrix<T> losses_ref(n, 1), dlogits_ref(n, vocab);
   Index counted_ref = -1;
-  const double loss_ref = reference::cross_entropy_forward(losses_ref.data(), logits.data(), targets.data(), n, vocab,
-                                                           kIgnoreIndex, &counted_ref);
-  reference::cross_entropy_backward(dlogits_ref.data(), logits.data(), targets.data(), n, vocab, counted_ref, dloss,
-                                    kIgnoreIndex);
+  const double loss_ref = reference::cross_entropy_forward(
+      losses_ref.data(), logits.data(), targets.data(), n, vocab, kIgnoreIndex, &counted_ref);
+  reference::cross_entropy_backward(dlogits_ref.data(), logits.data(), targets.data(), n, vocab,
+                                    counted_ref, dloss, kIgnoreIndex);
   REQUIRE(counted_ref == (n > 1 ? n - 1 : n));
 
-  Matrix<T> losses(n, 1), dlogits = wt::random_matrix<T>(n, vocab, rng);  // garbage to be overwritten
+  Matrix<T> losses(n, 1),
+      dlogits = wt::random_matrix<T>(n, vocab, rng);  // garbage to be overwritten
   Index counted = -1;
-  const double loss = cross_entropy_forward(losses.data(), logits.data(), targets.data(), n, vocab, kIgnoreIndex, &counted);
+  const double loss = cross_entropy_forward(losses.data(), logits.data(), targets.data(), n, vocab,
+                                            kIgnoreIndex, &counted);
   CHECK(counted == counted_ref);
   CHECK(std::abs(loss - loss_ref) <= tol * std::max(1.0, std::abs(loss_ref)));
   CHECK(wt::rel_diff(losses, losses_ref) < tol);
@@ -261,33 +282,37 @@ TEMPLATE_TEST_CASE("vectorised cross-entropy equals its double reference on odd 
   // forward and backward in one call, into a fresh buffer and in place over the logits
   Matrix<T> fused = wt::random_matrix<T>(n, vocab, rng), fused_losses(n, 1);
   Index fused_counted = -1;
-  const double fused_loss = cross_entropy_forward_backward(fused.data(), fused_losses.data(), logits.data(), targets.data(),
-                                                           n, vocab, dloss, kIgnoreIndex, &fused_counted);
+  const double fused_loss =
+      cross_entropy_forward_backward(fused.data(), fused_losses.data(), logits.data(),
+                                     targets.data(), n, vocab, dloss, kIgnoreIndex, &fused_counted);
   CHECK(fused_counted == counted_ref);
   CHECK(std::abs(fused_loss - loss_ref) <= tol * std::max(1.0, std::abs(loss_ref)));
   CHECK(wt::rel_diff(fused_losses, losses_ref) < tol);
   CHECK(wt::rel_diff(fused, dlogits_ref) < tol);
   Matrix<T> in_place = logits;
-  const double in_place_loss = cross_entropy_forward_backward(in_place.data(), static_cast<T*>(nullptr), in_place.data(),
-                                                              targets.data(), n, vocab, dloss);
+  const double in_place_loss = cross_entropy_forward_backward(
+      in_place.data(), static_cast<T*>(nullptr), in_place.data(), targets.data(), n, vocab, dloss);
   CHECK(std::abs(in_place_loss - loss_ref) <= tol * std::max(1.0, std::abs(loss_ref)));
   CHECK(wt::rel_diff(in_place, dlogits_ref) < tol);
 
   // a micro-batch's gradient scaled by the whole batch's count
   Matrix<T> micro(n, vocab), micro_ref(n, vocab);
   cross_entropy_backward(micro.data(), logits.data(), targets.data(), n, vocab, 10, 1.0);
-  reference::cross_entropy_backward(micro_ref.data(), logits.data(), targets.data(), n, vocab, 10, 1.0, kIgnoreIndex);
+  reference::cross_entropy_backward(micro_ref.data(), logits.data(), targets.data(), n, vocab, 10,
+                                    1.0, kIgnoreIndex);
   CHECK(wt::rel_diff(micro, micro_ref) < tol);
 }
 
-TEMPLATE_TEST_CASE("vectorised AdamW update equals its double reference over several steps", "[kernels][simd]", float, double) {
+TEMPLATE_TEST_CASE("vectorised AdamW update equals its double reference over several steps",
+                   "[kernels][simd]", float, double) {
   using T = TestType;
   const double tol = std::is_same_v<T, float> ? 1e-5 : 1e-12;
   const Index n = GENERATE(1, 3, 17, 1000, 4099);
   const double weight_decay = GENERATE(0.0, 0.1);
   INFO("n " << n << " weight decay " << weight_decay);
   Rng rng(static_cast<std::uint64_t>(n + 5));
-  const AdamWConfig config{.lr = 1e-2, .beta1 = 0.9, .beta2 = 0.99, .eps = 1e-8, .weight_decay = weight_decay};
+  const AdamWConfig config{
+      .lr = 1e-2, .beta1 = 0.9, .beta2 = 0.99, .eps = 1e-8, .weight_decay = weight_decay};
   AdamW<T> opt(config);
   const Matrix<T> p0 = wt::random_matrix<T>(n, 1, rng);
   Matrix<T> p = p0, p_ref = p0, m_ref = Matrix<T>::Zero(n, 1), v_ref = Matrix<T>::Zero(n, 1);
@@ -295,8 +320,8 @@ TEMPLATE_TEST_CASE("vectorised AdamW update equals its double reference over sev
     Matrix<T> g = wt::random_matrix<T>(n, 1, rng);
     if (t == 3) g *= T(1e-4);  // small gradients: sqrt(v) near eps
     opt.step(std::span<T>(p.data(), std::size_t(n)), std::span<const T>(g.data(), std::size_t(n)));
-    reference::adamw_step(p_ref.data(), m_ref.data(), v_ref.data(), g.data(), n, config.lr, config.beta1, config.beta2,
-                          config.eps, config.weight_decay, t);
+    reference::adamw_step(p_ref.data(), m_ref.data(), v_ref.data(), g.data(), n, config.lr,
+                          config.beta1, config.beta2, config.eps, config.weight_decay, t);
   }
   // measured on the change of the parameters, which is what the update computes
   CHECK(wt::rel_diff(Matrix<T>(p - p0), Matrix<T>(p_ref - p0)) < tol * 0.06);
@@ -313,21 +338,28 @@ template <class T>
 void check_attention(const AttentionShape& s, bool masked, double tol, std::uint64_t seed) {
   Rng rng(seed);
   const Index rows = s.batch * s.seq;
-  const Matrix<T> q = wt::random_matrix<T>(rows, s.q_width(), rng), k = wt::random_matrix<T>(rows, s.kv_width(), rng),
-                  v = wt::random_matrix<T>(rows, s.kv_width(), rng), dout = wt::random_matrix<T>(rows, s.q_width(), rng);
+  const Matrix<T> q = wt::random_matrix<T>(rows, s.q_width(), rng),
+                  k = wt::random_matrix<T>(rows, s.kv_width(), rng),
+                  v = wt::random_matrix<T>(rows, s.kv_width(), rng),
+                  dout = wt::random_matrix<T>(rows, s.q_width(), rng);
   std::vector<std::uint8_t> mask(static_cast<std::size_t>(rows), 1);
-  for (Index e = 0; e < rows; e += 3) mask[std::size_t(e)] = 0;  // padding keys, and in batch 0 a query that sees none
+  for (Index e = 0; e < rows; e += 3)
+    mask[std::size_t(e)] = 0;  // padding keys, and in batch 0 a query that sees none
   const std::uint8_t* m = masked ? mask.data() : nullptr;
-  Matrix<T> out(rows, s.q_width()), probs(s.batch * s.heads * s.seq, s.seq), out_ref = out, probs_ref = probs;
+  Matrix<T> out(rows, s.q_width()), probs(s.batch * s.heads * s.seq, s.seq), out_ref = out,
+                                                                             probs_ref = probs;
   attention_forward(out.data(), probs.data(), q.data(), k.data(), v.data(), m, s);
-  reference::attention_forward(out_ref.data(), probs_ref.data(), q.data(), k.data(), v.data(), m, s.batch, s.seq, s.heads,
-                               s.kv_heads, s.head_dim, s.causal);
+  reference::attention_forward(out_ref.data(), probs_ref.data(), q.data(), k.data(), v.data(), m,
+                               s.batch, s.seq, s.heads, s.kv_heads, s.head_dim, s.causal);
   CHECK(wt::rel_diff(out, out_ref) < tol);
   CHECK(wt::rel_diff(probs, probs_ref) < tol);
-  Matrix<T> dq(rows, s.q_width()), dk(rows, s.kv_width()), dv(rows, s.kv_width()), dq_ref = dq, dk_ref = dk, dv_ref = dv;
-  attention_backward(dq.data(), dk.data(), dv.data(), dout.data(), probs.data(), q.data(), k.data(), v.data(), s);
-  reference::attention_backward(dq_ref.data(), dk_ref.data(), dv_ref.data(), dout.data(), probs_ref.data(), q.data(), k.data(),
-                                v.data(), s.batch, s.seq, s.heads, s.kv_heads, s.head_dim);
+  Matrix<T> dq(rows, s.q_width()), dk(rows, s.kv_width()), dv(rows, s.kv_width()),
+      dq_ref = dq, dk_ref = dk, dv_ref = dv;
+  attention_backward(dq.data(), dk.data(), dv.data(), dout.data(), probs.data(), q.data(), k.data(),
+                     v.data(), s);
+  reference::attention_backward(dq_ref.data(), dk_ref.data(), dv_ref.data(), dout.data(),
+                                probs_ref.data(), q.data(), k.data(), v.data(), s.batch, s.seq,
+                                s.heads, s.kv_heads, s.head_dim);
   CHECK(wt::rel_diff(dq, dq_ref) < tol);
   CHECK(wt::rel_diff(dk, dk_ref) < tol);
   CHECK(wt::rel_diff(dv, dv_ref) < tol);
@@ -335,25 +367,34 @@ void check_attention(const AttentionShape& s, bool masked, double tol, std::uint
 
 }  // namespace
 
-TEMPLATE_TEST_CASE("attention equals its double reference (grouped-query, causal, padding mask)", "[kernels]", float, double) {
+TEMPLATE_TEST_CASE("attention equals its double reference (grouped-query, causal, padding mask)",
+                   "[kernels]", float, double) {
   using T = TestType;
   const double tol = std::is_same_v<T, float> ? 1e-5 : 1e-12;
-  check_attention<T>({.batch = 2, .seq = 7, .heads = 4, .kv_heads = 4, .head_dim = 5}, false, tol, 31);
-  check_attention<T>({.batch = 3, .seq = 9, .heads = 6, .kv_heads = 2, .head_dim = 3, .causal = true}, true, tol, 32);
-  check_attention<T>({.batch = 2, .seq = 6, .heads = 2, .kv_heads = 1, .head_dim = 4}, true, tol, 33);
+  check_attention<T>({.batch = 2, .seq = 7, .heads = 4, .kv_heads = 4, .head_dim = 5}, false, tol,
+                     31);
+  check_attention<T>(
+      {.batch = 3, .seq = 9, .heads = 6, .kv_heads = 2, .head_dim = 3, .causal = true}, true, tol,
+      32);
+  check_attention<T>({.batch = 2, .seq = 6, .heads = 2, .kv_heads = 1, .head_dim = 4}, true, tol,
+                     33);
 }
 
 #ifdef _OPENMP
-TEST_CASE("kernels split over two OpenMP threads equal their references", "[kernels][simd][threads]") {
+TEST_CASE("kernels split over two OpenMP threads equal their references",
+          "[kernels][simd][threads]") {
   // Sizes above the 64K-value threshold at which kernel_threads() hands out more than one thread.
   const int saved = Eigen::nbThreads();
   Eigen::setNbThreads(2);
   REQUIRE((!detail::kKernelsThread || detail::kernel_threads(Index(1) << 16) == 2));
   Rng rng(23);
   const Index n = 301, d = 259, r = 8;
-  const Matrix<float> y = wt::random_matrix<float>(n, d, rng), m = wt::random_matrix<float>(d, r, rng),
-                      u = wt::random_matrix<float>(n, r, rng), a = wt::random_matrix<float>(r, d, rng);
-  Matrix<float> g(n, r), G = Matrix<float>::Zero(d, r), g_ref(n, r), G_ref = Matrix<float>::Zero(d, r);
+  const Matrix<float> y = wt::random_matrix<float>(n, d, rng),
+                      m = wt::random_matrix<float>(d, r, rng),
+                      u = wt::random_matrix<float>(n, r, rng),
+                      a = wt::random_matrix<float>(r, d, rng);
+  Matrix<float> g(n, r), G = Matrix<float>::Zero(d, r), g_ref(n, r),
+                         G_ref = Matrix<float>::Zero(d, r);
   rank_r_pass(g.data(), G.data(), y.data(), m.data(), u.data(), n, d, r, d);
   reference::rank_r_pass(g_ref.data(), G_ref.data(), y.data(), m.data(), u.data(), n, d, r);
   CHECK(wt::rel_diff(g, g_ref) < 1e-5);
@@ -367,35 +408,46 @@ TEST_CASE("kernels split over two OpenMP threads equal their references", "[kern
   reference::rank_r_reduce(red_ref.data(), u.data(), y.data(), n, d, r);
   CHECK(wt::rel_diff(red, red_ref) < 1e-5);
   Matrix<float> e(n, d), e_ref(n, d);
-  rank_r_expand(e.data(), d, y.data(), d, static_cast<const float*>(nullptr), u.data(), a.data(), n, d, r);
-  reference::rank_r_expand(e_ref.data(), y.data(), static_cast<const float*>(nullptr), u.data(), a.data(), n, d, r);
+  rank_r_expand(e.data(), d, y.data(), d, static_cast<const float*>(nullptr), u.data(), a.data(), n,
+                d, r);
+  reference::rank_r_expand(e_ref.data(), y.data(), static_cast<const float*>(nullptr), u.data(),
+                           a.data(), n, d, r);
   CHECK(wt::rel_diff(e, e_ref) < 1e-5);
 
   std::vector<std::int32_t> targets(static_cast<std::size_t>(n));
-  for (Index i = 0; i < n; ++i) targets[std::size_t(i)] = i % 11 == 0 ? kIgnoreIndex : static_cast<std::int32_t>(i * 31 % d);
+  for (Index i = 0; i < n; ++i)
+    targets[std::size_t(i)] = i % 11 == 0 ? kIgnoreIndex : static_cast<std::int32_t>(i * 31 % d);
   Matrix<float> dl(n, d), dl_ref(n, d);
   Index counted = 0;
-  const double loss = cross_entropy_forward_backward(dl.data(), static_cast<float*>(nullptr), y.data(), targets.data(), n, d,
-                                                     1.0, kIgnoreIndex, &counted);
-  const double loss_ref = reference::cross_entropy_forward(static_cast<float*>(nullptr), y.data(), targets.data(), n, d,
-                                                           kIgnoreIndex, &counted);
-  reference::cross_entropy_backward(dl_ref.data(), y.data(), targets.data(), n, d, counted, 1.0, kIgnoreIndex);
+  const double loss =
+      cross_entropy_forward_backward(dl.data(), static_cast<float*>(nullptr), y.data(),
+                                     targets.data(), n, d, 1.0, kIgnoreIndex, &counted);
+  const double loss_ref = reference::cross_entropy_forward(
+      static_cast<float*>(nullptr), y.data(), targets.data(), n, d, kIgnoreIndex, &counted);
+  reference::cross_entropy_backward(dl_ref.data(), y.data(), targets.data(), n, d, counted, 1.0,
+                                    kIgnoreIndex);
   CHECK(std::abs(loss - loss_ref) < 2e-6 * loss_ref);
   CHECK(wt::rel_diff(dl, dl_ref) < 2e-6);
 
   const Index np = Index(1) << 17;
-  const Matrix<float> p0 = wt::random_matrix<float>(np, 1, rng), grad = wt::random_matrix<float>(np, 1, rng);
-  Matrix<float> p = p0, p_ref = p0, m_ref = Matrix<float>::Zero(np, 1), v_ref = Matrix<float>::Zero(np, 1);
+  const Matrix<float> p0 = wt::random_matrix<float>(np, 1, rng),
+                      grad = wt::random_matrix<float>(np, 1, rng);
+  Matrix<float> p = p0, p_ref = p0, m_ref = Matrix<float>::Zero(np, 1),
+                v_ref = Matrix<float>::Zero(np, 1);
   AdamW<float> opt({.lr = 1e-2});
-  opt.step(std::span<float>(p.data(), std::size_t(np)), std::span<const float>(grad.data(), std::size_t(np)));
-  reference::adamw_step(p_ref.data(), m_ref.data(), v_ref.data(), grad.data(), np, 1e-2, 0.9, 0.999, 1e-8, 0.01, 1);
+  opt.step(std::span<float>(p.data(), std::size_t(np)),
+           std::span<const float>(grad.data(), std::size_t(np)));
+  reference::adamw_step(p_ref.data(), m_ref.data(), v_ref.data(), grad.data(), np, 1e-2, 0.9, 0.999,
+                        1e-8, 0.01, 1);
   CHECK(wt::rel_diff(Matrix<float>(p - p0), Matrix<float>(p_ref - p0)) < 2e-7);
 
   // the fused adapter kernels: rows split over the threads (301 x 259 values)
   for (const Index rank : {3, 8, 16}) check_fused_adapter_kernels<float>(301, 259, 251, rank, 35);
 
   // attention: sequences split over the threads (6 x 4 x 64 x (64 + 8) values of work)
-  check_attention<float>({.batch = 6, .seq = 64, .heads = 4, .kv_heads = 2, .head_dim = 8, .causal = true}, true, 1e-5, 34);
+  check_attention<float>(
+      {.batch = 6, .seq = 64, .heads = 4, .kv_heads = 2, .head_dim = 8, .causal = true}, true, 1e-5,
+      34);
   Eigen::setNbThreads(saved);
 }
 #endif

@@ -86,7 +86,8 @@ TEMPLATE_TEST_CASE("lora forward equals a scalar reference, dropout mask include
   }
   const double scale = rslora ? 6.0 / std::sqrt(3.0) : 2.0;
   CHECK(static_cast<double>(s.lora.scale()) == Approx(scale));
-  const Matrix<T> ref = reference_lora<T>(s.x, s.w, s.b, s.lora.lora_A(), s.lora.lora_B(), scale, mask);
+  const Matrix<T> ref =
+      reference_lora<T>(s.x, s.w, s.b, s.lora.lora_A(), s.lora.lora_B(), scale, mask);
   CHECK(wt::rel_diff(y, ref) < wt::Tol<T>::close);
 
   s.lora.set_training(false);  // eval mode: no dropout
@@ -96,7 +97,8 @@ TEMPLATE_TEST_CASE("lora forward equals a scalar reference, dropout mask include
                                                scale, ones)) < wt::Tol<T>::close);
 }
 
-TEMPLATE_TEST_CASE("fresh lora adapter reproduces the frozen layer exactly", "[lora]", float, double) {
+TEMPLATE_TEST_CASE("fresh lora adapter reproduces the frozen layer exactly", "[lora]", float,
+                   double) {
   using T = TestType;
   const LoraInit init = GENERATE(LoraInit::kaiming_uniform, LoraInit::gaussian);
   Rng rng(11);
@@ -115,7 +117,8 @@ TEMPLATE_TEST_CASE("fresh lora adapter reproduces the frozen layer exactly", "[l
   CHECK(wt::rel_diff(y_base, wt::reference_linear<T>(x, w, b.data())) < wt::Tol<T>::close);
 }
 
-TEST_CASE("lora init follows PEFT: kaiming-uniform bound 1/sqrt(d_in), gaussian std 1/r", "[lora]") {
+TEST_CASE("lora init follows PEFT: kaiming-uniform bound 1/sqrt(d_in), gaussian std 1/r",
+          "[lora]") {
   Rng rng(4);
   const Index d_in = 300, d_out = 200, r = 16;
   Matrix<double> w = Matrix<double>::Ones(d_out, d_in);
@@ -126,7 +129,8 @@ TEST_CASE("lora init follows PEFT: kaiming-uniform bound 1/sqrt(d_in), gaussian 
   CHECK(ku.lora_A().cwiseAbs().maxCoeff() > 0.99 * bound);
   // U(-c, c) has variance c^2 / 3
   CHECK(ku.lora_A().squaredNorm() / double(r * d_in) == Approx(bound * bound / 3).epsilon(0.03));
-  LoraAdapter<double> ga(store, FrozenLinear<double>(w), {.rank = r, .init = LoraInit::gaussian}, rng, "gaussian");
+  LoraAdapter<double> ga(store, FrozenLinear<double>(w), {.rank = r, .init = LoraInit::gaussian},
+                         rng, "gaussian");
   CHECK(std::sqrt(ga.lora_A().squaredNorm() / double(r * d_in)) == Approx(1.0 / r).epsilon(0.03));
   CHECK(std::abs(ga.lora_A().mean()) < 0.01 / r);
   CHECK(ku.parameter_count() == r * (d_in + d_out));
@@ -142,8 +146,8 @@ TEMPLATE_TEST_CASE("lora merge gives the unmerged output; unmerge restores W", "
   const Matrix<T> y_unmerged = s.forward(cache);
   s.lora.merge();
   CHECK(s.lora.merged());
-  CHECK(wt::rel_diff(s.w, w0 + static_cast<T>(1.5) * wt::reference_matmul<T>(
-                                                        s.lora.lora_B(), s.lora.lora_A())) <
+  CHECK(wt::rel_diff(s.w, w0 + static_cast<T>(1.5) *
+                                   wt::reference_matmul<T>(s.lora.lora_B(), s.lora.lora_A())) <
         wt::Tol<T>::close);
   const Matrix<T> y_merged = s.forward(cache);
   CHECK(wt::rel_diff(y_merged, y_unmerged) < wt::Tol<T>::close);
@@ -175,7 +179,8 @@ TEMPLATE_TEST_CASE("lora gradients over k micro-batches equal one batch of k tim
   CHECK(!big_a.isZero(0));
 }
 
-TEST_CASE("lora rejects bad configurations and shapes with messages naming the sizes", "[lora][errors]") {
+TEST_CASE("lora rejects bad configurations and shapes with messages naming the sizes",
+          "[lora][errors]") {
   Rng rng(1);
   Matrix<float> w = wt::random_matrix<float>(6, 10, rng);
   ParameterStore<float> store;
@@ -194,12 +199,14 @@ TEST_CASE("lora rejects bad configurations and shapes with messages naming the s
   LoraAdapter<float> other(store, base, {.rank = 2}, rng, "other");
   Matrix<float> x(3, 9), y(3, 6);
   LoraAdapter<float>::Cache cache;
-  CHECK_THROWS_WITH(lora.forward(y, cache, x), Catch::Contains("[3, 9]") && Catch::Contains("10 columns"));
+  CHECK_THROWS_WITH(lora.forward(y, cache, x),
+                    Catch::Contains("[3, 9]") && Catch::Contains("10 columns"));
   Matrix<float> x_ok = wt::random_matrix<float>(3, 10, rng), y_bad(3, 5);
   CHECK_THROWS_WITH(lora.forward(y_bad, cache, x_ok), Catch::Contains("[3, 5], expected [3, 6]"));
   lora.forward(y, cache, x_ok);
   Matrix<float> dy_bad(3, 7), dx(3, 10), dx_bad(2, 10);
   CHECK_THROWS_WITH(lora.backward(cache, x_ok, dy_bad), Catch::Contains("[3, 7], expected [3, 6]"));
-  CHECK_THROWS_WITH(lora.backward(dx_bad, cache, x_ok, y), Catch::Contains("[2, 10], expected [3, 10]"));
+  CHECK_THROWS_WITH(lora.backward(dx_bad, cache, x_ok, y),
+                    Catch::Contains("[2, 10], expected [3, 10]"));
   CHECK_THROWS_WITH(other.backward(cache, x_ok, y), Catch::Contains("another layer"));
 }

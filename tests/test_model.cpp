@@ -33,13 +33,16 @@ struct TinyBatch {
 TinyBatch make_batch(const ModelConfig& c, Rng& rng) {
   TinyBatch b;
   const Index n = b.batch * b.seq;
-  for (Index i = 0; i < n; ++i) b.ids.push_back(static_cast<std::int32_t>(rng.next_u32() % std::max<Index>(c.vocab_size, 1)));
+  for (Index i = 0; i < n; ++i)
+    b.ids.push_back(static_cast<std::int32_t>(rng.next_u32() % std::max<Index>(c.vocab_size, 1)));
   b.mask.assign(static_cast<std::size_t>(n), 1);
   b.mask[static_cast<std::size_t>(n - 1)] = 0;
   b.mask[static_cast<std::size_t>(n - 2)] = 0;
   for (Index i = 0; i < n; ++i) {
     const bool last = (i + 1) % b.seq == 0;
-    b.targets.push_back(last || !b.mask[static_cast<std::size_t>(i + 1)] ? kIgnoreIndex : b.ids[static_cast<std::size_t>(i + 1)]);
+    b.targets.push_back(last || !b.mask[static_cast<std::size_t>(i + 1)]
+                            ? kIgnoreIndex
+                            : b.ids[static_cast<std::size_t>(i + 1)]);
   }
   b.labels = {1, 2};
   if (c.family == Family::vit) {
@@ -49,33 +52,44 @@ TinyBatch make_batch(const ModelConfig& c, Rng& rng) {
   return b;
 }
 
-bool uses_lm_head(const ModelConfig& c) { return c.family == Family::gpt2 || c.family == Family::llama; }
+bool uses_lm_head(const ModelConfig& c) {
+  return c.family == Family::gpt2 || c.family == Family::llama;
+}
 
 double run_loss(Transformer<double>& model, Transformer<double>::Activations& acts, TinyBatch& b) {
   const ModelConfig& c = model.config();
-  ModelInput<double> in{.ids = b.ids.data(), .mask = c.family == Family::vit ? nullptr : b.mask.data(),
-                        .images = b.images.size() ? b.images.data() : nullptr, .batch = b.batch, .seq = b.seq};
+  ModelInput<double> in{.ids = b.ids.data(),
+                        .mask = c.family == Family::vit ? nullptr : b.mask.data(),
+                        .images = b.images.size() ? b.images.data() : nullptr,
+                        .batch = b.batch,
+                        .seq = b.seq};
   model.forward(acts, in);
-  return model.has_classifier() ? model.classification_loss(acts, b.labels.data()) : model.lm_loss(acts, b.targets.data());
+  return model.has_classifier() ? model.classification_loss(acts, b.labels.data())
+                                : model.lm_loss(acts, b.targets.data());
 }
 
 }  // namespace
 
-TEST_CASE("whole-model gradients of every trainable parameter match finite differences", "[model][grad]") {
+TEST_CASE("whole-model gradients of every trainable parameter match finite differences",
+          "[model][grad]") {
   const Family family = GENERATE(Family::bert, Family::gpt2, Family::llama, Family::vit);
-  const int method = GENERATE(0, 1);  // DoRA holds its norm constant for the gradient: see test_dora.cpp
+  const int method =
+      GENERATE(0, 1);  // DoRA holds its norm constant for the gradient: see test_dora.cpp
   INFO(to_string(family) << " " << method_name(wt::method_config(method, 2, 4)));
   Rng rng(11);
   ModelConfig c = ModelConfig::tiny(family);
   Transformer<double> model(c);
   model.init_random(rng);
   ParameterStore<double> store;
-  const Index adapted = model.attach({.target_modules = {"all-linear"}, .method = wt::method_config(method, 2, 4)}, store);
+  const Index adapted = model.attach(
+      {.target_modules = {"all-linear"}, .method = wt::method_config(method, 2, 4)}, store);
   // all-linear: every block linear, and BERT's pooler (whose adapter trains through the classifier).
-  CHECK(adapted == c.layers * static_cast<Index>(c.roles().size()) + (family == Family::bert ? 1 : 0));
+  CHECK(adapted ==
+        c.layers * static_cast<Index>(c.roles().size()) + (family == Family::bert ? 1 : 0));
   if (!uses_lm_head(c) || family == Family::llama) model.add_classifier(3, store);
   model.train_norms(".*(norm|LayerNorm|ln_1|layernorm_after).*", store);
-  for (auto& v : store.values()) v = rng.uniform(-0.3, 0.3);  // B = 0 / Phi = 0 would hide gradients
+  for (auto& v : store.values())
+    v = rng.uniform(-0.3, 0.3);  // B = 0 / Phi = 0 would hide gradients
   TinyBatch b = make_batch(c, rng);
   Transformer<double>::Activations acts;
   run_loss(model, acts, b);
@@ -85,11 +99,13 @@ TEST_CASE("whole-model gradients of every trainable parameter match finite diffe
     Transformer<double>::Activations a;
     return run_loss(model, a, b);
   };
-  wt::check_gradient<double>("all trainable parameters", MatrixMap<double>(store.values().data(), 1, store.size()),
-                             analytic, loss);
+  wt::check_gradient<double>("all trainable parameters",
+                             MatrixMap<double>(store.values().data(), 1, store.size()), analytic,
+                             loss);
 }
 
-TEST_CASE("checkpointed backward gives the same gradients as the plain one, dropout included", "[model]") {
+TEST_CASE("checkpointed backward gives the same gradients as the plain one, dropout included",
+          "[model]") {
   const Family family = GENERATE(Family::bert, Family::llama);
   const int method = GENERATE(range(0, wt::kMethods));
   INFO(to_string(family) << " " << method_name(wt::method_config(method, 2, 4)));
@@ -101,7 +117,10 @@ TEST_CASE("checkpointed backward gives the same gradients as the plain one, drop
     Rng init(5);
     model.init_random(init);
     ParameterStore<double> store;
-    model.attach({.target_modules = {"q", "v", "down"}, .method = wt::method_config(method, 2, 4, 0.3), .seed = 3}, store);
+    model.attach({.target_modules = {"q", "v", "down"},
+                  .method = wt::method_config(method, 2, 4, 0.3),
+                  .seed = 3},
+                 store);
     if (family == Family::bert) model.add_classifier(3, store);
     Rng values(6);
     for (auto& v : store.values()) v = values.uniform(-0.3, 0.3);
@@ -119,7 +138,8 @@ TEST_CASE("checkpointed backward gives the same gradients as the plain one, drop
   CHECK(std::any_of(grads[0].begin(), grads[0].end(), [](double g) { return g != 0; }));
 }
 
-TEST_CASE("a tiny model overfits one batch to near-zero loss with every adapter method", "[model]") {
+TEST_CASE("a tiny model overfits one batch to near-zero loss with every adapter method",
+          "[model]") {
   const Family family = GENERATE(Family::gpt2, Family::llama);
   const int method = GENERATE(range(0, wt::kMethods));
   INFO(to_string(family) << " " << method_name(wt::method_config(method, 4, 8)));
@@ -128,9 +148,11 @@ TEST_CASE("a tiny model overfits one batch to near-zero loss with every adapter 
   Transformer<double> model(c);
   model.init_random(rng, 0.3);
   // The LM head sees a normalised hidden state, so its weights bound the reachable logit margin.
-  model.tensor(family == Family::gpt2 ? c.token_embedding_name() + ".weight" : "lm_head.weight") *= 5.0;
+  model.tensor(family == Family::gpt2 ? c.token_embedding_name() + ".weight" : "lm_head.weight") *=
+      5.0;
   ParameterStore<double> store;
-  model.attach({.target_modules = {"all-linear"}, .method = wt::method_config(method, 4, 8)}, store);
+  model.attach({.target_modules = {"all-linear"}, .method = wt::method_config(method, 4, 8)},
+               store);
   TinyBatch b = make_batch(c, rng);
   AdamW<double> opt({.lr = 2e-2, .weight_decay = 0.0});
   Transformer<double>::Activations acts;
@@ -147,19 +169,25 @@ TEST_CASE("a tiny model overfits one batch to near-zero loss with every adapter 
   CHECK(loss < 0.05);
 }
 
-TEST_CASE("adapters attach by short name, module suffix, regex, all-linear and layer filter", "[model][targets]") {
+TEST_CASE("adapters attach by short name, module suffix, regex, all-linear and layer filter",
+          "[model][targets]") {
   const ModelConfig c = ModelConfig::tiny(Family::llama);
   Transformer<float> model(c);
   ParameterStore<float> store;
   CHECK(model.attach({.target_modules = {"q", "v"}, .method = LoraConfig{.rank = 2}}, store) == 4);
   CHECK(model.adapter<LoraAdapter<float>>("model.layers.1.self_attn.v_proj") != nullptr);
   CHECK(model.adapter<LoraAdapter<float>>("model.layers.1.self_attn.k_proj") == nullptr);
-  CHECK(model.attach({.target_modules = {"k_proj"}, .layers = {1}, .method = LoraConfig{.rank = 2}}, store) == 1);
+  CHECK(model.attach({.target_modules = {"k_proj"}, .layers = {1}, .method = LoraConfig{.rank = 2}},
+                     store) == 1);
   CHECK(model.adapter<LoraAdapter<float>>("model.layers.1.self_attn.k_proj") != nullptr);
-  CHECK(model.attach({.target_regex = R"(model\.layers\.0\.mlp\.(up|down)_proj)", .method = LoraConfig{.rank = 2}}, store) == 2);
-  CHECK_THROWS_WITH(model.attach({.target_modules = {"q"}, .method = LoraConfig{.rank = 2}}, store), Catch::Contains("already has an adapter"));
-  CHECK_THROWS_WITH(model.attach({.target_modules = {"query"}, .method = LoraConfig{.rank = 2}}, store),
-                    Catch::Contains("[query] match no module"));
+  CHECK(model.attach({.target_regex = R"(model\.layers\.0\.mlp\.(up|down)_proj)",
+                      .method = LoraConfig{.rank = 2}},
+                     store) == 2);
+  CHECK_THROWS_WITH(model.attach({.target_modules = {"q"}, .method = LoraConfig{.rank = 2}}, store),
+                    Catch::Contains("already has an adapter"));
+  CHECK_THROWS_WITH(
+      model.attach({.target_modules = {"query"}, .method = LoraConfig{.rank = 2}}, store),
+      Catch::Contains("[query] match no module"));
 
   Transformer<float> gpt(ModelConfig::tiny(Family::gpt2));
   ParameterStore<float> s2;
@@ -168,30 +196,41 @@ TEST_CASE("adapters attach by short name, module suffix, regex, all-linear and l
 
   Transformer<float> all(c);
   ParameterStore<float> s3;
-  const Index n = all.attach({.target_modules = {"all-linear"}, .method = WeGeFTConfig{.rank = 2, .alpha = 4},
-                              .rank_pattern = {{"down", 3}}, .alpha_pattern = {{"q_proj", 1.0}}}, s3);
+  const Index n = all.attach({.target_modules = {"all-linear"},
+                              .method = WeGeFTConfig{.rank = 2, .alpha = 4},
+                              .rank_pattern = {{"down", 3}},
+                              .alpha_pattern = {{"q_proj", 1.0}}},
+                             s3);
   CHECK(n == 14);
   CHECK(generator_count(all) == 7);  // one per role, shared across the two layers
   CHECK(all.adapter<WeGeFTAdapter<float>>("model.layers.0.mlp.down_proj")->generator().rank() == 3);
-  CHECK(all.adapter<WeGeFTAdapter<float>>("model.layers.1.self_attn.q_proj")->generator().scale() == 0.5f);
-  CHECK(&all.adapter<WeGeFTAdapter<float>>("model.layers.0.self_attn.k_proj")->generator() == &all.adapter<WeGeFTAdapter<float>>("model.layers.1.self_attn.k_proj")->generator());
-  CHECK(all.adapter<WeGeFTAdapter<float>>("model.layers.0.self_attn.k_proj")->generator().name() == "model.layers.0.self_attn.k_proj");
-  CHECK(s3.parameter_count() == 2 * 2 * 16 * 6 + 2 * 3 * 20);  // six roles with d_in 16, down with d_in 20
+  CHECK(all.adapter<WeGeFTAdapter<float>>("model.layers.1.self_attn.q_proj")->generator().scale() ==
+        0.5f);
+  CHECK(&all.adapter<WeGeFTAdapter<float>>("model.layers.0.self_attn.k_proj")->generator() ==
+        &all.adapter<WeGeFTAdapter<float>>("model.layers.1.self_attn.k_proj")->generator());
+  CHECK(all.adapter<WeGeFTAdapter<float>>("model.layers.0.self_attn.k_proj")->generator().name() ==
+        "model.layers.0.self_attn.k_proj");
+  CHECK(s3.parameter_count() ==
+        2 * 2 * 16 * 6 + 2 * 3 * 20);  // six roles with d_in 16, down with d_in 20
 
   Transformer<float> per_layer(c);
   ParameterStore<float> s4;
-  per_layer.attach({.target_modules = {"q", "k"},
-                    .method = WeGeFTConfig{.rank = 2, .alpha = 4, .sharing = WeGeFTSharing::per_layer}}, s4);
+  per_layer.attach(
+      {.target_modules = {"q", "k"},
+       .method = WeGeFTConfig{.rank = 2, .alpha = 4, .sharing = WeGeFTSharing::per_layer}},
+      s4);
   CHECK(generator_count(per_layer) == 4);
 }
 
 TEST_CASE("model bad input gets clear errors", "[model][errors]") {
   ModelConfig c = ModelConfig::tiny(Family::llama);
   c.heads = 5;
-  CHECK_THROWS_WITH(Transformer<float>{c}, Catch::Contains("5 heads do not divide the hidden width 16"));
+  CHECK_THROWS_WITH(Transformer<float>{c},
+                    Catch::Contains("5 heads do not divide the hidden width 16"));
   c = ModelConfig::tiny(Family::llama);
   c.kv_heads = 3;
-  CHECK_THROWS_WITH(Transformer<float>{c}, Catch::Contains("3 key/value heads do not divide 4 query heads"));
+  CHECK_THROWS_WITH(Transformer<float>{c},
+                    Catch::Contains("3 key/value heads do not divide 4 query heads"));
   c = ModelConfig::tiny(Family::gpt2);
   Transformer<float> model(c);
   Transformer<float>::Activations acts;
@@ -201,42 +240,56 @@ TEST_CASE("model bad input gets clear errors", "[model][errors]") {
   ids[7] = 11;
   CHECK_THROWS_WITH(model.forward(acts, {.ids = ids.data(), .batch = 2, .seq = 8}),
                     Catch::Contains("token id 11 at position 7 is outside the vocabulary [0, 11)"));
-  CHECK_THROWS_WITH(model.tensor("transformer.h.0.attn.q_proj.weight"), Catch::Contains("no tensor"));
+  CHECK_THROWS_WITH(model.tensor("transformer.h.0.attn.q_proj.weight"),
+                    Catch::Contains("no tensor"));
   ParameterStore<float> store;
   CHECK_THROWS_WITH(model.train_norms("nothing", store), Catch::Contains("matches no norm tensor"));
 }
 
-TEST_CASE("API misuse gets wegeft::Error, not a crash or a silently useless adapter", "[model][errors][hostile]") {
+TEST_CASE("API misuse gets wegeft::Error, not a crash or a silently useless adapter",
+          "[model][errors][hostile]") {
   Transformer<float> model(ModelConfig::tiny(Family::llama));
   Rng init(1);
   model.init_random(init);
   ParameterStore<float> store;
   // Backward before any forward: the activations hold nothing to differentiate.
   Transformer<float>::Activations fresh;
-  CHECK_THROWS_WITH(model.backward(fresh), Catch::Contains("backward needs the activations of a forward"));
+  CHECK_THROWS_WITH(model.backward(fresh),
+                    Catch::Contains("backward needs the activations of a forward"));
   // A malformed norm pattern is a wegeft::Error naming the pattern.
-  CHECK_THROWS_WITH(model.train_norms("model.norm(", store), Catch::Contains("invalid regular expression 'model.norm('"));
+  CHECK_THROWS_WITH(model.train_norms("model.norm(", store),
+                    Catch::Contains("invalid regular expression 'model.norm('"));
   // alpha 0 (an update that is always zero) and a scale that overflows float are refused, for each method.
-  CHECK_THROWS_WITH(model.attach({.target_modules = {"q"}, .method = LoraConfig{.rank = 2, .alpha = 0}}, store),
-                    Catch::Contains("alpha must be finite and non-zero, got 0"));
-  CHECK_THROWS_WITH(model.attach({.target_modules = {"q"}, .method = WeGeFTConfig{.rank = 2, .alpha = 0}}, store),
-                    Catch::Contains("alpha must be finite and non-zero, got 0"));
-  CHECK_THROWS_WITH(model.attach({.target_modules = {"q"}, .method = LoraConfig{.rank = 2, .alpha = 1e300}}, store),
-                    Catch::Contains("overflows the compute type"));
-  CHECK_THROWS_WITH(model.attach({.target_modules = {"q"}, .method = WeGeFTConfig{.rank = 2, .alpha = 1e300}}, store),
-                    Catch::Contains("overflows the compute type"));
+  CHECK_THROWS_WITH(
+      model.attach({.target_modules = {"q"}, .method = LoraConfig{.rank = 2, .alpha = 0}}, store),
+      Catch::Contains("alpha must be finite and non-zero, got 0"));
+  CHECK_THROWS_WITH(
+      model.attach({.target_modules = {"q"}, .method = WeGeFTConfig{.rank = 2, .alpha = 0}}, store),
+      Catch::Contains("alpha must be finite and non-zero, got 0"));
+  CHECK_THROWS_WITH(
+      model.attach({.target_modules = {"q"}, .method = LoraConfig{.rank = 2, .alpha = 1e300}},
+                   store),
+      Catch::Contains("overflows the compute type"));
+  CHECK_THROWS_WITH(
+      model.attach({.target_modules = {"q"}, .method = WeGeFTConfig{.rank = 2, .alpha = 1e300}},
+                   store),
+      Catch::Contains("overflows the compute type"));
   CHECK(store.entries().empty());
   // Two adapters under one name in one store.
   Matrix<float> w = Matrix<float>::Ones(4, 6);
   ParameterStore<float> own;
   Rng rng(2);
-  LoraAdapter<float> first(own, FrozenLinear<float>(w.data(), 4, 6), LoraConfig{.rank = 2}, rng, "layer");
-  CHECK_THROWS_WITH(LoraAdapter<float>(own, FrozenLinear<float>(w.data(), 4, 6), LoraConfig{.rank = 2}, rng, "layer"),
+  LoraAdapter<float> first(own, FrozenLinear<float>(w.data(), 4, 6), LoraConfig{.rank = 2}, rng,
+                           "layer");
+  CHECK_THROWS_WITH(LoraAdapter<float>(own, FrozenLinear<float>(w.data(), 4, 6),
+                                       LoraConfig{.rank = 2}, rng, "layer"),
                     Catch::Contains("parameter 'layer.lora_A.weight' is already in this store"));
 }
 
-TEST_CASE("whole tiny models equal Hugging Face transformers + PEFT: logits, loss and every adapter gradient",
-          "[model][golden]") {
+TEST_CASE(
+    "whole tiny models equal Hugging Face transformers + PEFT: logits, loss and every adapter "
+    "gradient",
+    "[model][golden]") {
   const Family family = GENERATE(Family::bert, Family::gpt2, Family::llama, Family::vit);
   const int which = GENERATE(0, 1);  // DoRA's golden model is the interop test in test_peft.cpp
   const std::string method = method_name(wt::method_config(which, 2, 4));
@@ -264,7 +317,8 @@ TEST_CASE("whole tiny models equal Hugging Face transformers + PEFT: logits, los
   if (classify) model.add_classifier(3, store);
   for (const auto& e : store.entries()) {
     INFO("trainable " << e.name);
-    store.value(ParamId{std::size_t(&e - store.entries().data())}) = g.get(method + ".value." + e.name);
+    store.value(ParamId{std::size_t(&e - store.entries().data())}) =
+        g.get(method + ".value." + e.name);
   }
 
   const Index batch = 2, seq = 6;
@@ -282,28 +336,36 @@ TEST_CASE("whole tiny models equal Hugging Face transformers + PEFT: logits, los
   }
   const Matrix<double> lab = g.get("input.labels");
   if (classify) {
-    for (Index i = 0; i < lab.size(); ++i) labels.push_back(static_cast<std::int32_t>(lab.data()[i]));
+    for (Index i = 0; i < lab.size(); ++i)
+      labels.push_back(static_cast<std::int32_t>(lab.data()[i]));
   } else {
     for (Index b = 0; b < batch; ++b)
-      for (Index t = 0; t < seq; ++t) targets.push_back(t + 1 < seq ? static_cast<std::int32_t>(lab(b, t + 1)) : kIgnoreIndex);
+      for (Index t = 0; t < seq; ++t)
+        targets.push_back(t + 1 < seq ? static_cast<std::int32_t>(lab(b, t + 1)) : kIgnoreIndex);
   }
   Transformer<double>::Activations acts;
-  model.forward(acts, {.ids = ids.empty() ? nullptr : ids.data(), .mask = mask.empty() ? nullptr : mask.data(),
-                       .images = images.size() ? images.data() : nullptr, .batch = batch, .seq = seq});
-  const double loss = classify ? model.classification_loss(acts, labels.data()) : model.lm_loss(acts, targets.data());
+  model.forward(acts, {.ids = ids.empty() ? nullptr : ids.data(),
+                       .mask = mask.empty() ? nullptr : mask.data(),
+                       .images = images.size() ? images.data() : nullptr,
+                       .batch = batch,
+                       .seq = seq});
+  const double loss = classify ? model.classification_loss(acts, labels.data())
+                               : model.lm_loss(acts, targets.data());
   CHECK(wt::rel_diff(acts.logits, g.get(method + ".logits")) < 1e-12);
   CHECK(loss == Approx(g.get(method + ".loss")(0, 0)).epsilon(1e-12));
   model.backward(acts);
   Index compared = 0;
   for (const auto& e : store.entries()) {
     INFO("gradient of " << e.name);
-    CHECK(wt::rel_diff(store.grad(ParamId{std::size_t(&e - store.entries().data())}), g.get(method + ".grad." + e.name)) < 1e-11);
+    CHECK(wt::rel_diff(store.grad(ParamId{std::size_t(&e - store.entries().data())}),
+                       g.get(method + ".grad." + e.name)) < 1e-11);
     ++compared;
   }
   CHECK(compared == g.count_prefix(method + ".grad."));
 }
 
-TEST_CASE("trainer: 2 accumulated micro-batches give the same step as one batch of twice the size", "[model][optim]") {
+TEST_CASE("trainer: 2 accumulated micro-batches give the same step as one batch of twice the size",
+          "[model][optim]") {
   const ModelConfig c = ModelConfig::tiny(Family::bert);
   std::vector<double> after[2];
   Rng data(21);
@@ -314,13 +376,16 @@ TEST_CASE("trainer: 2 accumulated micro-batches give the same step as one batch 
     Rng init(4);
     model.init_random(init);
     ParameterStore<double> store;
-    model.attach({.target_modules = {"q", "v"}, .method = WeGeFTConfig{.rank = 2, .alpha = 4}}, store);
+    model.attach({.target_modules = {"q", "v"}, .method = WeGeFTConfig{.rank = 2, .alpha = 4}},
+                 store);
     model.add_classifier(3, store);
-    Trainer<double> trainer(model, {.adamw = {.lr = 1e-2}, .max_grad_norm = 0.5, .accumulation = accumulate ? 2 : 1});
+    Trainer<double> trainer(
+        model, {.adamw = {.lr = 1e-2}, .max_grad_norm = 0.5, .accumulation = accumulate ? 2 : 1});
     if (accumulate) {
       trainer.classification_step({.ids = ids.data(), .batch = 2, .seq = 5}, labels.data());
       CHECK(trainer.optimizer_steps() == 0);
-      trainer.classification_step({.ids = ids.data() + 10, .batch = 2, .seq = 5}, labels.data() + 2);
+      trainer.classification_step({.ids = ids.data() + 10, .batch = 2, .seq = 5},
+                                  labels.data() + 2);
     } else {
       trainer.classification_step({.ids = ids.data(), .batch = 4, .seq = 5}, labels.data());
     }
@@ -329,5 +394,6 @@ TEST_CASE("trainer: 2 accumulated micro-batches give the same step as one batch 
     after[accumulate].assign(store.values().begin(), store.values().end());
   }
   REQUIRE(after[0].size() == after[1].size());
-  for (std::size_t i = 0; i < after[0].size(); ++i) CHECK(after[0][i] == Approx(after[1][i]).margin(1e-12));
+  for (std::size_t i = 0; i < after[0].size(); ++i)
+    CHECK(after[0][i] == Approx(after[1][i]).margin(1e-12));
 }

@@ -2,8 +2,8 @@
 // backward against PyTorch golden files (float and double), plus the edge cases of each op.
 #include "support.hpp"
 
-#include <wegeft/nn/activations.hpp>
 #include <wegeft/kernels/cpu/attention.hpp>
+#include <wegeft/nn/activations.hpp>
 #include <wegeft/nn/embedding.hpp>
 #include <wegeft/nn/loss.hpp>
 #include <wegeft/nn/norms.hpp>
@@ -16,7 +16,9 @@ using M = Matrix<double>;
 namespace {
 
 // L = sum(r o out) for a fixed random r, so dL/dout = r.
-double dot(const M& out, const M& r) { return out.cwiseProduct(r).sum(); }
+double dot(const M& out, const M& r) {
+  return out.cwiseProduct(r).sum();
+}
 
 template <class T>
 double golden_tol() {
@@ -44,7 +46,8 @@ TEST_CASE("layernorm gradients of x, weight and bias match finite differences", 
     b = wt::random_matrix<double>(1, c, rng), r = wt::random_matrix<double>(n, c, rng);
   M out(n, c), mean(n, 1), rstd(n, 1), dx(n, c), dw = M::Zero(1, c), db = M::Zero(1, c);
   const auto fwd = [&] {
-    layernorm_forward(out.data(), mean.data(), rstd.data(), x.data(), w.data(), b.data(), n, c, 1e-5);
+    layernorm_forward(out.data(), mean.data(), rstd.data(), x.data(), w.data(), b.data(), n, c,
+                      1e-5);
     return dot(out, r);
   };
   fwd();
@@ -118,20 +121,24 @@ TEST_CASE("rope backward matches finite differences and rope preserves norms", "
   rope_forward(out.data(), table, batch, seq, heads);
   CHECK(out.norm() == Approx(x.norm()).epsilon(1e-12));
   CHECK(out.topRows(1) == x.topRows(1));  // position 0 is not rotated
-  CHECK_THROWS_WITH(rope_forward(out.data(), table, 1, 9, heads), Catch::Contains("sequence length 9"));
+  CHECK_THROWS_WITH(rope_forward(out.data(), table, 1, 9, heads),
+                    Catch::Contains("sequence length 9"));
   CHECK_THROWS_WITH(RopeTable<double>(5, 8, 1e4), Catch::Contains("even head dimension, got 5"));
 }
 
 TEST_CASE("attention gradients of q, k and v match finite differences", "[ops][grad]") {
   const auto [heads, kv_heads, causal, padded] = GENERATE(table<Index, Index, bool, bool>(
       {{2, 2, false, false}, {4, 2, true, false}, {3, 1, true, true}, {2, 1, false, true}}));
-  INFO("heads " << heads << " kv_heads " << kv_heads << " causal " << causal << " padded " << padded);
+  INFO("heads " << heads << " kv_heads " << kv_heads << " causal " << causal << " padded "
+                << padded);
   Rng rng(5);
-  const AttentionShape s{.batch = 2, .seq = 5, .heads = heads, .kv_heads = kv_heads, .head_dim = 3,
-                         .causal = causal};
+  const AttentionShape s{
+      .batch = 2, .seq = 5, .heads = heads, .kv_heads = kv_heads, .head_dim = 3, .causal = causal};
   const Index rows = s.batch * s.seq;
-  M q = wt::random_matrix<double>(rows, s.q_width(), rng), k = wt::random_matrix<double>(rows, s.kv_width(), rng),
-    v = wt::random_matrix<double>(rows, s.kv_width(), rng), r = wt::random_matrix<double>(rows, s.q_width(), rng);
+  M q = wt::random_matrix<double>(rows, s.q_width(), rng),
+    k = wt::random_matrix<double>(rows, s.kv_width(), rng),
+    v = wt::random_matrix<double>(rows, s.kv_width(), rng),
+    r = wt::random_matrix<double>(rows, s.q_width(), rng);
   std::vector<std::uint8_t> mask = {1, 1, 1, 1, 1, 1, 1, 1, 0, 0};
   const std::uint8_t* m = padded ? mask.data() : nullptr;
   M out(rows, s.q_width()), probs(s.probs_size(), 1);
@@ -140,8 +147,10 @@ TEST_CASE("attention gradients of q, k and v match finite differences", "[ops][g
     return dot(out, r);
   };
   fwd();
-  M dq(rows, s.q_width()), dk = M::Constant(rows, s.kv_width(), 7.0), dv = M::Constant(rows, s.kv_width(), 7.0);
-  attention_backward(dq.data(), dk.data(), dv.data(), r.data(), probs.data(), q.data(), k.data(), v.data(), s);
+  M dq(rows, s.q_width()), dk = M::Constant(rows, s.kv_width(), 7.0),
+                           dv = M::Constant(rows, s.kv_width(), 7.0);
+  attention_backward(dq.data(), dk.data(), dv.data(), r.data(), probs.data(), q.data(), k.data(),
+                     v.data(), s);
   wt::check_gradient<double>("q", q, dq, fwd);
   wt::check_gradient<double>("k", k, dk, fwd);
   wt::check_gradient<double>("v", v, dv, fwd);
@@ -149,7 +158,8 @@ TEST_CASE("attention gradients of q, k and v match finite differences", "[ops][g
 
 TEST_CASE("attention gives zero output for a query with every key masked", "[ops]") {
   Rng rng(6);
-  const AttentionShape s{.batch = 1, .seq = 3, .heads = 1, .kv_heads = 1, .head_dim = 2, .causal = true};
+  const AttentionShape s{
+      .batch = 1, .seq = 3, .heads = 1, .kv_heads = 1, .head_dim = 2, .causal = true};
   M q = wt::random_matrix<double>(3, 2, rng), k = wt::random_matrix<double>(3, 2, rng),
     v = wt::random_matrix<double>(3, 2, rng), out(3, 2), probs(9, 1);
   const std::uint8_t mask[] = {0, 1, 1};  // left padding: query 0 sees only key 0, which is masked
@@ -161,12 +171,15 @@ TEST_CASE("attention gives zero output for a query with every key masked", "[ops
                     Catch::Contains("4 query heads cannot be shared evenly by 3"));
 }
 
-TEST_CASE("cross-entropy gradient matches finite differences; ignored rows get none", "[ops][grad]") {
+TEST_CASE("cross-entropy gradient matches finite differences; ignored rows get none",
+          "[ops][grad]") {
   Rng rng(7);
   M logits = 2.0 * wt::random_matrix<double>(5, 6, rng), dlogits(5, 6);
   const std::int32_t targets[] = {2, kIgnoreIndex, 5, 0, kIgnoreIndex};
   Index counted = 0;
-  const auto fwd = [&] { return cross_entropy_forward<double>(nullptr, logits.data(), targets, 5, 6); };
+  const auto fwd = [&] {
+    return cross_entropy_forward<double>(nullptr, logits.data(), targets, 5, 6);
+  };
   cross_entropy_forward<double>(nullptr, logits.data(), targets, 5, 6, kIgnoreIndex, &counted);
   CHECK(counted == 3);
   cross_entropy_backward(dlogits.data(), logits.data(), targets, 5, 6, counted);
@@ -179,8 +192,9 @@ TEST_CASE("cross-entropy gradient matches finite differences; ignored rows get n
                     Catch::Contains("target 6 at row 1 is outside [0, 6)"));
 }
 
-TEST_CASE("embedding, positions, class token and pooling match scalar references and finite differences",
-          "[ops][grad]") {
+TEST_CASE(
+    "embedding, positions, class token and pooling match scalar references and finite differences",
+    "[ops][grad]") {
   Rng rng(8);
   const Index vocab = 7, d = 4, batch = 2, seq = 3;
   M table = wt::random_matrix<double>(vocab, d, rng), pos = wt::random_matrix<double>(5, d, rng);
@@ -188,8 +202,7 @@ TEST_CASE("embedding, positions, class token and pooling match scalar references
   M out(batch * seq, d);
   embedding_forward(out.data(), ids, table.data(), batch * seq, vocab, d);
   position_embedding_forward(out.data(), pos.data(), batch, seq, d, 5);
-  for (Index i = 0; i < batch * seq; ++i)
-    CHECK(out.row(i) == table.row(ids[i]) + pos.row(i % seq));
+  for (Index i = 0; i < batch * seq; ++i) CHECK(out.row(i) == table.row(ids[i]) + pos.row(i % seq));
   M r = wt::random_matrix<double>(batch * seq, d, rng), gt = M::Zero(vocab, d), gp = M::Zero(5, d);
   const auto fwd = [&] {
     embedding_forward(out.data(), ids, table.data(), batch * seq, vocab, d);
@@ -207,7 +220,8 @@ TEST_CASE("embedding, positions, class token and pooling match scalar references
                     Catch::Contains("sequence length 6 exceeds the position table's 5"));
 
   // class token: tokens = [cls; patches] per image
-  M patches = wt::random_matrix<double>(batch * seq, d, rng), cls = wt::random_matrix<double>(1, d, rng);
+  M patches = wt::random_matrix<double>(batch * seq, d, rng),
+    cls = wt::random_matrix<double>(1, d, rng);
   M tokens(batch * (seq + 1), d), rt = wt::random_matrix<double>(batch * (seq + 1), d, rng);
   const auto cls_fwd = [&] {
     class_token_forward(tokens.data(), patches.data(), cls.data(), batch, seq, d);
@@ -223,7 +237,8 @@ TEST_CASE("embedding, positions, class token and pooling match scalar references
 
   // pooling
   const std::uint8_t mask[] = {1, 1, 0, 1, 1, 1};
-  M hidden = wt::random_matrix<double>(batch * seq, d, rng), pooled(batch, d), rp = wt::random_matrix<double>(batch, d, rng);
+  M hidden = wt::random_matrix<double>(batch * seq, d, rng), pooled(batch, d),
+    rp = wt::random_matrix<double>(batch, d, rng);
   for (Pooling p : {Pooling::cls, Pooling::last, Pooling::mean}) {
     const auto pool_fwd = [&] {
       pool_forward(pooled.data(), hidden.data(), mask, batch, seq, d, p);
@@ -240,11 +255,15 @@ TEST_CASE("embedding, positions, class token and pooling match scalar references
     }
     M dh(batch * seq, d);
     pool_backward(dh.data(), rp.data(), mask, batch, seq, d, p);
-    wt::check_gradient<double>(p == Pooling::cls ? "cls pooling" : p == Pooling::last ? "last pooling" : "mean pooling", hidden, dh, pool_fwd);
+    wt::check_gradient<double>(p == Pooling::cls    ? "cls pooling"
+                               : p == Pooling::last ? "last pooling"
+                                                    : "mean pooling",
+                               hidden, dh, pool_fwd);
   }
 }
 
-TEMPLATE_TEST_CASE("norms, activations and rope equal PyTorch golden files", "[ops][golden]", float, double) {
+TEMPLATE_TEST_CASE("norms, activations and rope equal PyTorch golden files", "[ops][golden]", float,
+                   double) {
   using T = TestType;
   using MT = Matrix<T>;
   const wt::Golden g("ops.txt");
@@ -253,8 +272,10 @@ TEMPLATE_TEST_CASE("norms, activations and rope equal PyTorch golden files", "[o
              dout = g.get<T>("layernorm.dout");
     MT out(x.rows(), x.cols()), mean(x.rows(), 1), rstd(x.rows(), 1), dx(x.rows(), x.cols());
     MT dw = MT::Zero(1, x.cols()), db = MT::Zero(1, x.cols());
-    layernorm_forward(out.data(), mean.data(), rstd.data(), x.data(), w.data(), b.data(), x.rows(), x.cols(), 1e-5);
-    layernorm_backward(dx.data(), dw.data(), db.data(), dout.data(), x.data(), w.data(), mean.data(), rstd.data(), x.rows(), x.cols());
+    layernorm_forward(out.data(), mean.data(), rstd.data(), x.data(), w.data(), b.data(), x.rows(),
+                      x.cols(), 1e-5);
+    layernorm_backward(dx.data(), dw.data(), db.data(), dout.data(), x.data(), w.data(),
+                       mean.data(), rstd.data(), x.rows(), x.cols());
     check_close(out, g.get("layernorm.out"), "layernorm out");
     check_close(dx, g.get("layernorm.dx"), "layernorm dx");
     check_close(dw, g.get("layernorm.dw"), "layernorm dw");
@@ -262,14 +283,17 @@ TEMPLATE_TEST_CASE("norms, activations and rope equal PyTorch golden files", "[o
   }
   {
     const MT x = g.get<T>("rmsnorm.x"), w = g.get<T>("rmsnorm.w"), dout = g.get<T>("rmsnorm.dout");
-    MT out(x.rows(), x.cols()), rstd(x.rows(), 1), dx(x.rows(), x.cols()), dw = MT::Zero(1, x.cols());
+    MT out(x.rows(), x.cols()), rstd(x.rows(), 1), dx(x.rows(), x.cols()),
+        dw = MT::Zero(1, x.cols());
     rmsnorm_forward(out.data(), rstd.data(), x.data(), w.data(), x.rows(), x.cols(), 1e-6);
-    rmsnorm_backward(dx.data(), dw.data(), dout.data(), x.data(), w.data(), rstd.data(), x.rows(), x.cols());
+    rmsnorm_backward(dx.data(), dw.data(), dout.data(), x.data(), w.data(), rstd.data(), x.rows(),
+                     x.cols());
     check_close(out, g.get("rmsnorm.out"), "rmsnorm out");
     check_close(dx, g.get("rmsnorm.dx"), "rmsnorm dx");
     check_close(dw, g.get("rmsnorm.dw"), "rmsnorm dw");
   }
-  for (const auto& [name, kind] : {std::pair{"gelu_erf", GeluKind::erf}, std::pair{"gelu_tanh", GeluKind::tanh}}) {
+  for (const auto& [name, kind] :
+       {std::pair{"gelu_erf", GeluKind::erf}, std::pair{"gelu_tanh", GeluKind::tanh}}) {
     const std::string p = name;
     const MT x = g.get<T>(p + ".x"), dout = g.get<T>(p + ".dout");
     MT out(x.rows(), x.cols()), dx(x.rows(), x.cols());
@@ -279,8 +303,10 @@ TEMPLATE_TEST_CASE("norms, activations and rope equal PyTorch golden files", "[o
     check_close(dx, g.get(p + ".dx"), name);
   }
   {
-    const MT gate = g.get<T>("swiglu.gate"), up = g.get<T>("swiglu.up"), dout = g.get<T>("swiglu.dout");
-    MT out(gate.rows(), gate.cols()), dgate(gate.rows(), gate.cols()), dup(gate.rows(), gate.cols());
+    const MT gate = g.get<T>("swiglu.gate"), up = g.get<T>("swiglu.up"),
+             dout = g.get<T>("swiglu.dout");
+    MT out(gate.rows(), gate.cols()), dgate(gate.rows(), gate.cols()),
+        dup(gate.rows(), gate.cols());
     swiglu_forward(out.data(), gate.data(), up.data(), gate.size());
     swiglu_backward(dgate.data(), dup.data(), dout.data(), gate.data(), up.data(), gate.size());
     check_close(out, g.get("swiglu.out"), "swiglu out");
@@ -289,7 +315,8 @@ TEMPLATE_TEST_CASE("norms, activations and rope equal PyTorch golden files", "[o
   }
   {
     const auto cfg = g.get("rope.config");
-    const Index batch = Index(cfg(0, 0)), seq = Index(cfg(0, 1)), heads = Index(cfg(0, 2)), hd = Index(cfg(0, 3));
+    const Index batch = Index(cfg(0, 0)), seq = Index(cfg(0, 1)), heads = Index(cfg(0, 2)),
+                hd = Index(cfg(0, 3));
     const RopeTable<T> table(hd, seq, cfg(0, 4));
     MT out = g.get<T>("rope.x"), dx = g.get<T>("rope.dout");
     rope_forward(out.data(), table, batch, seq, heads);
@@ -304,17 +331,24 @@ TEMPLATE_TEST_CASE("attention, cross-entropy and patch embedding equal PyTorch g
   using T = TestType;
   using MT = Matrix<T>;
   const wt::Golden g("ops.txt");
-  const std::string name = GENERATE(as<std::string>{}, "attn_causal_gqa", "attn_bidir_pad", "attn_mqa");
+  const std::string name =
+      GENERATE(as<std::string>{}, "attn_causal_gqa", "attn_bidir_pad", "attn_mqa");
   INFO(name);
   const auto cfg = g.get(name + ".config");
-  const AttentionShape s{.batch = Index(cfg(0, 0)), .seq = Index(cfg(0, 1)), .heads = Index(cfg(0, 2)),
-                         .kv_heads = Index(cfg(0, 3)), .head_dim = Index(cfg(0, 4)), .causal = cfg(0, 5) != 0};
+  const AttentionShape s{.batch = Index(cfg(0, 0)),
+                         .seq = Index(cfg(0, 1)),
+                         .heads = Index(cfg(0, 2)),
+                         .kv_heads = Index(cfg(0, 3)),
+                         .head_dim = Index(cfg(0, 4)),
+                         .causal = cfg(0, 5) != 0};
   const MT q = g.get<T>(name + ".q"), k = g.get<T>(name + ".k"), v = g.get<T>(name + ".v"),
            dout = g.get<T>(name + ".dout");
   const auto mask = mask_of(g.get(name + ".key_mask"));
-  MT out(q.rows(), q.cols()), probs(s.probs_size(), 1), dq(q.rows(), q.cols()), dk(k.rows(), k.cols()), dv(v.rows(), v.cols());
+  MT out(q.rows(), q.cols()), probs(s.probs_size(), 1), dq(q.rows(), q.cols()),
+      dk(k.rows(), k.cols()), dv(v.rows(), v.cols());
   attention_forward(out.data(), probs.data(), q.data(), k.data(), v.data(), mask.data(), s);
-  attention_backward(dq.data(), dk.data(), dv.data(), dout.data(), probs.data(), q.data(), k.data(), v.data(), s);
+  attention_backward(dq.data(), dk.data(), dv.data(), dout.data(), probs.data(), q.data(), k.data(),
+                     v.data(), s);
   check_close(out, g.get(name + ".out"), "attention out");
   check_close(dq, g.get(name + ".dq"), "attention dq");
   check_close(dk, g.get(name + ".dk"), "attention dk");
@@ -325,10 +359,12 @@ TEMPLATE_TEST_CASE("attention, cross-entropy and patch embedding equal PyTorch g
   std::vector<std::int32_t> targets;
   for (Index i = 0; i < tf.size(); ++i) targets.push_back(static_cast<std::int32_t>(tf(0, i)));
   Index counted = 0;
-  const double loss = cross_entropy_forward<T>(nullptr, logits.data(), targets.data(), logits.rows(), logits.cols(), kIgnoreIndex, &counted);
+  const double loss = cross_entropy_forward<T>(
+      nullptr, logits.data(), targets.data(), logits.rows(), logits.cols(), kIgnoreIndex, &counted);
   CHECK(loss == Approx(g.get("ce.loss")(0, 0)).epsilon(golden_tol<T>()));
   MT dlogits(logits.rows(), logits.cols());
-  cross_entropy_backward(dlogits.data(), logits.data(), targets.data(), logits.rows(), logits.cols(), counted);
+  cross_entropy_backward(dlogits.data(), logits.data(), targets.data(), logits.rows(),
+                         logits.cols(), counted);
   check_close(dlogits, g.get("ce.dlogits"), "cross-entropy dlogits");
 
   const MT images = g.get<T>("patch.images"), weight = g.get<T>("patch.weight");
@@ -337,14 +373,17 @@ TEMPLATE_TEST_CASE("attention, cross-entropy and patch embedding equal PyTorch g
   patchify(patches.data(), images.data(), 2, 3, 8, 12, 4);
   linear_forward<T>(emb, patches, weight, bias.data());
   check_close(emb, g.get("patch.out"), "patch embedding");
-  CHECK_THROWS_WITH(patchify(patches.data(), images.data(), 2, 3, 8, 12, 5), Catch::Contains("8x12 is not divisible into 5x5"));
+  CHECK_THROWS_WITH(patchify(patches.data(), images.data(), 2, 3, 8, 12, 5),
+                    Catch::Contains("8x12 is not divisible into 5x5"));
 }
 
-TEMPLATE_TEST_CASE("vectorized gelu and swiglu equal their double-precision scalar references", "[ops][simd]", float, double) {
+TEMPLATE_TEST_CASE("vectorized gelu and swiglu equal their double-precision scalar references",
+                   "[ops][simd]", float, double) {
   using T = TestType;
   Rng rng(31);
   const Index n = GENERATE(1, 7, 33, 1001);
-  std::vector<T> x(static_cast<std::size_t>(n)), up(x.size()), dout(x.size()), out(x.size()), dx(x.size()), dup(x.size());
+  std::vector<T> x(static_cast<std::size_t>(n)), up(x.size()), dout(x.size()), out(x.size()),
+      dx(x.size()), dup(x.size());
   for (std::size_t i = 0; i < x.size(); ++i) {
     x[i] = rng.uniform(T(-8), T(8));  // includes the saturated tails
     up[i] = rng.uniform(T(-2), T(2));
@@ -357,7 +396,8 @@ TEMPLATE_TEST_CASE("vectorized gelu and swiglu equal their double-precision scal
     gelu_backward(dx.data(), dout.data(), x.data(), n, kind);
     for (std::size_t i = 0; i < x.size(); ++i) {
       INFO("x = " << x[i]);
-      CHECK(std::abs(out[i] - detail::gelu(x[i], kind)) <= tol * std::max(1.0, std::abs(detail::gelu(x[i], kind))));
+      CHECK(std::abs(out[i] - detail::gelu(x[i], kind)) <=
+            tol * std::max(1.0, std::abs(detail::gelu(x[i], kind))));
       const double g = dout[i] * detail::gelu_grad(x[i], kind);
       CHECK(std::abs(dx[i] - g) <= tol * std::max(1.0, std::abs(g)));
     }
@@ -367,7 +407,8 @@ TEMPLATE_TEST_CASE("vectorized gelu and swiglu equal their double-precision scal
   for (std::size_t i = 0; i < x.size(); ++i) {
     const double s = detail::sigmoid(x[i]);
     CHECK(std::abs(out[i] - x[i] * s * up[i]) <= tol * std::max(1.0, std::abs(x[i] * s * up[i])));
-    CHECK(std::abs(dup[i] - dout[i] * x[i] * s) <= tol * std::max(1.0, std::abs(dout[i] * x[i] * s)));
+    CHECK(std::abs(dup[i] - dout[i] * x[i] * s) <=
+          tol * std::max(1.0, std::abs(dout[i] * x[i] * s)));
     const double dg = dout[i] * up[i] * s * (1 + x[i] * (1 - s));
     CHECK(std::abs(dx[i] - dg) <= tol * std::max(1.0, std::abs(dg)));
   }

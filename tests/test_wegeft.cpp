@@ -74,13 +74,13 @@ Matrix<T> reference_wegeft(const Matrix<T>& x, const Matrix<T>& w, const Vector<
 TEMPLATE_TEST_CASE("wegeft gradients of a generator shared by 3 layers match finite differences",
                    "[wegeft][grad]", float, double) {
   using T = TestType;
-  const auto [order, dropout, rank] = GENERATE(table<WeGeFTOrder, double, Index>(
-      {{WeGeFTOrder::weight_side, 0.0, 3},
-       {WeGeFTOrder::input_edit, 0.0, 3},
-       {WeGeFTOrder::weight_side, 0.0, 1},
-       {WeGeFTOrder::input_edit, 0.0, 1},
-       {WeGeFTOrder::weight_side, 0.3, 2},
-       {WeGeFTOrder::automatic, 0.2, 1}}));
+  const auto [order, dropout, rank] =
+      GENERATE(table<WeGeFTOrder, double, Index>({{WeGeFTOrder::weight_side, 0.0, 3},
+                                                  {WeGeFTOrder::input_edit, 0.0, 3},
+                                                  {WeGeFTOrder::weight_side, 0.0, 1},
+                                                  {WeGeFTOrder::input_edit, 0.0, 1},
+                                                  {WeGeFTOrder::weight_side, 0.3, 2},
+                                                  {WeGeFTOrder::automatic, 0.2, 1}}));
   INFO("order " << to_string(order) << " dropout " << dropout << " rank " << rank);
   GroupSetup<T> s(5, 7, {7, 3, 11}, {.rank = rank, .alpha = 2.0 * rank, .dropout = dropout}, order);
   std::vector<Rng::State> states;
@@ -93,8 +93,10 @@ TEMPLATE_TEST_CASE("wegeft gradients of a generator shared by 3 layers match fin
     restore();
     return s.loss();
   };
-  wt::check_gradient<T>("Phi (summed over 3 layers)", s.gen.phi(), Matrix<T>(s.gen.grad_phi()), loss);
-  wt::check_gradient<T>("Psi (summed over 3 layers)", s.gen.psi(), Matrix<T>(s.gen.grad_psi()), loss);
+  wt::check_gradient<T>("Phi (summed over 3 layers)", s.gen.phi(), Matrix<T>(s.gen.grad_phi()),
+                        loss);
+  wt::check_gradient<T>("Psi (summed over 3 layers)", s.gen.psi(), Matrix<T>(s.gen.grad_psi()),
+                        loss);
   for (Index l = 0; l < GroupSetup<T>::kLayers; ++l)
     wt::check_gradient<T>("x of one layer", s.x[l], dx[l], loss);
 }
@@ -140,9 +142,9 @@ TEMPLATE_TEST_CASE("wegeft forward equals a scalar reference, weight dropout inc
                                               mask)) < wt::Tol<T>::close);
     s.layers[l].set_training(false);  // eval: the full W in the generator path
     const Matrix<T> y_eval = s.forward(l, cache);
-    CHECK(wt::rel_diff(y_eval, reference_wegeft<T>(s.x[l], s.w[l], s.b[l], s.gen.phi(), s.gen.psi(),
-                                                   3.0, Matrix<T>::Ones(mask.rows(), mask.cols()))) <
-          wt::Tol<T>::close);
+    CHECK(wt::rel_diff(y_eval, reference_wegeft<T>(
+                                   s.x[l], s.w[l], s.b[l], s.gen.phi(), s.gen.psi(), 3.0,
+                                   Matrix<T>::Ones(mask.rows(), mask.cols()))) < wt::Tol<T>::close);
   }
 }
 
@@ -179,7 +181,8 @@ TEMPLATE_TEST_CASE("wegeft merge gives the unmerged output; unmerge restores W",
     const Matrix<T> w0 = s.w[l];
     typename WeGeFTAdapter<T>::Cache cache;
     const Matrix<T> y_unmerged = s.forward(l, cache);
-    const Matrix<T> generated = static_cast<T>(0.5) *
+    const Matrix<T> generated =
+        static_cast<T>(0.5) *
         wt::reference_matmul<T>(wt::reference_matmul<T>(w0, Matrix<T>(s.gen.phi().transpose())),
                                 s.gen.psi());
     s.layers[l].merge();
@@ -241,13 +244,17 @@ TEST_CASE("wegeft automatic order picks the cheaper exact order", "[wegeft]") {
   // down projection 64 -> 16: input edit 4480 N, weight side 1920 N + 16384: input edit while N <= 6.4
   CHECK(dn.resolve_order(6) == WeGeFTOrder::input_edit);
   CHECK(dn.resolve_order(7) == WeGeFTOrder::weight_side);
-  CHECK(wegeft_order_cost(WeGeFTOrder::input_edit, 10, 8, 64, 16) == 6.0 * 10 * 8 * 64 + 2 * 11.0 * 10 * 64);
-  CHECK(wegeft_order_cost(WeGeFTOrder::weight_side, 10, 8, 64, 16) == wegeft_extra_macs(WeGeFTOrder::weight_side, 10, 8, 64, 16));
+  CHECK(wegeft_order_cost(WeGeFTOrder::input_edit, 10, 8, 64, 16) ==
+        6.0 * 10 * 8 * 64 + 2 * 11.0 * 10 * 64);
+  CHECK(wegeft_order_cost(WeGeFTOrder::weight_side, 10, 8, 64, 16) ==
+        wegeft_extra_macs(WeGeFTOrder::weight_side, 10, 8, 64, 16));
   // the layer of the benchmark (N = 2048, d = 768): weight side at r = 8 and 16, input edit at 64
   Matrix<float> big = Matrix<float>::Ones(768, 768);
-  for (const auto& [rank, want] : {std::pair{8, WeGeFTOrder::weight_side}, std::pair{16, WeGeFTOrder::weight_side},
-                                   std::pair{64, WeGeFTOrder::input_edit}}) {
-    WeGeFTGenerator<float> g(store, 768, {.rank = rank, .alpha = 16}, rng, "bench_r" + std::to_string(rank));
+  for (const auto& [rank, want] :
+       {std::pair{8, WeGeFTOrder::weight_side}, std::pair{16, WeGeFTOrder::weight_side},
+        std::pair{64, WeGeFTOrder::input_edit}}) {
+    WeGeFTGenerator<float> g(store, 768, {.rank = rank, .alpha = 16}, rng,
+                             "bench_r" + std::to_string(rank));
     WeGeFTAdapter<float> layer(g, FrozenLinear<float>(big), rng);
     CHECK(layer.resolve_order(2048) == want);
   }
@@ -255,12 +262,14 @@ TEST_CASE("wegeft automatic order picks the cheaper exact order", "[wegeft]") {
   CHECK(wegeft_extra_macs(WeGeFTOrder::weight_side, 2048, 8, 768, 768) ==
         3.0 * 2048 * 8 * 1536 + 2.0 * 8 * 768 * 768);
 
-  WeGeFTGenerator<float> dropgen(store, 64, {.rank = 8, .alpha = 16, .dropout = 0.1}, rng, "dropout");
+  WeGeFTGenerator<float> dropgen(store, 64, {.rank = 8, .alpha = 16, .dropout = 0.1}, rng,
+                                 "dropout");
   WeGeFTAdapter<float> drop_auto(dropgen, FrozenLinear<float>(square), rng);
   CHECK(drop_auto.resolve_order(1) == WeGeFTOrder::weight_side);
   drop_auto.set_training(false);
   CHECK(drop_auto.resolve_order(1) == WeGeFTOrder::input_edit);
-  WeGeFTAdapter<float> drop_edit(dropgen, FrozenLinear<float>(square), rng, WeGeFTOrder::input_edit);
+  WeGeFTAdapter<float> drop_edit(dropgen, FrozenLinear<float>(square), rng,
+                                 WeGeFTOrder::input_edit);
   CHECK_THROWS_WITH(drop_edit.resolve_order(1), Catch::Contains("cannot apply weight dropout"));
 }
 
@@ -279,14 +288,16 @@ TEST_CASE("wegeft rejects bad configurations and shapes with messages naming the
   CHECK_THROWS_WITH(WeGeFTGenerator<double>(store, 8, {.rank = 2, .dropout = -0.1}, rng),
                     Catch::Contains("dropout must be in [0, 1)"));
   WeGeFTGenerator<double> gen(store, 8, {.rank = 2, .alpha = 4}, rng, "k_proj");
-  Matrix<double> w8 = wt::random_matrix<double>(4, 8, rng), w9 = wt::random_matrix<double>(4, 9, rng);
+  Matrix<double> w8 = wt::random_matrix<double>(4, 8, rng),
+                 w9 = wt::random_matrix<double>(4, 9, rng);
   WeGeFTAdapter<double> ok(gen, FrozenLinear<double>(w8), rng);
   CHECK_THROWS_WITH(WeGeFTAdapter<double>(gen, FrozenLinear<double>(w9), rng),
                     Catch::Contains("'k_proj' has d_in = 8") && Catch::Contains("W [4, 9]"));
   CHECK(gen.layer_count() == 1);
   Matrix<double> x = wt::random_matrix<double>(3, 8, rng), y(3, 4), x_bad(3, 7), y_bad(2, 4);
   WeGeFTAdapter<double>::Cache cache;
-  CHECK_THROWS_WITH(ok.forward(y, cache, x_bad), Catch::Contains("[3, 7]") && Catch::Contains("8 columns"));
+  CHECK_THROWS_WITH(ok.forward(y, cache, x_bad),
+                    Catch::Contains("[3, 7]") && Catch::Contains("8 columns"));
   CHECK_THROWS_WITH(ok.forward(y_bad, cache, x), Catch::Contains("[2, 4], expected [3, 4]"));
   ok.forward(y, cache, x);
   Matrix<double> dy_bad(3, 5), dx_bad(3, 9);
@@ -296,18 +307,21 @@ TEST_CASE("wegeft rejects bad configurations and shapes with messages naming the
   CHECK_THROWS_WITH(other.backward(cache, x, y), Catch::Contains("another layer"));
 }
 
-TEMPLATE_TEST_CASE("adapters give the same results on strided views as on contiguous matrices", "[wegeft][lora]", float, double) {
+TEMPLATE_TEST_CASE("adapters give the same results on strided views as on contiguous matrices",
+                   "[wegeft][lora]", float, double) {
   using T = TestType;
   Rng rng(21);
   const Index n = 6, d_in = 9, d_out = 7, pad = 3;
   Matrix<T> w = wt::random_matrix<T>(d_out, d_in, rng);
   // x, dy and dx live inside wider matrices, so their views have a row stride larger than their width
-  Matrix<T> xw = wt::random_matrix<T>(n, d_in + pad, rng), dyw = wt::random_matrix<T>(n, d_out + pad, rng);
+  Matrix<T> xw = wt::random_matrix<T>(n, d_in + pad, rng),
+            dyw = wt::random_matrix<T>(n, d_out + pad, rng);
   Matrix<T> dxw = Matrix<T>::Zero(n, d_in + pad);
   const Matrix<T> x = xw.leftCols(d_in), dy = dyw.leftCols(d_out);
   ParameterStore<T> s1, s2;
   Rng r1(5), r2(5);
-  LoraAdapter<T> a(s1, FrozenLinear<T>(w), {.rank = 3, .alpha = 6}, r1), b(s2, FrozenLinear<T>(w), {.rank = 3, .alpha = 6}, r2);
+  LoraAdapter<T> a(s1, FrozenLinear<T>(w), {.rank = 3, .alpha = 6}, r1),
+      b(s2, FrozenLinear<T>(w), {.rank = 3, .alpha = 6}, r2);
   a.lora_B() = wt::random_matrix<T>(d_out, 3, rng);
   b.lora_B() = a.lora_B();
   typename LoraAdapter<T>::Cache ca, cb;
@@ -326,7 +340,8 @@ TEMPLATE_TEST_CASE("adapters give the same results on strided views as on contig
     INFO(to_string(order));
     ParameterStore<T> g1, g2;
     Rng q1(6), q2(6);
-    WeGeFTGenerator<T> ga(g1, d_in, {.rank = 2, .alpha = 4}, q1), gb(g2, d_in, {.rank = 2, .alpha = 4}, q2);
+    WeGeFTGenerator<T> ga(g1, d_in, {.rank = 2, .alpha = 4}, q1),
+        gb(g2, d_in, {.rank = 2, .alpha = 4}, q2);
     ga.phi() = wt::random_matrix<T>(2, d_in, rng);
     gb.phi() = ga.phi();
     WeGeFTAdapter<T> la(ga, FrozenLinear<T>(w), q1, order), lb(gb, FrozenLinear<T>(w), q2, order);

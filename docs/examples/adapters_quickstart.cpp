@@ -27,13 +27,14 @@ int main() {
   Matrix<float> y(16, 32);
   wegeft::LoraAdapter<float>::Cache cache;
   for (int step = 0; step < 50; ++step) {
-    lora.forward(y, cache, x);                  // y = x W^T + b + s (x A^T) B^T
+    lora.forward(y, cache, x);                     // y = x W^T + b + s (x A^T) B^T
     const Matrix<float> dy = (y - target) / 16.f;  // d(mean squared error / 2) / dy
     store.zero_grad();
-    lora.backward(cache, x, dy);                 // A.grad, B.grad += ...
+    lora.backward(cache, x, dy);  // A.grad, B.grad += ...
     for (std::size_t i = 0; i < store.values().size(); ++i)
       store.values()[i] -= 0.05f * store.grads()[i];
-    if (step % 10 == 0) std::printf("lora step %2d  loss %.5f\n", step, 0.5 * (y - target).squaredNorm() / 16);
+    if (step % 10 == 0)
+      std::printf("lora step %2d  loss %.5f\n", step, 0.5 * (y - target).squaredNorm() / 16);
   }
 
   // WeGeFT on the same layer, from a second store: the generator (Phi, Psi) could be shared by
@@ -49,8 +50,9 @@ int main() {
     layer.backward(wcache, x, dy);
     for (std::size_t i = 0; i < store2.values().size(); ++i)
       store2.values()[i] -= 0.05f * store2.grads()[i];
-    if (step % 10 == 0) std::printf("wegeft step %2d  loss %.5f  (%s order)\n", step,
-                                    0.5 * (y - target).squaredNorm() / 16, wegeft::to_string(wcache.order));
+    if (step % 10 == 0)
+      std::printf("wegeft step %2d  loss %.5f  (%s order)\n", step,
+                  0.5 * (y - target).squaredNorm() / 16, wegeft::to_string(wcache.order));
   }
 
   // Merge for inference: afterwards the plain layer computes the adapted output.
@@ -61,7 +63,8 @@ int main() {
   base.forward(y_merged, x);
   const float diff = (y_merged - y_adapted).cwiseAbs().maxCoeff();
   std::printf("trainable: lora %ld, wegeft %ld; merged vs adapted max diff %.2e\n",
-              static_cast<long>(lora.parameter_count()), static_cast<long>(gen.parameter_count()), diff);
+              static_cast<long>(lora.parameter_count()), static_cast<long>(gen.parameter_count()),
+              diff);
   layer.unmerge();
   return diff < 1e-4f ? 0 : 1;
 }

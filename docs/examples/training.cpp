@@ -28,7 +28,8 @@ int main(int argc, char** argv) {
   wegeft::LoadedModel<float> loaded = wegeft::load_hf_model<float>(argv[1]);
   wegeft::Transformer<float>& model = *loaded.model;
   std::printf("%s model, %ld frozen parameters, %zu checkpoint tensors unused\n",
-              wegeft::to_string(model.config().family), long(model.frozen_parameter_count()), loaded.ignored.size());
+              wegeft::to_string(model.config().family), long(model.frozen_parameter_count()),
+              loaded.ignored.size());
 
   // Each method's defaults: LoRA r 8 / alpha 8, WeGeFT r 64 / alpha 128 shared per role, DoRA as LoRA.
   const wegeft::LoraConfig lora_defaults;
@@ -39,7 +40,9 @@ int main(int argc, char** argv) {
          "default configs");
 
   // WeGeFT on every attention and MLP linear, a new classification head, all in model.store().
-  model.attach({.target_modules = {"all-linear"}, .method = wegeft::WeGeFTConfig{.rank = 4, .alpha = 8}, .seed = 1});
+  model.attach({.target_modules = {"all-linear"},
+                .method = wegeft::WeGeFTConfig{.rank = 4, .alpha = 8},
+                .seed = 1});
   model.add_classifier(3);
   wegeft::ParameterStore<float>& store = model.store();
   std::printf("%ld trainable parameters\n", long(store.parameter_count()));
@@ -58,20 +61,22 @@ int main(int argc, char** argv) {
   std::vector<std::uint8_t> mask(batch * seq, 1);
   for (std::size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<std::int32_t>((7 * i + 3) % 11);
   mask[batch * seq - 1] = 0;
-  const wegeft::ModelInput<float> input{.ids = ids.data(), .mask = mask.data(), .batch = batch, .seq = seq};
+  const wegeft::ModelInput<float> input{
+      .ids = ids.data(), .mask = mask.data(), .batch = batch, .seq = seq};
 
   // The Trainer: AdamW and its options, a warmup + cosine schedule, clipping, 2 micro-batches per step.
-  wegeft::Trainer<float> trainer(model, {.adamw = {.lr = 1e-2, .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8, .weight_decay = 0.0},
-                                         .schedule = {wegeft::ScheduleKind::cosine, 2, 40},
-                                         .max_grad_norm = 1.0,
-                                         .accumulation = 2});
+  wegeft::Trainer<float> trainer(
+      model, {.adamw = {.lr = 1e-2, .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8, .weight_decay = 0.0},
+              .schedule = {wegeft::ScheduleKind::cosine, 2, 40},
+              .max_grad_norm = 1.0,
+              .accumulation = 2});
   double first = 0, last = 0;
   for (int step = 0; step < 80; ++step) {
     last = trainer.classification_step(input, labels.data());
     if (step == 0) first = last;
   }
-  std::printf("loss %.4f -> %.4f after %ld optimizer steps (lr now %.2e)\n", first, last, long(trainer.optimizer_steps()),
-              trainer.current_lr());
+  std::printf("loss %.4f -> %.4f after %ld optimizer steps (lr now %.2e)\n", first, last,
+              long(trainer.optimizer_steps()), trainer.current_lr());
   expect(trainer.optimizer_steps() == 40 && last < 0.5 * first, "the Trainer fits the batch");
 
   // The same pieces by hand: SGD with Nesterov momentum and clipping on the store's flat buffers.
@@ -92,7 +97,8 @@ int main(int argc, char** argv) {
   for (const auto& m : model.modules())
     if (m.adapter) std::visit([](auto& a) { a.merge(); }, *m.adapter);
   model.forward(acts, input);
-  expect((acts.logits - adapted_logits).cwiseAbs().maxCoeff() < 1e-4, "the merged model gives the adapted outputs");
+  expect((acts.logits - adapted_logits).cwiseAbs().maxCoeff() < 1e-4,
+         "the merged model gives the adapted outputs");
   for (const auto& m : model.modules())
     if (m.adapter) std::visit([](auto& a) { a.unmerge(); }, *m.adapter);
 
@@ -104,7 +110,8 @@ int main(int argc, char** argv) {
   other.model->set_training(false);
   wegeft::Transformer<float>::Activations other_acts;
   other.model->forward(other_acts, input);
-  expect((other_acts.logits - adapted_logits).cwiseAbs().maxCoeff() < 1e-4, "the saved adapter loads and gives the same outputs");
+  expect((other_acts.logits - adapted_logits).cwiseAbs().maxCoeff() < 1e-4,
+         "the saved adapter loads and gives the same outputs");
   std::filesystem::remove_all(dir);
   return failures == 0 ? 0 : 1;
 }

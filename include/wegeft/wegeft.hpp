@@ -3,6 +3,7 @@
 // pulls in CUDA. docs/architecture.md lists the layers.
 #pragma once
 
+#include "wegeft/adapters/registry.hpp"
 #include "wegeft/core/error.hpp"
 #include "wegeft/core/parameters.hpp"
 #include "wegeft/core/pattern.hpp"
@@ -10,7 +11,6 @@
 #include "wegeft/core/tensor.hpp"
 #include "wegeft/kernels/cpu/attention.hpp"
 #include "wegeft/kernels/cpu/threads.hpp"
-#include "wegeft/adapters/registry.hpp"
 #include "wegeft/nn/activations.hpp"
 #include "wegeft/nn/config.hpp"
 #include "wegeft/nn/embedding.hpp"
@@ -23,5 +23,6 @@
 #include "wegeft/optim/clip.hpp"
 #include "wegeft/optim/schedule.hpp"
 #include "wegeft/optim/sgd.hpp"
+#include "wegeft/train/metrics.hpp"
 #include "wegeft/train/trainer.hpp"
 #include "wegeft/version.hpp"

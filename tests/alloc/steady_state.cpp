@@ -26,7 +26,8 @@ namespace {
 std::atomic<long> g_allocations{0};
 std::atomic<bool> g_counting{false};
 inline void count() {
-  if (g_counting.load(std::memory_order_relaxed)) g_allocations.fetch_add(1, std::memory_order_relaxed);
+  if (g_counting.load(std::memory_order_relaxed))
+    g_allocations.fetch_add(1, std::memory_order_relaxed);
 }
 }  // namespace
 
@@ -56,7 +57,9 @@ int posix_memalign(void** out, std::size_t align, std::size_t n) {
   *out = __libc_memalign(align, n);
   return *out ? 0 : 12;  // ENOMEM
 }
-void free(void* p) { __libc_free(p); }
+void free(void* p) {
+  __libc_free(p);
+}
 }
 
 using namespace wegeft;
@@ -100,8 +103,10 @@ long allocations_per_step(const Case& c) {
     g_allocations = 0;
     g_counting = step == 2;
     model.forward(acts, {.ids = ids.data(), .mask = mask.data(), .batch = batch, .seq = seq});
-    if (classify) model.classification_loss(acts, labels.data());
-    else model.lm_loss(acts, targets.data());
+    if (classify)
+      model.classification_loss(acts, labels.data());
+    else
+      model.lm_loss(acts, targets.data());
     model.backward(acts);
     opt.step(store.values(), store.grads());
     store.zero_grad();
@@ -118,8 +123,10 @@ int main(int argc, char** argv) {
   const std::vector<Case> cases = {
       {"LoRA r=4", LoraConfig{.rank = 4, .alpha = 8}},
       {"LoRA r=4 dropout 0.1", LoraConfig{.rank = 4, .alpha = 8, .dropout = 0.1}},
-      {"WeGeFT r=4 weight side", WeGeFTConfig{.rank = 4, .alpha = 8, .order = WeGeFTOrder::weight_side}},
-      {"WeGeFT r=4 input edit", WeGeFTConfig{.rank = 4, .alpha = 8, .order = WeGeFTOrder::input_edit}},
+      {"WeGeFT r=4 weight side",
+       WeGeFTConfig{.rank = 4, .alpha = 8, .order = WeGeFTOrder::weight_side}},
+      {"WeGeFT r=4 input edit",
+       WeGeFTConfig{.rank = 4, .alpha = 8, .order = WeGeFTOrder::input_edit}},
       {"WeGeFT r=4 dropout 0.1", WeGeFTConfig{.rank = 4, .alpha = 8, .dropout = 0.1}},
       {"DoRA r=4", DoraConfig{.rank = 4, .alpha = 8}},
       {"GPT-2 LoRA r=4", LoraConfig{.rank = 4, .alpha = 8}, Family::gpt2},
@@ -127,7 +134,8 @@ int main(int argc, char** argv) {
       {"BERT classifier LoRA r=4", LoraConfig{.rank = 4, .alpha = 8, .dropout = 0.1}, Family::bert},
       {"BERT classifier DoRA r=4", DoraConfig{.rank = 4, .alpha = 8}, Family::bert},
       {"wide Llama LoRA r=16", LoraConfig{.rank = 16, .alpha = 32}, Family::llama, true},
-      {"wide Llama WeGeFT r=32", WeGeFTConfig{.rank = 32, .alpha = 64, .dropout = 0.1}, Family::llama, true},
+      {"wide Llama WeGeFT r=32", WeGeFTConfig{.rank = 32, .alpha = 64, .dropout = 0.1},
+       Family::llama, true},
       {"wide Llama DoRA r=16", DoraConfig{.rank = 16, .alpha = 32}, Family::llama, true},
   };
   int passed = 0, failed = 0;
@@ -135,7 +143,9 @@ int main(int argc, char** argv) {
     if (c.wide && !wide) continue;
     const long n = allocations_per_step(c);
     std::printf("%-28s %5ld heap allocations per steady-state step%s\n", c.name, n,
-                c.wide ? " (reported, not checked)" : n == 0 ? "" : "  FAILED");
+                c.wide   ? " (reported, not checked)"
+                : n == 0 ? ""
+                         : "  FAILED");
     if (!c.wide) (n == 0 ? passed : failed) += 1;
   }
   std::printf("%d passed, %d failed\n", passed, failed);

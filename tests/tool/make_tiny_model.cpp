@@ -19,7 +19,8 @@ int main(int argc, char** argv) {
     return 2;
   }
   namespace fs = std::filesystem;
-  const std::string family = std::string(argv[1]) == "bert-bare" ? "bert" : argv[1], tok_path = argv[2], out = argv[3];
+  const std::string family = std::string(argv[1]) == "bert-bare" ? "bert" : argv[1],
+                    tok_path = argv[2], out = argv[3];
   const bool bare = std::string(argv[1]) == "bert-bare";
   try {
     const auto tok = wegeft::text::Tokenizer::load(tok_path);
@@ -28,19 +29,31 @@ int main(int argc, char** argv) {
     nlohmann::ordered_json cfg;
     wegeft::ModelConfig c;
     if (family == "bert") {
-      cfg = {{"model_type", "bert"}, {"architectures", {"BertModel"}}, {"hidden_size", 32}, {"num_hidden_layers", 2},
-             {"num_attention_heads", 4}, {"intermediate_size", 64}, {"vocab_size", vocab}, {"max_position_embeddings", 64},
-             {"type_vocab_size", 2}, {"layer_norm_eps", 1e-12}, {"hidden_act", "gelu"}, {"pad_token_id", 0}};
+      cfg = {{"model_type", "bert"},    {"architectures", {"BertModel"}}, {"hidden_size", 32},
+             {"num_hidden_layers", 2},  {"num_attention_heads", 4},       {"intermediate_size", 64},
+             {"vocab_size", vocab},     {"max_position_embeddings", 64},  {"type_vocab_size", 2},
+             {"layer_norm_eps", 1e-12}, {"hidden_act", "gelu"},           {"pad_token_id", 0}};
       fs::copy_file(tok_path, fs::path(out) / "vocab.txt", fs::copy_options::overwrite_existing);
     } else if (family == "llama") {
-      cfg = {{"model_type", "llama"}, {"architectures", {"LlamaForCausalLM"}}, {"hidden_size", 32}, {"num_hidden_layers", 2},
-             {"num_attention_heads", 4}, {"num_key_value_heads", 2}, {"intermediate_size", 64}, {"vocab_size", vocab},
-             {"max_position_embeddings", 64}, {"rms_norm_eps", 1e-6}, {"rope_theta", 10000.0}, {"hidden_act", "silu"},
+      cfg = {{"model_type", "llama"},
+             {"architectures", {"LlamaForCausalLM"}},
+             {"hidden_size", 32},
+             {"num_hidden_layers", 2},
+             {"num_attention_heads", 4},
+             {"num_key_value_heads", 2},
+             {"intermediate_size", 64},
+             {"vocab_size", vocab},
+             {"max_position_embeddings", 64},
+             {"rms_norm_eps", 1e-6},
+             {"rope_theta", 10000.0},
+             {"hidden_act", "silu"},
              {"tie_word_embeddings", true}};
-      fs::copy_file(tok_path, fs::path(out) / "tokenizer.json", fs::copy_options::overwrite_existing);
+      fs::copy_file(tok_path, fs::path(out) / "tokenizer.json",
+                    fs::copy_options::overwrite_existing);
       const auto& added = tok.bpe()->added_tokens().tokens();
-      nlohmann::ordered_json tc = {{"eos_token", added.empty() ? nullptr : nlohmann::json(added.back().content)},
-                                   {"add_bos_token", false}};
+      nlohmann::ordered_json tc = {
+          {"eos_token", added.empty() ? nullptr : nlohmann::json(added.back().content)},
+          {"add_bos_token", false}};
       std::ofstream(fs::path(out) / "tokenizer_config.json") << tc.dump(2) << "\n";
     } else {
       std::fprintf(stderr, "family must be bert or llama\n");
@@ -53,15 +66,19 @@ int main(int argc, char** argv) {
     wegeft::SafetensorsBuilder st;
     for (const auto& [name, m] : model.tensors()) {
       wegeft::Matrix<float> v(m.rows(), m.cols());
-      const bool norm = name.find("norm") != std::string::npos || name.find("LayerNorm") != std::string::npos;
+      const bool norm =
+          name.find("norm") != std::string::npos || name.find("LayerNorm") != std::string::npos;
       for (wegeft::Index i = 0; i < v.size(); ++i)
-        v.data()[i] = norm ? (name.ends_with(".bias") ? 0.f : 1.f) : static_cast<float>(0.05 * rng.normal());
+        v.data()[i] =
+            norm ? (name.ends_with(".bias") ? 0.f : 1.f) : static_cast<float>(0.05 * rng.normal());
       const bool vector = m.rows() == 1 && (name.ends_with(".bias") || norm);
       const std::string stored = bare && name.rfind("bert.", 0) == 0 ? name.substr(5) : name;
-      st.add(stored, wegeft::DType::F32, v, vector ? std::vector<std::int64_t>{m.cols()} : std::vector<std::int64_t>{});
+      st.add(stored, wegeft::DType::F32, v,
+             vector ? std::vector<std::int64_t>{m.cols()} : std::vector<std::int64_t>{});
     }
     st.write((fs::path(out) / "model.safetensors").string());
-    std::printf("%s: tiny %s, vocabulary %ld\n", out.c_str(), family.c_str(), static_cast<long>(vocab));
+    std::printf("%s: tiny %s, vocabulary %ld\n", out.c_str(), family.c_str(),
+                static_cast<long>(vocab));
     return 0;
   } catch (const wegeft::Error& e) {
     std::fprintf(stderr, "make_tiny_model: %s\n", e.message().c_str());

@@ -2,15 +2,16 @@
 // and score it. Part of the wegeft tool (main.cpp); options parsed with CLI11.
 #pragma once
 
-#include <CLI/CLI.hpp>
 #include <sys/resource.h>
 #include <unistd.h>
+#include <CLI/CLI.hpp>
 
 #include <wegeft/io/checkpoint.hpp>
 #include <wegeft/io/gguf_model.hpp>
 #include <wegeft/io/hf_model.hpp>
 #include <wegeft/io/peft.hpp>
 #include <wegeft/text/dataset.hpp>
+#include <wegeft/train/metrics.hpp>
 #include <wegeft/train/trainer.hpp>
 
 #include <chrono>
@@ -30,11 +31,13 @@ using text::Task;
 
 /// Every finetune option; also what finetune.json in the output directory records.
 struct FinetuneOptions {
-  std::string model, data, out = "adapter", method = "wegeft", targets = "all-linear", task, schedule = "cosine", log;
+  std::string model, data, out = "adapter", method = "wegeft", targets = "all-linear", task,
+                           schedule = "cosine", log;
   std::string on_long = "truncate";
   Index rank = 0;  // 0: the method's default
   double alpha = 0, lr = 0, dropout = 0, weight_decay = 0, max_grad_norm = 1.0, epochs = 0;
-  std::int64_t iters = 0, stop_at = 0, warmup = -1, eval_every = 0, save_every = 0, report_every = 10, eval_batches = 0;
+  std::int64_t iters = 0, stop_at = 0, warmup = -1, eval_every = 0, save_every = 0,
+               report_every = 10, eval_batches = 0;
   Index batch_size = 4, grad_accum = 1;
   std::size_t max_seq_length = 512;
   bool mask_prompt = false, resume = false;
@@ -43,15 +46,24 @@ struct FinetuneOptions {
 };
 
 inline nlohmann::ordered_json to_json(const FinetuneOptions& o) {
-  return {{"model", o.model},         {"data", o.data},
-          {"method", o.method},       {"rank", o.rank},
-          {"alpha", o.alpha},         {"targets", o.targets},
-          {"task", o.task},           {"iters", o.iters},
-          {"batch_size", o.batch_size}, {"max_seq_length", o.max_seq_length},
-          {"lr", o.lr},               {"schedule", o.schedule},
-          {"warmup", o.warmup},       {"grad_accum", o.grad_accum},
-          {"mask_prompt", o.mask_prompt}, {"dropout", o.dropout},
-          {"weight_decay", o.weight_decay}, {"max_grad_norm", o.max_grad_norm},
+  return {{"model", o.model},
+          {"data", o.data},
+          {"method", o.method},
+          {"rank", o.rank},
+          {"alpha", o.alpha},
+          {"targets", o.targets},
+          {"task", o.task},
+          {"iters", o.iters},
+          {"batch_size", o.batch_size},
+          {"max_seq_length", o.max_seq_length},
+          {"lr", o.lr},
+          {"schedule", o.schedule},
+          {"warmup", o.warmup},
+          {"grad_accum", o.grad_accum},
+          {"mask_prompt", o.mask_prompt},
+          {"dropout", o.dropout},
+          {"weight_decay", o.weight_decay},
+          {"max_grad_norm", o.max_grad_norm},
           {"seed", o.seed}};
 }
 
@@ -68,7 +80,8 @@ inline LoadedTextModel load_text_model(const std::string& path) {
   if (fs::is_directory(path)) {
     m.loaded = load_hf_model<float>(path);
   } else {
-    WEGEFT_CHECK(fs::path(path).extension() == ".gguf", path << ": a model is a Hugging Face checkpoint folder or a .gguf file");
+    WEGEFT_CHECK(fs::path(path).extension() == ".gguf",
+                 path << ": a model is a Hugging Face checkpoint folder or a .gguf file");
     m.loaded = load_gguf_model<float>(path);
   }
   // A bare BertModel checkpoint (sentence-transformers' MiniLM) gets the "bert." names a
@@ -85,13 +98,13 @@ inline LoadedTextModel load_text_model(const std::string& path) {
   }
   m.tokenizer.emplace(text::Tokenizer::load(path));
   WEGEFT_CHECK(m.tokenizer->vocab_size() <= static_cast<std::size_t>(m.model().config().vocab_size),
-               path << ": the tokenizer has " << m.tokenizer->vocab_size() << " tokens, the model's embedding "
-                    << m.model().config().vocab_size);
+               path << ": the tokenizer has " << m.tokenizer->vocab_size()
+                    << " tokens, the model's embedding " << m.model().config().vocab_size);
   return m;
 }
 
 inline std::string hms(double s) {
-  const auto t = static_cast<long>(s + 0.5);
+  const long t = std::lround(s);
   char buf[32];
   std::snprintf(buf, sizeof buf, "%02ld:%02ld:%02ld", t / 3600, t / 60 % 60, t % 60);
   return buf;
@@ -116,50 +129,57 @@ inline double available_memory_bytes() {
 /// Rough bytes of activations and logits a step of `batch` x `seq` tokens keeps (float32).
 inline double step_memory_estimate(const ModelConfig& c, Index batch, Index seq, Index classes) {
   const double tokens = static_cast<double>(batch) * static_cast<double>(seq);
-  const double per_layer = 14.0 * double(c.hidden) + 4.0 * double(c.intermediate) + 2.0 * double(c.heads) * double(seq);
+  const double per_layer =
+      14.0 * double(c.hidden) + 4.0 * double(c.intermediate) + 2.0 * double(c.heads) * double(seq);
   const double head = classes > 0 ? 0.0 : 3.0 * double(c.vocab_size);
   return 4.0 * tokens * (double(c.layers) * per_layer + head);
 }
 
 struct EvalResult {
-  double loss = 0, accuracy = -1;
-  std::size_t count = 0;  // targets (LM) or examples (classification)
+  double loss = 0, accuracy = -1, macro_f1 = -1;  // the scores: classification only
+  std::size_t count = 0;                          // targets (LM) or examples (classification)
 };
 
-/// Mean loss (per target token, or per example) and, for classification, accuracy.
-inline EvalResult evaluate(Transformer<float>& model, const text::Dataset& data, Task task, Index batch_size, std::int32_t pad,
-                           std::int64_t max_batches) {
+/// Mean loss (per target token, or per example) and, for classification, accuracy and macro F1.
+inline EvalResult evaluate(Transformer<float>& model, const text::Dataset& data, Task task,
+                           Index batch_size, std::int32_t pad, std::int64_t max_batches) {
   model.set_training(false);
   Transformer<float>::Activations acts;
   std::vector<std::size_t> order(data.examples.size());
   std::iota(order.begin(), order.end(), 0);
   double total = 0;
-  std::size_t correct = 0;
+  std::optional<Confusion> confusion;
   EvalResult r;
   std::int64_t batches = 0;
   for (std::size_t b = 0; b < order.size(); b += static_cast<std::size_t>(batch_size)) {
     if (max_batches > 0 && batches++ >= max_batches) break;
     const auto e = std::min(order.size(), b + static_cast<std::size_t>(batch_size));
     const auto batch = text::make_batch(data, order, b, e, task, pad);
-    const ModelInput<float> in{.ids = batch.ids.data(), .mask = batch.mask.data(), .batch = batch.batch, .seq = batch.seq};
+    const ModelInput<float> in{
+        .ids = batch.ids.data(), .mask = batch.mask.data(), .batch = batch.batch, .seq = batch.seq};
     model.forward(acts, in);
     if (task == Task::causal_lm) {
       if (batch.target_count == 0) continue;
       total += model.lm_loss(acts, batch.targets.data()) * static_cast<double>(batch.target_count);
       r.count += batch.target_count;
     } else {
-      total += model.classification_loss(acts, batch.labels.data()) * static_cast<double>(batch.batch);
+      total +=
+          model.classification_loss(acts, batch.labels.data()) * static_cast<double>(batch.batch);
+      if (!confusion) confusion.emplace(acts.logits.cols());
       for (Index i = 0; i < batch.batch; ++i) {
         Index arg = 0;
         acts.logits.row(i).maxCoeff(&arg);
-        correct += arg == batch.labels[static_cast<std::size_t>(i)] ? 1 : 0;
+        confusion->add(batch.labels[static_cast<std::size_t>(i)], arg);
       }
       r.count += static_cast<std::size_t>(batch.batch);
     }
   }
   model.set_training(true);
   r.loss = r.count ? total / static_cast<double>(r.count) : std::nan("");
-  if (task == Task::classification && r.count) r.accuracy = static_cast<double>(correct) / static_cast<double>(r.count);
+  if (confusion && confusion->total()) {
+    r.accuracy = confusion->accuracy();
+    r.macro_f1 = confusion->macro_f1();
+  }
   return r;
 }
 
@@ -173,7 +193,8 @@ inline MethodConfig method_from_options(const FinetuneOptions& o) {
   };
   if (o.method == "lora") return lora_like(LoraConfig{});
   if (o.method == "dora") return lora_like(DoraConfig{});
-  WEGEFT_CHECK(o.method == "wegeft", "--method must be wegeft, lora or dora, got '" << o.method << "'");
+  WEGEFT_CHECK(o.method == "wegeft",
+               "--method must be wegeft, lora, dora or head, got '" << o.method << "'");
   WeGeFTConfig c;
   if (o.rank > 0) c.rank = o.rank;
   c.alpha = o.alpha > 0 ? o.alpha : 2.0 * double(c.rank);
@@ -201,16 +222,21 @@ class Progress {
       WEGEFT_CHECK(m_log.good(), log_path << ": cannot open the log file for writing");
     }
   }
-  void report(std::int64_t step, std::int64_t total, double loss, std::optional<EvalResult> val, double lr, double tok_s,
-              double elapsed, bool force_line) {
-    const double eta = step > 0 ? elapsed / double(step - m_first + (step == m_first)) * double(total - step) : 0;
+  void report(std::int64_t step, std::int64_t total, double loss, std::optional<EvalResult> val,
+              double lr, double tok_s, double elapsed, double train_s, bool force_line) {
+    const double eta =
+        step > 0 ? elapsed / double(step - m_first + (step == m_first)) * double(total - step) : 0;
     char line[320];
-    int n = std::snprintf(line, sizeof line, "step %lld/%lld | loss %.4f", static_cast<long long>(step), static_cast<long long>(total), loss);
+    int n = std::snprintf(line, sizeof line, "step %lld/%lld | loss %.4f",
+                          static_cast<long long>(step), static_cast<long long>(total), loss);
     if (val) {
       n += std::snprintf(line + n, sizeof line - std::size_t(n), " | val loss %.4f", val->loss);
-      if (val->accuracy >= 0) n += std::snprintf(line + n, sizeof line - std::size_t(n), " acc %.3f", val->accuracy);
+      if (val->accuracy >= 0)
+        n += std::snprintf(line + n, sizeof line - std::size_t(n), " acc %.3f F1 %.3f",
+                           val->accuracy, val->macro_f1);
     }
-    std::snprintf(line + n, sizeof line - std::size_t(n), " | lr %.2e | %.0f tok/s | %s elapsed, ETA %s | peak %.2f GiB", lr, tok_s,
+    std::snprintf(line + n, sizeof line - std::size_t(n),
+                  " | lr %.2e | %.0f tok/s | %s elapsed, ETA %s | peak %.2f GiB", lr, tok_s,
                   hms(elapsed).c_str(), hms(eta).c_str(), peak_rss_gib());
     if (m_tty) {
       std::fprintf(stderr, "\r\033[K%s%s", line, force_line || val ? "\n" : "");
@@ -219,17 +245,31 @@ class Progress {
     }
     std::fflush(stderr);
     if (m_log.is_open()) {
-      nlohmann::ordered_json j{{"step", step}, {"train_loss", loss}, {"lr", lr}, {"tokens_per_s", tok_s}, {"elapsed_s", elapsed},
+      nlohmann::ordered_json j{{"step", step},
+                               {"train_loss", loss},
+                               {"lr", lr},
+                               {"tokens_per_s", tok_s},
+                               {"elapsed_s", elapsed},
+                               {"train_s", train_s},
                                {"peak_gib", peak_rss_gib()}};
       if (val) {
         j["val_loss"] = val->loss;
-        if (val->accuracy >= 0) j["val_accuracy"] = val->accuracy;
+        if (val->accuracy >= 0) {
+          j["val_accuracy"] = val->accuracy;
+          j["val_macro_f1"] = val->macro_f1;
+        }
       }
       m_log << j.dump() << "\n";
       m_log.flush();
     }
   }
   void set_first(std::int64_t s) { m_first = s; }
+  /// The log's first line of a run (or of a resumed part): what is trained and how.
+  void start(const nlohmann::ordered_json& run) {
+    if (!m_log.is_open()) return;
+    m_log << run.dump() << "\n";
+    m_log.flush();
+  }
 
  private:
   bool m_tty;
@@ -240,6 +280,45 @@ class Progress {
 inline const char* kStateFile = "training_state.safetensors";
 inline const char* kRunFile = "finetune.json";
 inline const char* kLabelsFile = "labels.json";
+inline const char* kHeadFile = "classifier.safetensors";
+
+/// `--method head`: the classification head alone, under the names Hugging Face's
+/// *ForSequenceClassification models give it ("classifier.weight"/".bias", or "score.weight").
+inline void save_head(Transformer<float>& model, const std::string& dir) {
+  const auto head = model.classifier_params();
+  WEGEFT_CHECK(head, dir << ": the model has no classification head to save");
+  const std::string name = detail::head_module(model.config());
+  SafetensorsBuilder out;
+  out.add(name + ".weight", DType::F32, Matrix<float>(model.store().value(head->first)));
+  if (head->second)
+    out.add(name + ".bias", DType::F32, Matrix<float>(model.store().value(*head->second)),
+            {model.store().value(*head->second).size()});
+  out.write((fs::path(dir) / kHeadFile).string(), {{"format", "wegeft-head"}});
+}
+
+/// Reads what save_head wrote into a new classification head of `model`.
+inline void load_head(Transformer<float>& model, const std::string& dir) {
+  const std::string path = (fs::path(dir) / kHeadFile).string();
+  const SafetensorsReader file(path);
+  const std::string name = detail::head_module(model.config());
+  const Index hidden = model.config().hidden;
+  WEGEFT_CHECK(file.contains(name + ".weight"), path << ": no '" << name << ".weight'");
+  const TensorInfo& t = file.info(name + ".weight");
+  WEGEFT_CHECK(t.shape.size() == 2 && t.shape[0] >= 2 && t.shape[1] == hidden,
+               path << ": '" << name << ".weight' must be [labels, " << hidden << "]");
+  const Index labels = static_cast<Index>(t.shape[0]);
+  const Matrix<float> w = detail::read_param<float>(file, name + ".weight", labels, hidden, false);
+  std::optional<Matrix<float>> b;
+  if (!model.config().causal())
+    b = detail::read_param<float>(file, name + ".bias", 1, labels, true);
+  for (const auto& info : file.tensors())
+    WEGEFT_CHECK(info.name == name + ".weight" || (b && info.name == name + ".bias"),
+                 path << ": tensor '" << info.name << "' is not part of the head");
+  model.add_classifier(labels);
+  const auto [wid, bid] = *model.classifier_params();
+  model.store().value(wid) = w;
+  if (bid) model.store().value(*bid) = *b;
+}
 
 inline int finetune(FinetuneOptions o) {
   using clock = std::chrono::steady_clock;
@@ -254,7 +333,10 @@ inline int finetune(FinetuneOptions o) {
     const auto saved = detail::parse_json_strict(read_text_file(run_file), run_file);
     for (const auto& [k, v] : saved.items()) {
       if (!given.contains(k) || k == "iters") continue;
-      WEGEFT_CHECK(given[k] == v, "--resume: option '" << k << "' was " << v.dump() << " in the run being resumed, now " << given[k].dump());
+      const nlohmann::json now(given[k]);  // compared as the same json type as `saved`
+      WEGEFT_CHECK(now == v, "--resume: option '" << k << "' was " << v.dump()
+                                                  << " in the run being resumed, now "
+                                                  << given[k].dump());
     }
   }
   auto tm = load_text_model(o.model);
@@ -262,71 +344,97 @@ inline int finetune(FinetuneOptions o) {
   const auto& tok = *tm.tokenizer;
   const ModelConfig& cfg = model.config();
   if (o.task.empty()) o.task = cfg.causal() ? "causal-lm" : "classification";
-  WEGEFT_CHECK(o.task == "causal-lm" || o.task == "classification", "--task must be causal-lm or classification, got '" << o.task << "'");
+  WEGEFT_CHECK(o.task == "causal-lm" || o.task == "classification",
+               "--task must be causal-lm or classification, got '" << o.task << "'");
   const Task task = o.task == "causal-lm" ? Task::causal_lm : Task::classification;
   WEGEFT_CHECK(task == Task::classification || cfg.causal(),
-               o.model << ": a " << to_string(cfg.family) << " model has no language-model head; use --task classification");
-  WEGEFT_CHECK(o.on_long == "truncate" || o.on_long == "error", "--on-long must be truncate or error, got '" << o.on_long << "'");
-  WEGEFT_CHECK(o.batch_size >= 1 && o.grad_accum >= 1, "--batch-size and --grad-accum must be at least 1");
+               o.model << ": a " << to_string(cfg.family)
+                       << " model has no language-model head; use --task classification");
+  WEGEFT_CHECK(o.on_long == "truncate" || o.on_long == "error",
+               "--on-long must be truncate or error, got '" << o.on_long << "'");
+  WEGEFT_CHECK(o.batch_size >= 1 && o.grad_accum >= 1,
+               "--batch-size and --grad-accum must be at least 1");
   WEGEFT_CHECK(o.max_seq_length >= 2, "--max-seq-length must be at least 2");
   if (o.max_seq_length > static_cast<std::size_t>(cfg.max_positions)) {
-    std::fprintf(stderr, "wegeft: note: --max-seq-length %zu lowered to the model's %ld positions\n", o.max_seq_length,
-                 static_cast<long>(cfg.max_positions));
+    std::fprintf(stderr,
+                 "wegeft: note: --max-seq-length %zu lowered to the model's %ld positions\n",
+                 o.max_seq_length, static_cast<long>(cfg.max_positions));
     o.max_seq_length = static_cast<std::size_t>(cfg.max_positions);
   }
 
-  text::DataOptions dopt{.task = task, .max_seq_length = o.max_seq_length, .mask_prompt = o.mask_prompt,
-                         .truncate = o.on_long == "truncate", .default_system = text::chat_default_system(tok.chat_template())};
+  text::DataOptions dopt{.task = task,
+                         .max_seq_length = o.max_seq_length,
+                         .mask_prompt = o.mask_prompt,
+                         .truncate = o.on_long == "truncate",
+                         .default_system = text::chat_default_system(tok.chat_template())};
   text::LabelMap labels;
   const std::string train_path = (fs::path(o.data) / "train.jsonl").string();
   const std::string valid_path = (fs::path(o.data) / "valid.jsonl").string();
-  WEGEFT_CHECK(fs::is_directory(o.data), o.data << ": --data must be a folder holding train.jsonl (and valid.jsonl)");
+  WEGEFT_CHECK(fs::is_directory(o.data),
+               o.data << ": --data must be a folder holding train.jsonl (and valid.jsonl)");
   WEGEFT_CHECK(fs::exists(train_path), o.data << ": no train.jsonl");
   const auto train = text::read_dataset(train_path, tok, dopt, labels, true);
   std::optional<text::Dataset> valid;
-  if (fs::exists(valid_path)) valid.emplace(text::read_dataset(valid_path, tok, dopt, labels, false));
+  if (fs::exists(valid_path))
+    valid.emplace(text::read_dataset(valid_path, tok, dopt, labels, false));
   if (task == Task::classification)
-    WEGEFT_CHECK(labels.names.size() >= 2, train_path << ": classification needs at least 2 labels, found " << labels.names.size());
-  for (const text::Dataset* d : {&train, valid ? &*valid : static_cast<const text::Dataset*>(nullptr)})
+    WEGEFT_CHECK(labels.names.size() >= 2, train_path
+                                               << ": classification needs at least 2 labels, found "
+                                               << labels.names.size());
+  for (const text::Dataset* d :
+       {&train, valid ? &*valid : static_cast<const text::Dataset*>(nullptr)})
     if (d && d->truncated)
-      std::fprintf(stderr, "wegeft: warning: %s: %zu of %zu examples cut to %zu tokens\n", d->path.c_str(), d->truncated,
-                   d->examples.size(), o.max_seq_length);
+      std::fprintf(stderr, "wegeft: warning: %s: %zu of %zu examples cut to %zu tokens\n",
+                   d->path.c_str(), d->truncated, d->examples.size(), o.max_seq_length);
 
   // Steps: --iters wins; else --epochs (default 1) over the training examples.
   const auto n_train = static_cast<std::int64_t>(train.examples.size());
   const std::int64_t batches_per_epoch = (n_train + o.batch_size - 1) / o.batch_size;
   if (o.iters <= 0) {
     const double epochs = o.epochs > 0 ? o.epochs : 1.0;
-    o.iters = std::max<std::int64_t>(1, static_cast<std::int64_t>(std::ceil(epochs * double(batches_per_epoch) / double(o.grad_accum))));
+    o.iters = std::max<std::int64_t>(
+        1, static_cast<std::int64_t>(
+               std::ceil(epochs * double(batches_per_epoch) / double(o.grad_accum))));
   }
   if (o.warmup < 0) o.warmup = o.iters / 20;
   if (o.eval_every <= 0) o.eval_every = std::max<std::int64_t>(1, o.iters / 10);
   if (o.save_every <= 0) o.save_every = o.eval_every;
-  if (o.lr <= 0) o.lr = o.method == "wegeft" ? 5e-4 : 1e-3;  // docs/finetune.md: the sweep behind these
+  if (o.lr <= 0)
+    o.lr = o.method == "wegeft" ? 5e-4 : 1e-3;  // docs/finetune.md: the sweep behind these
 
   // Memory: refuse a batch whose activations alone would not fit.
   std::size_t longest = 0;
   for (const auto& e : train.examples) longest = std::max(longest, e.ids.size());
-  const double need = step_memory_estimate(cfg, o.batch_size, static_cast<Index>(longest), task == Task::classification ? 2 : 0);
+  const double need = step_memory_estimate(cfg, o.batch_size, static_cast<Index>(longest),
+                                           task == Task::classification ? 2 : 0);
   const double avail = available_memory_bytes();
-  WEGEFT_CHECK(avail <= 0 || need < 0.9 * avail, "a batch of " << o.batch_size << " x " << longest << " tokens needs about "
-                                                   << need / (1 << 30) << " GiB of activations, " << avail / (1 << 30)
-                                                   << " GiB are available; lower --batch-size or --max-seq-length");
+  WEGEFT_CHECK(avail <= 0 || need < 0.9 * avail,
+               "a batch of " << o.batch_size << " x " << longest << " tokens needs about "
+                             << need / (1 << 30) << " GiB of activations, " << avail / (1 << 30)
+                             << " GiB are available; lower --batch-size or --max-seq-length");
 
-  // Adapters (and the classification head) in the model's store.
-  AdapterSpec spec;
-  spec.target_modules = split_commas(o.targets);
-  spec.method = method_from_options(o);
-  spec.seed = o.seed;
-  model.attach(spec);
-  if (task == Task::classification) model.add_classifier(static_cast<Index>(labels.names.size()), std::nullopt, o.seed + 1);
+  // Adapters (and the classification head) in the model's store; --method head: the head alone.
+  const bool head_only = o.method == "head";
+  WEGEFT_CHECK(!head_only || task == Task::classification,
+               "--method head trains a classification head alone; it needs --task classification");
+  if (!head_only) {
+    AdapterSpec spec;
+    spec.target_modules = split_commas(o.targets);
+    spec.method = method_from_options(o);
+    spec.seed = o.seed;
+    model.attach(spec);
+  }
+  if (task == Task::classification)
+    model.add_classifier(static_cast<Index>(labels.names.size()), std::nullopt, o.seed + 1);
   model.set_training(true);
   auto& store = model.store();
   const double frozen = double(model.frozen_parameter_count());
 
   TrainerConfig tc;
   tc.adamw = {.lr = o.lr, .weight_decay = o.weight_decay};
-  tc.schedule = {o.schedule == "cosine" ? ScheduleKind::cosine : o.schedule == "linear" ? ScheduleKind::linear : ScheduleKind::constant,
+  tc.schedule = {o.schedule == "cosine"   ? ScheduleKind::cosine
+                 : o.schedule == "linear" ? ScheduleKind::linear
+                                          : ScheduleKind::constant,
                  o.warmup, o.iters};
   WEGEFT_CHECK(o.schedule == "cosine" || o.schedule == "linear" || o.schedule == "constant",
                "--schedule must be cosine, linear or constant, got '" << o.schedule << "'");
@@ -338,26 +446,44 @@ inline int finetune(FinetuneOptions o) {
   if (o.resume) {
     load_checkpoint((fs::path(o.out) / kStateFile).string(), model, store, trainer.optimizer());
     start = trainer.optimizer_steps();
-    WEGEFT_CHECK(start <= o.iters, o.out << ": the saved run is at step " << start << ", past --iters " << o.iters);
+    WEGEFT_CHECK(start <= o.iters,
+                 o.out << ": the saved run is at step " << start << ", past --iters " << o.iters);
   } else {
     fs::create_directories(o.out);
     write_file_atomic(run_file, given.dump(2) + "\n");
-    if (task == Task::classification) write_file_atomic((fs::path(o.out) / kLabelsFile).string(), nlohmann::json(labels.names).dump() + "\n");
+    if (task == Task::classification)
+      write_file_atomic((fs::path(o.out) / kLabelsFile).string(),
+                        nlohmann::json(labels.names).dump() + "\n");
   }
-  std::fprintf(stderr,
-               "wegeft finetune: %s %s (%s), %s, %.1fM frozen + %.3fM trainable parameters (%.3f%%)\n"
-               "  data: %zu train / %zu valid examples, %zu train tokens; %lld steps of %ld x %ld; lr %.1e %s, warmup %lld; %d threads (%s)\n",
-               to_string(cfg.family), o.method.c_str(), o.targets.c_str(), text::to_string(task), frozen / 1e6,
-               double(store.parameter_count()) / 1e6, 100.0 * double(store.parameter_count()) / frozen, train.examples.size(),
-               valid ? valid->examples.size() : 0, train.tokens, static_cast<long long>(o.iters), static_cast<long>(o.batch_size),
-               static_cast<long>(o.grad_accum), o.lr, o.schedule.c_str(), static_cast<long long>(o.warmup), gemm_threads(),
-               gemm_backend().c_str());
+  std::fprintf(
+      stderr,
+      "wegeft finetune: %s %s (%s), %s, %.1fM frozen + %.3fM trainable parameters (%.3f%%)\n"
+      "  data: %zu train / %zu valid examples, %zu train tokens; %lld steps of %ld x %ld; lr %.1e "
+      "%s, warmup %lld; %d threads (%s)\n",
+      to_string(cfg.family), o.method.c_str(), head_only ? "no adapter" : o.targets.c_str(),
+      text::to_string(task), frozen / 1e6, double(store.parameter_count()) / 1e6,
+      100.0 * double(store.parameter_count()) / frozen, train.examples.size(),
+      valid ? valid->examples.size() : 0, train.tokens, static_cast<long long>(o.iters),
+      static_cast<long>(o.batch_size), static_cast<long>(o.grad_accum), o.lr, o.schedule.c_str(),
+      static_cast<long long>(o.warmup), gemm_threads(), gemm_backend().c_str());
 
   const std::int32_t pad = tok.pad_id().value_or(0);
   Progress progress(o.log, ::isatty(2) != 0);
   progress.set_first(start);
+  progress.start({{"event", "start"},
+                  {"step", start},
+                  {"method", o.method},
+                  {"trainable_parameters", store.parameter_count()},
+                  {"frozen_parameters", model.frozen_parameter_count()},
+                  {"iters", o.iters},
+                  {"lr", o.lr},
+                  {"threads", gemm_threads()},
+                  {"backend", gemm_backend()}});
   auto save = [&] {
-    save_adapter(model, store, o.out, o.model);
+    if (head_only)
+      save_head(model, o.out);
+    else
+      save_adapter(model, store, o.out, o.model);
     save_checkpoint((fs::path(o.out) / kStateFile).string(), model, store, trainer.optimizer());
   };
   // Batch k of the run is batch (k mod per-epoch) of epoch k / per-epoch, whose order is a
@@ -366,12 +492,14 @@ inline int finetune(FinetuneOptions o) {
     std::vector<std::size_t> order(train.examples.size());
     std::iota(order.begin(), order.end(), 0);
     Rng rng(o.seed * 1000003ULL + static_cast<std::uint64_t>(epoch) + 17);
-    for (std::size_t i = order.size(); i > 1; --i) std::swap(order[i - 1], order[rng.next_u64() % i]);
+    for (std::size_t i = order.size(); i > 1; --i)
+      std::swap(order[i - 1], order[rng.next_u64() % i]);
     return order;
   };
   std::int64_t cached_epoch = -1;
   std::vector<std::size_t> order;
   double window_loss = 0, window_tokens = 0;
+  double train_total = 0;  // seconds in training steps (validation and saving left out)
   std::int64_t window_n = 0;
   auto window_t = clock::now();
   std::optional<EvalResult> last_val;
@@ -384,7 +512,10 @@ inline int finetune(FinetuneOptions o) {
       const auto b = static_cast<std::size_t>(within * o.batch_size);
       const auto e = std::min(order.size(), b + static_cast<std::size_t>(o.batch_size));
       const auto batch = text::make_batch(train, order, b, e, task, pad);
-      const ModelInput<float> in{.ids = batch.ids.data(), .mask = batch.mask.data(), .batch = batch.batch, .seq = batch.seq};
+      const ModelInput<float> in{.ids = batch.ids.data(),
+                                 .mask = batch.mask.data(),
+                                 .batch = batch.batch,
+                                 .seq = batch.seq};
       double loss;
       if (task == Task::causal_lm) {
         if (batch.target_count == 0) continue;
@@ -392,7 +523,8 @@ inline int finetune(FinetuneOptions o) {
       } else {
         loss = trainer.classification_step(in, batch.labels.data());
       }
-      WEGEFT_CHECK(std::isfinite(loss), "the training loss became " << loss << " at step " << step + 1 << "; lower --lr");
+      WEGEFT_CHECK(std::isfinite(loss), "the training loss became " << loss << " at step "
+                                                                    << step + 1 << "; lower --lr");
       window_loss += loss;
       ++window_n;
       for (auto m : batch.mask) window_tokens += m;
@@ -403,10 +535,11 @@ inline int finetune(FinetuneOptions o) {
     if (eval_now) last_val = evaluate(model, *valid, task, o.batch_size, pad, o.eval_batches);
     if (done % o.report_every == 0 || eval_now || done == o.iters) {
       const double secs = train_secs;
+      train_total += secs;
       const double elapsed = std::chrono::duration<double>(clock::now() - t0).count();
       progress.report(done, o.iters, window_n ? window_loss / double(window_n) : std::nan(""),
-                      eval_now ? last_val : std::nullopt, trainer.current_lr(), secs > 0 ? window_tokens / secs : 0, elapsed,
-                      done == o.iters);
+                      eval_now ? last_val : std::nullopt, trainer.current_lr(),
+                      secs > 0 ? window_tokens / secs : 0, elapsed, train_total, done == o.iters);
       window_loss = window_tokens = 0;
       window_n = 0;
     }
@@ -414,8 +547,8 @@ inline int finetune(FinetuneOptions o) {
     window_t = done % o.report_every == 0 || eval_now || done == o.iters ? clock::now() : window_t;
   }
   if (start >= end) save();
-  std::printf("%s: %s adapter after %lld of %lld steps%s\n", o.out.c_str(), o.method.c_str(), static_cast<long long>(end),
-              static_cast<long long>(o.iters),
+  std::printf("%s: %s adapter after %lld of %lld steps%s\n", o.out.c_str(), o.method.c_str(),
+              static_cast<long long>(end), static_cast<long long>(o.iters),
               last_val ? (", validation loss " + std::to_string(last_val->loss)).c_str() : "");
   return 0;
 }
@@ -423,23 +556,32 @@ inline int finetune(FinetuneOptions o) {
 /// Loads MODEL and, if given, an adapter directory written by finetune (or PEFT).
 inline LoadedTextModel load_adapted(const std::string& model_path, const std::string& adapter) {
   auto tm = load_text_model(model_path);
-  if (!adapter.empty()) load_adapter(tm.model(), tm.model().store(), adapter);
+  // finetune --method head wrote the head alone (and no adapter_config.json).
+  if (!adapter.empty() && !fs::exists(fs::path(adapter) / kAdapterConfigFile) &&
+      fs::exists(fs::path(adapter) / kHeadFile))
+    load_head(tm.model(), adapter);
+  else if (!adapter.empty())
+    load_adapter(tm.model(), tm.model().store(), adapter);
   tm.model().set_training(false);
   return tm;
 }
 
-inline int eval_command(const std::string& model_path, const std::string& adapter, const std::string& data, const std::string& split,
-                        Index batch_size, std::size_t max_seq_length, bool mask_prompt, int threads) {
+inline int eval_command(const std::string& model_path, const std::string& adapter,
+                        const std::string& data, const std::string& split, Index batch_size,
+                        std::size_t max_seq_length, bool mask_prompt, int threads,
+                        bool json = false) {
   if (threads > 0) set_threads(threads);
   auto tm = load_adapted(model_path, adapter);
   auto& model = tm.model();
   const Task task = model.has_classifier() ? Task::classification : Task::causal_lm;
   WEGEFT_CHECK(task == Task::classification || model.config().causal(),
-               model_path << ": a " << to_string(model.config().family) << " model without a classification adapter has nothing to score");
+               model_path << ": a " << to_string(model.config().family)
+                          << " model without a classification adapter has nothing to score");
   text::LabelMap labels;
   if (task == Task::classification) {
     const std::string lp = (fs::path(adapter) / kLabelsFile).string();
-    WEGEFT_CHECK(fs::exists(lp), adapter << ": no " << kLabelsFile << " (the label names of the classifier)");
+    WEGEFT_CHECK(fs::exists(lp),
+                 adapter << ": no " << kLabelsFile << " (the label names of the classifier)");
     const auto j = detail::parse_json_strict(read_text_file(lp), lp);
     for (const auto& n : detail::json_string_list(j, lp)) labels.add(n);
   }
@@ -448,33 +590,53 @@ inline int eval_command(const std::string& model_path, const std::string& adapte
   // An adapter trained with --mask-prompt is scored on the tokens it was trained to produce.
   const std::string run_file = adapter.empty() ? "" : (fs::path(adapter) / kRunFile).string();
   if (!run_file.empty() && fs::exists(run_file))
-    mask_prompt = mask_prompt || detail::json_bool(detail::parse_json_strict(read_text_file(run_file), run_file), "mask_prompt", false, run_file);
-  text::DataOptions dopt{.task = task, .max_seq_length = std::min<std::size_t>(max_seq_length, std::size_t(model.config().max_positions)),
-                         .mask_prompt = mask_prompt,
-                         .default_system = text::chat_default_system(tm.tokenizer->chat_template())};
+    mask_prompt = mask_prompt ||
+                  detail::json_bool(detail::parse_json_strict(read_text_file(run_file), run_file),
+                                    "mask_prompt", false, run_file);
+  text::DataOptions dopt{
+      .task = task,
+      .max_seq_length =
+          std::min<std::size_t>(max_seq_length, std::size_t(model.config().max_positions)),
+      .mask_prompt = mask_prompt,
+      .default_system = text::chat_default_system(tm.tokenizer->chat_template())};
   const auto ds = text::read_dataset(path, *tm.tokenizer, dopt, labels, false);
   const auto r = evaluate(model, ds, task, batch_size, tm.tokenizer->pad_id().value_or(0), 0);
-  if (task == Task::causal_lm) {
-    std::printf("%s: %zu examples, %zu target tokens%s: loss %.6f, perplexity %.3f\n", path.c_str(), ds.examples.size(), r.count,
-                mask_prompt ? " (prompts masked)" : "", r.loss, std::exp(r.loss));
+  if (json) {  // one line for scripts
+    nlohmann::ordered_json j{{"data", path}, {"examples", ds.examples.size()}, {"loss", r.loss}};
+    if (task == Task::causal_lm) {
+      j["target_tokens"] = r.count;
+      j["perplexity"] = std::exp(r.loss);
+    } else {
+      j["accuracy"] = r.accuracy;
+      j["macro_f1"] = r.macro_f1;
+    }
+    std::printf("%s\n", j.dump().c_str());
+  } else if (task == Task::causal_lm) {
+    std::printf("%s: %zu examples, %zu target tokens%s: loss %.6f, perplexity %.3f\n", path.c_str(),
+                ds.examples.size(), r.count, mask_prompt ? " (prompts masked)" : "", r.loss,
+                std::exp(r.loss));
   } else {
-    std::printf("%s: %zu examples: loss %.6f, accuracy %.4f\n", path.c_str(), r.count, r.loss, r.accuracy);
+    std::printf("%s: %zu examples: loss %.6f, accuracy %.4f, macro-F1 %.4f\n", path.c_str(),
+                r.count, r.loss, r.accuracy, r.macro_f1);
   }
   return 0;
 }
 
-inline int generate_command(const std::string& model_path, const std::string& adapter, const std::string& prompt, int max_tokens,
-                            double temperature, double top_p, std::uint64_t seed, bool raw, int threads) {
+inline int generate_command(const std::string& model_path, const std::string& adapter,
+                            const std::string& prompt, int max_tokens, double temperature,
+                            double top_p, std::uint64_t seed, bool raw, int threads) {
   if (threads > 0) set_threads(threads);
   auto tm = load_adapted(model_path, adapter);
   auto& model = tm.model();
   const auto& tok = *tm.tokenizer;
-  WEGEFT_CHECK(model.config().causal() && !model.has_classifier(), model_path << ": generation needs a causal language model");
+  WEGEFT_CHECK(model.config().causal() && !model.has_classifier(),
+               model_path << ": generation needs a causal language model");
   WEGEFT_CHECK(max_tokens >= 1 && temperature >= 0 && top_p > 0 && top_p <= 1,
                "--max-tokens must be >= 1, --temperature >= 0 and --top-p in (0, 1]");
   std::string text = prompt;
   if (!raw && tok.chatml()) {
-    text = text::render_chatml({{"user", prompt}}, text::chat_default_system(tok.chat_template())) + "<|im_start|>assistant\n";
+    text = text::render_chatml({{"user", prompt}}, text::chat_default_system(tok.chat_template())) +
+           "<|im_start|>assistant\n";
   }
   std::vector<std::int32_t> ids;
   if (tok.bpe() && tok.bpe()->config().add_bos && tok.bos_id()) ids.push_back(*tok.bos_id());
@@ -486,9 +648,10 @@ inline int generate_command(const std::string& model_path, const std::string& ad
   std::vector<std::int32_t> out;
   std::string printed;
   for (int n = 0; n < max_tokens; ++n) {
-    WEGEFT_CHECK(static_cast<Index>(ids.size()) <= model.config().max_positions, "the text reached the model's "
-                                                                                  << model.config().max_positions << " positions");
-    const ModelInput<float> in{.ids = ids.data(), .mask = nullptr, .batch = 1, .seq = static_cast<Index>(ids.size())};
+    WEGEFT_CHECK(static_cast<Index>(ids.size()) <= model.config().max_positions,
+                 "the text reached the model's " << model.config().max_positions << " positions");
+    const ModelInput<float> in{
+        .ids = ids.data(), .mask = nullptr, .batch = 1, .seq = static_cast<Index>(ids.size())};
     model.forward(acts, in);
     const auto last = acts.logits.row(acts.logits.rows() - 1);
     std::int32_t next = 0;
@@ -523,7 +686,8 @@ inline int generate_command(const std::string& model_path, const std::string& ad
     ids.push_back(next);
     out.push_back(next);
     const std::string now = tok.decode(out, true);
-    if (now.size() > printed.size() && now.compare(0, printed.size(), printed) == 0 && now.find("\xEF\xBF\xBD", printed.size()) == std::string::npos) {
+    if (now.size() > printed.size() && now.compare(0, printed.size(), printed) == 0 &&
+        now.find("\xEF\xBF\xBD", printed.size()) == std::string::npos) {
       std::fputs(now.c_str() + printed.size(), stdout);
       std::fflush(stdout);
       printed = now;

@@ -24,13 +24,14 @@ namespace {
 const char* kUsage = R"(usage: wegeft <command> [options]
 
 commands:
-  finetune --model PATH --data DIR [--method wegeft|lora] [options]
+  finetune --model PATH --data DIR [--method wegeft|lora|dora|head] [options]
       Fine-tune MODEL (a Hugging Face folder or a GGUF file) on DIR/train.jsonl (validated on
       DIR/valid.jsonl) as a causal LM or a classifier; writes the adapter to --out.
   generate --model PATH [--adapter DIR] --prompt TEXT [--max-tokens N] [--temperature T]
       Text from a causal LM, with a fine-tuned adapter or without.
   eval --model PATH [--adapter DIR] --data DIR
-      Loss and perplexity (causal LM) or loss and accuracy (classifier) on DIR/test.jsonl.
+      Loss and perplexity (causal LM) or loss, accuracy and macro-F1 (classifier) on
+      DIR/test.jsonl (--json: one JSON line).
   inspect PATH
       Tensors (name, dtype, shape), parameter counts and metadata of a .safetensors file, a
       .gguf file, a Hugging Face checkpoint directory or an adapter directory (its config too).
@@ -69,19 +70,22 @@ config.json gives the head counts), as a GGUF LoRA adapter that llama.cpp loads.
 };
 
 bool wants_help(const std::vector<std::string>& args) {
-  return std::any_of(args.begin() + 1, args.end(), [](const std::string& a) { return a == "-h" || a == "--help"; });
+  return std::any_of(args.begin() + 1, args.end(),
+                     [](const std::string& a) { return a == "-h" || a == "--help"; });
 }
 
 struct UsageError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-std::map<std::string, std::string> parse_options(const std::vector<std::string>& args, std::size_t from,
+std::map<std::string, std::string> parse_options(const std::vector<std::string>& args,
+                                                 std::size_t from,
                                                  const std::vector<std::string>& names) {
   std::map<std::string, std::string> out;
   for (std::size_t i = from; i < args.size(); ++i) {
     const std::string& a = args[i];
-    if (std::find(names.begin(), names.end(), a) == names.end()) throw UsageError("unknown option '" + a + "'");
+    if (std::find(names.begin(), names.end(), a) == names.end())
+      throw UsageError("unknown option '" + a + "'");
     if (i + 1 >= args.size()) throw UsageError("option '" + a + "' needs a value");
     out[a] = args[++i];
   }
@@ -102,7 +106,8 @@ void inspect_safetensors(const std::string& path) {
   std::printf("%s: safetensors, %zu tensors\n", path.c_str(), f.tensors().size());
   for (const auto& [k, v] : f.metadata()) std::printf("  metadata %s = %s\n", k.c_str(), v.c_str());
   for (const auto& t : f.tensors()) {
-    std::printf("  %-60s %-8s %s\n", t.name.c_str(), wegeft::dtype_name(t.dtype), shape_text(t.shape).c_str());
+    std::printf("  %-60s %-8s %s\n", t.name.c_str(), wegeft::dtype_name(t.dtype),
+                shape_text(t.shape).c_str());
     params += t.numel;
   }
   std::printf("  parameters: %zu\n", params);
@@ -110,8 +115,8 @@ void inspect_safetensors(const std::string& path) {
 
 void inspect_gguf(const std::string& path) {
   const wegeft::GgufReader f(path);
-  std::printf("%s: GGUF v%u, %zu tensors, %zu metadata keys\n", path.c_str(), f.version(), f.tensors().size(),
-              f.metadata().size());
+  std::printf("%s: GGUF v%u, %zu tensors, %zu metadata keys\n", path.c_str(), f.version(),
+              f.tensors().size(), f.metadata().size());
   for (const auto& [k, v] : f.metadata().items()) {
     std::string text = v.is_array() ? "[" + std::to_string(v.size()) + " values]" : v.dump();
     if (text.size() > 80) text = text.substr(0, 77) + "...";
@@ -122,7 +127,8 @@ void inspect_gguf(const std::string& path) {
     std::string ne;
     for (auto d : t.ne) ne += (ne.empty() ? "" : ", ") + std::to_string(d);
     const char* type = wegeft::ggml_type_name(t.type);
-    std::printf("  %-45s %-6s ne=[%s]\n", t.name.c_str(), type ? type : ("type " + std::to_string(t.type)).c_str(), ne.c_str());
+    std::printf("  %-45s %-6s ne=[%s]\n", t.name.c_str(),
+                type ? type : ("type " + std::to_string(t.type)).c_str(), ne.c_str());
     params += t.numel;
   }
   std::printf("  parameters: %zu\n", params);
@@ -133,20 +139,25 @@ int inspect(const std::string& path) {
   if (fs::is_directory(path)) {
     if (fs::exists(fs::path(path) / wegeft::kAdapterConfigFile)) {
       const auto cfg = wegeft::read_adapter_config(path);
-      std::printf("%s: %s adapter (%s) for '%s'\n%s\n", path.c_str(), cfg.json.value("peft_type", "").c_str(),
-                  wegeft::method_name(cfg.spec.method), cfg.base_model.c_str(), cfg.json.dump(2).c_str());
+      std::printf("%s: %s adapter (%s) for '%s'\n%s\n", path.c_str(),
+                  cfg.json.value("peft_type", "").c_str(), wegeft::method_name(cfg.spec.method),
+                  cfg.base_model.c_str(), cfg.json.dump(2).c_str());
       inspect_safetensors((fs::path(path) / wegeft::kAdapterWeightsFile).string());
       return 0;
     }
-    const bool checkpoint = fs::exists(fs::path(path) / "config.json") || fs::exists(fs::path(path) / "model.safetensors") ||
+    const bool checkpoint = fs::exists(fs::path(path) / "config.json") ||
+                            fs::exists(fs::path(path) / "model.safetensors") ||
                             fs::exists(fs::path(path) / "model.safetensors.index.json");
     if (!checkpoint)
-      throw wegeft::Error(path + ": a directory that is neither an adapter (no " + wegeft::kAdapterConfigFile +
+      throw wegeft::Error(path + ": a directory that is neither an adapter (no " +
+                          wegeft::kAdapterConfigFile +
                           ") nor a checkpoint (no config.json or model.safetensors)");
     if (fs::exists(fs::path(path) / "config.json"))
       std::printf("%s: checkpoint, model_type %s\n", path.c_str(),
-                  wegeft::detail::parse_json_strict(wegeft::read_text_file((fs::path(path) / "config.json").string()), path)
-                      .value("model_type", "?").c_str());
+                  wegeft::detail::parse_json_strict(
+                      wegeft::read_text_file((fs::path(path) / "config.json").string()), path)
+                      .value("model_type", "?")
+                      .c_str());
     for (const auto& f : wegeft::checkpoint_files(path)) inspect_safetensors(f);
     return 0;
   }
@@ -157,10 +168,13 @@ int inspect(const std::string& path) {
                     fs::path(path).extension() == ".gguf";
   if (f) std::fclose(f);
   try {
-    if (gguf) inspect_gguf(path);
-    else inspect_safetensors(path);
+    if (gguf)
+      inspect_gguf(path);
+    else
+      inspect_safetensors(path);
   } catch (const wegeft::Error& e) {
-    throw wegeft::Error(e.what(), std::string(gguf ? "as GGUF: " : "as safetensors: ") + e.message());
+    throw wegeft::Error(e.what(),
+                        std::string(gguf ? "as GGUF: " : "as safetensors: ") + e.message());
   }
   return 0;
 }
@@ -181,7 +195,8 @@ std::vector<std::string> with_config_file(const std::vector<std::string>& args) 
   }
   if (config.empty()) return rest;
   const auto j = wegeft::detail::parse_json_strict(wegeft::read_text_file(config), config);
-  if (!j.is_object()) throw wegeft::Error(config + ": a config file holds one JSON object of options");
+  if (!j.is_object())
+    throw wegeft::Error(config + ": a config file holds one JSON object of options");
   std::vector<std::string> out;
   for (const auto& [key, v] : j.items()) {
     std::string name = "--" + key;
@@ -194,7 +209,8 @@ std::vector<std::string> with_config_file(const std::vector<std::string>& args) 
     } else if (v.is_number()) {
       out.push_back(name), out.push_back(v.dump());
     } else {
-      throw wegeft::Error(config + ": option '" + key + "' must be a string, a number or true/false");
+      throw wegeft::Error(config + ": option '" + key +
+                          "' must be a string, a number or true/false");
     }
   }
   out.insert(out.end(), rest.begin(), rest.end());
@@ -203,50 +219,74 @@ std::vector<std::string> with_config_file(const std::vector<std::string>& args) 
 
 int run_cli11(const std::string& cmd, const std::vector<std::string>& args) {
   CLI::App app{"", "wegeft " + cmd};
-  app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);  // a repeated option: the last one wins
+  app.option_defaults()->multi_option_policy(
+      CLI::MultiOptionPolicy::TakeLast);  // a repeated option: the last one wins
   wegeft::tool::FinetuneOptions o;
   std::string adapter, prompt, split = "test", config;
   int max_tokens = 128;
   double temperature = 0.0, top_p = 1.0;
-  bool raw = false;
+  bool raw = false, json = false;
   std::size_t max_seq = 512;
   wegeft::Index batch = 8;
   app.add_option("--model", o.model, "Hugging Face checkpoint folder or GGUF file")->required();
   app.add_option("--threads", o.threads, "threads for the dense products (default: all cores)");
-  app.add_option("--config", config, "a JSON file of options (keys as the long options, '_' for '-')");
+  app.add_option("--config", config,
+                 "a JSON file of options (keys as the long options, '_' for '-')");
   if (cmd == "finetune") {
-    app.description("Fine-tunes MODEL on DIR/train.jsonl with a WeGeFT or LoRA adapter, evaluating on DIR/valid.jsonl.\n"
-                    "Data: {\"text\"}, {\"prompt\", \"completion\"} or {\"messages\"} lines (causal LM); {\"text\", \"label\"} (classification).");
+    app.description(
+        "Fine-tunes MODEL on DIR/train.jsonl with a WeGeFT or LoRA adapter, evaluating on "
+        "DIR/valid.jsonl.\n"
+        "Data: {\"text\"}, {\"prompt\", \"completion\"} or {\"messages\"} lines (causal LM); "
+        "{\"text\", \"label\"} (classification).");
     app.add_option("--data", o.data, "folder holding train.jsonl and valid.jsonl")->required();
-    app.add_option("--method", o.method, "wegeft, lora or dora")->capture_default_str();
+    app.add_option("--method", o.method,
+                   "wegeft, lora, dora, or head (a classification head alone, no adapter)")
+        ->capture_default_str();
     app.add_option("--rank", o.rank, "adapter rank (default: wegeft 64, lora 8)");
     app.add_option("--alpha", o.alpha, "scale numerator (default: wegeft 2 x rank, lora rank)");
     app.add_option("--dropout", o.dropout, "adapter dropout")->capture_default_str();
-    app.add_option("--targets", o.targets, "comma-separated module names, or all-linear")->capture_default_str();
-    app.add_option("--task", o.task, "causal-lm or classification (default: causal-lm for decoders, classification for BERT)");
+    app.add_option("--targets", o.targets, "comma-separated module names, or all-linear")
+        ->capture_default_str();
+    app.add_option(
+        "--task", o.task,
+        "causal-lm or classification (default: causal-lm for decoders, classification for BERT)");
     app.add_option("--iters", o.iters, "optimizer steps (default: from --epochs)");
-    app.add_option("--epochs", o.epochs, "passes over train.jsonl when --iters is not given (default 1)");
+    app.add_option("--epochs", o.epochs,
+                   "passes over train.jsonl when --iters is not given (default 1)");
     app.add_option("--batch-size", o.batch_size, "examples per micro-batch")->capture_default_str();
-    app.add_option("--grad-accum", o.grad_accum, "micro-batches per optimizer step")->capture_default_str();
-    app.add_option("--max-seq-length", o.max_seq_length, "tokens per example")->capture_default_str();
-    app.add_option("--on-long", o.on_long, "a longer example: truncate (and count) or error")->capture_default_str();
+    app.add_option("--grad-accum", o.grad_accum, "micro-batches per optimizer step")
+        ->capture_default_str();
+    app.add_option("--max-seq-length", o.max_seq_length, "tokens per example")
+        ->capture_default_str();
+    app.add_option("--on-long", o.on_long, "a longer example: truncate (and count) or error")
+        ->capture_default_str();
     app.add_option("--lr", o.lr, "peak learning rate (default: wegeft 5e-4, lora and dora 1e-3)");
     app.add_option("--schedule", o.schedule, "cosine, linear or constant")->capture_default_str();
     app.add_option("--warmup", o.warmup, "warm-up steps (default: 5% of the steps)");
     app.add_option("--weight-decay", o.weight_decay, "AdamW weight decay")->capture_default_str();
-    app.add_option("--max-grad-norm", o.max_grad_norm, "gradient clipping (<= 0: none)")->capture_default_str();
+    app.add_option("--max-grad-norm", o.max_grad_norm, "gradient clipping (<= 0: none)")
+        ->capture_default_str();
     app.add_flag("--mask-prompt", o.mask_prompt, "no loss on prompts and non-assistant turns");
-    app.add_option("--eval-every", o.eval_every, "steps between validations (default: a tenth of the run)");
-    app.add_option("--eval-batches", o.eval_batches, "validation batches per evaluation (default: all)");
-    app.add_option("--save-every", o.save_every, "steps between saves (default: at each validation)");
-    app.add_option("--report-every", o.report_every, "steps between progress lines")->capture_default_str();
+    app.add_option("--eval-every", o.eval_every,
+                   "steps between validations (default: a tenth of the run)");
+    app.add_option("--eval-batches", o.eval_batches,
+                   "validation batches per evaluation (default: all)");
+    app.add_option("--save-every", o.save_every,
+                   "steps between saves (default: at each validation)");
+    app.add_option("--report-every", o.report_every, "steps between progress lines")
+        ->capture_default_str();
     app.add_flag("--resume", o.resume, "continue the run saved in --out");
-    app.add_option("--stop-at", o.stop_at, "stop after this step (the schedule still spans --iters); continue with --resume");
-    app.add_option("--seed", o.seed, "seed of the adapter init, dropout and data order")->capture_default_str();
+    app.add_option(
+        "--stop-at", o.stop_at,
+        "stop after this step (the schedule still spans --iters); continue with --resume");
+    app.add_option("--seed", o.seed, "seed of the adapter init, dropout and data order")
+        ->capture_default_str();
     app.add_option("--log", o.log, "append a JSON line per report to this file");
     app.add_option("--out", o.out, "adapter directory to write")->capture_default_str();
   } else if (cmd == "generate") {
-    app.description("Text from a causal LM (an instruct model's prompt goes through its chat template unless --raw).");
+    app.description(
+        "Text from a causal LM (an instruct model's prompt goes through its chat template unless "
+        "--raw).");
     app.add_option("--adapter", adapter, "adapter directory (finetune's --out, or a PEFT folder)");
     app.add_option("--prompt", prompt, "the prompt")->required();
     app.add_option("--max-tokens", max_tokens, "tokens to generate at most")->capture_default_str();
@@ -255,13 +295,19 @@ int run_cli11(const std::string& cmd, const std::vector<std::string>& args) {
     app.add_option("--seed", o.seed, "sampling seed")->capture_default_str();
     app.add_flag("--raw", raw, "use the prompt as it is, without the chat template");
   } else {
-    app.description("Loss and perplexity (causal LM) or loss and accuracy (with a classification adapter) on DIR/SPLIT.jsonl.");
+    app.description(
+        "Loss and perplexity (causal LM) or loss, accuracy and macro-F1 (with a classification "
+        "adapter) on "
+        "DIR/SPLIT.jsonl.");
     app.add_option("--adapter", adapter, "adapter directory (finetune's --out, or a PEFT folder)");
     app.add_option("--data", o.data, "folder holding the JSONL files")->required();
-    app.add_option("--split", split, "test, valid or train (test falls back to valid)")->capture_default_str();
+    app.add_option("--split", split, "test, valid or train (test falls back to valid)")
+        ->capture_default_str();
     app.add_option("--batch-size", batch, "examples per batch")->capture_default_str();
     app.add_option("--max-seq-length", max_seq, "tokens per example")->capture_default_str();
-    app.add_flag("--mask-prompt", o.mask_prompt, "score only completions / assistant turns (default: as the adapter was trained)");
+    app.add_flag("--mask-prompt", o.mask_prompt,
+                 "score only completions / assistant turns (default: as the adapter was trained)");
+    app.add_flag("--json", json, "print the scores as one JSON line");
   }
   std::vector<std::string> tokens = with_config_file(args);
   std::reverse(tokens.begin(), tokens.end());  // CLI11 takes its arguments reversed
@@ -274,8 +320,11 @@ int run_cli11(const std::string& cmd, const std::vector<std::string>& args) {
     throw UsageError(cmd + ": " + e.what());
   }
   if (cmd == "finetune") return wegeft::tool::finetune(o);
-  if (cmd == "generate") return wegeft::tool::generate_command(o.model, adapter, prompt, max_tokens, temperature, top_p, o.seed, raw, o.threads);
-  return wegeft::tool::eval_command(o.model, adapter, o.data, split, batch, max_seq, o.mask_prompt, o.threads);
+  if (cmd == "generate")
+    return wegeft::tool::generate_command(o.model, adapter, prompt, max_tokens, temperature, top_p,
+                                          o.seed, raw, o.threads);
+  return wegeft::tool::eval_command(o.model, adapter, o.data, split, batch, max_seq, o.mask_prompt,
+                                    o.threads, json);
 }
 
 int run(const std::vector<std::string>& args) {

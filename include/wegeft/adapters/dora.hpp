@@ -26,6 +26,7 @@
 #include <string>
 #include <vector>
 
+#include "wegeft/adapters/frozen_linear.hpp"
 #include "wegeft/adapters/lora.hpp"
 #include "wegeft/adapters/method.hpp"
 #include "wegeft/core/error.hpp"
@@ -33,7 +34,6 @@
 #include "wegeft/core/precompiled.hpp"
 #include "wegeft/core/rng.hpp"
 #include "wegeft/core/tensor.hpp"
-#include "wegeft/adapters/frozen_linear.hpp"
 
 namespace wegeft {
 
@@ -44,7 +44,10 @@ struct DoraConfig {
   double dropout = 0.0;
   LoraInit init = LoraInit::kaiming_uniform;
   bool operator==(const DoraConfig&) const = default;
-  LoraConfig lora() const { return {.rank = rank, .alpha = alpha, .use_rslora = use_rslora, .dropout = dropout, .init = init}; }
+  LoraConfig lora() const {
+    return {
+        .rank = rank, .alpha = alpha, .use_rslora = use_rslora, .dropout = dropout, .init = init};
+  }
 };
 
 template <class T>
@@ -55,10 +58,10 @@ class DoraAdapter : public AdapterBase<DoraAdapter<T>, T> {
  public:
   using Config = DoraConfig;
   struct Cache : CacheBase {
-    Matrix<T> u;      // [N, r]      drop(x) A^T
-    Matrix<T> z;      // [N, d_out]  drop(x) W^T + s u B^T
-    Matrix<T> g;      // [1, d_out]  m / n
-    Matrix<T> inv_n;  // [1, d_out]  1 / n
+    Matrix<T> u;                     // [N, r]      drop(x) A^T
+    Matrix<T> z;                     // [N, d_out]  drop(x) W^T + s u B^T
+    Matrix<T> g;                     // [1, d_out]  m / n
+    Matrix<T> inv_n;                 // [1, d_out]  1 / n
     Matrix<T> sbt, wa, aat, bq, zb;  // forward scratch: s B^T, W A^T, A A^T, B A A^T, drop(x) W^T
     mutable Matrix<T> dyg, g_u, dym, share;  // backward scratch
   };
@@ -82,7 +85,9 @@ class DoraAdapter : public AdapterBase<DoraAdapter<T>, T> {
   MatrixMap<T> grad_B() { return m_store->grad(m_b); }
   MatrixMap<T> grad_magnitude() { return m_store->grad(m_m); }
   std::vector<AdapterParam> parameters() const {
-    return {{"lora_A.weight", m_a}, {"lora_B.weight", m_b}, {"lora_magnitude_vector", m_m, nullptr, true}};
+    return {{"lora_A.weight", m_a},
+            {"lora_B.weight", m_b},
+            {"lora_magnitude_vector", m_m, nullptr, true}};
   }
 
   /// n = ||W + s B A|| per output row [1, d_out] (the pretrained W: not while merged).
@@ -116,7 +121,8 @@ class DoraAdapter : public AdapterBase<DoraAdapter<T>, T> {
     const T s = m_scale;
     cache.inv_n.resize(1, d_out());
     for (Index j = 0; j < d_out(); ++j) {
-      const T n2 = w.row(j).squaredNorm() + 2 * s * b.row(j).dot(cache.wa.row(j)) + s * s * b.row(j).dot(cache.bq.row(j));
+      const T n2 = w.row(j).squaredNorm() + 2 * s * b.row(j).dot(cache.wa.row(j)) +
+                   s * s * b.row(j).dot(cache.bq.row(j));
       cache.inv_n(0, j) = T(1) / std::sqrt(std::max(n2, T(0)));
     }
   }
@@ -129,11 +135,13 @@ class DoraAdapter : public AdapterBase<DoraAdapter<T>, T> {
 };
 
 template <class T>
-DoraAdapter<T>::DoraAdapter(ParameterStore<T>& store, FrozenLinear<T> base, const DoraConfig& config, Rng& rng,
-            const std::string& name) : Base(base, "DoRA", Rng()), m_store(&store), m_config(config) {
+DoraAdapter<T>::DoraAdapter(ParameterStore<T>& store, FrozenLinear<T> base,
+                            const DoraConfig& config, Rng& rng, const std::string& name)
+    : Base(base, "DoRA", Rng()), m_store(&store), m_config(config) {
   // alpha 0 would make s B A vanish and the magnitude's direction that of W alone, forever.
   WEGEFT_CHECK(config.alpha != 0.0, "DoRA alpha must be non-zero for '" << name << "'");
-  std::tie(m_a, m_b) = detail::add_lora_pair(store, config.lora(), base.d_in(), base.d_out(), rng, name, "DoRA");
+  std::tie(m_a, m_b) =
+      detail::add_lora_pair(store, config.lora(), base.d_in(), base.d_out(), rng, name, "DoRA");
   m_m = store.add(name + ".lora_magnitude_vector", 1, base.d_out());
   m_scale = static_cast<T>(lora_scale(config.lora()));
   magnitude() = this->m_base.weight().rowwise().norm().transpose();
@@ -152,7 +160,8 @@ void DoraAdapter<T>::forward(MatRef<T> y, Cache& cache, CMatRef<T> x) {
   if (this->begin_forward(y, cache, x)) return;
   const Index n = x.rows();
   inverse_weight_norm(cache);
-  WEGEFT_CHECK(cache.inv_n.allFinite(), "DoRA: a row of W + s B A has zero norm; its direction is undefined");
+  WEGEFT_CHECK(cache.inv_n.allFinite(),
+               "DoRA: a row of W + s B A has zero norm; its direction is undefined");
   cache.g = magnitude().cwiseProduct(cache.inv_n);
   const auto w = this->m_base.weight();
   Matrix<T>& sbt = cache.sbt;
@@ -163,8 +172,9 @@ void DoraAdapter<T>::forward(MatRef<T> y, Cache& cache, CMatRef<T> x) {
     cache.z.noalias() += cache.u * sbt;
     y = cache.z * cache.g.row(0).asDiagonal();
   } else {
-    WEGEFT_CHECK(x.outerStride() == x.cols(), "DoRA dropout needs a contiguous input x; got a view with row stride "
-                                              << x.outerStride() << " for " << x.cols() << " columns");
+    WEGEFT_CHECK(x.outerStride() == x.cols(),
+                 "DoRA dropout needs a contiguous input x; got a view with row stride "
+                     << x.outerStride() << " for " << x.cols() << " columns");
     auto xd = workspace<T>(1, n, x.cols());
     dropout_apply(xd.data(), x.data(), x.size(), m_config.dropout, cache.dropout_seed);
     cache.u.noalias() = xd * lora_A().transpose();
@@ -175,7 +185,8 @@ void DoraAdapter<T>::forward(MatRef<T> y, Cache& cache, CMatRef<T> x) {
     y.noalias() = x * w.transpose();
     y += cache.z * cache.g.row(0).asDiagonal() - zb;  // (g - 1) zb + g s u B^T
   }
-  if (this->m_base.bias() != nullptr) y.rowwise() += ConstVectorMap<T>(this->m_base.bias(), d_out()).transpose();
+  if (this->m_base.bias() != nullptr)
+    y.rowwise() += ConstVectorMap<T>(this->m_base.bias(), d_out()).transpose();
 }
 
 template <class T>
@@ -244,13 +255,20 @@ struct DoraMethod {
   using Adapter = DoraAdapter<T>;
 
   static bool claims(const nlohmann::json& j) {
-    return j.value("peft_type", "") == "LORA" && j.contains("use_dora") && j["use_dora"].is_boolean() && j["use_dora"].get<bool>();
+    return j.value("peft_type", "") == "LORA" && j.contains("use_dora") &&
+           j["use_dora"].is_boolean() && j["use_dora"].get<bool>();
   }
   static Config config_from_json(const nlohmann::json& j, Index r, const std::string& path) {
     const LoraConfig l = detail::lora_config_from_json(j, r, path);
-    return {.rank = l.rank, .alpha = l.alpha, .use_rslora = l.use_rslora, .dropout = l.dropout, .init = l.init};
+    return {.rank = l.rank,
+            .alpha = l.alpha,
+            .use_rslora = l.use_rslora,
+            .dropout = l.dropout,
+            .init = l.init};
   }
-  static void config_to_json(nlohmann::ordered_json& j, const Config& c) { detail::lora_config_to_json(j, c.lora(), true); }
+  static void config_to_json(nlohmann::ordered_json& j, const Config& c) {
+    detail::lora_config_to_json(j, c.lora(), true);
+  }
   template <class T>
   static Adapter<T> attach(AttachContext<T>& ctx, const AdapterSite<T>& site, const Config& c) {
     return Adapter<T>(ctx.store, site.base, c, ctx.rng, site.name);

@@ -28,7 +28,8 @@ class FrozenLinear {
                  "FrozenLinear weight has empty shape [" << d_out << ", " << d_in << "]");
   }
   explicit FrozenLinear(Matrix<T>& weight, Vector<T>* bias = nullptr)
-      : FrozenLinear(weight.data(), weight.rows(), weight.cols(), check_bias(bias, weight.rows())) {}
+      : FrozenLinear(weight.data(), weight.rows(), weight.cols(), check_bias(bias, weight.rows())) {
+  }
 
   Index d_in() const { return m_weight.cols(); }
   Index d_out() const { return m_weight.rows(); }
@@ -44,15 +45,15 @@ class FrozenLinear {
   }
   /// dx [N, d_in] = dy [N, d_out] W. Overwrites dx.
   void backward_input(MatRef<T> dx, CMatRef<T> dy) const {
-    WEGEFT_CHECK(dy.cols() == d_out(), "output gradient dy has shape " << shape_of(dy)
-                                       << ", expected [N, " << d_out() << "]");
+    WEGEFT_CHECK(dy.cols() == d_out(), "output gradient dy has shape "
+                                           << shape_of(dy) << ", expected [N, " << d_out() << "]");
     check_shape(dx, dy.rows(), d_in(), "input gradient dx");
     linear_backward_input<T>(dx, dy, m_weight);
   }
   void check_input(CMatRef<T> x) const {
-    WEGEFT_CHECK(x.cols() == d_in(), "input x has shape " << shape_of(x) << ", the layer's W is ["
-                                     << d_out() << ", " << d_in() << "] so x needs " << d_in()
-                                     << " columns");
+    WEGEFT_CHECK(x.cols() == d_in(), "input x has shape "
+                                         << shape_of(x) << ", the layer's W is [" << d_out() << ", "
+                                         << d_in() << "] so x needs " << d_in() << " columns");
   }
 
  private:

@@ -26,6 +26,7 @@
 #include <utility>
 #include <vector>
 
+#include "wegeft/adapters/frozen_linear.hpp"
 #include "wegeft/adapters/method.hpp"
 #include "wegeft/core/error.hpp"
 #include "wegeft/core/json.hpp"
@@ -34,7 +35,6 @@
 #include "wegeft/core/rng.hpp"
 #include "wegeft/core/tensor.hpp"
 #include "wegeft/kernels/cpu/rank_r.hpp"
-#include "wegeft/adapters/frozen_linear.hpp"
 
 namespace wegeft {
 
@@ -63,18 +63,23 @@ namespace detail {
 /// `<name>.lora_A.weight` [r, d_in] and `<name>.lora_B.weight` [d_out, r] in `store` and
 /// initialises A by `config.init` from `rng` (B stays 0). Returns their ids.
 template <class T>
-std::pair<ParamId, ParamId> add_lora_pair(ParameterStore<T>& store, const LoraConfig& config, Index d_in, Index d_out,
-                                          Rng& rng, const std::string& name, const char* kind) {
+std::pair<ParamId, ParamId> add_lora_pair(ParameterStore<T>& store, const LoraConfig& config,
+                                          Index d_in, Index d_out, Rng& rng,
+                                          const std::string& name, const char* kind) {
   const Index r = config.rank;
   WEGEFT_CHECK(r >= 1, kind << " rank must be at least 1, got " << r << " for '" << name << "'");
-  WEGEFT_CHECK(r <= std::min(d_in, d_out), kind << " rank " << r << " exceeds min(d_in, d_out) = min(" << d_in << ", "
-                                           << d_out << ") for '" << name << "'");
+  WEGEFT_CHECK(r <= std::min(d_in, d_out), kind << " rank " << r
+                                                << " exceeds min(d_in, d_out) = min(" << d_in
+                                                << ", " << d_out << ") for '" << name << "'");
   WEGEFT_CHECK(std::isfinite(config.alpha) && config.alpha != 0.0,
-               kind << " alpha must be finite and non-zero, got " << config.alpha << " for '" << name << "'");
-  WEGEFT_CHECK(std::isfinite(static_cast<T>(lora_scale(config))), kind << " scale alpha / r = " << lora_scale(config)
-               << " overflows the compute type for '" << name << "'");
-  WEGEFT_CHECK(config.dropout >= 0.0 && config.dropout < 1.0,
-               kind << " dropout must be in [0, 1), got " << config.dropout << " for '" << name << "'");
+               kind << " alpha must be finite and non-zero, got " << config.alpha << " for '"
+                    << name << "'");
+  WEGEFT_CHECK(std::isfinite(static_cast<T>(lora_scale(config))),
+               kind << " scale alpha / r = " << lora_scale(config)
+                    << " overflows the compute type for '" << name << "'");
+  WEGEFT_CHECK(
+      config.dropout >= 0.0 && config.dropout < 1.0,
+      kind << " dropout must be in [0, 1), got " << config.dropout << " for '" << name << "'");
   const ParamId a = store.add(name + ".lora_A.weight", r, d_in);
   const ParamId b = store.add(name + ".lora_B.weight", d_out, r);
   auto av = store.value(a);
@@ -97,8 +102,8 @@ class LoraAdapter : public AdapterBase<LoraAdapter<T>, T> {
   using Config = LoraConfig;
   /// What forward() leaves for backward(): u = drop(x) A^T (and, in CacheBase, the dropout seed).
   struct Cache : CacheBase {
-    Matrix<T> u;                  // [N, r]
-    Matrix<T> sbt;                // [r, d_out]  s B^T
+    Matrix<T> u;                    // [N, r]
+    Matrix<T> sbt;                  // [r, d_out]  s B^T
     mutable Matrix<T> sb, su, g_u;  // backward scratch: [d_out, r] s B, [N, r] s u, [N, r] dy s B
   };
 
@@ -120,7 +125,9 @@ class LoraAdapter : public AdapterBase<LoraAdapter<T>, T> {
   MatrixMap<T> grad_B() { return m_store->grad(m_b); }
   ParamId id_A() const { return m_a; }
   ParamId id_B() const { return m_b; }
-  std::vector<AdapterParam> parameters() const { return {{"lora_A.weight", m_a}, {"lora_B.weight", m_b}}; }
+  std::vector<AdapterParam> parameters() const {
+    return {{"lora_A.weight", m_a}, {"lora_B.weight", m_b}};
+  }
 
   /// y [N, d_out] = x W^T + b + s (drop(x) A^T) B^T. Overwrites y, fills cache.
   void forward(MatRef<T> y, Cache& cache, CMatRef<T> x);
@@ -142,9 +149,11 @@ class LoraAdapter : public AdapterBase<LoraAdapter<T>, T> {
 };
 
 template <class T>
-LoraAdapter<T>::LoraAdapter(ParameterStore<T>& store, FrozenLinear<T> base, const LoraConfig& config, Rng& rng,
-            const std::string& name) : Base(base, "LoRA", Rng()), m_store(&store), m_config(config) {
-  std::tie(m_a, m_b) = detail::add_lora_pair(store, config, base.d_in(), base.d_out(), rng, name, "LoRA");
+LoraAdapter<T>::LoraAdapter(ParameterStore<T>& store, FrozenLinear<T> base,
+                            const LoraConfig& config, Rng& rng, const std::string& name)
+    : Base(base, "LoRA", Rng()), m_store(&store), m_config(config) {
+  std::tie(m_a, m_b) =
+      detail::add_lora_pair(store, config, base.d_in(), base.d_out(), rng, name, "LoRA");
   m_scale = static_cast<T>(lora_scale(config));
   this->dropout_rng() = Rng(rng.next_u64());
 }
@@ -156,8 +165,9 @@ void LoraAdapter<T>::forward(MatRef<T> y, Cache& cache, CMatRef<T> x) {
   const Index n = x.rows();
   cache.u.resize(n, rank());
   if (this->begin_dropout(cache, m_config.dropout)) {
-    WEGEFT_CHECK(x.outerStride() == x.cols(), "LoRA dropout needs a contiguous input x; got a view with row stride "
-                                              << x.outerStride() << " for " << x.cols() << " columns");
+    WEGEFT_CHECK(x.outerStride() == x.cols(),
+                 "LoRA dropout needs a contiguous input x; got a view with row stride "
+                     << x.outerStride() << " for " << x.cols() << " columns");
     auto xd = workspace<T>(1, n, x.cols());
     dropout_apply(xd.data(), x.data(), x.size(), m_config.dropout, cache.dropout_seed);
     rank_r_project(cache.u.data(), xd.data(), xd.outerStride(), a.data(), n, d_in(), rank());
@@ -170,8 +180,8 @@ void LoraAdapter<T>::forward(MatRef<T> y, Cache& cache, CMatRef<T> x) {
     return;
   }
   // u = x A^T and y = b + u (s B)^T in one pass each, then the frozen GEMM accumulates x W^T.
-  rank_r_project_expand(cache.u.data(), x.data(), x.outerStride(), a.data(), d_in(), y.data(), y.outerStride(),
-                        this->m_base.bias(), sbt.data(), d_out(), n, rank());
+  rank_r_project_expand(cache.u.data(), x.data(), x.outerStride(), a.data(), d_in(), y.data(),
+                        y.outerStride(), this->m_base.bias(), sbt.data(), d_out(), n, rank());
   y.noalias() += x * this->m_base.weight().transpose();
 }
 
@@ -204,14 +214,16 @@ void LoraAdapter<T>::backward_impl(MatRef<T>* dx, const Cache& cache, CMatRef<T>
   const Index n = x.rows();
   if (!cache.dropped) {
     // g_u, dB += s dy^T u, dA += g_u^T x and dx = g_u A together; then dx += dy W.
-    rank_r_backward(g_u.data(), grad_B().data(), grad_A().data(), dx != nullptr ? dx->data() : nullptr,
-                    dx != nullptr ? dx->outerStride() : 0, dy.data(), dy.outerStride(), sb.data(), su.data(), x.data(),
-                    x.outerStride(), a.data(), n, d_out(), d_in(), rank());
+    rank_r_backward(g_u.data(), grad_B().data(), grad_A().data(),
+                    dx != nullptr ? dx->data() : nullptr, dx != nullptr ? dx->outerStride() : 0,
+                    dy.data(), dy.outerStride(), sb.data(), su.data(), x.data(), x.outerStride(),
+                    a.data(), n, d_out(), d_in(), rank());
     if (dx != nullptr) dx->noalias() += dy * w;
     return;
   }
   // one pass over dy for both g_u and dB += s dy^T u
-  rank_r_pass(g_u.data(), grad_B().data(), dy.data(), sb.data(), su.data(), n, d_out(), rank(), dy.outerStride());
+  rank_r_pass(g_u.data(), grad_B().data(), dy.data(), sb.data(), su.data(), n, d_out(), rank(),
+              dy.outerStride());
   auto xd = workspace<T>(1, n, x.cols());
   dropout_apply(xd.data(), x.data(), x.size(), m_config.dropout, cache.dropout_seed);
   rank_r_reduce(grad_A().data(), g_u.data(), xd.data(), xd.outerStride(), n, d_in(), rank());
@@ -220,8 +232,8 @@ void LoraAdapter<T>::backward_impl(MatRef<T>* dx, const Cache& cache, CMatRef<T>
   // block of memory, then the GEMM accumulates dy W onto it.
   const bool contiguous = dx->outerStride() == dx->cols();
   auto share = contiguous ? MatrixMap<T>(dx->data(), n, d_in()) : xd;
-  rank_r_expand(share.data(), d_in(), static_cast<const T*>(nullptr), 0, static_cast<const T*>(nullptr), g_u.data(),
-                a.data(), n, d_in(), rank());
+  rank_r_expand(share.data(), d_in(), static_cast<const T*>(nullptr), 0,
+                static_cast<const T*>(nullptr), g_u.data(), a.data(), n, d_in(), rank());
   dropout_apply(share.data(), share.data(), share.size(), m_config.dropout, cache.dropout_seed);
   if (contiguous) {
     dx->noalias() += dy * w;
@@ -239,10 +251,13 @@ inline LoraConfig lora_config_from_json(const nlohmann::json& j, Index r, const 
   c.alpha = json_number(j, "lora_alpha", 8.0, path);
   c.dropout = json_number(j, "lora_dropout", 0.0, path);
   c.use_rslora = json_bool(j, "use_rslora", false, path);
-  json_bool(j, "use_dora", false, path);  // its type is checked; the registry chose the method by it
-  if (j.contains("init_lora_weights") && j["init_lora_weights"] == "gaussian") c.init = LoraInit::gaussian;
+  json_bool(j, "use_dora", false,
+            path);  // its type is checked; the registry chose the method by it
+  if (j.contains("init_lora_weights") && j["init_lora_weights"] == "gaussian")
+    c.init = LoraInit::gaussian;
   const std::string bias = json_string(j, "bias", "none", path);
-  WEGEFT_CHECK(bias == "none", path << ": bias \"" << bias << "\" is not supported (only \"none\")");
+  WEGEFT_CHECK(bias == "none",
+               path << ": bias \"" << bias << "\" is not supported (only \"none\")");
   WEGEFT_CHECK(!json_bool(j, "lora_bias", false, path), path << ": lora_bias is not supported");
   WEGEFT_CHECK(!j.contains("layer_replication") || j["layer_replication"].is_null(),
                path << ": layer_replication is not supported");
@@ -253,7 +268,8 @@ inline void lora_config_to_json(nlohmann::ordered_json& j, const LoraConfig& c, 
   j["lora_alpha"] = c.alpha;
   j["lora_dropout"] = c.dropout;
   j["use_rslora"] = c.use_rslora;
-  j["init_lora_weights"] = c.init == LoraInit::gaussian ? nlohmann::ordered_json("gaussian") : nlohmann::ordered_json(true);
+  j["init_lora_weights"] = c.init == LoraInit::gaussian ? nlohmann::ordered_json("gaussian")
+                                                        : nlohmann::ordered_json(true);
   j["use_dora"] = dora;
 }
 }  // namespace detail
@@ -266,12 +282,15 @@ struct LoraMethod {
   using Adapter = LoraAdapter<T>;
 
   static bool claims(const nlohmann::json& j) {
-    return j.value("peft_type", "") == "LORA" && !(j.contains("use_dora") && j["use_dora"].is_boolean() && j["use_dora"].get<bool>());
+    return j.value("peft_type", "") == "LORA" &&
+           !(j.contains("use_dora") && j["use_dora"].is_boolean() && j["use_dora"].get<bool>());
   }
   static Config config_from_json(const nlohmann::json& j, Index r, const std::string& path) {
     return detail::lora_config_from_json(j, r, path);
   }
-  static void config_to_json(nlohmann::ordered_json& j, const Config& c) { detail::lora_config_to_json(j, c, false); }
+  static void config_to_json(nlohmann::ordered_json& j, const Config& c) {
+    detail::lora_config_to_json(j, c, false);
+  }
   template <class T>
   static Adapter<T> attach(AttachContext<T>& ctx, const AdapterSite<T>& site, const Config& c) {
     return Adapter<T>(ctx.store, site.base, c, ctx.rng, site.name);

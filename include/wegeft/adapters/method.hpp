@@ -30,10 +30,10 @@
 
 #include <nlohmann/json.hpp>
 
+#include "wegeft/adapters/frozen_linear.hpp"
 #include "wegeft/core/parameters.hpp"
 #include "wegeft/core/rng.hpp"
 #include "wegeft/core/tensor.hpp"
-#include "wegeft/adapters/frozen_linear.hpp"
 
 namespace wegeft {
 
@@ -72,11 +72,11 @@ struct AttachContext {
 
 /// What every adapter's forward leaves in its cache besides its own tensors.
 struct CacheBase {
-  Index n = 0;                    // tokens of the call
+  Index n = 0;  // tokens of the call
   std::uint64_t dropout_seed = 0;
-  bool dropped = false;           // dropout was applied in this call
-  bool merged = false;            // forward ran on merged weights (backward is then refused)
-  const void* owner = nullptr;    // the adapter that filled it
+  bool dropped = false;         // dropout was applied in this call
+  bool merged = false;          // forward ran on merged weights (backward is then refused)
+  const void* owner = nullptr;  // the adapter that filled it
 };
 
 /// The scaffolding every adapter shares: the frozen layer, the training flag and dropout stream,
@@ -150,7 +150,8 @@ class AdapterBase {
   Derived& self() { return static_cast<Derived&>(*this); }
   void check_backward(const CacheBase& cache, CMatRef<T> x, CMatRef<T> dy) const {
     WEGEFT_CHECK(cache.owner == this, m_kind << " backward got a cache filled by another layer");
-    WEGEFT_CHECK(!cache.merged, m_kind << " backward after a forward on merged weights; unmerge first");
+    WEGEFT_CHECK(!cache.merged,
+                 m_kind << " backward after a forward on merged weights; unmerge first");
     check_shape(x, cache.n, d_in(), m_kind, "backward input x");
     check_shape(dy, cache.n, d_out(), m_kind, "output gradient dy");
   }
@@ -171,8 +172,8 @@ class AdapterBase {
 ///   parameters()                  the trainable tensors, named (AdapterParam)
 ///   config(), base()
 template <class A, class T>
-concept AdapterOf = requires(A& a, const A& ca, typename A::Cache& cache, const typename A::Cache& ccache, MatRef<T> y,
-                             CMatRef<T> x, bool on) {
+concept AdapterOf = requires(A& a, const A& ca, typename A::Cache& cache,
+                             const typename A::Cache& ccache, MatRef<T> y, CMatRef<T> x, bool on) {
   typename A::Config;
   { ca.config() } -> std::convertible_to<const typename A::Config&>;
   a.forward(y, cache, x);
@@ -190,9 +191,10 @@ concept AdapterOf = requires(A& a, const A& ca, typename A::Cache& cache, const 
 
 /// The method-descriptor half of the contract.
 template <class M>
-concept AdapterMethod = requires(const nlohmann::json& j, nlohmann::ordered_json& out, const typename M::Config& c,
-                                 typename M::Config& mc, const std::string& path, Index r,
-                                 AttachContext<float>& ctx, const AdapterSite<float>& site) {
+concept AdapterMethod = requires(const nlohmann::json& j, nlohmann::ordered_json& out,
+                                 const typename M::Config& c, typename M::Config& mc,
+                                 const std::string& path, Index r, AttachContext<float>& ctx,
+                                 const AdapterSite<float>& site) {
   { M::name } -> std::convertible_to<std::string_view>;
   { M::claims(j) } -> std::same_as<bool>;
   { M::config_from_json(j, r, path) } -> std::same_as<typename M::Config>;
@@ -200,8 +202,10 @@ concept AdapterMethod = requires(const nlohmann::json& j, nlohmann::ordered_json
   { mc.rank } -> std::convertible_to<Index>;
   { mc.alpha } -> std::convertible_to<double>;
   { M::template attach<float>(ctx, site, c) } -> std::same_as<typename M::template Adapter<float>>;
-  requires AdapterOf<typename M::template Adapter<float>, float>;
-  requires AdapterOf<typename M::template Adapter<double>, double>;
+  requires AdapterOf < typename M::template Adapter<float>,
+  float > ;
+  requires AdapterOf < typename M::template Adapter<double>,
+  double > ;
 };
 
 }  // namespace wegeft

@@ -15,10 +15,10 @@
 
 #include <memory>
 #include <optional>
-#include <type_traits>
 #include <span>
 #include <string>
 #include <tuple>
+#include <type_traits>
 #include <utility>
 #include <variant>
 #include <vector>
@@ -69,7 +69,9 @@ struct config_type {
   using type = X;
 };
 template <class X>
-  requires requires { typename X::Config; }
+requires requires {
+  typename X::Config;
+}
 struct config_type<X> {
   using type = typename X::Config;
 };
@@ -77,11 +79,13 @@ struct config_type<X> {
 
 /// The registered method descriptor of a method config or adapter type.
 template <class X>
-using method_of = typename detail::find_method<typename detail::config_type<X>::type, AdapterMethods::Tuple>::type;
+using method_of = typename detail::find_method<typename detail::config_type<X>::type,
+                                               AdapterMethods::Tuple>::type;
 
 /// The short name ("lora", "wegeft", "dora") of a method config or adapter.
 inline const char* method_name(const MethodConfig& c) {
-  return std::visit([](const auto& cfg) { return method_of<std::decay_t<decltype(cfg)>>::name; }, c);
+  return std::visit([](const auto& cfg) { return method_of<std::decay_t<decltype(cfg)>>::name; },
+                    c);
 }
 template <class T>
 const char* method_name(const AnyAdapter<T>& a) {
@@ -102,19 +106,28 @@ struct AdapterSpec {
 
 /// The registered method that claims an adapter_config.json, with its settings (`r` read by the
 /// caller). Throws, naming `path`, when no method claims it.
-inline MethodConfig method_config_from_json(const nlohmann::json& j, Index r, const std::string& path) {
+inline MethodConfig method_config_from_json(const nlohmann::json& j, Index r,
+                                            const std::string& path) {
   std::optional<MethodConfig> out;
-  std::apply([&](auto... m) {
-    ((!out && decltype(m)::claims(j) ? void(out.emplace(decltype(m)::config_from_json(j, r, path))) : void()), ...);
-  }, AdapterMethods::Tuple{});
-  WEGEFT_CHECK(out.has_value(), path << ": no adapter method of wegeft reads peft_type \"" << j.value("peft_type", "")
-                                     << "\"" << (j.value("peft_type", "") == "LORA" ? " with these options" : "")
-                                     << " (LORA, LORA with use_dora, WEGEFT)");
+  std::apply(
+      [&](auto... m) {
+        ((!out && decltype(m)::claims(j)
+              ? void(out.emplace(decltype(m)::config_from_json(j, r, path)))
+              : void()),
+         ...);
+      },
+      AdapterMethods::Tuple{});
+  WEGEFT_CHECK(out.has_value(),
+               path << ": no adapter method of wegeft reads peft_type \""
+                    << j.value("peft_type", "") << "\""
+                    << (j.value("peft_type", "") == "LORA" ? " with these options" : "")
+                    << " (LORA, LORA with use_dora, WEGEFT)");
   return *out;
 }
 /// The method's own fields of adapter_config.json.
 inline void method_config_to_json(nlohmann::ordered_json& j, const MethodConfig& c) {
-  std::visit([&](const auto& cfg) { method_of<std::decay_t<decltype(cfg)>>::config_to_json(j, cfg); }, c);
+  std::visit(
+      [&](const auto& cfg) { method_of<std::decay_t<decltype(cfg)>>::config_to_json(j, cfg); }, c);
 }
 
 /// Named adapters on named frozen linears, in attach order, with the objects their groups share.
@@ -158,19 +171,28 @@ class AdapterSet {
     try {
       for (const auto& site : sites) {
         if (!targets_module(spec, site.name, site.role.c_str(), site.layer)) continue;
-        WEGEFT_CHECK(find(site.name) == nullptr, "module '" << site.name << "' already has an adapter");
+        WEGEFT_CHECK(find(site.name) == nullptr,
+                     "module '" << site.name << "' already has an adapter");
         AttachContext<T> ctx{*m_store, rng, shared, m_calls};
-        added.push_back(Entry{site.name, std::visit([&](const auto& base_config) {
-                                auto c = base_config;
-                                c.rank = rank_for(spec, site.name, site.role.c_str(), c.rank);
-                                c.alpha = alpha_for(spec, site.name, site.role.c_str(), c.alpha);
-                                using M = method_of<std::decay_t<decltype(c)>>;
-                                return std::make_unique<AnyAdapter<T>>(M::template attach<T>(ctx, site, c));
-                              }, spec.method)});
+        added.push_back(
+            Entry{site.name, std::visit(
+                                 [&](const auto& base_config) {
+                                   auto c = base_config;
+                                   c.rank = rank_for(spec, site.name, site.role.c_str(), c.rank);
+                                   c.alpha = alpha_for(spec, site.name, site.role.c_str(), c.alpha);
+                                   using M = method_of<std::decay_t<decltype(c)>>;
+                                   return std::make_unique<AnyAdapter<T>>(
+                                       M::template attach<T>(ctx, site, c));
+                                 },
+                                 spec.method)});
       }
-      WEGEFT_CHECK(!added.empty(), "adapter targets " << describe(spec) << " match no module"
-                                   << (sites.empty() ? std::string() : "; the linear modules are e.g. '" + sites.front().name +
-                                                                           "' (short names: q k v qkv o gate up down, or all-linear)"));
+      WEGEFT_CHECK(!added.empty(),
+                   "adapter targets "
+                       << describe(spec) << " match no module"
+                       << (sites.empty()
+                               ? std::string()
+                               : "; the linear modules are e.g. '" + sites.front().name +
+                                     "' (short names: q k v qkv o gate up down, or all-linear)"));
     } catch (...) {
       m_store->truncate(mark);
       throw;

@@ -38,7 +38,8 @@ inline bool pattern_matches(const std::string& key, const std::string& name, con
 /// Whether `spec` (an AdapterSpec) targets the linear `name` (role short name `role`, block `layer`).
 template <class Spec>
 bool targets_module(const Spec& spec, const std::string& name, const char* role, Index layer) {
-  if (!spec.layers.empty() && std::find(spec.layers.begin(), spec.layers.end(), layer) == spec.layers.end())
+  if (!spec.layers.empty() &&
+      std::find(spec.layers.begin(), spec.layers.end(), layer) == spec.layers.end())
     return false;
   if (!spec.target_regex.empty()) return Pattern(spec.target_regex).full_match(name);
   for (const auto& t : spec.target_modules)
@@ -63,11 +64,11 @@ double alpha_for(const Spec& spec, const std::string& name, const char* role, do
 }
 
 /// Index of the first group with a pattern that matches `name` from its start, or -1.
-inline int tied_group_of(const std::vector<std::vector<std::string>>& groups, const std::string& name) {
+inline int tied_group_of(const std::vector<std::vector<std::string>>& groups,
+                         const std::string& name) {
   for (std::size_t g = 0; g < groups.size(); ++g)
     for (const auto& pattern : groups[g])
-      if (Pattern(pattern).prefix_match(name))
-        return static_cast<int>(g);
+      if (Pattern(pattern).prefix_match(name)) return static_cast<int>(g);
   return -1;
 }
 

@@ -31,6 +31,7 @@
 #include <string>
 #include <vector>
 
+#include "wegeft/adapters/frozen_linear.hpp"
 #include "wegeft/adapters/method.hpp"
 #include "wegeft/adapters/targets.hpp"
 #include "wegeft/core/error.hpp"
@@ -40,7 +41,6 @@
 #include "wegeft/core/rng.hpp"
 #include "wegeft/core/tensor.hpp"
 #include "wegeft/kernels/cpu/rank_r.hpp"
-#include "wegeft/adapters/frozen_linear.hpp"
 
 namespace wegeft {
 
@@ -65,9 +65,12 @@ struct WeGeFTConfig {
 
 inline const char* to_string(WeGeFTOrder o) {
   switch (o) {
-    case WeGeFTOrder::weight_side: return "weight_side";
-    case WeGeFTOrder::input_edit: return "input_edit";
-    default: return "automatic";
+    case WeGeFTOrder::weight_side:
+      return "weight_side";
+    case WeGeFTOrder::input_edit:
+      return "input_edit";
+    default:
+      return "automatic";
   }
 }
 
@@ -134,21 +137,23 @@ class WeGeFTGenerator {
 };
 
 template <class T>
-WeGeFTGenerator<T>::WeGeFTGenerator(ParameterStore<T>& store, Index d_in, const WeGeFTConfig& config, Rng& rng,
-                const std::string& name) : m_store(&store), m_config(config), m_d_in(d_in), m_name(name) {
+WeGeFTGenerator<T>::WeGeFTGenerator(ParameterStore<T>& store, Index d_in,
+                                    const WeGeFTConfig& config, Rng& rng, const std::string& name)
+    : m_store(&store), m_config(config), m_d_in(d_in), m_name(name) {
   const Index r = config.rank;
   WEGEFT_CHECK(d_in >= 1, "WeGeFT generator '" << name << "' needs d_in >= 1, got " << d_in);
   WEGEFT_CHECK(r >= 1, "WeGeFT rank must be at least 1, got " << r << " for '" << name << "'");
-  WEGEFT_CHECK(r <= d_in, "WeGeFT rank " << r << " exceeds d_in = " << d_in << " for '" << name
-                                         << "'");
-  WEGEFT_CHECK(std::isfinite(config.alpha) && config.alpha != 0.0,
-               "WeGeFT alpha must be finite and non-zero, got " << config.alpha << " for '" << name << "'");
+  WEGEFT_CHECK(r <= d_in,
+               "WeGeFT rank " << r << " exceeds d_in = " << d_in << " for '" << name << "'");
+  WEGEFT_CHECK(
+      std::isfinite(config.alpha) && config.alpha != 0.0,
+      "WeGeFT alpha must be finite and non-zero, got " << config.alpha << " for '" << name << "'");
   WEGEFT_CHECK(std::isfinite(static_cast<T>(config.alpha / static_cast<double>(r))),
-               "WeGeFT scale alpha / r = " << config.alpha / static_cast<double>(r) << " overflows the compute type for '"
-                                           << name << "'");
-  WEGEFT_CHECK(config.dropout >= 0.0 && config.dropout < 1.0,
-               "WeGeFT dropout must be in [0, 1), got " << config.dropout << " for '" << name
-                                                        << "'");
+               "WeGeFT scale alpha / r = " << config.alpha / static_cast<double>(r)
+                                           << " overflows the compute type for '" << name << "'");
+  WEGEFT_CHECK(
+      config.dropout >= 0.0 && config.dropout < 1.0,
+      "WeGeFT dropout must be in [0, 1), got " << config.dropout << " for '" << name << "'");
   m_scale = static_cast<T>(config.alpha / static_cast<double>(r));
   m_phi = store.add(name + ".wegeft_phi.weight", r, d_in);
   m_psi = store.add(name + ".wegeft_psi.weight", r, d_in);
@@ -160,9 +165,10 @@ WeGeFTGenerator<T>::WeGeFTGenerator(ParameterStore<T>& store, Index d_in, const 
 template <class T>
 void WeGeFTGenerator<T>::attach(const FrozenLinear<T>& base) {
   WEGEFT_CHECK(base.d_in() == m_d_in, "WeGeFT group '" << m_name << "' has d_in = " << m_d_in
-                                      << " but a layer with W [" << base.d_out() << ", "
-                                      << base.d_in() << "] was attached; every layer of a "
-                                      << "group must have the same d_in");
+                                                       << " but a layer with W [" << base.d_out()
+                                                       << ", " << base.d_in()
+                                                       << "] was attached; every layer of a "
+                                                       << "group must have the same d_in");
   ++m_layers;
 }
 
@@ -180,7 +186,7 @@ class WeGeFTAdapter : public AdapterBase<WeGeFTAdapter<T>, T> {
     Matrix<T> p;                                 // [d_out, r]  D(W) Phi^T (weight side only)
     Matrix<T> scaled;                            // s Phi [r, d_in] (input edit) or s P^T [r, d_out]
     // backward scratch, reused across steps
-    mutable Matrix<T> s_small, su, g_u, g_p;     // s Phi^T or s P, s u, [N, r], [d_out or d_in, r]
+    mutable Matrix<T> s_small, su, g_u, g_p;  // s Phi^T or s P, s u, [N, r], [d_out or d_in, r]
   };
 
   /// Attaches `base` to `generator` (checks d_in); `rng` seeds this layer's dropout stream.
@@ -194,7 +200,8 @@ class WeGeFTAdapter : public AdapterBase<WeGeFTAdapter<T>, T> {
   const WeGeFTConfig& config() const { return m_gen->config(); }
   /// Phi and Psi, shared with every layer of the generator's group.
   std::vector<AdapterParam> parameters() const {
-    return {{"wegeft_phi.weight", m_gen->id_phi(), m_gen}, {"wegeft_psi.weight", m_gen->id_psi(), m_gen}};
+    return {{"wegeft_phi.weight", m_gen->id_phi(), m_gen},
+            {"wegeft_psi.weight", m_gen->id_psi(), m_gen}};
   }
   void set_order(WeGeFTOrder order) { m_order = order; }
   WeGeFTOrder order() const { return m_order; }
@@ -231,7 +238,8 @@ class WeGeFTAdapter : public AdapterBase<WeGeFTAdapter<T>, T> {
     auto block = workspace<T>(2, std::min(kRows, d_out()), d_in());
     for (Index i0 = 0; i0 < d_out(); i0 += kRows) {
       const Index rows = std::min(kRows, d_out() - i0);
-      dropout_apply(block.data(), w.data() + i0 * d_in(), rows * d_in(), m_gen->config().dropout, seed, i0 * d_in());
+      dropout_apply(block.data(), w.data() + i0 * d_in(), rows * d_in(), m_gen->config().dropout,
+                    seed, i0 * d_in());
       f(i0, rows, block.data());
     }
   }
@@ -245,7 +253,8 @@ class WeGeFTAdapter : public AdapterBase<WeGeFTAdapter<T>, T> {
 
 template <class T>
 WeGeFTAdapter<T>::WeGeFTAdapter(WeGeFTGenerator<T>& generator, FrozenLinear<T> base, Rng& rng,
-              WeGeFTOrder order) : Base(base, "WeGeFT", Rng(rng.next_u64())), m_gen(&generator), m_order(order) {
+                                WeGeFTOrder order)
+    : Base(base, "WeGeFT", Rng(rng.next_u64())), m_gen(&generator), m_order(order) {
   generator.attach(base);
 }
 
@@ -279,25 +288,28 @@ void WeGeFTAdapter<T>::forward(MatRef<T> y, Cache& cache, CMatRef<T> x) {
     // x_hat = x + s u Phi in one pass (scale on the small operand, not an [N, d] one)
     auto x_hat = workspace<T>(0, n, x.cols());
     cache.scaled.noalias() = s * m_gen->phi();
-    rank_r_expand(x_hat.data(), x_hat.outerStride(), x.data(), x.outerStride(), static_cast<const T*>(nullptr),
-                  cache.u.data(), cache.scaled.data(), n, d_in(), r);
+    rank_r_expand(x_hat.data(), x_hat.outerStride(), x.data(), x.outerStride(),
+                  static_cast<const T*>(nullptr), cache.u.data(), cache.scaled.data(), n, d_in(),
+                  r);
     linear_forward<T>(y, x_hat, w, this->m_base.bias());
     return;
   }
   if (this->begin_dropout(cache, m_gen->config().dropout)) {
     cache.p.resize(d_out(), m_gen->rank());
     for_dropped_rows(cache.dropout_seed, [&](Index i0, Index rows, const T* wd) {  // P = D(W) Phi^T
-      rank_r_project(cache.p.data() + i0 * m_gen->rank(), wd, d_in(), m_gen->phi().data(), rows, d_in(), m_gen->rank());
+      rank_r_project(cache.p.data() + i0 * m_gen->rank(), wd, d_in(), m_gen->phi().data(), rows,
+                     d_in(), m_gen->rank());
     });
   } else {  // P = W Phi^T: r dot products per row of W
     cache.p.resize(d_out(), m_gen->rank());
-    rank_r_project(cache.p.data(), w.data(), w.outerStride(), m_gen->phi().data(), d_out(), d_in(), m_gen->rank());
+    rank_r_project(cache.p.data(), w.data(), w.outerStride(), m_gen->phi().data(), d_out(), d_in(),
+                   m_gen->rank());
   }
   Matrix<T>& s_pt = cache.scaled;
   s_pt.noalias() = s * cache.p.transpose();  // [r, d_out]
   // u = x Psi^T and y = b + u (s P)^T in one pass each, then the frozen GEMM accumulates x W^T.
-  rank_r_project_expand(cache.u.data(), x.data(), x.outerStride(), m_gen->psi().data(), d_in(), y.data(),
-                        y.outerStride(), this->m_base.bias(), s_pt.data(), d_out(), n, r);
+  rank_r_project_expand(cache.u.data(), x.data(), x.outerStride(), m_gen->psi().data(), d_in(),
+                        y.data(), y.outerStride(), this->m_base.bias(), s_pt.data(), d_out(), n, r);
   y.noalias() += x * w.transpose();
 }
 
@@ -333,7 +345,8 @@ void WeGeFTAdapter<T>::unmerge_weights() {
 }
 
 template <class T>
-void WeGeFTAdapter<T>::backward_impl(MatRef<T>* dx, const Cache& cache, CMatRef<T> x, CMatRef<T> dy) {
+void WeGeFTAdapter<T>::backward_impl(MatRef<T>* dx, const Cache& cache, CMatRef<T> x,
+                                     CMatRef<T> dy) {
   const T s = m_gen->scale();
   const auto& w = this->m_base.weight();
   const auto phi = m_gen->phi();
@@ -343,8 +356,10 @@ void WeGeFTAdapter<T>::backward_impl(MatRef<T>* dx, const Cache& cache, CMatRef<
   if (cache.order == WeGeFTOrder::input_edit) {
     // h = dL/dx_hat = dy W [N, d_in]: computed straight into dx when it is wanted.
     using View = Eigen::Map<Matrix<T>, 0, Eigen::OuterStride<>>;
-    View h = dx != nullptr ? View(dx->data(), x.rows(), x.cols(), Eigen::OuterStride<>(dx->outerStride()))
-                           : View(workspace<T>(0, x.rows(), x.cols()).data(), x.rows(), x.cols(), Eigen::OuterStride<>(x.cols()));
+    View h = dx != nullptr
+                 ? View(dx->data(), x.rows(), x.cols(), Eigen::OuterStride<>(dx->outerStride()))
+                 : View(workspace<T>(0, x.rows(), x.cols()).data(), x.rows(), x.cols(),
+                        Eigen::OuterStride<>(x.cols()));
     h.noalias() = dy * w;
     // One pass over h: t = s h Phi^T [N, r] (dL/du) and G = s h^T u = dPhi^T [d_in, r].
     Matrix<T>& s_phi_t = cache.s_small;
@@ -355,12 +370,15 @@ void WeGeFTAdapter<T>::backward_impl(MatRef<T>* dx, const Cache& cache, CMatRef<
     su.noalias() = s * cache.u;
     t.resize(x.rows(), m_gen->rank());
     G.setZero(d_in(), m_gen->rank());
-    rank_r_pass(t.data(), G.data(), h.data(), s_phi_t.data(), su.data(), x.rows(), d_in(), m_gen->rank(), h.outerStride());
-    rank_r_reduce(g_psi.data(), t.data(), x.data(), x.outerStride(), x.rows(), d_in(), m_gen->rank());
+    rank_r_pass(t.data(), G.data(), h.data(), s_phi_t.data(), su.data(), x.rows(), d_in(),
+                m_gen->rank(), h.outerStride());
+    rank_r_reduce(g_psi.data(), t.data(), x.data(), x.outerStride(), x.rows(), d_in(),
+                  m_gen->rank());
     g_phi += G.transpose();
     if (dx != nullptr)  // dx = h + t Psi, in place
-      rank_r_expand(dx->data(), dx->outerStride(), dx->data(), dx->outerStride(), static_cast<const T*>(nullptr),
-                    t.data(), psi.data(), x.rows(), d_in(), m_gen->rank());
+      rank_r_expand(dx->data(), dx->outerStride(), dx->data(), dx->outerStride(),
+                    static_cast<const T*>(nullptr), t.data(), psi.data(), x.rows(), d_in(),
+                    m_gen->rank());
     return;
   }
   Matrix<T>& s_p = cache.s_small;
@@ -373,14 +391,18 @@ void WeGeFTAdapter<T>::backward_impl(MatRef<T>* dx, const Cache& cache, CMatRef<
   su.noalias() = s * cache.u;
   // g_u, g_p, dPsi += g_u^T x and dx = g_u Psi together; dx += dy W below.
   rank_r_backward(g_u.data(), g_p.data(), g_psi.data(), dx != nullptr ? dx->data() : nullptr,
-                  dx != nullptr ? dx->outerStride() : 0, dy.data(), dy.outerStride(), s_p.data(), su.data(), x.data(),
-                  x.outerStride(), psi.data(), x.rows(), d_out(), d_in(), m_gen->rank());
+                  dx != nullptr ? dx->outerStride() : 0, dy.data(), dy.outerStride(), s_p.data(),
+                  su.data(), x.data(), x.outerStride(), psi.data(), x.rows(), d_out(), d_in(),
+                  m_gen->rank());
   if (cache.dropped) {
-    for_dropped_rows(cache.dropout_seed, [&](Index i0, Index rows, const T* wd) {  // dPhi += g_p^T D(W)
-      rank_r_reduce(g_phi.data(), g_p.data() + i0 * m_gen->rank(), wd, d_in(), rows, d_in(), m_gen->rank());
-    });
+    for_dropped_rows(cache.dropout_seed,
+                     [&](Index i0, Index rows, const T* wd) {  // dPhi += g_p^T D(W)
+                       rank_r_reduce(g_phi.data(), g_p.data() + i0 * m_gen->rank(), wd, d_in(),
+                                     rows, d_in(), m_gen->rank());
+                     });
   } else {  // dPhi += g_p^T W
-    rank_r_reduce(g_phi.data(), g_p.data(), w.data(), w.outerStride(), d_out(), d_in(), m_gen->rank());
+    rank_r_reduce(g_phi.data(), g_p.data(), w.data(), w.outerStride(), d_out(), d_in(),
+                  m_gen->rank());
   }
   if (dx != nullptr) dx->noalias() += dy * w;
 }
@@ -401,9 +423,11 @@ struct WeGeFTMethod {
     c.dropout = detail::json_number(j, "wegeft_dropout", 0.0, path);
     c.sharing = WeGeFTSharing::tied;
     if (j.contains("tied_modules") && !j["tied_modules"].is_null()) {
-      WEGEFT_CHECK(j["tied_modules"].is_array(), path << ": \"tied_modules\" must be a list of groups");
+      WEGEFT_CHECK(j["tied_modules"].is_array(),
+                   path << ": \"tied_modules\" must be a list of groups");
       for (const auto& group : j["tied_modules"])
-        c.tied_modules.push_back(detail::json_string_list(group, path + ": a \"tied_modules\" group"));
+        c.tied_modules.push_back(
+            detail::json_string_list(group, path + ": a \"tied_modules\" group"));
     }
     for (const auto& group : c.tied_modules)
       for (const auto& p : group) {
@@ -422,7 +446,8 @@ struct WeGeFTMethod {
   }
   template <class T>
   static Adapter<T> attach(AttachContext<T>& ctx, const AdapterSite<T>& site, const Config& c) {
-    const std::string tag = "wegeft#" + std::to_string(ctx.call) + "@r" + std::to_string(c.rank) + ":";
+    const std::string tag =
+        "wegeft#" + std::to_string(ctx.call) + "@r" + std::to_string(c.rank) + ":";
     std::string key = tag + site.name;
     if (c.sharing == WeGeFTSharing::per_role && !site.role.empty()) key = tag + "role:" + site.role;
     if (c.sharing == WeGeFTSharing::tied) {
@@ -430,13 +455,16 @@ struct WeGeFTMethod {
       if (g >= 0) key = tag + "tied:" + std::to_string(g);
     }
     auto& slot = ctx.shared[key];
-    if (!slot) slot = std::make_shared<WeGeFTGenerator<T>>(ctx.store, site.base.d_in(), c, ctx.rng, site.name);
-    return Adapter<T>(*std::static_pointer_cast<WeGeFTGenerator<T>>(slot), site.base, ctx.rng, c.order);
+    if (!slot)
+      slot =
+          std::make_shared<WeGeFTGenerator<T>>(ctx.store, site.base.d_in(), c, ctx.rng, site.name);
+    return Adapter<T>(*std::static_pointer_cast<WeGeFTGenerator<T>>(slot), site.base, ctx.rng,
+                      c.order);
   }
 };
 
-#define WEGEFT_WEGEFT_TEMPLATES(EXTERN, T) \
-  EXTERN template class WeGeFTGenerator<T>;   \
+#define WEGEFT_WEGEFT_TEMPLATES(EXTERN, T)  \
+  EXTERN template class WeGeFTGenerator<T>; \
   EXTERN template class WeGeFTAdapter<T>;
 WEGEFT_EXTERN_TEMPLATES(WEGEFT_WEGEFT_TEMPLATES)
 

@@ -24,7 +24,8 @@ namespace wegeft {
 class Error : public std::runtime_error {
  public:
   explicit Error(const std::string& what) : std::runtime_error(what), m_message(what) {}
-  Error(const std::string& what, std::string message) : std::runtime_error(what), m_message(std::move(message)) {}
+  Error(const std::string& what, std::string message)
+      : std::runtime_error(what), m_message(std::move(message)) {}
   const std::string& message() const { return m_message; }
 
  private:
@@ -44,18 +45,18 @@ namespace detail {
 }  // namespace detail
 }  // namespace wegeft
 
-#define WEGEFT_CHECK(cond, msg)                                                   \
-  do {                                                                            \
-    if (!(cond)) {                                                                \
-      std::ostringstream wegeft_check_stream_;                                    \
-      wegeft_check_stream_ << msg;                                                \
+#define WEGEFT_CHECK(cond, msg)                                                       \
+  do {                                                                                \
+    if (!(cond)) {                                                                    \
+      std::ostringstream wegeft_check_stream_;                                        \
+      wegeft_check_stream_ << msg;                                                    \
       ::wegeft::detail::raise(__FILE__, __LINE__, #cond, wegeft_check_stream_.str()); \
-    }                                                                             \
+    }                                                                                 \
   } while (false)
 
 #if !defined(NDEBUG) || defined(WEGEFT_ENABLE_ASSERTS)
-#define WEGEFT_ASSERT(cond) \
-  do {                      \
+#define WEGEFT_ASSERT(cond)                                                                       \
+  do {                                                                                            \
     if (!(cond)) ::wegeft::detail::raise(__FILE__, __LINE__, #cond, "internal invariant broken"); \
   } while (false)
 #else

@@ -26,14 +26,19 @@ inline void check_json_depth(const std::string& text, const std::string& where) 
   for (std::size_t i = 0; i < text.size(); ++i) {
     const char c = text[i];
     if (in_string) {
-      if (escaped) escaped = false;
-      else if (c == '\\') escaped = true;
-      else if (c == '"') in_string = false;
+      if (escaped)
+        escaped = false;
+      else if (c == '\\')
+        escaped = true;
+      else if (c == '"')
+        in_string = false;
       continue;
     }
-    if (c == '"') in_string = true;
+    if (c == '"')
+      in_string = true;
     else if (c == '[' || c == '{') {
-      WEGEFT_CHECK(++depth <= kMaxJsonDepth, where << ": JSON nests deeper than " << kMaxJsonDepth << " levels (at byte " << i << ")");
+      WEGEFT_CHECK(++depth <= kMaxJsonDepth, where << ": JSON nests deeper than " << kMaxJsonDepth
+                                                   << " levels (at byte " << i << ")");
     } else if (c == ']' || c == '}') {
       --depth;
     }
@@ -65,28 +70,35 @@ inline nlohmann::json parse_json_strict(const std::string& text, const std::stri
 }
 
 /// Field `key` of object `j` as a number, `fallback` when absent or null.
-inline double json_number(const nlohmann::json& j, const char* key, double fallback, const std::string& where) {
+inline double json_number(const nlohmann::json& j, const char* key, double fallback,
+                          const std::string& where) {
   if (!j.is_object() || !j.contains(key) || j[key].is_null()) return fallback;
-  WEGEFT_CHECK(j[key].is_number(), where << ": \"" << key << "\" must be a number, got " << j[key].dump());
+  WEGEFT_CHECK(j[key].is_number(),
+               where << ": \"" << key << "\" must be a number, got " << j[key].dump());
   return j[key].get<double>();
 }
 
 /// Field `key` of object `j` as a string, `fallback` when absent or null.
-inline std::string json_string(const nlohmann::json& j, const char* key, const std::string& fallback, const std::string& where) {
+inline std::string json_string(const nlohmann::json& j, const char* key,
+                               const std::string& fallback, const std::string& where) {
   if (!j.is_object() || !j.contains(key) || j[key].is_null()) return fallback;
-  WEGEFT_CHECK(j[key].is_string(), where << ": \"" << key << "\" must be a string, got " << j[key].dump());
+  WEGEFT_CHECK(j[key].is_string(),
+               where << ": \"" << key << "\" must be a string, got " << j[key].dump());
   return j[key].get<std::string>();
 }
 
 /// Field `key` of object `j` as a bool, `fallback` when absent or null.
-inline bool json_bool(const nlohmann::json& j, const char* key, bool fallback, const std::string& where) {
+inline bool json_bool(const nlohmann::json& j, const char* key, bool fallback,
+                      const std::string& where) {
   if (!j.is_object() || !j.contains(key) || j[key].is_null()) return fallback;
-  WEGEFT_CHECK(j[key].is_boolean(), where << ": \"" << key << "\" must be true or false, got " << j[key].dump());
+  WEGEFT_CHECK(j[key].is_boolean(),
+               where << ": \"" << key << "\" must be true or false, got " << j[key].dump());
   return j[key].get<bool>();
 }
 
 /// A string or a list of strings (null: empty).
-inline std::vector<std::string> json_string_list(const nlohmann::json& j, const std::string& where) {
+inline std::vector<std::string> json_string_list(const nlohmann::json& j,
+                                                 const std::string& where) {
   std::vector<std::string> out;
   if (j.is_null()) return out;
   if (j.is_string()) return {j.get<std::string>()};

@@ -39,9 +39,9 @@ struct AlignedAllocator {
   template <class U>
   AlignedAllocator(const AlignedAllocator<U, Alignment>&) {}
   T* allocate(std::size_t n) {
-    return static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t{Alignment}));
+    return static_cast<T*>(::operator new (n * sizeof(T), std::align_val_t{Alignment}));
   }
-  void deallocate(T* p, std::size_t) { ::operator delete(p, std::align_val_t{Alignment}); }
+  void deallocate(T* p, std::size_t) { ::operator delete (p, std::align_val_t{Alignment}); }
   template <class U>
   bool operator==(const AlignedAllocator<U, Alignment>&) const {
     return true;
@@ -70,10 +70,12 @@ class ParameterStore {
 
   /// Register a [rows, cols] parameter; its value and gradient start at zero.
   ParamId add(std::string name, Index rows, Index cols) {
-    WEGEFT_CHECK(rows > 0 && cols > 0, "parameter '" << name << "' has empty shape [" << rows
-                                                      << ", " << cols << "]");
-    WEGEFT_CHECK(m_names.insert(name).second, "parameter '" << name << "' is already in this store (two adapters or "
-                                                             "heads with one name)");
+    WEGEFT_CHECK(rows > 0 && cols > 0,
+                 "parameter '" << name << "' has empty shape [" << rows << ", " << cols << "]");
+    WEGEFT_CHECK(m_names.insert(name).second, "parameter '"
+                                                  << name
+                                                  << "' is already in this store (two adapters or "
+                                                     "heads with one name)");
     constexpr Index align = static_cast<Index>(64 / sizeof(T));
     const Index offset = (size() + align - 1) / align * align;
     m_entries.push_back(Entry{std::move(name), offset, rows, cols});
@@ -106,9 +108,12 @@ class ParameterStore {
   /// Removes every parameter registered after the first `count` (undoes a failed set-up). ParamIds
   /// below `count` stay valid.
   void truncate(std::size_t count) {
-    WEGEFT_CHECK(count <= m_entries.size(), "cannot truncate a store of " << m_entries.size() << " parameters to " << count);
+    WEGEFT_CHECK(count <= m_entries.size(),
+                 "cannot truncate a store of " << m_entries.size() << " parameters to " << count);
     if (count == m_entries.size()) return;
-    const Index end = count == 0 ? 0 : m_entries[count - 1].offset + m_entries[count - 1].rows * m_entries[count - 1].cols;
+    const Index end = count == 0 ? 0
+                                 : m_entries[count - 1].offset +
+                                       m_entries[count - 1].rows * m_entries[count - 1].cols;
     for (std::size_t i = count; i < m_entries.size(); ++i) m_names.erase(m_entries[i].name);
     m_entries.resize(count);
     m_values.resize(static_cast<std::size_t>(end));
@@ -119,7 +124,8 @@ class ParameterStore {
   template <class Buffer>
   auto slice(Buffer& buffer, ParamId id) const {
     WEGEFT_CHECK(id.index < m_entries.size(), "ParamId " << id.index << " does not belong to this "
-                                              << "store of " << m_entries.size() << " parameters");
+                                                         << "store of " << m_entries.size()
+                                                         << " parameters");
     const Entry& e = m_entries[id.index];
     using Map = std::conditional_t<std::is_const_v<Buffer>, ConstMatrixMap<T>, MatrixMap<T>>;
     return Map(buffer.data() + e.offset, e.rows, e.cols);

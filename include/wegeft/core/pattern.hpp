@@ -39,8 +39,9 @@ class Pattern {
 
   Pattern() : Pattern(std::string_view{}) {}
   explicit Pattern(std::string_view pattern) : m_source(pattern) {
-    WEGEFT_CHECK(pattern.size() <= kMaxBytes, "regular expression of " << pattern.size() << " bytes: at most " << kMaxBytes
-                                                                         << " are accepted");
+    WEGEFT_CHECK(pattern.size() <= kMaxBytes, "regular expression of "
+                                                  << pattern.size() << " bytes: at most "
+                                                  << kMaxBytes << " are accepted");
     Parser p{pattern, m_source, m_sets};
     Node root = p.alternation(0);
     if (p.pos < pattern.size()) p.fail("unbalanced parenthesis");
@@ -58,7 +59,17 @@ class Pattern {
   bool search(std::string_view s) const { return run(s, Mode::search); }
 
  private:
-  enum class Op : std::uint8_t { byte_set, split, jump, match, begin, end, end_or_newline, word_boundary, not_word_boundary };
+  enum class Op : std::uint8_t {
+    byte_set,
+    split,
+    jump,
+    match,
+    begin,
+    end,
+    end_or_newline,
+    word_boundary,
+    not_word_boundary
+  };
   struct Inst {
     Op op;
     int x, y;  // byte_set: set index; split: the two targets; jump: target
@@ -68,8 +79,8 @@ class Pattern {
   // The parse tree. Children are owned; depth is bounded by the parser.
   struct Node {
     enum Kind { empty, set, assert_op, concat, alternate, repeat } kind = empty;
-    int value = 0;            // set: index; assert_op: the Op
-    int min = 0, max = 0;     // repeat: bounds, max = -1 for unbounded
+    int value = 0;         // set: index; assert_op: the Op
+    int min = 0, max = 0;  // repeat: bounds, max = -1 for unbounded
     std::vector<Node> kids;
   };
 
@@ -81,7 +92,8 @@ class Pattern {
 
     [[noreturn]] void fail(const std::string& why) const {
       detail::raise(__FILE__, __LINE__, "Pattern",
-                    "invalid regular expression '" + source + "' at offset " + std::to_string(pos) + ": " + why);
+                    "invalid regular expression '" + source + "' at offset " + std::to_string(pos) +
+                        ": " + why);
     }
     bool at(char c) const { return pos < s.size() && s[pos] == c; }
     int add_set(const ByteSet& b) {
@@ -95,7 +107,10 @@ class Pattern {
     }
     static ByteSet word() {
       ByteSet b = digits();
-      for (int c = 'a'; c <= 'z'; ++c) b.set(static_cast<std::size_t>(c)).set(static_cast<std::size_t>(c - 'a' + 'A'));
+      for (int c = 'a'; c <= 'z'; ++c) {
+        const int upper = c - 'a' + 'A';
+        b.set(static_cast<std::size_t>(c)).set(static_cast<std::size_t>(upper));
+      }
       b.set('_');
       return b;
     }
@@ -117,28 +132,49 @@ class Pattern {
       if (pos >= s.size()) fail("a pattern cannot end with a backslash");
       const char c = s[pos++];
       switch (c) {
-        case 'd': *set = digits(); return -1;
-        case 'D': *set = ~digits(); return -1;
-        case 'w': *set = word(); return -1;
-        case 'W': *set = ~word(); return -1;
-        case 's': *set = space(); return -1;
-        case 'S': *set = ~space(); return -1;
-        case 't': return '\t';
-        case 'n': return '\n';
-        case 'r': return '\r';
-        case 'f': return '\f';
-        case 'v': return '\v';
-        case 'a': return '\a';
+        case 'd':
+          *set = digits();
+          return -1;
+        case 'D':
+          *set = ~digits();
+          return -1;
+        case 'w':
+          *set = word();
+          return -1;
+        case 'W':
+          *set = ~word();
+          return -1;
+        case 's':
+          *set = space();
+          return -1;
+        case 'S':
+          *set = ~space();
+          return -1;
+        case 't':
+          return '\t';
+        case 'n':
+          return '\n';
+        case 'r':
+          return '\r';
+        case 'f':
+          return '\f';
+        case 'v':
+          return '\v';
+        case 'a':
+          return '\a';
         case 'x': {
-          if (pos + 2 > s.size() || hex(s[pos]) < 0 || hex(s[pos + 1]) < 0) fail("\\x needs two hexadecimal digits");
+          if (pos + 2 > s.size() || hex(s[pos]) < 0 || hex(s[pos + 1]) < 0)
+            fail("\\x needs two hexadecimal digits");
           const int v = hex(s[pos]) * 16 + hex(s[pos + 1]);
           pos += 2;
           return v;
         }
-        default: break;
+        default:
+          break;
       }
       if (c >= '0' && c <= '9') fail("backreferences and octal escapes are not supported");
-      if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')) fail(std::string("unknown or unsupported escape \\") + c);
+      if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'))
+        fail(std::string("unknown or unsupported escape \\") + c);
       return static_cast<unsigned char>(c);
     }
 
@@ -150,7 +186,8 @@ class Pattern {
     }
 
     Node alternation(int depth) {
-      if (depth > kMaxDepth) fail("groups nest deeper than " + std::to_string(kMaxDepth) + " levels");
+      if (depth > kMaxDepth)
+        fail("groups nest deeper than " + std::to_string(kMaxDepth) + " levels");
       Node first = concatenation(depth);
       if (!at('|')) return first;
       Node alt;
@@ -186,7 +223,8 @@ class Pattern {
               ++pos;
             } else if (at('P') && pos + 1 < s.size() && s[pos + 1] == '<') {
               const std::size_t close = s.find('>', pos + 2);
-              if (close == std::string_view::npos || close == pos + 2) fail("a named group needs a name and '>'");
+              if (close == std::string_view::npos || close == pos + 2)
+                fail("a named group needs a name and '>'");
               pos = close + 1;
             } else {
               fail("lookaround, inline flags and other (? groups are not supported");
@@ -197,15 +235,19 @@ class Pattern {
           ++pos;
           return true;
         }
-        case ')': fail("unbalanced parenthesis");
+        case ')':
+          fail("unbalanced parenthesis");
         case '*':
         case '+':
-        case '?': fail("nothing to repeat");
+        case '?':
+          fail("nothing to repeat");
         case '{':
           if (count_form()) fail("nothing to repeat");
           out = literal('{');
           return true;
-        case '[': out = set_node(bracket()); return true;
+        case '[':
+          out = set_node(bracket());
+          return true;
         case '.': {
           ByteSet b;
           b.set();
@@ -213,8 +255,12 @@ class Pattern {
           out = set_node(b);
           return true;
         }
-        case '^': out = assertion(Op::begin); return false;
-        case '$': out = assertion(Op::end_or_newline); return false;
+        case '^':
+          out = assertion(Op::begin);
+          return false;
+        case '$':
+          out = assertion(Op::end_or_newline);
+          return false;
         case '\\': {
           if (at('A')) return ++pos, out = assertion(Op::begin), false;
           if (at('Z')) return ++pos, out = assertion(Op::end), false;
@@ -225,7 +271,9 @@ class Pattern {
           out = v >= 0 ? literal(static_cast<char>(v)) : set_node(b);
           return true;
         }
-        default: out = literal(c); return true;
+        default:
+          out = literal(c);
+          return true;
       }
     }
 
@@ -246,9 +294,12 @@ class Pattern {
       std::size_t i = pos;
       bool digits_seen = false, comma = false;
       for (; i < s.size() && s[i] != '}'; ++i) {
-        if (s[i] == ',' && !comma) comma = true;
-        else if (s[i] >= '0' && s[i] <= '9') digits_seen = true;
-        else return false;
+        if (s[i] == ',' && !comma)
+          comma = true;
+        else if (s[i] >= '0' && s[i] <= '9')
+          digits_seen = true;
+        else
+          return false;
       }
       return i < s.size() && (digits_seen || comma);
     }
@@ -257,7 +308,8 @@ class Pattern {
       const std::size_t start = pos;
       while (pos < s.size() && s[pos] >= '0' && s[pos] <= '9') {
         v = v * 10 + (s[pos++] - '0');
-        if (v > kMaxCount) fail("repetition counts above " + std::to_string(kMaxCount) + " are not supported");
+        if (v > kMaxCount)
+          fail("repetition counts above " + std::to_string(kMaxCount) + " are not supported");
       }
       return pos == start ? -1 : static_cast<int>(v);
     }
@@ -267,9 +319,12 @@ class Pattern {
       while (pos < s.size()) {
         int lo = 0, hi = 0;
         const char c = s[pos];
-        if (c == '*') lo = 0, hi = -1, ++pos;
-        else if (c == '+') lo = 1, hi = -1, ++pos;
-        else if (c == '?') lo = 0, hi = 1, ++pos;
+        if (c == '*')
+          lo = 0, hi = -1, ++pos;
+        else if (c == '+')
+          lo = 1, hi = -1, ++pos;
+        else if (c == '?')
+          lo = 0, hi = 1, ++pos;
         else if (c == '{') {
           ++pos;
           if (!count_form()) {
@@ -292,8 +347,10 @@ class Pattern {
         if (!repeatable) fail("nothing to repeat");
         if (quantified) fail("multiple repeat");
         quantified = true;
-        if (at('?')) ++pos;  // lazy: the same strings match
-        else if (at('+')) fail("possessive repetition is not supported");
+        if (at('?'))
+          ++pos;  // lazy: the same strings match
+        else if (at('+'))
+          fail("possessive repetition is not supported");
         Node r;
         r.kind = Node::repeat;
         r.min = lo;
@@ -326,7 +383,8 @@ class Pattern {
             lo = escape(&cls);
           }
         } else {
-          if (static_cast<unsigned char>(s[pos]) >= 0x80) fail("non-ASCII characters in a character set are not supported");
+          if (static_cast<unsigned char>(s[pos]) >= 0x80)
+            fail("non-ASCII characters in a character set are not supported");
           lo = static_cast<unsigned char>(s[pos++]);
         }
         if (lo < 0) {
@@ -341,7 +399,8 @@ class Pattern {
             hi = escape(&cls);
             if (hi < 0) fail("a class cannot end a range");
           } else {
-            if (static_cast<unsigned char>(s[pos]) >= 0x80) fail("non-ASCII characters in a character set are not supported");
+            if (static_cast<unsigned char>(s[pos]) >= 0x80)
+              fail("non-ASCII characters in a character set are not supported");
             hi = static_cast<unsigned char>(s[pos++]);
           }
           if (hi < lo) fail("bad character range");
@@ -355,8 +414,9 @@ class Pattern {
   };
 
   void push(Inst i) {
-    WEGEFT_CHECK(m_prog.size() < kMaxInstructions, "regular expression '" << m_source << "' expands to more than "
-                                                   << kMaxInstructions << " instructions; use smaller repetition counts");
+    WEGEFT_CHECK(m_prog.size() < kMaxInstructions,
+                 "regular expression '" << m_source << "' expands to more than " << kMaxInstructions
+                                        << " instructions; use smaller repetition counts");
     m_prog.push_back(i);
   }
   int here() const { return static_cast<int>(m_prog.size()); }
@@ -364,9 +424,14 @@ class Pattern {
   // Thompson's construction; recursion depth follows the (bounded) nesting of the tree.
   void emit(const Node& n) {
     switch (n.kind) {
-      case Node::empty: return;
-      case Node::set: push({Op::byte_set, n.value, 0}); return;
-      case Node::assert_op: push({static_cast<Op>(n.value), 0, 0}); return;
+      case Node::empty:
+        return;
+      case Node::set:
+        push({Op::byte_set, n.value, 0});
+        return;
+      case Node::assert_op:
+        push({static_cast<Op>(n.value), 0, 0});
+        return;
       case Node::concat:
         for (const auto& k : n.kids) emit(k);
         return;
@@ -423,7 +488,8 @@ class Pattern {
     std::uint32_t generation = 0;
   };
 
-  void add(ThreadList& list, std::vector<int>& stack, int start, std::string_view s, std::size_t at) const {
+  void add(ThreadList& list, std::vector<int>& stack, int start, std::string_view s,
+           std::size_t at) const {
     stack.clear();
     stack.push_back(start);
     while (!stack.empty()) {
@@ -437,8 +503,12 @@ class Pattern {
       const bool after_word = at < s.size() && is_word(static_cast<unsigned char>(s[at]));
       switch (i.op) {
         case Op::byte_set:
-        case Op::match: list.pcs.push_back(pc); break;
-        case Op::jump: stack.push_back(i.x); break;
+        case Op::match:
+          list.pcs.push_back(pc);
+          break;
+        case Op::jump:
+          stack.push_back(i.x);
+          break;
         case Op::split:
           stack.push_back(i.y);
           stack.push_back(i.x);
@@ -471,14 +541,17 @@ class Pattern {
     add(cur, stack, 0, s, 0);
     for (std::size_t at = 0;; ++at) {
       for (int pc : cur.pcs)
-        if (m_prog[static_cast<std::size_t>(pc)].op == Op::match && (mode != Mode::full || at == s.size())) return true;
+        if (m_prog[static_cast<std::size_t>(pc)].op == Op::match &&
+            (mode != Mode::full || at == s.size()))
+          return true;
       if (at == s.size()) return false;
       next.pcs.clear();
       next.generation = cur.generation + 1;
       const auto c = static_cast<unsigned char>(s[at]);
       for (int pc : cur.pcs) {
         const Inst& i = m_prog[static_cast<std::size_t>(pc)];
-        if (i.op == Op::byte_set && m_sets[static_cast<std::size_t>(i.x)].test(c)) add(next, stack, pc + 1, s, at + 1);
+        if (i.op == Op::byte_set && m_sets[static_cast<std::size_t>(i.x)].test(c))
+          add(next, stack, pc + 1, s, at + 1);
       }
       if (mode == Mode::search) add(next, stack, 0, s, at + 1);
       std::swap(cur, next);

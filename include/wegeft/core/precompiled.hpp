@@ -32,7 +32,8 @@
 #else
 #define WEGEFT_PRECOMPILED_OPENMP noopenmp
 #endif
-#define WEGEFT_PRECOMPILED_NAME_(align, blas, omp) wegeft_precompiled_config_align##align##_##blas##_##omp
+#define WEGEFT_PRECOMPILED_NAME_(align, blas, omp) \
+  wegeft_precompiled_config_align##align##_##blas##_##omp
 #define WEGEFT_PRECOMPILED_NAME(align, blas, omp) WEGEFT_PRECOMPILED_NAME_(align, blas, omp)
 /// The symbol naming this translation unit's configuration (defined by src/precompiled/model.cpp).
 #define WEGEFT_PRECOMPILED_CONFIG \

@@ -41,9 +41,10 @@ inline std::array<std::uint32_t, 4> philox4x32_10(std::array<std::uint32_t, 4> c
 /// Block `block` of stream `stream` under `seed`.
 inline std::array<std::uint32_t, 4> philox_block(std::uint64_t seed, std::uint64_t stream,
                                                  std::uint64_t block) {
-  return philox4x32_10({static_cast<std::uint32_t>(block), static_cast<std::uint32_t>(block >> 32),
-                        static_cast<std::uint32_t>(stream), static_cast<std::uint32_t>(stream >> 32)},
-                       {static_cast<std::uint32_t>(seed), static_cast<std::uint32_t>(seed >> 32)});
+  return philox4x32_10(
+      {static_cast<std::uint32_t>(block), static_cast<std::uint32_t>(block >> 32),
+       static_cast<std::uint32_t>(stream), static_cast<std::uint32_t>(stream >> 32)},
+      {static_cast<std::uint32_t>(seed), static_cast<std::uint32_t>(seed >> 32)});
 }
 
 /// A sequential generator over one Philox stream. Copyable; its state is four integers.
@@ -124,7 +125,8 @@ void dropout_apply(T* out, const T* in, Index n, double p, std::uint64_t seed, I
   for (Index i = 0; i < n;) {
     const Index g = offset + i;
     const auto words = philox_block(seed, 0, static_cast<std::uint64_t>(g / 4));
-    for (Index k = g % 4; k < 4 && i < n; ++k, ++i) out[i] = words[k] >= threshold ? in[i] * scale : T(0);
+    for (Index k = g % 4; k < 4 && i < n; ++k, ++i)
+      out[i] = words[k] >= threshold ? in[i] * scale : T(0);
   }
 }
 

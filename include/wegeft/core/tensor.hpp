@@ -62,22 +62,24 @@ template <class T>
 MatrixMap<T> workspace(int slot, Index rows, Index cols) {
   thread_local std::vector<T> buffers[4];
   auto& b = buffers[slot];
-  if (b.size() < static_cast<std::size_t>(rows * cols)) b.resize(static_cast<std::size_t>(rows * cols));
+  if (b.size() < static_cast<std::size_t>(rows * cols))
+    b.resize(static_cast<std::size_t>(rows * cols));
   return MatrixMap<T>(b.data(), rows, cols);
 }
 
 /// Throw wegeft::Error unless `m` is [rows, cols]; `what` names the tensor in the message.
 template <class M>
 void check_shape(const M& m, Index rows, Index cols, const char* what) {
-  WEGEFT_CHECK(m.rows() == rows && m.cols() == cols,
-               what << " has shape " << shape_of(m) << ", expected [" << rows << ", " << cols
-                    << "]");
+  WEGEFT_CHECK(m.rows() == rows && m.cols() == cols, what << " has shape " << shape_of(m)
+                                                          << ", expected [" << rows << ", " << cols
+                                                          << "]");
 }
 /// The same for `owner`'s argument `what` ("LoRA", "output y"); builds no string unless it fails.
 template <class M>
 void check_shape(const M& m, Index rows, Index cols, const char* owner, const char* what) {
-  WEGEFT_CHECK(m.rows() == rows && m.cols() == cols,
-               owner << " " << what << " has shape " << shape_of(m) << ", expected [" << rows << ", " << cols << "]");
+  WEGEFT_CHECK(m.rows() == rows && m.cols() == cols, owner << " " << what << " has shape "
+                                                           << shape_of(m) << ", expected [" << rows
+                                                           << ", " << cols << "]");
 }
 
 }  // namespace wegeft

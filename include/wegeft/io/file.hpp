@@ -30,8 +30,12 @@ class MappedFile {
     // A FIFO or device would block open() or read() forever: refuse anything but a regular file
     // before opening, and open without blocking in case it changed in between.
     struct stat pre {};
-    WEGEFT_CHECK(::stat(path.c_str(), &pre) == 0, path << ": cannot open: " << std::strerror(errno));
-    WEGEFT_CHECK(S_ISREG(pre.st_mode), path << ": not a regular file" << (S_ISDIR(pre.st_mode) ? " (a directory)" : S_ISFIFO(pre.st_mode) ? " (a FIFO)" : ""));
+    WEGEFT_CHECK(::stat(path.c_str(), &pre) == 0,
+                 path << ": cannot open: " << std::strerror(errno));
+    WEGEFT_CHECK(S_ISREG(pre.st_mode), path << ": not a regular file"
+                                            << (S_ISDIR(pre.st_mode)    ? " (a directory)"
+                                                : S_ISFIFO(pre.st_mode) ? " (a FIFO)"
+                                                                        : ""));
     const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     WEGEFT_CHECK(fd >= 0, path << ": cannot open: " << std::strerror(errno));
     struct stat st {};
@@ -44,13 +48,15 @@ class MappedFile {
       void* p = ::mmap(nullptr, m_size, PROT_READ, MAP_PRIVATE, fd, 0);
       const int err = errno;
       ::close(fd);
-      WEGEFT_CHECK(p != MAP_FAILED, path << ": cannot map " << m_size << " bytes: " << std::strerror(err));
+      WEGEFT_CHECK(p != MAP_FAILED,
+                   path << ": cannot map " << m_size << " bytes: " << std::strerror(err));
       m_data = static_cast<const unsigned char*>(p);
     } else {
       ::close(fd);
     }
   }
-  MappedFile(MappedFile&& o) noexcept : m_path(std::move(o.m_path)), m_data(o.m_data), m_size(o.m_size) {
+  MappedFile(MappedFile&& o) noexcept
+      : m_path(std::move(o.m_path)), m_data(o.m_data), m_size(o.m_size) {
     o.m_data = nullptr;
     o.m_size = 0;
   }
@@ -80,7 +86,9 @@ inline std::string temp_prefix(const std::filesystem::path& target) {
 /// A fresh temporary path beside `target`: the prefix, this process's id and a random number.
 inline std::string temp_path(const std::filesystem::path& target) {
   std::random_device rd;
-  return (target.parent_path() / (temp_prefix(target) + std::to_string(::getpid()) + "-" + std::to_string(rd()))).string();
+  return (target.parent_path() /
+          (temp_prefix(target) + std::to_string(::getpid()) + "-" + std::to_string(rd())))
+      .string();
 }
 
 /// Removes the temporaries beside `target` (our naming) whose writing process no longer exists:
@@ -95,9 +103,12 @@ inline void remove_stale_temporaries(const std::filesystem::path& target) {
     if (name.rfind(prefix, 0) != 0) continue;
     const std::string rest = name.substr(prefix.size());
     const std::size_t dash = rest.find('-');
-    if (dash == 0 || dash == std::string::npos || dash > 9 || rest.find_first_not_of("0123456789") != dash) continue;
+    if (dash == 0 || dash == std::string::npos || dash > 9 ||
+        rest.find_first_not_of("0123456789") != dash)
+      continue;
     const pid_t pid = static_cast<pid_t>(std::stol(rest.substr(0, dash)));
-    if (pid == ::getpid() || ::kill(pid, 0) == 0 || errno == EPERM) continue;  // still being written
+    if (pid == ::getpid() || ::kill(pid, 0) == 0 || errno == EPERM)
+      continue;  // still being written
     std::error_code ignored;
     fs::remove_all(it->path(), ignored);
   }
@@ -118,10 +129,14 @@ class AtomicWriter {
     mode_t mode = 0666;
     bool keep_mode = false;
     if (::lstat(m_path.c_str(), &st) == 0) {
-      WEGEFT_CHECK(!S_ISLNK(st.st_mode), m_path << ": is a symbolic link; wegeft replaces files atomically and does not "
-                                                   "write through links (give the link's target instead)");
-      WEGEFT_CHECK(S_ISREG(st.st_mode), m_path << ": exists and is not a regular file"
-                                               << (S_ISDIR(st.st_mode) ? " (a directory)" : S_ISFIFO(st.st_mode) ? " (a FIFO)" : " (a device or socket)"));
+      WEGEFT_CHECK(!S_ISLNK(st.st_mode),
+                   m_path << ": is a symbolic link; wegeft replaces files atomically and does not "
+                             "write through links (give the link's target instead)");
+      WEGEFT_CHECK(S_ISREG(st.st_mode), m_path
+                                            << ": exists and is not a regular file"
+                                            << (S_ISDIR(st.st_mode)    ? " (a directory)"
+                                                : S_ISFIFO(st.st_mode) ? " (a FIFO)"
+                                                                       : " (a device or socket)"));
       mode = st.st_mode & 07777;
       keep_mode = true;
     }
@@ -155,8 +170,9 @@ class AtomicWriter {
     WEGEFT_CHECK(::fsync(m_fd) == 0, m_path << ": fsync failed: " << std::strerror(errno));
     WEGEFT_CHECK(::close(m_fd) == 0, m_path << ": close failed: " << std::strerror(errno));
     m_fd = -1;
-    WEGEFT_CHECK(::rename(m_tmp.c_str(), m_path.c_str()) == 0,
-                 m_path << ": cannot rename the temporary file into place: " << std::strerror(errno));
+    WEGEFT_CHECK(
+        ::rename(m_tmp.c_str(), m_path.c_str()) == 0,
+        m_path << ": cannot rename the temporary file into place: " << std::strerror(errno));
     m_committed = true;
     const std::string dir = std::filesystem::path(m_path).parent_path().string();
     const int dfd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -190,13 +206,16 @@ class DirectoryWriter {
     while (!m_dir.empty() && m_dir.back() == '/') m_dir.pop_back();
     WEGEFT_CHECK(!m_dir.empty(), "an output directory needs a name");
     const std::filesystem::path p(m_dir);
-    WEGEFT_CHECK(!std::filesystem::exists(p) || std::filesystem::is_directory(p), m_dir << ": exists and is not a directory");
-    WEGEFT_CHECK(!std::filesystem::is_symlink(p), m_dir << ": is a symbolic link; wegeft replaces directories atomically "
-                                                          "and does not write through links (give the link's target instead)");
+    WEGEFT_CHECK(!std::filesystem::exists(p) || std::filesystem::is_directory(p),
+                 m_dir << ": exists and is not a directory");
+    WEGEFT_CHECK(!std::filesystem::is_symlink(p),
+                 m_dir << ": is a symbolic link; wegeft replaces directories atomically "
+                          "and does not write through links (give the link's target instead)");
     if (p.has_parent_path()) std::filesystem::create_directories(p.parent_path());
     detail::remove_stale_temporaries(p);
     m_tmp = detail::temp_path(p);
-    WEGEFT_CHECK(::mkdir(m_tmp.c_str(), 0755) == 0, m_dir << ": cannot create a temporary folder: " << std::strerror(errno));
+    WEGEFT_CHECK(::mkdir(m_tmp.c_str(), 0755) == 0,
+                 m_dir << ": cannot create a temporary folder: " << std::strerror(errno));
   }
   DirectoryWriter(const DirectoryWriter&) = delete;
   DirectoryWriter& operator=(const DirectoryWriter&) = delete;
@@ -205,23 +224,28 @@ class DirectoryWriter {
     if (!m_committed) std::filesystem::remove_all(m_tmp, ec);
   }
   /// Where to write file `name` of the directory before commit().
-  std::string path(const std::string& name) const { return (std::filesystem::path(m_tmp) / name).string(); }
+  std::string path(const std::string& name) const {
+    return (std::filesystem::path(m_tmp) / name).string();
+  }
 
   void commit() {
     namespace fs = std::filesystem;
     if (!fs::exists(m_dir)) {
-      WEGEFT_CHECK(::rename(m_tmp.c_str(), m_dir.c_str()) == 0, m_dir << ": cannot move the new directory into place: "
-                                                                 << std::strerror(errno));
+      WEGEFT_CHECK(::rename(m_tmp.c_str(), m_dir.c_str()) == 0,
+                   m_dir << ": cannot move the new directory into place: " << std::strerror(errno));
       m_committed = true;
       return;
     }
     for (const auto& e : fs::directory_iterator(m_dir)) {
       const fs::path target = fs::path(m_tmp) / e.path().filename();
       if (fs::exists(fs::symlink_status(target))) continue;  // replaced by the new content
-      fs::copy(e.path(), target, fs::copy_options::recursive | fs::copy_options::create_hard_links | fs::copy_options::copy_symlinks);
+      fs::copy(e.path(), target,
+               fs::copy_options::recursive | fs::copy_options::create_hard_links |
+                   fs::copy_options::copy_symlinks);
     }
-    WEGEFT_CHECK(::renameat2(AT_FDCWD, m_tmp.c_str(), AT_FDCWD, m_dir.c_str(), RENAME_EXCHANGE) == 0,
-                 m_dir << ": cannot swap the new directory into place: " << std::strerror(errno));
+    WEGEFT_CHECK(
+        ::renameat2(AT_FDCWD, m_tmp.c_str(), AT_FDCWD, m_dir.c_str(), RENAME_EXCHANGE) == 0,
+        m_dir << ": cannot swap the new directory into place: " << std::strerror(errno));
     m_committed = true;
     std::error_code ec;
     fs::remove_all(m_tmp, ec);  // now the old directory

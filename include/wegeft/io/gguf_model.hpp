@@ -17,9 +17,11 @@ namespace wegeft {
 inline ModelConfig config_from_gguf(const GgufReader& f) {
   const auto& m = f.metadata();
   const std::string arch = detail::json_string(m, "general.architecture", "", f.path());
-  WEGEFT_CHECK(arch == "llama", f.path() << ": general.architecture \"" << arch << "\" is not supported (llama)");
+  WEGEFT_CHECK(arch == "llama",
+               f.path() << ": general.architecture \"" << arch << "\" is not supported (llama)");
   const auto get = [&](const std::string& key) -> Index {
-    WEGEFT_CHECK(m.contains(key) && m[key].is_number_integer(), f.path() << ": metadata '" << key << "' is missing or not an integer");
+    WEGEFT_CHECK(m.contains(key) && m[key].is_number_integer(),
+                 f.path() << ": metadata '" << key << "' is missing or not an integer");
     return m[key].get<Index>();
   };
   ModelConfig c;
@@ -27,7 +29,8 @@ inline ModelConfig config_from_gguf(const GgufReader& f) {
   c.hidden = get("llama.embedding_length");
   c.layers = get("llama.block_count");
   c.heads = get("llama.attention.head_count");
-  c.kv_heads = m.contains("llama.attention.head_count_kv") ? get("llama.attention.head_count_kv") : c.heads;
+  c.kv_heads =
+      m.contains("llama.attention.head_count_kv") ? get("llama.attention.head_count_kv") : c.heads;
   c.intermediate = get("llama.feed_forward_length");
   c.max_positions = get("llama.context_length");
   c.norm_eps = detail::json_number(m, "llama.attention.layer_norm_rms_epsilon", 1e-5, f.path());
@@ -48,8 +51,9 @@ LoadedModel<T> load_gguf_model(const std::string& path) {
   double held = 0;
   for (const auto& t : f.tensors())  // a tensor of an unknown type holds nothing the model can use
     if (ggml_block(t.type).first > 0) held += static_cast<double>(t.numel);
-  WEGEFT_CHECK(c.min_values() <= held, path << ": the metadata describes a model of at least " << c.min_values()
-               << " values, but the file's tensors hold " << held);
+  WEGEFT_CHECK(c.min_values() <= held, path << ": the metadata describes a model of at least "
+                                            << c.min_values()
+                                            << " values, but the file's tensors hold " << held);
   auto model = std::make_unique<Transformer<T>>(c);
   std::set<std::string> used;
   for (const auto& [name, dst] : model->tensors()) {
@@ -60,8 +64,9 @@ LoadedModel<T> load_gguf_model(const std::string& path) {
     Matrix<T> v = f.matrix<T>(gg);
     if (module.ends_with("self_attn.q_proj")) v = llama_permute_rows(v, c.heads, false);
     if (module.ends_with("self_attn.k_proj")) v = llama_permute_rows(v, c.kv_heads, false);
-    WEGEFT_CHECK(v.rows() == dst.rows() && v.cols() == dst.cols(), path << ": tensor '" << gg << "' has shape "
-                 << shape_of(v) << ", the metadata implies " << shape_of(dst));
+    WEGEFT_CHECK(v.rows() == dst.rows() && v.cols() == dst.cols(),
+                 path << ": tensor '" << gg << "' has shape " << shape_of(v)
+                      << ", the metadata implies " << shape_of(dst));
     model->tensor(name) = v;
     used.insert(gg);
   }
@@ -72,7 +77,8 @@ LoadedModel<T> load_gguf_model(const std::string& path) {
   return out;
 }
 
-#define WEGEFT_GGUF_MODEL_TEMPLATES(EXTERN, T) EXTERN template LoadedModel<T> load_gguf_model<T>(const std::string&);
+#define WEGEFT_GGUF_MODEL_TEMPLATES(EXTERN, T) \
+  EXTERN template LoadedModel<T> load_gguf_model<T>(const std::string&);
 WEGEFT_EXTERN_TEMPLATES(WEGEFT_GGUF_MODEL_TEMPLATES)
 
 }  // namespace wegeft

@@ -34,8 +34,9 @@ inline Index json_index(const nlohmann::json& j, const char* key, const std::str
                where << ": \"" << key << "\" must be a positive integer");
   return j[key].get<Index>();
 }
-inline void expect_string(const nlohmann::json& j, const char* key, std::initializer_list<const char*> allowed,
-                          const char* fallback, const std::string& where) {
+inline void expect_string(const nlohmann::json& j, const char* key,
+                          std::initializer_list<const char*> allowed, const char* fallback,
+                          const std::string& where) {
   const std::string v = json_string(j, key, fallback, where);
   for (const char* a : allowed)
     if (v == a) return;
@@ -70,10 +71,13 @@ inline ModelConfig config_from_hf(const nlohmann::json& j, const std::string& wh
     c.hidden = detail::json_index(j, "n_embd", where);
     c.layers = detail::json_index(j, "n_layer", where);
     c.heads = detail::json_index(j, "n_head", where);
-    c.intermediate = j.contains("n_inner") && !j["n_inner"].is_null() ? detail::json_index(j, "n_inner", where) : 4 * c.hidden;
+    c.intermediate = j.contains("n_inner") && !j["n_inner"].is_null()
+                         ? detail::json_index(j, "n_inner", where)
+                         : 4 * c.hidden;
     c.max_positions = detail::json_index(j, "n_positions", where);
     c.norm_eps = detail::json_number(j, "layer_norm_epsilon", 1e-5, where);
-    detail::expect_string(j, "activation_function", {"gelu_new", "gelu_pytorch_tanh"}, "gelu_new", where);
+    detail::expect_string(j, "activation_function", {"gelu_new", "gelu_pytorch_tanh"}, "gelu_new",
+                          where);
   } else if (type == "llama") {
     c.family = Family::llama;
     sizes();
@@ -83,10 +87,14 @@ inline ModelConfig config_from_hf(const nlohmann::json& j, const std::string& wh
     c.rope_theta = detail::json_number(j, "rope_theta", 10000.0, where);
     c.tied_lm_head = detail::json_bool(j, "tie_word_embeddings", false, where);
     detail::expect_string(j, "hidden_act", {"silu"}, "silu", where);
-    WEGEFT_CHECK(!j.contains("rope_scaling") || j["rope_scaling"].is_null(), where << ": rope_scaling is not supported");
-    WEGEFT_CHECK(!detail::json_bool(j, "attention_bias", false, where) && !detail::json_bool(j, "mlp_bias", false, where), where << ": llama biases are not supported");
+    WEGEFT_CHECK(!j.contains("rope_scaling") || j["rope_scaling"].is_null(),
+                 where << ": rope_scaling is not supported");
+    WEGEFT_CHECK(!detail::json_bool(j, "attention_bias", false, where) &&
+                     !detail::json_bool(j, "mlp_bias", false, where),
+                 where << ": llama biases are not supported");
     if (j.contains("head_dim") && !j["head_dim"].is_null())
-      WEGEFT_CHECK(detail::json_index(j, "head_dim", where) * c.heads == c.hidden, where << ": head_dim * heads != hidden_size");
+      WEGEFT_CHECK(detail::json_index(j, "head_dim", where) * c.heads == c.hidden,
+                   where << ": head_dim * heads != hidden_size");
   } else if (type == "vit") {
     c.family = Family::vit;
     sizes();
@@ -96,13 +104,16 @@ inline ModelConfig config_from_hf(const nlohmann::json& j, const std::string& wh
     c.norm_eps = detail::json_number(j, "layer_norm_eps", 1e-12, where);
     c.max_positions = c.patches() + 1;
     detail::expect_string(j, "hidden_act", {"gelu"}, "gelu", where);
-    WEGEFT_CHECK(detail::json_bool(j, "qkv_bias", true, where), where << ": vit without qkv_bias is not supported");
+    WEGEFT_CHECK(detail::json_bool(j, "qkv_bias", true, where),
+                 where << ": vit without qkv_bias is not supported");
   } else {
-    WEGEFT_CHECK(false, where << ": model_type \"" << type << "\" is not supported (bert, gpt2, llama, vit)");
+    WEGEFT_CHECK(false, where << ": model_type \"" << type
+                              << "\" is not supported (bert, gpt2, llama, vit)");
   }
-  c.kv_heads = type == "llama" && j.contains("num_key_value_heads") && !j["num_key_value_heads"].is_null()
-                   ? detail::json_index(j, "num_key_value_heads", where)
-                   : c.heads;
+  c.kv_heads =
+      type == "llama" && j.contains("num_key_value_heads") && !j["num_key_value_heads"].is_null()
+          ? detail::json_index(j, "num_key_value_heads", where)
+          : c.heads;
   return c;
 }
 
@@ -114,12 +125,15 @@ inline std::vector<std::string> checkpoint_files(const std::string& base) {
   const fs::path index = fs::path(base) / "model.safetensors.index.json";
   if (!fs::exists(index)) return {(fs::path(base) / "model.safetensors").string()};
   const auto j = detail::parse_json_strict(read_text_file(index.string()), index.string());
-  WEGEFT_CHECK(j.contains("weight_map") && j["weight_map"].is_object(), index.string() << ": no \"weight_map\"");
+  WEGEFT_CHECK(j.contains("weight_map") && j["weight_map"].is_object(),
+               index.string() << ": no \"weight_map\"");
   std::set<std::string> shards;
   for (const auto& item : j["weight_map"].items()) {
-    WEGEFT_CHECK(item.value().is_string(), index.string() << ": weight_map entry '" << item.key() << "' is not a file name");
+    WEGEFT_CHECK(item.value().is_string(),
+                 index.string() << ": weight_map entry '" << item.key() << "' is not a file name");
     const std::string s = item.value().get<std::string>();
-    WEGEFT_CHECK(s.find('/') == std::string::npos && s.find("..") == std::string::npos, index.string() << ": shard '" << s << "' is not a plain file name");
+    WEGEFT_CHECK(s.find('/') == std::string::npos && s.find("..") == std::string::npos,
+                 index.string() << ": shard '" << s << "' is not a plain file name");
     shards.insert(s);
   }
   std::vector<std::string> out;
@@ -140,21 +154,26 @@ template <class T>
 LoadedModel<T> load_hf_model(const std::string& dir) {
   namespace fs = std::filesystem;
   const std::string cfg_path = (fs::path(dir) / "config.json").string();
-  ModelConfig c = config_from_hf(detail::parse_json_strict(read_text_file(cfg_path), cfg_path), cfg_path);
+  ModelConfig c =
+      config_from_hf(detail::parse_json_strict(read_text_file(cfg_path), cfg_path), cfg_path);
 
   std::vector<std::unique_ptr<SafetensorsReader>> files;
   std::map<std::string, const SafetensorsReader*> where;  // tensor name -> file
   for (const auto& p : checkpoint_files(dir)) {
-    WEGEFT_CHECK(fs::exists(p), dir << ": no " << fs::path(p).filename().string() << " (only safetensors checkpoints are supported)");
+    WEGEFT_CHECK(fs::exists(p), dir << ": no " << fs::path(p).filename().string()
+                                    << " (only safetensors checkpoints are supported)");
     files.push_back(std::make_unique<SafetensorsReader>(p));
     for (const auto& t : files.back()->tensors()) {
-      WEGEFT_CHECK(!where.count(t.name), dir << ": tensor '" << t.name << "' appears in two shards");
+      WEGEFT_CHECK(!where.count(t.name),
+                   dir << ": tensor '" << t.name << "' appears in two shards");
       where[t.name] = files.back().get();
     }
   }
 
   // Bare-model checkpoints have no family prefix.
-  const std::string probe = c.family == Family::vit ? "embeddings.cls_token" : c.token_embedding_name().substr(c.name_prefix().size()) + ".weight";
+  const std::string probe =
+      c.family == Family::vit ? "embeddings.cls_token"
+                              : c.token_embedding_name().substr(c.name_prefix().size()) + ".weight";
   if (!where.count(c.name_prefix() + probe) && where.count(probe)) {
     c.prefix = "";
     c.prefix_set = true;
@@ -163,8 +182,9 @@ LoadedModel<T> load_hf_model(const std::string& dir) {
   double held = 0;
   for (const auto& f : files)
     for (const auto& t : f->tensors()) held += static_cast<double>(t.numel);
-  WEGEFT_CHECK(c.min_values() <= held, cfg_path << ": describes a model of at least " << c.min_values()
-               << " values, but the checkpoint's tensors hold " << held);
+  WEGEFT_CHECK(c.min_values() <= held,
+               cfg_path << ": describes a model of at least " << c.min_values()
+                        << " values, but the checkpoint's tensors hold " << held);
   auto model = std::make_unique<Transformer<T>>(c);
   std::set<std::string> used;
   for (const auto& [name, dst] : model->tensors()) {
@@ -172,15 +192,18 @@ LoadedModel<T> load_hf_model(const std::string& dir) {
     WEGEFT_CHECK(it != where.end(), dir << ": checkpoint has no tensor '" << name << "'");
     const SafetensorsReader& f = *it->second;
     Matrix<T> v = f.matrix<T>(name);
-    const bool conv1d = c.family == Family::gpt2 && name.ends_with(".weight") && f.info(name).shape.size() == 2 &&
-                        (name.find(".attn.c_") != std::string::npos || name.find(".mlp.c_") != std::string::npos);
+    const bool conv1d =
+        c.family == Family::gpt2 && name.ends_with(".weight") && f.info(name).shape.size() == 2 &&
+        (name.find(".attn.c_") != std::string::npos || name.find(".mlp.c_") != std::string::npos);
     if (conv1d) v.transposeInPlace();
-    if (c.family == Family::vit && (name.ends_with("cls_token") || name.ends_with("position_embeddings"))) {
+    if (c.family == Family::vit &&
+        (name.ends_with("cls_token") || name.ends_with("position_embeddings"))) {
       Matrix<T> rows = Eigen::Map<Matrix<T>>(v.data(), v.size() / c.hidden, c.hidden);
       v = std::move(rows);
     }
-    WEGEFT_CHECK(v.rows() == dst.rows() && v.cols() == dst.cols(), f.path() << ": tensor '" << name << "' has shape "
-                 << shape_of(v) << ", the config needs " << shape_of(dst));
+    WEGEFT_CHECK(v.rows() == dst.rows() && v.cols() == dst.cols(),
+                 f.path() << ": tensor '" << name << "' has shape " << shape_of(v)
+                          << ", the config needs " << shape_of(dst));
     model->tensor(name) = v;
     used.insert(name);
   }
@@ -191,7 +214,8 @@ LoadedModel<T> load_hf_model(const std::string& dir) {
   return out;
 }
 
-#define WEGEFT_HF_MODEL_TEMPLATES(EXTERN, T) EXTERN template LoadedModel<T> load_hf_model<T>(const std::string&);
+#define WEGEFT_HF_MODEL_TEMPLATES(EXTERN, T) \
+  EXTERN template LoadedModel<T> load_hf_model<T>(const std::string&);
 WEGEFT_EXTERN_TEMPLATES(WEGEFT_HF_MODEL_TEMPLATES)
 
 }  // namespace wegeft

@@ -56,27 +56,35 @@ struct AdapterConfig {
 /// cannot honour exactly (trainable biases, layer replication, a peft_type no method reads).
 inline AdapterConfig read_adapter_config(const std::string& dir) {
   const std::string path = (std::filesystem::path(dir) / kAdapterConfigFile).string();
-  WEGEFT_CHECK(std::filesystem::exists(path), dir << ": no " << kAdapterConfigFile << " (not an adapter directory)");
+  WEGEFT_CHECK(std::filesystem::exists(path),
+               dir << ": no " << kAdapterConfigFile << " (not an adapter directory)");
   AdapterConfig out;
   out.json = detail::parse_json_strict(read_text_file(path), path);
   const nlohmann::json& j = out.json;
   WEGEFT_CHECK(j.is_object(), path << ": not a JSON object");
-  WEGEFT_CHECK(!detail::json_string(j, "peft_type", "", path).empty(), path << ": no \"peft_type\"");
+  WEGEFT_CHECK(!detail::json_string(j, "peft_type", "", path).empty(),
+               path << ": no \"peft_type\"");
   AdapterSpec& spec = out.spec;
   WEGEFT_CHECK(j.contains("r") && j["r"].is_number_integer() && j["r"].get<std::int64_t>() > 0,
                path << ": \"r\" must be a positive integer");
   const Index r = j["r"].get<Index>();
   const auto& targets = j.contains("target_modules") ? j["target_modules"] : nlohmann::json();
-  WEGEFT_CHECK(targets.is_string() || targets.is_array(), path << ": \"target_modules\" must be a regex string or a list");
-  if (targets.is_string()) spec.target_regex = targets.get<std::string>();
-  else spec.target_modules = detail::json_string_list(targets, path + ": \"target_modules\"");
+  WEGEFT_CHECK(targets.is_string() || targets.is_array(),
+               path << ": \"target_modules\" must be a regex string or a list");
+  if (targets.is_string())
+    spec.target_regex = targets.get<std::string>();
+  else
+    spec.target_modules = detail::json_string_list(targets, path + ": \"target_modules\"");
   if (j.contains("layers_to_transform") && !j["layers_to_transform"].is_null()) {
     const auto& l = j["layers_to_transform"];
-    WEGEFT_CHECK(l.is_number_integer() || l.is_array(), path << ": \"layers_to_transform\" must be an integer or a list");
-    if (l.is_number_integer()) spec.layers = {l.get<Index>()};
+    WEGEFT_CHECK(l.is_number_integer() || l.is_array(),
+                 path << ": \"layers_to_transform\" must be an integer or a list");
+    if (l.is_number_integer())
+      spec.layers = {l.get<Index>()};
     else
       for (const auto& v : l) {
-        WEGEFT_CHECK(v.is_number_integer(), path << ": \"layers_to_transform\" entry " << v.dump() << " is not an integer");
+        WEGEFT_CHECK(v.is_number_integer(), path << ": \"layers_to_transform\" entry " << v.dump()
+                                                 << " is not an integer");
         spec.layers.push_back(v.get<Index>());
       }
   }
@@ -86,16 +94,21 @@ inline AdapterConfig read_adapter_config(const std::string& dir) {
     const bool ranks = std::string(key) == "rank_pattern";
     for (const auto& [k, v] : j[key].items()) {
       WEGEFT_CHECK(ranks ? v.is_number_integer() && v.get<std::int64_t>() > 0 : v.is_number(),
-                   path << ": " << key << " entry \"" << k << "\" is not a " << (ranks ? "positive integer" : "number"));
-      if (ranks) spec.rank_pattern.emplace_back(k, v.get<Index>());
-      else spec.alpha_pattern.emplace_back(k, v.get<double>());
+                   path << ": " << key << " entry \"" << k << "\" is not a "
+                        << (ranks ? "positive integer" : "number"));
+      if (ranks)
+        spec.rank_pattern.emplace_back(k, v.get<Index>());
+      else
+        spec.alpha_pattern.emplace_back(k, v.get<double>());
     }
   }
-  out.modules_to_save = detail::json_string_list(j.contains("modules_to_save") ? j["modules_to_save"] : nlohmann::json(),
-                                                 path + ": \"modules_to_save\"");
+  out.modules_to_save = detail::json_string_list(
+      j.contains("modules_to_save") ? j["modules_to_save"] : nlohmann::json(),
+      path + ": \"modules_to_save\"");
   for (const auto& m : out.modules_to_save)
-    WEGEFT_CHECK(!m.empty() && m.find("..") == std::string::npos && m.find('/') == std::string::npos,
-                 path << ": modules_to_save entry '" << m << "' is not a module name");
+    WEGEFT_CHECK(
+        !m.empty() && m.find("..") == std::string::npos && m.find('/') == std::string::npos,
+        path << ": modules_to_save entry '" << m << "' is not a module name");
   out.base_model = detail::json_string(j, "base_model_name_or_path", "", path);
   out.fan_in_fan_out = detail::json_bool(j, "fan_in_fan_out", false, path);
   spec.method = method_config_from_json(j, r, path);
@@ -119,26 +132,32 @@ inline std::string peft_key(const std::string& module, const AdapterParam& p) {
 /// The tensor `key` of `file` as the [rows, cols] parameter (a 1-D [cols] tensor for a vector
 /// parameter); checks presence, dtype, rank and shape before reading.
 template <class T>
-Matrix<T> read_param(const SafetensorsReader& file, const std::string& key, Index rows, Index cols, bool vector) {
+Matrix<T> read_param(const SafetensorsReader& file, const std::string& key, Index rows, Index cols,
+                     bool vector) {
   WEGEFT_CHECK(file.contains(key), file.path() << ": missing tensor '" << key << "'");
   const TensorInfo& t = file.info(key);
-  WEGEFT_CHECK(dtype_is_float(t.dtype), file.path() << ": tensor '" << key << "' is " << dtype_name(t.dtype)
-                                                    << "; adapter parameters must be floating point");
-  const std::vector<std::int64_t> want = vector ? std::vector<std::int64_t>{cols} : std::vector<std::int64_t>{rows, cols};
+  WEGEFT_CHECK(dtype_is_float(t.dtype), file.path()
+                                            << ": tensor '" << key << "' is " << dtype_name(t.dtype)
+                                            << "; adapter parameters must be floating point");
+  const std::vector<std::int64_t> want =
+      vector ? std::vector<std::int64_t>{cols} : std::vector<std::int64_t>{rows, cols};
   const bool ok = t.shape == want || (vector && t.shape == std::vector<std::int64_t>{1, cols});
   std::string got = "[", need = "[";
   for (const auto d : t.shape) got += (got.size() > 1 ? ", " : "") + std::to_string(d);
   for (const auto d : want) need += (need.size() > 1 ? ", " : "") + std::to_string(d);
-  WEGEFT_CHECK(ok, file.path() << ": tensor '" << key << "' has shape " << got << "], the adapter needs " << need << "]");
+  WEGEFT_CHECK(ok, file.path() << ": tensor '" << key << "' has shape " << got
+                               << "], the adapter needs " << need << "]");
   return file.matrix<T>(key);
 }
 
 /// Fills every parameter of `adapters` from `file`; a shared tensor from the first member of its
 /// group that holds it. Records the keys read in `used`.
 template <class T>
-void read_adapter_tensors(AdapterSet<T>& adapters, const SafetensorsReader& file, std::set<std::string>& used) {
+void read_adapter_tensors(AdapterSet<T>& adapters, const SafetensorsReader& file,
+                          std::set<std::string>& used) {
   ParameterStore<T>& store = adapters.store();
-  std::map<std::pair<const void*, std::string>, std::vector<std::string>> members;  // (group, suffix) -> modules
+  std::map<std::pair<const void*, std::string>, std::vector<std::string>>
+      members;  // (group, suffix) -> modules
   std::map<std::pair<const void*, std::string>, AdapterParam> shared;
   for (const auto& e : adapters.entries()) {
     const auto params = std::visit([](const auto& a) { return a.parameters(); }, *e.adapter);
@@ -156,9 +175,12 @@ void read_adapter_tensors(AdapterSet<T>& adapters, const SafetensorsReader& file
   }
   for (const auto& [group, names] : members) {
     const AdapterParam& p = shared.at(group);
-    const auto holder = std::find_if(names.begin(), names.end(), [&](const std::string& n) { return file.contains(peft_key(n, p)); });
-    WEGEFT_CHECK(holder != names.end(), file.path() << ": no module of the group of '" << names.front() << "' holds its "
-                                                    << p.suffix << " (" << peft_key(names.front(), p) << ")");
+    const auto holder = std::find_if(names.begin(), names.end(), [&](const std::string& n) {
+      return file.contains(peft_key(n, p));
+    });
+    WEGEFT_CHECK(holder != names.end(), file.path() << ": no module of the group of '"
+                                                    << names.front() << "' holds its " << p.suffix
+                                                    << " (" << peft_key(names.front(), p) << ")");
     auto dst = store.value(p.id);
     dst = read_param<T>(file, peft_key(*holder, p), dst.rows(), dst.cols(), p.vector);
     used.insert(peft_key(*holder, p));
@@ -168,9 +190,12 @@ void read_adapter_tensors(AdapterSet<T>& adapters, const SafetensorsReader& file
 /// Subdirectories of `dir` that hold adapter_config.json (the per-method layout), sorted.
 inline std::vector<std::string> method_subdirectories(const std::string& dir) {
   std::vector<std::string> out;
-  if (std::filesystem::exists(std::filesystem::path(dir) / kAdapterConfigFile) || !std::filesystem::is_directory(dir)) return out;
+  if (std::filesystem::exists(std::filesystem::path(dir) / kAdapterConfigFile) ||
+      !std::filesystem::is_directory(dir))
+    return out;
   for (const auto& e : std::filesystem::directory_iterator(dir))
-    if (e.is_directory() && std::filesystem::exists(e.path() / kAdapterConfigFile)) out.push_back(e.path().string());
+    if (e.is_directory() && std::filesystem::exists(e.path() / kAdapterConfigFile))
+      out.push_back(e.path().string());
   std::sort(out.begin(), out.end());
   return out;
 }
@@ -183,12 +208,15 @@ inline std::vector<std::string> method_subdirectories(const std::string& dir) {
 /// `extra_keys`, which the caller reads), and only then is anything attached. Returns the
 /// directory's config and the number of adapted modules.
 template <class T>
-std::pair<AdapterConfig, Index> load_adapter(AdapterSet<T>& adapters, std::span<const AdapterSite<T>> sites,
-                                             const std::string& dir, const std::set<std::string>& extra_keys = {}) {
+std::pair<AdapterConfig, Index> load_adapter(AdapterSet<T>& adapters,
+                                             std::span<const AdapterSite<T>> sites,
+                                             const std::string& dir,
+                                             const std::set<std::string>& extra_keys = {}) {
   AdapterConfig cfg = read_adapter_config(dir);
   const std::string wpath = (std::filesystem::path(dir) / kAdapterWeightsFile).string();
-  WEGEFT_CHECK(std::filesystem::exists(wpath), dir << ": no " << kAdapterWeightsFile
-               << " (adapter_model.bin is not supported; convert it to safetensors)");
+  WEGEFT_CHECK(std::filesystem::exists(wpath),
+               dir << ": no " << kAdapterWeightsFile
+                   << " (adapter_model.bin is not supported; convert it to safetensors)");
   const SafetensorsReader file(wpath);
   ParameterStore<T> scratch_store;
   AdapterSet<T> scratch(scratch_store);
@@ -196,13 +224,17 @@ std::pair<AdapterConfig, Index> load_adapter(AdapterSet<T>& adapters, std::span<
   std::set<std::string> used = extra_keys;
   detail::read_adapter_tensors(scratch, file, used);
   for (const auto& t : file.tensors())
-    WEGEFT_CHECK(used.count(t.name), wpath << ": tensor '" << t.name << "' belongs to no adapter parameter of these modules");
+    WEGEFT_CHECK(used.count(t.name), wpath << ": tensor '" << t.name
+                                           << "' belongs to no adapter parameter of these modules");
   const std::size_t first = adapters.entries().size();
   const Index count = adapters.attach(cfg.spec, sites);
   for (std::size_t i = 0; i < scratch.entries().size(); ++i) {
-    const auto from = std::visit([](const auto& a) { return a.parameters(); }, *scratch.entries()[i].adapter);
-    const auto to = std::visit([](const auto& a) { return a.parameters(); }, *adapters.entries()[first + i].adapter);
-    for (std::size_t k = 0; k < from.size(); ++k) adapters.store().value(to[k].id) = scratch_store.value(from[k].id);
+    const auto from =
+        std::visit([](const auto& a) { return a.parameters(); }, *scratch.entries()[i].adapter);
+    const auto to = std::visit([](const auto& a) { return a.parameters(); },
+                               *adapters.entries()[first + i].adapter);
+    for (std::size_t k = 0; k < from.size(); ++k)
+      adapters.store().value(to[k].id) = scratch_store.value(from[k].id);
   }
   return {std::move(cfg), count};
 }
@@ -210,9 +242,9 @@ std::pair<AdapterConfig, Index> load_adapter(AdapterSet<T>& adapters, std::span<
 /// What save_adapter writes besides the adapters.
 template <class T>
 struct AdapterSaveOptions {
-  std::string base_model;         ///< base_model_name_or_path
-  DType dtype = DType::F32;       ///< how tensors are stored
-  bool fan_in_fan_out = false;    ///< the host stores W as [d_in, d_out] (GPT-2's Conv1D)
+  std::string base_model;       ///< base_model_name_or_path
+  DType dtype = DType::F32;     ///< how tensors are stored
+  bool fan_in_fan_out = false;  ///< the host stores W as [d_in, d_out] (GPT-2's Conv1D)
   /// Every module the adapters could have targeted, for a short target_modules list (PEFT's
   /// suffix rule); empty: the adapted modules' full names.
   std::vector<std::string> all_modules;
@@ -243,7 +275,8 @@ inline std::string after_last_block(const std::string& name) {
 /// A target_modules list that selects exactly `adapted` among `all` under PEFT's suffix rule: for
 /// each module path after its last numeric component ("self_attn.q_proj"), that suffix when it
 /// selects nothing else, else the full names.
-inline std::vector<std::string> target_list(const std::vector<std::string>& all, const std::vector<std::string>& adapted) {
+inline std::vector<std::string> target_list(const std::vector<std::string>& all,
+                                            const std::vector<std::string>& adapted) {
   const std::set<std::string> is_adapted(adapted.begin(), adapted.end());
   std::vector<std::string> suffixes;
   std::map<std::string, std::vector<std::string>> by_suffix;
@@ -258,10 +291,14 @@ inline std::vector<std::string> target_list(const std::vector<std::string>& all,
     for (const auto& name : all)
       if (!is_adapted.count(name) && name_has_suffix(name, suffix)) clean = false;
     for (const auto& name : adapted)
-      if (name_has_suffix(name, suffix) && std::find(by_suffix[suffix].begin(), by_suffix[suffix].end(), name) == by_suffix[suffix].end())
+      if (name_has_suffix(name, suffix) &&
+          std::find(by_suffix[suffix].begin(), by_suffix[suffix].end(), name) ==
+              by_suffix[suffix].end())
         clean = false;
-    if (clean) out.push_back(suffix);
-    else out.insert(out.end(), by_suffix[suffix].begin(), by_suffix[suffix].end());
+    if (clean)
+      out.push_back(suffix);
+    else
+      out.insert(out.end(), by_suffix[suffix].begin(), by_suffix[suffix].end());
   }
   return out;
 }
@@ -284,7 +321,9 @@ inline std::string block_pattern(const std::string& name) {
     const std::size_t end = std::min(name.find('.', start), name.size());
     const std::string part = name.substr(start, end - start);
     const bool inner = start > 0 && end < name.size();
-    out += inner && !part.empty() && part.find_first_not_of("0123456789") == std::string::npos ? "\\d+" : regex_escape(part);
+    out += inner && !part.empty() && part.find_first_not_of("0123456789") == std::string::npos
+               ? "\\d+"
+               : regex_escape(part);
     if (end == name.size()) break;
     out += "\\.";
     start = end + 1;
@@ -294,7 +333,8 @@ inline std::string block_pattern(const std::string& name) {
 
 /// tied_modules for the groups of shared tensors: one pattern per group when its members are one
 /// module path at every depth and the pattern selects nothing else, else one pattern per member.
-inline nlohmann::ordered_json tied_list(const std::vector<std::vector<std::string>>& groups, const std::vector<std::string>& all) {
+inline nlohmann::ordered_json tied_list(const std::vector<std::vector<std::string>>& groups,
+                                        const std::vector<std::string>& all) {
   nlohmann::ordered_json tied = nlohmann::ordered_json::array();
   for (const auto& names : groups) {
     if (names.size() < 2) continue;
@@ -317,7 +357,8 @@ inline nlohmann::ordered_json tied_list(const std::vector<std::vector<std::strin
 
 /// One method's adapters (entries of one method, in set order) into `dir`.
 template <class T>
-void save_method(const AdapterSet<T>& adapters, const std::vector<const typename AdapterSet<T>::Entry*>& entries,
+void save_method(const AdapterSet<T>& adapters,
+                 const std::vector<const typename AdapterSet<T>::Entry*>& entries,
                  const std::string& dir, const AdapterSaveOptions<T>& opt, bool with_modules) {
   std::vector<std::string> names;
   std::map<std::string, Index> ranks;
@@ -325,38 +366,46 @@ void save_method(const AdapterSet<T>& adapters, const std::vector<const typename
   std::set<std::string> rest;  // the method's settings besides rank and alpha, as JSON
   for (const auto* e : entries) {
     names.push_back(e->name);
-    std::visit([&](const auto& a) {
-      auto c = a.config();
-      ranks[e->name] = c.rank;
-      alphas[e->name] = c.alpha;
-      c.rank = 1;
-      c.alpha = 1;
-      nlohmann::ordered_json j;
-      method_of<std::decay_t<decltype(a)>>::config_to_json(j, c);
-      rest.insert(j.dump());
-    }, *e->adapter);
+    std::visit(
+        [&](const auto& a) {
+          auto c = a.config();
+          ranks[e->name] = c.rank;
+          alphas[e->name] = c.alpha;
+          c.rank = 1;
+          c.alpha = 1;
+          nlohmann::ordered_json j;
+          method_of<std::decay_t<decltype(a)>>::config_to_json(j, c);
+          rest.insert(j.dump());
+        },
+        *e->adapter);
   }
   WEGEFT_CHECK(rest.size() == 1, dir << ": the " << method_name(*entries.front()->adapter)
-               << " adapters differ in settings other than rank and alpha (dropout, rsLoRA, ...), which one config cannot express");
+                                     << " adapters differ in settings other than rank and alpha "
+                                        "(dropout, rsLoRA, ...), which one config cannot express");
   const auto most_common = [](const auto& m) {
     std::map<typename std::decay_t<decltype(m)>::mapped_type, int> votes;
     for (const auto& [k, v] : m) ++votes[v];
-    return std::max_element(votes.begin(), votes.end(), [](auto& a, auto& b) { return a.second < b.second; })->first;
+    return std::max_element(votes.begin(), votes.end(),
+                            [](auto& a, auto& b) { return a.second < b.second; })
+        ->first;
   };
   const Index r = most_common(ranks);
   const double alpha = most_common(alphas);
-  nlohmann::ordered_json rank_pattern = nlohmann::ordered_json::object(), alpha_pattern = nlohmann::ordered_json::object();
+  nlohmann::ordered_json rank_pattern = nlohmann::ordered_json::object(),
+                         alpha_pattern = nlohmann::ordered_json::object();
   for (const auto& n : names) {
     if (ranks[n] != r) rank_pattern[n] = ranks[n];
     if (alphas[n] != alpha) alpha_pattern[n] = alphas[n];
   }
   nlohmann::ordered_json j;
-  std::visit([&](const auto& a) {
-    auto c = a.config();
-    c.rank = r;
-    c.alpha = alpha;
-    method_of<std::decay_t<decltype(a)>>::config_to_json(j, c);
-  }, *entries.front()->adapter);
+  std::visit(
+      [&](const auto& a) {
+        auto c = a.config();
+        c.rank = r;
+        c.alpha = alpha;
+        method_of<std::decay_t<decltype(a)>>::config_to_json(j, c);
+      },
+      *entries.front()->adapter);
   j["base_model_name_or_path"] = opt.base_model;
   j["r"] = r;
   j["target_modules"] = target_list(opt.all_modules.empty() ? names : opt.all_modules, names);
@@ -380,16 +429,20 @@ void save_method(const AdapterSet<T>& adapters, const std::vector<const typename
       if (p.group != nullptr) {
         const auto [it, fresh] = group_index.emplace(p.group, groups.size());
         if (fresh) groups.emplace_back();
-        if (groups[it->second].empty() || groups[it->second].back() != e->name) groups[it->second].push_back(e->name);
+        if (groups[it->second].empty() || groups[it->second].back() != e->name)
+          groups[it->second].push_back(e->name);
         if (!fresh && written.count(std::to_string(it->second) + p.suffix)) continue;
         written.insert(std::to_string(it->second) + p.suffix);
       }
       const Matrix<T> v = store.value(p.id);
-      if (p.vector) out.add(peft_key(e->name, p), opt.dtype, v, {v.cols()});
-      else out.add(peft_key(e->name, p), opt.dtype, v);
+      if (p.vector)
+        out.add(peft_key(e->name, p), opt.dtype, v, {v.cols()});
+      else
+        out.add(peft_key(e->name, p), opt.dtype, v);
     }
   }
-  if (!groups.empty()) j["tied_modules"] = tied_list(groups, opt.all_modules.empty() ? names : opt.all_modules);
+  if (!groups.empty())
+    j["tied_modules"] = tied_list(groups, opt.all_modules.empty() ? names : opt.all_modules);
   if (with_modules && !opt.modules_to_save.empty()) {
     std::vector<std::string> saved;
     for (const auto& m : opt.modules_to_save) {
@@ -413,7 +466,8 @@ void save_method(const AdapterSet<T>& adapters, const std::vector<const typename
 /// whole. A set of one method is one directory; a set that mixes methods is written as
 /// dir/<method>/ per method (modules_to_save in the first, by name), which load_adapter reads back.
 template <class T>
-void save_adapter(const AdapterSet<T>& adapters, const std::string& dir, const AdapterSaveOptions<T>& opt = {}) {
+void save_adapter(const AdapterSet<T>& adapters, const std::string& dir,
+                  const AdapterSaveOptions<T>& opt = {}) {
   WEGEFT_CHECK(!adapters.empty(), dir << ": there is no adapter to save");
   std::map<std::string, std::vector<const typename AdapterSet<T>::Entry*>> by_method;
   for (const auto& e : adapters.entries()) by_method[method_name(*e.adapter)].push_back(&e);
@@ -423,14 +477,17 @@ void save_adapter(const AdapterSet<T>& adapters, const std::string& dir, const A
   }
   bool first = true;
   for (const auto& [method, entries] : by_method) {
-    detail::save_method(adapters, entries, (std::filesystem::path(dir) / method).string(), opt, first);
+    detail::save_method(adapters, entries, (std::filesystem::path(dir) / method).string(), opt,
+                        first);
     first = false;
   }
 }
 
 namespace detail {
 /// Names of the head tensors a PEFT file keeps under modules_to_save ("classifier" / "score").
-inline std::string head_module(const ModelConfig& c) { return c.causal() ? "score" : "classifier"; }
+inline std::string head_module(const ModelConfig& c) {
+  return c.causal() ? "score" : "classifier";
+}
 }  // namespace detail
 
 /// Attaches the adapter stored in `dir` (or each dir/<method>/ of a mixed set) to `model`'s block
@@ -447,15 +504,17 @@ Index load_adapter(Transformer<T>& model, ParameterStore<T>& store, const std::s
   }
   const AdapterConfig cfg = read_adapter_config(dir);
   const std::string wpath = (std::filesystem::path(dir) / kAdapterWeightsFile).string();
-  WEGEFT_CHECK(std::filesystem::exists(wpath), dir << ": no " << kAdapterWeightsFile
-               << " (adapter_model.bin is not supported; convert it to safetensors)");
+  WEGEFT_CHECK(std::filesystem::exists(wpath),
+               dir << ": no " << kAdapterWeightsFile
+                   << " (adapter_model.bin is not supported; convert it to safetensors)");
   // The head first, checked in full before anything is attached.
   std::optional<std::pair<Matrix<T>, std::optional<Matrix<T>>>> head;
   std::set<std::string> head_keys;
   {
     const SafetensorsReader file(wpath);
     for (const auto& module : cfg.modules_to_save) {
-      const std::string wkey = kPeftPrefix + module + ".weight", bkey = kPeftPrefix + module + ".bias";
+      const std::string wkey = kPeftPrefix + module + ".weight",
+                        bkey = kPeftPrefix + module + ".bias";
       if (!file.contains(wkey)) continue;
       WEGEFT_CHECK(module == "classifier" || module == "score",
                    dir << ": modules_to_save entry '" << module << "' is not supported (only the '"
@@ -466,7 +525,8 @@ Index load_adapter(Transformer<T>& model, ParameterStore<T>& store, const std::s
       WEGEFT_CHECK(t.shape.size() == 2 && t.shape[0] > 0 && t.shape[1] == model.config().hidden,
                    wpath << ": '" << wkey << "' must be [labels, " << model.config().hidden << "]");
       const Index labels = static_cast<Index>(t.shape[0]);
-      head.emplace(detail::read_param<T>(file, wkey, labels, model.config().hidden, false), std::nullopt);
+      head.emplace(detail::read_param<T>(file, wkey, labels, model.config().hidden, false),
+                   std::nullopt);
       head_keys.insert(wkey);
       if (!model.config().causal()) {
         head->second = detail::read_param<T>(file, bkey, 1, labels, true);
@@ -475,7 +535,9 @@ Index load_adapter(Transformer<T>& model, ParameterStore<T>& store, const std::s
     }
   }
   const auto sites = model.sites();
-  const Index count = load_adapter(model.adapter_set(store), std::span<const AdapterSite<T>>(sites), dir, head_keys).second;
+  const Index count =
+      load_adapter(model.adapter_set(store), std::span<const AdapterSite<T>>(sites), dir, head_keys)
+          .second;
   if (head) {
     model.add_classifier(head->first.rows(), store);
     const auto [w, b] = *model.classifier_params();
@@ -490,24 +552,32 @@ Index load_adapter(Transformer<T>& model, ParameterStore<T>& store, const std::s
 template <class T>
 void save_adapter(Transformer<T>& model, ParameterStore<T>& store, const std::string& dir,
                   const std::string& base_model = "", DType dtype = DType::F32) {
-  WEGEFT_CHECK(model.adapters() != nullptr && !model.adapters()->empty(), dir << ": the model has no adapter to save");
-  WEGEFT_CHECK(&model.adapters()->store() == &store, dir << ": the model's adapters live in another ParameterStore");
-  AdapterSaveOptions<T> opt{.base_model = base_model, .dtype = dtype, .fan_in_fan_out = model.config().family == Family::gpt2,
+  WEGEFT_CHECK(model.adapters() != nullptr && !model.adapters()->empty(),
+               dir << ": the model has no adapter to save");
+  WEGEFT_CHECK(&model.adapters()->store() == &store,
+               dir << ": the model's adapters live in another ParameterStore");
+  AdapterSaveOptions<T> opt{.base_model = base_model,
+                            .dtype = dtype,
+                            .fan_in_fan_out = model.config().family == Family::gpt2,
                             .all_modules = model.linear_names()};
   if (const auto head = model.classifier_params()) {
-    typename AdapterSaveOptions<T>::Module m{detail::head_module(model.config()), Matrix<T>(store.value(head->first)), std::nullopt};
+    typename AdapterSaveOptions<T>::Module m{detail::head_module(model.config()),
+                                             Matrix<T>(store.value(head->first)), std::nullopt};
     if (head->second) m.bias = Matrix<T>(store.value(*head->second));
     opt.modules_to_save.push_back(std::move(m));
   }
   save_adapter(*model.adapters(), dir, opt);
 }
 
-#define WEGEFT_PEFT_TEMPLATES(EXTERN, T)                                                                 \
-  EXTERN template std::pair<AdapterConfig, Index> load_adapter<T>(                                       \
-      AdapterSet<T>&, std::span<const AdapterSite<T>>, const std::string&, const std::set<std::string>&); \
-  EXTERN template void save_adapter<T>(const AdapterSet<T>&, const std::string&, const AdapterSaveOptions<T>&); \
-  EXTERN template Index load_adapter<T>(Transformer<T>&, ParameterStore<T>&, const std::string&);          \
-  EXTERN template void save_adapter<T>(Transformer<T>&, ParameterStore<T>&, const std::string&, const std::string&, DType);
+#define WEGEFT_PEFT_TEMPLATES(EXTERN, T)                                                          \
+  EXTERN template std::pair<AdapterConfig, Index> load_adapter<T>(                                \
+      AdapterSet<T>&, std::span<const AdapterSite<T>>, const std::string&,                        \
+      const std::set<std::string>&);                                                              \
+  EXTERN template void save_adapter<T>(const AdapterSet<T>&, const std::string&,                  \
+                                       const AdapterSaveOptions<T>&);                             \
+  EXTERN template Index load_adapter<T>(Transformer<T>&, ParameterStore<T>&, const std::string&); \
+  EXTERN template void save_adapter<T>(Transformer<T>&, ParameterStore<T>&, const std::string&,   \
+                                       const std::string&, DType);
 WEGEFT_EXTERN_TEMPLATES(WEGEFT_PEFT_TEMPLATES)
 
 }  // namespace wegeft

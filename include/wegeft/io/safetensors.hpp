@@ -25,9 +25,9 @@
 
 #include "wegeft/core/dtype.hpp"
 #include "wegeft/core/error.hpp"
+#include "wegeft/core/json.hpp"
 #include "wegeft/core/tensor.hpp"
 #include "wegeft/io/file.hpp"
-#include "wegeft/core/json.hpp"
 
 namespace wegeft {
 
@@ -74,14 +74,16 @@ void check_no_overlap(const std::vector<Item>& items, const std::string& path) {
   for (const auto& t : items) order.push_back(&t);
   std::sort(order.begin(), order.end(), [](auto* a, auto* b) { return a->offset < b->offset; });
   for (std::size_t i = 1; i < order.size(); ++i)
-    WEGEFT_CHECK(order[i]->offset >= order[i - 1]->offset + order[i - 1]->nbytes,
-                 path << ": tensors '" << order[i - 1]->name << "' and '" << order[i]->name << "' overlap");
+    WEGEFT_CHECK(
+        order[i]->offset >= order[i - 1]->offset + order[i - 1]->nbytes,
+        path << ": tensors '" << order[i - 1]->name << "' and '" << order[i]->name << "' overlap");
 }
 
 /// CRC-32 over every tensor in name order (its name, a zero byte, its bytes as stored) and every
 /// metadata entry but "checksum" in key order (key, zero byte, value, zero byte).
-inline std::uint32_t content_crc32(const std::map<std::string, std::pair<const unsigned char*, std::size_t>>& tensors,
-                                   const std::map<std::string, std::string>& metadata) {
+inline std::uint32_t content_crc32(
+    const std::map<std::string, std::pair<const unsigned char*, std::size_t>>& tensors,
+    const std::map<std::string, std::string>& metadata) {
   std::uint32_t crc = 0;
   const char zero = 0;
   for (const auto& [name, b] : tensors) {
@@ -103,7 +105,9 @@ inline std::uint32_t content_crc32(const std::map<std::string, std::pair<const u
 
 class SafetensorsReader {
  public:
-  explicit SafetensorsReader(const std::string& path) : m_file(std::make_unique<MappedFile>(path)) { parse(); }
+  explicit SafetensorsReader(const std::string& path) : m_file(std::make_unique<MappedFile>(path)) {
+    parse();
+  }
 
   const std::string& path() const { return m_file->path(); }
   const std::vector<TensorInfo>& tensors() const { return m_tensors; }
@@ -132,8 +136,9 @@ class SafetensorsReader {
     const unsigned char* p = data(t);
     for (std::size_t i = 0; i < t.numel; ++i) {
       const double v = dtype_load(p, t.dtype, i);
-      WEGEFT_CHECK(!require_finite || std::isfinite(v),
-                   path() << ": tensor '" << name << "' has a non-finite value (" << v << ") at element " << i);
+      WEGEFT_CHECK(!require_finite || std::isfinite(v), path() << ": tensor '" << name
+                                                               << "' has a non-finite value (" << v
+                                                               << ") at element " << i);
       out[i] = static_cast<T>(v);
     }
     return out;
@@ -160,12 +165,14 @@ class SafetensorsReader {
   void parse() {
     const std::string& p = path();
     const std::size_t size = m_file->size();
-    WEGEFT_CHECK(size >= 8, p << ": file is " << size << " bytes, too short for the 8-byte header length");
+    WEGEFT_CHECK(size >= 8,
+                 p << ": file is " << size << " bytes, too short for the 8-byte header length");
     std::uint64_t n = 0;
     for (int i = 7; i >= 0; --i) n = (n << 8) | m_file->data()[i];
     WEGEFT_CHECK(n <= size - 8, p << ": header length " << n << " exceeds the " << size - 8
                                   << " bytes that follow it (truncated or not a safetensors file)");
-    WEGEFT_CHECK(n <= detail::kMaxHeaderBytes, p << ": header length " << n << " exceeds the 100 MiB limit");
+    WEGEFT_CHECK(n <= detail::kMaxHeaderBytes,
+                 p << ": header length " << n << " exceeds the 100 MiB limit");
     WEGEFT_CHECK(n >= 2 && m_file->data()[8] == '{', p << ": header does not start with '{'");
     const std::string text(reinterpret_cast<const char*>(m_file->data() + 8), n);
     const nlohmann::json header = detail::parse_json_strict(text, p + " header");
@@ -175,14 +182,16 @@ class SafetensorsReader {
       if (name == "__metadata__") {
         WEGEFT_CHECK(entry.is_object(), p << ": __metadata__ is not an object");
         for (const auto& [k, v] : entry.items()) {
-          WEGEFT_CHECK(v.is_string(), p << ": __metadata__ value of \"" << k << "\" is not a string");
+          WEGEFT_CHECK(v.is_string(),
+                       p << ": __metadata__ value of \"" << k << "\" is not a string");
           m_metadata[k] = v.get<std::string>();
         }
         continue;
       }
       const std::string where = p + ": tensor '" + name + "'";
       WEGEFT_CHECK(entry.is_object(), where << " is not an object");
-      WEGEFT_CHECK(entry.contains("dtype") && entry["dtype"].is_string(), where << " has no string \"dtype\"");
+      WEGEFT_CHECK(entry.contains("dtype") && entry["dtype"].is_string(),
+                   where << " has no string \"dtype\"");
       TensorInfo t;
       t.name = name;
       const std::string dtype = entry["dtype"].get<std::string>();
@@ -191,16 +200,20 @@ class SafetensorsReader {
       t.shape = detail::shape_of_json(entry["shape"], where);
       t.numel = detail::checked_numel(t.shape, where);
       std::uint64_t nbytes = 0;
-      WEGEFT_CHECK(!__builtin_mul_overflow(static_cast<std::uint64_t>(t.numel), dtype_size(t.dtype), &nbytes),
+      WEGEFT_CHECK(!__builtin_mul_overflow(static_cast<std::uint64_t>(t.numel), dtype_size(t.dtype),
+                                           &nbytes),
                    where << ": byte size overflows");
       const auto& off = entry.contains("data_offsets") ? entry["data_offsets"] : nlohmann::json();
-      WEGEFT_CHECK(off.is_array() && off.size() == 2 && off[0].is_number_unsigned() && off[1].is_number_unsigned(),
+      WEGEFT_CHECK(off.is_array() && off.size() == 2 && off[0].is_number_unsigned() &&
+                       off[1].is_number_unsigned(),
                    where << ": \"data_offsets\" must be two non-negative integers");
       const std::uint64_t begin = off[0].get<std::uint64_t>(), end = off[1].get<std::uint64_t>();
-      WEGEFT_CHECK(begin <= end && end <= data_size, where << ": data_offsets [" << begin << ", " << end
-                   << "] are outside the " << data_size << " data bytes");
-      WEGEFT_CHECK(end - begin == nbytes, where << ": " << dtype << " shape " << shape_string(t.shape) << " needs "
-                   << nbytes << " bytes but data_offsets span " << end - begin);
+      WEGEFT_CHECK(begin <= end && end <= data_size, where << ": data_offsets [" << begin << ", "
+                                                           << end << "] are outside the "
+                                                           << data_size << " data bytes");
+      WEGEFT_CHECK(end - begin == nbytes, where << ": " << dtype << " shape "
+                                                << shape_string(t.shape) << " needs " << nbytes
+                                                << " bytes but data_offsets span " << end - begin);
       t.offset = data_start + static_cast<std::size_t>(begin);
       t.nbytes = static_cast<std::size_t>(nbytes);
       m_index[name] = m_tensors.size();
@@ -221,33 +234,38 @@ class SafetensorsReader {
   std::map<std::string, std::string> m_metadata;
 };
 
-
 /// Collects tensors (converted to their storage dtype on add) and writes them atomically.
 class SafetensorsBuilder {
  public:
   /// Adds `n` values of `values` as a tensor of `dtype` and `shape` (whose product must be n).
   template <class T>
-  void add(const std::string& name, DType dtype, std::vector<std::int64_t> shape, const T* values, std::size_t n) {
+  void add(const std::string& name, DType dtype, std::vector<std::int64_t> shape, const T* values,
+           std::size_t n) {
     WEGEFT_CHECK(name != "__metadata__" && !name.empty(), "invalid tensor name '" << name << "'");
     WEGEFT_CHECK(m_names.insert(name).second, "tensor '" << name << "' added twice");
-    WEGEFT_CHECK(detail::checked_numel(shape, name) == n, "tensor '" << name << "': shape does not hold " << n << " values");
+    WEGEFT_CHECK(detail::checked_numel(shape, name) == n,
+                 "tensor '" << name << "': shape does not hold " << n << " values");
     Entry e{name, dtype, std::move(shape), std::vector<unsigned char>(n * dtype_size(dtype))};
-    for (std::size_t i = 0; i < n; ++i) dtype_store(e.bytes.data(), dtype, i, static_cast<double>(values[i]));
+    for (std::size_t i = 0; i < n; ++i)
+      dtype_store(e.bytes.data(), dtype, i, static_cast<double>(values[i]));
     m_entries.push_back(std::move(e));
   }
   /// Adds a matrix with its own [rows, cols] shape, or `shape` if given.
   template <class T>
-  void add(const std::string& name, DType dtype, const Matrix<T>& m, std::vector<std::int64_t> shape = {}) {
+  void add(const std::string& name, DType dtype, const Matrix<T>& m,
+           std::vector<std::int64_t> shape = {}) {
     if (shape.empty()) shape = {m.rows(), m.cols()};
     add(name, dtype, std::move(shape), m.data(), static_cast<std::size_t>(m.size()));
   }
   /// Adds raw bytes already in `dtype`'s little-endian layout.
-  void add_raw(const std::string& name, DType dtype, std::vector<std::int64_t> shape, const unsigned char* bytes,
-               std::size_t nbytes) {
+  void add_raw(const std::string& name, DType dtype, std::vector<std::int64_t> shape,
+               const unsigned char* bytes, std::size_t nbytes) {
     WEGEFT_CHECK(m_names.insert(name).second, "tensor '" << name << "' added twice");
-    WEGEFT_CHECK(detail::checked_numel(shape, name) * dtype_size(dtype) == nbytes,
-                 "tensor '" << name << "': " << nbytes << " bytes do not match its shape and dtype");
-    m_entries.push_back(Entry{name, dtype, std::move(shape), std::vector<unsigned char>(bytes, bytes + nbytes)});
+    WEGEFT_CHECK(
+        detail::checked_numel(shape, name) * dtype_size(dtype) == nbytes,
+        "tensor '" << name << "': " << nbytes << " bytes do not match its shape and dtype");
+    m_entries.push_back(
+        Entry{name, dtype, std::move(shape), std::vector<unsigned char>(bytes, bytes + nbytes)});
   }
 
   /// CRC-32 of what write(path, metadata) stores (see detail::content_crc32).
@@ -257,18 +275,22 @@ class SafetensorsBuilder {
     return detail::content_crc32(bytes, metadata);
   }
 
-  void write(const std::string& path, const std::map<std::string, std::string>& metadata = {}) const {
+  void write(const std::string& path,
+             const std::map<std::string, std::string>& metadata = {}) const {
     nlohmann::ordered_json header = nlohmann::ordered_json::object();
     if (!metadata.empty()) header["__metadata__"] = metadata;
     std::size_t offset = 0;
     for (const auto& e : m_entries) {
-      header[e.name] = {{"dtype", dtype_name(e.dtype)}, {"shape", e.shape}, {"data_offsets", {offset, offset + e.bytes.size()}}};
+      header[e.name] = {{"dtype", dtype_name(e.dtype)},
+                        {"shape", e.shape},
+                        {"data_offsets", {offset, offset + e.bytes.size()}}};
       offset += e.bytes.size();
     }
     std::string text = header.dump();
     text.append((8 - text.size() % 8) % 8, ' ');
     unsigned char len[8];
-    for (int i = 0; i < 8; ++i) len[i] = static_cast<unsigned char>(static_cast<std::uint64_t>(text.size()) >> (8 * i));
+    for (int i = 0; i < 8; ++i)
+      len[i] = static_cast<unsigned char>(static_cast<std::uint64_t>(text.size()) >> (8 * i));
     AtomicWriter w(path);
     w.write(len, 8);
     w.write(text);

@@ -37,7 +37,9 @@ inline double gelu_grad(double x, GeluKind kind) {
   const double d_inner = kSqrt2OverPi * (1.0 + 3.0 * kGeluTanhCubic * x * x);
   return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * d_inner;
 }
-inline double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
+inline double sigmoid(double x) {
+  return 1.0 / (1.0 + std::exp(-x));
+}
 }  // namespace detail
 
 namespace detail {
@@ -61,7 +63,8 @@ void gelu_forward(T* out, const T* x, Index n, GeluKind kind) {
   if (kind == GeluKind::erf) {
     o = T(0.5) * v * (T(1) + (v * T(detail::kInvSqrt2)).erf());
   } else {
-    o = T(0.5) * v * (T(1) + (T(detail::kSqrt2OverPi) * (v + T(detail::kGeluTanhCubic) * v.cube())).tanh());
+    o = T(0.5) * v *
+        (T(1) + (T(detail::kSqrt2OverPi) * (v + T(detail::kGeluTanhCubic) * v.cube())).tanh());
   }
 }
 
@@ -72,15 +75,18 @@ void gelu_backward(T* dx, const T* dout, const T* x, Index n, GeluKind kind) {
   detail::ArrayMap<T> d(dx, n);
   if (kind == GeluKind::erf) {
     const T inv_sqrt_2pi = T(0.3989422804014327);
-    d = g * (T(0.5) * (T(1) + (v * T(detail::kInvSqrt2)).erf()) + v * inv_sqrt_2pi * (T(-0.5) * v.square()).exp());
+    d = g * (T(0.5) * (T(1) + (v * T(detail::kInvSqrt2)).erf()) +
+             v * inv_sqrt_2pi * (T(-0.5) * v.square()).exp());
   } else {
     for (Index i = 0; i < n; i += detail::kActivationBlock) {
       const Index len = std::min(detail::kActivationBlock, n - i);
       const auto vb = v.segment(i, len);
-      const detail::BlockArray<T> t = (T(detail::kSqrt2OverPi) * (vb + T(detail::kGeluTanhCubic) * vb.cube())).tanh();
-      d.segment(i, len) = g.segment(i, len) * (T(0.5) * (T(1) + t) + T(0.5) * vb * (T(1) - t.square()) *
-                                                                   T(detail::kSqrt2OverPi) *
-                                                                   (T(1) + T(3 * detail::kGeluTanhCubic) * vb.square()));
+      const detail::BlockArray<T> t =
+          (T(detail::kSqrt2OverPi) * (vb + T(detail::kGeluTanhCubic) * vb.cube())).tanh();
+      d.segment(i, len) =
+          g.segment(i, len) *
+          (T(0.5) * (T(1) + t) + T(0.5) * vb * (T(1) - t.square()) * T(detail::kSqrt2OverPi) *
+                                     (T(1) + T(3 * detail::kGeluTanhCubic) * vb.square()));
     }
   }
 }
@@ -99,7 +105,8 @@ void swiglu_backward(T* dgate, T* dup, const T* dout, const T* gate, const T* up
     const Index len = std::min(detail::kActivationBlock, n - i);
     const detail::ConstArrayMap<T> g(gate + i, len), u(up + i, len), d(dout + i, len);
     const detail::BlockArray<T> s = g.logistic();
-    const detail::BlockArray<T> dg = d * u * s * (T(1) + g * (T(1) - s));  // before dup may overwrite dout
+    const detail::BlockArray<T> dg =
+        d * u * s * (T(1) + g * (T(1) - s));  // before dup may overwrite dout
     detail::ArrayMap<T>(dup + i, len) = d * g * s;
     detail::ArrayMap<T>(dgate + i, len) = dg;
   }
@@ -114,7 +121,8 @@ void tanh_forward(T* out, const T* x, Index n) {
 /// dx [n] = dout [n] * (1 - out [n]^2), from the forward's output. dx may alias dout.
 template <class T>
 void tanh_backward(T* dx, const T* dout, const T* out, Index n) {
-  for (Index i = 0; i < n; ++i) dx[i] = static_cast<T>(dout[i] * (1.0 - static_cast<double>(out[i]) * out[i]));
+  for (Index i = 0; i < n; ++i)
+    dx[i] = static_cast<T>(dout[i] * (1.0 - static_cast<double>(out[i]) * out[i]));
 }
 
 }  // namespace wegeft

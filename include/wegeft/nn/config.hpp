@@ -23,10 +23,14 @@ enum class Family { bert, gpt2, llama, vit };
 
 inline const char* to_string(Family f) {
   switch (f) {
-    case Family::bert: return "bert";
-    case Family::gpt2: return "gpt2";
-    case Family::llama: return "llama";
-    default: return "vit";
+    case Family::bert:
+      return "bert";
+    case Family::gpt2:
+      return "gpt2";
+    case Family::llama:
+      return "llama";
+    default:
+      return "vit";
   }
 }
 
@@ -44,19 +48,19 @@ inline const char* short_name(LinearRole r) {
 
 struct ModelConfig {
   Family family = Family::llama;
-  Index vocab_size = 0;       // unused by vit
+  Index vocab_size = 0;  // unused by vit
   Index hidden = 0;
   Index layers = 0;
   Index heads = 0;
-  Index kv_heads = 0;         // = heads unless grouped-query attention
+  Index kv_heads = 0;  // = heads unless grouped-query attention
   Index intermediate = 0;
-  Index max_positions = 0;    // learned-position table size, or RoPE table size
+  Index max_positions = 0;  // learned-position table size, or RoPE table size
   double norm_eps = 1e-5;
   double rope_theta = 10000.0;
-  Index type_vocab_size = 2;  // bert token types (segment 0 is used)
-  bool tied_lm_head = false;  // llama: tie_word_embeddings
+  Index type_vocab_size = 2;                           // bert token types (segment 0 is used)
+  bool tied_lm_head = false;                           // llama: tie_word_embeddings
   Index image_size = 0, patch_size = 0, channels = 3;  // vit
-  std::string prefix;         // overrides the family's name prefix (e.g. "" for a bare BertModel)
+  std::string prefix;  // overrides the family's name prefix (e.g. "" for a bare BertModel)
   bool prefix_set = false;
 
   Index head_dim() const { return hidden / heads; }
@@ -68,41 +72,55 @@ struct ModelConfig {
   bool swiglu() const { return family == Family::llama; }
   bool linear_bias() const { return family != Family::llama; }
   GeluKind gelu() const { return family == Family::gpt2 ? GeluKind::tanh : GeluKind::erf; }
-  Index patches() const { return family == Family::vit ? (image_size / patch_size) * (image_size / patch_size) : 0; }
+  Index patches() const {
+    return family == Family::vit ? (image_size / patch_size) * (image_size / patch_size) : 0;
+  }
   Index kv_width() const { return kv_heads * head_dim(); }
 
   // Upper bounds on every size, far above any released model of the four families, so that a
   // hostile config cannot make the constructor allocate terabytes before any tensor is read.
-  static constexpr Index kMaxWidth = Index(1) << 16, kMaxIntermediate = Index(1) << 18, kMaxLayers = 1024,
-                         kMaxVocab = Index(1) << 22, kMaxPositions = Index(1) << 18, kMaxImage = Index(1) << 14;
+  static constexpr Index kMaxWidth = Index(1) << 16, kMaxIntermediate = Index(1) << 18,
+                         kMaxLayers = 1024, kMaxVocab = Index(1) << 22,
+                         kMaxPositions = Index(1) << 18, kMaxImage = Index(1) << 14;
 
   void validate() const {
     const auto within = [](Index v, Index hi) { return v <= hi; };
-    WEGEFT_CHECK(within(hidden, kMaxWidth) && within(intermediate, kMaxIntermediate) && within(layers, kMaxLayers) &&
-                     within(heads, kMaxWidth) && within(kv_heads, kMaxWidth) && within(vocab_size, kMaxVocab) &&
-                     within(max_positions, kMaxPositions) && within(type_vocab_size, kMaxWidth) &&
-                     within(image_size, kMaxImage) && within(patch_size, kMaxImage) && within(channels, 64),
-                 to_string(family) << " config has a size beyond wegeft's limits (hidden " << hidden << " <= " << kMaxWidth
-                 << ", intermediate " << intermediate << " <= " << kMaxIntermediate << ", layers " << layers << " <= "
-                 << kMaxLayers << ", vocab " << vocab_size << " <= " << kMaxVocab << ", positions " << max_positions
-                 << " <= " << kMaxPositions << ", type vocab " << type_vocab_size << ", image " << image_size
-                 << ", patch " << patch_size << ", channels " << channels << " <= 64)");
+    WEGEFT_CHECK(
+        within(hidden, kMaxWidth) && within(intermediate, kMaxIntermediate) &&
+            within(layers, kMaxLayers) && within(heads, kMaxWidth) && within(kv_heads, kMaxWidth) &&
+            within(vocab_size, kMaxVocab) && within(max_positions, kMaxPositions) &&
+            within(type_vocab_size, kMaxWidth) && within(image_size, kMaxImage) &&
+            within(patch_size, kMaxImage) && within(channels, 64),
+        to_string(family) << " config has a size beyond wegeft's limits (hidden " << hidden
+                          << " <= " << kMaxWidth << ", intermediate " << intermediate
+                          << " <= " << kMaxIntermediate << ", layers " << layers
+                          << " <= " << kMaxLayers << ", vocab " << vocab_size << " <= " << kMaxVocab
+                          << ", positions " << max_positions << " <= " << kMaxPositions
+                          << ", type vocab " << type_vocab_size << ", image " << image_size
+                          << ", patch " << patch_size << ", channels " << channels << " <= 64)");
     WEGEFT_CHECK(hidden > 0 && layers > 0 && heads > 0 && intermediate > 0,
-                 to_string(family) << " config needs hidden, layers, heads and intermediate > 0; got hidden "
-                 << hidden << ", layers " << layers << ", heads " << heads << ", intermediate " << intermediate);
-    WEGEFT_CHECK(hidden % heads == 0, to_string(family) << " config: " << heads
-                 << " heads do not divide the hidden width " << hidden);
-    WEGEFT_CHECK(kv_heads > 0 && heads % kv_heads == 0, to_string(family) << " config: " << kv_heads
-                 << " key/value heads do not divide " << heads << " query heads");
+                 to_string(family)
+                     << " config needs hidden, layers, heads and intermediate > 0; got hidden "
+                     << hidden << ", layers " << layers << ", heads " << heads << ", intermediate "
+                     << intermediate);
+    WEGEFT_CHECK(hidden % heads == 0, to_string(family)
+                                          << " config: " << heads
+                                          << " heads do not divide the hidden width " << hidden);
+    WEGEFT_CHECK(kv_heads > 0 && heads % kv_heads == 0,
+                 to_string(family) << " config: " << kv_heads << " key/value heads do not divide "
+                                   << heads << " query heads");
     WEGEFT_CHECK(family == Family::llama || kv_heads == heads,
                  to_string(family) << " config: grouped-query attention is a llama feature");
-    WEGEFT_CHECK(!rope() || head_dim() % 2 == 0, "RoPE needs an even head dimension, got " << head_dim());
+    WEGEFT_CHECK(!rope() || head_dim() % 2 == 0,
+                 "RoPE needs an even head dimension, got " << head_dim());
     WEGEFT_CHECK(max_positions > 0, to_string(family) << " config needs max_positions > 0");
     if (family == Family::vit) {
       WEGEFT_CHECK(patch_size > 0 && image_size > 0 && image_size % patch_size == 0,
-                   "vit config: image size " << image_size << " is not a multiple of patch size " << patch_size);
-      WEGEFT_CHECK(max_positions == patches() + 1, "vit config: max_positions must be patches + 1 = "
-                   << patches() + 1 << ", got " << max_positions);
+                   "vit config: image size " << image_size << " is not a multiple of patch size "
+                                             << patch_size);
+      WEGEFT_CHECK(max_positions == patches() + 1,
+                   "vit config: max_positions must be patches + 1 = " << patches() + 1 << ", got "
+                                                                      << max_positions);
     } else {
       WEGEFT_CHECK(vocab_size > 0, to_string(family) << " config needs vocab_size > 0");
     }
@@ -112,7 +130,8 @@ struct ModelConfig {
   /// linears), in double so that it cannot overflow. Loaders compare it with the values the
   /// checkpoint holds before they allocate anything.
   double min_values() const {
-    double n = family == Family::vit ? 0.0 : static_cast<double>(vocab_size) * static_cast<double>(hidden);
+    double n =
+        family == Family::vit ? 0.0 : static_cast<double>(vocab_size) * static_cast<double>(hidden);
     for (LinearRole r : roles()) {
       const auto [d_out, d_in] = linear_shape(r);
       n += static_cast<double>(layers) * static_cast<double>(d_out) * static_cast<double>(d_in);
@@ -124,44 +143,70 @@ struct ModelConfig {
   std::string name_prefix() const {
     if (prefix_set) return prefix;
     switch (family) {
-      case Family::bert: return "bert.";
-      case Family::gpt2: return "transformer.";
-      case Family::llama: return "model.";
-      default: return "vit.";
+      case Family::bert:
+        return "bert.";
+      case Family::gpt2:
+        return "transformer.";
+      case Family::llama:
+        return "model.";
+      default:
+        return "vit.";
     }
   }
   std::string block_prefix(Index layer) const {
-    const char* mid = family == Family::gpt2 ? "h." : family == Family::llama ? "layers." : "encoder.layer.";
+    const char* mid = family == Family::gpt2    ? "h."
+                      : family == Family::llama ? "layers."
+                                                : "encoder.layer.";
     return name_prefix() + mid + std::to_string(layer) + ".";
   }
   /// Roles present in a block, in model order.
   std::vector<LinearRole> roles() const {
     if (fused_qkv()) return {LinearRole::qkv, LinearRole::o, LinearRole::up, LinearRole::down};
     if (swiglu())
-      return {LinearRole::q, LinearRole::k, LinearRole::v, LinearRole::o, LinearRole::gate, LinearRole::up, LinearRole::down};
-    return {LinearRole::q, LinearRole::k, LinearRole::v, LinearRole::o, LinearRole::up, LinearRole::down};
+      return {LinearRole::q,    LinearRole::k,  LinearRole::v,   LinearRole::o,
+              LinearRole::gate, LinearRole::up, LinearRole::down};
+    return {LinearRole::q, LinearRole::k,  LinearRole::v,
+            LinearRole::o, LinearRole::up, LinearRole::down};
   }
   /// The module path of a block linear, e.g. "model.layers.3.self_attn.q_proj".
   std::string linear_name(Index layer, LinearRole r) const {
-    static const char* llama[] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"};
-    static const char* gpt2[] = {"", "", "", "attn.c_attn", "attn.c_proj", "", "mlp.c_fc", "mlp.c_proj"};
-    static const char* bert[] = {"attention.self.query", "attention.self.key", "attention.self.value", "", "attention.output.dense", "", "intermediate.dense", "output.dense"};
-    static const char* vit[] = {"attention.attention.query", "attention.attention.key", "attention.attention.value", "", "attention.output.dense", "", "intermediate.dense", "output.dense"};
-    const char* const* table = family == Family::llama ? llama : family == Family::gpt2 ? gpt2 : family == Family::bert ? bert : vit;
+    static const char* llama[] = {
+        "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "",
+        "self_attn.o_proj", "mlp.gate_proj",    "mlp.up_proj",      "mlp.down_proj"};
+    static const char* gpt2[] = {"", "",         "",          "attn.c_attn", "attn.c_proj",
+                                 "", "mlp.c_fc", "mlp.c_proj"};
+    static const char* bert[] = {"attention.self.query",   "attention.self.key",
+                                 "attention.self.value",   "",
+                                 "attention.output.dense", "",
+                                 "intermediate.dense",     "output.dense"};
+    static const char* vit[] = {"attention.attention.query", "attention.attention.key",
+                                "attention.attention.value", "",
+                                "attention.output.dense",    "",
+                                "intermediate.dense",        "output.dense"};
+    const char* const* table = family == Family::llama  ? llama
+                               : family == Family::gpt2 ? gpt2
+                               : family == Family::bert ? bert
+                                                        : vit;
     return block_prefix(layer) + table[static_cast<int>(r)];
   }
   /// [d_out, d_in] of a block linear.
   std::pair<Index, Index> linear_shape(LinearRole r) const {
     switch (r) {
       case LinearRole::q:
-      case LinearRole::pooler: return {hidden, hidden};
+      case LinearRole::pooler:
+        return {hidden, hidden};
       case LinearRole::k:
-      case LinearRole::v: return {kv_width(), hidden};
-      case LinearRole::qkv: return {3 * hidden, hidden};
-      case LinearRole::o: return {hidden, hidden};
+      case LinearRole::v:
+        return {kv_width(), hidden};
+      case LinearRole::qkv:
+        return {3 * hidden, hidden};
+      case LinearRole::o:
+        return {hidden, hidden};
       case LinearRole::gate:
-      case LinearRole::up: return {intermediate, hidden};
-      default: return {hidden, intermediate};
+      case LinearRole::up:
+        return {intermediate, hidden};
+      default:
+        return {hidden, intermediate};
     }
   }
   std::string norm_name(Index layer, int which) const {
@@ -174,25 +219,35 @@ struct ModelConfig {
   /// Final norm (pre-norm families) or embedding norm (bert).
   std::string final_norm_name() const {
     switch (family) {
-      case Family::bert: return name_prefix() + "embeddings.LayerNorm";
-      case Family::gpt2: return name_prefix() + "ln_f";
-      case Family::llama: return name_prefix() + "norm";
-      default: return name_prefix() + "layernorm";
+      case Family::bert:
+        return name_prefix() + "embeddings.LayerNorm";
+      case Family::gpt2:
+        return name_prefix() + "ln_f";
+      case Family::llama:
+        return name_prefix() + "norm";
+      default:
+        return name_prefix() + "layernorm";
     }
   }
   std::string token_embedding_name() const {
     switch (family) {
-      case Family::bert: return name_prefix() + "embeddings.word_embeddings";
-      case Family::gpt2: return name_prefix() + "wte";
-      default: return name_prefix() + "embed_tokens";
+      case Family::bert:
+        return name_prefix() + "embeddings.word_embeddings";
+      case Family::gpt2:
+        return name_prefix() + "wte";
+      default:
+        return name_prefix() + "embed_tokens";
     }
   }
   /// The learned position table's tensor name (vit's is a bare parameter without ".weight").
   std::string position_tensor_name() const {
     switch (family) {
-      case Family::gpt2: return name_prefix() + "wpe.weight";
-      case Family::vit: return name_prefix() + "embeddings.position_embeddings";
-      default: return name_prefix() + "embeddings.position_embeddings.weight";
+      case Family::gpt2:
+        return name_prefix() + "wpe.weight";
+      case Family::vit:
+        return name_prefix() + "embeddings.position_embeddings";
+      default:
+        return name_prefix() + "embeddings.position_embeddings.weight";
     }
   }
 

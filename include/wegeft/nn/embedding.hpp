@@ -13,10 +13,12 @@ namespace wegeft {
 /// out [N, d] = table [vocab, d] rows at ids [N]. An id outside [0, vocab) throws, naming the
 /// position and the id.
 template <class T>
-void embedding_forward(T* out, const std::int32_t* ids, const T* table, Index n, Index vocab, Index d) {
+void embedding_forward(T* out, const std::int32_t* ids, const T* table, Index n, Index vocab,
+                       Index d) {
   for (Index i = 0; i < n; ++i) {
     WEGEFT_CHECK(ids[i] >= 0 && ids[i] < vocab, "token id " << ids[i] << " at position " << i
-                                                << " is outside the vocabulary [0, " << vocab << ")");
+                                                            << " is outside the vocabulary [0, "
+                                                            << vocab << ")");
     const T* row = table + static_cast<Index>(ids[i]) * d;
     std::copy(row, row + d, out + i * d);
   }
@@ -37,7 +39,7 @@ template <class T>
 void position_embedding_forward(T* out, const T* positions, Index batch, Index seq, Index d,
                                 Index max_positions) {
   WEGEFT_CHECK(seq <= max_positions, "sequence length " << seq << " exceeds the position table's "
-                                     << max_positions << " positions");
+                                                        << max_positions << " positions");
   for (Index b = 0; b < batch; ++b)
     for (Index t = 0; t < seq; ++t)
       for (Index j = 0; j < d; ++j) out[(b * seq + t) * d + j] += positions[t * d + j];
@@ -45,7 +47,8 @@ void position_embedding_forward(T* out, const T* positions, Index batch, Index s
 
 /// grad_positions [max_positions, d] += sum over the batch of dout [B*T, d] row b*T + t.
 template <class T>
-void position_embedding_backward(T* grad_positions, const T* dout, Index batch, Index seq, Index d) {
+void position_embedding_backward(T* grad_positions, const T* dout, Index batch, Index seq,
+                                 Index d) {
   for (Index b = 0; b < batch; ++b)
     for (Index t = 0; t < seq; ++t)
       for (Index j = 0; j < d; ++j) grad_positions[t * d + j] += dout[(b * seq + t) * d + j];
@@ -68,7 +71,8 @@ void patchify(T* patches, const T* images, Index batch, Index channels, Index he
         for (Index c = 0; c < channels; ++c)
           for (Index i = 0; i < patch; ++i)
             for (Index j = 0; j < patch; ++j)
-              *dst++ = images[((b * channels + c) * height + py * patch + i) * width + px * patch + j];
+              *dst++ =
+                  images[((b * channels + c) * height + py * patch + i) * width + px * patch + j];
       }
 }
 
@@ -80,7 +84,8 @@ void class_token_forward(T* tokens, const T* patch_embeddings, const T* cls, Ind
   for (Index b = 0; b < batch; ++b) {
     T* dst = tokens + b * (patches + 1) * d;
     std::copy(cls, cls + d, dst);
-    std::copy(patch_embeddings + b * patches * d, patch_embeddings + (b + 1) * patches * d, dst + d);
+    std::copy(patch_embeddings + b * patches * d, patch_embeddings + (b + 1) * patches * d,
+              dst + d);
   }
 }
 

@@ -18,7 +18,8 @@ template <class T>
 double cross_entropy_forward(T* losses, const T* logits, const std::int32_t* targets, Index n,
                              Index vocab, std::int32_t ignore_index = kIgnoreIndex,
                              Index* counted = nullptr) {
-  return detail::cross_entropy_rows<T>(nullptr, losses, logits, targets, n, vocab, 1.0, -1, ignore_index, counted);
+  return detail::cross_entropy_rows<T>(nullptr, losses, logits, targets, n, vocab, 1.0, -1,
+                                       ignore_index, counted);
 }
 
 /// dlogits [N, V] (overwritten) = dloss / counted * (softmax(logits) - onehot(target)) for
@@ -29,17 +30,20 @@ void cross_entropy_backward(T* dlogits, const T* logits, const std::int32_t* tar
                             Index vocab, Index counted, double dloss = 1.0,
                             std::int32_t ignore_index = kIgnoreIndex) {
   WEGEFT_CHECK(counted >= 0, "cross_entropy_backward got a negative row count " << counted);
-  detail::cross_entropy_rows<T>(dlogits, nullptr, logits, targets, n, vocab, dloss, counted, ignore_index, nullptr);
+  detail::cross_entropy_rows<T>(dlogits, nullptr, logits, targets, n, vocab, dloss, counted,
+                                ignore_index, nullptr);
 }
 
 /// Forward and backward together: returns the mean loss as cross_entropy_forward does and
 /// overwrites dlogits [N, V] as cross_entropy_backward does, reading the logits once less and
 /// taking each exponential once. dlogits may alias logits (the gradient then replaces them).
 template <class T>
-double cross_entropy_forward_backward(T* dlogits, T* losses, const T* logits, const std::int32_t* targets, Index n,
-                                      Index vocab, double dloss = 1.0, std::int32_t ignore_index = kIgnoreIndex,
+double cross_entropy_forward_backward(T* dlogits, T* losses, const T* logits,
+                                      const std::int32_t* targets, Index n, Index vocab,
+                                      double dloss = 1.0, std::int32_t ignore_index = kIgnoreIndex,
                                       Index* counted = nullptr) {
-  return detail::cross_entropy_rows<T>(dlogits, losses, logits, targets, n, vocab, dloss, -1, ignore_index, counted);
+  return detail::cross_entropy_rows<T>(dlogits, losses, logits, targets, n, vocab, dloss, -1,
+                                       ignore_index, counted);
 }
 
 }  // namespace wegeft

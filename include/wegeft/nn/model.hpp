@@ -21,10 +21,10 @@
 
 #include <array>
 #include <atomic>
-#include <mutex>
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <set>
 #include <string>
@@ -38,8 +38,8 @@
 #include "wegeft/core/precompiled.hpp"
 #include "wegeft/core/rng.hpp"
 #include "wegeft/core/tensor.hpp"
-#include "wegeft/nn/activations.hpp"
 #include "wegeft/kernels/cpu/attention.hpp"
+#include "wegeft/nn/activations.hpp"
 #include "wegeft/nn/config.hpp"
 #include "wegeft/nn/embedding.hpp"
 #include "wegeft/nn/loss.hpp"
@@ -67,14 +67,14 @@ class Transformer {
   /// Everything one block's backward needs. With checkpointing only `x` (the block input) is
   /// kept after the forward; the rest is recomputed.
   struct BlockCache {
-    Matrix<T> x;                       // [N, d] block input
-    Matrix<T> h1, h2;                  // [N, d] norm outputs (pre-norm) / LN inputs (post-norm)
+    Matrix<T> x;                           // [N, d] block input
+    Matrix<T> h1, h2;                      // [N, d] norm outputs (pre-norm) / LN inputs (post-norm)
     Matrix<T> mean1, rstd1, mean2, rstd2;  // [N, 1]
-    Matrix<T> q, k, v;                 // [N, H d], [N, Hkv d] (after RoPE)
-    Matrix<T> probs;                   // [B H T T]
-    Matrix<T> attn;                    // [N, d] attention output before o
-    Matrix<T> x2;                      // [N, d] residual after attention (post-norm: after LN1)
-    Matrix<T> gate, up, act;           // [N, F]
+    Matrix<T> q, k, v;                     // [N, H d], [N, Hkv d] (after RoPE)
+    Matrix<T> probs;                       // [B H T T]
+    Matrix<T> attn;                        // [N, d] attention output before o
+    Matrix<T> x2;                          // [N, d] residual after attention (post-norm: after LN1)
+    Matrix<T> gate, up, act;               // [N, F]
     std::array<LinearCache, kLinearRoles> lin;
     std::vector<Rng::State> rng_states;  // adapters' dropout streams before this block's forward
     bool released = false;
@@ -85,15 +85,15 @@ class Transformer {
     std::vector<std::uint8_t> mask;  // [batch, seq] or empty
     Matrix<T> patches, patch_emb;    // vit: [B P, C p p], [B P, d]
     std::vector<BlockCache> blocks;
-    Matrix<T> emb_sum, emb_mean, emb_rstd;  // bert: embedding sum before its LayerNorm
-    Matrix<T> last;                  // [N, d] last block output
+    Matrix<T> emb_sum, emb_mean, emb_rstd;        // bert: embedding sum before its LayerNorm
+    Matrix<T> last;                               // [N, d] last block output
     Matrix<T> final_out, final_mean, final_rstd;  // pre-norm families: final norm
-    Matrix<T> pooled, pooler_out;    // classifier: [B, d]
-    LinearCache pooler;              // bert classifier: the pooler's adapter cache
-    Matrix<T> logits;                // lm: [N, V]; classifier: [B, labels]
-    Matrix<T> dlogits;               // set by a loss function or the caller
-    Matrix<T> spare, dh, dx;         // [N, d] buffers reused by forward / backward
-    Matrix<T> dpooled, dfeatures;    // classifier backward: [B, d]
+    Matrix<T> pooled, pooler_out;                 // classifier: [B, d]
+    LinearCache pooler;                           // bert classifier: the pooler's adapter cache
+    Matrix<T> logits;                             // lm: [N, V]; classifier: [B, labels]
+    Matrix<T> dlogits;                            // set by a loss function or the caller
+    Matrix<T> spare, dh, dx;                      // [N, d] buffers reused by forward / backward
+    Matrix<T> dpooled, dfeatures;                 // classifier backward: [B, d]
   };
 
   explicit Transformer(const ModelConfig& config);
@@ -167,8 +167,9 @@ class Transformer {
   /// The classifier head's parameters in the store, if one was added.
   std::optional<std::pair<ParamId, std::optional<ParamId>>> classifier_params() const {
     if (m_labels == 0) return std::nullopt;
-    return std::pair{m_cls_weight, m_cls_bias.index == static_cast<std::size_t>(-1) ? std::optional<ParamId>{}
-                                                                                    : std::optional<ParamId>{m_cls_bias}};
+    return std::pair{m_cls_weight, m_cls_bias.index == static_cast<std::size_t>(-1)
+                                       ? std::optional<ParamId>{}
+                                       : std::optional<ParamId>{m_cls_bias}};
   }
 
   /// The adapter of module `name` if it is an A (LoraAdapter<T>, WeGeFTAdapter<T>, ...), else null.
@@ -248,11 +249,13 @@ class Transformer {
   }
   ParamView param(const std::string& name) {
     const auto it = m_trainable.find(name);
-    if (it != m_trainable.end()) return {m_store->value(it->second).data(), m_store->grad(it->second).data()};
+    if (it != m_trainable.end())
+      return {m_store->value(it->second).data(), m_store->grad(it->second).data()};
     return {m_tensors.at(name).data(), nullptr};
   }
   FrozenLinear<T> frozen(const Linear& lin) {
-    return FrozenLinear<T>(lin.weight->data(), lin.weight->rows(), lin.weight->cols(), lin.bias ? lin.bias->data() : nullptr);
+    return FrozenLinear<T>(lin.weight->data(), lin.weight->rows(), lin.weight->cols(),
+                           lin.bias ? lin.bias->data() : nullptr);
   }
   Linear& linear(Index layer, LinearRole role) {
     const auto pos = std::find(m_roles.begin(), m_roles.end(), role) - m_roles.begin();
@@ -275,13 +278,12 @@ class Transformer {
   /// Every call that adds trainable parameters must use the same store.
   void bind_store(ParameterStore<T>& store) {
     WEGEFT_CHECK(m_store == nullptr || m_store == &store,
-                 "this model's trainable parameters live in another ParameterStore; pass the same store to attach, "
+                 "this model's trainable parameters live in another ParameterStore; pass the same "
+                 "store to attach, "
                  "add_classifier and train_norms");
     m_store = &store;
   }
-  const Matrix<T>& lm_head() {
-    return *m_fixed.lm_head;
-  }
+  const Matrix<T>& lm_head() { return *m_fixed.lm_head; }
   bool embedding_norm_trainable() const {
     return m_config.family == Family::bert &&
            m_trainable.count(m_final_norm.weight) + m_trainable.count(m_final_norm.bias) > 0;
@@ -289,7 +291,8 @@ class Transformer {
 
   // ---- linears, norms -------------------------------------------------------------------
 
-  void run_linear(Index layer, LinearRole role, LinearCache& cache, Matrix<T>& y, const Matrix<T>& x) {
+  void run_linear(Index layer, LinearRole role, LinearCache& cache, Matrix<T>& y,
+                  const Matrix<T>& x) {
     run_linear(linear(layer, role), cache, y, x);
   }
   void run_linear(Linear& lin, LinearCache& cache, Matrix<T>& y, const Matrix<T>& x) {
@@ -299,39 +302,49 @@ class Transformer {
       frozen(lin).forward(y, x);
       return;
     }
-    std::visit([&](auto& a) {
-      using A = std::decay_t<decltype(a)>;
-      // The cache of the last step's call is reused (its buffers keep their size).
-      auto* held = std::get_if<typename A::Cache>(&cache);
-      a.forward(y, held != nullptr ? *held : cache.template emplace<typename A::Cache>(), x);
-    }, *lin.adapter);
+    std::visit(
+        [&](auto& a) {
+          using A = std::decay_t<decltype(a)>;
+          // The cache of the last step's call is reused (its buffers keep their size).
+          auto* held = std::get_if<typename A::Cache>(&cache);
+          a.forward(y, held != nullptr ? *held : cache.template emplace<typename A::Cache>(), x);
+        },
+        *lin.adapter);
   }
   /// dx (overwritten; may be null) and adapter gradients (+=) of one block linear.
-  void run_linear_backward(Index layer, LinearRole role, LinearCache& cache, Matrix<T>* dx, const Matrix<T>& x,
-                       const Matrix<T>& dy) {
+  void run_linear_backward(Index layer, LinearRole role, LinearCache& cache, Matrix<T>* dx,
+                           const Matrix<T>& x, const Matrix<T>& dy) {
     run_linear_backward(linear(layer, role), cache, dx, x, dy);
   }
-  void run_linear_backward(Linear& lin, LinearCache& cache, Matrix<T>* dx, const Matrix<T>& x, const Matrix<T>& dy) {
+  void run_linear_backward(Linear& lin, LinearCache& cache, Matrix<T>* dx, const Matrix<T>& x,
+                           const Matrix<T>& dy) {
     if (dx) dx->resize(x.rows(), x.cols());
     if (!lin.adapter) {
       if (dx) frozen(lin).backward_input(*dx, dy);
       return;
     }
-    std::visit([&](auto& a) {
-      using A = std::decay_t<decltype(a)>;
-      const auto& c = std::get<typename A::Cache>(cache);
-      if (dx) a.backward(*dx, c, x, dy);
-      else a.backward(c, x, dy);
-    }, *lin.adapter);
+    std::visit(
+        [&](auto& a) {
+          using A = std::decay_t<decltype(a)>;
+          const auto& c = std::get<typename A::Cache>(cache);
+          if (dx)
+            a.backward(*dx, c, x, dy);
+          else
+            a.backward(c, x, dy);
+        },
+        *lin.adapter);
   }
 
   /// The full tensor names of one norm's parameters.
   struct NormNames {
     std::string weight, bias;
   };
-  const NormNames& norm_of(Index l, int which) const { return m_norm_names[static_cast<std::size_t>(2 * l + which)]; }
+  const NormNames& norm_of(Index l, int which) const {
+    return m_norm_names[static_cast<std::size_t>(2 * l + which)];
+  }
 
-  void norm_forward(Matrix<T>& out, Matrix<T>& mean, Matrix<T>& rstd, const Matrix<T>& x, const NormNames& name) {
+  void norm_forward(Matrix<T>& out, Matrix<T>& mean, Matrix<T>& rstd, const Matrix<T>& x,
+                    const NormNames& name) {
     const Index n = x.rows(), c = x.cols();
     out.resize(n, c);
     rstd.resize(n, 1);
@@ -340,13 +353,13 @@ class Transformer {
       rmsnorm_forward(out.data(), rstd.data(), x.data(), w.value, n, c, m_config.norm_eps);
     } else {
       mean.resize(n, 1);
-      layernorm_forward(out.data(), mean.data(), rstd.data(), x.data(), w.value, param(name.bias).value, n, c,
-                        m_config.norm_eps);
+      layernorm_forward(out.data(), mean.data(), rstd.data(), x.data(), w.value,
+                        param(name.bias).value, n, c, m_config.norm_eps);
     }
   }
   /// dx (overwritten, may be null) from dout; trainable norm parameters accumulate.
-  void norm_backward(Matrix<T>* dx, const Matrix<T>& dout, const Matrix<T>& x, const Matrix<T>& mean,
-                     const Matrix<T>& rstd, const NormNames& name) {
+  void norm_backward(Matrix<T>* dx, const Matrix<T>& dout, const Matrix<T>& x,
+                     const Matrix<T>& mean, const Matrix<T>& rstd, const NormNames& name) {
     const Index n = x.rows(), c = x.cols();
     if (dx) dx->resize(n, c);
     T* dxp = dx ? dx->data() : nullptr;
@@ -354,8 +367,8 @@ class Transformer {
     if (m_config.rms_norm()) {
       rmsnorm_backward(dxp, w.grad, dout.data(), x.data(), w.value, rstd.data(), n, c);
     } else {
-      layernorm_backward(dxp, w.grad, param(name.bias).grad, dout.data(), x.data(), w.value, mean.data(),
-                         rstd.data(), n, c);
+      layernorm_backward(dxp, w.grad, param(name.bias).grad, dout.data(), x.data(), w.value,
+                         mean.data(), rstd.data(), n, c);
     }
   }
 
@@ -367,20 +380,22 @@ class Transformer {
       WEGEFT_CHECK(in.images != nullptr, "vit model input needs images");
       const Index p = m_config.patch_size, P = m_config.patches();
       acts.patches.resize(in.batch * P, m_config.channels * p * p);
-      patchify(acts.patches.data(), in.images, in.batch, m_config.channels, m_config.image_size, m_config.image_size, p);
+      patchify(acts.patches.data(), in.images, in.batch, m_config.channels, m_config.image_size,
+               m_config.image_size, p);
       Matrix<T>& patch_emb = acts.patch_emb;
       patch_emb.resize(in.batch * P, d);
-      wegeft::linear_forward<T>(patch_emb, acts.patches, *m_fixed.patch_weight, m_fixed.patch_bias->data());
+      wegeft::linear_forward<T>(patch_emb, acts.patches, *m_fixed.patch_weight,
+                                m_fixed.patch_bias->data());
       class_token_forward(x.data(), patch_emb.data(), m_fixed.cls_token->data(), in.batch, P, d);
-      position_embedding_forward(x.data(), m_fixed.position->data(),
-                                 in.batch, acts.seq, d, m_config.max_positions);
+      position_embedding_forward(x.data(), m_fixed.position->data(), in.batch, acts.seq, d,
+                                 m_config.max_positions);
       return;
     }
     WEGEFT_CHECK(in.ids != nullptr, to_string(m_config.family) << " model input needs token ids");
     embedding_forward(x.data(), in.ids, m_fixed.token->data(), n, m_config.vocab_size, d);
     if (m_config.family != Family::llama)
-      position_embedding_forward(x.data(), m_fixed.position->data(),
-                                 in.batch, acts.seq, d, m_config.max_positions);
+      position_embedding_forward(x.data(), m_fixed.position->data(), in.batch, acts.seq, d,
+                                 m_config.max_positions);
     if (m_config.family == Family::bert) {
       x.rowwise() += m_fixed.token_type->row(0);
       acts.emb_sum = x;
@@ -424,15 +439,21 @@ class Transformer {
   // ---- blocks ---------------------------------------------------------------------------
 
   AttentionShape attention_shape(const Activations& acts) const {
-    return {.batch = acts.batch, .seq = acts.seq, .heads = m_config.heads, .kv_heads = m_config.kv_heads,
-            .head_dim = m_config.head_dim(), .causal = m_config.causal()};
+    return {.batch = acts.batch,
+            .seq = acts.seq,
+            .heads = m_config.heads,
+            .kv_heads = m_config.kv_heads,
+            .head_dim = m_config.head_dim(),
+            .causal = m_config.causal()};
   }
 
-  void attention_block_forward(Index l, BlockCache& c, const Activations& acts, const Matrix<T>& in) {
+  void attention_block_forward(Index l, BlockCache& c, const Activations& acts,
+                               const Matrix<T>& in) {
     const Index d = m_config.hidden, kvw = m_config.kv_width();
     auto& lin = c.lin;
     if (m_config.fused_qkv()) {
-      thread_local Matrix<T> qkv;  // per-thread scratch, reused across calls (no per-step allocation)
+      thread_local Matrix<T>
+          qkv;  // per-thread scratch, reused across calls (no per-step allocation)
       run_linear(l, LinearRole::qkv, lin[int(LinearRole::qkv)], qkv, in);
       c.q = qkv.leftCols(d);
       c.k = qkv.middleCols(d, d);
@@ -455,8 +476,8 @@ class Transformer {
   }
 
   /// d_in (overwritten, may be null) from d_attn_out, the gradient of the o projection's output.
-  void attention_block_backward(Index l, BlockCache& c, const Activations& acts, const Matrix<T>& in,
-                                const Matrix<T>& d_o, Matrix<T>* d_in) {
+  void attention_block_backward(Index l, BlockCache& c, const Activations& acts,
+                                const Matrix<T>& in, const Matrix<T>& d_o, Matrix<T>* d_in) {
     const Index d = m_config.hidden;
     auto& lin = c.lin;
     thread_local Matrix<T> d_attn;
@@ -465,8 +486,8 @@ class Transformer {
     dq.resize(acts.n, d);
     dk.resize(acts.n, m_config.kv_width());
     dv.resize(acts.n, m_config.kv_width());
-    attention_backward(dq.data(), dk.data(), dv.data(), d_attn.data(), c.probs.data(), c.q.data(), c.k.data(),
-                       c.v.data(), attention_shape(acts));
+    attention_backward(dq.data(), dk.data(), dv.data(), d_attn.data(), c.probs.data(), c.q.data(),
+                       c.k.data(), c.v.data(), attention_shape(acts));
     if (m_config.rope()) {
       rope_backward(dq.data(), *m_rope, acts.batch, acts.seq, m_config.heads);
       rope_backward(dk.data(), *m_rope, acts.batch, acts.seq, m_config.kv_heads);
@@ -501,7 +522,8 @@ class Transformer {
   }
 
   /// d_in (overwritten) from d_out of the MLP.
-  void mlp_backward(Index l, BlockCache& c, const Matrix<T>& in, const Matrix<T>& d_out, Matrix<T>& d_in) {
+  void mlp_backward(Index l, BlockCache& c, const Matrix<T>& in, const Matrix<T>& d_out,
+                    Matrix<T>& d_in) {
     auto& lin = c.lin;
     thread_local Matrix<T> d_act;
     run_linear_backward(l, LinearRole::down, lin[int(LinearRole::down)], &d_act, c.act, d_out);
@@ -509,7 +531,8 @@ class Transformer {
       thread_local Matrix<T> d_gate, d_up, tmp;
       d_gate.resize(d_act.rows(), d_act.cols());
       d_up.resize(d_act.rows(), d_act.cols());
-      swiglu_backward(d_gate.data(), d_up.data(), d_act.data(), c.gate.data(), c.up.data(), d_act.size());
+      swiglu_backward(d_gate.data(), d_up.data(), d_act.data(), c.gate.data(), c.up.data(),
+                      d_act.size());
       run_linear_backward(l, LinearRole::gate, lin[int(LinearRole::gate)], &d_in, in, d_gate);
       run_linear_backward(l, LinearRole::up, lin[int(LinearRole::up)], &tmp, in, d_up);
       d_in += tmp;
@@ -543,7 +566,8 @@ class Transformer {
   }
 
   /// dx (overwritten; may be null) from dout, the gradient of the block output.
-  void block_backward(Index l, BlockCache& c, const Activations& acts, const Matrix<T>& dout, Matrix<T>* dx) {
+  void block_backward(Index l, BlockCache& c, const Activations& acts, const Matrix<T>& dout,
+                      Matrix<T>* dx) {
     thread_local Matrix<T> d_mid, tmp;
     if (m_config.pre_norm()) {
       // out = x2 + mlp(norm2(x2)),  x2 = x + o(attn(norm1(x)))
@@ -583,14 +607,16 @@ class Transformer {
     out.clear();
     for (LinearRole r : m_roles) {
       Linear& lin = linear(l, r);
-      if (lin.adapter) out.push_back(std::visit([](auto& a) { return a.dropout_rng().state(); }, *lin.adapter));
+      if (lin.adapter)
+        out.push_back(std::visit([](auto& a) { return a.dropout_rng().state(); }, *lin.adapter));
     }
   }
   void set_dropout_states(Index l, const std::vector<Rng::State>& states) {
     std::size_t i = 0;
     for (LinearRole r : m_roles) {
       Linear& lin = linear(l, r);
-      if (lin.adapter) std::visit([&](auto& a) { a.dropout_rng().set_state(states[i++]); }, *lin.adapter);
+      if (lin.adapter)
+        std::visit([&](auto& a) { a.dropout_rng().set_state(states[i++]); }, *lin.adapter);
     }
   }
   static void release(BlockCache& c) {
@@ -642,9 +668,11 @@ Transformer<T>::Transformer(const ModelConfig& config) : m_config(config) {
   } else {
     add_tensor(config.token_embedding_name() + ".weight", config.vocab_size, d);
   }
-  if (config.family != Family::llama) add_tensor(config.position_tensor_name(), config.max_positions, d);
+  if (config.family != Family::llama)
+    add_tensor(config.position_tensor_name(), config.max_positions, d);
   if (config.family == Family::bert)
-    add_tensor(config.name_prefix() + "embeddings.token_type_embeddings.weight", config.type_vocab_size, d);
+    add_tensor(config.name_prefix() + "embeddings.token_type_embeddings.weight",
+               config.type_vocab_size, d);
   for (Index l = 0; l < config.layers; ++l) {
     for (LinearRole r : config.roles()) {
       const auto [d_out, d_in] = config.linear_shape(r);
@@ -655,35 +683,45 @@ Transformer<T>::Transformer(const ModelConfig& config) : m_config(config) {
     }
     for (int which = 0; which < 2; ++which) {
       add_norm(config.norm_name(l, which));
-      m_norm_names.push_back({config.norm_name(l, which) + ".weight", config.norm_name(l, which) + ".bias"});
+      m_norm_names.push_back(
+          {config.norm_name(l, which) + ".weight", config.norm_name(l, which) + ".bias"});
     }
   }
   add_norm(config.final_norm_name());
   m_final_norm = {config.final_norm_name() + ".weight", config.final_norm_name() + ".bias"};
   m_roles = config.roles();
-  if (config.family == Family::llama && !config.tied_lm_head) add_tensor("lm_head.weight", config.vocab_size, d);
+  if (config.family == Family::llama && !config.tied_lm_head)
+    add_tensor("lm_head.weight", config.vocab_size, d);
   if (config.family == Family::bert) {
     add_tensor(config.name_prefix() + "pooler.dense.weight", d, d);
     add_tensor(config.name_prefix() + "pooler.dense.bias", 1, d);
     // After every block linear, so linear(layer, role) indexing is unchanged; layer -1.
-    m_linears.push_back(Linear{config.name_prefix() + "pooler.dense", LinearRole::pooler, -1, nullptr, nullptr, nullptr});
+    m_linears.push_back(Linear{config.name_prefix() + "pooler.dense", LinearRole::pooler, -1,
+                               nullptr, nullptr, nullptr});
   }
-  if (config.rope()) m_rope = std::make_unique<RopeTable<T>>(config.head_dim(), config.max_positions, config.rope_theta);
+  if (config.rope())
+    m_rope =
+        std::make_unique<RopeTable<T>>(config.head_dim(), config.max_positions, config.rope_theta);
   // Every tensor a step uses, found once (map nodes keep their addresses).
-  const auto find = [&](const std::string& name) { return m_tensors.count(name) ? &m_tensors.at(name) : nullptr; };
+  const auto find = [&](const std::string& name) {
+    return m_tensors.count(name) ? &m_tensors.at(name) : nullptr;
+  };
   const std::string pre = config.name_prefix();
   for (auto& lin : m_linears) {
     lin.weight = find(lin.name + ".weight");
-    lin.bias = config.linear_bias() ? find(lin.name + ".bias") : nullptr;  // bert (the pooler's family) has biases
+    lin.bias = config.linear_bias() ? find(lin.name + ".bias")
+                                    : nullptr;  // bert (the pooler's family) has biases
   }
-  m_fixed = {.token = find(config.token_embedding_name() + ".weight"),
-             .position = config.family == Family::llama ? nullptr : find(config.position_tensor_name()),
-             .token_type = find(pre + "embeddings.token_type_embeddings.weight"),
-             .patch_weight = find(pre + "embeddings.patch_embeddings.projection.weight"),
-             .patch_bias = find(pre + "embeddings.patch_embeddings.projection.bias"),
-             .cls_token = find(pre + "embeddings.cls_token"),
-             .lm_head = config.family == Family::gpt2 || config.tied_lm_head ? find(config.token_embedding_name() + ".weight")
-                                                                             : find("lm_head.weight")};
+  m_fixed = {
+      .token = find(config.token_embedding_name() + ".weight"),
+      .position = config.family == Family::llama ? nullptr : find(config.position_tensor_name()),
+      .token_type = find(pre + "embeddings.token_type_embeddings.weight"),
+      .patch_weight = find(pre + "embeddings.patch_embeddings.projection.weight"),
+      .patch_bias = find(pre + "embeddings.patch_embeddings.projection.bias"),
+      .cls_token = find(pre + "embeddings.cls_token"),
+      .lm_head = config.family == Family::gpt2 || config.tied_lm_head
+                     ? find(config.token_embedding_name() + ".weight")
+                     : find("lm_head.weight")};
 }
 
 template <class T>
@@ -711,7 +749,8 @@ template <class T>
 std::vector<AdapterSite<T>> Transformer<T>::sites() {
   std::vector<AdapterSite<T>> out;
   out.reserve(m_linears.size());
-  for (const auto& lin : m_linears) out.push_back({lin.name, short_name(lin.role), lin.layer, frozen(lin)});
+  for (const auto& lin : m_linears)
+    out.push_back({lin.name, short_name(lin.role), lin.layer, frozen(lin)});
   return out;
 }
 
@@ -724,8 +763,8 @@ std::vector<typename Transformer<T>::ModuleView> Transformer<T>::modules() {
 }
 
 template <class T>
-void Transformer<T>::add_classifier(Index labels, ParameterStore<T>& store, std::optional<Pooling> pooling,
-                    std::uint64_t seed) {
+void Transformer<T>::add_classifier(Index labels, ParameterStore<T>& store,
+                                    std::optional<Pooling> pooling, std::uint64_t seed) {
   WEGEFT_CHECK(labels > 0, "classifier needs at least one label, got " << labels);
   const bool decoder = m_config.causal();
   m_pooling = pooling.value_or(decoder ? Pooling::last : Pooling::cls);
@@ -766,8 +805,9 @@ void Transformer<T>::forward(Activations& acts, const ModelInput<T>& in) {
   acts.seq = m_config.family == Family::vit ? m_config.patches() + 1 : in.seq;
   acts.n = acts.batch * acts.seq;
   WEGEFT_CHECK(acts.seq > 0, "model input needs seq > 0, got " << in.seq);
-  WEGEFT_CHECK(acts.seq <= m_config.max_positions, "sequence length " << acts.seq
-               << " exceeds the model's " << m_config.max_positions << " positions");
+  WEGEFT_CHECK(acts.seq <= m_config.max_positions, "sequence length "
+                                                       << acts.seq << " exceeds the model's "
+                                                       << m_config.max_positions << " positions");
   acts.mask.assign(in.mask ? in.mask : nullptr, in.mask ? in.mask + acts.n : nullptr);
   if (m_config.family == Family::vit) acts.mask.clear();
   Matrix<T> x;
@@ -800,27 +840,32 @@ void Transformer<T>::forward(Activations& acts, const ModelInput<T>& in) {
 
 template <class T>
 double Transformer<T>::lm_loss(Activations& acts, const std::int32_t* targets) {
-  WEGEFT_CHECK(acts.logits.rows() == acts.n && m_labels == 0, "lm_loss needs a forward through the LM head");
+  WEGEFT_CHECK(acts.logits.rows() == acts.n && m_labels == 0,
+               "lm_loss needs a forward through the LM head");
   acts.dlogits.resize(acts.logits.rows(), acts.logits.cols());
-  return cross_entropy_forward_backward<T>(acts.dlogits.data(), nullptr, acts.logits.data(), targets, acts.n,
-                                           acts.logits.cols());
+  return cross_entropy_forward_backward<T>(acts.dlogits.data(), nullptr, acts.logits.data(),
+                                           targets, acts.n, acts.logits.cols());
 }
 
 template <class T>
 double Transformer<T>::classification_loss(Activations& acts, const std::int32_t* labels) {
-  WEGEFT_CHECK(m_labels > 0 && acts.logits.rows() == acts.batch, "classification_loss needs a classifier head");
+  WEGEFT_CHECK(m_labels > 0 && acts.logits.rows() == acts.batch,
+               "classification_loss needs a classifier head");
   acts.dlogits.resize(acts.logits.rows(), acts.logits.cols());
-  return cross_entropy_forward_backward<T>(acts.dlogits.data(), nullptr, acts.logits.data(), labels, acts.batch,
-                                           m_labels);
+  return cross_entropy_forward_backward<T>(acts.dlogits.data(), nullptr, acts.logits.data(), labels,
+                                           acts.batch, m_labels);
 }
 
 template <class T>
 void Transformer<T>::backward(Activations& acts) {
-  WEGEFT_CHECK(acts.n > 0 && acts.blocks.size() == static_cast<std::size_t>(m_config.layers) && acts.logits.rows() > 0,
+  WEGEFT_CHECK(acts.n > 0 && acts.blocks.size() == static_cast<std::size_t>(m_config.layers) &&
+                   acts.logits.rows() > 0,
                "backward needs the activations of a forward through this model (these hold "
                    << acts.blocks.size() << " blocks of " << m_config.layers << ")");
-  WEGEFT_CHECK(acts.dlogits.rows() == acts.logits.rows() && acts.dlogits.cols() == acts.logits.cols(),
-               "backward needs acts.dlogits of shape " << shape_of(acts.logits) << ", got " << shape_of(acts.dlogits));
+  WEGEFT_CHECK(
+      acts.dlogits.rows() == acts.logits.rows() && acts.dlogits.cols() == acts.logits.cols(),
+      "backward needs acts.dlogits of shape " << shape_of(acts.logits) << ", got "
+                                              << shape_of(acts.dlogits));
   const Index d = m_config.hidden;
   Matrix<T>& dh = acts.dh;
   dh.resize(acts.n, d);

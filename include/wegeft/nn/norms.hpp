@@ -30,7 +30,8 @@ void layernorm_forward(T* out, T* mean, T* rstd, const T* x, const T* weight, co
     const detail::ConstRowArray<T> xi(x + i * c, c);
     detail::RowArray<T> oi(out + i * c, c);
     const T m = xi.mean();
-    const T r = static_cast<T>(1.0 / std::sqrt(static_cast<double>((xi - m).square().mean()) + eps));
+    const T r =
+        static_cast<T>(1.0 / std::sqrt(static_cast<double>((xi - m).square().mean()) + eps));
     if (bias != nullptr) {
       oi = (xi - m) * r * w + detail::ConstRowArray<T>(bias, c);
     } else {
@@ -55,8 +56,8 @@ void layernorm_backward(T* dx, T* dweight, T* dbias, const T* dout, const T* x, 
     if (dweight) detail::RowArray<T>(dweight, c) += gi * xhat;
     if (dbias) detail::RowArray<T>(dbias, c) += gi;
     if (!dx) continue;
-    const T sum_g = (gi * w).sum();            // sum of g = dout * weight
-    const T sum_gx = (gi * w * xhat).sum();    // sum of g * xhat
+    const T sum_g = (gi * w).sum();          // sum of g = dout * weight
+    const T sum_gx = (gi * w * xhat).sum();  // sum of g * xhat
     detail::RowArray<T>(dx + i * c, c) = r * (gi * w - inv_c * sum_g - xhat * (inv_c * sum_gx));
   }
 }
@@ -76,8 +77,8 @@ void rmsnorm_forward(T* out, T* rstd, const T* x, const T* weight, Index n, Inde
 
 /// dx [N, C] (may be null), dweight [C] += sum_n dout * x * rstd (may be null).
 template <class T>
-void rmsnorm_backward(T* dx, T* dweight, const T* dout, const T* x, const T* weight,
-                      const T* rstd, Index n, Index c) {
+void rmsnorm_backward(T* dx, T* dweight, const T* dout, const T* x, const T* weight, const T* rstd,
+                      Index n, Index c) {
   const detail::ConstRowArray<T> w(weight, c);
   for (Index i = 0; i < n; ++i) {
     const detail::ConstRowArray<T> xi(x + i * c, c), gi(dout + i * c, c);

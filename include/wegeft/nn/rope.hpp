@@ -28,7 +28,8 @@ struct RopeTable {
     sin.resize(cos.size());
     for (Index t = 0; t < max_positions; ++t)
       for (Index i = 0; i < half; ++i) {
-        const double inv_freq = std::pow(theta, -2.0 * static_cast<double>(i) / static_cast<double>(head_dim));
+        const double inv_freq =
+            std::pow(theta, -2.0 * static_cast<double>(i) / static_cast<double>(head_dim));
         const double angle = static_cast<double>(t) * inv_freq;
         cos[static_cast<std::size_t>(t * half + i)] = static_cast<T>(std::cos(angle));
         sin[static_cast<std::size_t>(t * half + i)] = static_cast<T>(std::sin(angle));
@@ -39,9 +40,11 @@ struct RopeTable {
 namespace detail {
 // Rotates every head of every token in place by +angle (direction = 1) or -angle (-1).
 template <class T>
-void rope_rotate(T* x, const RopeTable<T>& table, Index batch, Index seq, Index heads, T direction) {
+void rope_rotate(T* x, const RopeTable<T>& table, Index batch, Index seq, Index heads,
+                 T direction) {
   WEGEFT_CHECK(seq <= table.max_positions, "sequence length " << seq << " exceeds the RoPE table's "
-                                           << table.max_positions << " positions");
+                                                              << table.max_positions
+                                                              << " positions");
   const Index hd = table.head_dim, half = hd / 2;
   for (Index b = 0; b < batch; ++b)
     for (Index t = 0; t < seq; ++t) {

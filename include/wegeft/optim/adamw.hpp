@@ -25,7 +25,6 @@
 
 namespace wegeft {
 
-
 struct AdamWConfig {
   double lr = 1e-3;
   double beta1 = 0.9, beta2 = 0.999;
@@ -42,33 +41,38 @@ class AdamW {
   };
 
   explicit AdamW(const AdamWConfig& config = {}) : m_config(config) {
-    WEGEFT_CHECK(config.lr >= 0 && std::isfinite(config.lr), "AdamW lr must be >= 0, got " << config.lr);
-    WEGEFT_CHECK(config.beta1 >= 0 && config.beta1 < 1 && config.beta2 >= 0 && config.beta2 < 1,
-                 "AdamW betas must be in [0, 1), got (" << config.beta1 << ", " << config.beta2 << ")");
+    WEGEFT_CHECK(config.lr >= 0 && std::isfinite(config.lr),
+                 "AdamW lr must be >= 0, got " << config.lr);
+    WEGEFT_CHECK(
+        config.beta1 >= 0 && config.beta1 < 1 && config.beta2 >= 0 && config.beta2 < 1,
+        "AdamW betas must be in [0, 1), got (" << config.beta1 << ", " << config.beta2 << ")");
     WEGEFT_CHECK(config.eps >= 0, "AdamW eps must be >= 0, got " << config.eps);
-    WEGEFT_CHECK(config.weight_decay >= 0, "AdamW weight_decay must be >= 0, got " << config.weight_decay);
+    WEGEFT_CHECK(config.weight_decay >= 0,
+                 "AdamW weight_decay must be >= 0, got " << config.weight_decay);
   }
 
   /// One update of params from grads (same length every call). `lr` overrides the configured
   /// learning rate for this step (for schedules); pass a negative value to use the config's.
   void step(std::span<T> params, std::span<const T> grads, double lr = -1.0) {
     WEGEFT_CHECK(params.size() == grads.size(), "AdamW got " << params.size() << " parameters and "
-                                                 << grads.size() << " gradients");
+                                                             << grads.size() << " gradients");
     if (m_state.m.empty()) {
       m_state.m.assign(params.size(), T(0));
       m_state.v.assign(params.size(), T(0));
     }
-    WEGEFT_CHECK(m_state.m.size() == params.size(), "AdamW state holds " << m_state.m.size()
-                 << " parameters but the step got " << params.size());
+    WEGEFT_CHECK(m_state.m.size() == params.size(),
+                 "AdamW state holds " << m_state.m.size() << " parameters but the step got "
+                                      << params.size());
     if (lr < 0) lr = m_config.lr;
     const std::int64_t t = ++m_state.step;
     const double b1 = m_config.beta1, b2 = m_config.beta2;
     const double c1 = 1.0 - std::pow(b1, static_cast<double>(t));
     const double sqrt_c2 = std::sqrt(1.0 - std::pow(b2, static_cast<double>(t)));
-    const detail::AdamWCoefficients<T> c{static_cast<T>(b1), static_cast<T>(1.0 - b1), static_cast<T>(b2),
-                                         static_cast<T>(1.0 - b2), static_cast<T>(sqrt_c2),
-                                         static_cast<T>(m_config.eps), static_cast<T>(lr / c1),
-                                         static_cast<T>(1.0 - lr * m_config.weight_decay)};
+    const detail::AdamWCoefficients<T> c{
+        static_cast<T>(b1),      static_cast<T>(1.0 - b1),
+        static_cast<T>(b2),      static_cast<T>(1.0 - b2),
+        static_cast<T>(sqrt_c2), static_cast<T>(m_config.eps),
+        static_cast<T>(lr / c1), static_cast<T>(1.0 - lr * m_config.weight_decay)};
     T* p = params.data();
     T* m = m_state.m.data();
     T* v = m_state.v.data();
@@ -76,7 +80,9 @@ class AdamW {
     const auto n = static_cast<Index>(params.size());
     const int threads = detail::kernel_threads(n);
     if (threads > 1)
-      detail::for_each_part(n, 1024, threads, [&](Index, Index b, Index e) { detail::adamw_update(p, m, v, g, b, e, c); });
+      detail::for_each_part(n, 1024, threads, [&](Index, Index b, Index e) {
+        detail::adamw_update(p, m, v, g, b, e, c);
+      });
     else
       detail::adamw_update(p, m, v, g, 0, n, c);
   }
@@ -86,7 +92,7 @@ class AdamW {
   void set_state(State state) {
     WEGEFT_CHECK(state.m.size() == state.v.size() && state.step >= 0,
                  "AdamW state has " << state.m.size() << " first and " << state.v.size()
-                 << " second moments at step " << state.step);
+                                    << " second moments at step " << state.step);
     m_state = std::move(state);
   }
 

@@ -16,7 +16,8 @@ double clip_grad_norm(std::span<T> grads, double max_norm) {
   double ss = 0;
   for (const T g : grads) ss += static_cast<double>(g) * g;
   const double norm = std::sqrt(ss);
-  WEGEFT_CHECK(std::isfinite(norm), "gradient norm is " << norm << "; a gradient is NaN or infinite");
+  WEGEFT_CHECK(std::isfinite(norm),
+               "gradient norm is " << norm << "; a gradient is NaN or infinite");
   const double coef = max_norm / (norm + 1e-6);
   if (coef < 1.0)
     for (T& g : grads) g = static_cast<T>(g * coef);

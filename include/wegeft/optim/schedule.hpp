@@ -23,12 +23,13 @@ struct Schedule {
   std::int64_t total_steps = 0;  // needed by linear and cosine
 
   double multiplier(std::int64_t step) const {
-    WEGEFT_CHECK(warmup_steps >= 0 && step >= 0, "schedule got step " << step << " and warmup "
-                                                 << warmup_steps);
+    WEGEFT_CHECK(warmup_steps >= 0 && step >= 0,
+                 "schedule got step " << step << " and warmup " << warmup_steps);
     WEGEFT_CHECK(kind == ScheduleKind::constant || total_steps > 0,
                  "linear and cosine schedules need total_steps > 0");
     if (step < warmup_steps)
-      return static_cast<double>(step) / static_cast<double>(std::max<std::int64_t>(1, warmup_steps));
+      return static_cast<double>(step) /
+             static_cast<double>(std::max<std::int64_t>(1, warmup_steps));
     if (kind == ScheduleKind::constant) return 1.0;
     const double span = static_cast<double>(std::max<std::int64_t>(1, total_steps - warmup_steps));
     if (kind == ScheduleKind::linear)

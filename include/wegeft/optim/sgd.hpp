@@ -29,15 +29,16 @@ class Sgd {
   }
 
   void step(std::span<T> params, std::span<const T> grads, double lr = -1.0) {
-    WEGEFT_CHECK(params.size() == grads.size(), "SGD got " << params.size() << " parameters and "
-                                                << grads.size() << " gradients");
+    WEGEFT_CHECK(params.size() == grads.size(),
+                 "SGD got " << params.size() << " parameters and " << grads.size() << " gradients");
     if (lr < 0) lr = m_config.lr;
     const bool first = m_buffer.empty();
     if (m_config.momentum != 0 && first) m_buffer.assign(params.size(), T(0));
     for (std::size_t i = 0; i < params.size(); ++i) {
       double g = grads[i] + m_config.weight_decay * params[i];
       if (m_config.momentum != 0) {
-        const double buf = first ? g : m_config.momentum * m_buffer[i] + (1.0 - m_config.dampening) * g;
+        const double buf =
+            first ? g : m_config.momentum * m_buffer[i] + (1.0 - m_config.dampening) * g;
         m_buffer[i] = static_cast<T>(buf);
         g = m_config.nesterov ? g + m_config.momentum * buf : buf;
       }

@@ -23,7 +23,7 @@ using ::wegeft::detail::parse_json_strict;
 struct AddedToken {
   std::string content;
   std::int32_t id = -1;
-  bool special = true;      // dropped by decode(..., skip_special = true)
+  bool special = true;  // dropped by decode(..., skip_special = true)
   bool lstrip = false;
   bool rstrip = false;
   bool single_word = false;
@@ -75,7 +75,8 @@ class AddedTokens {
         for (std::size_t k : it->second) {
           const auto& t = m_tokens[k];
           if (s.compare(i, t.content.size(), t.content) != 0) continue;
-          if (t.single_word && !(boundary_before(s, i) && boundary_after(s, i + t.content.size()))) continue;
+          if (t.single_word && !(boundary_before(s, i) && boundary_after(s, i + t.content.size())))
+            continue;
           if (best == nullptr || t.content.size() > best->content.size()) best = &t;
         }
       }
@@ -97,13 +98,20 @@ class AddedTokens {
   }
 
  private:
-  static bool is_space_byte(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v'; }
+  static bool is_space_byte(char c) {
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v';
+  }
   static bool is_word_byte(char c) {
     const auto u = static_cast<unsigned char>(c);
-    return u >= 0x80 || (u >= '0' && u <= '9') || (u >= 'a' && u <= 'z') || (u >= 'A' && u <= 'Z') || c == '_';
+    return u >= 0x80 || (u >= '0' && u <= '9') || (u >= 'a' && u <= 'z') ||
+           (u >= 'A' && u <= 'Z') || c == '_';
   }
-  static bool boundary_before(std::string_view s, std::size_t i) { return i == 0 || !is_word_byte(s[i - 1]); }
-  static bool boundary_after(std::string_view s, std::size_t i) { return i >= s.size() || !is_word_byte(s[i]); }
+  static bool boundary_before(std::string_view s, std::size_t i) {
+    return i == 0 || !is_word_byte(s[i - 1]);
+  }
+  static bool boundary_after(std::string_view s, std::size_t i) {
+    return i >= s.size() || !is_word_byte(s[i]);
+  }
 
   std::vector<AddedToken> m_tokens;
   std::map<std::int32_t, std::size_t> m_by_id;
@@ -112,13 +120,15 @@ class AddedTokens {
 
 /// model.vocab of a tokenizer.json ({token: id}) as a list of `size` entries indexed by id
 /// (ids outside [0, size) or given twice are refused); `seen[i]` marks the ids it assigned.
-inline std::vector<std::string> vocab_from_json(const nlohmann::json& vocab, std::size_t size, std::vector<char>& seen,
-                                                const std::string& path) {
+inline std::vector<std::string> vocab_from_json(const nlohmann::json& vocab, std::size_t size,
+                                                std::vector<char>& seen, const std::string& path) {
   std::vector<std::string> out(size);
   seen.assign(size, 0);
   for (const auto& [tok, id] : vocab.items()) {
-    WEGEFT_CHECK(id.is_number_integer() && id.get<std::int64_t>() >= 0 && id.get<std::int64_t>() < std::int64_t(size),
-                 path << ": vocab entry '" << tok << "' has id " << id.dump() << " outside 0.." << size - 1);
+    WEGEFT_CHECK(
+        id.is_number_integer() && id.get<std::int64_t>() >= 0 &&
+            id.get<std::int64_t>() < std::int64_t(size),
+        path << ": vocab entry '" << tok << "' has id " << id.dump() << " outside 0.." << size - 1);
     const auto i = id.get<std::size_t>();
     WEGEFT_CHECK(!seen[i], path << ": vocab id " << i << " is given to two tokens");
     seen[i] = 1;
@@ -133,8 +143,8 @@ inline AddedTokens added_tokens_from_json(const nlohmann::json& j, const std::st
   if (!j.contains("added_tokens") || j["added_tokens"].is_null()) return AddedTokens{};
   WEGEFT_CHECK(j["added_tokens"].is_array(), path << ": added_tokens is not an array");
   for (const auto& t : j["added_tokens"]) {
-    WEGEFT_CHECK(t.is_object() && t.contains("id") && t["id"].is_number_integer() && t.contains("content") &&
-                     t["content"].is_string(),
+    WEGEFT_CHECK(t.is_object() && t.contains("id") && t["id"].is_number_integer() &&
+                     t.contains("content") && t["content"].is_string(),
                  path << ": an added_tokens entry lacks an integer id or a string content");
     AddedToken a;
     a.id = t["id"].get<std::int32_t>();

@@ -76,7 +76,8 @@ inline const std::array<char32_t, 256>& byte_to_char() {
 class BpeTokenizer {
  public:
   /// `vocab[i]` is token i in the byte-mapped alphabet; `merges` in rank order, as pairs.
-  BpeTokenizer(std::vector<std::string> vocab, const std::vector<std::pair<std::string, std::string>>& merges, BpeConfig config,
+  BpeTokenizer(std::vector<std::string> vocab,
+               const std::vector<std::pair<std::string, std::string>>& merges, BpeConfig config,
                AddedTokens added, const std::string& what)
       : m_vocab(std::move(vocab)), m_config(std::move(config)), m_added(std::move(added)) {
     WEGEFT_CHECK(!m_vocab.empty(), what << ": the vocabulary is empty");
@@ -89,46 +90,61 @@ class BpeTokenizer {
     for (std::size_t r = 0; r < merges.size(); ++r) {
       const auto& [a, b] = merges[r];
       WEGEFT_CHECK(!a.empty() && !b.empty(), what << ": merge " << r << " has an empty side");
-      m_ranks.emplace(a + ' ' + b, static_cast<std::int32_t>(r));  // ' ' is never in the byte alphabet
+      m_ranks.emplace(a + ' ' + b,
+                      static_cast<std::int32_t>(r));  // ' ' is never in the byte alphabet
     }
     for (const auto& t : m_added.tokens()) {
       WEGEFT_CHECK(static_cast<std::size_t>(t.id) < m_vocab.size(),
-                   what << ": added token '" << t.content << "' has id " << t.id << " past the vocabulary of " << m_vocab.size());
+                   what << ": added token '" << t.content << "' has id " << t.id
+                        << " past the vocabulary of " << m_vocab.size());
     }
     for (auto id : {m_config.bos_id, m_config.eos_id, m_config.pad_id, m_config.unk_id}) {
       WEGEFT_CHECK(!id || (*id >= 0 && static_cast<std::size_t>(*id) < m_vocab.size()),
-                   what << ": special token id " << *id << " is outside the vocabulary of " << m_vocab.size());
+                   what << ": special token id " << *id << " is outside the vocabulary of "
+                        << m_vocab.size());
     }
     const auto& table = detail::byte_to_char();
     for (int b = 0; b < 256; ++b) m_char_to_byte.emplace(table[b], static_cast<unsigned char>(b));
   }
 
   /// A Hugging Face tokenizer.json whose model is BPE with a ByteLevel pre-tokenizer or decoder.
-  static BpeTokenizer from_file(const std::string& path) { return from_json(parse_json_strict(read_text_file(path), path), path); }
+  static BpeTokenizer from_file(const std::string& path) {
+    return from_json(parse_json_strict(read_text_file(path), path), path);
+  }
 
   static BpeTokenizer from_json(const nlohmann::json& j, const std::string& path) {
-    WEGEFT_CHECK(j.is_object() && j.contains("model") && j["model"].is_object(), path << ": no \"model\" object");
+    WEGEFT_CHECK(j.is_object() && j.contains("model") && j["model"].is_object(),
+                 path << ": no \"model\" object");
     const auto& m = j["model"];
-    WEGEFT_CHECK(json_string(m, "type", "BPE", path) == "BPE", path << ": the model is '" << json_string(m, "type", "?", path) << "', not BPE");
-    WEGEFT_CHECK(!json_bool(m, "byte_fallback", false, path), path << ": BPE with byte_fallback (SentencePiece style) is not supported");
-    WEGEFT_CHECK(json_string(m, "continuing_subword_prefix", "", path).empty() && json_string(m, "end_of_word_suffix", "", path).empty(),
-                 path << ": BPE with a continuing_subword_prefix or end_of_word_suffix is not supported");
+    WEGEFT_CHECK(json_string(m, "type", "BPE", path) == "BPE",
+                 path << ": the model is '" << json_string(m, "type", "?", path) << "', not BPE");
+    WEGEFT_CHECK(!json_bool(m, "byte_fallback", false, path),
+                 path << ": BPE with byte_fallback (SentencePiece style) is not supported");
+    WEGEFT_CHECK(
+        json_string(m, "continuing_subword_prefix", "", path).empty() &&
+            json_string(m, "end_of_word_suffix", "", path).empty(),
+        path << ": BPE with a continuing_subword_prefix or end_of_word_suffix is not supported");
     WEGEFT_CHECK(!j.contains("normalizer") || j["normalizer"].is_null(),
                  path << ": a byte-level BPE tokenizer with a normalizer is not supported");
-    WEGEFT_CHECK(m.contains("vocab") && m["vocab"].is_object(), path << ": model.vocab is not an object");
+    WEGEFT_CHECK(m.contains("vocab") && m["vocab"].is_object(),
+                 path << ": model.vocab is not an object");
     const std::size_t n_vocab = m["vocab"].size();
-    WEGEFT_CHECK(n_vocab > 0 && n_vocab <= (1u << 24), path << ": model.vocab has " << n_vocab << " entries");
+    WEGEFT_CHECK(n_vocab > 0 && n_vocab <= (1u << 24),
+                 path << ": model.vocab has " << n_vocab << " entries");
     AddedTokens added = added_tokens_from_json(j, path);
     std::size_t total = n_vocab;
-    for (const auto& t : added.tokens()) total = std::max(total, static_cast<std::size_t>(t.id) + 1);
-    WEGEFT_CHECK(total <= n_vocab + added.tokens().size(), path << ": added token ids leave holes in the vocabulary");
+    for (const auto& t : added.tokens())
+      total = std::max(total, static_cast<std::size_t>(t.id) + 1);
+    WEGEFT_CHECK(total <= n_vocab + added.tokens().size(),
+                 path << ": added token ids leave holes in the vocabulary");
     std::vector<char> seen;
     std::vector<std::string> vocab = vocab_from_json(m["vocab"], total, seen, path);
     for (const auto& t : added.tokens()) {
       const auto i = static_cast<std::size_t>(t.id);
       if (!seen[i]) vocab[i] = t.content, seen[i] = 1;
     }
-    for (std::size_t i = 0; i < total; ++i) WEGEFT_CHECK(seen[i], path << ": no token has id " << i);
+    for (std::size_t i = 0; i < total; ++i)
+      WEGEFT_CHECK(seen[i], path << ": no token has id " << i);
     std::vector<std::pair<std::string, std::string>> merges;
     if (m.contains("merges") && !m["merges"].is_null()) {
       WEGEFT_CHECK(m["merges"].is_array(), path << ": model.merges is not an array");
@@ -137,7 +153,8 @@ class BpeTokenizer {
         if (e.is_string()) {
           const auto s = e.get<std::string>();
           const auto sp = s.find(' ');
-          WEGEFT_CHECK(sp != std::string::npos && sp > 0 && sp + 1 < s.size(), path << ": merge '" << s << "' is not 'left right'");
+          WEGEFT_CHECK(sp != std::string::npos && sp > 0 && sp + 1 < s.size(),
+                       path << ": merge '" << s << "' is not 'left right'");
           merges.emplace_back(s.substr(0, sp), s.substr(sp + 1));
         } else {
           WEGEFT_CHECK(e.is_array() && e.size() == 2 && e[0].is_string() && e[1].is_string(),
@@ -148,10 +165,13 @@ class BpeTokenizer {
     }
     BpeConfig c;
     c.ignore_merges = json_bool(m, "ignore_merges", false, path);
-    WEGEFT_CHECK(j.contains("pre_tokenizer") && j["pre_tokenizer"].is_object(), path << ": no pre_tokenizer object");
+    WEGEFT_CHECK(j.contains("pre_tokenizer") && j["pre_tokenizer"].is_object(),
+                 path << ": no pre_tokenizer object");
     bool byte_level = false;
     add_steps(j["pre_tokenizer"], c.steps, byte_level, path, 0);
-    WEGEFT_CHECK(byte_level, path << ": the pre_tokenizer has no ByteLevel step; only byte-level BPE is supported");
+    WEGEFT_CHECK(
+        byte_level,
+        path << ": the pre_tokenizer has no ByteLevel step; only byte-level BPE is supported");
     if (const auto unk = json_string(m, "unk_token", "", path); !unk.empty()) {
       for (std::size_t i = 0; i < vocab.size(); ++i)
         if (vocab[i] == unk) c.unk_id = static_cast<std::int32_t>(i);
@@ -219,7 +239,8 @@ class BpeTokenizer {
     return it->second;
   }
   const std::string& id_to_token(std::int32_t id) const {
-    WEGEFT_CHECK(id >= 0 && static_cast<std::size_t>(id) < m_vocab.size(), "token id " << id << " is outside the vocabulary");
+    WEGEFT_CHECK(id >= 0 && static_cast<std::size_t>(id) < m_vocab.size(),
+                 "token id " << id << " is outside the vocabulary");
     return m_vocab[static_cast<std::size_t>(id)];
   }
   std::size_t vocab_size() const { return m_vocab.size(); }
@@ -228,31 +249,43 @@ class BpeTokenizer {
   const AddedTokens& added_tokens() const { return m_added; }
 
  private:
-  static void add_steps(const nlohmann::json& p, std::vector<PreTokenizeStep>& steps, bool& byte_level, const std::string& path, int depth) {
+  static void add_steps(const nlohmann::json& p, std::vector<PreTokenizeStep>& steps,
+                        bool& byte_level, const std::string& path, int depth) {
     WEGEFT_CHECK(depth < 8, path << ": pre_tokenizer sequences nest too deeply");
     const std::string type = json_string(p, "type", "", path);
     if (type == "Sequence") {
-      WEGEFT_CHECK(p.contains("pretokenizers") && p["pretokenizers"].is_array(), path << ": a Sequence pre_tokenizer without pretokenizers");
+      WEGEFT_CHECK(p.contains("pretokenizers") && p["pretokenizers"].is_array(),
+                   path << ": a Sequence pre_tokenizer without pretokenizers");
       for (const auto& q : p["pretokenizers"]) add_steps(q, steps, byte_level, path, depth + 1);
     } else if (type == "ByteLevel") {
-      WEGEFT_CHECK(!json_bool(p, "add_prefix_space", false, path), path << ": ByteLevel add_prefix_space = true is not supported");
-      if (json_bool(p, "use_regex", true, path)) steps.push_back({PreTokenizeStep::Kind::Regex, std::make_shared<Regex>(kGpt2Pattern, path)});
+      WEGEFT_CHECK(!json_bool(p, "add_prefix_space", false, path),
+                   path << ": ByteLevel add_prefix_space = true is not supported");
+      if (json_bool(p, "use_regex", true, path))
+        steps.push_back(
+            {PreTokenizeStep::Kind::Regex, std::make_shared<Regex>(kGpt2Pattern, path)});
       byte_level = true;
     } else if (type == "Digits") {
-      WEGEFT_CHECK(json_bool(p, "individual_digits", false, path), path << ": Digits without individual_digits is not supported");
+      WEGEFT_CHECK(json_bool(p, "individual_digits", false, path),
+                   path << ": Digits without individual_digits is not supported");
       steps.push_back({PreTokenizeStep::Kind::Digits, nullptr});
     } else if (type == "Split") {
-      WEGEFT_CHECK(json_string(p, "behavior", "", path) == "Isolated" && !json_bool(p, "invert", false, path),
-                   path << ": only Split pre_tokenizers with behavior Isolated and invert false are supported");
-      WEGEFT_CHECK(p.contains("pattern") && p["pattern"].is_object() && p["pattern"].contains("Regex") && p["pattern"]["Regex"].is_string(),
+      WEGEFT_CHECK(json_string(p, "behavior", "", path) == "Isolated" &&
+                       !json_bool(p, "invert", false, path),
+                   path << ": only Split pre_tokenizers with behavior Isolated and invert false "
+                           "are supported");
+      WEGEFT_CHECK(p.contains("pattern") && p["pattern"].is_object() &&
+                       p["pattern"].contains("Regex") && p["pattern"]["Regex"].is_string(),
                    path << ": a Split pre_tokenizer without a Regex pattern");
-      steps.push_back({PreTokenizeStep::Kind::Regex, std::make_shared<Regex>(p["pattern"]["Regex"].get<std::string>(), path)});
+      steps.push_back({PreTokenizeStep::Kind::Regex,
+                       std::make_shared<Regex>(p["pattern"]["Regex"].get<std::string>(), path)});
     } else {
-      WEGEFT_CHECK(false, path << ": pre_tokenizer type '" << type << "' is not supported (ByteLevel, Split, Digits, Sequence are)");
+      WEGEFT_CHECK(false, path << ": pre_tokenizer type '" << type
+                               << "' is not supported (ByteLevel, Split, Digits, Sequence are)");
     }
   }
 
-  static void split(const PreTokenizeStep& step, std::string_view s, std::vector<std::string_view>& out) {
+  static void split(const PreTokenizeStep& step, std::string_view s,
+                    std::vector<std::string_view>& out) {
     if (step.kind == PreTokenizeStep::Kind::Regex) {
       std::size_t last = 0;
       for (const auto& [b, e] : step.regex->find_all(s)) {
@@ -312,7 +345,8 @@ class BpeTokenizer {
       if (it != m_index.end()) {
         ids.push_back(it->second);
       } else {
-        WEGEFT_CHECK(m_config.unk_id.has_value(), "the BPE vocabulary has no token '" << s << "' and no unknown token");
+        WEGEFT_CHECK(m_config.unk_id.has_value(),
+                     "the BPE vocabulary has no token '" << s << "' and no unknown token");
         ids.push_back(*m_config.unk_id);
       }
     }

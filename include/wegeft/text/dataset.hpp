@@ -34,13 +34,15 @@ namespace wegeft::text {
 
 enum class Task { causal_lm, classification };
 
-inline const char* to_string(Task t) { return t == Task::causal_lm ? "causal-lm" : "classification"; }
+inline const char* to_string(Task t) {
+  return t == Task::causal_lm ? "causal-lm" : "classification";
+}
 
 struct DataOptions {
   Task task = Task::causal_lm;
   std::size_t max_seq_length = 512;
-  bool mask_prompt = false;  // causal LM: no loss on prompts / non-assistant turns
-  bool truncate = true;      // false: a longer sequence is an error
+  bool mask_prompt = false;    // causal LM: no loss on prompts / non-assistant turns
+  bool truncate = true;        // false: a longer sequence is an error
   std::string default_system;  // ChatML: system prompt put first when a conversation has none
 };
 
@@ -82,31 +84,39 @@ inline void append_ids(Example& e, const std::vector<std::int32_t>& ids, bool tr
   e.train.insert(e.train.end(), ids.size(), static_cast<std::uint8_t>(train ? 1 : 0));
 }
 
-inline std::string field_string(const nlohmann::json& j, const char* key, const std::string& where) {
+inline std::string field_string(const nlohmann::json& j, const char* key,
+                                const std::string& where) {
   WEGEFT_CHECK(j.contains(key), where << ": no \"" << key << "\" field");
-  WEGEFT_CHECK(j[key].is_string(), where << ": \"" << key << "\" must be a string, got " << j[key].dump().substr(0, 60));
+  WEGEFT_CHECK(j[key].is_string(), where << ": \"" << key << "\" must be a string, got "
+                                         << j[key].dump().substr(0, 60));
   return j[key].get<std::string>();
 }
 
 }  // namespace detail
 
 /// Tokenizes one JSON record (see the formats above). `where` is "FILE:LINE" for errors.
-inline Example make_example(const nlohmann::json& j, const Tokenizer& tok, const DataOptions& opt, LabelMap& labels,
-                            bool new_labels, const std::string& where) {
+inline Example make_example(const nlohmann::json& j, const Tokenizer& tok, const DataOptions& opt,
+                            LabelMap& labels, bool new_labels, const std::string& where) {
   WEGEFT_CHECK(j.is_object(), where << ": a record must be a JSON object");
   Example e;
   if (opt.task == Task::classification) {
     const std::string text = detail::field_string(j, "text", where);
-    WEGEFT_CHECK(j.contains("label"), where << ": no \"label\" field (classification data is {\"text\", \"label\"})");
+    WEGEFT_CHECK(j.contains("label"),
+                 where << ": no \"label\" field (classification data is {\"text\", \"label\"})");
     std::string name;
-    if (j["label"].is_string()) name = j["label"].get<std::string>();
-    else if (j["label"].is_number_integer() || j["label"].is_boolean()) name = j["label"].dump();
-    else WEGEFT_CHECK(false, where << ": \"label\" must be a string or an integer, got " << j["label"].dump().substr(0, 60));
+    if (j["label"].is_string())
+      name = j["label"].get<std::string>();
+    else if (j["label"].is_number_integer() || j["label"].is_boolean())
+      name = j["label"].dump();
+    else
+      WEGEFT_CHECK(false, where << ": \"label\" must be a string or an integer, got "
+                                << j["label"].dump().substr(0, 60));
     if (new_labels) {
       e.label = labels.add(name);
     } else {
       const auto it = labels.ids.find(name);
-      WEGEFT_CHECK(it != labels.ids.end(), where << ": label '" << name << "' never occurs in the training data");
+      WEGEFT_CHECK(it != labels.ids.end(),
+                   where << ": label '" << name << "' never occurs in the training data");
       e.label = it->second;
     }
     if (const auto* w = tok.wordpiece()) {
@@ -121,9 +131,12 @@ inline Example make_example(const nlohmann::json& j, const Tokenizer& tok, const
   const auto bos = tok.bpe() && tok.bpe()->config().add_bos ? tok.bos_id() : std::nullopt;
   if (bos) detail::append_ids(e, {*bos}, false);
   if (j.contains("messages")) {
-    WEGEFT_CHECK(j["messages"].is_array() && !j["messages"].empty(), where << ": \"messages\" must be a non-empty list");
-    WEGEFT_CHECK(tok.chatml(), where << ": {\"messages\"} data needs a ChatML chat template; the model's tokenizer has "
-                                     << (tok.chat_template().empty() ? "none" : "another kind"));
+    WEGEFT_CHECK(j["messages"].is_array() && !j["messages"].empty(),
+                 where << ": \"messages\" must be a non-empty list");
+    WEGEFT_CHECK(
+        tok.chatml(),
+        where << ": {\"messages\"} data needs a ChatML chat template; the model's tokenizer has "
+              << (tok.chat_template().empty() ? "none" : "another kind"));
     std::vector<ChatMessage> msgs;
     for (std::size_t i = 0; i < j["messages"].size(); ++i) {
       const auto& m = j["messages"][i];
@@ -135,7 +148,8 @@ inline Example make_example(const nlohmann::json& j, const Tokenizer& tok, const
     const std::string text = render_chatml(msgs, opt.default_system, &spans);
     std::size_t at = 0;
     for (const auto& [b, end] : spans) {
-      detail::append_ids(e, tok.encode(std::string_view(text).substr(at, b - at)), !opt.mask_prompt);
+      detail::append_ids(e, tok.encode(std::string_view(text).substr(at, b - at)),
+                         !opt.mask_prompt);
       detail::append_ids(e, tok.encode(std::string_view(text).substr(b, end - b)), true);
       at = end;
     }
@@ -145,7 +159,8 @@ inline Example make_example(const nlohmann::json& j, const Tokenizer& tok, const
     detail::append_ids(e, tok.encode(detail::field_string(j, "completion", where)), true);
     if (auto eos = tok.eos_id()) detail::append_ids(e, {*eos}, true);
   } else {
-    WEGEFT_CHECK(j.contains("text"), where << ": no \"text\", \"prompt\"/\"completion\" or \"messages\" field");
+    WEGEFT_CHECK(j.contains("text"),
+                 where << ": no \"text\", \"prompt\"/\"completion\" or \"messages\" field");
     detail::append_ids(e, tok.encode(detail::field_string(j, "text", where)), true);
     if (auto eos = tok.eos_id()) detail::append_ids(e, {*eos}, true);
   }
@@ -155,9 +170,10 @@ inline Example make_example(const nlohmann::json& j, const Tokenizer& tok, const
 
 /// Reads and tokenizes a JSONL file. `new_labels`: labels met here are added to `labels` (the
 /// training file); otherwise an unknown label is an error.
-inline Dataset read_dataset(const std::string& path, const Tokenizer& tok, const DataOptions& opt, LabelMap& labels,
-                            bool new_labels) {
-  WEGEFT_CHECK(opt.max_seq_length >= 2, "max_seq_length must be at least 2, got " << opt.max_seq_length);
+inline Dataset read_dataset(const std::string& path, const Tokenizer& tok, const DataOptions& opt,
+                            LabelMap& labels, bool new_labels) {
+  WEGEFT_CHECK(opt.max_seq_length >= 2,
+               "max_seq_length must be at least 2, got " << opt.max_seq_length);
   const std::string text = read_text_file(path);
   Dataset d;
   d.path = path;
@@ -168,13 +184,16 @@ inline Dataset read_dataset(const std::string& path, const Tokenizer& tok, const
     ++line_no;
     std::string_view line(text.data() + b, e - b);
     b = e + 1;
-    while (!line.empty() && (line.back() == '\r' || line.back() == ' ' || line.back() == '\t')) line.remove_suffix(1);
+    while (!line.empty() && (line.back() == '\r' || line.back() == ' ' || line.back() == '\t'))
+      line.remove_suffix(1);
     if (line.empty()) continue;
     const std::string where = path + ":" + std::to_string(line_no);
     const nlohmann::json j = parse_json_strict(std::string(line), where);
     Example ex = make_example(j, tok, opt, labels, new_labels, where);
     if (ex.ids.size() > opt.max_seq_length) {
-      WEGEFT_CHECK(opt.truncate, where << ": " << ex.ids.size() << " tokens, more than max_seq_length " << opt.max_seq_length);
+      WEGEFT_CHECK(opt.truncate, where << ": " << ex.ids.size()
+                                       << " tokens, more than max_seq_length "
+                                       << opt.max_seq_length);
       const bool keep_sep = opt.task == Task::classification && tok.wordpiece() != nullptr;
       ex.ids.resize(opt.max_seq_length);
       ex.train.resize(opt.max_seq_length);
@@ -183,10 +202,13 @@ inline Dataset read_dataset(const std::string& path, const Tokenizer& tok, const
     }
     d.tokens += ex.ids.size();
     for (auto t : ex.train) d.targets += t;
-    if (opt.task == Task::causal_lm && std::count(ex.train.begin(), ex.train.end(), 1) == 0) continue;  // nothing to learn
+    if (opt.task == Task::causal_lm && std::count(ex.train.begin(), ex.train.end(), 1) == 0)
+      continue;  // nothing to learn
     d.examples.push_back(std::move(ex));
   }
-  WEGEFT_CHECK(!d.examples.empty(), path << ": no examples (the file is empty" << (opt.mask_prompt ? " or every target is masked" : "") << ")");
+  WEGEFT_CHECK(!d.examples.empty(), path << ": no examples (the file is empty"
+                                         << (opt.mask_prompt ? " or every target is masked" : "")
+                                         << ")");
   return d;
 }
 
@@ -200,8 +222,8 @@ struct Batch {
 };
 
 /// Builds the batch of `data.examples[order[i]]` for i in [begin, end), padded with `pad_id`.
-inline Batch make_batch(const Dataset& data, const std::vector<std::size_t>& order, std::size_t begin, std::size_t end,
-                        Task task, std::int32_t pad_id) {
+inline Batch make_batch(const Dataset& data, const std::vector<std::size_t>& order,
+                        std::size_t begin, std::size_t end, Task task, std::int32_t pad_id) {
   Batch b;
   b.batch = static_cast<std::int64_t>(end - begin);
   for (std::size_t i = begin; i < end; ++i) {

@@ -20,7 +20,8 @@ namespace wegeft::text {
 class Regex {
  public:
   /// Compiles `pattern`; `what` names where it came from (for the error message).
-  explicit Regex(const std::string& pattern, const std::string& what = "pattern") : m_pattern(pattern) {
+  explicit Regex(const std::string& pattern, const std::string& what = "pattern")
+      : m_pattern(pattern) {
     WEGEFT_CHECK(pattern.size() <= 4096, what << ": the regular expression is " << pattern.size()
                                               << " bytes long; at most 4096 are accepted");
     int code = 0;
@@ -30,7 +31,8 @@ class Regex {
     if (re == nullptr) {
       PCRE2_UCHAR buf[256];
       pcre2_get_error_message(code, buf, sizeof buf);
-      WEGEFT_CHECK(false, what << ": regular expression '" << pattern << "' does not compile at offset " << offset << ": "
+      WEGEFT_CHECK(false, what << ": regular expression '" << pattern
+                               << "' does not compile at offset " << offset << ": "
                                << reinterpret_cast<const char*>(buf));
     }
     m_code.reset(re);
@@ -48,16 +50,19 @@ class Regex {
     std::vector<std::pair<std::size_t, std::size_t>> out;
     std::size_t pos = 0;
     const auto* subject = reinterpret_cast<PCRE2_SPTR>(s.data());
-    std::unique_ptr<pcre2_match_data, DataFree> data(pcre2_match_data_create_from_pattern(m_code.get(), nullptr));
+    std::unique_ptr<pcre2_match_data, DataFree> data(
+        pcre2_match_data_create_from_pattern(m_code.get(), nullptr));
     WEGEFT_CHECK(data != nullptr, "out of memory for a regular expression match");
     while (pos <= s.size()) {
-      const int rc = pcre2_match(m_code.get(), subject, s.size(), pos, PCRE2_NO_UTF_CHECK, data.get(), m_context.get());
+      const int rc = pcre2_match(m_code.get(), subject, s.size(), pos, PCRE2_NO_UTF_CHECK,
+                                 data.get(), m_context.get());
       if (rc == PCRE2_ERROR_NOMATCH) break;
       if (rc < 0) {
         PCRE2_UCHAR buf[256];
         pcre2_get_error_message(rc, buf, sizeof buf);
-        WEGEFT_CHECK(false, "regular expression '" << m_pattern << "' failed on a " << s.size()
-                                                    << "-byte text: " << reinterpret_cast<const char*>(buf));
+        WEGEFT_CHECK(false, "regular expression '"
+                                << m_pattern << "' failed on a " << s.size()
+                                << "-byte text: " << reinterpret_cast<const char*>(buf));
       }
       const PCRE2_SIZE* ov = pcre2_get_ovector_pointer(data.get());
       const std::size_t b = ov[0], e = ov[1];

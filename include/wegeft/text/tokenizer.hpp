@@ -37,8 +37,9 @@ struct ChatMessage {
 /// template's own default, read from it by chat_default_system). Returns the text and, in
 /// `assistant_spans`, the byte ranges of assistant contents including their "<|im_end|>" (what a
 /// model is trained to produce when prompts are masked).
-inline std::string render_chatml(const std::vector<ChatMessage>& messages, const std::string& default_system,
-                                 std::vector<std::pair<std::size_t, std::size_t>>* assistant_spans = nullptr) {
+inline std::string render_chatml(
+    const std::vector<ChatMessage>& messages, const std::string& default_system,
+    std::vector<std::pair<std::size_t, std::size_t>>* assistant_spans = nullptr) {
   std::string out;
   if (!default_system.empty() && (messages.empty() || messages.front().role != "system"))
     out += "<|im_start|>system\n" + default_system + "<|im_end|>\n";
@@ -46,7 +47,8 @@ inline std::string render_chatml(const std::vector<ChatMessage>& messages, const
     out += "<|im_start|>" + m.role + "\n";
     const std::size_t b = out.size();
     out += m.content + "<|im_end|>";
-    if (assistant_spans != nullptr && m.role == "assistant") assistant_spans->emplace_back(b, out.size());
+    if (assistant_spans != nullptr && m.role == "assistant")
+      assistant_spans->emplace_back(b, out.size());
     out += "\n";
   }
   return out;
@@ -61,7 +63,8 @@ inline std::string chat_default_system(const std::string& tmpl) {
   const auto e = tmpl.find("<|im_end|>", b + open.size());
   if (e == std::string::npos) return "";
   std::string s = tmpl.substr(b + open.size(), e - b - open.size());
-  if (s.find("{{") != std::string::npos || s.find("{%") != std::string::npos) return "";  // not a literal
+  if (s.find("{{") != std::string::npos || s.find("{%") != std::string::npos)
+    return "";  // not a literal
   return s;
 }
 
@@ -100,11 +103,13 @@ class Tokenizer {
 
   static Tokenizer from_tokenizer_json(const std::string& path) {
     const auto j = parse_json_strict(read_text_file(path), path);
-    WEGEFT_CHECK(j.is_object() && j.contains("model") && j["model"].is_object(), path << ": no \"model\" object");
+    WEGEFT_CHECK(j.is_object() && j.contains("model") && j["model"].is_object(),
+                 path << ": no \"model\" object");
     const std::string type = json_string(j["model"], "type", "BPE", path);
     if (type == "WordPiece") return Tokenizer(WordPieceTokenizer::from_json(j, path));
     if (type == "BPE") return Tokenizer(BpeTokenizer::from_json(j, path));
-    WEGEFT_CHECK(false, path << ": tokenizer model '" << type << "' is not supported (WordPiece and byte-level BPE are)");
+    WEGEFT_CHECK(false, path << ": tokenizer model '" << type
+                             << "' is not supported (WordPiece and byte-level BPE are)");
     return Tokenizer(BpeTokenizer::from_json(j, path));
   }
 
@@ -112,12 +117,16 @@ class Tokenizer {
     const auto& m = f.metadata();
     const std::string& p = f.path();
     const std::string model = json_string(m, "tokenizer.ggml.model", "", p);
-    WEGEFT_CHECK(!model.empty(), p << ": no tokenizer.ggml.model in the metadata; the file carries no tokenizer");
-    WEGEFT_CHECK(model == "gpt2", p << ": tokenizer.ggml.model is '" << model
-                                    << "'; only byte-level BPE ('gpt2') tokenizers are read from GGUF files");
-    WEGEFT_CHECK(m.contains("tokenizer.ggml.tokens") && m["tokenizer.ggml.tokens"].is_array(), p << ": no tokenizer.ggml.tokens array");
+    WEGEFT_CHECK(!model.empty(),
+                 p << ": no tokenizer.ggml.model in the metadata; the file carries no tokenizer");
+    WEGEFT_CHECK(model == "gpt2",
+                 p << ": tokenizer.ggml.model is '" << model
+                   << "'; only byte-level BPE ('gpt2') tokenizers are read from GGUF files");
+    WEGEFT_CHECK(m.contains("tokenizer.ggml.tokens") && m["tokenizer.ggml.tokens"].is_array(),
+                 p << ": no tokenizer.ggml.tokens array");
     const auto& toks = m["tokenizer.ggml.tokens"];
-    WEGEFT_CHECK(!toks.empty() && toks.size() <= (1u << 24), p << ": tokenizer.ggml.tokens has " << toks.size() << " entries");
+    WEGEFT_CHECK(!toks.empty() && toks.size() <= (1u << 24),
+                 p << ": tokenizer.ggml.tokens has " << toks.size() << " entries");
     std::vector<std::string> vocab;
     vocab.reserve(toks.size());
     for (const auto& t : toks) {
@@ -126,12 +135,14 @@ class Tokenizer {
     }
     std::vector<std::pair<std::string, std::string>> merges;
     if (m.contains("tokenizer.ggml.merges")) {
-      WEGEFT_CHECK(m["tokenizer.ggml.merges"].is_array(), p << ": tokenizer.ggml.merges is not an array");
+      WEGEFT_CHECK(m["tokenizer.ggml.merges"].is_array(),
+                   p << ": tokenizer.ggml.merges is not an array");
       for (const auto& e : m["tokenizer.ggml.merges"]) {
         WEGEFT_CHECK(e.is_string(), p << ": tokenizer.ggml.merges holds a non-string");
         const auto s = e.get<std::string>();
         const auto sp = s.find(' ');
-        WEGEFT_CHECK(sp != std::string::npos && sp > 0 && sp + 1 < s.size(), p << ": merge '" << s << "' is not 'left right'");
+        WEGEFT_CHECK(sp != std::string::npos && sp > 0 && sp + 1 < s.size(),
+                     p << ": merge '" << s << "' is not 'left right'");
         merges.emplace_back(s.substr(0, sp), s.substr(sp + 1));
       }
     }
@@ -139,12 +150,15 @@ class Tokenizer {
     if (m.contains("tokenizer.ggml.token_type")) {
       const auto& types = m["tokenizer.ggml.token_type"];
       WEGEFT_CHECK(types.is_array() && types.size() == vocab.size(),
-                   p << ": tokenizer.ggml.token_type has " << (types.is_array() ? types.size() : 0) << " entries for "
-                     << vocab.size() << " tokens");
+                   p << ": tokenizer.ggml.token_type has " << (types.is_array() ? types.size() : 0)
+                     << " entries for " << vocab.size() << " tokens");
       for (std::size_t i = 0; i < vocab.size(); ++i) {
-        WEGEFT_CHECK(types[i].is_number_integer(), p << ": tokenizer.ggml.token_type holds a non-integer");
+        WEGEFT_CHECK(types[i].is_number_integer(),
+                     p << ": tokenizer.ggml.token_type holds a non-integer");
         const auto ty = types[i].get<std::int64_t>();
-        if (ty == 3 || ty == 4) added.push_back({vocab[i], static_cast<std::int32_t>(i), ty == 3});  // control, user-defined
+        if (ty == 3 || ty == 4)
+          added.push_back(
+              {vocab[i], static_cast<std::int32_t>(i), ty == 3});  // control, user-defined
       }
     }
     const std::string pre = json_string(m, "tokenizer.ggml.pre", "default", p);
@@ -158,7 +172,8 @@ class Tokenizer {
       c.steps.push_back({PreTokenizeStep::Kind::Regex, std::make_shared<Regex>(kLlama3Pattern, p)});
       c.ignore_merges = true;
     } else {
-      WEGEFT_CHECK(false, p << ": tokenizer.ggml.pre '" << pre << "' is not supported (default, gpt2, smollm, llama-bpe are)");
+      WEGEFT_CHECK(false, p << ": tokenizer.ggml.pre '" << pre
+                            << "' is not supported (default, gpt2, smollm, llama-bpe are)");
     }
     auto id_of = [&](const char* key) -> std::optional<std::int32_t> {
       if (!m.contains(key)) return std::nullopt;
@@ -169,7 +184,8 @@ class Tokenizer {
     c.eos_id = id_of("tokenizer.ggml.eos_token_id");
     c.pad_id = id_of("tokenizer.ggml.padding_token_id");
     c.add_bos = json_bool(m, "tokenizer.ggml.add_bos_token", false, p);
-    Tokenizer t(BpeTokenizer(std::move(vocab), merges, std::move(c), AddedTokens(std::move(added)), p));
+    Tokenizer t(
+        BpeTokenizer(std::move(vocab), merges, std::move(c), AddedTokens(std::move(added)), p));
     t.m_chat_template = json_string(m, "tokenizer.chat_template", "", p);
     return t;
   }
@@ -180,10 +196,14 @@ class Tokenizer {
 
   /// Ids of `s` with no special tokens added.
   std::vector<std::int32_t> encode(std::string_view s) const {
-    return std::visit([&](const auto& t) {
-      if constexpr (std::is_same_v<std::decay_t<decltype(t)>, WordPieceTokenizer>) return t.tokenize(s);
-      else return t.encode(s);
-    }, m_impl);
+    return std::visit(
+        [&](const auto& t) {
+          if constexpr (std::is_same_v<std::decay_t<decltype(t)>, WordPieceTokenizer>)
+            return t.tokenize(s);
+          else
+            return t.encode(s);
+        },
+        m_impl);
   }
   std::string decode(const std::vector<std::int32_t>& ids, bool skip_special = true) const {
     return std::visit([&](const auto& t) { return t.decode(ids, skip_special); }, m_impl);
@@ -221,10 +241,13 @@ class Tokenizer {
     auto token = [&](const char* key) -> std::optional<std::int32_t> {
       if (!j.contains(key) || j[key].is_null()) return std::nullopt;
       std::string s;
-      if (j[key].is_string()) s = j[key].get<std::string>();
-      else if (j[key].is_object()) s = json_string(j[key], "content", "", path);
+      if (j[key].is_string())
+        s = j[key].get<std::string>();
+      else if (j[key].is_object())
+        s = json_string(j[key], "content", "", path);
       const auto id = b->token_to_id(s);
-      WEGEFT_CHECK(id.has_value(), path << ": " << key << " '" << s << "' is not in the vocabulary");
+      WEGEFT_CHECK(id.has_value(),
+                   path << ": " << key << " '" << s << "' is not in the vocabulary");
       return id;
     };
     auto& c = b->config();

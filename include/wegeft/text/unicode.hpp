@@ -22,7 +22,8 @@ namespace wegeft::text {
 /// Decodes the code point starting at byte `i` of `s` into `c`; returns its length in bytes, or 0
 /// when the bytes there are not well-formed UTF-8 (overlong forms, surrogates, values past
 /// U+10FFFF, truncated sequences, stray continuation bytes). `why`, if given, says which.
-inline std::size_t utf8_next(std::string_view s, std::size_t i, char32_t& c, const char** why = nullptr) {
+inline std::size_t utf8_next(std::string_view s, std::size_t i, char32_t& c,
+                             const char** why = nullptr) {
   const auto* p = reinterpret_cast<const unsigned char*>(s.data());
   const std::size_t n = s.size();
   const unsigned char b = p[i];
@@ -109,7 +110,9 @@ inline std::string utf8_encode(std::u32string_view s) {
 }
 
 /// Unicode's White_Space property (what Rust's char::is_whitespace tests).
-inline bool is_whitespace(char32_t c) { return u_hasBinaryProperty(static_cast<UChar32>(c), UCHAR_WHITE_SPACE); }
+inline bool is_whitespace(char32_t c) {
+  return u_hasBinaryProperty(static_cast<UChar32>(c), UCHAR_WHITE_SPACE);
+}
 
 /// General category C* other than the line separators: Cc, Cf, Cs, Co, Cn.
 inline bool is_other(char32_t c) {
@@ -118,8 +121,10 @@ inline bool is_other(char32_t c) {
     case U_FORMAT_CHAR:
     case U_SURROGATE:
     case U_PRIVATE_USE_CHAR:
-    case U_UNASSIGNED: return true;
-    default: return false;
+    case U_UNASSIGNED:
+      return true;
+    default:
+      return false;
   }
 }
 
@@ -132,8 +137,10 @@ inline bool is_punctuation(char32_t c) {
     case U_END_PUNCTUATION:
     case U_INITIAL_PUNCTUATION:
     case U_FINAL_PUNCTUATION:
-    case U_OTHER_PUNCTUATION: return true;
-    default: return false;
+    case U_OTHER_PUNCTUATION:
+      return true;
+    default:
+      return false;
   }
 }
 
@@ -142,12 +149,16 @@ inline bool is_numeric(char32_t c) {
   switch (u_charType(static_cast<UChar32>(c))) {
     case U_DECIMAL_DIGIT_NUMBER:
     case U_LETTER_NUMBER:
-    case U_OTHER_NUMBER: return true;
-    default: return false;
+    case U_OTHER_NUMBER:
+      return true;
+    default:
+      return false;
   }
 }
 
-inline bool is_nonspacing_mark(char32_t c) { return u_charType(static_cast<UChar32>(c)) == U_NON_SPACING_MARK; }
+inline bool is_nonspacing_mark(char32_t c) {
+  return u_charType(static_cast<UChar32>(c)) == U_NON_SPACING_MARK;
+}
 
 /// Canonical decomposition (NFD).
 inline std::u32string nfd(std::u32string_view s) {

@@ -48,25 +48,28 @@ struct WordPieceConfig {
 namespace detail {
 
 inline bool is_cjk(char32_t c) {
-  return (c >= 0x4E00 && c <= 0x9FFF) || (c >= 0x3400 && c <= 0x4DBF) || (c >= 0x20000 && c <= 0x2A6DF) ||
-         (c >= 0x2A700 && c <= 0x2B73F) || (c >= 0x2B740 && c <= 0x2B81F) || (c >= 0x2B920 && c <= 0x2CEAF) ||
+  return (c >= 0x4E00 && c <= 0x9FFF) || (c >= 0x3400 && c <= 0x4DBF) ||
+         (c >= 0x20000 && c <= 0x2A6DF) || (c >= 0x2A700 && c <= 0x2B73F) ||
+         (c >= 0x2B740 && c <= 0x2B81F) || (c >= 0x2B920 && c <= 0x2CEAF) ||
          (c >= 0xF900 && c <= 0xFAFF) || (c >= 0x2F800 && c <= 0x2FA1F);
 }
 
 inline bool is_bert_punctuation(char32_t c) {
-  const bool ascii_punct = (c >= 0x21 && c <= 0x2F) || (c >= 0x3A && c <= 0x40) || (c >= 0x5B && c <= 0x60) ||
-                           (c >= 0x7B && c <= 0x7E);
+  const bool ascii_punct = (c >= 0x21 && c <= 0x2F) || (c >= 0x3A && c <= 0x40) ||
+                           (c >= 0x5B && c <= 0x60) || (c >= 0x7B && c <= 0x7E);
   return ascii_punct || is_punctuation(c);
 }
 
 /// Decoder clean-up of Hugging Face's WordPiece decoder, applied to each token as it is joined.
 inline std::string wordpiece_cleanup(std::string s) {
   static const std::pair<const char*, const char*> kRules[] = {
-      {" .", "."}, {" ?", "?"}, {" !", "!"}, {" ,", ","}, {" ' ", "'"}, {" n't", "n't"},
-      {" 'm", "'m"}, {" do not", " don't"}, {" 's", "'s"}, {" 've", "'ve"}, {" 're", "'re"}};
+      {" .", "."},   {" ?", "?"},     {" !", "!"},    {" ,", ","},
+      {" ' ", "'"},  {" n't", "n't"}, {" 'm", "'m"},  {" do not", " don't"},
+      {" 's", "'s"}, {" 've", "'ve"}, {" 're", "'re"}};
   for (const auto& [from, to] : kRules) {
     const std::string f(from), t(to);
-    for (std::size_t p = s.find(f); p != std::string::npos; p = s.find(f, p + t.size())) s.replace(p, f.size(), t);
+    for (std::size_t p = s.find(f); p != std::string::npos; p = s.find(f, p + t.size()))
+      s.replace(p, f.size(), t);
   }
   return s;
 }
@@ -75,7 +78,8 @@ inline std::string wordpiece_cleanup(std::string s) {
 
 class WordPieceTokenizer {
  public:
-  WordPieceTokenizer(std::vector<std::string> vocab, WordPieceConfig config, AddedTokens added, const std::string& what)
+  WordPieceTokenizer(std::vector<std::string> vocab, WordPieceConfig config, AddedTokens added,
+                     const std::string& what)
       : m_vocab(std::move(vocab)), m_config(std::move(config)), m_added(std::move(added)) {
     WEGEFT_CHECK(!m_vocab.empty(), what << ": the vocabulary is empty");
     for (std::size_t i = 0; i < m_vocab.size(); ++i) {
@@ -83,8 +87,10 @@ class WordPieceTokenizer {
       m_index.emplace(m_vocab[i], static_cast<std::int32_t>(i));  // first occurrence wins
     }
     for (const auto& t : m_added.tokens()) {
-      WEGEFT_CHECK(t.id < static_cast<std::int32_t>(m_vocab.size()) || m_vocab.size() == static_cast<std::size_t>(t.id),
-                   what << ": added token '" << t.content << "' has id " << t.id << " past the vocabulary of " << m_vocab.size());
+      WEGEFT_CHECK(t.id < static_cast<std::int32_t>(m_vocab.size()) ||
+                       m_vocab.size() == static_cast<std::size_t>(t.id),
+                   what << ": added token '" << t.content << "' has id " << t.id
+                        << " past the vocabulary of " << m_vocab.size());
       if (static_cast<std::size_t>(t.id) == m_vocab.size()) m_vocab.push_back(t.content);
     }
     m_unk = required(m_config.unk_token, what);
@@ -93,7 +99,8 @@ class WordPieceTokenizer {
     m_pad = token_to_id(m_config.pad_token).value_or(0);
     if (m_added.empty()) {  // vocab.txt: the usual BERT specials are matched in text as HF does
       std::vector<AddedToken> specials;
-      for (const auto* s : {&m_config.pad_token, &m_config.unk_token, &m_config.cls_token, &m_config.sep_token}) {
+      for (const auto* s :
+           {&m_config.pad_token, &m_config.unk_token, &m_config.cls_token, &m_config.sep_token}) {
         if (auto id = token_to_id(*s)) specials.push_back({*s, *id});
       }
       if (auto id = token_to_id("[MASK]")) specials.push_back({"[MASK]", *id});
@@ -121,11 +128,14 @@ class WordPieceTokenizer {
 
   /// A parsed tokenizer.json with model.type "WordPiece" (normaliser and specials read from it).
   static WordPieceTokenizer from_json(const nlohmann::json& j, const std::string& path) {
-    WEGEFT_CHECK(j.is_object() && j.contains("model") && j["model"].is_object(), path << ": no \"model\" object");
+    WEGEFT_CHECK(j.is_object() && j.contains("model") && j["model"].is_object(),
+                 path << ": no \"model\" object");
     const auto& m = j["model"];
-    WEGEFT_CHECK(json_string(m, "type", "", path) == "WordPiece",
-                 path << ": the model is '" << json_string(m, "type", "?", path) << "', not WordPiece");
-    WEGEFT_CHECK(m.contains("vocab") && m["vocab"].is_object(), path << ": model.vocab is not an object");
+    WEGEFT_CHECK(
+        json_string(m, "type", "", path) == "WordPiece",
+        path << ": the model is '" << json_string(m, "type", "?", path) << "', not WordPiece");
+    WEGEFT_CHECK(m.contains("vocab") && m["vocab"].is_object(),
+                 path << ": model.vocab is not an object");
     WordPieceConfig c;
     c.unk_token = json_string(m, "unk_token", c.unk_token, path);
     c.prefix = json_string(m, "continuing_subword_prefix", c.prefix, path);
@@ -134,20 +144,24 @@ class WordPieceTokenizer {
     if (j.contains("normalizer") && !j["normalizer"].is_null()) {
       const auto& n = j["normalizer"];
       WEGEFT_CHECK(json_string(n, "type", "", path) == "BertNormalizer",
-                   path << ": normalizer '" << json_string(n, "type", "?", path) << "' is not supported with WordPiece");
+                   path << ": normalizer '" << json_string(n, "type", "?", path)
+                        << "' is not supported with WordPiece");
       c.clean_text = json_bool(n, "clean_text", true, path);
       c.handle_chinese_chars = json_bool(n, "handle_chinese_chars", true, path);
       c.lowercase = json_bool(n, "lowercase", true, path);
-      if (n.contains("strip_accents") && !n["strip_accents"].is_null()) c.strip_accents = json_bool(n, "strip_accents", true, path);
+      if (n.contains("strip_accents") && !n["strip_accents"].is_null())
+        c.strip_accents = json_bool(n, "strip_accents", true, path);
     } else {
       c.clean_text = c.handle_chinese_chars = c.lowercase = false;
       c.strip_accents = false;
     }
     const std::size_t n_vocab = m["vocab"].size();
-    WEGEFT_CHECK(n_vocab > 0 && n_vocab <= (1u << 24), path << ": model.vocab has " << n_vocab << " entries");
+    WEGEFT_CHECK(n_vocab > 0 && n_vocab <= (1u << 24),
+                 path << ": model.vocab has " << n_vocab << " entries");
     std::vector<char> seen;
     std::vector<std::string> vocab = vocab_from_json(m["vocab"], n_vocab, seen, path);
-    return WordPieceTokenizer(std::move(vocab), std::move(c), added_tokens_from_json(j, path), path);
+    return WordPieceTokenizer(std::move(vocab), std::move(c), added_tokens_from_json(j, path),
+                              path);
   }
 
   /// Ids of `s` without [CLS]/[SEP].
@@ -182,13 +196,15 @@ class WordPieceTokenizer {
 
   /// [CLS] a [SEP] (b [SEP]), truncated longest-first so the whole fits `max_length` (0: no
   /// limit).
-  Encoding encode(std::string_view a, std::optional<std::string_view> b = std::nullopt, std::size_t max_length = 0) const {
+  Encoding encode(std::string_view a, std::optional<std::string_view> b = std::nullopt,
+                  std::size_t max_length = 0) const {
     auto ia = tokenize(a);
     std::vector<std::int32_t> ib;
     if (b) ib = tokenize(*b);
     if (max_length > 0) {
       const std::size_t specials = b ? 3 : 2;
-      WEGEFT_CHECK(max_length >= specials, "max_length " << max_length << " leaves no room for the " << specials << " special tokens");
+      WEGEFT_CHECK(max_length >= specials, "max_length " << max_length << " leaves no room for the "
+                                                         << specials << " special tokens");
       const std::size_t room = max_length - specials;
       if (!b) {
         if (ia.size() > room) ia.resize(room);
@@ -251,7 +267,8 @@ class WordPieceTokenizer {
     return std::nullopt;
   }
   const std::string& id_to_token(std::int32_t id) const {
-    WEGEFT_CHECK(id >= 0 && static_cast<std::size_t>(id) < m_vocab.size(), "token id " << id << " is outside the vocabulary");
+    WEGEFT_CHECK(id >= 0 && static_cast<std::size_t>(id) < m_vocab.size(),
+                 "token id " << id << " is outside the vocabulary");
     return m_vocab[static_cast<std::size_t>(id)];
   }
   std::size_t vocab_size() const { return m_vocab.size(); }
@@ -274,7 +291,8 @@ class WordPieceTokenizer {
     for (char32_t c : in) {
       if (m_config.clean_text) {
         const bool tab_or_newline = c == U'\t' || c == U'\n' || c == U'\r';
-        if (c == 0 || c == 0xFFFD || (!tab_or_newline && is_other(c))) continue;  // before the whitespace test: U+0085 is both
+        if (c == 0 || c == 0xFFFD || (!tab_or_newline && is_other(c)))
+          continue;  // before the whitespace test: U+0085 is both
         if (tab_or_newline || is_whitespace(c)) {
           s.push_back(U' ');
           continue;

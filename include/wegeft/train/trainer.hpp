@@ -23,9 +23,9 @@ namespace wegeft {
 
 struct TrainerConfig {
   AdamWConfig adamw;
-  Schedule schedule;              // multiplies adamw.lr
-  double max_grad_norm = 1.0;     // <= 0: no clipping
-  Index accumulation = 1;         // micro-batches per optimizer step
+  Schedule schedule;           // multiplies adamw.lr
+  double max_grad_norm = 1.0;  // <= 0: no clipping
+  Index accumulation = 1;      // micro-batches per optimizer step
 };
 
 template <class T>
@@ -33,7 +33,8 @@ class Trainer {
  public:
   Trainer(Transformer<T>& model, const TrainerConfig& config)
       : m_model(&model), m_store(&model.store()), m_config(config), m_opt(config.adamw) {
-    WEGEFT_CHECK(config.accumulation >= 1, "gradient accumulation needs >= 1 micro-batch, got " << config.accumulation);
+    WEGEFT_CHECK(config.accumulation >= 1,
+                 "gradient accumulation needs >= 1 micro-batch, got " << config.accumulation);
   }
 
   /// One micro-batch of language modelling (targets [N], kIgnoreIndex skips a token). Returns its
@@ -55,7 +56,9 @@ class Trainer {
   std::int64_t optimizer_steps() const { return m_opt.state().step; }
   /// Gradient norm before clipping at the last optimizer step.
   double last_grad_norm() const { return m_last_norm; }
-  double current_lr() const { return m_config.adamw.lr * m_config.schedule.multiplier(optimizer_steps()); }
+  double current_lr() const {
+    return m_config.adamw.lr * m_config.schedule.multiplier(optimizer_steps());
+  }
   AdamW<T>& optimizer() { return m_opt; }
 
  private:

@@ -25,7 +25,8 @@ struct AdamWCoefficients {
 /// Elements [begin, end) of one AdamW update: m = b1 m + (1 - b1) g, v = b2 v + (1 - b2) g^2,
 /// p = p * decay - step_size * m / (sqrt(v) / sqrt_c2 + eps).
 template <class T>
-void adamw_update(T* p, T* m, T* v, const T* g, Index begin, Index end, const AdamWCoefficients<T>& c) {
+void adamw_update(T* p, T* m, T* v, const T* g, Index begin, Index end,
+                  const AdamWCoefficients<T>& c) {
   namespace ei = Eigen::internal;
   using Packet = typename ei::packet_traits<T>::type;
   constexpr Index PS = ei::unpacket_traits<Packet>::size;
@@ -41,7 +42,8 @@ void adamw_update(T* p, T* m, T* v, const T* g, Index begin, Index end, const Ad
     ei::pstoreu(m + i, mi);
     ei::pstoreu(v + i, vi);
     const Packet denom = ei::padd(ei::pdiv(ei::psqrt(vi), sc2), eps);
-    ei::pstoreu(p + i, ei::psub(ei::pmul(ei::ploadu<Packet>(p + i), decay), ei::pdiv(ei::pmul(step, mi), denom)));
+    ei::pstoreu(p + i, ei::psub(ei::pmul(ei::ploadu<Packet>(p + i), decay),
+                                ei::pdiv(ei::pmul(step, mi), denom)));
   }
   for (; i < end; ++i) {
     const T mi = c.beta1 * m[i] + c.one_minus_beta1 * g[i];

@@ -27,10 +27,13 @@ struct AttentionShape {
 
   void check() const {
     WEGEFT_CHECK(batch > 0 && seq > 0 && heads > 0 && kv_heads > 0 && head_dim > 0,
-                 "attention sizes must be positive: batch " << batch << ", seq " << seq
-                 << ", heads " << heads << ", kv_heads " << kv_heads << ", head_dim " << head_dim);
-    WEGEFT_CHECK(heads % kv_heads == 0, "attention: " << heads << " query heads cannot be shared "
-                                        "evenly by " << kv_heads << " key/value heads");
+                 "attention sizes must be positive: batch "
+                     << batch << ", seq " << seq << ", heads " << heads << ", kv_heads " << kv_heads
+                     << ", head_dim " << head_dim);
+    WEGEFT_CHECK(heads % kv_heads == 0, "attention: " << heads
+                                                      << " query heads cannot be shared "
+                                                         "evenly by "
+                                                      << kv_heads << " key/value heads");
   }
   Index q_width() const { return heads * head_dim; }
   Index kv_width() const { return kv_heads * head_dim; }
@@ -76,9 +79,12 @@ void attention_forward(T* out, T* probs, const T* q, const T* k, const T* v,
     }
     for (Index h = 0; h < s.heads; ++h) {
       const Index g = h / group;
-      detail::HeadMap<T> qh(q + b * L * s.q_width() + h * d, L, d, Eigen::OuterStride<>(s.q_width()));
-      detail::HeadMap<T> kh(k + b * L * s.kv_width() + g * d, L, d, Eigen::OuterStride<>(s.kv_width()));
-      detail::HeadMap<T> vh(v + b * L * s.kv_width() + g * d, L, d, Eigen::OuterStride<>(s.kv_width()));
+      detail::HeadMap<T> qh(q + b * L * s.q_width() + h * d, L, d,
+                            Eigen::OuterStride<>(s.q_width()));
+      detail::HeadMap<T> kh(k + b * L * s.kv_width() + g * d, L, d,
+                            Eigen::OuterStride<>(s.kv_width()));
+      detail::HeadMap<T> vh(v + b * L * s.kv_width() + g * d, L, d,
+                            Eigen::OuterStride<>(s.kv_width()));
       MatrixMap<T> p(probs + (b * s.heads + h) * L * L, L, L);
       p.noalias() = qh * kh.transpose();
       p *= scale;
@@ -98,7 +104,8 @@ void attention_forward(T* out, T* probs, const T* q, const T* k, const T* v,
         row /= row.sum();
         p.row(i).tail(L - visible).setZero();
       }
-      detail::MutHeadMap<T> oh(out + b * L * s.q_width() + h * d, L, d, Eigen::OuterStride<>(s.q_width()));
+      detail::MutHeadMap<T> oh(out + b * L * s.q_width() + h * d, L, d,
+                               Eigen::OuterStride<>(s.q_width()));
       oh.noalias() = p * vh;
     }
   });

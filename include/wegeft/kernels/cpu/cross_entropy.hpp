@@ -28,13 +28,15 @@ inline constexpr std::int32_t kIgnoreIndex = -100;
 namespace detail {
 
 /// Checks every target (in [0, vocab) or ignore_index) and returns the number of counted rows.
-inline Index count_targets(const std::int32_t* targets, Index n, Index vocab, std::int32_t ignore_index) {
+inline Index count_targets(const std::int32_t* targets, Index n, Index vocab,
+                           std::int32_t ignore_index) {
   Index count = 0;
   for (Index i = 0; i < n; ++i) {
     const std::int32_t t = targets[i];
     if (t == ignore_index) continue;
     WEGEFT_CHECK(t >= 0 && t < vocab, "target " << t << " at row " << i << " is outside [0, "
-                                      << vocab << ") and is not the ignore index " << ignore_index);
+                                                << vocab << ") and is not the ignore index "
+                                                << ignore_index);
     ++count;
   }
   return count;
@@ -65,9 +67,11 @@ std::pair<T, double> row_softmax_parts(const T* x, Index vocab, T* e) {
 /// Loss and (if dlogits is given) gradient for all rows; returns the mean over counted rows. The
 /// gradient is scaled by dloss / divisor, or dloss / (counted rows) when divisor < 0.
 template <class T>
-double cross_entropy_rows(T* dlogits, T* losses, const T* logits, const std::int32_t* targets, Index n, Index vocab,
-                          double dloss, Index divisor, std::int32_t ignore_index, Index* counted) {
-  WEGEFT_CHECK(n >= 0 && vocab > 0, "cross-entropy over " << n << " rows of " << vocab << " logits");
+double cross_entropy_rows(T* dlogits, T* losses, const T* logits, const std::int32_t* targets,
+                          Index n, Index vocab, double dloss, Index divisor,
+                          std::int32_t ignore_index, Index* counted) {
+  WEGEFT_CHECK(n >= 0 && vocab > 0,
+               "cross-entropy over " << n << " rows of " << vocab << " logits");
   const Index count = count_targets(targets, n, vocab, ignore_index);
   if (counted) *counted = count;
   if (divisor < 0) divisor = count;

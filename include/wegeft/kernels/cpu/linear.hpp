@@ -24,8 +24,8 @@ void linear_forward(MatRef<T> y, CMatRef<T> x, CMatRef<T> w, const T* bias) {
 template <class T>
 void linear_forward_plus(MatRef<T> y, CMatRef<T> x, CMatRef<T> w, const T* bias, const Matrix<T>& u,
                          const Matrix<T>& bt) {
-  rank_r_expand(y.data(), y.outerStride(), static_cast<const T*>(nullptr), 0, bias, u.data(), bt.data(), y.rows(),
-                y.cols(), u.cols());
+  rank_r_expand(y.data(), y.outerStride(), static_cast<const T*>(nullptr), 0, bias, u.data(),
+                bt.data(), y.rows(), y.cols(), u.cols());
   y.noalias() += x * w.transpose();
 }
 

@@ -56,16 +56,29 @@ namespace detail {
 /// per-thread buffer that only grows, so a call of a shape seen before allocates nothing; the
 /// pointer stays valid until the next request of the same use on this thread (worker threads of
 /// the call read and write it through the caller's pointer).
-enum class Scratch { left, right, input, rows_out, sums_g, sums_h, tail_rows, tail_in, tail_out, thread_sums, count };
+enum class Scratch {
+  left,
+  right,
+  input,
+  rows_out,
+  sums_g,
+  sums_h,
+  tail_rows,
+  tail_in,
+  tail_out,
+  thread_sums,
+  count
+};
 template <class T>
 T* scratch(Scratch use, Index n, bool zero) {
-  thread_local std::array<std::vector<T, AlignedAllocator<T, 64>>, static_cast<std::size_t>(Scratch::count)> buffers;
+  thread_local std::array<std::vector<T, AlignedAllocator<T, 64>>,
+                          static_cast<std::size_t>(Scratch::count)>
+      buffers;
   auto& b = buffers[static_cast<std::size_t>(use)];
   if (b.size() < static_cast<std::size_t>(n)) b.resize(static_cast<std::size_t>(n));
   if (zero) std::fill(b.begin(), b.begin() + n, T(0));
   return b.data();
 }
-
 
 template <class Packet>
 inline constexpr int packet_size = Eigen::internal::unpacket_traits<Packet>::size;
@@ -87,8 +100,10 @@ void rank_r_rows(T* __restrict g, T* __restrict G, const T* __restrict Y, const 
     for (int j = 0; j < 4; ++j)
       for (int p = 0; p < NP; ++p) {
         a[j][p] = pset1<Packet>(T(0));
-        if constexpr (keep_u) u[j][p] = pload<Packet>(U + (i + j) * R + p * L);
-        else pstore(ul + j * R + p * L, pload<Packet>(U + (i + j) * R + p * L));
+        if constexpr (keep_u)
+          u[j][p] = pload<Packet>(U + (i + j) * R + p * L);
+        else
+          pstore(ul + j * R + p * L, pload<Packet>(U + (i + j) * R + p * L));
       }
     const T* y = Y + i * ldy;
     const T* ui = ul;
@@ -153,8 +168,9 @@ void rank_r_padded(T* g, T* G, const T* Y, const T* M, const T* U, Index n, Inde
 /// Rows [i0, i0 + 4), columns [c0, c0 + NP packets): Y = X + b + U Bt, Bt's rows `d` apart and
 /// U's rows `ldu` apart.
 template <class T, class Packet, int NP>
-inline void expand_tile(T* Y, Index ldy, const T* X, Index ldx, const T* __restrict b, const T* __restrict U,
-                        Index ldu, const T* __restrict Bt, Index d, Index r, Index i0, Index c0) {
+inline void expand_tile(T* Y, Index ldy, const T* X, Index ldx, const T* __restrict b,
+                        const T* __restrict U, Index ldu, const T* __restrict Bt, Index d, Index r,
+                        Index i0, Index c0) {
   using namespace Eigen::internal;
   constexpr int L = packet_size<Packet>;
   Packet a[4][NP];
@@ -164,7 +180,8 @@ inline void expand_tile(T* Y, Index ldy, const T* X, Index ldx, const T* __restr
   }
   if (X != nullptr)
     for (int j = 0; j < 4; ++j)
-      for (int p = 0; p < NP; ++p) a[j][p] = padd(a[j][p], ploadu<Packet>(X + (i0 + j) * ldx + c0 + p * L));
+      for (int p = 0; p < NP; ++p)
+        a[j][p] = padd(a[j][p], ploadu<Packet>(X + (i0 + j) * ldx + c0 + p * L));
   const T* u = U + i0 * ldu;
   for (Index k = 0; k < r; ++k) {
     const Packet u0 = pset1<Packet>(u[k]), u1 = pset1<Packet>(u[ldu + k]);
@@ -196,8 +213,8 @@ inline constexpr int rank_block = (R % 8 == 0 && max_accumulators<Packet> >= 16)
 /// u[i0 .. i0 + ROWS, k0 .. k0 + KB) (rows of u are R apart) = X rows . A rows over columns
 /// [0, dv) (a multiple of L); A's rows are `lda` apart. Columns [dv, d) are added by the caller.
 template <class T, class Packet, int R, int KB, int ROWS>
-inline void project_rows(T* u, const T* X, Index ldx, const T* __restrict A, Index lda, Index dv, Index i0,
-                         int k0) {
+inline void project_rows(T* u, const T* X, Index ldx, const T* __restrict A, Index lda, Index dv,
+                         Index i0, int k0) {
   using namespace Eigen::internal;
   constexpr int L = packet_size<Packet>;
   Packet acc[ROWS][KB];
@@ -229,7 +246,8 @@ void project_padded(T* u, const T* X, Index ldx, const T* A, Index n, Index d, i
   };
   for_each_step(0, whole, chunk, threads, rows);
   for (Index i = whole; i < n; ++i)
-    for (int k0 = 0; k0 < R; k0 += KB) project_rows<T, Packet, R, KB, 1>(u, X, ldx, A, d, dv, i, k0);
+    for (int k0 = 0; k0 < R; k0 += KB)
+      project_rows<T, Packet, R, KB, 1>(u, X, ldx, A, d, dv, i, k0);
   if (dv < d)
     for (Index i = 0; i < n; ++i)
       for (int k = 0; k < R; ++k) {
@@ -241,7 +259,8 @@ void project_padded(T* u, const T* X, Index ldx, const T* A, Index n, Index d, i
 
 /// G[k0 .. k0 + KB, c0 .. c0 + CP packets) += g^T X over all n rows; g's rows are R apart.
 template <class T, class Packet, int R, int KB, int CP>
-inline void reduce_block(T* G, Index ldg, const T* __restrict g, const T* X, Index ldx, Index n, Index c0, int k0) {
+inline void reduce_block(T* G, Index ldg, const T* __restrict g, const T* X, Index ldx, Index n,
+                         Index c0, int k0) {
   using namespace Eigen::internal;
   constexpr int L = packet_size<Packet>;
   Packet acc[KB][CP];
@@ -268,7 +287,8 @@ void reduce_padded(T* G, const T* g, const T* X, Index ldx, Index n, Index d, in
   constexpr int CP = max_accumulators<Packet> / KB;
   const Index whole = d / (CP * L) * (CP * L), dv = d / L * L;
   auto columns = [=](Index c) {
-    for (int k0 = 0; k0 < R; k0 += KB) reduce_block<T, Packet, R, KB, CP>(G, d, g, X, ldx, n, c, k0);
+    for (int k0 = 0; k0 < R; k0 += KB)
+      reduce_block<T, Packet, R, KB, CP>(G, d, g, X, ldx, n, c, k0);
   };
   for_each_step(0, whole, CP * L, threads, columns);
   for (Index c = whole; c < dv; c += L)
@@ -311,7 +331,8 @@ inline constexpr Index max_project_rank =
 template <class T>
 void rank_r_project(T* u, const T* X, Index ldx, const T* A, Index n, Index d, Index r) {
   if (r > max_project_rank<T> || n == 0) {
-    const Eigen::Map<const Matrix<T>, 0, Eigen::OuterStride<>> x(X, n, d, Eigen::OuterStride<>(ldx));
+    const Eigen::Map<const Matrix<T>, 0, Eigen::OuterStride<>> x(X, n, d,
+                                                                 Eigen::OuterStride<>(ldx));
     MatrixMap<T>(u, n, r).noalias() = x * ConstMatrixMap<T>(A, r, d).transpose();
     return;
   }
@@ -331,7 +352,8 @@ void rank_r_project(T* u, const T* X, Index ldx, const T* A, Index n, Index d, I
 template <class T>
 void rank_r_reduce(T* G, const T* g, const T* X, Index ldx, Index n, Index d, Index r) {
   if (r > max_project_rank<T> || n == 0) {
-    const Eigen::Map<const Matrix<T>, 0, Eigen::OuterStride<>> x(X, n, d, Eigen::OuterStride<>(ldx));
+    const Eigen::Map<const Matrix<T>, 0, Eigen::OuterStride<>> x(X, n, d,
+                                                                 Eigen::OuterStride<>(ldx));
     MatrixMap<T>(G, r, d).noalias() += ConstMatrixMap<T>(g, n, r).transpose() * x;
     return;
   }
@@ -351,8 +373,8 @@ namespace detail {
 
 /// rank_r_expand's kernel path, U's rows `ldu` apart, column blocks split over `threads`.
 template <class T>
-void expand_range(T* Y, Index ldy, const T* X, Index ldx, const T* b, const T* U, Index ldu, const T* Bt, Index n,
-                  Index d, Index r, int threads) {
+void expand_range(T* Y, Index ldy, const T* X, Index ldx, const T* b, const T* U, Index ldu,
+                  const T* Bt, Index n, Index d, Index r, int threads) {
   using Packet = typename Eigen::internal::packet_traits<T>::type;
   constexpr Index L = packet_size<Packet>;
   // Tiles of 4 rows by NP registers: 4 x 4 accumulators with 32 vector registers, else 4 x 2.
@@ -361,11 +383,13 @@ void expand_range(T* Y, Index ldy, const T* X, Index ldx, const T* b, const T* U
   const Index whole_rows = n / 4 * 4, whole_cols = d / C * C, whole_packets = d / L * L;
   // Column blocks outside, rows inside: Bt's [r, C] slice stays in L1 while every row uses it.
   auto columns = [=](Index c) {
-    for (Index i = 0; i < whole_rows; i += 4) expand_tile<T, Packet, NP>(Y, ldy, X, ldx, b, U, ldu, Bt, d, r, i, c);
+    for (Index i = 0; i < whole_rows; i += 4)
+      expand_tile<T, Packet, NP>(Y, ldy, X, ldx, b, U, ldu, Bt, d, r, i, c);
   };
   for_each_step(0, whole_cols, C, threads, columns);
   for (Index c = whole_cols; c < whole_packets; c += L)  // single registers for what is left
-    for (Index i = 0; i < whole_rows; i += 4) expand_tile<T, Packet, 1>(Y, ldy, X, ldx, b, U, ldu, Bt, d, r, i, c);
+    for (Index i = 0; i < whole_rows; i += 4)
+      expand_tile<T, Packet, 1>(Y, ldy, X, ldx, b, U, ldu, Bt, d, r, i, c);
   // Edges: plain loops (fewer than L columns of every row, at most 3 rows).
   auto edge = [&](Index i, Index c) {
     T acc = b != nullptr ? b[c] : T(0);
@@ -392,11 +416,12 @@ inline constexpr Index max_expand_rank = max_project_rank<T>;
 /// the rank loop inside.
 /// Above max_expand_rank it writes X + b and lets a GEMM add U Bt.
 template <class T>
-void rank_r_expand(T* Y, Index ldy, const T* X, Index ldx, const T* b, const T* U, const T* Bt, Index n, Index d,
-                   Index r) {
+void rank_r_expand(T* Y, Index ldy, const T* X, Index ldx, const T* b, const T* U, const T* Bt,
+                   Index n, Index d, Index r) {
   if (r > max_expand_rank<T>) {  // wide enough for a GEMM to run well: Y = X + b, then Y += U Bt
     Eigen::Map<Matrix<T>, 0, Eigen::OuterStride<>> y(Y, n, d, Eigen::OuterStride<>(ldy));
-    if (X != nullptr && X != Y) y = Eigen::Map<const Matrix<T>, 0, Eigen::OuterStride<>>(X, n, d, Eigen::OuterStride<>(ldx));
+    if (X != nullptr && X != Y)
+      y = Eigen::Map<const Matrix<T>, 0, Eigen::OuterStride<>>(X, n, d, Eigen::OuterStride<>(ldx));
     if (X == nullptr) y.setZero();
     if (b != nullptr) y.rowwise() += ConstVectorMap<T>(b, d).transpose();
     y.noalias() += ConstMatrixMap<T>(U, n, r) * ConstMatrixMap<T>(Bt, r, d);
@@ -404,7 +429,6 @@ void rank_r_expand(T* Y, Index ldy, const T* X, Index ldx, const T* b, const T* 
   }
   detail::expand_range(Y, ldy, X, ldx, b, U, r, Bt, n, d, r, detail::kernel_threads(n * d));
 }
-
 
 /// The largest rank the fused kernels take; above it rank_r_pass uses Eigen products.
 inline constexpr Index kMaxFusedRank = 64;
@@ -421,8 +445,9 @@ namespace detail {
 /// H, X, Z or C: g = Y M, G += Y^T U and, when given, H += g^T X and Z = g C, on blocks of rows
 /// of Y and X small enough to stay in L2 across the products, split over the kernel threads.
 template <class T>
-void split_backward(T* g, T* G, T* H, T* Z, Index ldz, const T* Y, Index ldy, const T* M, const T* U, const T* X,
-                    Index ldx, const T* C, Index n, Index d_out, Index d_in, Index r) {
+void split_backward(T* g, T* G, T* H, T* Z, Index ldz, const T* Y, Index ldy, const T* M,
+                    const T* U, const T* X, Index ldx, const T* C, Index n, Index d_out, Index d_in,
+                    Index r) {
   using Packet = typename Eigen::internal::packet_traits<T>::type;
   with_padded_rank<T>(r, [&](auto rank) {
     constexpr int R = decltype(rank)::value;
@@ -434,9 +459,10 @@ void split_backward(T* g, T* G, T* H, T* Z, Index ldz, const T* Y, Index ldy, co
       for (Index k = 0; k < r; ++k) mt[k * d_out + o] = M[o * r + k];
     for (Index i = 0; i < n; ++i) std::copy(U + i * r, U + (i + 1) * r, up + i * R);
     if (Z != nullptr) std::copy(C, C + r * d_in, cp);
-    const Index block = std::clamp<Index>((Index(1) << 16) / std::max<Index>(std::max(d_out, d_in), 1) / 8 * 8, 16, 512);
-    const int threads = static_cast<int>(std::min<Index>(kernel_threads(n * std::max(d_out, d_in)),
-                                                         (n + block - 1) / block));
+    const Index block = std::clamp<Index>(
+        (Index(1) << 16) / std::max<Index>(std::max(d_out, d_in), 1) / 8 * 8, 16, 512);
+    const int threads = static_cast<int>(
+        std::min<Index>(kernel_threads(n * std::max(d_out, d_in)), (n + block - 1) / block));
     // per thread: an [R, d_out] sum for G (transposed) and an [R, d_in] sum for H
     T* Gt = scratch<T>(Scratch::sums_g, threads * R * d_out, true);
     T* Ht = scratch<T>(Scratch::sums_h, H != nullptr ? threads * R * d_in : 0, true);
@@ -445,11 +471,13 @@ void split_backward(T* g, T* G, T* H, T* Z, Index ldz, const T* Y, Index ldy, co
         const Index len = std::min(block, end - i0);
         T* gb = gp + i0 * R;
         project_padded<T, Packet, R>(gb, Y + i0 * ldy, ldy, mt, len, d_out, 1);
-        reduce_padded<T, Packet, R>(Gt + t * R * d_out, up + i0 * R, Y + i0 * ldy, ldy, len, d_out, 1);
-        if (H != nullptr) reduce_padded<T, Packet, R>(Ht + t * R * d_in, gb, X + i0 * ldx, ldx, len, d_in, 1);
+        reduce_padded<T, Packet, R>(Gt + t * R * d_out, up + i0 * R, Y + i0 * ldy, ldy, len, d_out,
+                                    1);
+        if (H != nullptr)
+          reduce_padded<T, Packet, R>(Ht + t * R * d_in, gb, X + i0 * ldx, ldx, len, d_in, 1);
         if (Z != nullptr)
-          expand_range(Z + i0 * ldz, ldz, static_cast<const T*>(nullptr), 0, static_cast<const T*>(nullptr), gb,
-                       Index(R), cp, len, d_in, Index(R), 1);
+          expand_range(Z + i0 * ldz, ldz, static_cast<const T*>(nullptr), 0,
+                       static_cast<const T*>(nullptr), gb, Index(R), cp, len, d_in, Index(R), 1);
       }
     };
     if (threads > 1)
@@ -473,7 +501,8 @@ void split_backward(T* g, T* G, T* H, T* Z, Index ldz, const T* Y, Index ldy, co
 /// All row-major; Y's rows are `ldy` apart (a view into a wider matrix), everything else is
 /// contiguous.
 template <class T>
-void rank_r_pass(T* g, T* G, const T* Y, const T* M, const T* U, Index n, Index d, Index r, Index ldy) {
+void rank_r_pass(T* g, T* G, const T* Y, const T* M, const T* U, Index n, Index d, Index r,
+                 Index ldy) {
   using Full = typename Eigen::internal::packet_traits<T>::type;
   using Half = typename Eigen::internal::packet_traits<T>::half;
   constexpr Index LF = detail::packet_size<Full>, LH = detail::packet_size<Half>;
@@ -483,7 +512,8 @@ void rank_r_pass(T* g, T* G, const T* Y, const T* M, const T* U, Index n, Index 
   constexpr int counts[] = {1, 2, 3, 4, 6, 8, 12, 16};
   const Index need = (r + LF - 1) / LF;
   if (r > kMaxFusedRank || need > 16 || n == 0) {
-    const Eigen::Map<const Matrix<T>, 0, Eigen::OuterStride<>> y(Y, n, d, Eigen::OuterStride<>(ldy));
+    const Eigen::Map<const Matrix<T>, 0, Eigen::OuterStride<>> y(Y, n, d,
+                                                                 Eigen::OuterStride<>(ldy));
     MatrixMap<T>(g, n, r).noalias() = y * ConstMatrixMap<T>(M, d, r);
     MatrixMap<T>(G, d, r).noalias() += y.transpose() * ConstMatrixMap<T>(U, n, r);
     return;
@@ -492,10 +522,13 @@ void rank_r_pass(T* g, T* G, const T* Y, const T* M, const T* U, Index n, Index 
     // Small ranks: the projection and reduction kernels, each at full vector width, beat one
     // fused pass whose rank-wide registers are mostly empty. They take Y in blocks of rows small
     // enough to stay in L2 between the two, so Y still comes from memory once.
-    detail::split_backward<T>(g, G, nullptr, nullptr, 0, Y, ldy, M, U, nullptr, 0, nullptr, n, d, 0, r);
+    detail::split_backward<T>(g, G, nullptr, nullptr, 0, Y, ldy, M, U, nullptr, 0, nullptr, n, d, 0,
+                              r);
     return;
   }
-  const int np = r <= LH ? 0 : *std::find_if(std::begin(counts), std::end(counts), [&](int c) { return c >= need; });
+  const int np = r <= LH ? 0 : *std::find_if(std::begin(counts), std::end(counts), [&](int c) {
+    return c >= need;
+  });
   const Index rp = np == 0 ? LH : np * LF;
   T* mp = detail::scratch<T>(detail::Scratch::left, d * rp, true);
   T* up = detail::scratch<T>(detail::Scratch::input, n * rp, true);
@@ -504,18 +537,37 @@ void rank_r_pass(T* g, T* G, const T* Y, const T* M, const T* U, Index n, Index 
   for (Index o = 0; o < d; ++o) std::copy(M + o * r, M + (o + 1) * r, mp + o * rp);
   for (Index i = 0; i < n; ++i) std::copy(U + i * r, U + (i + 1) * r, up + i * rp);
   auto run = [&](auto packet, auto count) {
-    detail::rank_r_padded<T, decltype(packet), decltype(count)::value>(gp, Gp, Y, mp, up, n, d, ldy);
+    detail::rank_r_padded<T, decltype(packet), decltype(count)::value>(gp, Gp, Y, mp, up, n, d,
+                                                                       ldy);
   };
   switch (np) {
-    case 0: run(Half{}, std::integral_constant<int, 1>{}); break;
-    case 1: run(Full{}, std::integral_constant<int, 1>{}); break;
-    case 2: run(Full{}, std::integral_constant<int, 2>{}); break;
-    case 3: run(Full{}, std::integral_constant<int, 3>{}); break;
-    case 4: run(Full{}, std::integral_constant<int, 4>{}); break;
-    case 6: run(Full{}, std::integral_constant<int, 6>{}); break;
-    case 8: run(Full{}, std::integral_constant<int, 8>{}); break;
-    case 12: run(Full{}, std::integral_constant<int, 12>{}); break;
-    default: run(Full{}, std::integral_constant<int, 16>{}); break;
+    case 0:
+      run(Half{}, std::integral_constant<int, 1>{});
+      break;
+    case 1:
+      run(Full{}, std::integral_constant<int, 1>{});
+      break;
+    case 2:
+      run(Full{}, std::integral_constant<int, 2>{});
+      break;
+    case 3:
+      run(Full{}, std::integral_constant<int, 3>{});
+      break;
+    case 4:
+      run(Full{}, std::integral_constant<int, 4>{});
+      break;
+    case 6:
+      run(Full{}, std::integral_constant<int, 6>{});
+      break;
+    case 8:
+      run(Full{}, std::integral_constant<int, 8>{});
+      break;
+    case 12:
+      run(Full{}, std::integral_constant<int, 12>{});
+      break;
+    default:
+      run(Full{}, std::integral_constant<int, 16>{});
+      break;
   }
   for (Index i = 0; i < n; ++i) std::copy(gp + i * rp, gp + i * rp + r, g + i * r);
   for (Index o = 0; o < d; ++o)
@@ -531,9 +583,9 @@ void rank_r_pass(T* g, T* G, const T* Y, const T* M, const T* U, Index n, Index 
 /// [N, d_in] with rows `ldx` apart, Y's rows are `ldy` apart, A [r, d_in] and Bt [r, d_out]
 /// contiguous. The forward of a rank-r adapter before its frozen GEMM accumulates onto Y.
 template <class T>
-void rank_r_project_expand(T* u, const T* X, Index ldx, const T* A, Index d_in, T* Y, Index ldy, const T* b,
-                           const T* Bt, Index d_out, Index n, Index r) {
-  if (r > max_project_rank<T> || r > max_expand_rank<T> || n == 0) {
+void rank_r_project_expand(T* u, const T* X, Index ldx, const T* A, Index d_in, T* Y, Index ldy,
+                           const T* b, const T* Bt, Index d_out, Index n, Index r) {
+  if (r > std::min(max_project_rank<T>, max_expand_rank<T>) || n == 0) {
     rank_r_project(u, X, ldx, A, n, d_in, r);
     rank_r_expand(Y, ldy, static_cast<const T*>(nullptr), 0, b, u, Bt, n, d_out, r);
     return;
@@ -547,9 +599,10 @@ void rank_r_project_expand(T* u, const T* X, Index ldx, const T* A, Index d_in, 
     std::copy(A, A + r * d_in, ap);
     std::copy(Bt, Bt + r * d_out, btp);  // zero rows beyond r: the padded ranks add nothing
     auto rows = [&](Index, Index begin, Index end) {
-      detail::project_padded<T, Packet, R>(up + begin * R, X + begin * ldx, ldx, ap, end - begin, d_in, 1);
-      detail::expand_range(Y + begin * ldy, ldy, static_cast<const T*>(nullptr), 0, b, up + begin * R, Index(R),
-                           btp, end - begin, d_out, Index(R), 1);
+      detail::project_padded<T, Packet, R>(up + begin * R, X + begin * ldx, ldx, ap, end - begin,
+                                           d_in, 1);
+      detail::expand_range(Y + begin * ldy, ldy, static_cast<const T*>(nullptr), 0, b,
+                           up + begin * R, Index(R), btp, end - begin, d_out, Index(R), 1);
     };
     const int threads = detail::kernel_threads(n * std::max(d_in, d_out));
     if (threads > 1)
@@ -568,13 +621,15 @@ void rank_r_project_expand(T* u, const T* X, Index ldx, const T* A, Index d_in, 
 /// region over blocks of rows small enough for a block of Y and of X to stay in L2 while all
 /// four products use them; above it, rank_r_pass, rank_r_reduce and rank_r_expand.
 template <class T>
-void rank_r_backward(T* g, T* G, T* H, T* Z, Index ldz, const T* Y, Index ldy, const T* M, const T* U, const T* X,
-                     Index ldx, const T* C, Index n, Index d_out, Index d_in, Index r) {
+void rank_r_backward(T* g, T* G, T* H, T* Z, Index ldz, const T* Y, Index ldy, const T* M,
+                     const T* U, const T* X, Index ldx, const T* C, Index n, Index d_out,
+                     Index d_in, Index r) {
   if (r > max_split_rank<T> || n == 0) {
     rank_r_pass(g, G, Y, M, U, n, d_out, r, ldy);
     rank_r_reduce(H, g, X, ldx, n, d_in, r);
     if (Z != nullptr)
-      rank_r_expand(Z, ldz, static_cast<const T*>(nullptr), 0, static_cast<const T*>(nullptr), g, C, n, d_in, r);
+      rank_r_expand(Z, ldz, static_cast<const T*>(nullptr), 0, static_cast<const T*>(nullptr), g, C,
+                    n, d_in, r);
     return;
   }
   detail::split_backward(g, G, H, Z, ldz, Y, ldy, M, U, X, ldx, C, n, d_out, d_in, r);

@@ -31,7 +31,8 @@ void rank_r_pass(T* g, T* G, const T* Y, const T* M, const T* U, Index n, Index 
 
 /// Y[N, d] = X[N, d] + 1 b^T + U[N, r] Bt[r, d]; X and b may be null. All contiguous.
 template <class T>
-void rank_r_expand(T* Y, const T* X, const T* b, const T* U, const T* Bt, Index n, Index d, Index r) {
+void rank_r_expand(T* Y, const T* X, const T* b, const T* U, const T* Bt, Index n, Index d,
+                   Index r) {
   for (Index i = 0; i < n; ++i)
     for (Index c = 0; c < d; ++c) {
       long double acc = 0;
@@ -81,7 +82,8 @@ void layernorm_forward(T* out, T* mean, T* rstd, const T* x, const T* weight, co
     const double r = 1.0 / std::sqrt(v + eps);
     for (Index j = 0; j < c; ++j) {
       const double norm = (xi[j] - m) * r;
-      out[i * c + j] = static_cast<T>(norm * weight[j] + (bias ? static_cast<double>(bias[j]) : 0.0));
+      out[i * c + j] =
+          static_cast<T>(norm * weight[j] + (bias ? static_cast<double>(bias[j]) : 0.0));
     }
     mean[i] = static_cast<T>(m);
     rstd[i] = static_cast<T>(r);
@@ -132,8 +134,8 @@ void rmsnorm_forward(T* out, T* rstd, const T* x, const T* weight, Index n, Inde
 
 /// dx [N, C] (may be null), dweight [C] += sum_n dout * x * rstd (may be null).
 template <class T>
-void rmsnorm_backward(T* dx, T* dweight, const T* dout, const T* x, const T* weight,
-                      const T* rstd, Index n, Index c) {
+void rmsnorm_backward(T* dx, T* dweight, const T* dout, const T* x, const T* weight, const T* rstd,
+                      Index n, Index c) {
   for (Index i = 0; i < n; ++i) {
     const T* xi = x + i * c;
     const T* gi = dout + i * c;
@@ -145,8 +147,7 @@ void rmsnorm_backward(T* dx, T* dweight, const T* dout, const T* x, const T* wei
     }
     if (!dx) continue;
     const double k = r * r * r * dot / static_cast<double>(c);
-    for (Index j = 0; j < c; ++j)
-      dx[i * c + j] = static_cast<T>(r * gi[j] * weight[j] - k * xi[j]);
+    for (Index j = 0; j < c; ++j) dx[i * c + j] = static_cast<T>(r * gi[j] * weight[j] - k * xi[j]);
   }
 }
 
@@ -200,14 +201,15 @@ void cross_entropy_backward(T* dlogits, const T* logits, const std::int32_t* tar
     const T* row = logits + i * vocab;
     const auto [max, sum] = row_max_and_exp_sum(row, vocab);
     for (Index j = 0; j < vocab; ++j)
-      drow[j] = static_cast<T>(scale * (std::exp(row[j] - max) / sum - (j == targets[i] ? 1.0 : 0.0)));
+      drow[j] =
+          static_cast<T>(scale * (std::exp(row[j] - max) / sum - (j == targets[i] ? 1.0 : 0.0)));
   }
 }
 
 /// One AdamW step (torch.optim.AdamW) at step number t >= 1 over n parameters, in double.
 template <class T>
-void adamw_step(T* params, T* m, T* v, const T* grads, Index n, double lr, double beta1, double beta2,
-                double eps, double weight_decay, std::int64_t t) {
+void adamw_step(T* params, T* m, T* v, const T* grads, Index n, double lr, double beta1,
+                double beta2, double eps, double weight_decay, std::int64_t t) {
   const double c1 = 1.0 - std::pow(beta1, static_cast<double>(t));
   const double sqrt_c2 = std::sqrt(1.0 - std::pow(beta2, static_cast<double>(t)));
   for (Index i = 0; i < n; ++i) {
@@ -224,8 +226,9 @@ void adamw_step(T* params, T* m, T* v, const T* grads, Index n, double lr, doubl
 /// Attention (kernels/cpu/attention.hpp) one score at a time in double: out [B*T, H*d] and probs
 /// [B, H, T, T] from q [B*T, H*d], k, v [B*T, Hkv*d]; key_mask [B, T] may be null.
 template <class T>
-void attention_forward(T* out, T* probs, const T* q, const T* k, const T* v, const std::uint8_t* key_mask,
-                       Index batch, Index seq, Index heads, Index kv_heads, Index head_dim, bool causal) {
+void attention_forward(T* out, T* probs, const T* q, const T* k, const T* v,
+                       const std::uint8_t* key_mask, Index batch, Index seq, Index heads,
+                       Index kv_heads, Index head_dim, bool causal) {
   const Index qw = heads * head_dim, kw = kv_heads * head_dim, group = heads / kv_heads;
   const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim));
   std::vector<double> score(static_cast<std::size_t>(seq));
@@ -236,10 +239,12 @@ void attention_forward(T* out, T* probs, const T* q, const T* k, const T* v, con
         T* p = probs + ((b * heads + h) * seq + i) * seq;
         double max = -HUGE_VAL;
         for (Index j = 0; j < seq; ++j) {
-          const bool visible = (!causal || j <= i) && (key_mask == nullptr || key_mask[b * seq + j] != 0);
+          const bool visible =
+              (!causal || j <= i) && (key_mask == nullptr || key_mask[b * seq + j] != 0);
           double dot = 0;
           for (Index c = 0; c < head_dim; ++c)
-            dot += static_cast<double>(q[(b * seq + i) * qw + h * head_dim + c]) * k[(b * seq + j) * kw + g * head_dim + c];
+            dot += static_cast<double>(q[(b * seq + i) * qw + h * head_dim + c]) *
+                   k[(b * seq + j) * kw + g * head_dim + c];
           score[std::size_t(j)] = visible ? dot * scale : -HUGE_VAL;
           max = std::max(max, score[std::size_t(j)]);
         }
@@ -248,11 +253,13 @@ void attention_forward(T* out, T* probs, const T* q, const T* k, const T* v, con
           score[std::size_t(j)] = max == -HUGE_VAL ? 0.0 : std::exp(score[std::size_t(j)] - max);
           sum += score[std::size_t(j)];
         }
-        for (Index j = 0; j < seq; ++j) p[j] = static_cast<T>(sum > 0 ? score[std::size_t(j)] / sum : 0.0);
+        for (Index j = 0; j < seq; ++j)
+          p[j] = static_cast<T>(sum > 0 ? score[std::size_t(j)] / sum : 0.0);
         for (Index c = 0; c < head_dim; ++c) {
           double acc = 0;
           for (Index j = 0; j < seq; ++j)
-            acc += (sum > 0 ? score[std::size_t(j)] / sum : 0.0) * v[(b * seq + j) * kw + g * head_dim + c];
+            acc += (sum > 0 ? score[std::size_t(j)] / sum : 0.0) *
+                   v[(b * seq + j) * kw + g * head_dim + c];
           out[(b * seq + i) * qw + h * head_dim + c] = static_cast<T>(acc);
         }
       }
@@ -260,12 +267,14 @@ void attention_forward(T* out, T* probs, const T* q, const T* k, const T* v, con
 
 /// dq, dk, dv (overwritten) of attention from dout and the forward's probs, in double.
 template <class T>
-void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* probs, const T* q, const T* k, const T* v,
-                        Index batch, Index seq, Index heads, Index kv_heads, Index head_dim) {
+void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* probs, const T* q, const T* k,
+                        const T* v, Index batch, Index seq, Index heads, Index kv_heads,
+                        Index head_dim) {
   const Index qw = heads * head_dim, kw = kv_heads * head_dim, group = heads / kv_heads;
   const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim));
-  std::vector<double> gq(static_cast<std::size_t>(batch * seq * qw), 0.0), gk(static_cast<std::size_t>(batch * seq * kw), 0.0),
-      gv(gk.size(), 0.0), dp(static_cast<std::size_t>(seq));
+  std::vector<double> gq(static_cast<std::size_t>(batch * seq * qw), 0.0),
+      gk(static_cast<std::size_t>(batch * seq * kw), 0.0), gv(gk.size(), 0.0),
+      dp(static_cast<std::size_t>(seq));
   for (Index b = 0; b < batch; ++b)
     for (Index h = 0; h < heads; ++h)
       for (Index i = 0; i < seq; ++i) {
@@ -275,17 +284,21 @@ void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* probs, cons
         double rowdot = 0;
         for (Index j = 0; j < seq; ++j) {
           double acc = 0;
-          for (Index c = 0; c < head_dim; ++c) acc += static_cast<double>(go[c]) * v[(b * seq + j) * kw + g * head_dim + c];
+          for (Index c = 0; c < head_dim; ++c)
+            acc += static_cast<double>(go[c]) * v[(b * seq + j) * kw + g * head_dim + c];
           dp[std::size_t(j)] = acc;
           rowdot += static_cast<double>(p[j]) * acc;
           for (Index c = 0; c < head_dim; ++c)
-            gv[std::size_t((b * seq + j) * kw + g * head_dim + c)] += static_cast<double>(p[j]) * go[c];
+            gv[std::size_t((b * seq + j) * kw + g * head_dim + c)] +=
+                static_cast<double>(p[j]) * go[c];
         }
         for (Index j = 0; j < seq; ++j) {
           const double ds = static_cast<double>(p[j]) * (dp[std::size_t(j)] - rowdot) * scale;
           for (Index c = 0; c < head_dim; ++c) {
-            gq[std::size_t((b * seq + i) * qw + h * head_dim + c)] += ds * k[(b * seq + j) * kw + g * head_dim + c];
-            gk[std::size_t((b * seq + j) * kw + g * head_dim + c)] += ds * q[(b * seq + i) * qw + h * head_dim + c];
+            gq[std::size_t((b * seq + i) * qw + h * head_dim + c)] +=
+                ds * k[(b * seq + j) * kw + g * head_dim + c];
+            gk[std::size_t((b * seq + j) * kw + g * head_dim + c)] +=
+                ds * q[(b * seq + i) * qw + h * head_dim + c];
           }
         }
       }

@@ -58,8 +58,9 @@ inline int gemm_threads() {
 /// e.g. "Eigen (Eigen 3.4.0, SIMD AVX512, FMA, ...), 1 thread(s)" or "OpenBLAS (OpenMP) (...)".
 inline std::string gemm_backend() {
   return std::string(WEGEFT_GEMM_BACKEND) + " (Eigen " + std::to_string(EIGEN_WORLD_VERSION) + "." +
-         std::to_string(EIGEN_MAJOR_VERSION) + "." + std::to_string(EIGEN_MINOR_VERSION) + ", SIMD " +
-         Eigen::SimdInstructionSetsInUse() + "), " + std::to_string(gemm_threads()) + " thread(s)";
+         std::to_string(EIGEN_MAJOR_VERSION) + "." + std::to_string(EIGEN_MINOR_VERSION) +
+         ", SIMD " + Eigen::SimdInstructionSetsInUse() + "), " + std::to_string(gemm_threads()) +
+         " thread(s)";
 }
 }  // namespace wegeft
 
@@ -76,7 +77,8 @@ inline constexpr bool kKernelsThread =
 /// Threads for a kernel over `elements` values: Eigen's thread count when kKernelsThread and the
 /// tensor has 64K values or more (smaller ones do not pay for starting a team), else 1.
 inline int kernel_threads(Index elements) {
-  if constexpr (kKernelsThread) return elements >= (Index(1) << 16) ? std::max(1, Eigen::nbThreads()) : 1;
+  if constexpr (kKernelsThread)
+    return elements >= (Index(1) << 16) ? std::max(1, Eigen::nbThreads()) : 1;
   (void)elements;
   return 1;
 }
@@ -103,7 +105,8 @@ void for_each_part(Index n, Index grain, int threads, F&& f) {
   const Index blocks = (n + grain - 1) / grain;
   threads = static_cast<int>(std::max<Index>(1, std::min<Index>(threads, blocks)));
   for_each_step(0, threads, 1, threads, [&](Index t) {
-    const Index b = std::min(n, blocks * t / threads * grain), e = std::min(n, blocks * (t + 1) / threads * grain);
+    const Index b = std::min(n, blocks * t / threads * grain),
+                e = std::min(n, blocks * (t + 1) / threads * grain);
     f(t, b, e);
   });
 }

@@ -1,0 +1,178 @@
+#!/usr/bin/env python3
+"""Tables and plots of a scripts/study run, from the files the runs wrote (nothing typed by hand).
+
+  report.py STUDY_DIR                  writes STUDY_DIR/report/{results.md, *.png} and prints the table
+  report.py --best-lr METHOD_DIR LR..  prints the learning rate of the sweep (seed 0) with the
+                                       highest final validation accuracy (ties: lower loss)
+
+Each run directory STUDY_DIR/<method>/lr<lr>-seed<seed>/ holds log.jsonl (wegeft finetune --log),
+test.json (wegeft eval --json) and seconds (wall time of the finetune command).
+"""
+import json
+import math
+import os
+import re
+import statistics
+import sys
+
+
+def read_log(path):
+    start, reports = None, []
+    with open(path) as f:
+        for line in f:
+            rec = json.loads(line)
+            if rec.get("event") == "start":
+                start = rec
+            else:
+                reports.append(rec)
+    return start, reports
+
+
+def final_val(reports):
+    vals = [r for r in reports if "val_accuracy" in r]
+    return vals[-1] if vals else None
+
+
+def best_lr(method_dir, lrs):
+    scored = []
+    for lr in lrs:
+        _, reports = read_log(os.path.join(method_dir, f"lr{lr}-seed0", "log.jsonl"))
+        v = final_val(reports)
+        scored.append((-v["val_accuracy"], v["val_loss"], lr))
+    return min(scored)[2]
+
+
+RUN = re.compile(r"lr(?P<lr>[^-]+(?:-\d+)?)-seed(?P<seed>\d+)$")
+
+
+def collect(study):
+    """{method: {lr: {seed: run}}} for every finished run."""
+    out = {}
+    for method in sorted(os.listdir(study)):
+        mdir = os.path.join(study, method)
+        if not os.path.isdir(mdir) or method == "report":
+            continue
+        for run in os.listdir(mdir):
+            m = RUN.match(run)
+            rdir = os.path.join(mdir, run)
+            if not m or not os.path.exists(os.path.join(rdir, "test.json")):
+                continue
+            start, reports = read_log(os.path.join(rdir, "log.jsonl"))
+            with open(os.path.join(rdir, "test.json")) as f:
+                test = json.load(f)
+            last = reports[-1]
+            out.setdefault(method, {}).setdefault(m["lr"], {})[int(m["seed"])] = {
+                "start": start,
+                "reports": reports,
+                "test": test,
+                "val": final_val(reports),
+                "s_per_step": last["train_s"] / last["step"],
+                "peak_gib": max(r["peak_gib"] for r in reports),
+            }
+    return out
+
+
+ORDER = ["head", "lora-r8", "lora-r16", "wegeft-r8", "wegeft-r16", "wegeft-r64"]
+
+
+def sort_key(method):
+    return (ORDER.index(method) if method in ORDER else len(ORDER), method)
+
+
+def mean_std(xs):
+    if len(xs) == 1:
+        return f"{xs[0]:.4f}"
+    return f"{statistics.mean(xs):.4f} ± {statistics.stdev(xs):.4f}"
+
+
+def report(study):
+    runs = collect(study)
+    outdir = os.path.join(study, "report")
+    os.makedirs(outdir, exist_ok=True)
+    machine = open(os.path.join(study, "machine.txt")).read().strip() if os.path.exists(
+        os.path.join(study, "machine.txt")) else "unknown machine"
+    lines = [f"Machine: {machine}", ""]
+    lines += ["| method | trainable parameters | learning rate | seeds | test accuracy | test macro-F1 "
+              "| s / step | peak memory (GiB) |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    best = {}
+    for method in sorted(runs, key=sort_key):
+        lr_file = os.path.join(study, method, "best_lr")
+        lr = open(lr_file).read().strip() if os.path.exists(lr_file) else None
+        if lr not in runs[method]:
+            continue
+        best[method] = lr
+        seeds = runs[method][lr]
+        rs = [seeds[s] for s in sorted(seeds)]
+        start = rs[0]["start"]
+        lines.append(
+            f"| {method} | {start['trainable_parameters']:,} | {lr} | {len(rs)} "
+            f"| {mean_std([r['test']['accuracy'] for r in rs])} "
+            f"| {mean_std([r['test']['macro_f1'] for r in rs])} "
+            f"| {statistics.mean(r['s_per_step'] for r in rs):.3f} "
+            f"| {max(r['peak_gib'] for r in rs):.2f} |")
+    threads = {r["start"]["threads"] for m in runs.values() for l in m.values() for r in l.values()}
+    backends = {r["start"]["backend"] for m in runs.values() for l in m.values() for r in l.values()}
+    lines += ["", f"Threads: {', '.join(map(str, sorted(threads)))}; backend: {'; '.join(sorted(backends))}.",
+              "Trainable parameters include the classification head. s / step: training steps only "
+              "(validation and saving left out), mean over seeds. Accuracy and macro-F1: mean ± "
+              "sample standard deviation over the seeds, on the test split.", ""]
+    # The sweep: final validation accuracy / loss per learning rate (seed 0).
+    lines += ["Learning-rate sweep (seed 0, final validation accuracy / loss; chosen: **bold**):", ""]
+    lrs_all = sorted({lr for m in runs.values() for lr in m}, key=float)
+    lines += ["| method | " + " | ".join(lrs_all) + " |", "|---|" + "---:|" * len(lrs_all)]
+    for method in sorted(runs, key=sort_key):
+        cells = []
+        for lr in lrs_all:
+            r = runs[method].get(lr, {}).get(0)
+            if r is None:
+                cells.append("")
+                continue
+            c = f"{r['val']['val_accuracy']:.4f} / {r['val']['val_loss']:.4f}"
+            cells.append(f"**{c}**" if best.get(method) == lr else c)
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    text = "\n".join(lines) + "\n"
+    with open(os.path.join(outdir, "results.md"), "w") as f:
+        f.write(text)
+    print(text)
+    plot(runs, best, outdir)
+
+
+def plot(runs, best, outdir):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for method in sorted(best, key=sort_key):
+        r = runs[method][best[method]][min(runs[method][best[method]])]
+        steps = [x["step"] for x in r["reports"] if "train_loss" in x and not math.isnan(x["train_loss"])]
+        losses = [x["train_loss"] for x in r["reports"] if "train_loss" in x and not math.isnan(x["train_loss"])]
+        vsteps = [x["step"] for x in r["reports"] if "val_loss" in x]
+        vlosses = [x["val_loss"] for x in r["reports"] if "val_loss" in x]
+        line, = axes[0].plot(steps, losses, label=method, alpha=0.8)
+        axes[1].plot(vsteps, vlosses, marker="o", color=line.get_color(), label=method)
+    axes[0].set_title("training loss (per report window), best rate, first seed")
+    axes[1].set_title("validation loss")
+    for ax in axes:
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel("cross-entropy")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(outdir, "loss_curves.png"), dpi=110)
+    plt.close(fig)
+
+
+def main():
+    if len(sys.argv) >= 3 and sys.argv[1] == "--best-lr":
+        print(best_lr(sys.argv[2], sys.argv[3:]))
+    elif len(sys.argv) == 2:
+        report(sys.argv[1])
+    else:
+        print(__doc__, file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
