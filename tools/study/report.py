@@ -2,6 +2,9 @@
 """Tables and plots of a scripts/study run, from the files the runs wrote (nothing typed by hand).
 
   report.py STUDY_DIR                  writes STUDY_DIR/report/{results.md, *.png} and prints the table
+  report.py STUDY_DIR --docs FILE      also puts the table between FILE's "<!-- begin study -->" and
+                                       "<!-- end study -->" lines and the plot beside FILE in results/
+  report.py --table RUN_DIR...         prints one row per run directory (scripts/demo)
   report.py --best-lr METHOD_DIR LR..  prints the learning rate of the sweep (seed 0) with the
                                        highest final validation accuracy (ties: lower loss)
 
@@ -12,6 +15,7 @@ import json
 import math
 import os
 import re
+import shutil
 import statistics
 import sys
 
@@ -45,6 +49,32 @@ def best_lr(method_dir, lrs):
 RUN = re.compile(r"lr(?P<lr>[^-]+(?:-\d+)?)-seed(?P<seed>\d+)$")
 
 
+def load_run(rdir):
+    """The figures of one finished run directory."""
+    start, reports = read_log(os.path.join(rdir, "log.jsonl"))
+    with open(os.path.join(rdir, "test.json")) as f:
+        test = json.load(f)
+    last = reports[-1]
+    return {
+        "start": start,
+        "reports": reports,
+        "test": test,
+        "val": final_val(reports),
+        "s_per_step": last["train_s"] / last["step"],
+        "peak_gib": max(r["peak_gib"] for r in reports),
+    }
+
+
+def table(run_dirs):
+    print(f"{'run':<14} {'trainable':>10} {'lr':>8} {'steps':>6} {'test acc':>9} {'macro-F1':>9} "
+          f"{'s/step':>7} {'peak GiB':>9}")
+    for rdir in run_dirs:
+        r = load_run(rdir)
+        print(f"{os.path.basename(rdir.rstrip('/')):<14} {r['start']['trainable_parameters']:>10,} "
+              f"{r['start']['lr']:>8.1e} {r['reports'][-1]['step']:>6} {r['test']['accuracy']:>9.4f} "
+              f"{r['test']['macro_f1']:>9.4f} {r['s_per_step']:>7.3f} {r['peak_gib']:>9.2f}")
+
+
 def collect(study):
     """{method: {lr: {seed: run}}} for every finished run."""
     out = {}
@@ -57,18 +87,7 @@ def collect(study):
             rdir = os.path.join(mdir, run)
             if not m or not os.path.exists(os.path.join(rdir, "test.json")):
                 continue
-            start, reports = read_log(os.path.join(rdir, "log.jsonl"))
-            with open(os.path.join(rdir, "test.json")) as f:
-                test = json.load(f)
-            last = reports[-1]
-            out.setdefault(method, {}).setdefault(m["lr"], {})[int(m["seed"])] = {
-                "start": start,
-                "reports": reports,
-                "test": test,
-                "val": final_val(reports),
-                "s_per_step": last["train_s"] / last["step"],
-                "peak_gib": max(r["peak_gib"] for r in reports),
-            }
+            out.setdefault(method, {}).setdefault(m["lr"], {})[int(m["seed"])] = load_run(rdir)
     return out
 
 
@@ -85,7 +104,7 @@ def mean_std(xs):
     return f"{statistics.mean(xs):.4f} ± {statistics.stdev(xs):.4f}"
 
 
-def report(study):
+def report(study, docs=None):
     runs = collect(study)
     outdir = os.path.join(study, "report")
     os.makedirs(outdir, exist_ok=True)
@@ -136,6 +155,17 @@ def report(study):
         f.write(text)
     print(text)
     plot(runs, best, outdir)
+    if docs:
+        with open(docs) as f:
+            page = f.read()
+        begin, end = "<!-- begin study -->\n", "<!-- end study -->"
+        i, j = page.index(begin) + len(begin), page.index(end)
+        with open(docs + ".tmp", "w") as f:
+            f.write(page[:i] + text + "\n![loss curves](results/loss_curves.png)\n\n" + page[j:])
+        os.replace(docs + ".tmp", docs)
+        pngdir = os.path.join(os.path.dirname(docs), "results")
+        os.makedirs(pngdir, exist_ok=True)
+        shutil.copyfile(os.path.join(outdir, "loss_curves.png"), os.path.join(pngdir, "loss_curves.png"))
 
 
 def plot(runs, best, outdir):
@@ -165,10 +195,14 @@ def plot(runs, best, outdir):
 
 
 def main():
-    if len(sys.argv) >= 3 and sys.argv[1] == "--best-lr":
+    if len(sys.argv) >= 3 and sys.argv[1] == "--table":
+        table(sys.argv[2:])
+    elif len(sys.argv) >= 3 and sys.argv[1] == "--best-lr":
         print(best_lr(sys.argv[2], sys.argv[3:]))
     elif len(sys.argv) == 2:
         report(sys.argv[1])
+    elif len(sys.argv) == 4 and sys.argv[2] == "--docs":
+        report(sys.argv[1], sys.argv[3])
     else:
         print(__doc__, file=sys.stderr)
         sys.exit(2)
