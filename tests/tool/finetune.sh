@@ -93,6 +93,10 @@ if run cls_head "$tool" finetune --model "$work/bert" --data "$work/cls" --metho
   grep -q '"val_macro_f1"' "$work/cls-head.log" && pass || fail "cls_head: no val_macro_f1 in the log"
   run cls_head_eval "$tool" eval --model "$work/bert" --adapter "$work/cls-head" --data "$work/cls" --split valid --json &&
     { grep -q '^{"data":.*"accuracy":.*"macro_f1":' "$work/cls_head_eval.out" && pass || fail "cls_head_eval: $(cat "$work/cls_head_eval.out")"; }
+  # labels.json naming more labels than the head has rows is refused before scoring.
+  cp -r "$work/cls-head" "$work/cls-head-3" && echo '["cat", "market", "dog"]' >"$work/cls-head-3/labels.json"
+  expect_error head_label_count "3 labels for a classifier of 2" eval --model "$work/bert" --adapter "$work/cls-head-3" \
+    --data "$work/cls" --split valid
 fi
 expect_error head_lm "needs --task classification" finetune --model "$work/llama" --data "$work/pc" --method head --iters 2 \
   --threads 1 --out "$work/head-lm"

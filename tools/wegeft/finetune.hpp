@@ -21,6 +21,7 @@
 #include <fstream>
 #include <numeric>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -298,26 +299,17 @@ inline void save_head(Transformer<float>& model, const std::string& dir) {
 
 /// Reads what save_head wrote into a new classification head of `model`.
 inline void load_head(Transformer<float>& model, const std::string& dir) {
-  const std::string path = (fs::path(dir) / kHeadFile).string();
-  const SafetensorsReader file(path);
-  const std::string name = detail::head_module(model.config());
-  const Index hidden = model.config().hidden;
-  WEGEFT_CHECK(file.contains(name + ".weight"), path << ": no '" << name << ".weight'");
-  const TensorInfo& t = file.info(name + ".weight");
-  WEGEFT_CHECK(t.shape.size() == 2 && t.shape[0] >= 2 && t.shape[1] == hidden,
-               path << ": '" << name << ".weight' must be [labels, " << hidden << "]");
-  const Index labels = static_cast<Index>(t.shape[0]);
-  const Matrix<float> w = detail::read_param<float>(file, name + ".weight", labels, hidden, false);
-  std::optional<Matrix<float>> b;
-  if (!model.config().causal())
-    b = detail::read_param<float>(file, name + ".bias", 1, labels, true);
+  const SafetensorsReader file((fs::path(dir) / kHeadFile).string());
+  std::set<std::string> keys;
+  const auto head =
+      detail::read_head<float>(file, detail::head_module(model.config()), model.config(), keys);
   for (const auto& info : file.tensors())
-    WEGEFT_CHECK(info.name == name + ".weight" || (b && info.name == name + ".bias"),
-                 path << ": tensor '" << info.name << "' is not part of the head");
-  model.add_classifier(labels);
-  const auto [wid, bid] = *model.classifier_params();
-  model.store().value(wid) = w;
-  if (bid) model.store().value(*bid) = *b;
+    WEGEFT_CHECK(keys.count(info.name),
+                 file.path() << ": tensor '" << info.name << "' is not part of the head");
+  WEGEFT_CHECK(
+      head.first.rows() >= 2,
+      file.path() << ": a classification head needs at least 2 labels, has " << head.first.rows());
+  detail::install_head(model, model.store(), head);
 }
 
 inline int finetune(FinetuneOptions o) {
@@ -584,6 +576,9 @@ inline int eval_command(const std::string& model_path, const std::string& adapte
                  adapter << ": no " << kLabelsFile << " (the label names of the classifier)");
     const auto j = detail::parse_json_strict(read_text_file(lp), lp);
     for (const auto& n : detail::json_string_list(j, lp)) labels.add(n);
+    const auto rows = model.store().value(model.classifier_params()->first).rows();
+    WEGEFT_CHECK(static_cast<Index>(labels.names.size()) == rows,
+                 lp << ": " << labels.names.size() << " labels for a classifier of " << rows);
   }
   std::string path = (fs::path(data) / (split + ".jsonl")).string();
   if (!fs::exists(path) && split == "test") path = (fs::path(data) / "valid.jsonl").string();

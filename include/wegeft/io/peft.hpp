@@ -488,6 +488,39 @@ namespace detail {
 inline std::string head_module(const ModelConfig& c) {
   return c.causal() ? "score" : "classifier";
 }
+
+/// A classification head read from `file`: `prefix`.weight [labels, hidden] and, for an encoder,
+/// `prefix`.bias [labels], checked against `c`; the keys read are added to `keys`.
+template <class T>
+std::pair<Matrix<T>, std::optional<Matrix<T>>> read_head(const SafetensorsReader& file,
+                                                         const std::string& prefix,
+                                                         const ModelConfig& c,
+                                                         std::set<std::string>& keys) {
+  const std::string wkey = prefix + ".weight", bkey = prefix + ".bias";
+  WEGEFT_CHECK(file.contains(wkey), file.path() << ": no '" << wkey << "'");
+  const TensorInfo& t = file.info(wkey);
+  WEGEFT_CHECK(t.shape.size() == 2 && t.shape[0] > 0 && t.shape[1] == c.hidden,
+               file.path() << ": '" << wkey << "' must be [labels, " << c.hidden << "]");
+  const Index labels = static_cast<Index>(t.shape[0]);
+  std::pair<Matrix<T>, std::optional<Matrix<T>>> head{
+      read_param<T>(file, wkey, labels, c.hidden, false), std::nullopt};
+  keys.insert(wkey);
+  if (!c.causal()) {
+    head.second = read_param<T>(file, bkey, 1, labels, true);
+    keys.insert(bkey);
+  }
+  return head;
+}
+
+/// Gives `model` a new classification head (parameters in `store`) holding `head`'s values.
+template <class T>
+void install_head(Transformer<T>& model, ParameterStore<T>& store,
+                  const std::pair<Matrix<T>, std::optional<Matrix<T>>>& head) {
+  model.add_classifier(head.first.rows(), store);
+  const auto [w, b] = *model.classifier_params();
+  store.value(w) = head.first;
+  if (b) store.value(*b) = *head.second;
+}
 }  // namespace detail
 
 /// Attaches the adapter stored in `dir` (or each dir/<method>/ of a mixed set) to `model`'s block
@@ -513,37 +546,20 @@ Index load_adapter(Transformer<T>& model, ParameterStore<T>& store, const std::s
   {
     const SafetensorsReader file(wpath);
     for (const auto& module : cfg.modules_to_save) {
-      const std::string wkey = kPeftPrefix + module + ".weight",
-                        bkey = kPeftPrefix + module + ".bias";
-      if (!file.contains(wkey)) continue;
+      if (!file.contains(kPeftPrefix + module + ".weight")) continue;
       WEGEFT_CHECK(module == "classifier" || module == "score",
                    dir << ": modules_to_save entry '" << module << "' is not supported (only the '"
                        << detail::head_module(model.config()) << "' head)");
       WEGEFT_CHECK(!head, dir << ": modules_to_save holds two classification heads");
       WEGEFT_CHECK(!model.has_classifier(), dir << ": the model already has a classification head");
-      const TensorInfo& t = file.info(wkey);
-      WEGEFT_CHECK(t.shape.size() == 2 && t.shape[0] > 0 && t.shape[1] == model.config().hidden,
-                   wpath << ": '" << wkey << "' must be [labels, " << model.config().hidden << "]");
-      const Index labels = static_cast<Index>(t.shape[0]);
-      head.emplace(detail::read_param<T>(file, wkey, labels, model.config().hidden, false),
-                   std::nullopt);
-      head_keys.insert(wkey);
-      if (!model.config().causal()) {
-        head->second = detail::read_param<T>(file, bkey, 1, labels, true);
-        head_keys.insert(bkey);
-      }
+      head = detail::read_head<T>(file, kPeftPrefix + module, model.config(), head_keys);
     }
   }
   const auto sites = model.sites();
   const Index count =
       load_adapter(model.adapter_set(store), std::span<const AdapterSite<T>>(sites), dir, head_keys)
           .second;
-  if (head) {
-    model.add_classifier(head->first.rows(), store);
-    const auto [w, b] = *model.classifier_params();
-    store.value(w) = head->first;
-    if (b) store.value(*b) = *head->second;
-  }
+  if (head) detail::install_head(model, store, *head);
   return count;
 }
 
