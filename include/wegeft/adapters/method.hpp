@@ -88,6 +88,7 @@ class AdapterBase {
   Index d_in() const { return m_base.d_in(); }
   Index d_out() const { return m_base.d_out(); }
   FrozenLinear<T>& base() { return m_base; }
+  const FrozenLinear<T>& base() const { return m_base; }
   /// Dropout is applied only in training mode (the default).
   void set_training(bool training) { m_training = training; }
   bool training() const { return m_training; }

@@ -1,0 +1,64 @@
+// Trainable parameters on the device: a DeviceStore mirrors a host ParameterStore<float> (same
+// flat layout, same offsets, so a ParamId means the same tensor on both), holding fp32 values and
+// gradients that stay on the device for the whole training step; AdamW keeps its moments there
+// and updates the whole flat buffer in one kernel.
+//
+//   wegeft::ParameterStore<float> store;                 // adapters registered and initialised
+//   ...
+//   wegeft::cuda::DeviceStore dev(ctx, store);           // uploads the values, zero gradients
+//   wegeft::cuda::AdamW opt({.lr = 1e-3});
+//   ... forward / backward on the device ...
+//   opt.step(ctx, dev);  dev.zero_grad(ctx);
+//   dev.download(ctx, store);                            // to save with the usual io functions
+#pragma once
+
+#include <cstdint>
+
+#include "wegeft/core/parameters.hpp"
+#include "wegeft/cuda/ops.hpp"
+#include "wegeft/cuda/runtime.hpp"
+#include "wegeft/optim/adamw.hpp"
+
+namespace wegeft::cuda {
+
+class DeviceStore {
+ public:
+  DeviceStore(Context& ctx, const ParameterStore<float>& host);
+
+  Index size() const { return m_size; }
+  float* values() const { return static_cast<float*>(m_values.data()); }
+  float* grads() const { return static_cast<float*>(m_grads.data()); }
+  /// The [rows, cols] F32 views of one parameter and its gradient (the host store's layout).
+  TensorView value(ParamId id) const;
+  TensorView grad(ParamId id) const;
+  const ParameterStore<float>& host() const { return *m_host; }
+
+  void zero_grad(Context& ctx);
+  /// Values (and gradients) back into `host`, which must have this store's layout.
+  void download(Context& ctx, ParameterStore<float>& host, bool grads = false) const;
+  /// Values from `host` (same layout) to the device.
+  void upload(Context& ctx, const ParameterStore<float>& host);
+
+ private:
+  TensorView slice(void* base, ParamId id) const;
+  void check_layout(const ParameterStore<float>& host) const;
+  const ParameterStore<float>* m_host;
+  Index m_size;
+  Buffer m_values, m_grads;
+};
+
+/// AdamW over a DeviceStore's flat buffer, the moments on the device (allocated at the first step).
+class AdamW {
+ public:
+  explicit AdamW(const AdamWConfig& config = {});
+  /// One update of every value from its gradient; `lr` < 0 uses the config's.
+  void step(Context& ctx, DeviceStore& store, double lr = -1.0);
+  std::int64_t steps() const { return m_step; }
+
+ private:
+  AdamWConfig m_config;
+  std::int64_t m_step = 0;
+  Buffer m_m, m_v;
+};
+
+}  // namespace wegeft::cuda
