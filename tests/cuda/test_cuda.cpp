@@ -10,6 +10,7 @@
 
 #include <wegeft/cuda.hpp>
 
+#include <algorithm>
 #include <limits>
 
 namespace {
@@ -350,6 +351,14 @@ TEST_CASE("cuda LoRA and WeGeFT training runs track the host backend's loss curv
     CHECK(host_loss.back() < 0.8 * host_loss.front());  // it trains
     for (std::size_t i = 0; i < host_loss.size(); ++i)
       CHECK(std::abs(dev_loss[i] - host_loss[i]) <= 1e-4 * host_loss[i]);
+    // the trained parameters, brought back to a host store (as save_adapter would read them)
+    const auto n_values = static_cast<Index>(store.values().size());
+    const Matrix<float> host_values = wegeft::view(store.values().data(), 1, n_values);
+    std::fill(store.values().begin(), store.values().end(), kNaN);
+    dev.download(ctx, store);
+    const Matrix<float> dev_values = wegeft::view(store.values().data(), 1, n_values);
+    REQUIRE(dev_values.allFinite());
+    CHECK(rel_diff(d(dev_values), d(host_values)) < 1e-3);
   }
 }
 
