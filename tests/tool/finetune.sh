@@ -82,6 +82,46 @@ for method in wegeft lora; do
   fi
 done
 
+# eval --exact-match decides in one teacher-forced pass what greedy decoding gives: its verdict on
+# every example equals comparing generate's text with the completion (the same prompt twice, with
+# the completion the adapter learnt and with another, so not every verdict can be the same), with
+# and without a stop string.
+if [ -s "$work/lm-lora/adapter_model.safetensors" ]; then
+  mkdir -p "$work/em"
+  for i in 3 5; do
+    echo "{\"prompt\": \"Q: colour of the sky $i?\", \"completion\": \" A: blue\"}"
+    echo "{\"prompt\": \"Q: colour of the sky $i?\", \"completion\": \" A: red\"}"
+    echo "{\"prompt\": \"Q: colour of the sky $i?\", \"completion\": \" A\"}"
+  done >"$work/em/test.jsonl"
+  for stop in none ':'; do
+    stop_args=()
+    [ "$stop" != none ] && stop_args=(--stop "$stop")
+    if run "em_eval_$stop" "$tool" eval --model "$work/llama" --adapter "$work/lm-lora" --data "$work/em" \
+        --predictions "$work/em/pred-$stop.jsonl" "${stop_args[@]}"; then
+      n=0 agree=0 right=0
+      while IFS= read -r line; do
+        n=$((n + 1))
+        prompt=$(sed 's/.*"prompt": "\([^"]*\)".*/\1/' <<<"$line")
+        completion=$(sed 's/.*"completion": "\([^"]*\)".*/\1/' <<<"$line")
+        generated=$(timeout 60 "$tool" generate --model "$work/llama" --adapter "$work/lm-lora" --raw --prompt "$prompt" \
+          --max-tokens 8 "${stop_args[@]}")
+        verdict=$(sed -n "${n}p" "$work/em/pred-$stop.jsonl" | sed 's/.*"exact_match":\([a-z]*\).*/\1/')
+        want=false
+        [ "$generated" = "$completion" ] && want=true
+        [ "$verdict" = "$want" ] && agree=$((agree + 1))
+        [ "$verdict" = true ] && right=$((right + 1))
+      done <"$work/em/test.jsonl"
+      [ "$agree" = "$n" ] && pass || fail "em_eval_$stop: eval agrees with generate on $agree of $n examples"
+      [ "$right" -lt "$n" ] && pass || fail "em_eval_$stop: every verdict is true"
+      grep -q "exact match .* ($right of $n)" "$work/em_eval_$stop.out" && pass ||
+        fail "em_eval_$stop: the printed count is not $right of $n: $(cat "$work/em_eval_$stop.out")"
+    fi
+  done
+  expect_error em_text "exact match needs a prompt" eval --model "$work/llama" --data "$work/lm" --split valid --exact-match
+  expect_error em_classifier "score a causal LM" eval --model "$work/bert" --adapter "$work/cls-lora" --data "$work/cls" \
+    --split valid --exact-match
+fi
+
 # --method head: the classifier alone (no adapter), saved under Hugging Face's names; eval loads it
 # and scores it (--json: one line with accuracy and macro-F1).
 if run cls_head "$tool" finetune --model "$work/bert" --data "$work/cls" --method head --iters 60 --batch-size 8 --lr 0.3 \

@@ -11,6 +11,7 @@
 #include <wegeft/io/hf_model.hpp>
 #include <wegeft/io/peft.hpp>
 #include <wegeft/text/dataset.hpp>
+#include <wegeft/text/exact_match.hpp>
 #include <wegeft/train/metrics.hpp>
 #include <wegeft/train/trainer.hpp>
 
@@ -138,12 +139,16 @@ inline double step_memory_estimate(const ModelConfig& c, Index batch, Index seq,
 
 struct EvalResult {
   double loss = 0, accuracy = -1, macro_f1 = -1;  // the scores: classification only
+  double exact_match = -1;                        // causal LM, when asked for
   std::size_t count = 0;                          // targets (LM) or examples (classification)
 };
 
 /// Mean loss (per target token, or per example) and, for classification, accuracy and macro F1.
+/// With `matches` (causal LM), also each example's greedy exact match against `stops`.
 inline EvalResult evaluate(Transformer<float>& model, const text::Dataset& data, Task task,
-                           Index batch_size, std::int32_t pad, std::int64_t max_batches) {
+                           Index batch_size, std::int32_t pad, std::int64_t max_batches,
+                           std::vector<text::ExactMatch>* matches = nullptr,
+                           const text::StopRule* stops = nullptr) {
   model.set_training(false);
   Transformer<float>::Activations acts;
   std::vector<std::size_t> order(data.examples.size());
@@ -152,6 +157,9 @@ inline EvalResult evaluate(Transformer<float>& model, const text::Dataset& data,
   std::optional<Confusion> confusion;
   EvalResult r;
   std::int64_t batches = 0;
+  std::size_t correct = 0;
+  if (matches) matches->clear();
+  WEGEFT_CHECK(!matches || stops, "evaluate: exact match needs a stop rule");
   for (std::size_t b = 0; b < order.size(); b += static_cast<std::size_t>(batch_size)) {
     if (max_batches > 0 && batches++ >= max_batches) break;
     const auto e = std::min(order.size(), b + static_cast<std::size_t>(batch_size));
@@ -160,6 +168,21 @@ inline EvalResult evaluate(Transformer<float>& model, const text::Dataset& data,
         .ids = batch.ids.data(), .mask = batch.mask.data(), .batch = batch.batch, .seq = batch.seq};
     model.forward(acts, in);
     if (task == Task::causal_lm) {
+      if (matches) {
+        for (Index i = 0; i < batch.batch; ++i) {
+          std::vector<std::int32_t> want, got;
+          for (Index t = 0; t < batch.seq; ++t) {
+            const auto cell = static_cast<std::size_t>(i * batch.seq + t);
+            if (batch.targets[cell] == kIgnoreIndex) continue;
+            Index arg = 0;
+            acts.logits.row(static_cast<Index>(cell)).maxCoeff(&arg);
+            want.push_back(batch.targets[cell]);
+            got.push_back(static_cast<std::int32_t>(arg));
+          }
+          matches->push_back(stops->judge(want, got));
+          correct += matches->back().correct ? 1 : 0;
+        }
+      }
       if (batch.target_count == 0) continue;
       total += model.lm_loss(acts, batch.targets.data()) * static_cast<double>(batch.target_count);
       r.count += batch.target_count;
@@ -181,6 +204,8 @@ inline EvalResult evaluate(Transformer<float>& model, const text::Dataset& data,
     r.accuracy = confusion->accuracy();
     r.macro_f1 = confusion->macro_f1();
   }
+  if (matches && !matches->empty())
+    r.exact_match = static_cast<double>(correct) / static_cast<double>(matches->size());
   return r;
 }
 
@@ -561,7 +586,9 @@ inline LoadedTextModel load_adapted(const std::string& model_path, const std::st
 inline int eval_command(const std::string& model_path, const std::string& adapter,
                         const std::string& data, const std::string& split, Index batch_size,
                         std::size_t max_seq_length, bool mask_prompt, int threads,
-                        bool json = false) {
+                        bool json = false, bool exact_match = false,
+                        const std::string& predictions = "",
+                        const std::vector<std::string>& stop_strings = {}) {
   if (threads > 0) set_threads(threads);
   auto tm = load_adapted(model_path, adapter);
   auto& model = tm.model();
@@ -569,6 +596,11 @@ inline int eval_command(const std::string& model_path, const std::string& adapte
   WEGEFT_CHECK(task == Task::classification || model.config().causal(),
                model_path << ": a " << to_string(model.config().family)
                           << " model without a classification adapter has nothing to score");
+  WEGEFT_CHECK(
+      !(exact_match || !predictions.empty() || !stop_strings.empty()) || task == Task::causal_lm,
+      "--exact-match, --predictions and --stop score a causal LM's completions; "
+          << (adapter.empty() ? model_path : adapter)
+          << " is a classifier (its accuracy is printed without them)");
   text::LabelMap labels;
   if (task == Task::classification) {
     const std::string lp = (fs::path(adapter) / kLabelsFile).string();
@@ -594,22 +626,61 @@ inline int eval_command(const std::string& model_path, const std::string& adapte
           std::min<std::size_t>(max_seq_length, std::size_t(model.config().max_positions)),
       .mask_prompt = mask_prompt,
       .default_system = text::chat_default_system(tm.tokenizer->chat_template())};
+  exact_match = exact_match || !predictions.empty() || !stop_strings.empty();
+  for (const auto& st : stop_strings) WEGEFT_CHECK(!st.empty(), "--stop: an empty stop string");
+  if (exact_match) dopt.mask_prompt = true;  // the completions are what greedy decoding must give
   const auto ds = text::read_dataset(path, *tm.tokenizer, dopt, labels, false);
-  const auto r = evaluate(model, ds, task, batch_size, tm.tokenizer->pad_id().value_or(0), 0);
+  if (exact_match) {
+    WEGEFT_CHECK(ds.unprompted == 0,
+                 path << ": " << ds.unprompted
+                      << " {\"text\"} record(s); exact match needs a prompt to continue from "
+                         "({\"prompt\", \"completion\"} or {\"messages\"})");
+    WEGEFT_CHECK(ds.truncated == 0,
+                 path << ": " << ds.truncated << " example(s) longer than " << dopt.max_seq_length
+                      << " tokens; exact match needs whole completions (raise --max-seq-length)");
+  }
+  std::vector<text::ExactMatch> matches;
+  const text::StopRule stops = text::stop_rule(*tm.tokenizer, stop_strings);
+  const auto r = evaluate(model, ds, task, batch_size, tm.tokenizer->pad_id().value_or(0), 0,
+                          exact_match ? &matches : nullptr, &stops);
+  const std::size_t correct = static_cast<std::size_t>(
+      std::count_if(matches.begin(), matches.end(), [](const auto& m) { return m.correct; }));
+  if (!predictions.empty()) {  // one JSON line per example, in the file's order
+    std::string out;
+    for (std::size_t i = 0; i < matches.size(); ++i) {
+      const auto& ex = ds.examples[i];
+      std::vector<std::int32_t> target;
+      for (std::size_t t = 1; t < ex.ids.size(); ++t)
+        if (ex.train[t]) target.push_back(ex.ids[t]);
+      const nlohmann::ordered_json j{{"line", ds.lines[i]},
+                                     {"exact_match", matches[i].correct},
+                                     {"target", tm.tokenizer->decode(target, true)},
+                                     {"greedy", tm.tokenizer->decode(matches[i].greedy, true)}};
+      out += j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
+    }
+    write_file_atomic(predictions, out);
+  }
   if (json) {  // one line for scripts
     nlohmann::ordered_json j{{"data", path}, {"examples", ds.examples.size()}, {"loss", r.loss}};
     if (task == Task::causal_lm) {
       j["target_tokens"] = r.count;
       j["perplexity"] = std::exp(r.loss);
+      if (exact_match) {
+        j["exact_match"] = r.exact_match;
+        j["exact_matches"] = correct;
+      }
     } else {
       j["accuracy"] = r.accuracy;
       j["macro_f1"] = r.macro_f1;
     }
     std::printf("%s\n", j.dump().c_str());
   } else if (task == Task::causal_lm) {
-    std::printf("%s: %zu examples, %zu target tokens%s: loss %.6f, perplexity %.3f\n", path.c_str(),
-                ds.examples.size(), r.count, mask_prompt ? " (prompts masked)" : "", r.loss,
+    std::printf("%s: %zu examples, %zu target tokens%s: loss %.6f, perplexity %.3f", path.c_str(),
+                ds.examples.size(), r.count, dopt.mask_prompt ? " (prompts masked)" : "", r.loss,
                 std::exp(r.loss));
+    if (exact_match)
+      std::printf(", exact match %.4f (%zu of %zu)", r.exact_match, correct, matches.size());
+    std::printf("\n");
   } else {
     std::printf("%s: %zu examples: loss %.6f, accuracy %.4f, macro-F1 %.4f\n", path.c_str(),
                 r.count, r.loss, r.accuracy, r.macro_f1);
@@ -619,7 +690,8 @@ inline int eval_command(const std::string& model_path, const std::string& adapte
 
 inline int generate_command(const std::string& model_path, const std::string& adapter,
                             const std::string& prompt, int max_tokens, double temperature,
-                            double top_p, std::uint64_t seed, bool raw, int threads) {
+                            double top_p, std::uint64_t seed, bool raw, int threads,
+                            const std::vector<std::string>& stop_strings = {}) {
   if (threads > 0) set_threads(threads);
   auto tm = load_adapted(model_path, adapter);
   auto& model = tm.model();
@@ -637,7 +709,8 @@ inline int generate_command(const std::string& model_path, const std::string& ad
   if (tok.bpe() && tok.bpe()->config().add_bos && tok.bos_id()) ids.push_back(*tok.bos_id());
   for (auto t : tok.encode(text)) ids.push_back(t);
   WEGEFT_CHECK(!ids.empty(), "the prompt is empty");
-  const auto stop_im_end = tok.token_to_id("<|im_end|>");
+  for (const auto& st : stop_strings) WEGEFT_CHECK(!st.empty(), "--stop: an empty stop string");
+  const text::StopRule stops = text::stop_rule(tok, stop_strings);
   Rng rng(seed);
   Transformer<float>::Activations acts;
   std::vector<std::int32_t> out;
@@ -677,10 +750,14 @@ inline int generate_command(const std::string& model_path, const std::string& ad
         }
       }
     }
-    if ((tok.eos_id() && next == *tok.eos_id()) || (stop_im_end && next == *stop_im_end)) break;
+    if (stops.is_token(next)) break;
     ids.push_back(next);
     out.push_back(next);
     const std::string now = tok.decode(out, true);
+    if (!stop_strings.empty()) {  // printed at the end, cut at the first stop string
+      if (stops.find(now) != std::string::npos) break;
+      continue;
+    }
     if (now.size() > printed.size() && now.compare(0, printed.size(), printed) == 0 &&
         now.find("\xEF\xBF\xBD", printed.size()) == std::string::npos) {
       std::fputs(now.c_str() + printed.size(), stdout);
@@ -688,7 +765,8 @@ inline int generate_command(const std::string& model_path, const std::string& ad
       printed = now;
     }
   }
-  const std::string final_text = tok.decode(out, true);
+  std::string final_text = tok.decode(out, true);
+  final_text = final_text.substr(0, stops.find(final_text));
   if (final_text.size() > printed.size()) std::fputs(final_text.c_str() + printed.size(), stdout);
   std::fputs("\n", stdout);
   return 0;

@@ -21,6 +21,22 @@ namespace fs = std::filesystem;
 
 namespace {
 
+/// The two-character escapes \n, \t and \\ in a --stop value as a newline, a tab and a
+/// backslash (as llama.cpp reads its prompts), so that a shell line can name them.
+std::string unescape(const std::string& s) {
+  std::string r;
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    if (s[i] == '\\' && i + 1 < s.size() &&
+        (s[i + 1] == 'n' || s[i + 1] == 't' || s[i + 1] == '\\')) {
+      r += s[i + 1] == 'n' ? '\n' : s[i + 1] == 't' ? '\t' : '\\';
+      ++i;
+    } else {
+      r += s[i];
+    }
+  }
+  return r;
+}
+
 const char* kUsage = R"(usage: wegeft <command> [options]
 
 commands:
@@ -29,9 +45,10 @@ commands:
       DIR/valid.jsonl) as a causal LM or a classifier; writes the adapter to --out.
   generate --model PATH [--adapter DIR] --prompt TEXT [--max-tokens N] [--temperature T]
       Text from a causal LM, with a fine-tuned adapter or without.
-  eval --model PATH [--adapter DIR] --data DIR
-      Loss and perplexity (causal LM) or loss, accuracy and macro-F1 (classifier) on
-      DIR/test.jsonl (--json: one JSON line).
+  eval --model PATH [--adapter DIR] --data DIR [--exact-match] [--predictions FILE]
+      Loss and perplexity (causal LM; --exact-match: the share of completions greedy decoding
+      reproduces) or loss, accuracy and macro-F1 (classifier) on DIR/test.jsonl (--json: one
+      JSON line).
   inspect PATH
       Tensors (name, dtype, shape), parameter counts and metadata of a .safetensors file, a
       .gguf file, a Hugging Face checkpoint directory or an adapter directory (its config too).
@@ -225,7 +242,9 @@ int run_cli11(const std::string& cmd, const std::vector<std::string>& args) {
   std::string adapter, prompt, split = "test", config;
   int max_tokens = 128;
   double temperature = 0.0, top_p = 1.0;
-  bool raw = false, json = false;
+  bool raw = false, json = false, exact_match = false;
+  std::string predictions;
+  std::vector<std::string> stop_strings;
   std::size_t max_seq = 512;
   wegeft::Index batch = 8;
   app.add_option("--model", o.model, "Hugging Face checkpoint folder or GGUF file")->required();
@@ -294,6 +313,9 @@ int run_cli11(const std::string& cmd, const std::vector<std::string>& args) {
     app.add_option("--top-p", top_p, "nucleus sampling mass")->capture_default_str();
     app.add_option("--seed", o.seed, "sampling seed")->capture_default_str();
     app.add_flag("--raw", raw, "use the prompt as it is, without the chat template");
+    app.add_option("--stop", stop_strings,
+                   "also stop where the text first holds this string (cut there; repeatable)")
+        ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   } else {
     app.description(
         "Loss and perplexity (causal LM) or loss, accuracy and macro-F1 (with a classification "
@@ -308,6 +330,16 @@ int run_cli11(const std::string& cmd, const std::vector<std::string>& args) {
     app.add_flag("--mask-prompt", o.mask_prompt,
                  "score only completions / assistant turns (default: as the adapter was trained)");
     app.add_flag("--json", json, "print the scores as one JSON line");
+    app.add_flag("--exact-match", exact_match,
+                 "causal LM: also the share of examples whose completion greedy decoding from "
+                 "the prompt reproduces exactly, up to a stop token");
+    app.add_option("--predictions", predictions,
+                   "write one JSON line per example (line, exact_match, target, greedy: the "
+                   "greedy tokens up to the first wrong one); implies --exact-match");
+    app.add_option("--stop", stop_strings,
+                   "exact match: a generation also ends where its text first holds this string "
+                   "(as generate --stop; repeatable); implies --exact-match")
+        ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   }
   std::vector<std::string> tokens = with_config_file(args);
   std::reverse(tokens.begin(), tokens.end());  // CLI11 takes its arguments reversed
@@ -319,12 +351,13 @@ int run_cli11(const std::string& cmd, const std::vector<std::string>& args) {
   } catch (const CLI::ParseError& e) {
     throw UsageError(cmd + ": " + e.what());
   }
+  for (auto& st : stop_strings) st = unescape(st);
   if (cmd == "finetune") return wegeft::tool::finetune(o);
   if (cmd == "generate")
     return wegeft::tool::generate_command(o.model, adapter, prompt, max_tokens, temperature, top_p,
-                                          o.seed, raw, o.threads);
+                                          o.seed, raw, o.threads, stop_strings);
   return wegeft::tool::eval_command(o.model, adapter, o.data, split, batch, max_seq, o.mask_prompt,
-                                    o.threads, json);
+                                    o.threads, json, exact_match, predictions, stop_strings);
 }
 
 int run(const std::vector<std::string>& args) {

@@ -67,14 +67,17 @@ struct Example {
   std::vector<std::int32_t> ids;
   std::vector<std::uint8_t> train;
   std::int32_t label = -1;
+  bool prompted = true;  // causal LM: false for a {"text"} record
 };
 
 struct Dataset {
   std::string path;
   std::vector<Example> examples;
-  std::size_t truncated = 0;  // examples cut to max_seq_length
-  std::size_t tokens = 0;     // input tokens in all
-  std::size_t targets = 0;    // causal LM: tokens with a loss
+  std::size_t truncated = 0;       // examples cut to max_seq_length
+  std::size_t tokens = 0;          // input tokens in all
+  std::size_t targets = 0;         // causal LM: tokens with a loss
+  std::vector<std::size_t> lines;  // the line of path each example came from (1-based)
+  std::size_t unprompted = 0;      // causal LM: {"text"} records (no prompt before the target)
 };
 
 namespace detail {
@@ -161,6 +164,7 @@ inline Example make_example(const nlohmann::json& j, const Tokenizer& tok, const
   } else {
     WEGEFT_CHECK(j.contains("text"),
                  where << ": no \"text\", \"prompt\"/\"completion\" or \"messages\" field");
+    e.prompted = false;
     detail::append_ids(e, tok.encode(detail::field_string(j, "text", where)), true);
     if (auto eos = tok.eos_id()) detail::append_ids(e, {*eos}, true);
   }
@@ -204,6 +208,8 @@ inline Dataset read_dataset(const std::string& path, const Tokenizer& tok, const
     for (auto t : ex.train) d.targets += t;
     if (opt.task == Task::causal_lm && std::count(ex.train.begin(), ex.train.end(), 1) == 0)
       continue;  // nothing to learn
+    if (!ex.prompted) ++d.unprompted;
+    d.lines.push_back(line_no);
     d.examples.push_back(std::move(ex));
   }
   WEGEFT_CHECK(!d.examples.empty(), path << ": no examples (the file is empty"
