@@ -631,8 +631,10 @@ inline int eval_command(const std::string& model_path, const std::string& adapte
   if (exact_match) dopt.mask_prompt = true;  // the completions are what greedy decoding must give
   const auto ds = text::read_dataset(path, *tm.tokenizer, dopt, labels, false);
   if (exact_match) {
-    WEGEFT_CHECK(ds.unprompted == 0,
-                 path << ": " << ds.unprompted
+    const auto unprompted = std::count_if(ds.examples.begin(), ds.examples.end(),
+                                          [](const text::Example& e) { return !e.prompted; });
+    WEGEFT_CHECK(unprompted == 0,
+                 path << ": " << unprompted
                       << " {\"text\"} record(s); exact match needs a prompt to continue from "
                          "({\"prompt\", \"completion\"} or {\"messages\"})");
     WEGEFT_CHECK(ds.truncated == 0,

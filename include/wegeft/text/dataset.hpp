@@ -77,7 +77,6 @@ struct Dataset {
   std::size_t tokens = 0;          // input tokens in all
   std::size_t targets = 0;         // causal LM: tokens with a loss
   std::vector<std::size_t> lines;  // the line of path each example came from (1-based)
-  std::size_t unprompted = 0;      // causal LM: {"text"} records (no prompt before the target)
 };
 
 namespace detail {
@@ -208,7 +207,6 @@ inline Dataset read_dataset(const std::string& path, const Tokenizer& tok, const
     for (auto t : ex.train) d.targets += t;
     if (opt.task == Task::causal_lm && std::count(ex.train.begin(), ex.train.end(), 1) == 0)
       continue;  // nothing to learn
-    if (!ex.prompted) ++d.unprompted;
     d.lines.push_back(line_no);
     d.examples.push_back(std::move(ex));
   }

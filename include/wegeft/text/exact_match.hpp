@@ -47,6 +47,7 @@ struct StopRule {
                    const std::vector<std::int32_t>& got) const {
     ExactMatch m;
     std::vector<std::int32_t> gold, mine;  // this turn's target tokens and greedy tokens
+    std::string gold_text;                 // this turn's target text (with stop strings only)
     bool ended = true;                     // no turn begun yet
     for (std::size_t i = 0; i < want.size(); ++i) {
       m.greedy.push_back(got[i]);
@@ -54,6 +55,7 @@ struct StopRule {
         gold.clear();
         mine.clear();
         for (std::size_t k = i; k < want.size() && !is_token(want[k]); ++k) gold.push_back(want[k]);
+        if (!strings.empty()) gold_text = tok->decode(gold, true);
         ended = false;
       }
       if (is_token(got[i])) {  // generation ends here: right if the turn ends here too
@@ -65,9 +67,7 @@ struct StopRule {
       if (!strings.empty()) {
         const std::string text = tok->decode(mine, true);
         if (const auto at = find(text); at != std::string::npos) {
-          if (text.compare(0, at, tok->decode(gold, true)) != 0 ||
-              at != tok->decode(gold, true).size())
-            return m;
+          if (at != gold_text.size() || text.compare(0, at, gold_text) != 0) return m;
           // Right; teacher forcing resumes at the turn's stop token (the next target turn).
           while (i + 1 < want.size() && !is_token(want[i])) ++i;
           ended = true;
