@@ -6,6 +6,8 @@
 
 #include "wegeft/core/view.hpp"
 #include "wegeft/cuda/linear.hpp"
+#include "wegeft/cuda/model.hpp"
+#include "wegeft/cuda/nn.hpp"
 #include "wegeft/cuda/ops.hpp"
 #include "wegeft/cuda/runtime.hpp"
 #include "wegeft/cuda/store.hpp"

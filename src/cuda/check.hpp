@@ -5,6 +5,7 @@
 #include <cuda_runtime.h>
 
 #include "wegeft/core/error.hpp"
+#include "wegeft/core/view.hpp"
 
 #define WEGEFT_CUDA_CHECK(call)                                                                 \
   do {                                                                                          \
@@ -30,5 +31,12 @@ inline void check_launch(const char* kernel) {
   WEGEFT_CHECK(status == cudaSuccess,
                "CUDA kernel " << kernel << " failed to launch: " << cudaGetErrorName(status) << " ("
                               << cudaGetErrorString(status) << ")");
+}
+/// Refuses a view that is not an F32 or BF16 matrix on the GPU, naming the op and the argument.
+inline void check_view(const TensorView& v, const char* op, const char* what) {
+  WEGEFT_CHECK(
+      v.device == Device::cuda && (v.dtype == DType::F32 || v.dtype == DType::BF16) &&
+          v.rows >= 0 && v.cols >= 0 && v.ld >= v.cols && (v.data || !v.rows || !v.cols),
+      op << ": " << what << " is " << v.describe() << "; wanted an F32 or BF16 view on the GPU");
 }
 }  // namespace wegeft::cuda::detail

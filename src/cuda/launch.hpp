@@ -17,3 +17,40 @@ void launch_adamw(void* stream, float* p, float* m, float* v, const float* g, st
                   const float (&c)[8]);
 
 }  // namespace wegeft::cuda::detail
+
+namespace wegeft::cuda::detail {
+
+/// A device matrix in plain types: F32 (bf16 = false) or BF16, row-major, row stride ld.
+struct Mat {
+  void* data;
+  bool bf16;
+  std::int64_t rows, cols, ld;
+};
+
+/// The transformer's kernels (src/cuda/transformer.cu); sizes checked by the callers.
+void launch_rmsnorm_forward(void* stream, Mat out, float* rstd, Mat x, Mat w, float eps);
+void launch_rmsnorm_backward(void* stream, Mat dx, Mat dout, Mat x, Mat w, const float* rstd);
+void launch_rope(void* stream, Mat x, const float* cos, const float* sin, std::int64_t seq,
+                 std::int64_t heads, std::int64_t half, float direction);
+void launch_swiglu_forward(void* stream, Mat out, Mat gate, Mat up);
+void launch_swiglu_backward(void* stream, Mat dgate, Mat dup, Mat dout, Mat gate, Mat up);
+void launch_add(void* stream, Mat y, Mat x, float alpha);
+void launch_embedding(void* stream, Mat x, const std::int32_t* ids, Mat table);
+void launch_cross_entropy(void* stream, Mat dlogits, float* loss, Mat logits,
+                          const std::int32_t* targets, std::int32_t ignore, float scale);
+
+/// Attention: the shape, strides (q's for q and dq, k's for k and dk, ...; out's for out and
+/// dout) and mask as attention.cuh's AttentionArgs.
+struct AttentionLaunch {
+  std::int64_t batch, seq, heads, kv_heads, head_dim;
+  std::int64_t ldq, ldk, ldv, ldo;
+  bool causal, bf16;
+  const std::uint8_t* mask;
+};
+void launch_attention_forward(void* stream, const AttentionLaunch& a, void* out, float* lse,
+                              const void* q, const void* k, const void* v);
+void launch_attention_backward(void* stream, const AttentionLaunch& a, void* dq, void* dk, void* dv,
+                               float* delta, const void* dout, const void* out, const float* lse,
+                               const void* q, const void* k, const void* v);
+
+}  // namespace wegeft::cuda::detail

@@ -6,14 +6,7 @@
 
 namespace wegeft::cuda {
 
-namespace {
-void check_view(const TensorView& v, const char* op, const char* what) {
-  WEGEFT_CHECK(
-      v.device == Device::cuda && (v.dtype == DType::F32 || v.dtype == DType::BF16) &&
-          v.rows >= 0 && v.cols >= 0 && v.ld >= v.cols && (v.data || !v.rows || !v.cols),
-      op << " " << what << " is " << v.describe() << "; wanted an F32 or BF16 view on the GPU");
-}
-}  // namespace
+using detail::check_view;
 
 void scale_copy(Context& ctx, const TensorView& dst, const TensorView& src, float scale) {
   check_view(dst, "scale_copy", "destination");

@@ -204,6 +204,13 @@ void download_floats(Context& ctx, float* host, const float* device, std::size_t
   ctx.synchronize();
 }
 
+void upload_bytes(Context& ctx, void* device, const void* host, std::size_t bytes) {
+  if (bytes)
+    WEGEFT_CUDA_CHECK(
+        cudaMemcpyAsync(device, host, bytes, cudaMemcpyHostToDevice, ctx.impl().stream));
+  ctx.synchronize();
+}
+
 Graph::Graph(Context& ctx, const std::function<void()>& body) {
   cudaStream_t s = ctx.impl().stream;
   WEGEFT_CUDA_CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));

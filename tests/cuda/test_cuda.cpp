@@ -6,9 +6,7 @@
 //   BF16 storage: 1e-2 on outputs and input gradients (bf16 inputs are exact in the reference, so
 //   what remains is the bf16 rounding of the results and of the rank-r intermediates u and g),
 //   2e-2 on parameter gradients (sums over N of products of rounded intermediates).
-#include "../support.hpp"
-
-#include <wegeft/cuda.hpp>
+#include "support_cuda.hpp"
 
 #include <algorithm>
 #include <limits>
@@ -23,29 +21,7 @@ namespace cu = wegeft::cuda;
 using wt::random_matrix;
 using wt::rel_diff;
 
-cu::Context& context() {
-  static cu::Context ctx(0);
-  return ctx;
-}
-
-/// The values a device tensor of `dtype` holds for `m` (bf16: rounded to nearest even).
-Matrix<float> rounded(const Matrix<float>& m, DType dtype) {
-  if (dtype == DType::F32) return m;
-  return m.unaryExpr([](float v) { return wegeft::bf16_to_float(wegeft::float_to_bf16(v)); });
-}
-
-Matrix<double> d(const Matrix<float>& m) {
-  return m.cast<double>();
-}
-
-double out_tol(DType t) {
-  return t == DType::F32 ? 2e-5 : 1e-2;
-}
-double grad_tol(DType t) {
-  return t == DType::F32 ? 2e-5 : 2e-2;
-}
-
-const float kNaN = std::numeric_limits<float>::quiet_NaN();
+using namespace wt::cuda;  // context, rounded, d, kNaN, out_tol, grad_tol
 
 }  // namespace
 

@@ -97,6 +97,8 @@ Matrix<float> download(Context& ctx, const TensorView& v);
 /// Host float copies of device float memory (count values), after the stream's earlier work.
 void upload_floats(Context& ctx, float* device, const float* host, std::size_t count);
 void download_floats(Context& ctx, float* host, const float* device, std::size_t count);
+/// Copies `bytes` bytes of host memory to device memory. Waits for the copy.
+void upload_bytes(Context& ctx, void* device, const void* host, std::size_t bytes);
 
 /// A CUDA graph of the work `body` launches on ctx's stream, captured once and replayed with
 /// launch(). Shapes and pointers are frozen at capture: recapture after changing them.

@@ -188,6 +188,8 @@ class Transformer {
   void add_classifier(Index labels, ParameterStore<T>& store, std::optional<Pooling> pooling = {},
                       std::uint64_t seed = 0);
   bool has_classifier() const { return m_labels > 0; }
+  /// Whether train_norms() made any norm tensor trainable.
+  bool has_trainable_norms() const { return !m_trainable.empty(); }
 
   /// Makes every norm tensor whose name matches `regex` (a Pattern, full match) trainable: its
   /// value is copied into `store`, and its gradient is computed from then on.

@@ -1,0 +1,120 @@
+// The transformer's ops on the GPU, each the twin of a CPU op (nn/norms.hpp, nn/rope.hpp,
+// nn/activations.hpp, kernels/cpu/attention.hpp, kernels/cpu/cross_entropy.hpp, nn/embedding.hpp)
+// with the same arguments as TensorViews on Device::cuda: outputs first, `d`-prefixed gradients,
+// `=` or `+=` stated, sizes from the views (checked against each other). Every matrix of one call
+// has the same dtype (F32 or BF16) except the saved row statistics (rstd, lse, losses: F32);
+// sums and intermediates are fp32. Integer inputs (token ids, targets, masks) are device arrays
+// (DeviceArray). All run on the context's stream and return before the work finishes.
+//
+//   cu::rmsnorm_forward(ctx, h, rstd, x, w, 1e-5f);        // h [N, d], rstd [N, 1] F32
+//   cu::attention_forward(ctx, o, lse, q, k, v, mask.data<std::uint8_t>(), shape);
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "wegeft/core/view.hpp"
+#include "wegeft/cuda/runtime.hpp"
+#include "wegeft/kernels/cpu/attention.hpp"
+#include "wegeft/kernels/cpu/cross_entropy.hpp"
+#include "wegeft/nn/rope.hpp"
+
+namespace wegeft::cuda {
+
+/// A device copy of a host array of integers (token ids, targets, a padding mask).
+class DeviceArray {
+ public:
+  DeviceArray() = default;
+  /// Room for `bytes`; assign() fills it.
+  explicit DeviceArray(std::size_t bytes) : m_buffer(bytes) {}
+  /// Copies `count` values to the device (growing the buffer when it is too small).
+  template <class I>
+  void assign(Context& ctx, const I* host, std::size_t count) {
+    if (count * sizeof(I) > m_buffer.bytes()) m_buffer = Buffer(count * sizeof(I));
+    upload_bytes(ctx, m_buffer.data(), host, count * sizeof(I));
+    m_count = count;
+  }
+  template <class I>
+  void assign(Context& ctx, const std::vector<I>& host) {
+    assign(ctx, host.data(), host.size());
+  }
+  template <class I>
+  const I* data() const {
+    return static_cast<const I*>(m_buffer.data());
+  }
+  std::size_t size() const { return m_count; }
+
+ private:
+  Buffer m_buffer;
+  std::size_t m_count = 0;
+};
+
+/// out [N, C] = x [N, C] * rstd * weight [1, C]; rstd [N, 1] (F32, saved for backward) =
+/// 1 / sqrt(mean(x^2) + eps). Overwrites out (which may be x).
+void rmsnorm_forward(Context& ctx, const TensorView& out, const TensorView& rstd,
+                     const TensorView& x, const TensorView& weight, float eps);
+/// dx [N, C] = d(out)/dx applied to dout [N, C], from the forward's x and rstd. Overwrites dx
+/// (which may be dout). The weight is frozen: no gradient for it.
+void rmsnorm_backward(Context& ctx, const TensorView& dx, const TensorView& dout,
+                      const TensorView& x, const TensorView& weight, const TensorView& rstd);
+
+/// RoPE's cos and sin tables on the device ([max_positions, head_dim / 2] each, F32), from the
+/// host table the CPU model uses.
+class Rope {
+ public:
+  Rope(Context& ctx, const RopeTable<float>& host);
+  Index head_dim() const { return m_head_dim; }
+  Index max_positions() const { return m_cos.rows(); }
+  const float* cos() const { return static_cast<const float*>(m_cos.view().data); }
+  const float* sin() const { return static_cast<const float*>(m_sin.view().data); }
+
+ private:
+  Tensor m_cos, m_sin;
+  Index m_head_dim;
+};
+/// x [B*T, heads*head_dim] rotated in place; row b*T + t has position t (nn/rope.hpp).
+void rope_forward(Context& ctx, const TensorView& x, const Rope& rope, Index batch, Index seq,
+                  Index heads);
+/// dx [B*T, heads*head_dim] in place: the inverse rotation.
+void rope_backward(Context& ctx, const TensorView& dx, const Rope& rope, Index batch, Index seq,
+                   Index heads);
+
+/// out [N, F] = silu(gate [N, F]) * up [N, F]. Overwrites out.
+void swiglu_forward(Context& ctx, const TensorView& out, const TensorView& gate,
+                    const TensorView& up);
+/// dgate [N, F], dup [N, F] (overwritten; either may be dout) from dout and the forward's inputs.
+void swiglu_backward(Context& ctx, const TensorView& dgate, const TensorView& dup,
+                     const TensorView& dout, const TensorView& gate, const TensorView& up);
+
+/// y [N, C] += alpha x [N, C] (the residual stream).
+void add(Context& ctx, const TensorView& y, const TensorView& x, float alpha = 1.0f);
+
+/// x [N, d] = rows ids [N] (a device array of int32, each in [0, vocab)) of table [vocab, d].
+/// The ids are not checked on the device: check them on the host before assign().
+void embedding_forward(Context& ctx, const TensorView& x, const DeviceArray& ids,
+                       const TensorView& table);
+
+/// Per row i of logits [N, V]: losses [N, 1] (F32) = logsumexp(row) - row[target] (0 where the
+/// target is ignore_index); when dlogits [N, V] is given, dlogits = scale (softmax(row) -
+/// onehot(target)), 0 on ignored rows (dlogits may be logits). targets: device int32 [N], each in
+/// [0, V) or ignore_index (checked on the host: count_targets). Overwrites losses and dlogits.
+void cross_entropy(Context& ctx, const TensorView* dlogits, const TensorView& losses,
+                   const TensorView& logits, const DeviceArray& targets, float scale,
+                   std::int32_t ignore_index = kIgnoreIndex);
+
+/// out [B*T, H*d] and lse [B*H, T] (F32: each query row's log-sum-exp of its scaled scores,
+/// -inf where every key is masked, saved for backward) from q [B*T, H*d], k, v [B*T, Hkv*d] and
+/// key_mask (null, or a device uint8 array [B*T]: 1 = attend, 0 = padding). Overwrites out. A
+/// row with no visible key gets out = 0, as on the CPU. head_dim <= 256.
+void attention_forward(Context& ctx, const TensorView& out, const TensorView& lse,
+                       const TensorView& q, const TensorView& k, const TensorView& v,
+                       const DeviceArray* key_mask, const AttentionShape& shape);
+/// dq [B*T, H*d], dk, dv [B*T, Hkv*d] (overwritten; row strides those of q, k and v) from dout
+/// (out's row stride) and the forward's out, lse, q, k, v; delta [B*H, T] F32 is scratch.
+void attention_backward(Context& ctx, const TensorView& dq, const TensorView& dk,
+                        const TensorView& dv, const TensorView& delta, const TensorView& dout,
+                        const TensorView& out, const TensorView& lse, const TensorView& q,
+                        const TensorView& k, const TensorView& v, const DeviceArray* key_mask,
+                        const AttentionShape& shape);
+
+}  // namespace wegeft::cuda

@@ -1,0 +1,224 @@
+// Scaled dot-product attention on the GPU (included only from .cu files): multi-head, grouped-query,
+// causal or bidirectional, with a key padding mask; the same quantity as kernels/cpu/attention.hpp.
+// The probabilities are never stored: the forward keeps each query row's log-sum-exp (lse) and
+// the backward recomputes P from it, as flash attention does.
+//
+// One warp per row. The forward and the query-gradient kernel give each warp one query row: its
+// lanes take 32 keys at a time (one dot product per lane, the softmax update by warp shuffles),
+// then accumulate P V (or dS K) with each lane owning head_dim / 32 output columns. The
+// key-gradient kernel gives each warp one key row of one key/value head and walks the queries
+// of every query head that shares it, so dk and dv are written once, without atomics. All sums
+// in fp32; q, k, v, out and their gradients stored as T.
+#pragma once
+
+#include <cuda_bf16.h>
+
+#include <cstdint>
+
+#include "wegeft/kernels/cuda/elementwise.cuh"
+#include "wegeft/kernels/cuda/transformer.cuh"
+
+namespace wegeft::cuda::kernels {
+
+inline constexpr int kAttentionWarps = 4;      // rows per block
+inline constexpr int kMaxHeadDim = 256;        // head_dim <= this (checked on the host)
+inline constexpr int kHeadCols = kMaxHeadDim / 32;
+
+struct AttentionArgs {
+  std::int64_t batch, seq, heads, kv_heads, head_dim;
+  std::int64_t ldq, ldk, ldv, ldo;  // row strides of q, k, v and out (and of their gradients)
+  bool causal;
+  float scale;                  // 1 / sqrt(head_dim)
+  const std::uint8_t* mask;     // [batch, seq], 1 = a key to attend to; null = every key
+};
+
+__device__ inline bool key_visible(const AttentionArgs& a, std::int64_t b, std::int64_t j) {
+  return a.mask == nullptr || a.mask[b * a.seq + j] != 0;
+}
+
+/// out [B*T, H*d], lse [B, H, T] from q [B*T, H*d], k, v [B*T, Hkv*d]. grid (ceil(T / warps), H, B).
+template <class T>
+__global__ void attention_forward(T* out, float* lse, const T* q, const T* k, const T* v,
+                                  AttentionArgs a) {
+  __shared__ float sq[kAttentionWarps][kMaxHeadDim];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * kAttentionWarps + warp;
+  const std::int64_t h = blockIdx.y, b = blockIdx.z, g = h / (a.heads / a.kv_heads);
+  if (i >= a.seq) return;
+  const std::int64_t d = a.head_dim;
+  const T* qi = q + (b * a.seq + i) * a.ldq + h * d;
+  for (std::int64_t c = lane; c < d; c += 32) sq[warp][c] = load_float(qi + c) * a.scale;
+  __syncwarp();
+  float acc[kHeadCols] = {};
+  float m = -INFINITY, l = 0;
+  const std::int64_t end = a.causal ? i + 1 : a.seq;
+  for (std::int64_t j0 = 0; j0 < end; j0 += 32) {
+    const std::int64_t j = j0 + lane;
+    float s = -INFINITY;
+    if (j < end && key_visible(a, b, j)) {
+      const T* kj = k + (b * a.seq + j) * a.ldk + g * d;
+      s = 0;
+      for (std::int64_t c = 0; c < d; ++c) s += sq[warp][c] * load_float(kj + c);
+    }
+    const float cmax = warp_max(s);
+    if (cmax == -INFINITY) continue;  // the same on every lane
+    const float mnew = fmaxf(m, cmax);
+    const float p = s == -INFINITY ? 0.0f : expf(s - mnew);
+    const float corr = m == -INFINITY ? 0.0f : expf(m - mnew);
+    l = l * corr + warp_sum(p);
+    for (int t = 0; t < kHeadCols; ++t) acc[t] *= corr;
+    const int count = static_cast<int>(end - j0 < 32 ? end - j0 : 32);
+    for (int jj = 0; jj < count; ++jj) {
+      const float pj = __shfl_sync(0xffffffffu, p, jj);
+      if (pj == 0.0f) continue;
+      const T* vj = v + (b * a.seq + j0 + jj) * a.ldv + g * d;
+      for (int t = 0; t < kHeadCols; ++t) {
+        const std::int64_t c = lane + 32 * t;
+        if (c < d) acc[t] += pj * load_float(vj + c);
+      }
+    }
+    m = mnew;
+  }
+  const float inv = l > 0 ? 1.0f / l : 0.0f;  // a row with no visible key gives 0
+  T* oi = out + (b * a.seq + i) * a.ldo + h * d;
+  for (int t = 0; t < kHeadCols; ++t) {
+    const std::int64_t c = lane + 32 * t;
+    if (c < d) store_float(oi + c, acc[t] * inv);
+  }
+  if (lane == 0) lse[(b * a.heads + h) * a.seq + i] = l > 0 ? m + logf(l) : -INFINITY;
+}
+
+/// delta [B, H, T] = rowsum(dout o out) per head. grid (ceil(T / warps), H, B).
+template <class T>
+__global__ void attention_delta(float* delta, const T* dout, const T* out, AttentionArgs a) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * kAttentionWarps + warp;
+  const std::int64_t h = blockIdx.y, b = blockIdx.z;
+  if (i >= a.seq) return;
+  const std::int64_t at = (b * a.seq + i) * a.ldo + h * a.head_dim;
+  float s = 0;
+  for (std::int64_t c = lane; c < a.head_dim; c += 32)
+    s += load_float(dout + at + c) * load_float(out + at + c);
+  s = warp_sum(s);
+  if (lane == 0) delta[(b * a.heads + h) * a.seq + i] = s;
+}
+
+/// dq [B*T, H*d] (overwritten) = scale sum_j dS_ij k_j, dS = P o (dP - delta), dP = dout v^T.
+/// grid (ceil(T / warps), H, B).
+template <class T>
+__global__ void attention_backward_q(T* dq, const T* dout, const float* lse, const float* delta,
+                                     const T* q, const T* k, const T* v, AttentionArgs a) {
+  __shared__ float sq[kAttentionWarps][kMaxHeadDim];
+  __shared__ float sdo[kAttentionWarps][kMaxHeadDim];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * kAttentionWarps + warp;
+  const std::int64_t h = blockIdx.y, b = blockIdx.z, g = h / (a.heads / a.kv_heads);
+  if (i >= a.seq) return;
+  const std::int64_t d = a.head_dim, row = (b * a.heads + h) * a.seq + i;
+  const std::int64_t at = (b * a.seq + i) * a.ldq + h * d;
+  for (std::int64_t c = lane; c < d; c += 32) {
+    sq[warp][c] = load_float(q + at + c) * a.scale;
+    sdo[warp][c] = load_float(dout + (b * a.seq + i) * a.ldo + h * d + c);
+  }
+  __syncwarp();
+  float acc[kHeadCols] = {};
+  const float li = lse[row], di = delta[row];
+  const std::int64_t end = li == -INFINITY ? 0 : (a.causal ? i + 1 : a.seq);
+  for (std::int64_t j0 = 0; j0 < end; j0 += 32) {
+    const std::int64_t j = j0 + lane;
+    float ds = 0;
+    if (j < end && key_visible(a, b, j)) {
+      const T* kj = k + (b * a.seq + j) * a.ldk + g * d;
+      const T* vj = v + (b * a.seq + j) * a.ldv + g * d;
+      float s = 0, dp = 0;
+      for (std::int64_t c = 0; c < d; ++c) {
+        s += sq[warp][c] * load_float(kj + c);
+        dp += sdo[warp][c] * load_float(vj + c);
+      }
+      ds = expf(s - li) * (dp - di);
+    }
+    const int count = static_cast<int>(end - j0 < 32 ? end - j0 : 32);
+    for (int jj = 0; jj < count; ++jj) {
+      const float dsj = __shfl_sync(0xffffffffu, ds, jj);
+      if (dsj == 0.0f) continue;
+      const T* kj = k + (b * a.seq + j0 + jj) * a.ldk + g * d;
+      for (int t = 0; t < kHeadCols; ++t) {
+        const std::int64_t c = lane + 32 * t;
+        if (c < d) acc[t] += dsj * load_float(kj + c);
+      }
+    }
+  }
+  for (int t = 0; t < kHeadCols; ++t) {
+    const std::int64_t c = lane + 32 * t;
+    if (c < d) store_float(dq + at + c, acc[t] * a.scale);
+  }
+}
+
+/// dk, dv [B*T, Hkv*d] (overwritten): for key j of head g, over the query heads h of its group
+/// and the queries i that see it, dv_j = sum P_ij dout_i, dk_j = scale sum dS_ij q_i.
+/// grid (ceil(T / warps), Hkv, B).
+template <class T>
+__global__ void attention_backward_kv(T* dk, T* dv, const T* dout, const float* lse,
+                                      const float* delta, const T* q, const T* k, const T* v,
+                                      AttentionArgs a) {
+  __shared__ float sk[kAttentionWarps][kMaxHeadDim];
+  __shared__ float sv[kAttentionWarps][kMaxHeadDim];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const std::int64_t j = static_cast<std::int64_t>(blockIdx.x) * kAttentionWarps + warp;
+  const std::int64_t g = blockIdx.y, b = blockIdx.z, group = a.heads / a.kv_heads;
+  if (j >= a.seq) return;
+  const std::int64_t d = a.head_dim;
+  const std::int64_t atk = (b * a.seq + j) * a.ldk + g * d, atv = (b * a.seq + j) * a.ldv + g * d;
+  for (std::int64_t c = lane; c < d; c += 32) {
+    sk[warp][c] = load_float(k + atk + c) * a.scale;
+    sv[warp][c] = load_float(v + atv + c);
+  }
+  __syncwarp();
+  float ak[kHeadCols] = {}, av[kHeadCols] = {};
+  const bool visible = key_visible(a, b, j);
+  for (std::int64_t h = g * group; visible && h < (g + 1) * group; ++h) {
+    for (std::int64_t i0 = a.causal ? j : 0; i0 < a.seq; i0 += 32) {
+      const std::int64_t i = i0 + lane;
+      float p = 0, ds = 0;
+      if (i < a.seq) {
+        const std::int64_t row = (b * a.heads + h) * a.seq + i;
+        const float li = lse[row];
+        if (li != -INFINITY) {
+          const T* qi = q + (b * a.seq + i) * a.ldq + h * d;
+          const T* doi = dout + (b * a.seq + i) * a.ldo + h * d;
+          float s = 0, dp = 0;
+          for (std::int64_t c = 0; c < d; ++c) {
+            s += sk[warp][c] * load_float(qi + c);
+            dp += sv[warp][c] * load_float(doi + c);
+          }
+          p = expf(s - li);
+          ds = p * (dp - delta[row]);
+        }
+      }
+      const int count = static_cast<int>(a.seq - i0 < 32 ? a.seq - i0 : 32);
+      for (int ii = 0; ii < count; ++ii) {
+        const float pi = __shfl_sync(0xffffffffu, p, ii);
+        const float dsi = __shfl_sync(0xffffffffu, ds, ii);
+        if (pi == 0.0f && dsi == 0.0f) continue;
+        const T* qi = q + (b * a.seq + i0 + ii) * a.ldq + h * d;
+        const T* doi = dout + (b * a.seq + i0 + ii) * a.ldo + h * d;
+        for (int t = 0; t < kHeadCols; ++t) {
+          const std::int64_t c = lane + 32 * t;
+          if (c < d) {
+            av[t] += pi * load_float(doi + c);
+            ak[t] += dsi * load_float(qi + c);
+          }
+        }
+      }
+    }
+  }
+  for (int t = 0; t < kHeadCols; ++t) {
+    const std::int64_t c = lane + 32 * t;
+    if (c < d) {
+      store_float(dk + (b * a.seq + j) * a.ldk + g * d + c, ak[t] * a.scale);
+      store_float(dv + (b * a.seq + j) * a.ldv + g * d + c, av[t]);
+    }
+  }
+}
+
+}  // namespace wegeft::cuda::kernels

@@ -1,0 +1,187 @@
+// The transformer's row-wise and element-wise CUDA kernels (included only from .cu files): RMSNorm,
+// RoPE, SwiGLU, the residual add, the embedding gather and cross-entropy over the vocabulary.
+// Storage is T (float or __nv_bfloat16); every sum and every intermediate is fp32. Row kernels run
+// one block of kRowThreads per row; element-wise ones one thread per element of a row chunk, rows
+// over blockIdx.y (as elementwise.cuh).
+#pragma once
+
+#include <cuda_bf16.h>
+
+#include <cstdint>
+
+#include "wegeft/kernels/cuda/elementwise.cuh"
+
+namespace wegeft::cuda::kernels {
+
+inline constexpr int kRowThreads = 256;
+
+__device__ inline float warp_sum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+__device__ inline float warp_max(float v) {
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+/// The sum (or, with max, the maximum) of v over the block (kRowThreads threads), returned to
+/// every thread. `scratch` holds kRowThreads / 32 floats; the call synchronises the block twice.
+template <bool max>
+__device__ inline float block_reduce(float v, float* scratch) {
+  v = max ? warp_max(v) : warp_sum(v);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  float r = scratch[0];
+  for (int w = 1; w < kRowThreads / 32; ++w) r = max ? fmaxf(r, scratch[w]) : r + scratch[w];
+  __syncthreads();
+  return r;
+}
+__device__ inline float block_sum(float v, float* scratch) {
+  return block_reduce<false>(v, scratch);
+}
+__device__ inline float block_max(float v, float* scratch) {
+  return block_reduce<true>(v, scratch);
+}
+
+/// out [n, c] = x * rstd * w [c]; rstd [n] = 1 / sqrt(mean(x^2) + eps). One block per row.
+template <class T>
+__global__ void rmsnorm_forward(T* out, std::int64_t ldo, float* rstd, const T* x,
+                                std::int64_t ldx, const T* w, std::int64_t c, float eps) {
+  __shared__ float scratch[kRowThreads / 32];
+  const std::int64_t i = blockIdx.x;
+  const T* xi = x + i * ldx;
+  float ss = 0;
+  for (std::int64_t j = threadIdx.x; j < c; j += blockDim.x) {
+    const float v = load_float(xi + j);
+    ss += v * v;
+  }
+  const float r = rsqrtf(block_sum(ss, scratch) / static_cast<float>(c) + eps);
+  for (std::int64_t j = threadIdx.x; j < c; j += blockDim.x)
+    store_float(out + i * ldo + j, load_float(xi + j) * r * load_float(w + j));
+  if (threadIdx.x == 0) rstd[i] = r;
+}
+
+/// dx [n, c] = r w g - r^3 (sum_j g w x / c) x per row (g = dout; dx may alias dout).
+template <class T>
+__global__ void rmsnorm_backward(T* dx, std::int64_t ldd, const T* dout, std::int64_t ldg,
+                                 const T* x, std::int64_t ldx, const T* w, const float* rstd,
+                                 std::int64_t c) {
+  __shared__ float scratch[kRowThreads / 32];
+  const std::int64_t i = blockIdx.x;
+  const T *xi = x + i * ldx, *gi = dout + i * ldg;
+  float s = 0;
+  for (std::int64_t j = threadIdx.x; j < c; j += blockDim.x)
+    s += load_float(gi + j) * load_float(w + j) * load_float(xi + j);
+  const float r = rstd[i];
+  const float k = r * r * r * block_sum(s, scratch) / static_cast<float>(c);
+  for (std::int64_t j = threadIdx.x; j < c; j += blockDim.x)
+    store_float(dx + i * ldd + j, r * load_float(gi + j) * load_float(w + j) - k * load_float(xi + j));
+}
+
+/// Rotates the pairs (x[i], x[i + half]) of every head of row b * seq + t by direction * angle(t, i)
+/// in place; cos, sin [max_positions, half]. One thread per (row, head, i).
+template <class T>
+__global__ void rope(T* x, std::int64_t ldx, const float* cos, const float* sin, std::int64_t rows,
+                     std::int64_t seq, std::int64_t heads, std::int64_t half, float direction) {
+  const std::int64_t j = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (j >= heads * half) return;
+  const std::int64_t h = j / half, k = j % half;
+  for (std::int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
+    const std::int64_t t = r % seq;
+    T* v = x + r * ldx + h * 2 * half;
+    const float c = cos[t * half + k], s = direction * sin[t * half + k];
+    const float a = load_float(v + k), b = load_float(v + k + half);
+    store_float(v + k, a * c - b * s);
+    store_float(v + k + half, b * c + a * s);
+  }
+}
+
+__device__ inline float silu_sigmoid(float g) {
+  return 1.0f / (1.0f + expf(-g));
+}
+
+/// out = silu(gate) * up element-wise over [rows, cols].
+template <class T>
+__global__ void swiglu_forward(T* out, std::int64_t ldo, const T* gate, std::int64_t ldg,
+                               const T* up, std::int64_t ldu, std::int64_t rows,
+                               std::int64_t cols) {
+  const std::int64_t j = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (j >= cols) return;
+  for (std::int64_t i = blockIdx.y; i < rows; i += gridDim.y) {
+    const float g = load_float(gate + i * ldg + j);
+    store_float(out + i * ldo + j, g * silu_sigmoid(g) * load_float(up + i * ldu + j));
+  }
+}
+
+/// dgate = dout * up * silu'(gate), dup = dout * silu(gate); either may alias dout.
+template <class T>
+__global__ void swiglu_backward(T* dgate, std::int64_t lddg, T* dup, std::int64_t lddu,
+                                const T* dout, std::int64_t ldo, const T* gate, std::int64_t ldg,
+                                const T* up, std::int64_t ldu, std::int64_t rows,
+                                std::int64_t cols) {
+  const std::int64_t j = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (j >= cols) return;
+  for (std::int64_t i = blockIdx.y; i < rows; i += gridDim.y) {
+    const float g = load_float(gate + i * ldg + j), u = load_float(up + i * ldu + j);
+    const float d = load_float(dout + i * ldo + j), s = silu_sigmoid(g);
+    store_float(dgate + i * lddg + j, d * u * s * (1.0f + g * (1.0f - s)));
+    store_float(dup + i * lddu + j, d * g * s);
+  }
+}
+
+/// y += alpha x element-wise over [rows, cols].
+template <class T>
+__global__ void add(T* y, std::int64_t ldy, const T* x, std::int64_t ldx, std::int64_t rows,
+                    std::int64_t cols, float alpha) {
+  const std::int64_t j = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (j >= cols) return;
+  for (std::int64_t i = blockIdx.y; i < rows; i += gridDim.y)
+    store_float(y + i * ldy + j, load_float(y + i * ldy + j) + alpha * load_float(x + i * ldx + j));
+}
+
+/// x [n, d] row i = table [vocab, d] row ids[i] (ids checked on the host). One block per row.
+template <class TD, class TS>
+__global__ void embedding(TD* x, std::int64_t ldx, const std::int32_t* ids, const TS* table,
+                          std::int64_t ldt, std::int64_t d) {
+  const std::int64_t i = blockIdx.x;
+  const TS* row = table + static_cast<std::int64_t>(ids[i]) * ldt;
+  for (std::int64_t j = threadIdx.x; j < d; j += blockDim.x)
+    store_float(x + i * ldx + j, load_float(row + j));
+}
+
+/// Per row i of logits [n, vocab]: loss[i] = logsumexp(row) - row[t] (0 where t = ignore), and,
+/// when dlogits is given, dlogits row = scale (softmax(row) - onehot(t)) (0 where ignored;
+/// dlogits may alias logits). The exponentials are summed in fp32 in two passes (max, then sum).
+template <class T>
+__global__ void cross_entropy(T* dlogits, std::int64_t ldd, float* loss, const T* logits,
+                              std::int64_t ldl, const std::int32_t* targets, std::int64_t vocab,
+                              std::int32_t ignore, float scale) {
+  __shared__ float scratch[kRowThreads / 32];
+  const std::int64_t i = blockIdx.x;
+  const std::int32_t t = targets[i];
+  T* drow = dlogits ? dlogits + i * ldd : nullptr;
+  if (t == ignore) {
+    if (drow)
+      for (std::int64_t j = threadIdx.x; j < vocab; j += blockDim.x) store_float(drow + j, 0.0f);
+    if (threadIdx.x == 0) loss[i] = 0.0f;
+    return;
+  }
+  const T* row = logits + i * ldl;
+  float m = -INFINITY;
+  for (std::int64_t j = threadIdx.x; j < vocab; j += blockDim.x) m = fmaxf(m, load_float(row + j));
+  m = block_max(m, scratch);
+  float s = 0;
+  for (std::int64_t j = threadIdx.x; j < vocab; j += blockDim.x) s += expf(load_float(row + j) - m);
+  s = block_sum(s, scratch);
+  const float target = load_float(row + t);  // read by every thread before any write below
+  __syncthreads();
+  if (threadIdx.x == 0) loss[i] = logf(s) + m - target;
+  if (!drow) return;
+  const float k = scale / s;
+  for (std::int64_t j = threadIdx.x; j < vocab; j += blockDim.x) {
+    const float p = expf(load_float(row + j) - m) * k;
+    store_float(drow + j, j == t ? p - scale : p);
+  }
+}
+
+}  // namespace wegeft::cuda::kernels

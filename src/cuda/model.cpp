@@ -1,0 +1,362 @@
+// wegeft::cuda::CausalLM: the Llama-family training step on the GPU (cuda/model.hpp).
+//
+// Buffers. Every activation a block's backward needs is kept per block, planned for the largest
+// batch x seq seen; the gradients flow through scratch shared by all blocks. An adapted layer
+// writes its rank-r intermediate into spare columns after its input and its output gradient
+// (AdaptedLinear), so every such buffer has S spare columns (S: the largest padded rank), and an
+// input that several adapted layers read (norm1's output for q, k, v; norm2's for gate, up) has
+// one copy per adapted reader.
+#include "wegeft/cuda/model.hpp"
+
+#include <algorithm>
+#include <map>
+#include <numeric>
+#include <variant>
+
+#include "check.hpp"
+
+namespace wegeft::cuda {
+
+namespace {
+
+/// A device activation of up to `rows` rows: [rows, cols] and `spare` more columns per row.
+struct Act {
+  Tensor t;
+  Index cols = 0;
+  void alloc(DType dtype, Index rows, Index cols_, Index spare) {
+    t = Tensor(dtype, rows, cols_ + spare);
+    cols = cols_;
+  }
+  TensorView v(Index n) const { return t.block(0, 0, n, cols); }
+};
+
+/// A contiguous F32 [rows, cols] view of a buffer (row statistics: rstd, lse, delta, losses).
+TensorView stats(const Buffer& b, Index rows, Index cols) {
+  WEGEFT_ASSERT(static_cast<std::size_t>(rows * cols) * sizeof(float) <= b.bytes());
+  return {b.data(), DType::F32, Device::cuda, rows, cols, cols};
+}
+Buffer floats(Index n) {
+  return Buffer(static_cast<std::size_t>(std::max<Index>(n, 1)) * sizeof(float));
+}
+
+/// One linear of a block, frozen or adapted, and its adapter's cache from the last forward.
+struct Lin {
+  std::unique_ptr<Linear> frozen;
+  std::unique_ptr<AdaptedLinear> adapted;
+  AdaptedLinear::Cache cache;
+
+  void forward(Context& ctx, const TensorView& y, const TensorView& x) {
+    if (adapted)
+      cache = adapted->forward(ctx, y, x);
+    else
+      frozen->forward(ctx, y, x);
+  }
+  /// dx (overwritten; skipped when dx is empty) and the adapter's gradients (+=) from dy (which
+  /// has the spare columns).
+  void backward(Context& ctx, const TensorView& dx, const TensorView& dy) {
+    if (adapted)
+      adapted->backward(ctx, dx, cache, dy);
+    else if (dx.rows != 0)
+      frozen->backward_input(ctx, dx, dy);
+  }
+  Index padded_rank() const { return adapted ? adapted->padded_rank() : 0; }
+};
+
+struct Block {
+  Lin q, k, v, o, gate, up, down;
+  Tensor norm1, norm2;  // [1, d]
+  Act x;                // block input [N, d]
+  Act hq, hk, hv;       // norm1's output; hk, hv: copies for an adapted k, v
+  Act q_out, k_out, v_out;  // after RoPE [N, H hd], [N, Hkv hd]
+  Act attn;             // [N, d] attention output
+  Act x2;               // [N, d] the residual after attention
+  Act hg, hu;           // norm2's output; hu: a copy for an adapted up
+  Act gate_out, up_out, act;  // [N, F]
+  Buffer rstd1, rstd2, lse;
+};
+
+}  // namespace
+
+struct CausalLM::Impl {
+  Context* ctx;
+  Transformer<float>* host;
+  ModelConfig cfg;
+  DType dtype;
+  DeviceStore store;
+  std::unique_ptr<Rope> rope;
+  Tensor embed, head_untied, final_norm;
+  std::vector<Block> blocks;
+  Index spare = 0;
+  // planned size and the shared buffers
+  Index capacity = 0;
+  Act x_last, hf, logits;
+  Act d_res, t1, dh, d_attn, dq, dk, dv, dgate, dup;
+  Buffer rstdf, losses, delta;
+  DeviceArray ids, targets, mask;
+  Index last_n = 0, last_batch = 0, last_seq = 0;
+
+  Impl(Context& c, Transformer<float>& h, DType dt)
+      : ctx(&c), host(&h), cfg(h.config()), dtype(dt), store(c, h.store()) {}
+
+  const Tensor& head() const { return cfg.tied_lm_head ? embed : head_untied; }
+  Tensor upload(const std::string& name) {
+    return Tensor::from_host(*ctx, host->tensor(name), dtype);
+  }
+  void build();
+  void allocate(Index n);
+  void block_forward(Block& b, const TensorView& out, Index n, const AttentionShape& s,
+                     const DeviceArray* m);
+  void block_backward(Block& b, bool first, Index n, const AttentionShape& s,
+                      const DeviceArray* m);
+  TensorView lse(const Block& b, const AttentionShape& s) const {
+    return stats(b.lse, s.batch * s.heads, s.seq);
+  }
+};
+
+void CausalLM::Impl::build() {
+  WEGEFT_CHECK(cfg.family == Family::llama,
+               "the GPU model runs the llama family; this model is " << to_string(cfg.family));
+  WEGEFT_CHECK(!host->has_classifier(),
+               "the GPU model has no classification head; train it on the CPU");
+  WEGEFT_CHECK(!host->has_trainable_norms(),
+               "trainable norms are not implemented on the GPU; keep the norms frozen");
+  WEGEFT_CHECK(dtype == DType::BF16 || dtype == DType::F32,
+               "the GPU model computes in BF16 or F32, not " << dtype_name(dtype));
+  const auto sites = host->sites();
+  const auto modules = host->modules();
+  blocks.resize(static_cast<std::size_t>(cfg.layers));
+  for (std::size_t i = 0; i < modules.size(); ++i) {
+    const auto& m = modules[i];
+    WEGEFT_ASSERT(sites[i].name == m.name);
+    Block& b = blocks[static_cast<std::size_t>(m.layer)];
+    Lin* lin = nullptr;
+    switch (m.role) {
+      case LinearRole::q: lin = &b.q; break;
+      case LinearRole::k: lin = &b.k; break;
+      case LinearRole::v: lin = &b.v; break;
+      case LinearRole::o: lin = &b.o; break;
+      case LinearRole::gate: lin = &b.gate; break;
+      case LinearRole::up: lin = &b.up; break;
+      case LinearRole::down: lin = &b.down; break;
+      default: WEGEFT_CHECK(false, m.name << ": a " << short_name(m.role) << " projection in a llama model");
+    }
+    if (!m.adapter) {
+      lin->frozen = std::make_unique<Linear>(*ctx, sites[i].base, dtype);
+    } else if (const auto* lora = std::get_if<LoraAdapter<float>>(m.adapter)) {
+      lin->adapted = std::make_unique<AdaptedLinear>(*ctx, store, *lora, dtype);
+    } else if (const auto* wg = std::get_if<WeGeFTAdapter<float>>(m.adapter)) {
+      lin->adapted = std::make_unique<AdaptedLinear>(*ctx, store, *wg, dtype);
+    } else {
+      WEGEFT_CHECK(false, m.name << ": its adapter's method has no GPU layer (LoRA and WeGeFT do)");
+    }
+    spare = std::max(spare, lin->padded_rank());
+  }
+  for (Index l = 0; l < cfg.layers; ++l) {
+    Block& b = blocks[static_cast<std::size_t>(l)];
+    b.norm1 = upload(cfg.norm_name(l, 0) + ".weight");
+    b.norm2 = upload(cfg.norm_name(l, 1) + ".weight");
+  }
+  final_norm = upload(cfg.final_norm_name() + ".weight");
+  embed = upload(cfg.token_embedding_name() + ".weight");
+  if (!cfg.tied_lm_head) head_untied = upload("lm_head.weight");
+  rope = std::make_unique<Rope>(*ctx, RopeTable<float>(cfg.head_dim(), cfg.max_positions,
+                                                       cfg.rope_theta));
+}
+
+void CausalLM::Impl::allocate(Index n) {
+  const Index d = cfg.hidden, f = cfg.intermediate, qw = cfg.heads * cfg.head_dim(),
+              kvw = cfg.kv_width(), S = spare;
+  const DType t = dtype;
+  for (auto& b : blocks) {
+    b.x.alloc(t, n, d, S);
+    b.hq.alloc(t, n, d, S);
+    if (b.k.adapted) b.hk.alloc(t, n, d, S);
+    if (b.v.adapted) b.hv.alloc(t, n, d, S);
+    b.q_out.alloc(t, n, qw, S);
+    b.k_out.alloc(t, n, kvw, S);
+    b.v_out.alloc(t, n, kvw, S);
+    b.attn.alloc(t, n, d, S);
+    b.x2.alloc(t, n, d, S);
+    b.hg.alloc(t, n, d, S);
+    if (b.up.adapted) b.hu.alloc(t, n, d, S);
+    b.gate_out.alloc(t, n, f, 0);
+    b.up_out.alloc(t, n, f, 0);
+    b.act.alloc(t, n, f, S);
+    b.rstd1 = floats(n);
+    b.rstd2 = floats(n);
+    b.lse = floats(n * cfg.heads);
+  }
+  x_last.alloc(t, n, d, S);
+  hf.alloc(t, n, d, 0);
+  logits.alloc(t, n, cfg.vocab_size, 0);
+  d_res.alloc(t, n, d, S);
+  t1.alloc(t, n, d, 0);
+  dh.alloc(t, n, d, 0);
+  d_attn.alloc(t, n, d, S);
+  dq.alloc(t, n, qw, S);
+  dk.alloc(t, n, kvw, S);
+  dv.alloc(t, n, kvw, S);
+  dgate.alloc(t, n, f, S);
+  dup.alloc(t, n, f, S);
+  rstdf = floats(n);
+  losses = floats(n);
+  delta = floats(n * cfg.heads);
+  capacity = n;
+}
+
+void CausalLM::Impl::block_forward(Block& b, const TensorView& out, Index n,
+                                   const AttentionShape& s, const DeviceArray* m) {
+  Context& c = *ctx;
+  const float eps = static_cast<float>(cfg.norm_eps);
+  const TensorView hq = b.hq.v(n);
+  rmsnorm_forward(c, hq, stats(b.rstd1, n, 1), b.x.v(n), b.norm1.view(), eps);
+  if (b.k.adapted) scale_copy(c, b.hk.v(n), hq);
+  if (b.v.adapted) scale_copy(c, b.hv.v(n), hq);
+  b.q.forward(c, b.q_out.v(n), hq);
+  b.k.forward(c, b.k_out.v(n), b.k.adapted ? b.hk.v(n) : hq);
+  b.v.forward(c, b.v_out.v(n), b.v.adapted ? b.hv.v(n) : hq);
+  rope_forward(c, b.q_out.v(n), *rope, s.batch, s.seq, cfg.heads);
+  rope_forward(c, b.k_out.v(n), *rope, s.batch, s.seq, cfg.kv_heads);
+  attention_forward(c, b.attn.v(n), lse(b, s), b.q_out.v(n), b.k_out.v(n), b.v_out.v(n), m, s);
+  b.o.forward(c, b.x2.v(n), b.attn.v(n));
+  add(c, b.x2.v(n), b.x.v(n));
+  const TensorView hg = b.hg.v(n);
+  rmsnorm_forward(c, hg, stats(b.rstd2, n, 1), b.x2.v(n), b.norm2.view(), eps);
+  if (b.up.adapted) scale_copy(c, b.hu.v(n), hg);
+  b.gate.forward(c, b.gate_out.v(n), hg);
+  b.up.forward(c, b.up_out.v(n), b.up.adapted ? b.hu.v(n) : hg);
+  swiglu_forward(c, b.act.v(n), b.gate_out.v(n), b.up_out.v(n));
+  b.down.forward(c, out, b.act.v(n));
+  add(c, out, b.x2.v(n));
+}
+
+// d_res holds d(block output) on entry and d(block input) on exit (not computed for the first
+// block, whose input is the frozen embedding).
+void CausalLM::Impl::block_backward(Block& b, bool first, Index n, const AttentionShape& s,
+                                    const DeviceArray* m) {
+  Context& c = *ctx;
+  const TensorView D = d_res.v(n), T1 = t1.v(n), DH = dh.v(n), DUP = dup.v(n);
+  b.down.backward(c, DUP, D);                                   // d act, into dup
+  swiglu_backward(c, dgate.v(n), DUP, DUP, b.gate_out.v(n), b.up_out.v(n));
+  b.gate.backward(c, DH, dgate.v(n));
+  b.up.backward(c, T1, DUP);
+  add(c, DH, T1);                                               // d hg
+  rmsnorm_backward(c, T1, DH, b.x2.v(n), b.norm2.view(), stats(b.rstd2, n, 1));
+  add(c, D, T1);                                                // d x2
+  b.o.backward(c, d_attn.v(n), D);
+  attention_backward(c, dq.v(n), dk.v(n), dv.v(n), stats(delta, s.batch * s.heads, s.seq),
+                     d_attn.v(n), b.attn.v(n), lse(b, s), b.q_out.v(n), b.k_out.v(n),
+                     b.v_out.v(n), m, s);
+  rope_backward(c, dq.v(n), *rope, s.batch, s.seq, cfg.heads);
+  rope_backward(c, dk.v(n), *rope, s.batch, s.seq, cfg.kv_heads);
+  if (first) {  // the adapters' gradients only
+    const TensorView none{};
+    b.q.backward(c, none, dq.v(n));
+    b.k.backward(c, none, dk.v(n));
+    b.v.backward(c, none, dv.v(n));
+    return;
+  }
+  b.q.backward(c, DH, dq.v(n));
+  b.k.backward(c, T1, dk.v(n));
+  add(c, DH, T1);
+  b.v.backward(c, T1, dv.v(n));
+  add(c, DH, T1);                                               // d hq
+  rmsnorm_backward(c, T1, DH, b.x.v(n), b.norm1.view(), stats(b.rstd1, n, 1));
+  add(c, D, T1);                                                // d x
+}
+
+CausalLM::CausalLM(Context& ctx, Transformer<float>& host, DType dtype)
+    : m_impl(std::make_unique<Impl>(ctx, host, dtype)) {
+  m_impl->build();
+}
+CausalLM::~CausalLM() = default;
+
+DeviceStore& CausalLM::store() {
+  return m_impl->store;
+}
+const ModelConfig& CausalLM::config() const {
+  return m_impl->cfg;
+}
+DType CausalLM::dtype() const {
+  return m_impl->dtype;
+}
+
+void CausalLM::refresh() {
+  for (auto& b : m_impl->blocks)
+    for (Lin* l : {&b.q, &b.k, &b.v, &b.o, &b.gate, &b.up, &b.down})
+      if (l->adapted) l->adapted->refresh(*m_impl->ctx);
+}
+
+void CausalLM::plan(Index batch, Index seq) {
+  WEGEFT_CHECK(batch > 0 && seq > 0, "a GPU batch of " << batch << " x " << seq << " tokens");
+  if (batch * seq > m_impl->capacity) m_impl->allocate(batch * seq);
+}
+
+double CausalLM::step(const LmBatch& in, bool backward, double dloss, Index divisor) {
+  Impl& m = *m_impl;
+  Context& c = *m.ctx;
+  const ModelConfig& cfg = m.cfg;
+  WEGEFT_CHECK(in.ids != nullptr && in.targets != nullptr,
+               "a GPU batch needs token ids and targets");
+  WEGEFT_CHECK(in.seq <= cfg.max_positions, "sequence length " << in.seq << " exceeds the model's "
+                                                                << cfg.max_positions
+                                                                << " positions");
+  plan(in.batch, in.seq);
+  const Index n = in.batch * in.seq;
+  for (Index i = 0; i < n; ++i)
+    WEGEFT_CHECK(in.ids[i] >= 0 && in.ids[i] < cfg.vocab_size,
+                 "token id " << in.ids[i] << " at position " << i << " is outside the vocabulary of "
+                             << cfg.vocab_size);
+  const Index counted = wegeft::detail::count_targets(in.targets, n, cfg.vocab_size, kIgnoreIndex);
+  if (divisor < 0) divisor = counted;
+  m.ids.assign(c, in.ids, static_cast<std::size_t>(n));
+  m.targets.assign(c, in.targets, static_cast<std::size_t>(n));
+  const DeviceArray* mask = nullptr;
+  if (in.mask) {
+    m.mask.assign(c, in.mask, static_cast<std::size_t>(n));
+    mask = &m.mask;
+  }
+  const AttentionShape s{.batch = in.batch,
+                         .seq = in.seq,
+                         .heads = cfg.heads,
+                         .kv_heads = cfg.kv_heads,
+                         .head_dim = cfg.head_dim(),
+                         .causal = true};
+  const float eps = static_cast<float>(cfg.norm_eps);
+  auto& blocks = m.blocks;
+  embedding_forward(c, blocks[0].x.v(n), m.ids, m.embed.view());
+  for (std::size_t l = 0; l < blocks.size(); ++l) {
+    const TensorView out = l + 1 < blocks.size() ? blocks[l + 1].x.v(n) : m.x_last.v(n);
+    m.block_forward(blocks[l], out, n, s, mask);
+  }
+  rmsnorm_forward(c, m.hf.v(n), stats(m.rstdf, n, 1), m.x_last.v(n), m.final_norm.view(), eps);
+  const TensorView logits = m.logits.v(n);
+  gemm(c, logits, m.hf.v(n), Op::N, m.head().view(), Op::T, 1.0f, 0.0f);
+  const float scale = divisor ? static_cast<float>(dloss / static_cast<double>(divisor)) : 0.0f;
+  cross_entropy(c, backward ? &logits : nullptr, stats(m.losses, n, 1), logits, m.targets, scale);
+  if (backward) {
+    gemm(c, m.t1.v(n), logits, Op::N, m.head().view(), Op::N, 1.0f, 0.0f);  // d hf
+    rmsnorm_backward(c, m.d_res.v(n), m.t1.v(n), m.x_last.v(n), m.final_norm.view(),
+                     stats(m.rstdf, n, 1));
+    for (std::size_t l = blocks.size(); l-- > 0;) m.block_backward(blocks[l], l == 0, n, s, mask);
+  }
+  m.last_n = n;
+  m.last_batch = in.batch;
+  m.last_seq = in.seq;
+  const auto per = position_losses();
+  const double total = std::accumulate(per.begin(), per.end(), 0.0);
+  return counted ? total / static_cast<double>(counted) : 0.0;
+}
+
+std::vector<float> CausalLM::position_losses() {
+  Impl& m = *m_impl;
+  std::vector<float> out(static_cast<std::size_t>(m.last_n));
+  download_floats(*m.ctx, out.data(), static_cast<const float*>(m.losses.data()), out.size());
+  return out;
+}
+
+TensorView CausalLM::logits() const {
+  return m_impl->logits.v(m_impl->last_n);
+}
+
+}  // namespace wegeft::cuda

@@ -1,0 +1,256 @@
+// wegeft::cuda's transformer ops (cuda/nn.hpp): shape and dtype checks naming the op and the
+// views, then the launchers of transformer.cu.
+#include "wegeft/cuda/nn.hpp"
+
+#include <cmath>
+
+#include "check.hpp"
+#include "launch.hpp"
+
+namespace wegeft::cuda {
+
+using detail::check_view;
+
+namespace {
+
+void check_shape(const TensorView& v, Index rows, Index cols, const char* op, const char* what) {
+  WEGEFT_CHECK(v.rows == rows && v.cols == cols, op << ": " << what << " is " << v.describe()
+                                                    << "; wanted [" << rows << ", " << cols
+                                                    << "]");
+}
+void check_same_dtype(const TensorView& v, const TensorView& ref, const char* op,
+                      const char* what) {
+  WEGEFT_CHECK(v.dtype == ref.dtype, op << ": " << what << " is " << v.describe()
+                                        << "; every matrix of this op must be "
+                                        << dtype_name(ref.dtype));
+}
+/// An F32 view of row statistics: [rows, cols], contiguous.
+void check_stats(const TensorView& v, Index rows, Index cols, const char* op, const char* what) {
+  check_view(v, op, what);
+  WEGEFT_CHECK(v.dtype == DType::F32 && v.rows == rows && v.cols == cols && v.ld == cols,
+               op << ": " << what << " is " << v.describe() << "; wanted a contiguous [" << rows
+                  << ", " << cols << "] F32 view");
+}
+detail::Mat mat(const TensorView& v) {
+  return {v.data, v.dtype == DType::BF16, v.rows, v.cols, v.ld};
+}
+float* floats(const TensorView& v) {
+  return static_cast<float*>(v.data);
+}
+
+}  // namespace
+
+void rmsnorm_forward(Context& ctx, const TensorView& out, const TensorView& rstd,
+                     const TensorView& x, const TensorView& weight, float eps) {
+  const char* op = "rmsnorm_forward";
+  check_view(x, op, "x");
+  check_view(out, op, "out");
+  check_view(weight, op, "weight");
+  check_shape(out, x.rows, x.cols, op, "out");
+  check_shape(weight, 1, x.cols, op, "weight");
+  check_same_dtype(out, x, op, "out");
+  check_same_dtype(weight, x, op, "weight");
+  check_stats(rstd, x.rows, 1, op, "rstd");
+  WEGEFT_CHECK(eps >= 0 && std::isfinite(eps), op << ": eps " << eps);
+  detail::launch_rmsnorm_forward(ctx.stream(), mat(out), floats(rstd), mat(x), mat(weight), eps);
+  detail::check_launch(op);
+}
+
+void rmsnorm_backward(Context& ctx, const TensorView& dx, const TensorView& dout,
+                      const TensorView& x, const TensorView& weight, const TensorView& rstd) {
+  const char* op = "rmsnorm_backward";
+  check_view(x, op, "x");
+  check_view(dx, op, "dx");
+  check_view(dout, op, "dout");
+  check_view(weight, op, "weight");
+  check_shape(dx, x.rows, x.cols, op, "dx");
+  check_shape(dout, x.rows, x.cols, op, "dout");
+  check_shape(weight, 1, x.cols, op, "weight");
+  check_same_dtype(dx, x, op, "dx");
+  check_same_dtype(dout, x, op, "dout");
+  check_same_dtype(weight, x, op, "weight");
+  check_stats(rstd, x.rows, 1, op, "rstd");
+  detail::launch_rmsnorm_backward(ctx.stream(), mat(dx), mat(dout), mat(x), mat(weight),
+                                  floats(rstd));
+  detail::check_launch(op);
+}
+
+Rope::Rope(Context& ctx, const RopeTable<float>& host) : m_head_dim(host.head_dim) {
+  const Index half = host.head_dim / 2;
+  m_cos = Tensor::from_host(ctx, ConstMatrixMap<float>(host.cos.data(), host.max_positions, half),
+                            DType::F32);
+  m_sin = Tensor::from_host(ctx, ConstMatrixMap<float>(host.sin.data(), host.max_positions, half),
+                            DType::F32);
+}
+
+namespace {
+void rope(Context& ctx, const TensorView& x, const Rope& r, Index batch, Index seq, Index heads,
+          float direction, const char* op) {
+  check_view(x, op, "x");
+  WEGEFT_CHECK(batch >= 0 && seq > 0 && heads > 0,
+               op << ": batch " << batch << ", seq " << seq << ", heads " << heads);
+  check_shape(x, batch * seq, heads * r.head_dim(), op, "x");
+  WEGEFT_CHECK(seq <= r.max_positions(), op << ": sequence length " << seq
+                                            << " exceeds the RoPE table's " << r.max_positions()
+                                            << " positions");
+  detail::launch_rope(ctx.stream(), mat(x), r.cos(), r.sin(), seq, heads, r.head_dim() / 2,
+                      direction);
+  detail::check_launch(op);
+}
+}  // namespace
+
+void rope_forward(Context& ctx, const TensorView& x, const Rope& r, Index batch, Index seq,
+                  Index heads) {
+  rope(ctx, x, r, batch, seq, heads, 1.0f, "rope_forward");
+}
+void rope_backward(Context& ctx, const TensorView& dx, const Rope& r, Index batch, Index seq,
+                   Index heads) {
+  rope(ctx, dx, r, batch, seq, heads, -1.0f, "rope_backward");
+}
+
+void swiglu_forward(Context& ctx, const TensorView& out, const TensorView& gate,
+                    const TensorView& up) {
+  const char* op = "swiglu_forward";
+  check_view(out, op, "out");
+  check_view(gate, op, "gate");
+  check_view(up, op, "up");
+  check_shape(gate, out.rows, out.cols, op, "gate");
+  check_shape(up, out.rows, out.cols, op, "up");
+  check_same_dtype(gate, out, op, "gate");
+  check_same_dtype(up, out, op, "up");
+  detail::launch_swiglu_forward(ctx.stream(), mat(out), mat(gate), mat(up));
+  detail::check_launch(op);
+}
+
+void swiglu_backward(Context& ctx, const TensorView& dgate, const TensorView& dup,
+                     const TensorView& dout, const TensorView& gate, const TensorView& up) {
+  const char* op = "swiglu_backward";
+  for (const auto* v : {&dgate, &dup, &dout, &gate, &up}) check_view(*v, op, "an argument");
+  check_shape(dgate, dout.rows, dout.cols, op, "dgate");
+  check_shape(dup, dout.rows, dout.cols, op, "dup");
+  check_shape(gate, dout.rows, dout.cols, op, "gate");
+  check_shape(up, dout.rows, dout.cols, op, "up");
+  check_same_dtype(dgate, dout, op, "dgate");
+  check_same_dtype(dup, dout, op, "dup");
+  check_same_dtype(gate, dout, op, "gate");
+  check_same_dtype(up, dout, op, "up");
+  detail::launch_swiglu_backward(ctx.stream(), mat(dgate), mat(dup), mat(dout), mat(gate),
+                                 mat(up));
+  detail::check_launch(op);
+}
+
+void add(Context& ctx, const TensorView& y, const TensorView& x, float alpha) {
+  const char* op = "add";
+  check_view(y, op, "y");
+  check_view(x, op, "x");
+  check_shape(x, y.rows, y.cols, op, "x");
+  check_same_dtype(x, y, op, "x");
+  detail::launch_add(ctx.stream(), mat(y), mat(x), alpha);
+  detail::check_launch(op);
+}
+
+void embedding_forward(Context& ctx, const TensorView& x, const DeviceArray& ids,
+                       const TensorView& table) {
+  const char* op = "embedding_forward";
+  check_view(x, op, "x");
+  check_view(table, op, "table");
+  check_same_dtype(table, x, op, "table");
+  WEGEFT_CHECK(table.cols == x.cols, op << ": table " << table.describe() << " for x "
+                                        << x.describe());
+  WEGEFT_CHECK(ids.size() == static_cast<std::size_t>(x.rows),
+               op << ": " << ids.size() << " ids for x " << x.describe());
+  detail::launch_embedding(ctx.stream(), mat(x), ids.data<std::int32_t>(), mat(table));
+  detail::check_launch(op);
+}
+
+void cross_entropy(Context& ctx, const TensorView* dlogits, const TensorView& losses,
+                   const TensorView& logits, const DeviceArray& targets, float scale,
+                   std::int32_t ignore_index) {
+  const char* op = "cross_entropy";
+  check_view(logits, op, "logits");
+  check_stats(losses, logits.rows, 1, op, "losses");
+  detail::Mat d{nullptr, logits.dtype == DType::BF16, 0, 0, 0};
+  if (dlogits) {
+    check_view(*dlogits, op, "dlogits");
+    check_shape(*dlogits, logits.rows, logits.cols, op, "dlogits");
+    check_same_dtype(*dlogits, logits, op, "dlogits");
+    d = mat(*dlogits);
+  }
+  WEGEFT_CHECK(targets.size() == static_cast<std::size_t>(logits.rows),
+               op << ": " << targets.size() << " targets for logits " << logits.describe());
+  WEGEFT_CHECK(std::isfinite(scale), op << ": scale " << scale);
+  detail::launch_cross_entropy(ctx.stream(), d, floats(losses), mat(logits),
+                               targets.data<std::int32_t>(), ignore_index, scale);
+  detail::check_launch(op);
+}
+
+namespace {
+detail::AttentionLaunch attention_launch(const TensorView& out, const TensorView& lse,
+                                         const TensorView& q, const TensorView& k,
+                                         const TensorView& v, const DeviceArray* key_mask,
+                                         const AttentionShape& s, const char* op) {
+  s.check();
+  WEGEFT_CHECK(s.head_dim <= 256, op << ": head_dim " << s.head_dim << " (at most 256 on the GPU)");
+  const Index n = s.batch * s.seq;
+  for (const auto* t : {&out, &q, &k, &v}) check_view(*t, op, "an input or output");
+  check_shape(q, n, s.q_width(), op, "q");
+  check_shape(out, n, s.q_width(), op, "out");
+  check_shape(k, n, s.kv_width(), op, "k");
+  check_shape(v, n, s.kv_width(), op, "v");
+  check_same_dtype(k, q, op, "k");
+  check_same_dtype(v, q, op, "v");
+  check_same_dtype(out, q, op, "out");
+  check_stats(lse, s.batch * s.heads, s.seq, op, "lse");
+  if (key_mask)
+    WEGEFT_CHECK(key_mask->size() == static_cast<std::size_t>(n),
+                 op << ": a key mask of " << key_mask->size() << " values for " << s.batch << " x "
+                    << s.seq << " tokens");
+  return {s.batch,
+          s.seq,
+          s.heads,
+          s.kv_heads,
+          s.head_dim,
+          q.ld,
+          k.ld,
+          v.ld,
+          out.ld,
+          s.causal,
+          q.dtype == DType::BF16,
+          key_mask ? key_mask->data<std::uint8_t>() : nullptr};
+}
+void check_like(const TensorView& g, const TensorView& ref, const char* op, const char* what) {
+  check_view(g, op, what);
+  WEGEFT_CHECK(g.rows == ref.rows && g.cols == ref.cols && g.ld == ref.ld && g.dtype == ref.dtype,
+               op << ": " << what << " is " << g.describe() << "; wanted " << ref.describe()
+                  << " (the same shape, row stride and dtype)");
+}
+}  // namespace
+
+void attention_forward(Context& ctx, const TensorView& out, const TensorView& lse,
+                       const TensorView& q, const TensorView& k, const TensorView& v,
+                       const DeviceArray* key_mask, const AttentionShape& shape) {
+  const char* op = "attention_forward";
+  const auto a = attention_launch(out, lse, q, k, v, key_mask, shape, op);
+  detail::launch_attention_forward(ctx.stream(), a, out.data, floats(lse), q.data, k.data,
+                                   v.data);
+  detail::check_launch(op);
+}
+
+void attention_backward(Context& ctx, const TensorView& dq, const TensorView& dk,
+                        const TensorView& dv, const TensorView& delta, const TensorView& dout,
+                        const TensorView& out, const TensorView& lse, const TensorView& q,
+                        const TensorView& k, const TensorView& v, const DeviceArray* key_mask,
+                        const AttentionShape& shape) {
+  const char* op = "attention_backward";
+  const auto a = attention_launch(out, lse, q, k, v, key_mask, shape, op);
+  check_like(dq, q, op, "dq");
+  check_like(dk, k, op, "dk");
+  check_like(dv, v, op, "dv");
+  check_like(dout, out, op, "dout");
+  check_stats(delta, shape.batch * shape.heads, shape.seq, op, "delta");
+  detail::launch_attention_backward(ctx.stream(), a, dq.data, dk.data, dv.data, floats(delta),
+                                    dout.data, out.data, floats(lse), q.data, k.data, v.data);
+  detail::check_launch(op);
+}
+
+}  // namespace wegeft::cuda
