@@ -2,14 +2,19 @@
 """Tables and plots of a scripts/study run, from the files the runs wrote (nothing typed by hand).
 
   report.py STUDY_DIR                  writes STUDY_DIR/report/{results.md, *.png} and prints the table
-  report.py STUDY_DIR --docs FILE      also puts the table between FILE's "<!-- begin study -->" and
-                                       "<!-- end study -->" lines and the plot beside FILE in results/
+  report.py STUDY_DIR --docs FILE [--marker NAME]
+                                       also puts the table between FILE's "<!-- begin NAME -->" and
+                                       "<!-- end NAME -->" lines (NAME: study) and the plot beside FILE
+                                       in results/ (loss_curves.png, or NAME-loss_curves.png)
   report.py --table RUN_DIR...         prints one row per run directory (scripts/demo)
   report.py --best-lr METHOD_DIR LR..  prints the learning rate of the sweep (seed 0) with the
-                                       highest final validation accuracy (ties: lower loss)
+                                       highest final validation score (ties: lower loss)
 
 Each run directory STUDY_DIR/<method>/lr<lr>-seed<seed>/ holds log.jsonl (wegeft finetune --log),
-test.json (wegeft eval --json) and seconds (wall time of the finetune command).
+test.json (wegeft eval --json) and seconds (wall time of the finetune command). A classification
+run is scored by accuracy and macro-F1 and chosen by the log's final validation accuracy; a run
+with valid.json (`wegeft eval --json --exact-match` on the validation split) by greedy exact match,
+and chosen by the validation split's.
 """
 import json
 import math
@@ -37,13 +42,24 @@ def final_val(reports):
     return vals[-1] if vals else None
 
 
+def validation(rdir, reports):
+    """The run's final validation score and loss: {"val_accuracy", "val_loss"}."""
+    path = os.path.join(rdir, "valid.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            v = json.load(f)
+        return {"val_accuracy": v["exact_match"], "val_loss": v["loss"]}
+    return final_val(reports)
+
+
 def best_lr(method_dir, lrs):
     scored = []
     for lr in lrs:
-        _, reports = read_log(os.path.join(method_dir, f"lr{lr}-seed0", "log.jsonl"))
-        v = final_val(reports)
-        scored.append((-v["val_accuracy"], v["val_loss"], lr))
-    return min(scored)[2]
+        rdir = os.path.join(method_dir, f"lr{lr}-seed0")
+        _, reports = read_log(os.path.join(rdir, "log.jsonl"))
+        v = validation(rdir, reports)
+        scored.append((-v["val_accuracy"], v["val_loss"], float(lr), lr))
+    return min(scored)[3]
 
 
 RUN = re.compile(r"lr(?P<lr>[^-]+(?:-\d+)?)-seed(?P<seed>\d+)$")
@@ -55,11 +71,13 @@ def load_run(rdir):
     with open(os.path.join(rdir, "test.json")) as f:
         test = json.load(f)
     last = reports[-1]
+    if "exact_match" in test:
+        test["accuracy"] = test["exact_match"]
     return {
         "start": start,
         "reports": reports,
         "test": test,
-        "val": final_val(reports),
+        "val": validation(rdir, reports),
         "s_per_step": last["train_s"] / last["step"],
         "peak_gib": max(r["peak_gib"] for r in reports),
     }
@@ -104,16 +122,27 @@ def mean_std(xs):
     return f"{statistics.mean(xs):.4f} ± {statistics.stdev(xs):.4f}"
 
 
-def report(study, docs=None):
+def report(study, docs=None, marker="study"):
     runs = collect(study)
+    exact = any("exact_match" in r["test"] for m in runs.values() for l in m.values() for r in l.values())
     outdir = os.path.join(study, "report")
     os.makedirs(outdir, exist_ok=True)
     machine = open(os.path.join(study, "machine.txt")).read().strip() if os.path.exists(
         os.path.join(study, "machine.txt")) else "unknown machine"
     lines = [f"Machine: {machine}", ""]
-    lines += ["| method | trainable parameters | learning rate | seeds | test accuracy | test macro-F1 "
-              "| s / step | peak memory (GiB) |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    if exact:
+        lines += ["| method | trainable parameters | learning rate | seeds | valid exact match | test exact match "
+                  "| test loss / answer token | s / step | peak memory (GiB) |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        base = [os.path.join(study, f"base-{split}.json") for split in ("valid", "test")]
+        if all(os.path.exists(f) for f in base):
+            bv, bt = (json.load(open(f)) for f in base)
+            lines.append(f"| base model | 0 | | | {bv['exact_match']:.4f} | {bt['exact_match']:.4f} "
+                         f"| {bt['loss']:.3f} | | |")
+    else:
+        lines += ["| method | trainable parameters | learning rate | seeds | test accuracy | test macro-F1 "
+                  "| s / step | peak memory (GiB) |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
     best = {}
     for method in sorted(runs, key=sort_key):
         lr_file = os.path.join(study, method, "best_lr")
@@ -124,20 +153,33 @@ def report(study, docs=None):
         seeds = runs[method][lr]
         rs = [seeds[s] for s in sorted(seeds)]
         start = rs[0]["start"]
+        if exact:
+            scores = (f"| {mean_std([r['val']['val_accuracy'] for r in rs])} "
+                      f"| {mean_std([r['test']['exact_match'] for r in rs])} "
+                      f"| {statistics.mean(r['test']['loss'] for r in rs):.3f} ")
+        else:
+            scores = (f"| {mean_std([r['test']['accuracy'] for r in rs])} "
+                      f"| {mean_std([r['test']['macro_f1'] for r in rs])} ")
         lines.append(
-            f"| {method} | {start['trainable_parameters']:,} | {lr} | {len(rs)} "
-            f"| {mean_std([r['test']['accuracy'] for r in rs])} "
-            f"| {mean_std([r['test']['macro_f1'] for r in rs])} "
+            f"| {method} | {start['trainable_parameters']:,} | {lr} | {len(rs)} " + scores +
             f"| {statistics.mean(r['s_per_step'] for r in rs):.3f} "
             f"| {max(r['peak_gib'] for r in rs):.2f} |")
     threads = {r["start"]["threads"] for m in runs.values() for l in m.values() for r in l.values()}
     backends = {r["start"]["backend"] for m in runs.values() for l in m.values() for r in l.values()}
-    lines += ["", f"Threads: {', '.join(map(str, sorted(threads)))}; backend: {'; '.join(sorted(backends))}.",
-              "Trainable parameters include the classification head. s / step: training steps only "
-              "(validation and saving left out), mean over seeds. Accuracy and macro-F1: mean ± "
-              "sample standard deviation over the seeds, on the test split.", ""]
-    # The sweep: final validation accuracy / loss per learning rate (seed 0).
-    lines += ["Learning-rate sweep (seed 0, final validation accuracy / loss; chosen: **bold**):", ""]
+    lines += ["", f"Threads: {', '.join(map(str, sorted(threads)))}; backend: {'; '.join(sorted(backends))}."]
+    if exact:
+        lines += ["Exact match: greedy decoding's answer equals the target and stops (EOS or a newline), on "
+                  "the validation (200) and test (500) splits; mean ± sample standard deviation over the "
+                  "seeds. Test loss: mean cross-entropy per answer token, mean over seeds. s / step: training "
+                  "steps only (validation and saving left out), mean over seeds.", ""]
+        what = "validation exact match / loss"
+    else:
+        lines += ["Trainable parameters include the classification head. s / step: training steps only "
+                  "(validation and saving left out), mean over seeds. Accuracy and macro-F1: mean ± "
+                  "sample standard deviation over the seeds, on the test split.", ""]
+        what = "final validation accuracy / loss"
+    # The sweep: the validation score / loss per learning rate (seed 0).
+    lines += [f"Learning-rate sweep (seed 0, {what}; chosen: **bold**):", ""]
     lrs_all = sorted({lr for m in runs.values() for lr in m}, key=float)
     lines += ["| method | " + " | ".join(lrs_all) + " |", "|---|" + "---:|" * len(lrs_all)]
     for method in sorted(runs, key=sort_key):
@@ -156,16 +198,19 @@ def report(study, docs=None):
     print(text)
     plot(runs, best, outdir)
     if docs:
+        png = "loss_curves.png" if marker == "study" else f"{marker}-loss_curves.png"
         with open(docs) as f:
             page = f.read()
-        begin, end = "<!-- begin study -->\n", "<!-- end study -->"
+        begin, end = f"<!-- begin {marker} -->\n", f"<!-- end {marker} -->"
+        if begin not in page or end not in page:
+            sys.exit(f"{docs}: no '{begin.strip()}' ... '{end}' lines")
         i, j = page.index(begin) + len(begin), page.index(end)
         with open(docs + ".tmp", "w") as f:
-            f.write(page[:i] + text + "\n![loss curves](results/loss_curves.png)\n\n" + page[j:])
+            f.write(page[:i] + text + f"\n![loss curves](results/{png})\n\n" + page[j:])
         os.replace(docs + ".tmp", docs)
         pngdir = os.path.join(os.path.dirname(docs), "results")
         os.makedirs(pngdir, exist_ok=True)
-        shutil.copyfile(os.path.join(outdir, "loss_curves.png"), os.path.join(pngdir, "loss_curves.png"))
+        shutil.copyfile(os.path.join(outdir, "loss_curves.png"), os.path.join(pngdir, png))
 
 
 def plot(runs, best, outdir):
@@ -203,6 +248,8 @@ def main():
         report(sys.argv[1])
     elif len(sys.argv) == 4 and sys.argv[2] == "--docs":
         report(sys.argv[1], sys.argv[3])
+    elif len(sys.argv) == 6 and sys.argv[2] == "--docs" and sys.argv[4] == "--marker":
+        report(sys.argv[1], sys.argv[3], sys.argv[5])
     else:
         print(__doc__, file=sys.stderr)
         sys.exit(2)
