@@ -66,4 +66,13 @@ void launch_adamw(void* stream, float* p, float* m, float* v, const float* g, st
       p, m, v, g, n, n4, k);
 }
 
+void launch_sum_squares(void* stream, double* out, const float* g, std::int64_t n) {
+  auto s = static_cast<cudaStream_t>(stream);
+  cudaMemsetAsync(out, 0, sizeof(double), s);
+  if (n == 0) return;
+  const auto blocks =
+      static_cast<unsigned>(std::min<std::int64_t>((n + kThreads - 1) / kThreads, 132 * 8));
+  kernels::sum_squares<<<blocks, kThreads, 0, s>>>(out, g, n);
+}
+
 }  // namespace wegeft::cuda::detail

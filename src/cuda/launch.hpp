@@ -12,6 +12,8 @@ void launch_scale_copy(void* stream, void* dst, bool bf16_dst, std::int64_t ldd,
                        float scale);
 void launch_fill(void* stream, void* dst, bool bf16_dst, std::int64_t ldd, std::int64_t rows,
                  std::int64_t cols, float value);
+/// *out = sum of g[i]^2 over n floats, in double (out: device memory).
+void launch_sum_squares(void* stream, double* out, const float* g, std::int64_t n);
 /// The AdamW kernel; c = {b1, 1 - b1, b2, 1 - b2, sqrt_c2, eps, lr / c1, decay}.
 void launch_adamw(void* stream, float* p, float* m, float* v, const float* g, std::int64_t n,
                   const float (&c)[8]);

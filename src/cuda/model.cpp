@@ -64,13 +64,13 @@ struct Lin {
 
 struct Block {
   Lin q, k, v, o, gate, up, down;
-  Tensor norm1, norm2;  // [1, d]
-  Act x;                // block input [N, d]
-  Act hq, hk, hv;       // norm1's output; hk, hv: copies for an adapted k, v
-  Act q_out, k_out, v_out;  // after RoPE [N, H hd], [N, Hkv hd]
-  Act attn;             // [N, d] attention output
-  Act x2;               // [N, d] the residual after attention
-  Act hg, hu;           // norm2's output; hu: a copy for an adapted up
+  Tensor norm1, norm2;        // [1, d]
+  Act x;                      // block input [N, d]
+  Act hq, hk, hv;             // norm1's output; hk, hv: copies for an adapted k, v
+  Act q_out, k_out, v_out;    // after RoPE [N, H hd], [N, Hkv hd]
+  Act attn;                   // [N, d] attention output
+  Act x2;                     // [N, d] the residual after attention
+  Act hg, hu;                 // norm2's output; hu: a copy for an adapted up
   Act gate_out, up_out, act;  // [N, F]
   Buffer rstd1, rstd2, lse;
 };
@@ -106,8 +106,7 @@ struct CausalLM::Impl {
   void allocate(Index n);
   void block_forward(Block& b, const TensorView& out, Index n, const AttentionShape& s,
                      const DeviceArray* m);
-  void block_backward(Block& b, bool first, Index n, const AttentionShape& s,
-                      const DeviceArray* m);
+  void block_backward(Block& b, bool first, Index n, const AttentionShape& s, const DeviceArray* m);
   TensorView lse(const Block& b, const AttentionShape& s) const {
     return stats(b.lse, s.batch * s.heads, s.seq);
   }
@@ -131,14 +130,30 @@ void CausalLM::Impl::build() {
     Block& b = blocks[static_cast<std::size_t>(m.layer)];
     Lin* lin = nullptr;
     switch (m.role) {
-      case LinearRole::q: lin = &b.q; break;
-      case LinearRole::k: lin = &b.k; break;
-      case LinearRole::v: lin = &b.v; break;
-      case LinearRole::o: lin = &b.o; break;
-      case LinearRole::gate: lin = &b.gate; break;
-      case LinearRole::up: lin = &b.up; break;
-      case LinearRole::down: lin = &b.down; break;
-      default: WEGEFT_CHECK(false, m.name << ": a " << short_name(m.role) << " projection in a llama model");
+      case LinearRole::q:
+        lin = &b.q;
+        break;
+      case LinearRole::k:
+        lin = &b.k;
+        break;
+      case LinearRole::v:
+        lin = &b.v;
+        break;
+      case LinearRole::o:
+        lin = &b.o;
+        break;
+      case LinearRole::gate:
+        lin = &b.gate;
+        break;
+      case LinearRole::up:
+        lin = &b.up;
+        break;
+      case LinearRole::down:
+        lin = &b.down;
+        break;
+      default:
+        WEGEFT_CHECK(false,
+                     m.name << ": a " << short_name(m.role) << " projection in a llama model");
     }
     if (!m.adapter) {
       lin->frozen = std::make_unique<Linear>(*ctx, sites[i].base, dtype);
@@ -159,8 +174,8 @@ void CausalLM::Impl::build() {
   final_norm = upload(cfg.final_norm_name() + ".weight");
   embed = upload(cfg.token_embedding_name() + ".weight");
   if (!cfg.tied_lm_head) head_untied = upload("lm_head.weight");
-  rope = std::make_unique<Rope>(*ctx, RopeTable<float>(cfg.head_dim(), cfg.max_positions,
-                                                       cfg.rope_theta));
+  rope = std::make_unique<Rope>(
+      *ctx, RopeTable<float>(cfg.head_dim(), cfg.max_positions, cfg.rope_theta));
 }
 
 void CausalLM::Impl::allocate(Index n) {
@@ -236,17 +251,17 @@ void CausalLM::Impl::block_backward(Block& b, bool first, Index n, const Attenti
                                     const DeviceArray* m) {
   Context& c = *ctx;
   const TensorView D = d_res.v(n), T1 = t1.v(n), DH = dh.v(n), DUP = dup.v(n);
-  b.down.backward(c, DUP, D);                                   // d act, into dup
+  b.down.backward(c, DUP, D);  // d act, into dup
   swiglu_backward(c, dgate.v(n), DUP, DUP, b.gate_out.v(n), b.up_out.v(n));
   b.gate.backward(c, DH, dgate.v(n));
   b.up.backward(c, T1, DUP);
-  add(c, DH, T1);                                               // d hg
+  add(c, DH, T1);  // d hg
   rmsnorm_backward(c, T1, DH, b.x2.v(n), b.norm2.view(), stats(b.rstd2, n, 1));
-  add(c, D, T1);                                                // d x2
+  add(c, D, T1);  // d x2
   b.o.backward(c, d_attn.v(n), D);
   attention_backward(c, dq.v(n), dk.v(n), dv.v(n), stats(delta, s.batch * s.heads, s.seq),
-                     d_attn.v(n), b.attn.v(n), lse(b, s), b.q_out.v(n), b.k_out.v(n),
-                     b.v_out.v(n), m, s);
+                     d_attn.v(n), b.attn.v(n), lse(b, s), b.q_out.v(n), b.k_out.v(n), b.v_out.v(n),
+                     m, s);
   rope_backward(c, dq.v(n), *rope, s.batch, s.seq, cfg.heads);
   rope_backward(c, dk.v(n), *rope, s.batch, s.seq, cfg.kv_heads);
   if (first) {  // the adapters' gradients only
@@ -260,9 +275,9 @@ void CausalLM::Impl::block_backward(Block& b, bool first, Index n, const Attenti
   b.k.backward(c, T1, dk.v(n));
   add(c, DH, T1);
   b.v.backward(c, T1, dv.v(n));
-  add(c, DH, T1);                                               // d hq
+  add(c, DH, T1);  // d hq
   rmsnorm_backward(c, T1, DH, b.x.v(n), b.norm1.view(), stats(b.rstd1, n, 1));
-  add(c, D, T1);                                                // d x
+  add(c, D, T1);  // d x
 }
 
 CausalLM::CausalLM(Context& ctx, Transformer<float>& host, DType dtype)
@@ -299,14 +314,14 @@ double CausalLM::step(const LmBatch& in, bool backward, double dloss, Index divi
   WEGEFT_CHECK(in.ids != nullptr && in.targets != nullptr,
                "a GPU batch needs token ids and targets");
   WEGEFT_CHECK(in.seq <= cfg.max_positions, "sequence length " << in.seq << " exceeds the model's "
-                                                                << cfg.max_positions
-                                                                << " positions");
+                                                               << cfg.max_positions
+                                                               << " positions");
   plan(in.batch, in.seq);
   const Index n = in.batch * in.seq;
   for (Index i = 0; i < n; ++i)
     WEGEFT_CHECK(in.ids[i] >= 0 && in.ids[i] < cfg.vocab_size,
-                 "token id " << in.ids[i] << " at position " << i << " is outside the vocabulary of "
-                             << cfg.vocab_size);
+                 "token id " << in.ids[i] << " at position " << i
+                             << " is outside the vocabulary of " << cfg.vocab_size);
   const Index counted = wegeft::detail::count_targets(in.targets, n, cfg.vocab_size, kIgnoreIndex);
   if (divisor < 0) divisor = counted;
   m.ids.assign(c, in.ids, static_cast<std::size_t>(n));

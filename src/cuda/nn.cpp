@@ -15,8 +15,7 @@ namespace {
 
 void check_shape(const TensorView& v, Index rows, Index cols, const char* op, const char* what) {
   WEGEFT_CHECK(v.rows == rows && v.cols == cols, op << ": " << what << " is " << v.describe()
-                                                    << "; wanted [" << rows << ", " << cols
-                                                    << "]");
+                                                    << "; wanted [" << rows << ", " << cols << "]");
 }
 void check_same_dtype(const TensorView& v, const TensorView& ref, const char* op,
                       const char* what) {
@@ -134,8 +133,7 @@ void swiglu_backward(Context& ctx, const TensorView& dgate, const TensorView& du
   check_same_dtype(dup, dout, op, "dup");
   check_same_dtype(gate, dout, op, "gate");
   check_same_dtype(up, dout, op, "up");
-  detail::launch_swiglu_backward(ctx.stream(), mat(dgate), mat(dup), mat(dout), mat(gate),
-                                 mat(up));
+  detail::launch_swiglu_backward(ctx.stream(), mat(dgate), mat(dup), mat(dout), mat(gate), mat(up));
   detail::check_launch(op);
 }
 
@@ -155,8 +153,8 @@ void embedding_forward(Context& ctx, const TensorView& x, const DeviceArray& ids
   check_view(x, op, "x");
   check_view(table, op, "table");
   check_same_dtype(table, x, op, "table");
-  WEGEFT_CHECK(table.cols == x.cols, op << ": table " << table.describe() << " for x "
-                                        << x.describe());
+  WEGEFT_CHECK(table.cols == x.cols,
+               op << ": table " << table.describe() << " for x " << x.describe());
   WEGEFT_CHECK(ids.size() == static_cast<std::size_t>(x.rows),
                op << ": " << ids.size() << " ids for x " << x.describe());
   detail::launch_embedding(ctx.stream(), mat(x), ids.data<std::int32_t>(), mat(table));
@@ -231,8 +229,7 @@ void attention_forward(Context& ctx, const TensorView& out, const TensorView& ls
                        const DeviceArray* key_mask, const AttentionShape& shape) {
   const char* op = "attention_forward";
   const auto a = attention_launch(out, lse, q, k, v, key_mask, shape, op);
-  detail::launch_attention_forward(ctx.stream(), a, out.data, floats(lse), q.data, k.data,
-                                   v.data);
+  detail::launch_attention_forward(ctx.stream(), a, out.data, floats(lse), q.data, k.data, v.data);
   detail::check_launch(op);
 }
 

@@ -3,6 +3,7 @@
 
 #include "check.hpp"
 #include "context_impl.hpp"
+#include "launch.hpp"
 #include "wegeft/cuda/store.hpp"
 
 namespace wegeft::cuda {
@@ -81,6 +82,31 @@ void AdamW::step(Context& ctx, DeviceStore& store, double lr) {
                     static_cast<float>(1.0 - lr * m_config.weight_decay)};
   adamw_update(ctx, store.values(), static_cast<float*>(m_m.data()),
                static_cast<float*>(m_v.data()), store.grads(), store.size(), c);
+}
+
+}  // namespace wegeft::cuda
+
+namespace wegeft::cuda {
+
+double clip_grad_norm(Context& ctx, DeviceStore& store, double max_norm) {
+  WEGEFT_CHECK(max_norm > 0, "clip_grad_norm needs max_norm > 0, got " << max_norm);
+  Buffer sum(sizeof(double));
+  detail::launch_sum_squares(ctx.stream(), static_cast<double*>(sum.data()), store.grads(),
+                             store.size());
+  detail::check_launch("sum_squares");
+  double ss = 0;
+  WEGEFT_CUDA_CHECK(
+      cudaMemcpyAsync(&ss, sum.data(), sizeof(double), cudaMemcpyDeviceToHost, ctx.impl().stream));
+  ctx.synchronize();
+  const double norm = std::sqrt(ss);
+  WEGEFT_CHECK(std::isfinite(norm),
+               "gradient norm is " << norm << "; a gradient is NaN or infinite");
+  const double coef = max_norm / (norm + 1e-6);
+  if (coef < 1.0 && store.size() > 0) {
+    const TensorView all{store.grads(), DType::F32, Device::cuda, 1, store.size(), store.size()};
+    scale_copy(ctx, all, all, static_cast<float>(coef));
+  }
+  return norm;
 }
 
 }  // namespace wegeft::cuda

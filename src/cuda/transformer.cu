@@ -84,8 +84,8 @@ void launch_swiglu_backward(void* stream, Mat dgate, Mat dup, Mat dout, Mat gate
   dispatch(dout.bf16, [&](auto t) {
     using T = decltype(t);
     kernels::swiglu_backward<<<grid_2d(dout.rows, dout.cols), kThreads, 0, as_stream(stream)>>>(
-        ptr<T>(dgate), dgate.ld, ptr<T>(dup), dup.ld, ptr<T>(dout), dout.ld, ptr<T>(gate),
-        gate.ld, ptr<T>(up), up.ld, dout.rows, dout.cols);
+        ptr<T>(dgate), dgate.ld, ptr<T>(dup), dup.ld, ptr<T>(dout), dout.ld, ptr<T>(gate), gate.ld,
+        ptr<T>(up), up.ld, dout.rows, dout.cols);
   });
 }
 
@@ -113,20 +113,30 @@ void launch_cross_entropy(void* stream, Mat dlogits, float* loss, Mat logits,
   dispatch(logits.bf16, [&](auto t) {
     using T = decltype(t);
     kernels::cross_entropy<<<static_cast<unsigned>(logits.rows), kernels::kRowThreads, 0,
-                             as_stream(stream)>>>(ptr<T>(dlogits), dlogits.ld, loss,
-                                                  ptr<T>(logits), logits.ld, targets, logits.cols,
-                                                  ignore, scale);
+                             as_stream(stream)>>>(ptr<T>(dlogits), dlogits.ld, loss, ptr<T>(logits),
+                                                  logits.ld, targets, logits.cols, ignore, scale);
   });
 }
 
 namespace {
 kernels::AttentionArgs args_of(const AttentionLaunch& a) {
-  return {a.batch, a.seq, a.heads, a.kv_heads, a.head_dim, a.ldq, a.ldk, a.ldv, a.ldo, a.causal,
-          static_cast<float>(1.0 / std::sqrt(static_cast<double>(a.head_dim))), a.mask};
+  return {a.batch,
+          a.seq,
+          a.heads,
+          a.kv_heads,
+          a.head_dim,
+          a.ldq,
+          a.ldk,
+          a.ldv,
+          a.ldo,
+          a.causal,
+          static_cast<float>(1.0 / std::sqrt(static_cast<double>(a.head_dim))),
+          a.mask};
 }
 dim3 attention_grid(const AttentionLaunch& a, std::int64_t heads) {
-  return dim3(static_cast<unsigned>((a.seq + kernels::kAttentionWarps - 1) / kernels::kAttentionWarps),
-              static_cast<unsigned>(heads), static_cast<unsigned>(a.batch));
+  return dim3(
+      static_cast<unsigned>((a.seq + kernels::kAttentionWarps - 1) / kernels::kAttentionWarps),
+      static_cast<unsigned>(heads), static_cast<unsigned>(a.batch));
 }
 }  // namespace
 
@@ -142,9 +152,9 @@ void launch_attention_forward(void* stream, const AttentionLaunch& a, void* out,
   });
 }
 
-void launch_attention_backward(void* stream, const AttentionLaunch& a, void* dq, void* dk,
-                               void* dv, float* delta, const void* dout, const void* out,
-                               const float* lse, const void* q, const void* k, const void* v) {
+void launch_attention_backward(void* stream, const AttentionLaunch& a, void* dq, void* dk, void* dv,
+                               float* delta, const void* dout, const void* out, const float* lse,
+                               const void* q, const void* k, const void* v) {
   const auto args = args_of(a);
   const unsigned threads = 32 * kernels::kAttentionWarps;
   dispatch(a.bf16, [&](auto t) {
@@ -157,9 +167,9 @@ void launch_attention_backward(void* stream, const AttentionLaunch& a, void* dq,
         delta, dot, static_cast<const T*>(out), args);
     kernels::attention_backward_q<<<attention_grid(a, a.heads), threads, 0, as_stream(stream)>>>(
         static_cast<T*>(dq), dot, lse, delta, qt, kt, vt, args);
-    kernels::attention_backward_kv<<<attention_grid(a, a.kv_heads), threads, 0,
-                                     as_stream(stream)>>>(static_cast<T*>(dk), static_cast<T*>(dv),
-                                                          dot, lse, delta, qt, kt, vt, args);
+    kernels::
+        attention_backward_kv<<<attention_grid(a, a.kv_heads), threads, 0, as_stream(stream)>>>(
+            static_cast<T*>(dk), static_cast<T*>(dv), dot, lse, delta, qt, kt, vt, args);
   });
 }
 

@@ -8,6 +8,8 @@
 //   2e-2 on parameter gradients (sums over N of products of rounded intermediates).
 #include "support_cuda.hpp"
 
+#include <wegeft/optim/clip.hpp>
+
 #include <algorithm>
 #include <limits>
 
@@ -357,4 +359,30 @@ TEST_CASE("cuda adapted layer refuses inputs without spare columns and adapters 
                     Catch::Contains("computes in BF16"));
   CHECK_THROWS_WITH(cu::AdaptedLinear(ctx, dev, dropped, DType::BF16),
                     Catch::Contains("LoRA dropout 0.1 is not implemented on the GPU"));
+}
+
+TEST_CASE("cuda clip_grad_norm returns the host norm and scales the gradients as the host does",
+          "[cuda]") {
+  auto& ctx = context();
+  wegeft::Rng rng(15);
+  wegeft::ParameterStore<float> host;
+  const auto a = host.add("a", 7, 13), b = host.add("b", 1, 1001);  // padding between them
+  host.grad(a) = random_matrix<float>(7, 13, rng);
+  host.grad(b) = random_matrix<float>(1, 1001, rng);
+  cu::DeviceStore dev(ctx, host);
+  cu::upload(ctx, dev.grad(a), host.grad(a));
+  cu::upload(ctx, dev.grad(b), host.grad(b));
+  const double dev_norm = cu::clip_grad_norm(ctx, dev, 2.0);
+  const double host_norm = wegeft::clip_grad_norm(host.grads(), 2.0);
+  CHECK(std::abs(dev_norm - host_norm) / host_norm < 1e-12);
+  REQUIRE(host_norm > 2.0);  // so the gradients were scaled
+  CHECK(rel_diff(d(cu::download(ctx, dev.grad(a))), d(host.grad(a))) < 1e-6);
+  CHECK(rel_diff(d(cu::download(ctx, dev.grad(b))), d(host.grad(b))) < 1e-6);
+  // below the bound: untouched
+  const Matrix<float> before = cu::download(ctx, dev.grad(b));
+  cu::clip_grad_norm(ctx, dev, 1e6);
+  CHECK((cu::download(ctx, dev.grad(b)) - before).cwiseAbs().maxCoeff() == 0.0f);
+  host.grad(b)(0, 3) = std::numeric_limits<float>::infinity();
+  cu::upload(ctx, dev.grad(b), host.grad(b));
+  CHECK_THROWS_WITH(cu::clip_grad_norm(ctx, dev, 1.0), Catch::Contains("NaN or infinite"));
 }

@@ -67,7 +67,8 @@ Batch batch_of(Index vocab, wegeft::Rng& rng) {
   const Index n = b.batch * b.seq;
   b.ids.resize(n);
   b.mask.assign(n, 1);
-  for (auto& id : b.ids) id = static_cast<std::int32_t>(rng.uniform() * static_cast<double>(vocab)) % vocab;
+  for (auto& id : b.ids)
+    id = static_cast<std::int32_t>(rng.uniform() * static_cast<double>(vocab)) % vocab;
   for (Index t = 6; t < 9; ++t) b.mask[2 * 9 + t] = 0;
   b.targets.assign(n, wegeft::kIgnoreIndex);
   for (Index s = 0; s < b.batch; ++s)
@@ -87,7 +88,10 @@ double cpu_step(wegeft::Transformer<float>& m, const Batch& b) {
 }
 
 cu::LmBatch gpu_batch(const Batch& b) {
-  return {.ids = b.ids.data(), .mask = b.mask.data(), .targets = b.targets.data(), .batch = b.batch,
+  return {.ids = b.ids.data(),
+          .mask = b.mask.data(),
+          .targets = b.targets.data(),
+          .batch = b.batch,
           .seq = b.seq};
 }
 
@@ -96,7 +100,7 @@ cu::LmBatch gpu_batch(const Batch& b) {
 TEST_CASE("cuda CausalLM step: the loss and every adapter gradient equal the CPU model's",
           "[cuda][model]") {
   auto& ctx = context();
-  for (int method : {0, 1}) {      // LoRA, WeGeFT
+  for (int method : {0, 1}) {  // LoRA, WeGeFT
     for (DType dtype : {DType::F32, DType::BF16}) {
       const bool tied = method == 1;
       INFO((method ? "WeGeFT" : "LoRA") << ", " << wegeft::dtype_name(dtype) << ", "

@@ -72,8 +72,8 @@ TEST_CASE("cuda rmsnorm forward and backward equal the CPU op in double", "[cuda
 
     Matrix<double> X = d(x), W = d(w), G = d(g), ref(n, c), rr(n, 1), dref(n, c);
     wegeft::rmsnorm_forward(ref.data(), rr.data(), X.data(), W.data(), n, c, 1e-5);
-    wegeft::rmsnorm_backward<double>(dref.data(), nullptr, G.data(), X.data(), W.data(),
-                                     rr.data(), n, c);
+    wegeft::rmsnorm_backward<double>(dref.data(), nullptr, G.data(), X.data(), W.data(), rr.data(),
+                                     n, c);
     CHECK(max_rel(cu::download(ctx, out.v), ref) < out_tol(dt));
     CHECK(max_rel(cu::download(ctx, rstd.view()), rr) < 2e-6);
     CHECK(max_rel(cu::download(ctx, dx.v), dref) < grad_tol(dt));
@@ -82,9 +82,9 @@ TEST_CASE("cuda rmsnorm forward and backward equal the CPU op in double", "[cuda
     CHECK(max_rel(cu::download(ctx, xd.v), ref) < out_tol(dt));
   }
   cu::Tensor x(DType::F32, 4, 6), w(DType::F32, 1, 5), r(DType::F32, 4, 1);
-  CHECK_THROWS_WITH(cu::rmsnorm_forward(ctx, x.view(), r.view(), x.view(), w.view(), 1e-5f),
-                    Catch::Contains("rmsnorm_forward: weight is [1, 5]") &&
-                        Catch::Contains("wanted [1, 6]"));
+  CHECK_THROWS_WITH(
+      cu::rmsnorm_forward(ctx, x.view(), r.view(), x.view(), w.view(), 1e-5f),
+      Catch::Contains("rmsnorm_forward: weight is [1, 5]") && Catch::Contains("wanted [1, 6]"));
 }
 
 TEST_CASE("cuda rope forward and backward equal the CPU rotation in double", "[cuda][nn]") {
@@ -172,7 +172,8 @@ TEST_CASE("cuda cross-entropy: losses and gradients equal the CPU op in double, 
   targets[2] = vocab - 1;
   cu::DeviceArray td;
   td.assign(ctx, targets);
-  const Index counted = wegeft::detail::count_targets(targets.data(), n, vocab, wegeft::kIgnoreIndex);
+  const Index counted =
+      wegeft::detail::count_targets(targets.data(), n, vocab, wegeft::kIgnoreIndex);
   for (DType dt : {DType::F32, DType::BF16}) {
     INFO(wegeft::dtype_name(dt));
     const Matrix<float> logits = rounded(8.0f * random_matrix<float>(n, vocab, rng), dt);
@@ -181,8 +182,8 @@ TEST_CASE("cuda cross-entropy: losses and gradients equal the CPU op in double, 
     const float scale = 1.0f / static_cast<float>(counted);
     cu::cross_entropy(ctx, &dl.v, losses.view(), ld.v, td, scale);
     Matrix<double> L = d(logits), dref(n, vocab), lref(n, 1);
-    wegeft::detail::cross_entropy_rows(dref.data(), lref.data(), L.data(), targets.data(), n,
-                                       vocab, 1.0, -1, wegeft::kIgnoreIndex, nullptr);
+    wegeft::detail::cross_entropy_rows(dref.data(), lref.data(), L.data(), targets.data(), n, vocab,
+                                       1.0, -1, wegeft::kIgnoreIndex, nullptr);
     CHECK(max_rel(cu::download(ctx, losses.view()), lref) < 2e-6);
     const Matrix<float> got = cu::download(ctx, dl.v);
     CHECK(max_rel(got, dref) < grad_tol(dt));
@@ -240,19 +241,22 @@ void check_attention(const wegeft::AttentionShape& s, const std::vector<std::uin
       bool any = false;
       for (Index j = 0; j < s.seq; ++j) any = any || (*mask)[b * s.seq + j];
       if (!any) {
-        CHECK(cu::download(ctx, out.v.block(b * s.seq, 0, s.seq, s.q_width())).cwiseAbs().maxCoeff() ==
-              0.0f);
-        CHECK(cu::download(ctx, dk.v.block(b * s.seq, 0, s.seq, s.kv_width())).cwiseAbs().maxCoeff() ==
-              0.0f);
+        CHECK(cu::download(ctx, out.v.block(b * s.seq, 0, s.seq, s.q_width()))
+                  .cwiseAbs()
+                  .maxCoeff() == 0.0f);
+        CHECK(cu::download(ctx, dk.v.block(b * s.seq, 0, s.seq, s.kv_width()))
+                  .cwiseAbs()
+                  .maxCoeff() == 0.0f);
       }
     }
 }
 
 }  // namespace
 
-TEST_CASE("cuda attention equals the CPU op in double: causal GQA with padding, bidirectional, "
-          "a sequence with no visible key",
-          "[cuda][nn]") {
+TEST_CASE(
+    "cuda attention equals the CPU op in double: causal GQA with padding, bidirectional, "
+    "a sequence with no visible key",
+    "[cuda][nn]") {
   wegeft::Rng rng(26);
   for (DType dt : {DType::F32, DType::BF16}) {
     INFO(wegeft::dtype_name(dt));
@@ -285,7 +289,7 @@ TEST_CASE("cuda attention equals the CPU op in double: causal GQA with padding, 
   cu::Tensor q(DType::F32, 4, 16), k(DType::F32, 4, 16), o(DType::F32, 4, 16),
       lse(DType::F32, 2, 4);
   cu::Tensor kb(DType::BF16, 4, 16);
-  CHECK_THROWS_WITH(cu::attention_forward(ctx, o.view(), lse.view(), q.view(), kb.view(), k.view(),
-                                          nullptr, s),
-                    Catch::Contains("attention_forward: k is") && Catch::Contains("must be F32"));
+  CHECK_THROWS_WITH(
+      cu::attention_forward(ctx, o.view(), lse.view(), q.view(), kb.view(), k.view(), nullptr, s),
+      Catch::Contains("attention_forward: k is") && Catch::Contains("must be F32"));
 }

@@ -117,6 +117,12 @@ if [ -s "$work/lm-lora/adapter_model.safetensors" ]; then
         fail "em_eval_$stop: the printed count is not $right of $n: $(cat "$work/em_eval_$stop.out")"
     fi
   done
+  # this build (no wegeft::cuda) refuses --device cuda, naming what is missing; another device by name
+  if ! "$tool" finetune --help | grep -q -- "--device"; then fail "device: no --device option"; fi
+  expect_error device_name "--device must be cpu or cuda" finetune --model "$work/llama" --data "$work/lm" \
+    --iters 1 --device gpu --out "$work/device-name"
+  expect_error device_cuda "built without the CUDA backend" finetune --model "$work/llama" --data "$work/lm" \
+    --iters 1 --device cuda --out "$work/device-cuda"
   expect_error em_text "exact match needs a prompt" eval --model "$work/llama" --data "$work/lm" --split valid --exact-match
   expect_error em_classifier "score a causal LM" eval --model "$work/bert" --adapter "$work/cls-lora" --data "$work/cls" \
     --split valid --exact-match

@@ -20,6 +20,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <numeric>
 #include <optional>
 #include <set>
@@ -36,7 +37,8 @@ struct FinetuneOptions {
   std::string model, data, out = "adapter", method = "wegeft", targets = "all-linear", task,
                            schedule = "cosine", log;
   std::string on_long = "truncate";
-  Index rank = 0;  // 0: the method's default
+  std::string device = "cpu";  // cpu, or cuda (a build with wegeft::cuda)
+  Index rank = 0;              // 0: the method's default
   double alpha = 0, lr = 0, dropout = 0, weight_decay = 0, max_grad_norm = 1.0, epochs = 0;
   std::int64_t iters = 0, stop_at = 0, warmup = -1, eval_every = 0, save_every = 0,
                report_every = 10, eval_batches = 0;
@@ -66,7 +68,8 @@ inline nlohmann::ordered_json to_json(const FinetuneOptions& o) {
           {"dropout", o.dropout},
           {"weight_decay", o.weight_decay},
           {"max_grad_norm", o.max_grad_norm},
-          {"seed", o.seed}};
+          {"seed", o.seed},
+          {"device", o.device}};
 }
 
 /// A model from a Hugging Face folder or a GGUF file, with the tokenizer it came with.
@@ -337,6 +340,25 @@ inline void load_head(Transformer<float>& model, const std::string& dir) {
   detail::install_head(model, model.store(), head);
 }
 
+/// What the finetune loop needs from the GPU: one micro-batch (its mean loss; the optimizer
+/// steps every `accumulation` calls, after clipping), the current learning rate, the validation
+/// loss, and the adapters' values copied back into the host store (before saving).
+struct GpuBackend {
+  std::function<double(const text::Batch&)> step;
+  std::function<double()> lr;
+  std::function<EvalResult(const text::Dataset&, Index, std::int32_t, std::int64_t)> validate;
+  std::function<void()> to_host;
+  std::string description;
+};
+
+}  // namespace wegeft::tool
+
+#ifdef WEGEFT_CUDA
+#include "finetune_cuda.hpp"
+#endif
+
+namespace wegeft::tool {
+
 inline int finetune(FinetuneOptions o) {
   using clock = std::chrono::steady_clock;
   const auto t0 = clock::now();
@@ -372,6 +394,20 @@ inline int finetune(FinetuneOptions o) {
   WEGEFT_CHECK(o.batch_size >= 1 && o.grad_accum >= 1,
                "--batch-size and --grad-accum must be at least 1");
   WEGEFT_CHECK(o.max_seq_length >= 2, "--max-seq-length must be at least 2");
+  WEGEFT_CHECK(o.device == "cpu" || o.device == "cuda",
+               "--device must be cpu or cuda, got '" << o.device << "'");
+#ifndef WEGEFT_CUDA
+  WEGEFT_CHECK(o.device == "cpu",
+               "--device cuda: this wegeft was built without the CUDA backend "
+               "(configure with -DWEGEFT_ENABLE_CUDA=ON; scripts/build-cuda)");
+#endif
+  const bool on_gpu = o.device == "cuda";
+  WEGEFT_CHECK(!on_gpu || task == Task::causal_lm,
+               "--device cuda trains causal language models (the llama family); train "
+               "classification on the CPU");
+  WEGEFT_CHECK(!on_gpu || !o.resume,
+               "--device cuda cannot --resume: its optimizer state stays on the GPU and is not "
+               "saved");
   if (o.max_seq_length > static_cast<std::size_t>(cfg.max_positions)) {
     std::fprintf(stderr,
                  "wegeft: note: --max-seq-length %zu lowered to the model's %ld positions\n",
@@ -425,7 +461,7 @@ inline int finetune(FinetuneOptions o) {
   const double need = step_memory_estimate(cfg, o.batch_size, static_cast<Index>(longest),
                                            task == Task::classification ? 2 : 0);
   const double avail = available_memory_bytes();
-  WEGEFT_CHECK(avail <= 0 || need < 0.9 * avail,
+  WEGEFT_CHECK(on_gpu || avail <= 0 || need < 0.9 * avail,
                "a batch of " << o.batch_size << " x " << longest << " tokens needs about "
                              << need / (1 << 30) << " GiB of activations, " << avail / (1 << 30)
                              << " GiB are available; lower --batch-size or --max-seq-length");
@@ -458,6 +494,17 @@ inline int finetune(FinetuneOptions o) {
   tc.max_grad_norm = o.max_grad_norm;
   tc.accumulation = o.grad_accum;
   Trainer<float> trainer(model, tc);
+  std::optional<GpuBackend> gpu;  // --device cuda: the step, validation and lr come from here
+#ifdef WEGEFT_CUDA
+  if (on_gpu) gpu = cuda_backend(model, tc);
+#endif
+  const std::string where =
+      gpu ? gpu->description : std::to_string(gemm_threads()) + " threads (" + gemm_backend() + ")";
+  auto current_lr = [&] { return gpu ? gpu->lr() : trainer.current_lr(); };
+  auto validate = [&](const text::Dataset& d) {
+    return gpu ? gpu->validate(d, o.batch_size, tok.pad_id().value_or(0), o.eval_batches)
+               : evaluate(model, d, task, o.batch_size, tok.pad_id().value_or(0), o.eval_batches);
+  };
 
   std::int64_t start = 0;
   if (o.resume) {
@@ -476,13 +523,13 @@ inline int finetune(FinetuneOptions o) {
       stderr,
       "wegeft finetune: %s %s (%s), %s, %.1fM frozen + %.3fM trainable parameters (%.3f%%)\n"
       "  data: %zu train / %zu valid examples, %zu train tokens; %lld steps of %ld x %ld; lr %.1e "
-      "%s, warmup %lld; %d threads (%s)\n",
+      "%s, warmup %lld; %s\n",
       to_string(cfg.family), o.method.c_str(), head_only ? "no adapter" : o.targets.c_str(),
       text::to_string(task), frozen / 1e6, double(store.parameter_count()) / 1e6,
       100.0 * double(store.parameter_count()) / frozen, train.examples.size(),
       valid ? valid->examples.size() : 0, train.tokens, static_cast<long long>(o.iters),
       static_cast<long>(o.batch_size), static_cast<long>(o.grad_accum), o.lr, o.schedule.c_str(),
-      static_cast<long long>(o.warmup), gemm_threads(), gemm_backend().c_str());
+      static_cast<long long>(o.warmup), where.c_str());
 
   const std::int32_t pad = tok.pad_id().value_or(0);
   Progress progress(o.log, ::isatty(2) != 0);
@@ -495,8 +542,14 @@ inline int finetune(FinetuneOptions o) {
                   {"iters", o.iters},
                   {"lr", o.lr},
                   {"threads", gemm_threads()},
-                  {"backend", gemm_backend()}});
+                  {"backend", gpu ? gpu->description : gemm_backend()},
+                  {"device", o.device}});
   auto save = [&] {
+    if (gpu) {  // the adapter only: the optimizer state stays on the GPU (no --resume)
+      gpu->to_host();
+      save_adapter(model, store, o.out, o.model);
+      return;
+    }
     if (head_only)
       save_head(model, o.out);
     else
@@ -536,7 +589,7 @@ inline int finetune(FinetuneOptions o) {
       double loss;
       if (task == Task::causal_lm) {
         if (batch.target_count == 0) continue;
-        loss = trainer.lm_step(in, batch.targets.data());
+        loss = gpu ? gpu->step(batch) : trainer.lm_step(in, batch.targets.data());
       } else {
         loss = trainer.classification_step(in, batch.labels.data());
       }
@@ -549,13 +602,13 @@ inline int finetune(FinetuneOptions o) {
     const std::int64_t done = step + 1;
     const bool eval_now = valid && (done % o.eval_every == 0 || done == o.iters);
     const double train_secs = std::chrono::duration<double>(clock::now() - window_t).count();
-    if (eval_now) last_val = evaluate(model, *valid, task, o.batch_size, pad, o.eval_batches);
+    if (eval_now) last_val = validate(*valid);
     if (done % o.report_every == 0 || eval_now || done == o.iters) {
       const double secs = train_secs;
       train_total += secs;
       const double elapsed = std::chrono::duration<double>(clock::now() - t0).count();
       progress.report(done, o.iters, window_n ? window_loss / double(window_n) : std::nan(""),
-                      eval_now ? last_val : std::nullopt, trainer.current_lr(),
+                      eval_now ? last_val : std::nullopt, current_lr(),
                       secs > 0 ? window_tokens / secs : 0, elapsed, train_total, done == o.iters);
       window_loss = window_tokens = 0;
       window_n = 0;

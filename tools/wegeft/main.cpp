@@ -294,6 +294,10 @@ int run_cli11(const std::string& cmd, const std::vector<std::string>& args) {
                    "steps between saves (default: at each validation)");
     app.add_option("--report-every", o.report_every, "steps between progress lines")
         ->capture_default_str();
+    app.add_option("--device", o.device,
+                   "cpu, or cuda: the causal-LM step on GPU 0 in bf16 (a build with "
+                   "-DWEGEFT_ENABLE_CUDA=ON)")
+        ->capture_default_str();
     app.add_flag("--resume", o.resume, "continue the run saved in --out");
     app.add_option(
         "--stop-at", o.stop_at,

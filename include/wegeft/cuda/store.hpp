@@ -47,6 +47,12 @@ class DeviceStore {
   Buffer m_values, m_grads;
 };
 
+/// Global-norm gradient clipping of every gradient in `store`, as optim/clip.hpp's
+/// clip_grad_norm (torch.nn.utils.clip_grad_norm_): if the 2-norm (summed in double) exceeds
+/// max_norm, every gradient is scaled by max_norm / (norm + 1e-6). Returns the norm before
+/// clipping (waits for it); a non-finite norm throws.
+double clip_grad_norm(Context& ctx, DeviceStore& store, double max_norm);
+
 /// AdamW over a DeviceStore's flat buffer, the moments on the device (allocated at the first step).
 class AdamW {
  public:

@@ -40,4 +40,21 @@ __global__ void adamw(float* __restrict__ p, float* __restrict__ m, float* __res
   for (std::int64_t i = 4 * n4 + first; i < n; i += stride) adamw_one(p[i], m[i], v[i], g[i], c);
 }
 
+/// *out += the sum of g[i]^2 over g [n], summed in double (one atomic add per block).
+__global__ void sum_squares(double* out, const float* __restrict__ g, std::int64_t n) {
+  __shared__ double partial[256];
+  double s = 0;
+  const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
+  for (std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += stride)
+    s += static_cast<double>(g[i]) * g[i];
+  partial[threadIdx.x] = s;
+  __syncthreads();
+  for (unsigned half = blockDim.x / 2; half > 0; half /= 2) {
+    if (threadIdx.x < half) partial[threadIdx.x] += partial[threadIdx.x + half];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) atomicAdd(out, partial[0]);
+}
+
 }  // namespace wegeft::cuda::kernels

@@ -20,16 +20,16 @@
 
 namespace wegeft::cuda::kernels {
 
-inline constexpr int kAttentionWarps = 4;      // rows per block
-inline constexpr int kMaxHeadDim = 256;        // head_dim <= this (checked on the host)
+inline constexpr int kAttentionWarps = 4;  // rows per block
+inline constexpr int kMaxHeadDim = 256;    // head_dim <= this (checked on the host)
 inline constexpr int kHeadCols = kMaxHeadDim / 32;
 
 struct AttentionArgs {
   std::int64_t batch, seq, heads, kv_heads, head_dim;
   std::int64_t ldq, ldk, ldv, ldo;  // row strides of q, k, v and out (and of their gradients)
   bool causal;
-  float scale;                  // 1 / sqrt(head_dim)
-  const std::uint8_t* mask;     // [batch, seq], 1 = a key to attend to; null = every key
+  float scale;               // 1 / sqrt(head_dim)
+  const std::uint8_t* mask;  // [batch, seq], 1 = a key to attend to; null = every key
 };
 
 __device__ inline bool key_visible(const AttentionArgs& a, std::int64_t b, std::int64_t j) {

@@ -45,8 +45,8 @@ __device__ inline float block_max(float v, float* scratch) {
 
 /// out [n, c] = x * rstd * w [c]; rstd [n] = 1 / sqrt(mean(x^2) + eps). One block per row.
 template <class T>
-__global__ void rmsnorm_forward(T* out, std::int64_t ldo, float* rstd, const T* x,
-                                std::int64_t ldx, const T* w, std::int64_t c, float eps) {
+__global__ void rmsnorm_forward(T* out, std::int64_t ldo, float* rstd, const T* x, std::int64_t ldx,
+                                const T* w, std::int64_t c, float eps) {
   __shared__ float scratch[kRowThreads / 32];
   const std::int64_t i = blockIdx.x;
   const T* xi = x + i * ldx;
@@ -75,7 +75,8 @@ __global__ void rmsnorm_backward(T* dx, std::int64_t ldd, const T* dout, std::in
   const float r = rstd[i];
   const float k = r * r * r * block_sum(s, scratch) / static_cast<float>(c);
   for (std::int64_t j = threadIdx.x; j < c; j += blockDim.x)
-    store_float(dx + i * ldd + j, r * load_float(gi + j) * load_float(w + j) - k * load_float(xi + j));
+    store_float(dx + i * ldd + j,
+                r * load_float(gi + j) * load_float(w + j) - k * load_float(xi + j));
 }
 
 /// Rotates the pairs (x[i], x[i + half]) of every head of row b * seq + t by direction * angle(t, i)

@@ -1,0 +1,69 @@
+// `wegeft finetune --device cuda`: the causal-LM training step on the GPU (wegeft::cuda::CausalLM)
+// behind the hooks the finetune loop calls. Compiled only when the tool links wegeft::cuda.
+#pragma once
+
+#include <wegeft/cuda.hpp>
+
+#include <memory>
+#include <string>
+
+namespace wegeft::tool {
+
+inline GpuBackend cuda_backend(Transformer<float>& model, const TrainerConfig& tc) {
+  struct State {
+    cuda::Context ctx;
+    cuda::CausalLM lm;
+    cuda::AdamW opt;
+    TrainerConfig tc;
+    Index micro = 0;
+    State(Transformer<float>& m, const TrainerConfig& c)
+        : ctx(0), lm(ctx, m, DType::BF16), opt(c.adamw), tc(c) {}
+    double lr() const { return tc.adamw.lr * tc.schedule.multiplier(opt.steps()); }
+    static cuda::LmBatch of(const text::Batch& b) {
+      return {.ids = b.ids.data(),
+              .mask = b.mask.data(),
+              .targets = b.targets.data(),
+              .batch = b.batch,
+              .seq = b.seq};
+    }
+  };
+  WEGEFT_CHECK(cuda::device_count() > 0, "--device cuda: the CUDA driver reports no GPU");
+  auto s = std::make_shared<State>(model, tc);
+  GpuBackend g;
+  g.description = s->ctx.description() + ", bf16";
+  g.step = [s](const text::Batch& b) {
+    // Each micro-batch contributes 1/accumulation of its mean-loss gradient (as the CPU Trainer).
+    const double loss =
+        s->lm.step(State::of(b), true, 1.0 / static_cast<double>(s->tc.accumulation));
+    if (++s->micro < s->tc.accumulation) return loss;
+    s->micro = 0;
+    if (s->tc.max_grad_norm > 0) cuda::clip_grad_norm(s->ctx, s->lm.store(), s->tc.max_grad_norm);
+    s->opt.step(s->ctx, s->lm.store(), s->lr());
+    s->lm.store().zero_grad(s->ctx);
+    s->lm.refresh();
+    return loss;
+  };
+  g.lr = [s] { return s->lr(); };
+  g.validate = [s](const text::Dataset& data, Index batch_size, std::int32_t pad,
+                   std::int64_t max_batches) {
+    std::vector<std::size_t> order(data.examples.size());
+    std::iota(order.begin(), order.end(), 0);
+    EvalResult r;
+    double total = 0;
+    std::int64_t batches = 0;
+    for (std::size_t b = 0; b < order.size(); b += static_cast<std::size_t>(batch_size)) {
+      if (max_batches > 0 && batches++ >= max_batches) break;
+      const auto e = std::min(order.size(), b + static_cast<std::size_t>(batch_size));
+      const auto batch = text::make_batch(data, order, b, e, Task::causal_lm, pad);
+      if (batch.target_count == 0) continue;
+      total += s->lm.eval_loss(State::of(batch)) * static_cast<double>(batch.target_count);
+      r.count += batch.target_count;
+    }
+    r.loss = r.count ? total / static_cast<double>(r.count) : std::nan("");
+    return r;
+  };
+  g.to_host = [s, &model] { s->lm.store().download(s->ctx, model.store()); };
+  return g;
+}
+
+}  // namespace wegeft::tool
