@@ -1,0 +1,29 @@
+#!/usr/bin/env python3
+# usage: peft_llama_step.py BATCH TOKENS (on the GPU machine: torch, transformers and peft)
+# PyTorch eager + PEFT LoRA r=8 (all linear) training step on a SmolLM2-135M-shaped Llama (random
+# weights: the timing does not depend on them), bf16, AdamW, clipping at 1; prints tokens/s.
+import sys, time, torch, transformers, peft
+from transformers import LlamaConfig, LlamaForCausalLM
+from peft import LoraConfig, get_peft_model
+cfg = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                  num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192,
+                  rms_norm_eps=1e-5, rope_theta=100000.0, tie_word_embeddings=True)
+torch.manual_seed(0)
+m = LlamaForCausalLM(cfg).to("cuda", torch.bfloat16)
+m = get_peft_model(m, LoraConfig(r=8, lora_alpha=8, target_modules="all-linear"))
+params = [p for p in m.parameters() if p.requires_grad]
+opt = torch.optim.AdamW(params, lr=1e-4)
+b, t = int(sys.argv[1]), int(sys.argv[2])
+x = torch.randint(0, cfg.vocab_size, (b, t), device="cuda")
+def step():
+    loss = m(input_ids=x, labels=x).loss
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step(); opt.zero_grad(set_to_none=True)
+for _ in range(3): step()
+torch.cuda.synchronize(); t0 = time.perf_counter(); n = 10
+for _ in range(n): step()
+torch.cuda.synchronize(); dt = (time.perf_counter() - t0) / n
+print(f"torch {torch.__version__} transformers {transformers.__version__} peft {peft.__version__} "
+      f"attn {m.config._attn_implementation}: LoRA r=8 step {b}x{t}: {dt*1e3:.1f} ms, {b*t/dt:.0f} tok/s, "
+      f"peak {torch.cuda.max_memory_allocated()/2**30:.2f} GiB")
