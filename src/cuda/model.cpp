@@ -9,8 +9,9 @@
 #include "wegeft/cuda/model.hpp"
 
 #include <algorithm>
-#include <map>
+#include <iterator>
 #include <numeric>
+#include <utility>
 #include <variant>
 
 #include "check.hpp"
@@ -75,6 +76,12 @@ struct Block {
   Buffer rstd1, rstd2, lse;
 };
 
+/// The block's linear of each role.
+constexpr std::pair<LinearRole, Lin Block::*> kLinears[] = {
+    {LinearRole::q, &Block::q},      {LinearRole::k, &Block::k},       {LinearRole::v, &Block::v},
+    {LinearRole::o, &Block::o},      {LinearRole::gate, &Block::gate}, {LinearRole::up, &Block::up},
+    {LinearRole::down, &Block::down}};
+
 }  // namespace
 
 struct CausalLM::Impl {
@@ -93,7 +100,7 @@ struct CausalLM::Impl {
   Act d_res, t1, dh, d_attn, dq, dk, dv, dgate, dup;
   Buffer rstdf, losses, delta;
   DeviceArray ids, targets, mask;
-  Index last_n = 0, last_batch = 0, last_seq = 0;
+  Index last_n = 0;  // tokens of the last step
 
   Impl(Context& c, Transformer<float>& h, DType dt)
       : ctx(&c), host(&h), cfg(h.config()), dtype(dt), store(c, h.store()) {}
@@ -128,33 +135,11 @@ void CausalLM::Impl::build() {
     const auto& m = modules[i];
     WEGEFT_ASSERT(sites[i].name == m.name);
     Block& b = blocks[static_cast<std::size_t>(m.layer)];
-    Lin* lin = nullptr;
-    switch (m.role) {
-      case LinearRole::q:
-        lin = &b.q;
-        break;
-      case LinearRole::k:
-        lin = &b.k;
-        break;
-      case LinearRole::v:
-        lin = &b.v;
-        break;
-      case LinearRole::o:
-        lin = &b.o;
-        break;
-      case LinearRole::gate:
-        lin = &b.gate;
-        break;
-      case LinearRole::up:
-        lin = &b.up;
-        break;
-      case LinearRole::down:
-        lin = &b.down;
-        break;
-      default:
-        WEGEFT_CHECK(false,
-                     m.name << ": a " << short_name(m.role) << " projection in a llama model");
-    }
+    const auto* it = std::find_if(std::begin(kLinears), std::end(kLinears),
+                                  [&](const auto& e) { return e.first == m.role; });
+    WEGEFT_CHECK(it != std::end(kLinears),
+                 m.name << ": a " << short_name(m.role) << " projection in a llama model");
+    Lin* lin = &(b.*(it->second));
     if (!m.adapter) {
       lin->frozen = std::make_unique<Linear>(*ctx, sites[i].base, dtype);
     } else if (const auto* lora = std::get_if<LoraAdapter<float>>(m.adapter)) {
@@ -298,8 +283,8 @@ DType CausalLM::dtype() const {
 
 void CausalLM::refresh() {
   for (auto& b : m_impl->blocks)
-    for (Lin* l : {&b.q, &b.k, &b.v, &b.o, &b.gate, &b.up, &b.down})
-      if (l->adapted) l->adapted->refresh(*m_impl->ctx);
+    for (const auto& [role, member] : kLinears)
+      if ((b.*member).adapted) (b.*member).adapted->refresh(*m_impl->ctx);
 }
 
 void CausalLM::plan(Index batch, Index seq) {
@@ -356,8 +341,6 @@ double CausalLM::step(const LmBatch& in, bool backward, double dloss, Index divi
     for (std::size_t l = blocks.size(); l-- > 0;) m.block_backward(blocks[l], l == 0, n, s, mask);
   }
   m.last_n = n;
-  m.last_batch = in.batch;
-  m.last_seq = in.seq;
   const auto per = position_losses();
   const double total = std::accumulate(per.begin(), per.end(), 0.0);
   return counted ? total / static_cast<double>(counted) : 0.0;

@@ -146,6 +146,21 @@ struct EvalResult {
   std::size_t count = 0;                          // targets (LM) or examples (classification)
 };
 
+/// f(batch) for the batches of `data` in file order, batch_size examples each (the last may be
+/// smaller), at most max_batches of them when max_batches > 0.
+template <class F>
+void for_each_batch(const text::Dataset& data, Task task, Index batch_size, std::int32_t pad,
+                    std::int64_t max_batches, F&& f) {
+  std::vector<std::size_t> order(data.examples.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::int64_t batches = 0;
+  for (std::size_t b = 0; b < order.size(); b += static_cast<std::size_t>(batch_size)) {
+    if (max_batches > 0 && batches++ >= max_batches) break;
+    const auto e = std::min(order.size(), b + static_cast<std::size_t>(batch_size));
+    f(text::make_batch(data, order, b, e, task, pad));
+  }
+}
+
 /// Mean loss (per target token, or per example) and, for classification, accuracy and macro F1.
 /// With `matches` (causal LM), also each example's greedy exact match against `stops`.
 inline EvalResult evaluate(Transformer<float>& model, const text::Dataset& data, Task task,
@@ -154,19 +169,13 @@ inline EvalResult evaluate(Transformer<float>& model, const text::Dataset& data,
                            const text::StopRule* stops = nullptr) {
   model.set_training(false);
   Transformer<float>::Activations acts;
-  std::vector<std::size_t> order(data.examples.size());
-  std::iota(order.begin(), order.end(), 0);
   double total = 0;
   std::optional<Confusion> confusion;
   EvalResult r;
-  std::int64_t batches = 0;
   std::size_t correct = 0;
   if (matches) matches->clear();
   WEGEFT_CHECK(!matches || stops, "evaluate: exact match needs a stop rule");
-  for (std::size_t b = 0; b < order.size(); b += static_cast<std::size_t>(batch_size)) {
-    if (max_batches > 0 && batches++ >= max_batches) break;
-    const auto e = std::min(order.size(), b + static_cast<std::size_t>(batch_size));
-    const auto batch = text::make_batch(data, order, b, e, task, pad);
+  for_each_batch(data, task, batch_size, pad, max_batches, [&](const text::Batch& batch) {
     const ModelInput<float> in{
         .ids = batch.ids.data(), .mask = batch.mask.data(), .batch = batch.batch, .seq = batch.seq};
     model.forward(acts, in);
@@ -186,7 +195,7 @@ inline EvalResult evaluate(Transformer<float>& model, const text::Dataset& data,
           correct += matches->back().correct ? 1 : 0;
         }
       }
-      if (batch.target_count == 0) continue;
+      if (batch.target_count == 0) return;
       total += model.lm_loss(acts, batch.targets.data()) * static_cast<double>(batch.target_count);
       r.count += batch.target_count;
     } else {
@@ -200,7 +209,7 @@ inline EvalResult evaluate(Transformer<float>& model, const text::Dataset& data,
       }
       r.count += static_cast<std::size_t>(batch.batch);
     }
-  }
+  });
   model.set_training(true);
   r.loss = r.count ? total / static_cast<double>(r.count) : std::nan("");
   if (confusion && confusion->total()) {

@@ -46,19 +46,14 @@ inline GpuBackend cuda_backend(Transformer<float>& model, const TrainerConfig& t
   g.lr = [s] { return s->lr(); };
   g.validate = [s](const text::Dataset& data, Index batch_size, std::int32_t pad,
                    std::int64_t max_batches) {
-    std::vector<std::size_t> order(data.examples.size());
-    std::iota(order.begin(), order.end(), 0);
     EvalResult r;
     double total = 0;
-    std::int64_t batches = 0;
-    for (std::size_t b = 0; b < order.size(); b += static_cast<std::size_t>(batch_size)) {
-      if (max_batches > 0 && batches++ >= max_batches) break;
-      const auto e = std::min(order.size(), b + static_cast<std::size_t>(batch_size));
-      const auto batch = text::make_batch(data, order, b, e, Task::causal_lm, pad);
-      if (batch.target_count == 0) continue;
-      total += s->lm.eval_loss(State::of(batch)) * static_cast<double>(batch.target_count);
-      r.count += batch.target_count;
-    }
+    for_each_batch(
+        data, Task::causal_lm, batch_size, pad, max_batches, [&](const text::Batch& batch) {
+          if (batch.target_count == 0) return;
+          total += s->lm.eval_loss(State::of(batch)) * static_cast<double>(batch.target_count);
+          r.count += batch.target_count;
+        });
     r.loss = r.count ? total / static_cast<double>(r.count) : std::nan("");
     return r;
   };
