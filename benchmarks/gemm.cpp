@@ -5,13 +5,11 @@
 //   build/release/benchmarks/bench_gemm
 #include <wegeft/wegeft.hpp>
 
-#include <algorithm>
-#include <chrono>
 #include <cstdio>
 #include <cstdlib>
-#include <vector>
 
 #include "peak.hpp"
+#include "timing.hpp"
 
 int main() {
   const int threads = std::getenv("WEGEFT_THREADS") ? std::atoi(std::getenv("WEGEFT_THREADS")) : 1;
@@ -22,18 +20,26 @@ int main() {
   wegeft::fill_uniform(a, rng, -1.f, 1.f);
   wegeft::fill_uniform(b, rng, -1.f, 1.f);
   const double peak = wegeft_bench::measured_fma_peak_gflops();
-  std::vector<double> times;
-  for (int i = 0; i < 11; ++i) {
-    const auto t0 = std::chrono::steady_clock::now();
+  const double seconds = wegeft_bench::median_seconds(0, 11, [&] {
     c.noalias() = a * b.transpose();  // the layout of a linear layer: y = x W^T
-    times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-  }
-  std::sort(times.begin(), times.end());
-  const double gflops = 2.0 * M * N * K / times[times.size() / 2] * 1e-9;
+  });
+  const double gflops = 2.0 * M * N * K / seconds * 1e-9;
   std::printf(
       "gemm %ldx%ldx%ld fp32 [%s]: %.1f GFLOP/s; measured FMA peak %.1f GFLOP/s per thread; %.1f "
       "%% of peak\n",
       long(M), long(K), long(N), wegeft::gemm_backend().c_str(), gflops, peak,
       100.0 * gflops / (peak * threads));
+  if (wegeft::bf16_gemm_available()) {  // the same product through gemm_bf16, B packed once
+    const auto packed = wegeft::Bf16Panels::from_rows(b.data(), N, K, K);
+    const double bf16_peak = wegeft_bench::measured_bf16_peak_gflops();
+    const double bf16_seconds = wegeft_bench::median_seconds(
+        0, 11, [&] { wegeft::gemm_bf16(c.data(), N, a.data(), K, M, packed, false); });
+    const double bf16_gflops = 2.0 * M * N * K / bf16_seconds * 1e-9;
+    std::printf(
+        "gemm %ldx%ldx%ld bf16 [gemm_bf16, AVX512-BF16, %d thread(s)]: %.1f GFLOP/s; measured "
+        "vdpbf16ps peak %.1f GFLOP/s per thread; %.1f %% of peak; %.2fx the fp32 GEMM above\n",
+        long(M), long(K), long(N), threads, bf16_gflops, bf16_peak,
+        100.0 * bf16_gflops / (bf16_peak * threads), bf16_gflops / gflops);
+  }
   return 0;
 }

@@ -6,6 +6,9 @@
 // the base step's time in that round, next to the ratio the multiply-add count predicts.
 //
 //   build/release/benchmarks/bench_linear_step [rounds] [only the variants whose name contains this]
+//
+// WEGEFT_PRECISION=bf16: the frozen products (base and adapted) in bf16 (gemm_bf16, AVX512-BF16),
+// the adapters' own products in fp32, as Transformer::set_bf16_products runs them.
 #include <wegeft/wegeft.hpp>
 
 #include <algorithm>
@@ -65,11 +68,20 @@ int main(int argc, char** argv) {
   wegeft::fill_uniform(x, rng, T(-1), T(1));
   wegeft::fill_uniform(dy, rng, T(-1), T(1));
   b.setConstant(T(0.01));
-  wegeft::FrozenLinear<T> base(w, &b);
+  const char* precision = std::getenv("WEGEFT_PRECISION");
+  const bool bf16 = precision != nullptr && std::string(precision) == "bf16";
+  if (bf16 && !wegeft::bf16_gemm_available()) {
+    std::printf("wegeft linear-layer step bf16: this CPU has no AVX512-BF16, nothing to measure\n");
+    return 0;
+  }
+  wegeft::Bf16Weight packed;
+  if (bf16) packed.pack(w.data(), d_out, d_in);
+  wegeft::FrozenLinear<T> base(w.data(), d_out, d_in, b.data(), &packed);
   const double base_macs = 2.0 * double(n) * double(d_in) * double(d_out);
 
-  std::printf("wegeft %s linear-layer training step, float32, N = %ld, d_in = %ld, d_out = %ld\n",
-              wegeft::version, long(n), long(d_in), long(d_out));
+  std::printf("wegeft %s linear-layer training step, %s, N = %ld, d_in = %ld, d_out = %ld\n",
+              wegeft::version, bf16 ? "bf16 frozen products (AVX512-BF16)" : "float32", long(n),
+              long(d_in), long(d_out));
   std::printf("backend: %s\n", wegeft::gemm_backend().c_str());
   std::printf("cpu: %s; %d rounds, median of per-round ratios to the frozen base step\n\n",
               cpu_model().c_str(), rounds);

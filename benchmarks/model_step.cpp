@@ -3,19 +3,33 @@
 // cross-entropy, backward, AdamW. Prints the median step time over rounds and the process's peak
 // resident memory. The PyTorch peer is benchmarks/torch/model_step.py.
 //
-//   build/release/benchmarks/bench_model_step [rounds]
-#include <sys/resource.h>
-
+//   build/release/benchmarks/bench_model_step [rounds] [fp32|bf16]
+//
+// bf16: the frozen products in bf16 (Transformer::set_bf16_products; AVX512-BF16 needed). Also
+// prints the loss of the last step (the same batch every step: a warm-up step and `rounds` timed
+// ones, so rounds 199 makes 200 AdamW steps on it) and the step's model FLOPs with the measured
+// peak of the path it uses.
 #include <wegeft/wegeft.hpp>
 
-#include <algorithm>
-#include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <vector>
+
+#include "peak.hpp"
+#include "timing.hpp"
 
 int main(int argc, char** argv) {
   const int rounds = argc > 1 ? std::atoi(argv[1]) : 5;
+  const bool bf16 = argc > 2 && std::strcmp(argv[2], "bf16") == 0;
+  if (argc > 2 && !bf16 && std::strcmp(argv[2], "fp32") != 0) {
+    std::fprintf(stderr, "bench_model_step: precision must be fp32 or bf16, got '%s'\n", argv[2]);
+    return 2;
+  }
+  if (bf16 && !wegeft::bf16_gemm_available()) {
+    std::printf("wegeft model step bf16: this CPU has no AVX512-BF16, nothing to measure\n");
+    return 0;
+  }
   const int threads = std::getenv("WEGEFT_THREADS") ? std::atoi(std::getenv("WEGEFT_THREADS")) : 1;
   wegeft::set_threads(threads);
   wegeft::ModelConfig c;
@@ -35,30 +49,40 @@ int main(int argc, char** argv) {
   model.attach({.target_modules = {"q", "v"}, .method = wegeft::LoraConfig{.rank = 8, .alpha = 16}},
                store);
   model.add_classifier(2, store);
+  model.set_bf16_products(bf16);
   wegeft::AdamW<float> opt({.lr = 1e-4});
   const wegeft::Index batch = 32, seq = 128;
   std::vector<std::int32_t> ids(batch * seq), labels(batch);
   for (auto& id : ids) id = static_cast<std::int32_t>(rng.next_u32() % 1000);
   for (auto& l : labels) l = static_cast<std::int32_t>(rng.next_u32() % 2);
   wegeft::Transformer<float>::Activations acts;
-  std::vector<double> times;
   double loss = 0;
-  for (int r = 0; r <= rounds; ++r) {
-    const auto t0 = std::chrono::steady_clock::now();
+  const double seconds = wegeft_bench::median_seconds(1, rounds, [&] {
     model.forward(acts, {.ids = ids.data(), .batch = batch, .seq = seq});
     loss = model.classification_loss(acts, labels.data());
     model.backward(acts);
     opt.step(store.values(), store.grads());
     store.zero_grad();
-    if (r > 0)
-      times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-  }
-  std::sort(times.begin(), times.end());
-  rusage ru{};
-  getrusage(RUSAGE_SELF, &ru);
-  std::printf("wegeft model step [%s]: loss %.4f, trainable %ld\n", wegeft::gemm_backend().c_str(),
-              loss, long(store.parameter_count()));
-  std::printf("RESULT model step|%.4f|%.1f\n", 1e3 * times[times.size() / 2],
-              ru.ru_maxrss / 1024.0);
+  });
+  // Model FLOPs of the step: the frozen products once forward and once for dx, attention's two
+  // products forward and four backward; the adapters, norms and softmax are left out.
+  const double n = double(batch * seq), d = double(c.hidden), ff = double(c.intermediate);
+  const double linear = 2 * n * double(c.layers) * (4 * d * d + 2 * d * ff);
+  const double attention = 2 * n * double(c.layers) * 2 * double(seq) * d;
+  const double flops = 2 * linear + 3 * attention;
+  const double ms = 1e3 * seconds;
+  const double peak = (bf16 ? wegeft_bench::measured_bf16_peak_gflops()
+                            : wegeft_bench::measured_fma_peak_gflops()) *
+                      threads;
+  std::printf("wegeft model step %s [%s]: loss %.6f after %d steps, trainable %ld\n",
+              bf16 ? "bf16 (AVX512-BF16 products)" : "fp32", wegeft::gemm_backend().c_str(), loss,
+              rounds + 1, long(store.parameter_count()));
+  std::printf(
+      "model FLOPs %.1f G per step, %.1f GFLOP/s, %.1f %% of the measured %s peak (%.1f "
+      "GFLOP/s on %d thread(s))\n",
+      flops * 1e-9, flops / ms * 1e-6, 100 * flops / ms * 1e-6 / peak,
+      bf16 ? "vdpbf16ps" : "fp32 FMA", peak, threads);
+  std::printf("RESULT model step|%.4f|%.1f|%.6f|%.2f\n", ms, wegeft_bench::peak_rss_mib(), loss,
+              100 * flops / ms * 1e-6 / peak);
   return 0;
 }

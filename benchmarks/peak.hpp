@@ -1,10 +1,13 @@
-// The machine's measured single-thread fp32 FMA peak: 16 independent chains of vector FMAs on the
-// widest vectors this build targets (AVX-512, AVX2+FMA, else 4-wide), so latency is hidden and
-// only throughput counts.
+// The machine's measured single-thread peaks: fp32 FMA (16 independent chains of vector FMAs on
+// the widest vectors this build targets: AVX-512, AVX2+FMA, else scalar) and, where the CPU has
+// AVX512-BF16, the bf16 dot product vdpbf16ps (16 chains, 32 multiply-adds per instruction), so
+// latency is hidden and only throughput counts.
 #pragma once
 
 #include <algorithm>
 #include <chrono>
+
+#include <wegeft/kernels/cpu/gemm_bf16.hpp>
 
 #if defined(__AVX512F__) || defined(__FMA__)
 #include <immintrin.h>
@@ -58,6 +61,36 @@ inline double measured_fma_peak_gflops() {
     asm volatile("" ::"g"(sink));
     best = std::max(best, 2.0 * kLanes * kChains * static_cast<double>(iters) / s * 1e-9);
   }
+  return best;
+}
+
+#if WEGEFT_BF16_X86
+WEGEFT_TARGET_BF16 inline double bf16_peak_run(long iters) {
+  constexpr int kChains = 16;
+  __m512 acc[kChains];
+  const __m512bh a = (__m512bh)_mm512_set1_epi32(0x3f803f80),  // (1, 1)
+      b = (__m512bh)_mm512_set1_epi32(0x33d633d6);             // (1e-7, 1e-7)
+  for (int c = 0; c < kChains; ++c) acc[c] = _mm512_set1_ps(1.0f + c);
+  const auto t0 = std::chrono::steady_clock::now();
+  for (long i = 0; i < iters; ++i) {
+#pragma GCC unroll 16
+    for (int c = 0; c < kChains; ++c) acc[c] = _mm512_dpbf16_ps(acc[c], a, b);
+  }
+  float sink = 0;
+  for (int c = 0; c < kChains; ++c) sink += _mm512_reduce_add_ps(acc[c]);
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  asm volatile("" ::"g"(sink));
+  return 2.0 * 32 * kChains * static_cast<double>(iters) / s * 1e-9;
+}
+#endif
+
+/// GFLOP/s of vdpbf16ps on one thread (a multiply-add counted as 2), or 0 without AVX512-BF16.
+inline double measured_bf16_peak_gflops() {
+  double best = 0;
+#if WEGEFT_BF16_X86
+  if (wegeft::cpu_has_avx512_bf16())
+    for (int rep = 0; rep < 3; ++rep) best = std::max(best, bf16_peak_run(10'000'000));
+#endif
   return best;
 }
 

@@ -5,7 +5,11 @@ r = 8 on q and v, a new 2-label classifier on the tanh pooler, cross-entropy, ba
 in eager PyTorch as Hugging Face's BertModel computes it. Prints the median step time and the
 process's peak resident memory.
 
-  /usr/bin/python3 benchmarks/torch/model_step.py [rounds] [threads]
+  python3 benchmarks/torch/model_step.py [rounds] [threads] [fp32|bf16] [matmul|sdpa]
+
+bf16 runs the step under torch.autocast("cpu", torch.bfloat16) (products in bf16, parameters and
+AdamW in fp32), as a PyTorch user trains in bf16 on a CPU; sdpa computes attention with
+torch.nn.functional.scaled_dot_product_attention instead of two matmuls and a softmax.
 """
 import math
 import resource
@@ -18,6 +22,10 @@ import torch.nn.functional as F
 
 rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 5
 threads = int(sys.argv[2]) if len(sys.argv) > 2 else 1
+precision = sys.argv[3] if len(sys.argv) > 3 else "fp32"
+attention = sys.argv[4] if len(sys.argv) > 4 else "matmul"
+if precision not in ("fp32", "bf16") or attention not in ("matmul", "sdpa"):
+    sys.exit(f"model_step.py: precision must be fp32 or bf16 (got {precision}), attention matmul or sdpa (got {attention})")
 torch.set_num_threads(threads)
 torch.manual_seed(0)
 V, D, L, H, FF, T, B, R = 1000, 384, 6, 12, 1536, 128, 32, 8
@@ -47,7 +55,10 @@ class Layer(torch.nn.Module):
         def heads(t):
             return t.view(B, T, H, D // H).transpose(1, 2)
         q, k, v = heads(self.q(x)), heads(self.k(x)), heads(self.v(x))
-        a = (q @ k.transpose(-1, -2) / math.sqrt(D // H)).softmax(-1) @ v
+        if attention == "sdpa":
+            a = F.scaled_dot_product_attention(q, k, v)
+        else:
+            a = (q @ k.transpose(-1, -2) / math.sqrt(D // H)).softmax(-1) @ v
         x = self.ln1(x + self.o(a.transpose(1, 2).reshape(B, T, D)))
         return self.ln2(x + self.down(F.gelu(self.up(x))))
 
@@ -79,12 +90,15 @@ labels = torch.randint(0, 2, (B,))
 times = []
 for r in range(rounds + 1):
     t0 = time.perf_counter()
-    loss = F.cross_entropy(model(ids), labels)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        loss = F.cross_entropy(model(ids), labels)
     loss.backward()
     opt.step()
     opt.zero_grad()
     if r > 0:
         times.append(time.perf_counter() - t0)
+capability = torch.backends.cpu.get_cpu_capability() if hasattr(torch.backends, "cpu") else "n/a"
 trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-print(f"torch {torch.__version__} model step, threads {torch.get_num_threads()}: loss {loss.item():.4f}, trainable {trainable}")
+print(f"torch {torch.__version__} model step, {precision}, {attention}, threads {torch.get_num_threads()}, "
+      f"CPU capability {capability}: loss {loss.item():.4f}, trainable {trainable}")
 print(f"RESULT model step|{1e3 * statistics.median(times):.4f}|{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.1f}")

@@ -123,6 +123,24 @@ if [ -s "$work/lm-lora/adapter_model.safetensors" ]; then
     --iters 1 --device gpu --out "$work/device-name"
   expect_error device_cuda "built without the CUDA backend" finetune --model "$work/llama" --data "$work/lm" \
     --iters 1 --device cuda --out "$work/device-cuda"
+  # --precision bf16: the step in bf16 products where the CPU has AVX512-BF16 (the start line says
+  # so), else fp32 with a note; the losses stay those of fp32 to bf16's precision. Other values by name.
+  if run lm_bf16 "$tool" finetune --model "$work/llama" --data "$work/lm" --method lora --iters 4 --threads 1 \
+      --precision bf16 --out "$work/lm-bf16" --log "$work/lm-bf16.log" --report-every 1 &&
+    run lm_fp32 "$tool" finetune --model "$work/llama" --data "$work/lm" --method lora --iters 4 --threads 1 \
+      --out "$work/lm-fp32" --log "$work/lm-fp32.log" --report-every 1; then
+    if grep -q avx512_bf16 /proc/cpuinfo; then
+      grep -q "bf16 products (AVX512-BF16)" "$work/lm_bf16.err" && pass || fail "lm_bf16: $(head -3 "$work/lm_bf16.err")"
+    else
+      grep -q "no AVX512-BF16; the products run in fp32" "$work/lm_bf16.err" && pass || fail "lm_bf16: $(head -3 "$work/lm_bf16.err")"
+    fi
+    read -r b0 b1 <<<"$(losses "$work/lm-bf16.log")"
+    read -r f0 f1 <<<"$(losses "$work/lm-fp32.log")"
+    awk -v a="$b1" -v b="$f1" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(d <= 0.01 * b) }' && pass ||
+      fail "lm_bf16: last loss $b1 against fp32's $f1 (more than 1 % apart)"
+  fi
+  expect_error precision_name "--precision must be fp32 or bf16" finetune --model "$work/llama" --data "$work/lm" \
+    --iters 1 --precision fp16 --out "$work/precision-name"
   expect_error em_text "exact match needs a prompt" eval --model "$work/llama" --data "$work/lm" --split valid --exact-match
   expect_error em_classifier "score a causal LM" eval --model "$work/bert" --adapter "$work/cls-lora" --data "$work/cls" \
     --split valid --exact-match

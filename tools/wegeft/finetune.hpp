@@ -37,8 +37,9 @@ struct FinetuneOptions {
   std::string model, data, out = "adapter", method = "wegeft", targets = "all-linear", task,
                            schedule = "cosine", log;
   std::string on_long = "truncate";
-  std::string device = "cpu";  // cpu, or cuda (a build with wegeft::cuda)
-  Index rank = 0;              // 0: the method's default
+  std::string device = "cpu";      // cpu, or cuda (a build with wegeft::cuda)
+  std::string precision = "fp32";  // the CPU's frozen products: fp32 or bf16 (AVX512-BF16)
+  Index rank = 0;                  // 0: the method's default
   double alpha = 0, lr = 0, dropout = 0, weight_decay = 0, max_grad_norm = 1.0, epochs = 0;
   std::int64_t iters = 0, stop_at = 0, warmup = -1, eval_every = 0, save_every = 0,
                report_every = 10, eval_batches = 0;
@@ -69,7 +70,8 @@ inline nlohmann::ordered_json to_json(const FinetuneOptions& o) {
           {"weight_decay", o.weight_decay},
           {"max_grad_norm", o.max_grad_norm},
           {"seed", o.seed},
-          {"device", o.device}};
+          {"device", o.device},
+          {"precision", o.precision}};
 }
 
 /// A model from a Hugging Face folder or a GGUF file, with the tokenizer it came with.
@@ -411,6 +413,8 @@ inline int finetune(FinetuneOptions o) {
                "(configure with -DWEGEFT_ENABLE_CUDA=ON; scripts/build-cuda)");
 #endif
   const bool on_gpu = o.device == "cuda";
+  WEGEFT_CHECK(o.precision == "fp32" || o.precision == "bf16",
+               "--precision must be fp32 or bf16, got '" << o.precision << "'");
   WEGEFT_CHECK(!on_gpu || task == Task::causal_lm,
                "--device cuda trains causal language models (the llama family); train "
                "classification on the CPU");
@@ -491,6 +495,17 @@ inline int finetune(FinetuneOptions o) {
   model.set_training(true);
   auto& store = model.store();
   const double frozen = double(model.frozen_parameter_count());
+  std::string precision = "fp32 products";
+  if (o.precision == "bf16" && !on_gpu) {
+    if (bf16_gemm_available()) {
+      model.set_bf16_products(true);
+      precision = "bf16 products (AVX512-BF16)";
+    } else {
+      std::fprintf(stderr,
+                   "wegeft: note: --precision bf16: this CPU has no AVX512-BF16; the products "
+                   "run in fp32\n");
+    }
+  }
 
   TrainerConfig tc;
   tc.adamw = {.lr = o.lr, .weight_decay = o.weight_decay};
@@ -508,7 +523,8 @@ inline int finetune(FinetuneOptions o) {
   if (on_gpu) gpu = cuda_backend(model, tc);
 #endif
   const std::string where =
-      gpu ? gpu->description : std::to_string(gemm_threads()) + " threads (" + gemm_backend() + ")";
+      gpu ? gpu->description
+          : std::to_string(gemm_threads()) + " threads (" + gemm_backend() + "), " + precision;
   auto current_lr = [&] { return gpu ? gpu->lr() : trainer.current_lr(); };
   auto validate = [&](const text::Dataset& d) {
     return gpu ? gpu->validate(d, o.batch_size, tok.pad_id().value_or(0), o.eval_batches)

@@ -298,6 +298,10 @@ int run_cli11(const std::string& cmd, const std::vector<std::string>& args) {
                    "cpu, or cuda: the causal-LM step on GPU 0 in bf16 (a build with "
                    "-DWEGEFT_ENABLE_CUDA=ON)")
         ->capture_default_str();
+    app.add_option("--precision", o.precision,
+                   "the CPU's frozen products: fp32, or bf16 where the CPU has AVX512-BF16 "
+                   "(elsewhere fp32, with a note)")
+        ->capture_default_str();
     app.add_flag("--resume", o.resume, "continue the run saved in --out");
     app.add_option(
         "--stop-at", o.stop_at,

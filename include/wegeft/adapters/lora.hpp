@@ -176,13 +176,15 @@ void LoraAdapter<T>::forward(MatRef<T> y, Cache& cache, CMatRef<T> x) {
   Matrix<T>& sbt = cache.sbt;
   sbt.noalias() = m_scale * lora_B().transpose();  // [r, d_out]
   if (cache.dropped) {
-    linear_forward_plus<T>(y, x, this->m_base.weight(), this->m_base.bias(), cache.u, sbt);
+    rank_r_expand(y.data(), y.outerStride(), static_cast<const T*>(nullptr), 0, this->m_base.bias(),
+                  cache.u.data(), sbt.data(), n, d_out(), rank());
+    this->m_base.accumulate_forward(y, x);
     return;
   }
   // u = x A^T and y = b + u (s B)^T in one pass each, then the frozen GEMM accumulates x W^T.
   rank_r_project_expand(cache.u.data(), x.data(), x.outerStride(), a.data(), d_in(), y.data(),
                         y.outerStride(), this->m_base.bias(), sbt.data(), d_out(), n, rank());
-  y.noalias() += x * this->m_base.weight().transpose();
+  this->m_base.accumulate_forward(y, x);
 }
 
 template <class T>
@@ -204,7 +206,6 @@ template <class T>
 void LoraAdapter<T>::backward_impl(MatRef<T>* dx, const Cache& cache, CMatRef<T> x, CMatRef<T> dy) {
   const auto a = lora_A();
   const auto b = lora_B();
-  const auto& w = this->m_base.weight();
   Matrix<T>& sb = cache.sb;
   Matrix<T>& su = cache.su;
   Matrix<T>& g_u = cache.g_u;
@@ -218,7 +219,7 @@ void LoraAdapter<T>::backward_impl(MatRef<T>* dx, const Cache& cache, CMatRef<T>
                     dx != nullptr ? dx->data() : nullptr, dx != nullptr ? dx->outerStride() : 0,
                     dy.data(), dy.outerStride(), sb.data(), su.data(), x.data(), x.outerStride(),
                     a.data(), n, d_out(), d_in(), rank());
-    if (dx != nullptr) dx->noalias() += dy * w;
+    if (dx != nullptr) this->m_base.accumulate_backward_input(*dx, dy);
     return;
   }
   // one pass over dy for both g_u and dB += s dy^T u
@@ -236,9 +237,9 @@ void LoraAdapter<T>::backward_impl(MatRef<T>* dx, const Cache& cache, CMatRef<T>
                 static_cast<const T*>(nullptr), g_u.data(), a.data(), n, d_in(), rank());
   dropout_apply(share.data(), share.data(), share.size(), m_config.dropout, cache.dropout_seed);
   if (contiguous) {
-    dx->noalias() += dy * w;
+    this->m_base.accumulate_backward_input(*dx, dy);
   } else {
-    linear_backward_input<T>(*dx, dy, w);
+    this->m_base.backward_input(*dx, dy);
     *dx += xd;
   }
 }

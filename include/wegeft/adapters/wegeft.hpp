@@ -291,7 +291,7 @@ void WeGeFTAdapter<T>::forward(MatRef<T> y, Cache& cache, CMatRef<T> x) {
     rank_r_expand(x_hat.data(), x_hat.outerStride(), x.data(), x.outerStride(),
                   static_cast<const T*>(nullptr), cache.u.data(), cache.scaled.data(), n, d_in(),
                   r);
-    linear_forward<T>(y, x_hat, w, this->m_base.bias());
+    this->m_base.forward(y, x_hat);
     return;
   }
   if (this->begin_dropout(cache, m_gen->config().dropout)) {
@@ -310,7 +310,7 @@ void WeGeFTAdapter<T>::forward(MatRef<T> y, Cache& cache, CMatRef<T> x) {
   // u = x Psi^T and y = b + u (s P)^T in one pass each, then the frozen GEMM accumulates x W^T.
   rank_r_project_expand(cache.u.data(), x.data(), x.outerStride(), m_gen->psi().data(), d_in(),
                         y.data(), y.outerStride(), this->m_base.bias(), s_pt.data(), d_out(), n, r);
-  y.noalias() += x * w.transpose();
+  this->m_base.accumulate_forward(y, x);
 }
 
 template <class T>
@@ -360,7 +360,7 @@ void WeGeFTAdapter<T>::backward_impl(MatRef<T>* dx, const Cache& cache, CMatRef<
                  ? View(dx->data(), x.rows(), x.cols(), Eigen::OuterStride<>(dx->outerStride()))
                  : View(workspace<T>(0, x.rows(), x.cols()).data(), x.rows(), x.cols(),
                         Eigen::OuterStride<>(x.cols()));
-    h.noalias() = dy * w;
+    this->m_base.backward_input(h, dy);
     // One pass over h: t = s h Phi^T [N, r] (dL/du) and G = s h^T u = dPhi^T [d_in, r].
     Matrix<T>& s_phi_t = cache.s_small;
     Matrix<T>& su = cache.su;
@@ -404,7 +404,7 @@ void WeGeFTAdapter<T>::backward_impl(MatRef<T>* dx, const Cache& cache, CMatRef<
     rank_r_reduce(g_phi.data(), g_p.data(), w.data(), w.outerStride(), d_out(), d_in(),
                   m_gen->rank());
   }
-  if (dx != nullptr) dx->noalias() += dy * w;
+  if (dx != nullptr) this->m_base.accumulate_backward_input(*dx, dy);
 }
 
 /// WeGeFT's entry in the method registry (adapters/registry.hpp). attach() finds or creates the

@@ -28,6 +28,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <type_traits>
 #include <variant>
 #include <vector>
 
@@ -195,6 +196,42 @@ class Transformer {
   /// value is copied into `store`, and its gradient is computed from then on.
   Index train_norms(const std::string& regex, ParameterStore<T>& store);
 
+  /// The products with frozen weights in bf16 (on) or in T (off, the default): every block
+  /// linear's and BERT's pooler's x W^T and dy W, and the LM head's, through gemm_bf16 (inputs
+  /// rounded to bf16, sums in fp32; kernels/cpu/gemm_bf16.hpp); everything else (adapters,
+  /// norms, attention, loss, AdamW) stays in T. Packs the weights as they are now, so call it
+  /// after loading them, and again after changing them; merged adapters compute in T. Needs T =
+  /// float and a CPU with AVX512-BF16 (bf16_gemm_available()); throws, saying which, otherwise.
+  void set_bf16_products(bool on) {
+    if (on) {
+      WEGEFT_CHECK((std::is_same_v<T, float>), "bf16 products need a float model");
+      WEGEFT_CHECK(bf16_gemm_available(),
+                   "bf16 products need a CPU with AVX512-BF16; this one has none (use fp32)");
+    }
+    if constexpr (std::is_same_v<T, float>) {
+      for (auto& lin : m_linears) {
+        if (on)
+          lin.bf16->pack(lin.weight->data(), lin.weight->rows(), lin.weight->cols());
+        else
+          lin.bf16->clear();
+      }
+      const bool head = on && m_fixed.lm_head != nullptr &&
+                        (m_config.family == Family::gpt2 || m_config.family == Family::llama);
+      if (head)
+        m_head_bf16.pack(m_fixed.lm_head->data(), m_fixed.lm_head->rows(), m_fixed.lm_head->cols());
+      else
+        m_head_bf16.clear();
+    }
+    m_bf16 = on;
+  }
+  bool bf16_products() const { return m_bf16; }
+  /// Bytes of the bf16 packings held (0 when off).
+  std::size_t bf16_bytes() const {
+    std::size_t n = m_head_bf16.bytes();
+    for (const auto& lin : m_linears) n += lin.bf16->bytes();
+    return n;
+  }
+
   /// Per-block recomputation: forward keeps only each block's input; backward recomputes the
   /// block before differentiating it. Same gradients, less memory.
   void set_checkpointing(bool on) { m_checkpointing = on; }
@@ -227,6 +264,9 @@ class Transformer {
     AnyAdapter<T>* adapter;  // owned by m_adapters
     Matrix<T>* weight;       // in m_tensors
     Matrix<T>* bias;         // in m_tensors, or null
+    // The weight packed in bf16 while set_bf16_products(true) is on (else empty); adapters'
+    // FrozenLinear views point at it, so it keeps its address.
+    std::unique_ptr<Bf16Weight> bf16 = std::make_unique<Bf16Weight>();
   };
   /// The non-block tensors a step uses (null where the family has none).
   struct FixedTensors {
@@ -257,7 +297,8 @@ class Transformer {
   }
   FrozenLinear<T> frozen(const Linear& lin) {
     return FrozenLinear<T>(lin.weight->data(), lin.weight->rows(), lin.weight->cols(),
-                           lin.bias ? lin.bias->data() : nullptr);
+                           lin.bias ? lin.bias->data() : nullptr,
+                           std::is_same_v<T, float> ? lin.bf16.get() : nullptr);
   }
   Linear& linear(Index layer, LinearRole role) {
     const auto pos = std::find(m_roles.begin(), m_roles.end(), role) - m_roles.begin();
@@ -286,6 +327,11 @@ class Transformer {
     m_store = &store;
   }
   const Matrix<T>& lm_head() { return *m_fixed.lm_head; }
+  /// c = a B^T through the bf16 GEMM (float models only; c sized by the caller).
+  static void head_product(Matrix<T>& c, const Matrix<T>& a, const Bf16Panels& b) {
+    if constexpr (std::is_same_v<T, float>)
+      gemm_bf16(c.data(), c.cols(), a.data(), a.cols(), a.rows(), b, false);
+  }
   bool embedding_norm_trainable() const {
     return m_config.family == Family::bert &&
            m_trainable.count(m_final_norm.weight) + m_trainable.count(m_final_norm.bias) > 0;
@@ -646,6 +692,8 @@ class Transformer {
   NormNames m_final_norm;
   std::vector<Rng::State> m_recompute_states;
   FixedTensors m_fixed{};
+  Bf16Weight m_head_bf16;  // the LM head packed in bf16 while m_bf16
+  bool m_bf16 = false;
   std::unique_ptr<ParameterStore<T>> m_own_store;
   std::unique_ptr<AdapterSet<T>> m_adapters;
   alignas(std::atomic_ref<Index>::required_alignment) Index m_resolved = 0;
@@ -836,7 +884,11 @@ void Transformer<T>::forward(Activations& acts, const ModelInput<T>& in) {
   if (m_labels > 0) {
     classifier_forward(acts, *h);
   } else if (m_config.family == Family::gpt2 || m_config.family == Family::llama) {
-    acts.logits.noalias() = *h * lm_head().transpose();
+    acts.logits.resize(h->rows(), lm_head().rows());
+    if (m_head_bf16.packed())
+      head_product(acts.logits, *h, m_head_bf16.forward);
+    else
+      acts.logits.noalias() = *h * lm_head().transpose();
   }
 }
 
@@ -873,6 +925,8 @@ void Transformer<T>::backward(Activations& acts) {
   dh.resize(acts.n, d);
   if (m_labels > 0) {
     classifier_backward(dh, acts);
+  } else if (m_head_bf16.packed()) {
+    head_product(dh, acts.dlogits, m_head_bf16.backward);
   } else {
     dh.noalias() = acts.dlogits * lm_head();
   }
