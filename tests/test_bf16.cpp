@@ -9,7 +9,9 @@ using wegeft::Bf16Panels;
 using wegeft::Index;
 using wegeft::Matrix;
 
-float bf16_round(float v) { return wegeft::bf16_to_float(wegeft::float_to_bf16(v)); }
+float bf16_round(float v) {
+  return wegeft::bf16_to_float(wegeft::float_to_bf16(v));
+}
 
 Matrix<float> random_matrix(Index rows, Index cols, std::uint64_t seed) {
   wegeft::Rng rng(seed);
@@ -76,8 +78,8 @@ TEST_CASE("bf16 GEMM equals a double sum of the bf16-rounded operands on odd siz
   }
   // (M, K, N): single entries, partial panels and micro-tiles, several blocks of k (> 384) and of
   // rows (> 240), odd K (the last pair half padding).
-  const std::vector<std::array<Index, 3>> shapes = {
-      {1, 1, 1}, {13, 2, 31}, {37, 61, 45}, {253, 500, 70}, {12, 385, 32}, {250, 16, 33}};
+  const std::vector<std::array<Index, 3>> shapes = {{1, 1, 1},      {13, 2, 31},   {37, 61, 45},
+                                                    {253, 500, 70}, {12, 385, 32}, {250, 16, 33}};
   std::uint64_t seed = 10;
   for (const auto& [m, k, n] : shapes) {
     for (const bool accumulate : {false, true}) {

@@ -138,6 +138,15 @@ if [ -s "$work/lm-lora/adapter_model.safetensors" ]; then
     read -r f0 f1 <<<"$(losses "$work/lm-fp32.log")"
     awk -v a="$b1" -v b="$f1" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(d <= 0.01 * b) }' && pass ||
       fail "lm_bf16: last loss $b1 against fp32's $f1 (more than 1 % apart)"
+    # eval --precision bf16 scores the same adapter within 1 % of the fp32 eval's loss
+    if run lm_eval_bf16 "$tool" eval --model "$work/llama" --adapter "$work/lm-fp32" --data "$work/lm" --split valid \
+        --precision bf16 --json &&
+      run lm_eval_fp32 "$tool" eval --model "$work/llama" --adapter "$work/lm-fp32" --data "$work/lm" --split valid --json; then
+      lb=$(sed -n 's/.*"loss":\([^,}]*\).*/\1/p' "$work/lm_eval_bf16.out")
+      lf=$(sed -n 's/.*"loss":\([^,}]*\).*/\1/p' "$work/lm_eval_fp32.out")
+      awk -v a="$lb" -v b="$lf" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(b > 0 && d <= 0.01 * b) }' && pass ||
+        fail "lm_eval_bf16: loss '$lb' against fp32's '$lf'"
+    fi
   fi
   expect_error precision_name "--precision must be fp32 or bf16" finetune --model "$work/llama" --data "$work/lm" \
     --iters 1 --precision fp16 --out "$work/precision-name"

@@ -74,6 +74,22 @@ inline nlohmann::ordered_json to_json(const FinetuneOptions& o) {
           {"precision", o.precision}};
 }
 
+/// --precision: bf16 turns the model's bf16 products on where the CPU has AVX512-BF16 (elsewhere
+/// a note, and fp32); returns what the products run in, for the start line.
+inline std::string apply_precision(Transformer<float>& model, const std::string& precision) {
+  WEGEFT_CHECK(precision == "fp32" || precision == "bf16",
+               "--precision must be fp32 or bf16, got '" << precision << "'");
+  if (precision == "fp32") return "fp32 products";
+  if (!bf16_gemm_available()) {
+    std::fprintf(stderr,
+                 "wegeft: note: --precision bf16: this CPU has no AVX512-BF16; the products run "
+                 "in fp32\n");
+    return "fp32 products";
+  }
+  model.set_bf16_products(true);
+  return "bf16 products (AVX512-BF16)";
+}
+
 /// A model from a Hugging Face folder or a GGUF file, with the tokenizer it came with.
 struct LoadedTextModel {
   LoadedModel<float> loaded;
@@ -495,17 +511,7 @@ inline int finetune(FinetuneOptions o) {
   model.set_training(true);
   auto& store = model.store();
   const double frozen = double(model.frozen_parameter_count());
-  std::string precision = "fp32 products";
-  if (o.precision == "bf16" && !on_gpu) {
-    if (bf16_gemm_available()) {
-      model.set_bf16_products(true);
-      precision = "bf16 products (AVX512-BF16)";
-    } else {
-      std::fprintf(stderr,
-                   "wegeft: note: --precision bf16: this CPU has no AVX512-BF16; the products "
-                   "run in fp32\n");
-    }
-  }
+  const std::string precision = on_gpu ? "" : apply_precision(model, o.precision);
 
   TrainerConfig tc;
   tc.adamw = {.lr = o.lr, .weight_decay = o.weight_decay};
@@ -666,10 +672,12 @@ inline int eval_command(const std::string& model_path, const std::string& adapte
                         std::size_t max_seq_length, bool mask_prompt, int threads,
                         bool json = false, bool exact_match = false,
                         const std::string& predictions = "",
-                        const std::vector<std::string>& stop_strings = {}) {
+                        const std::vector<std::string>& stop_strings = {},
+                        const std::string& precision = "fp32") {
   if (threads > 0) set_threads(threads);
   auto tm = load_adapted(model_path, adapter);
   auto& model = tm.model();
+  apply_precision(model, precision);
   const Task task = model.has_classifier() ? Task::classification : Task::causal_lm;
   WEGEFT_CHECK(task == Task::classification || model.config().causal(),
                model_path << ": a " << to_string(model.config().family)
@@ -771,10 +779,12 @@ inline int eval_command(const std::string& model_path, const std::string& adapte
 inline int generate_command(const std::string& model_path, const std::string& adapter,
                             const std::string& prompt, int max_tokens, double temperature,
                             double top_p, std::uint64_t seed, bool raw, int threads,
-                            const std::vector<std::string>& stop_strings = {}) {
+                            const std::vector<std::string>& stop_strings = {},
+                            const std::string& precision = "fp32") {
   if (threads > 0) set_threads(threads);
   auto tm = load_adapted(model_path, adapter);
   auto& model = tm.model();
+  apply_precision(model, precision);
   const auto& tok = *tm.tokenizer;
   WEGEFT_CHECK(model.config().causal() && !model.has_classifier(),
                model_path << ": generation needs a causal language model");

@@ -249,6 +249,10 @@ int run_cli11(const std::string& cmd, const std::vector<std::string>& args) {
   wegeft::Index batch = 8;
   app.add_option("--model", o.model, "Hugging Face checkpoint folder or GGUF file")->required();
   app.add_option("--threads", o.threads, "threads for the dense products (default: all cores)");
+  app.add_option("--precision", o.precision,
+                 "the CPU's products with frozen weights: fp32, or bf16 where the CPU has "
+                 "AVX512-BF16 (elsewhere fp32, with a note)")
+      ->capture_default_str();
   app.add_option("--config", config,
                  "a JSON file of options (keys as the long options, '_' for '-')");
   if (cmd == "finetune") {
@@ -297,10 +301,6 @@ int run_cli11(const std::string& cmd, const std::vector<std::string>& args) {
     app.add_option("--device", o.device,
                    "cpu, or cuda: the causal-LM step on GPU 0 in bf16 (a build with "
                    "-DWEGEFT_ENABLE_CUDA=ON)")
-        ->capture_default_str();
-    app.add_option("--precision", o.precision,
-                   "the CPU's frozen products: fp32, or bf16 where the CPU has AVX512-BF16 "
-                   "(elsewhere fp32, with a note)")
         ->capture_default_str();
     app.add_flag("--resume", o.resume, "continue the run saved in --out");
     app.add_option(
@@ -363,9 +363,10 @@ int run_cli11(const std::string& cmd, const std::vector<std::string>& args) {
   if (cmd == "finetune") return wegeft::tool::finetune(o);
   if (cmd == "generate")
     return wegeft::tool::generate_command(o.model, adapter, prompt, max_tokens, temperature, top_p,
-                                          o.seed, raw, o.threads, stop_strings);
+                                          o.seed, raw, o.threads, stop_strings, o.precision);
   return wegeft::tool::eval_command(o.model, adapter, o.data, split, batch, max_seq, o.mask_prompt,
-                                    o.threads, json, exact_match, predictions, stop_strings);
+                                    o.threads, json, exact_match, predictions, stop_strings,
+                                    o.precision);
 }
 
 int run(const std::vector<std::string>& args) {

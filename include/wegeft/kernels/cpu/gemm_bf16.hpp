@@ -52,7 +52,9 @@ inline bool cpu_has_avx512_bf16() {
 }
 
 /// Whether gemm_bf16 can run here.
-inline bool bf16_gemm_available() { return cpu_has_avx512_bf16(); }
+inline bool bf16_gemm_available() {
+  return cpu_has_avx512_bf16();
+}
 
 /// A frozen [N, K] matrix rounded to bf16 and packed for gemm_bf16 (layout in the file comment).
 class Bf16Panels {
@@ -73,8 +75,8 @@ class Bf16Panels {
     return pack(n, k, [&](Index i, Index j) { return m[j * ld + i]; });
   }
 
-  Index rows() const { return m_n; }     // N
-  Index cols() const { return m_k; }     // K
+  Index rows() const { return m_n; }      // N
+  Index cols() const { return m_k; }      // K
   Index k_pairs() const { return m_kp; }  // ceil(K / 2)
   bool empty() const { return m_n == 0; }
   /// Bytes held (for memory reports).
@@ -100,7 +102,8 @@ class Bf16Panels {
     const Index panels = (n + kPanel - 1) / kPanel;
     p.m_data.assign(static_cast<std::size_t>(panels * p.m_kp * kPanel), 0u);
     for (Index i = 0; i < n; ++i) {
-      std::uint32_t* dst = p.m_data.data() + static_cast<std::size_t>((i / kPanel) * p.m_kp * kPanel);
+      std::uint32_t* dst =
+          p.m_data.data() + static_cast<std::size_t>((i / kPanel) * p.m_kp * kPanel);
       for (Index j = 0; j < k; ++j) {
         const std::uint32_t h = float_to_bf16(get(i, j));
         dst[(j / 2) * kPanel + i % kPanel] |= j % 2 ? h << 16 : h;
@@ -114,9 +117,9 @@ class Bf16Panels {
 };
 
 namespace detail {
-inline constexpr Index kBf16Mr = 12;    // rows of C per micro-kernel
-inline constexpr Index kBf16Kc = 192;   // pairs of k per block
-inline constexpr Index kBf16Mc = 240;   // rows of A per block (a multiple of kBf16Mr)
+inline constexpr Index kBf16Mr = 12;   // rows of C per micro-kernel
+inline constexpr Index kBf16Kc = 192;  // pairs of k per block
+inline constexpr Index kBf16Mc = 240;  // rows of A per block (a multiple of kBf16Mr)
 
 #if WEGEFT_BF16_X86
 /// c [mr, nc <= 32] (+)= a [mr rows of kc pairs, row stride lda pairs] . panel [kc pairs x 32].
@@ -224,9 +227,9 @@ WEGEFT_TARGET_BF16 inline void bf16_gemm_rows(float* c, Index ldc, const float* 
 inline void gemm_bf16(float* c, Index ldc, const float* a, Index lda, Index m, const Bf16Panels& b,
                       bool accumulate) {
   WEGEFT_CHECK(!b.empty(), "gemm_bf16: the packed matrix is empty");
-  WEGEFT_CHECK(lda >= b.cols() && ldc >= b.rows(),
-               "gemm_bf16: strides lda " << lda << " / ldc " << ldc << " below K " << b.cols()
-                                         << " / N " << b.rows());
+  WEGEFT_CHECK(lda >= b.cols() && ldc >= b.rows(), "gemm_bf16: strides lda "
+                                                       << lda << " / ldc " << ldc << " below K "
+                                                       << b.cols() << " / N " << b.rows());
   WEGEFT_CHECK(bf16_gemm_available(),
                "gemm_bf16: this CPU has no AVX512-BF16 (vdpbf16ps); use the fp32 products");
   if (m <= 0) return;
