@@ -4,9 +4,9 @@
 Reads, for each RUN given (an adapter directory written by `wegeft finetune --log RUN.log`),
 RUN/finetune.json, RUN.log and RUN.eval: two `wegeft eval --json --exact-match` lines, the test
 split's and then the validation split's. Prints a markdown table; with --docs FILE, replaces the
-part of FILE between the add-sweep markers with it.
+part of FILE between the MARKER markers (default add-sweep) with it.
 
-  tools/study/report_add.py --base BASE.eval RUN... [--docs docs/results.md]
+  tools/study/report_add.py --base BASE.eval RUN... [--docs docs/results.md] [--marker add-sweep]
 """
 import argparse
 import json
@@ -25,6 +25,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--base", required=True, help="the base model's eval lines (test, valid)")
     ap.add_argument("--docs")
+    ap.add_argument("--marker", default="add-sweep", help="the name in the <!-- begin/end NAME --> markers")
     ap.add_argument("runs", nargs="+")
     a = ap.parse_args()
     rows = []
@@ -37,7 +38,8 @@ def main():
         last = [e for e in log if "step" in e][-1]
         t, v = evals(run + ".eval")
         rank = cfg.get("rank") or (64 if cfg["method"] == "wegeft" else 8)
-        rows.append((f"{cfg['method']} r = {rank}", f"{start['trainable_parameters']:,}", f"{cfg['lr']:g}", str(last["step"]),
+        products = " (bf16 products)" if cfg.get("precision") == "bf16" else ""
+        rows.append((f"{cfg['method']} r = {rank}{products}", f"{start['trainable_parameters']:,}", f"{cfg['lr']:g}", str(last["step"]),
                      f"{v['exact_match']:.3f}", f"{t['exact_match']:.3f} ({t['exact_matches']} of {t['examples']})",
                      f"{t['loss']:.3f}", f"{last['train_s'] / last['step']:.2f}", f"{last['peak_gib']:.2f}"))
     head = ("run", "trainable parameters", "learning rate", "steps", "valid exact match", "test exact match",
@@ -48,9 +50,10 @@ def main():
     print(table)
     if a.docs:
         doc = pathlib.Path(a.docs).read_text()
-        new, n = re.subn(r"(<!-- begin add-sweep -->\n).*?(\n<!-- end add-sweep -->)", lambda m: m.group(1) + table + m.group(2), doc, flags=re.S)
+        marker = re.escape(a.marker)
+        new, n = re.subn(rf"(<!-- begin {marker} -->\n).*?(\n<!-- end {marker} -->)", lambda m: m.group(1) + table + m.group(2), doc, flags=re.S)
         if n != 1:
-            raise SystemExit(f"{a.docs}: no add-sweep markers")
+            raise SystemExit(f"{a.docs}: no {a.marker} markers")
         pathlib.Path(a.docs).write_text(new)
 
 
