@@ -30,8 +30,11 @@ inline double measured_fma_peak_gflops() {
 #pragma GCC unroll 16
       for (int c = 0; c < kChains; ++c) acc[c] = _mm512_fmadd_ps(acc[c], m, a);
     }
-    float sink = 0;
-    for (int c = 0; c < kChains; ++c) sink += _mm512_reduce_add_ps(acc[c]);
+    float sink = 0, lanes[16];
+    for (int c = 0; c < kChains; ++c) {
+      _mm512_storeu_ps(lanes, acc[c]);
+      sink += lanes[0];
+    }
 #elif defined(__FMA__)
     constexpr int kLanes = 8;
     __m256 acc[kChains];
@@ -76,8 +79,11 @@ WEGEFT_TARGET_BF16 inline double bf16_peak_run(long iters) {
 #pragma GCC unroll 16
     for (int c = 0; c < kChains; ++c) acc[c] = _mm512_dpbf16_ps(acc[c], a, b);
   }
-  float sink = 0;
-  for (int c = 0; c < kChains; ++c) sink += _mm512_reduce_add_ps(acc[c]);
+  float sink = 0, lanes[16];
+  for (int c = 0; c < kChains; ++c) {
+    _mm512_storeu_ps(lanes, acc[c]);
+    sink += lanes[0];
+  }
   const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   asm volatile("" ::"g"(sink));
   return 2.0 * 32 * kChains * static_cast<double>(iters) / s * 1e-9;
