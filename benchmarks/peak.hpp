@@ -94,7 +94,7 @@ WEGEFT_TARGET_BF16 inline double bf16_peak_run(long iters) {
 inline double measured_bf16_peak_gflops() {
   double best = 0;
 #if WEGEFT_BF16_X86
-  if (wegeft::cpu_has_avx512_bf16())
+  if (wegeft::bf16_gemm_available())
     for (int rep = 0; rep < 3; ++rep) best = std::max(best, bf16_peak_run(10'000'000));
 #endif
   return best;

@@ -76,9 +76,12 @@ inline nlohmann::ordered_json to_json(const FinetuneOptions& o) {
 
 /// --precision: bf16 turns the model's bf16 products on where the CPU has AVX512-BF16 (elsewhere
 /// a note, and fp32); returns what the products run in, for the start line.
-inline std::string apply_precision(Transformer<float>& model, const std::string& precision) {
+inline void check_precision(const std::string& precision) {
   WEGEFT_CHECK(precision == "fp32" || precision == "bf16",
                "--precision must be fp32 or bf16, got '" << precision << "'");
+}
+inline std::string apply_precision(Transformer<float>& model, const std::string& precision) {
+  check_precision(precision);
   if (precision == "fp32") return "fp32 products";
   if (!bf16_gemm_available()) {
     std::fprintf(stderr,
@@ -429,8 +432,7 @@ inline int finetune(FinetuneOptions o) {
                "(configure with -DWEGEFT_ENABLE_CUDA=ON; scripts/build-cuda)");
 #endif
   const bool on_gpu = o.device == "cuda";
-  WEGEFT_CHECK(o.precision == "fp32" || o.precision == "bf16",
-               "--precision must be fp32 or bf16, got '" << o.precision << "'");
+  check_precision(o.precision);
   WEGEFT_CHECK(!on_gpu || task == Task::causal_lm,
                "--device cuda trains causal language models (the llama family); train "
                "classification on the CPU");

@@ -222,9 +222,8 @@ class Transformer {
       else
         m_head_bf16.clear();
     }
-    m_bf16 = on;
   }
-  bool bf16_products() const { return m_bf16; }
+  bool bf16_products() const { return m_linears.front().bf16->packed(); }
   /// Bytes of the bf16 packings held (0 when off).
   std::size_t bf16_bytes() const {
     std::size_t n = m_head_bf16.bytes();
@@ -326,11 +325,11 @@ class Transformer {
                  "add_classifier and train_norms");
     m_store = &store;
   }
-  const Matrix<T>& lm_head() { return *m_fixed.lm_head; }
-  /// c = a B^T through the bf16 GEMM (float models only; c sized by the caller).
-  static void head_product(Matrix<T>& c, const Matrix<T>& a, const Bf16Panels& b) {
-    if constexpr (std::is_same_v<T, float>)
-      gemm_bf16(c.data(), c.cols(), a.data(), a.cols(), a.rows(), b, false);
+  /// The LM head as a frozen linear [vocab, d] (bf16 while its packing is held).
+  FrozenLinear<T> lm_head() {
+    Matrix<T>& w = *m_fixed.lm_head;
+    return FrozenLinear<T>(w.data(), w.rows(), w.cols(), nullptr,
+                           std::is_same_v<T, float> ? &m_head_bf16 : nullptr);
   }
   bool embedding_norm_trainable() const {
     return m_config.family == Family::bert &&
@@ -692,8 +691,7 @@ class Transformer {
   NormNames m_final_norm;
   std::vector<Rng::State> m_recompute_states;
   FixedTensors m_fixed{};
-  Bf16Weight m_head_bf16;  // the LM head packed in bf16 while m_bf16
-  bool m_bf16 = false;
+  Bf16Weight m_head_bf16;  // the LM head packed in bf16 while bf16_products()
   std::unique_ptr<ParameterStore<T>> m_own_store;
   std::unique_ptr<AdapterSet<T>> m_adapters;
   alignas(std::atomic_ref<Index>::required_alignment) Index m_resolved = 0;
@@ -884,11 +882,8 @@ void Transformer<T>::forward(Activations& acts, const ModelInput<T>& in) {
   if (m_labels > 0) {
     classifier_forward(acts, *h);
   } else if (m_config.family == Family::gpt2 || m_config.family == Family::llama) {
-    acts.logits.resize(h->rows(), lm_head().rows());
-    if (m_head_bf16.packed())
-      head_product(acts.logits, *h, m_head_bf16.forward);
-    else
-      acts.logits.noalias() = *h * lm_head().transpose();
+    acts.logits.resize(h->rows(), m_fixed.lm_head->rows());
+    lm_head().forward(acts.logits, *h);
   }
 }
 
@@ -925,10 +920,8 @@ void Transformer<T>::backward(Activations& acts) {
   dh.resize(acts.n, d);
   if (m_labels > 0) {
     classifier_backward(dh, acts);
-  } else if (m_head_bf16.packed()) {
-    head_product(dh, acts.dlogits, m_head_bf16.backward);
   } else {
-    dh.noalias() = acts.dlogits * lm_head();
+    lm_head().backward_input(dh, acts.dlogits);
   }
   Matrix<T>& dx = acts.dx;
   dx.resize(acts.n, d);

@@ -19,7 +19,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstring>
 #include <vector>
 
 #include "wegeft/core/dtype.hpp"
@@ -37,8 +36,9 @@
 
 namespace wegeft {
 
-/// True when this CPU executes AVX512-BF16 (and this build is for x86-64 with GCC or Clang).
-inline bool cpu_has_avx512_bf16() {
+/// Whether gemm_bf16 can run here: this CPU executes AVX512-BF16 (and this build is for x86-64
+/// with GCC or Clang).
+inline bool bf16_gemm_available() {
 #if WEGEFT_BF16_X86
   static const bool has = [] {
     __builtin_cpu_init();
@@ -49,11 +49,6 @@ inline bool cpu_has_avx512_bf16() {
 #else
   return false;
 #endif
-}
-
-/// Whether gemm_bf16 can run here.
-inline bool bf16_gemm_available() {
-  return cpu_has_avx512_bf16();
 }
 
 /// A frozen [N, K] matrix rounded to bf16 and packed for gemm_bf16 (layout in the file comment).
