@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include <wegeft/io/idx.hpp>
 #include <wegeft/io/safetensors.hpp>
 
 #include <sys/wait.h>
@@ -288,4 +289,31 @@ TEST_CASE(
   CHECK(!fs::exists(dead));
   CHECK(fs::exists(live));
   CHECK(read_bytes((dir / "secret")) == "d");
+}
+
+TEST_CASE("IDX files read with their shape and values; malformed ones are refused by name",
+          "[io][idx]") {
+  TempDir dir;
+  // [2, 3] unsigned bytes, as MNIST's files lay them out: 00 00 08 02, 00 00 00 02, 00 00 00 03
+  const std::string header("\0\0\x08\x02\0\0\0\x02\0\0\0\x03", 12);
+  const std::string values("\x01\x02\x03\xfd\xfe\xff", 6);
+  write_bytes(dir / "ok", header + values);
+  const IdxArray a = read_idx(dir / "ok");
+  CHECK(a.shape == std::vector<std::int64_t>{2, 3});
+  CHECK(a.values == std::vector<std::uint8_t>{1, 2, 3, 253, 254, 255});
+
+  const auto refused = [&](const std::string& bytes, const std::string& why) {
+    write_bytes(dir / "bad", bytes);
+    CHECK_THROWS_WITH(read_idx(dir / "bad"), Catch::Contains(dir / "bad") && Catch::Contains(why));
+  };
+  refused("", "too short");
+  refused(std::string("\x1f\x8b\x08\x00", 4) + values, "uncompressed first");    // gzip magic
+  refused(std::string("\0\0\x0d\x01\0\0\0\x01", 8) + "abcd", "value type 0xd");  // floats
+  refused(std::string("\0\0\x08\x05", 4) + std::string(20, '\0'), "5 dimensions");
+  refused(std::string("\0\0\x08\x02\0\0\0\x02", 8), "needs 12");
+  refused(header + values.substr(0, 5), "truncated");
+  refused(header + values + "x", "trailing bytes");
+  refused(std::string("\0\0\x08\x02\0\0\0\x00\0\0\0\x03", 12), "dimension 0 is zero");
+  // 2^32 - 1 in every dimension: the product overflows 64 bits unless checked against the size
+  refused(std::string("\0\0\x08\x04", 4) + std::string(16, '\xff') + values, "more values");
 }

@@ -106,6 +106,62 @@ TEST_CASE(
   CHECK(loaded.ignored.empty());
 }
 
+TEST_CASE(
+    "a saved model holds the tensors transformers wrote: same names, shapes, dtype and values",
+    "[io][peft][interop]") {
+  // Each interop checkpoint was written by transformers (save_pretrained); wegeft loads it and
+  // writes it again: every tensor the model uses comes out with transformers' own name, shape
+  // and value, and config.json reads back as the same config.
+  const std::string family = GENERATE(as<std::string>{}, "bert", "gpt2", "llama", "vit");
+  INFO(family);
+  auto loaded = load_hf_model<double>(interop(family + "/base"));
+  const fs::path dir = fs::temp_directory_path() /
+                       ("wegeft-save-" + std::to_string(Rng(std::random_device{}()).next_u64()));
+  save_hf_model(*loaded.model, dir.string(), DType::F32);
+  const SafetensorsReader theirs(interop(family + "/base/model.safetensors"));
+  const SafetensorsReader ours((dir / "model.safetensors").string());
+  CHECK(ours.tensors().size() + loaded.ignored.size() == theirs.tensors().size());
+  for (const auto& t : ours.tensors()) {
+    INFO(t.name);
+    REQUIRE(theirs.contains(t.name));
+    CHECK(t.shape == theirs.info(t.name).shape);
+    CHECK(t.dtype == DType::F32);
+    const Matrix<double> a = ours.matrix<double>(t.name), b = theirs.matrix<double>(t.name);
+    REQUIRE(a.size() == b.size());
+    CHECK((a - b.cast<float>().cast<double>()).cwiseAbs().maxCoeff() == 0.0);
+  }
+  auto again = load_hf_model<double>(dir.string());
+  const ModelConfig &c0 = loaded.model->config(), &c1 = again.model->config();
+  CHECK((c1.family == c0.family && c1.hidden == c0.hidden && c1.layers == c0.layers &&
+         c1.heads == c0.heads && c1.kv_heads == c0.kv_heads && c1.intermediate == c0.intermediate &&
+         c1.vocab_size == c0.vocab_size && c1.max_positions == c0.max_positions &&
+         c1.norm_eps == c0.norm_eps && c1.rope_theta == c0.rope_theta &&
+         c1.tied_lm_head == c0.tied_lm_head && c1.image_size == c0.image_size &&
+         c1.patch_size == c0.patch_size && c1.channels == c0.channels &&
+         c1.type_vocab_size == c0.type_vocab_size && c1.name_prefix() == c0.name_prefix()));
+  CHECK(again.ignored.empty());
+  fs::remove_all(dir);
+}
+
+TEST_CASE("saving a model refuses values that are not finite and leaves the directory as it was",
+          "[io][peft]") {
+  Transformer<float> model(ModelConfig::tiny(Family::vit));
+  Rng rng(3);
+  model.init_random(rng);
+  const fs::path dir = fs::temp_directory_path() /
+                       ("wegeft-save-" + std::to_string(Rng(std::random_device{}()).next_u64()));
+  save_hf_model(model, dir.string());
+  const auto before = fs::file_size(dir / "model.safetensors");
+  model.tensor("vit.encoder.layer.0.attention.attention.query.weight")(0, 1) =
+      std::numeric_limits<float>::infinity();
+  CHECK_THROWS_WITH(save_hf_model(model, dir.string()),
+                    Catch::Contains("vit.encoder.layer.0.attention.attention.query.weight") &&
+                        Catch::Contains("not finite"));
+  CHECK(fs::file_size(dir / "model.safetensors") == before);
+  CHECK(load_hf_model<float>(dir.string()).model->config().family == Family::vit);
+  fs::remove_all(dir);
+}
+
 TEST_CASE("adapters written by wegeft load back identically, every method", "[io][peft]") {
   const int which = GENERATE(range(0, wt::kMethods));
   const WeGeFTSharing sharing = GENERATE(WeGeFTSharing::per_role, WeGeFTSharing::per_layer);

@@ -1,5 +1,6 @@
 // wegeft file formats: safetensors, Hugging Face checkpoints, PEFT / WeGeFT adapter directories,
-// GGUF, training checkpoints and the merge / convert operations behind the wegeft tool.
+// GGUF, IDX (MNIST) arrays, training checkpoints and the merge / convert operations behind the
+// wegeft tool.
 #pragma once
 
 #include "wegeft/core/json.hpp"
@@ -8,6 +9,7 @@
 #include "wegeft/io/gguf.hpp"
 #include "wegeft/io/gguf_model.hpp"
 #include "wegeft/io/hf_model.hpp"
+#include "wegeft/io/idx.hpp"
 #include "wegeft/io/merge.hpp"
 #include "wegeft/io/peft.hpp"
 #include "wegeft/io/safetensors.hpp"

@@ -1,8 +1,10 @@
-// Hugging Face checkpoints into the transformer: config.json + model.safetensors (or a sharded
-// model.safetensors.index.json) of the bert, gpt2, llama and vit model types.
+// Hugging Face checkpoints into the transformer and out of it: config.json + model.safetensors
+// (or, to load, a sharded model.safetensors.index.json) of the bert, gpt2, llama and vit model
+// types.
 //
 //   auto loaded = wegeft::load_hf_model<float>("path/to/checkpoint");
 //   wegeft::Transformer<float>& model = *loaded.model;
+//   wegeft::save_hf_model(model, "path/to/copy");   // the frozen tensors, as HF lays them out
 //
 // Name maps: a checkpoint saved from the bare model (BertModel, GPT2Model, ViTModel, as
 // sentence-transformers does) lacks the "bert." / "transformer." / "vit." prefix; both forms load.
@@ -10,6 +12,7 @@
 // [d, C, p, p] and class/position parameters are flattened; tied embeddings need no lm_head.
 #pragma once
 
+#include <cmath>
 #include <filesystem>
 #include <map>
 #include <memory>
@@ -214,8 +217,101 @@ LoadedModel<T> load_hf_model(const std::string& dir) {
   return out;
 }
 
-#define WEGEFT_HF_MODEL_TEMPLATES(EXTERN, T) \
-  EXTERN template LoadedModel<T> load_hf_model<T>(const std::string&);
+/// The Hugging Face config.json object of `c` (what config_from_hf reads back as `c`).
+inline nlohmann::ordered_json config_to_hf(const ModelConfig& c) {
+  nlohmann::ordered_json j;
+  j["model_type"] = to_string(c.family);
+  if (c.family == Family::gpt2) {
+    j["vocab_size"] = c.vocab_size;
+    j["n_embd"] = c.hidden;
+    j["n_layer"] = c.layers;
+    j["n_head"] = c.heads;
+    j["n_inner"] = c.intermediate;
+    j["n_positions"] = c.max_positions;
+    j["layer_norm_epsilon"] = c.norm_eps;
+    j["activation_function"] = "gelu_new";
+    return j;
+  }
+  j["hidden_size"] = c.hidden;
+  j["num_hidden_layers"] = c.layers;
+  j["num_attention_heads"] = c.heads;
+  j["intermediate_size"] = c.intermediate;
+  switch (c.family) {
+    case Family::bert:
+      j["vocab_size"] = c.vocab_size;
+      j["max_position_embeddings"] = c.max_positions;
+      j["type_vocab_size"] = c.type_vocab_size;
+      j["layer_norm_eps"] = c.norm_eps;
+      j["hidden_act"] = "gelu";
+      j["position_embedding_type"] = "absolute";
+      break;
+    case Family::llama:
+      j["num_key_value_heads"] = c.kv_heads;
+      j["vocab_size"] = c.vocab_size;
+      j["max_position_embeddings"] = c.max_positions;
+      j["rms_norm_eps"] = c.norm_eps;
+      j["rope_theta"] = c.rope_theta;
+      j["tie_word_embeddings"] = c.tied_lm_head;
+      j["hidden_act"] = "silu";
+      break;
+    case Family::vit:
+      j["image_size"] = c.image_size;
+      j["patch_size"] = c.patch_size;
+      j["num_channels"] = c.channels;
+      j["layer_norm_eps"] = c.norm_eps;
+      j["hidden_act"] = "gelu";
+      j["qkv_bias"] = true;
+      break;
+    case Family::gpt2:
+      break;
+  }
+  return j;
+}
+
+/// Writes `model`'s frozen tensors (its base model: no adapters, trainable norms or heads) to
+/// `dir` as a Hugging Face checkpoint, config.json and model.safetensors in `dtype`, laid out as
+/// transformers saves them and load_hf_model reads them back: biases and norm weights 1-D,
+/// GPT-2's Conv1D weights [in, out], ViT's patch convolution [d, C, p, p], class token [1, 1, d]
+/// and positions [1, P + 1, d]. The directory's two files are replaced as a whole. Merge adapters
+/// first (or train_norms' values back into tensor()) to save a fine-tuned base.
+template <class T>
+void save_hf_model(const Transformer<T>& model, const std::string& dir, DType dtype = DType::F32) {
+  const ModelConfig& c = model.config();
+  SafetensorsBuilder b;
+  for (const auto& [name, m] : model.tensors()) {
+    for (Index i = 0; i < m.size(); ++i)
+      WEGEFT_CHECK(std::isfinite(static_cast<double>(m.data()[i])),
+                   "save_hf_model: tensor '" << name << "' holds a value that is not finite");
+    const bool norm = name.find("norm") != std::string::npos ||
+                      name.find("LayerNorm") != std::string::npos ||
+                      name.find("ln_") != std::string::npos;
+    const bool conv1d =
+        c.family == Family::gpt2 && name.ends_with(".weight") &&
+        (name.find(".attn.c_") != std::string::npos || name.find(".mlp.c_") != std::string::npos);
+    if (conv1d) {
+      const Matrix<T> t = m.transpose();
+      b.add(name, dtype, t);
+    } else if (c.family == Family::vit && name.ends_with("cls_token")) {
+      b.add(name, dtype, m, {1, 1, m.cols()});
+    } else if (c.family == Family::vit && name.ends_with("position_embeddings")) {
+      b.add(name, dtype, m, {1, m.rows(), m.cols()});
+    } else if (c.family == Family::vit && name.ends_with("patch_embeddings.projection.weight")) {
+      b.add(name, dtype, m, {c.hidden, c.channels, c.patch_size, c.patch_size});
+    } else if (m.rows() == 1 && (name.ends_with(".bias") || (norm && name.ends_with(".weight")))) {
+      b.add(name, dtype, m, {m.cols()});
+    } else {
+      b.add(name, dtype, m);
+    }
+  }
+  DirectoryWriter writer(dir);
+  b.write(writer.path("model.safetensors"), {{"format", "pt"}});
+  write_file_atomic(writer.path("config.json"), config_to_hf(c).dump(2) + "\n");
+  writer.commit();
+}
+
+#define WEGEFT_HF_MODEL_TEMPLATES(EXTERN, T)                           \
+  EXTERN template LoadedModel<T> load_hf_model<T>(const std::string&); \
+  EXTERN template void save_hf_model<T>(const Transformer<T>&, const std::string&, DType);
 WEGEFT_EXTERN_TEMPLATES(WEGEFT_HF_MODEL_TEMPLATES)
 
 }  // namespace wegeft
