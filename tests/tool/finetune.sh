@@ -56,6 +56,24 @@ head -n 3 "$work/lm/train.jsonl" >"$work/lm/valid.jsonl"
 for i in $(seq 1 20); do echo "{\"prompt\": \"Q: colour of the sky $i?\", \"completion\": \" A: blue\"}"; done >"$work/pc/train.jsonl"
 head -n 2 "$work/pc/train.jsonl" >"$work/pc/valid.jsonl"
 
+# merged_matches NAME EVAL_ARGS...: eval --merge (the adapter merged into the weights) gives the
+# adapted model's loss within 1e-5 (relative) and the same accuracy.
+merged_matches() {
+  local name=$1
+  shift
+  run "${name}_eval_json" "$tool" eval "$@" --json && run "${name}_eval_merged" "$tool" eval "$@" --merge --json ||
+    return
+  local a b
+  a=$(sed -n 's/.*"loss":\([^,}]*\).*/\1/p' "$work/${name}_eval_json.out")
+  b=$(sed -n 's/.*"loss":\([^,}]*\).*/\1/p' "$work/${name}_eval_merged.out")
+  awk -v a="$a" -v b="$b" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(a > 0 && d <= 1e-5 * a) }' && pass ||
+    fail "$name: merged loss '$b' against the adapter's '$a'"
+  grep -q '"merged":true' "$work/${name}_eval_merged.out" && pass || fail "$name: eval --merge output not marked merged"
+  [ "$(sed -n 's/.*"accuracy":\([^,}]*\).*/\1/p' "$work/${name}_eval_json.out")" = \
+    "$(sed -n 's/.*"accuracy":\([^,}]*\).*/\1/p' "$work/${name}_eval_merged.out")" ] && pass ||
+    fail "$name: merged accuracy differs from the adapter's"
+}
+
 for method in wegeft lora; do
   # Classification on the tiny BERT: loss falls, the head is in modules_to_save, labels saved.
   if run "cls_$method" "$tool" finetune --model "$work/bert" --data "$work/cls" --method "$method" --rank 4 --iters 30 \
@@ -69,6 +87,7 @@ for method in wegeft lora; do
     run "cls_eval_$method" "$tool" eval --model "$work/bert" --adapter "$work/cls-$method" --data "$work/cls" --split valid &&
       { grep -q "accuracy .*, macro-F1 " "$work/cls_eval_$method.out" && pass || fail "cls_eval_$method: no accuracy and macro-F1 in output"; }
     run "cls_merge_$method" "$tool" merge --base "$work/bert" --adapter "$work/cls-$method" --out "$work/cls-$method-merged.safetensors"
+    merged_matches "cls_$method" --model "$work/bert" --adapter "$work/cls-$method" --data "$work/cls" --split valid
   fi
   # Causal LM on the tiny Llama with prompt masking: loss falls, generate and eval load it.
   if run "lm_$method" "$tool" finetune --model "$work/llama" --data "$work/pc" --method "$method" --rank 4 --iters 30 \
@@ -78,6 +97,7 @@ for method in wegeft lora; do
     run "lm_generate_$method" "$tool" generate --model "$work/llama" --adapter "$work/lm-$method" --prompt "Q: colour of the sky 3?" --max-tokens 4
     run "lm_eval_$method" "$tool" eval --model "$work/llama" --adapter "$work/lm-$method" --data "$work/pc" --split valid &&
       { grep -q "perplexity" "$work/lm_eval_$method.out" && pass || fail "lm_eval_$method: no perplexity in output"; }
+    merged_matches "lm_$method" --model "$work/llama" --adapter "$work/lm-$method" --data "$work/pc" --split valid
     [ "$method" = lora ] && run lm_convert "$tool" convert --adapter "$work/lm-lora" --base "$work/llama" --out "$work/lm-lora.gguf"
   fi
 done
@@ -168,6 +188,8 @@ if run cls_head "$tool" finetune --model "$work/bert" --data "$work/cls" --metho
     { grep -q '^{"data":.*"accuracy":.*"macro_f1":' "$work/cls_head_eval.out" && pass || fail "cls_head_eval: $(cat "$work/cls_head_eval.out")"; }
   # labels.json naming more labels than the head has rows is refused before scoring.
   cp -r "$work/cls-head" "$work/cls-head-3" && echo '["cat", "market", "dog"]' >"$work/cls-head-3/labels.json"
+  expect_error merge_head "holds no adapter to merge" eval --model "$work/bert" --adapter "$work/cls-head" --data "$work/cls" \
+    --split valid --merge
   expect_error head_label_count "3 labels for a classifier of 2" eval --model "$work/bert" --adapter "$work/cls-head-3" \
     --data "$work/cls" --split valid
 fi

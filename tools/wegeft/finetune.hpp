@@ -675,10 +675,18 @@ inline int eval_command(const std::string& model_path, const std::string& adapte
                         bool json = false, bool exact_match = false,
                         const std::string& predictions = "",
                         const std::vector<std::string>& stop_strings = {},
-                        const std::string& precision = "fp32") {
+                        const std::string& precision = "fp32", bool merge = false) {
   if (threads > 0) set_threads(threads);
   auto tm = load_adapted(model_path, adapter);
   auto& model = tm.model();
+  if (merge) {  // W += the adapter's update in every adapted layer; the head stays as it is
+    WEGEFT_CHECK(model.adapters() != nullptr && !model.adapters()->empty(),
+                 "--merge: " << (adapter.empty() ? std::string("no --adapter given")
+                                                 : adapter + " holds no adapter to merge (a head "
+                                                             "alone is scored as it is)"));
+    for (auto& m : model.modules())
+      if (m.adapter) std::visit([](auto& a) { a.merge(); }, *m.adapter);
+  }
   apply_precision(model, precision);
   const Task task = model.has_classifier() ? Task::classification : Task::causal_lm;
   WEGEFT_CHECK(task == Task::classification || model.config().causal(),
@@ -752,6 +760,7 @@ inline int eval_command(const std::string& model_path, const std::string& adapte
   }
   if (json) {  // one line for scripts
     nlohmann::ordered_json j{{"data", path}, {"examples", ds.examples.size()}, {"loss", r.loss}};
+    if (merge) j["merged"] = true;
     if (task == Task::causal_lm) {
       j["target_tokens"] = r.count;
       j["perplexity"] = std::exp(r.loss);

@@ -45,7 +45,7 @@ commands:
       DIR/valid.jsonl) as a causal LM or a classifier; writes the adapter to --out.
   generate --model PATH [--adapter DIR] --prompt TEXT [--max-tokens N] [--temperature T]
       Text from a causal LM, with a fine-tuned adapter or without.
-  eval --model PATH [--adapter DIR] --data DIR [--exact-match] [--predictions FILE]
+  eval --model PATH [--adapter DIR [--merge]] --data DIR [--exact-match] [--predictions FILE]
       Loss and perplexity (causal LM; --exact-match: the share of completions greedy decoding
       reproduces) or loss, accuracy and macro-F1 (classifier) on DIR/test.jsonl (--json: one
       JSON line).
@@ -242,7 +242,7 @@ int run_cli11(const std::string& cmd, const std::vector<std::string>& args) {
   std::string adapter, prompt, split = "test", config;
   int max_tokens = 128;
   double temperature = 0.0, top_p = 1.0;
-  bool raw = false, json = false, exact_match = false;
+  bool raw = false, json = false, exact_match = false, merge = false;
   std::string predictions;
   std::vector<std::string> stop_strings;
   std::size_t max_seq = 512;
@@ -338,6 +338,9 @@ int run_cli11(const std::string& cmd, const std::vector<std::string>& args) {
     app.add_flag("--mask-prompt", o.mask_prompt,
                  "score only completions / assistant turns (default: as the adapter was trained)");
     app.add_flag("--json", json, "print the scores as one JSON line");
+    app.add_flag("--merge", merge,
+                 "merge the adapter into the model's weights first and score the merged model "
+                 "(what `wegeft merge` writes)");
     app.add_flag("--exact-match", exact_match,
                  "causal LM: also the share of examples whose completion greedy decoding from "
                  "the prompt reproduces exactly, up to a stop token");
@@ -366,7 +369,7 @@ int run_cli11(const std::string& cmd, const std::vector<std::string>& args) {
                                           o.seed, raw, o.threads, stop_strings, o.precision);
   return wegeft::tool::eval_command(o.model, adapter, o.data, split, batch, max_seq, o.mask_prompt,
                                     o.threads, json, exact_match, predictions, stop_strings,
-                                    o.precision);
+                                    o.precision, merge);
 }
 
 int run(const std::vector<std::string>& args) {
