@@ -73,6 +73,11 @@ def load_run(rdir):
     last = reports[-1]
     if "exact_match" in test:
         test["accuracy"] = test["exact_match"]
+    merged_path = os.path.join(rdir, "merged.json")  # scripts/study: eval --merge on the test split
+    if os.path.exists(merged_path):
+        with open(merged_path) as f:
+            m = json.load(f)
+        test["merged_accuracy"] = m.get("exact_match", m.get("accuracy"))
     return {
         "start": start,
         "reports": reports,
@@ -125,6 +130,7 @@ def mean_std(xs):
 def report(study, docs=None, marker="study"):
     runs = collect(study)
     exact = any("exact_match" in r["test"] for m in runs.values() for l in m.values() for r in l.values())
+    merged = any("merged_accuracy" in r["test"] for m in runs.values() for l in m.values() for r in l.values())
     outdir = os.path.join(study, "report")
     os.makedirs(outdir, exist_ok=True)
     machine = open(os.path.join(study, "machine.txt")).read().strip() if os.path.exists(
@@ -132,13 +138,18 @@ def report(study, docs=None, marker="study"):
     lines = [f"Machine: {machine}", ""]
     if exact:
         lines += ["| method | trainable parameters | learning rate | seeds | valid exact match | test exact match "
-                  "| test loss / answer token | s / step | peak memory (GiB) |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  "| test loss / answer token " + ("| merged model's test exact match " if merged else "") +
+                  "| s / step | peak memory (GiB) |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if merged else "")]
         base = [os.path.join(study, f"base-{split}.json") for split in ("valid", "test")]
         if all(os.path.exists(f) for f in base):
             bv, bt = (json.load(open(f)) for f in base)
             lines.append(f"| base model | 0 | | | {bv['exact_match']:.4f} | {bt['exact_match']:.4f} "
-                         f"| {bt['loss']:.3f} | | |")
+                         f"| {bt['loss']:.3f} | | |" + (" |" if merged else ""))
+    elif merged:
+        lines += ["| method | trainable parameters | learning rate | seeds | test accuracy | test macro-F1 "
+                  "| merged model's test accuracy | s / step | peak memory (GiB) |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     else:
         lines += ["| method | trainable parameters | learning rate | seeds | test accuracy | test macro-F1 "
                   "| s / step | peak memory (GiB) |",
@@ -160,6 +171,9 @@ def report(study, docs=None, marker="study"):
         else:
             scores = (f"| {mean_std([r['test']['accuracy'] for r in rs])} "
                       f"| {mean_std([r['test']['macro_f1'] for r in rs])} ")
+        if merged:
+            m = [r["test"]["merged_accuracy"] for r in rs if "merged_accuracy" in r["test"]]
+            scores += f"| {mean_std(m) if m else 'no adapter'} "
         lines.append(
             f"| {method} | {start['trainable_parameters']:,} | {lr} | {len(rs)} " + scores +
             f"| {statistics.mean(r['s_per_step'] for r in rs):.3f} "
@@ -176,7 +190,9 @@ def report(study, docs=None, marker="study"):
     else:
         lines += ["Trainable parameters include the classification head. s / step: training steps only "
                   "(validation and saving left out), mean over seeds. Accuracy and macro-F1: mean ± "
-                  "sample standard deviation over the seeds, on the test split.", ""]
+                  "sample standard deviation over the seeds, on the test split." +
+                  (" Merged: the same model with every adapter merged into its weights." if merged else ""),
+                  ""]
         what = "final validation accuracy / loss"
     # The sweep: the validation score / loss per learning rate (seed 0).
     lines += [f"Learning-rate sweep (seed 0, {what}; chosen: **bold**):", ""]
