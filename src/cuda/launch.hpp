@@ -49,6 +49,9 @@ struct AttentionLaunch {
   bool causal, bf16;
   const std::uint8_t* mask;
 };
+/// Sets up the attention kernels that need more than 48 KB of shared memory, once; the
+/// launchers call it, and so does a graph capture first (it is not a stream operation).
+void prepare_kernels();
 void launch_attention_forward(void* stream, const AttentionLaunch& a, void* out, float* lse,
                               const void* q, const void* k, const void* v);
 void launch_attention_backward(void* stream, const AttentionLaunch& a, void* dq, void* dk, void* dv,

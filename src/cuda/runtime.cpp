@@ -7,6 +7,7 @@
 
 #include "check.hpp"
 #include "context_impl.hpp"
+#include "launch.hpp"
 #include "wegeft/core/dtype.hpp"
 #include "wegeft/cuda/runtime.hpp"
 
@@ -213,6 +214,7 @@ void upload_bytes(Context& ctx, void* device, const void* host, std::size_t byte
 
 Graph::Graph(Context& ctx, const std::function<void()>& body) {
   cudaStream_t s = ctx.impl().stream;
+  detail::prepare_kernels();
   WEGEFT_CUDA_CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
   try {
     body();

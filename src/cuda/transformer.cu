@@ -6,9 +6,13 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <type_traits>
 
 #include "launch.hpp"
 #include "wegeft/kernels/cuda/attention.cuh"
+#include "wegeft/kernels/cuda/attention_tc.cuh"
 #include "wegeft/kernels/cuda/transformer.cuh"
 
 namespace wegeft::cuda::detail {
@@ -138,11 +142,107 @@ dim3 attention_grid(const AttentionLaunch& a, std::int64_t heads) {
       static_cast<unsigned>((a.seq + kernels::kAttentionWarps - 1) / kernels::kAttentionWarps),
       static_cast<unsigned>(heads), static_cast<unsigned>(a.batch));
 }
+
+/// f(std::integral_constant<int, D>{}) for the call's head_dim D, a multiple of 16 up to 128.
+template <class F>
+void with_head_dim(std::int64_t d, F&& f) {
+  switch (d) {
+    case 16:
+      return f(std::integral_constant<int, 16>{});
+    case 32:
+      return f(std::integral_constant<int, 32>{});
+    case 48:
+      return f(std::integral_constant<int, 48>{});
+    case 64:
+      return f(std::integral_constant<int, 64>{});
+    case 80:
+      return f(std::integral_constant<int, 80>{});
+    case 96:
+      return f(std::integral_constant<int, 96>{});
+    case 112:
+      return f(std::integral_constant<int, 112>{});
+    case 128:
+      return f(std::integral_constant<int, 128>{});
+    default:
+      break;
+  }
+}
+
+/// The tensor-core kernels take bf16 calls with a head_dim they tile, unless
+/// WEGEFT_CUDA_ATTENTION=simt asks for the one-warp-per-row kernels (benchmarks compare both).
+bool use_tensor_cores(const AttentionLaunch& a) {
+  static const bool simt = [] {
+    const char* e = std::getenv("WEGEFT_CUDA_ATTENTION");
+    return e != nullptr && std::strcmp(e, "simt") == 0;
+  }();
+  return a.bf16 && !simt && a.head_dim % 16 == 0 && a.head_dim <= kernels::kTcMaxHeadDim;
+}
+
+unsigned tc_grid_x(const AttentionLaunch& a) {
+  return static_cast<unsigned>((a.seq + kernels::kTcRows - 1) / kernels::kTcRows);
+}
+}  // namespace
+
+void prepare_kernels() {
+  static const bool done = [] {  // dynamic shared memory past 48 KB must be asked for per kernel
+    for (const int d : {16, 32, 48, 64, 80, 96, 112, 128})
+      with_head_dim(d, [](auto dc) {
+        constexpr int D = decltype(dc)::value;
+        using L = kernels::tc::Layout<D>;
+        cudaFuncSetAttribute(kernels::attention_forward_tc<D>,
+                             cudaFuncAttributeMaxDynamicSharedMemorySize, L::forward_bytes);
+        cudaFuncSetAttribute(kernels::attention_backward_q_tc<D>,
+                             cudaFuncAttributeMaxDynamicSharedMemorySize, L::backward_q_bytes);
+        cudaFuncSetAttribute(kernels::attention_backward_kv_tc<D>,
+                             cudaFuncAttributeMaxDynamicSharedMemorySize, L::backward_kv_bytes);
+      });
+    return true;
+  }();
+  (void)done;
+}
+
+namespace {
+void forward_tc(cudaStream_t stream, const AttentionLaunch& a, const kernels::AttentionArgs& args,
+                void* out, float* lse, const void* q, const void* k, const void* v) {
+  prepare_kernels();
+  with_head_dim(a.head_dim, [&](auto dc) {
+    constexpr int D = decltype(dc)::value;
+    kernels::attention_forward_tc<D>
+        <<<dim3(tc_grid_x(a), static_cast<unsigned>(a.heads), static_cast<unsigned>(a.batch)),
+           32 * kernels::kTcWarps, kernels::tc::Layout<D>::forward_bytes, stream>>>(
+            static_cast<bf*>(out), lse, static_cast<const bf*>(q), static_cast<const bf*>(k),
+            static_cast<const bf*>(v), args);
+  });
+}
+
+void backward_tc(cudaStream_t stream, const AttentionLaunch& a, const kernels::AttentionArgs& args,
+                 void* dq, void* dk, void* dv, const float* delta, const void* dout,
+                 const float* lse, const void* q, const void* k, const void* v) {
+  prepare_kernels();
+  with_head_dim(a.head_dim, [&](auto dc) {
+    constexpr int D = decltype(dc)::value;
+    using L = kernels::tc::Layout<D>;
+    const auto* qt = static_cast<const bf*>(q);
+    const auto* kt = static_cast<const bf*>(k);
+    const auto* vt = static_cast<const bf*>(v);
+    const auto* dot = static_cast<const bf*>(dout);
+    const unsigned threads = 32 * kernels::kTcWarps;
+    const auto batch = static_cast<unsigned>(a.batch);
+    kernels::attention_backward_q_tc<D>
+        <<<dim3(tc_grid_x(a), static_cast<unsigned>(a.heads), batch), threads, L::backward_q_bytes,
+           stream>>>(static_cast<bf*>(dq), dot, lse, delta, qt, kt, vt, args);
+    kernels::attention_backward_kv_tc<D>
+        <<<dim3(tc_grid_x(a), static_cast<unsigned>(a.kv_heads), batch), threads,
+           L::backward_kv_bytes, stream>>>(static_cast<bf*>(dk), static_cast<bf*>(dv), dot, lse,
+                                           delta, qt, kt, vt, args);
+  });
+}
 }  // namespace
 
 void launch_attention_forward(void* stream, const AttentionLaunch& a, void* out, float* lse,
                               const void* q, const void* k, const void* v) {
   const auto args = args_of(a);
+  if (use_tensor_cores(a)) return forward_tc(as_stream(stream), a, args, out, lse, q, k, v);
   dispatch(a.bf16, [&](auto t) {
     using T = decltype(t);
     kernels::attention_forward<<<attention_grid(a, a.heads), 32 * kernels::kAttentionWarps, 0,
@@ -165,6 +265,8 @@ void launch_attention_backward(void* stream, const AttentionLaunch& a, void* dq,
     const auto* dot = static_cast<const T*>(dout);
     kernels::attention_delta<<<attention_grid(a, a.heads), threads, 0, as_stream(stream)>>>(
         delta, dot, static_cast<const T*>(out), args);
+    if (use_tensor_cores(a))
+      return backward_tc(as_stream(stream), a, args, dq, dk, dv, delta, dout, lse, q, k, v);
     kernels::attention_backward_q<<<attention_grid(a, a.heads), threads, 0, as_stream(stream)>>>(
         static_cast<T*>(dq), dot, lse, delta, qt, kt, vt, args);
     kernels::

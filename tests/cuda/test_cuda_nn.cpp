@@ -293,3 +293,40 @@ TEST_CASE(
       cu::attention_forward(ctx, o.view(), lse.view(), q.view(), kb.view(), k.view(), nullptr, s),
       Catch::Contains("attention_forward: k is") && Catch::Contains("must be F32"));
 }
+
+TEST_CASE(
+    "cuda bf16 attention on the tensor cores (head_dim a multiple of 16, up to 128) equals the "
+    "CPU op in double: several tiles, causal GQA with padding, every tiled head_dim",
+    "[cuda][nn]") {
+  wegeft::Rng rng(27);
+  {
+    INFO("causal, 6 query heads over 2 key/value heads, head_dim 64, 150 tokens (3 tiles), padded");
+    const wegeft::AttentionShape s{
+        .batch = 2, .seq = 150, .heads = 6, .kv_heads = 2, .head_dim = 64, .causal = true};
+    std::vector<std::uint8_t> mask(2 * 150, 1);
+    for (Index j = 120; j < 150; ++j) mask[150 + j] = 0;
+    mask[3] = mask[64] = mask[150 + 7] = 0;
+    check_attention(s, &mask, DType::BF16, rng);
+  }
+  {
+    INFO("bidirectional, head_dim 128, 130 tokens, 2 query heads over 1 key/value head");
+    const wegeft::AttentionShape s{
+        .batch = 1, .seq = 130, .heads = 2, .kv_heads = 1, .head_dim = 128, .causal = false};
+    check_attention(s, nullptr, DType::BF16, rng);
+  }
+  {
+    INFO("bidirectional with padding over 2 tiles; the second sequence is all padding");
+    const wegeft::AttentionShape s{
+        .batch = 2, .seq = 70, .heads = 2, .kv_heads = 2, .head_dim = 32, .causal = false};
+    std::vector<std::uint8_t> mask(2 * 70, 1);
+    for (Index j = 0; j < 70; ++j) mask[70 + j] = 0;
+    mask[1] = mask[66] = 0;
+    check_attention(s, &mask, DType::BF16, rng);
+  }
+  for (const Index d : {16, 48, 80, 96, 112}) {
+    INFO("causal, head_dim " << d << ", 65 tokens");
+    const wegeft::AttentionShape s{
+        .batch = 1, .seq = 65, .heads = 2, .kv_heads = 2, .head_dim = d, .causal = true};
+    check_attention(s, nullptr, DType::BF16, rng);
+  }
+}
