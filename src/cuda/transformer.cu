@@ -6,8 +6,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <initializer_list>
 #include <type_traits>
 
 #include "launch.hpp"
@@ -135,7 +137,8 @@ kernels::AttentionArgs args_of(const AttentionLaunch& a) {
           a.ldo,
           a.causal,
           static_cast<float>(1.0 / std::sqrt(static_cast<double>(a.head_dim))),
-          a.mask};
+          a.mask,
+          false};
 }
 dim3 attention_grid(const AttentionLaunch& a, std::int64_t heads) {
   return dim3(
@@ -178,6 +181,16 @@ bool use_tensor_cores(const AttentionLaunch& a) {
   return a.bf16 && !simt && a.head_dim % 16 == 0 && a.head_dim <= kernels::kTcMaxHeadDim;
 }
 
+/// Whether every pointer in `ptrs` is 16-byte aligned and every row stride in `lds` a multiple
+/// of 8 bf16 values, so that the tiles load 16 bytes at a time.
+bool aligned16(std::initializer_list<const void*> ptrs, std::initializer_list<std::int64_t> lds) {
+  for (const void* p : ptrs)
+    if (reinterpret_cast<std::uintptr_t>(p) % 16 != 0) return false;
+  for (const std::int64_t ld : lds)
+    if (ld % 8 != 0) return false;
+  return true;
+}
+
 unsigned tc_grid_x(const AttentionLaunch& a) {
   return static_cast<unsigned>((a.seq + kernels::kTcRows - 1) / kernels::kTcRows);
 }
@@ -202,9 +215,10 @@ void prepare_kernels() {
 }
 
 namespace {
-void forward_tc(cudaStream_t stream, const AttentionLaunch& a, const kernels::AttentionArgs& args,
+void forward_tc(cudaStream_t stream, const AttentionLaunch& a, kernels::AttentionArgs args,
                 void* out, float* lse, const void* q, const void* k, const void* v) {
   prepare_kernels();
+  args.vec = aligned16({q, k, v}, {a.ldq, a.ldk, a.ldv});
   with_head_dim(a.head_dim, [&](auto dc) {
     constexpr int D = decltype(dc)::value;
     kernels::attention_forward_tc<D>
@@ -215,10 +229,11 @@ void forward_tc(cudaStream_t stream, const AttentionLaunch& a, const kernels::At
   });
 }
 
-void backward_tc(cudaStream_t stream, const AttentionLaunch& a, const kernels::AttentionArgs& args,
+void backward_tc(cudaStream_t stream, const AttentionLaunch& a, kernels::AttentionArgs args,
                  void* dq, void* dk, void* dv, const float* delta, const void* dout,
                  const float* lse, const void* q, const void* k, const void* v) {
   prepare_kernels();
+  args.vec = aligned16({q, k, v, dout}, {a.ldq, a.ldk, a.ldv, a.ldo});
   with_head_dim(a.head_dim, [&](auto dc) {
     constexpr int D = decltype(dc)::value;
     using L = kernels::tc::Layout<D>;

@@ -201,22 +201,25 @@ TEST_CASE("cuda cross-entropy: losses and gradients equal the CPU op in double, 
 namespace {
 
 /// Attention on the GPU and the CPU op in double, on the same rounded inputs; checks out, dq, dk
-/// and dv.
+/// and dv. Row strides: odd ones, or (aligned) multiples of 8 values, which the tensor-core
+/// kernels load 16 bytes at a time.
 void check_attention(const wegeft::AttentionShape& s, const std::vector<std::uint8_t>* mask,
-                     DType dt, wegeft::Rng& rng) {
+                     DType dt, wegeft::Rng& rng, bool aligned = false) {
+  const Index e1 = aligned ? 8 : 3, e2 = aligned ? 16 : 5, e3 = aligned ? 8 : 7,
+              e4 = aligned ? 8 : 9;
   auto& ctx = context();
   const Index n = s.batch * s.seq;
   const Matrix<float> q = rounded(2.0f * random_matrix<float>(n, s.q_width(), rng), dt);
   const Matrix<float> k = rounded(2.0f * random_matrix<float>(n, s.kv_width(), rng), dt);
   const Matrix<float> v = rounded(random_matrix<float>(n, s.kv_width(), rng), dt);
   const Matrix<float> g = rounded(random_matrix<float>(n, s.q_width(), rng), dt);
-  auto qd = strided(ctx, q, dt, 3), kd = strided(ctx, k, dt, 5), vd = strided(ctx, v, dt, 7);
-  auto gd = strided(ctx, g, dt, 9);
-  Strided out{cu::Tensor(dt, n, s.q_width() + 9), {}};
+  auto qd = strided(ctx, q, dt, e1), kd = strided(ctx, k, dt, e2), vd = strided(ctx, v, dt, e3);
+  auto gd = strided(ctx, g, dt, e4);
+  Strided out{cu::Tensor(dt, n, s.q_width() + e4), {}};
   cu::fill(ctx, out.t.view(), kNaN);
   out.v = out.t.block(0, 0, n, s.q_width());
-  auto dq = empty(ctx, n, s.q_width(), dt, 3), dk = empty(ctx, n, s.kv_width(), dt, 5);
-  auto dv = empty(ctx, n, s.kv_width(), dt, 7);
+  auto dq = empty(ctx, n, s.q_width(), dt, e1), dk = empty(ctx, n, s.kv_width(), dt, e2);
+  auto dv = empty(ctx, n, s.kv_width(), dt, e3);
   cu::Tensor lse(DType::F32, s.batch * s.heads, s.seq), delta(DType::F32, s.batch * s.heads, s.seq);
   cu::DeviceArray md;
   if (mask) md.assign(ctx, *mask);
@@ -307,12 +310,14 @@ TEST_CASE(
     for (Index j = 120; j < 150; ++j) mask[150 + j] = 0;
     mask[3] = mask[64] = mask[150 + 7] = 0;
     check_attention(s, &mask, DType::BF16, rng);
+    check_attention(s, &mask, DType::BF16, rng, /*aligned=*/true);
   }
   {
     INFO("bidirectional, head_dim 128, 130 tokens, 2 query heads over 1 key/value head");
     const wegeft::AttentionShape s{
         .batch = 1, .seq = 130, .heads = 2, .kv_heads = 1, .head_dim = 128, .causal = false};
     check_attention(s, nullptr, DType::BF16, rng);
+    check_attention(s, nullptr, DType::BF16, rng, /*aligned=*/true);
   }
   {
     INFO("bidirectional with padding over 2 tiles; the second sequence is all padding");
@@ -321,12 +326,12 @@ TEST_CASE(
     std::vector<std::uint8_t> mask(2 * 70, 1);
     for (Index j = 0; j < 70; ++j) mask[70 + j] = 0;
     mask[1] = mask[66] = 0;
-    check_attention(s, &mask, DType::BF16, rng);
+    check_attention(s, &mask, DType::BF16, rng, /*aligned=*/true);
   }
   for (const Index d : {16, 48, 80, 96, 112}) {
     INFO("causal, head_dim " << d << ", 65 tokens");
     const wegeft::AttentionShape s{
         .batch = 1, .seq = 65, .heads = 2, .kv_heads = 2, .head_dim = d, .causal = true};
-    check_attention(s, nullptr, DType::BF16, rng);
+    check_attention(s, nullptr, DType::BF16, rng, /*aligned=*/d % 32 == 0);
   }
 }

@@ -30,6 +30,7 @@ struct AttentionArgs {
   bool causal;
   float scale;               // 1 / sqrt(head_dim)
   const std::uint8_t* mask;  // [batch, seq], 1 = a key to attend to; null = every key
+  bool vec = false;          // q, k, v, dout and their strides 16-byte aligned (attention_tc.cuh)
 };
 
 __device__ inline bool key_visible(const AttentionArgs& a, std::int64_t b, std::int64_t j) {

@@ -54,10 +54,21 @@ struct Layout {
 };
 
 /// dst [64][LD] = rows r0 .. r0 + 63 of the D columns at src (row stride lds), zero past `rows`.
-/// Every thread of the block takes part.
+/// vec: src and lds are 16-byte aligned, so each thread moves 8 values at a time. Every thread
+/// of the block takes part.
 template <int D, int LD>
 __device__ inline void load_tile(bf* dst, const bf* src, std::int64_t lds, std::int64_t r0,
-                                 std::int64_t rows) {
+                                 std::int64_t rows, bool vec) {
+  if (vec) {
+    constexpr int C = D / 8;  // 16-byte pieces of a row
+    for (int e = threadIdx.x; e < kTcRows * C; e += blockDim.x) {
+      const int r = e / C, c = 8 * (e % C);
+      uint4 piece = make_uint4(0u, 0u, 0u, 0u);
+      if (r0 + r < rows) piece = *reinterpret_cast<const uint4*>(src + (r0 + r) * lds + c);
+      *reinterpret_cast<uint4*>(dst + r * LD + c) = piece;
+    }
+    return;
+  }
   for (int e = threadIdx.x; e < kTcRows * D; e += blockDim.x) {
     const int r = e / D, c = e % D;
     dst[r * LD + c] = r0 + r < rows ? src[(r0 + r) * lds + c] : __float2bfloat16(0.0f);
@@ -133,7 +144,7 @@ __global__ void __launch_bounds__(32 * kTcWarps)
   const std::int64_t h = blockIdx.y, b = blockIdx.z, g = h / (a.heads / a.kv_heads);
   const tc::bf* kb = k + b * a.seq * a.ldk + g * D;
   const tc::bf* vb = v + b * a.seq * a.ldv + g * D;
-  tc::load_tile<D, L::ld>(sq, q + b * a.seq * a.ldq + h * D, a.ldq, i0, a.seq);
+  tc::load_tile<D, L::ld>(sq, q + b * a.seq * a.ldq + h * D, a.ldq, i0, a.seq, a.vec);
   for (int e = threadIdx.x; e < kTcRows * L::ldo; e += blockDim.x) so[e] = 0.0f;
   // This lane's half of row r of the tile (32 of the 64 scores, D / 2 of the output columns).
   const int r = warp * 16 + lane / 2, half = lane % 2;
@@ -142,8 +153,8 @@ __global__ void __launch_bounds__(32 * kTcWarps)
   const std::int64_t end = a.causal ? (a.seq < i0 + kTcRows ? a.seq : i0 + kTcRows) : a.seq;
   for (std::int64_t j0 = 0; j0 < end; j0 += kTcRows) {
     __syncthreads();  // the previous tile's k and v have been read
-    tc::load_tile<D, L::ld>(sk, kb, a.ldk, j0, a.seq);
-    tc::load_tile<D, L::ld>(sv, vb, a.ldv, j0, a.seq);
+    tc::load_tile<D, L::ld>(sk, kb, a.ldk, j0, a.seq, a.vec);
+    tc::load_tile<D, L::ld>(sv, vb, a.ldv, j0, a.seq, a.vec);
     __syncthreads();
     tc::scores<D, L::ld, L::lds>(ss + warp * 16 * L::lds, sq + warp * 16 * L::ld, sk);
     __syncwarp();
@@ -218,8 +229,8 @@ __global__ void __launch_bounds__(32 * kTcWarps)
   const std::int64_t h = blockIdx.y, b = blockIdx.z, g = h / (a.heads / a.kv_heads);
   const tc::bf* kb = k + b * a.seq * a.ldk + g * D;
   const tc::bf* vb = v + b * a.seq * a.ldv + g * D;
-  tc::load_tile<D, L::ld>(sq, q + b * a.seq * a.ldq + h * D, a.ldq, i0, a.seq);
-  tc::load_tile<D, L::ld>(sdo, dout + b * a.seq * a.ldo + h * D, a.ldo, i0, a.seq);
+  tc::load_tile<D, L::ld>(sq, q + b * a.seq * a.ldq + h * D, a.ldq, i0, a.seq, a.vec);
+  tc::load_tile<D, L::ld>(sdo, dout + b * a.seq * a.ldo + h * D, a.ldo, i0, a.seq, a.vec);
   const int r = warp * 16 + lane / 2, half = lane % 2;
   const std::int64_t i = i0 + r, row = (b * a.heads + h) * a.seq + i;
   const float li = i < a.seq ? lse[row] : -INFINITY, di = i < a.seq ? delta[row] : 0.0f;
@@ -228,8 +239,8 @@ __global__ void __launch_bounds__(32 * kTcWarps)
   const std::int64_t end = a.causal ? (a.seq < i0 + kTcRows ? a.seq : i0 + kTcRows) : a.seq;
   for (std::int64_t j0 = 0; j0 < end; j0 += kTcRows) {
     __syncthreads();
-    tc::load_tile<D, L::ld>(sk, kb, a.ldk, j0, a.seq);
-    tc::load_tile<D, L::ld>(sv, vb, a.ldv, j0, a.seq);
+    tc::load_tile<D, L::ld>(sk, kb, a.ldk, j0, a.seq, a.vec);
+    tc::load_tile<D, L::ld>(sv, vb, a.ldv, j0, a.seq, a.vec);
     __syncthreads();
     tc::scores<D, L::ld, L::lds>(ss + warp * 16 * L::lds, sq + warp * 16 * L::ld, sk);
     tc::scores<D, L::ld, L::lds>(sdp + warp * 16 * L::lds, sdo + warp * 16 * L::ld, sv);
@@ -273,8 +284,8 @@ __global__ void __launch_bounds__(32 * kTcWarps)
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const std::int64_t j0 = static_cast<std::int64_t>(blockIdx.x) * kTcRows;
   const std::int64_t g = blockIdx.y, b = blockIdx.z, group = a.heads / a.kv_heads;
-  tc::load_tile<D, L::ld>(sk, k + b * a.seq * a.ldk + g * D, a.ldk, j0, a.seq);
-  tc::load_tile<D, L::ld>(sv, v + b * a.seq * a.ldv + g * D, a.ldv, j0, a.seq);
+  tc::load_tile<D, L::ld>(sk, k + b * a.seq * a.ldk + g * D, a.ldk, j0, a.seq, a.vec);
+  tc::load_tile<D, L::ld>(sv, v + b * a.seq * a.ldv + g * D, a.ldv, j0, a.seq, a.vec);
   const int r = warp * 16 + lane / 2, half = lane % 2;
   const std::int64_t j = j0 + r;
   const bool visible = j < a.seq && key_visible(a, b, j);
@@ -284,8 +295,8 @@ __global__ void __launch_bounds__(32 * kTcWarps)
   for (std::int64_t h = g * group; h < (g + 1) * group; ++h) {
     for (std::int64_t i0 = a.causal ? j0 : 0; i0 < a.seq; i0 += kTcRows) {
       __syncthreads();  // the previous query tile has been read
-      tc::load_tile<D, L::ld>(sq, q + b * a.seq * a.ldq + h * D, a.ldq, i0, a.seq);
-      tc::load_tile<D, L::ld>(sdo, dout + b * a.seq * a.ldo + h * D, a.ldo, i0, a.seq);
+      tc::load_tile<D, L::ld>(sq, q + b * a.seq * a.ldq + h * D, a.ldq, i0, a.seq, a.vec);
+      tc::load_tile<D, L::ld>(sdo, dout + b * a.seq * a.ldo + h * D, a.ldo, i0, a.seq, a.vec);
       for (int t = threadIdx.x; t < kTcRows; t += blockDim.x) {
         const bool in = i0 + t < a.seq;
         slse[t] = in ? lse[(b * a.heads + h) * a.seq + i0 + t] : -INFINITY;
