@@ -12,6 +12,8 @@
 #include <wegeft/cuda.hpp>
 #include <wegeft/version.hpp>
 
+#include "peak.hpp"
+
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -57,27 +59,7 @@ int main(int argc, char** argv) {
   std::printf("card: %s\n", ctx.description().c_str());
 
   // the card's BF16 GEMM rate through the same gemm(), 8192^3 on random data
-  double peak_tflops = 0;
-  {
-    wegeft::Rng rng(3);
-    const Index s = 8192;
-    const Matrix<float> a = random(s, s, rng, -1, 1);
-    auto ad = cu::Tensor::from_host(ctx, a, DType::BF16);
-    auto bd = cu::Tensor::from_host(ctx, a.transpose(), DType::BF16);
-    cu::Tensor cd(DType::BF16, s, s);
-    auto run = [&] { cu::gemm(ctx, cd.view(), ad.view(), cu::Op::N, bd.view(), cu::Op::T, 1, 0); };
-    for (int i = 0; i < 3; ++i) run();
-    const double ms = cu::time_ms(
-                          ctx,
-                          [&] {
-                            for (int i = 0; i < 10; ++i) run();
-                          },
-                          5) /
-                      10;
-    peak_tflops = 2.0 * double(s) * double(s) * double(s) / (ms * 1e-3) * 1e-12;
-    std::printf("bf16 GEMM 8192^3: %.3f ms, %.0f TFLOP/s (the rate the utilisation below is of)\n",
-                ms, peak_tflops);
-  }
+  const double peak_tflops = bf16_gemm_tflops(ctx);
   std::printf("%d rounds; per round each variant runs `iters` steps eagerly and as a graph\n\n",
               rounds);
 

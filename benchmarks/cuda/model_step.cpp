@@ -1,14 +1,23 @@
-// The whole causal-LM training step on the GPU (wegeft::cuda::CausalLM) on a SmolLM2-135M-shaped
-// Llama (random weights: the time does not depend on them), BF16 storage with fp32 accumulation,
-// LoRA or WeGeFT r = 8 on every linear: forward, loss, backward, gradient clipping at 1 and
-// AdamW, as benchmarks/cuda/peft_llama_step.py does for PyTorch + PEFT on the same card.
-// Prints tokens per second of the step (3 warm-up steps, then the mean over `steps`) and the
-// attention kernels it ran (WEGEFT_CUDA_ATTENTION=simt selects the one-warp-per-row ones).
+// The whole causal-LM training step on the GPU (wegeft::cuda::CausalLM), BF16 storage with fp32
+// accumulation, LoRA or WeGeFT r = 8 on every linear: forward, loss, backward, gradient clipping
+// at 1 and AdamW, as benchmarks/cuda/peft_llama_step.py does for PyTorch + PEFT on the same card.
+// Shapes (random weights: the time does not depend on them): `smollm2`, SmolLM2-135M's; and
+// `llama-block`, one Llama block of d = 2048 (16 heads of 128, MLP 5632) between a 256-word
+// embedding and tied head. Prints tokens per second of the step (3 warm-up steps, then the mean
+// over `steps`), the attention kernels it ran (WEGEFT_CUDA_ATTENTION=simt selects the
+// one-warp-per-row ones) and, with `--mfu`, the model-FLOP utilisation against the card's bf16
+// GEMM rate measured first: model FLOPs = the frozen products forward and for dx (2 x 2 N P over
+// the block linears' P weights, the LM head included) plus attention's two products forward and
+// four backward, halved for the causal mask.
 //
-//   build/cuda/benchmarks/cuda/bench_cuda_model_step BATCH TOKENS [lora|wegeft] [steps]
+//   build/cuda/benchmarks/cuda/bench_cuda_model_step BATCH TOKENS [lora|wegeft] [steps] [shape]
+//                                                    [--mfu]
 #include <wegeft/cuda.hpp>
 #include <wegeft/version.hpp>
 
+#include "peak.hpp"
+
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -21,28 +30,53 @@ using wegeft::DType;
 using wegeft::Index;
 
 int main(int argc, char** argv) {
-  if (argc < 3) {
-    std::fprintf(stderr, "usage: %s BATCH TOKENS [lora|wegeft] [steps]\n", argv[0]);
+  std::vector<std::string> args(argv + 1, argv + argc);
+  bool mfu = false;
+  for (auto it = args.begin(); it != args.end();)
+    if (*it == "--mfu") {
+      mfu = true;
+      it = args.erase(it);
+    } else {
+      ++it;
+    }
+  if (args.size() < 2) {
+    std::fprintf(stderr,
+                 "usage: %s BATCH TOKENS [lora|wegeft] [steps] [smollm2|llama-block] [--mfu]\n",
+                 argv[0]);
     return 2;
   }
-  const Index batch = std::atoi(argv[1]), seq = std::atoi(argv[2]);
-  const std::string method = argc > 3 ? argv[3] : "lora";
-  const int steps = argc > 4 ? std::atoi(argv[4]) : 10;
-  if (batch <= 0 || seq <= 0 || steps <= 0 || (method != "lora" && method != "wegeft")) {
-    std::fprintf(stderr, "%s: BATCH and TOKENS must be positive, the method lora or wegeft\n",
+  const Index batch = std::atoi(args[0].c_str()), seq = std::atoi(args[1].c_str());
+  const std::string method = args.size() > 2 ? args[2] : "lora";
+  const int steps = args.size() > 3 ? std::atoi(args[3].c_str()) : 10;
+  const std::string shape = args.size() > 4 ? args[4] : "smollm2";
+  if (batch <= 0 || seq <= 0 || steps <= 0 || (method != "lora" && method != "wegeft") ||
+      (shape != "smollm2" && shape != "llama-block")) {
+    std::fprintf(stderr,
+                 "%s: BATCH, TOKENS and steps must be positive, the method lora or wegeft, the "
+                 "shape smollm2 or llama-block\n",
                  argv[0]);
     return 2;
   }
   wegeft::ModelConfig c = wegeft::ModelConfig::tiny(wegeft::Family::llama);
-  c.vocab_size = 49152;
-  c.hidden = 576;
-  c.intermediate = 1536;
-  c.layers = 30;
-  c.heads = 9;
-  c.kv_heads = 3;
-  c.max_positions = 8192;
+  if (shape == "smollm2") {
+    c.vocab_size = 49152;
+    c.hidden = 576;
+    c.intermediate = 1536;
+    c.layers = 30;
+    c.heads = 9;
+    c.kv_heads = 3;
+    c.rope_theta = 100000.0;
+  } else {
+    c.vocab_size = 256;
+    c.hidden = 2048;
+    c.intermediate = 5632;
+    c.layers = 1;
+    c.heads = 16;
+    c.kv_heads = 16;
+    c.rope_theta = 10000.0;
+  }
+  c.max_positions = std::max<Index>(8192, seq);
   c.norm_eps = 1e-5;
-  c.rope_theta = 100000.0;
   c.tied_lm_head = true;
   wegeft::Transformer<float> host(c);
   wegeft::Rng rng(0);
@@ -55,10 +89,12 @@ int main(int argc, char** argv) {
   host.attach({.target_modules = {"q", "k", "v", "o", "gate", "up", "down"}, .method = mc});
 
   cu::Context ctx;
+  const double peak = mfu ? bf16_gemm_tflops(ctx) : 0.0;
   cu::CausalLM lm(ctx, host, DType::BF16);
   cu::AdamW opt({.lr = 1e-4});
   std::vector<std::int32_t> ids(static_cast<std::size_t>(batch * seq)), targets(ids.size());
-  for (auto& id : ids) id = static_cast<std::int32_t>(rng.next_u64() % 49152u);
+  for (auto& id : ids)
+    id = static_cast<std::int32_t>(rng.next_u64() % static_cast<std::uint64_t>(c.vocab_size));
   for (Index b = 0; b < batch; ++b)
     for (Index t = 0; t < seq; ++t)
       targets[b * seq + t] = t + 1 < seq ? ids[b * seq + t + 1] : wegeft::kIgnoreIndex;
@@ -79,11 +115,25 @@ int main(int argc, char** argv) {
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / steps;
   const char* attention = std::getenv("WEGEFT_CUDA_ATTENTION");
   std::printf(
-      "wegeft %s on %s: %s r=8 step %lldx%lld (SmolLM2-135M shape, bf16, attention %s): %.1f ms, "
+      "wegeft %s on %s: %s r=8 step %lldx%lld (%s shape, bf16, attention %s): %.1f ms, "
       "%.0f tok/s, loss %.4f\n",
       wegeft::version, ctx.description().c_str(), method.c_str(), static_cast<long long>(batch),
-      static_cast<long long>(seq),
+      static_cast<long long>(seq), shape.c_str(),
       attention != nullptr && std::strcmp(attention, "simt") == 0 ? "simt" : "tensor cores",
       s * 1e3, static_cast<double>(batch * seq) / s, loss);
+  if (mfu) {
+    const double n = static_cast<double>(batch * seq), d = static_cast<double>(c.hidden);
+    const double kv = static_cast<double>(c.kv_width()), f = static_cast<double>(c.intermediate);
+    const double block = d * d * 2 + d * kv * 2 + 3 * d * f;  // q, o; k, v; gate, up, down
+    const double weights =
+        block * static_cast<double>(c.layers) + d * static_cast<double>(c.vocab_size);
+    const double attention_flops = 6.0 * 2.0 * static_cast<double>(batch * c.heads) *
+                                   static_cast<double>(seq * seq) *
+                                   static_cast<double>(c.head_dim()) / 2.0;
+    const double flops = 2.0 * 2.0 * n * weights + attention_flops * static_cast<double>(c.layers);
+    std::printf(
+        "model FLOPs %.3f T per step: %.0f TFLOP/s, %.1f %% of the %.0f TFLOP/s GEMM rate\n",
+        flops * 1e-12, flops / s * 1e-12, 100.0 * flops / s * 1e-12 / peak, peak);
+  }
   return 0;
 }

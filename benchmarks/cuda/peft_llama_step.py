@@ -1,13 +1,24 @@
 #!/usr/bin/env python3
-# usage: peft_llama_step.py BATCH TOKENS (on the GPU machine: torch, transformers and peft)
-# PyTorch eager + PEFT LoRA r=8 (all linear) training step on a SmolLM2-135M-shaped Llama (random
-# weights: the timing does not depend on them), bf16, AdamW, clipping at 1; prints tokens/s.
+# usage: peft_llama_step.py BATCH TOKENS [smollm2|llama-block] (on the GPU machine: torch,
+# transformers and peft)
+# PyTorch eager + PEFT LoRA r=8 (all linear) training step, bf16, AdamW, clipping at 1; prints
+# tokens/s. Shapes as benchmarks/cuda/model_step.cpp's (random weights: the timing does not depend
+# on them): SmolLM2-135M's, or one Llama block of d = 2048 (16 heads, MLP 5632) between a 256-word
+# embedding and tied head.
 import sys, time, torch, transformers, peft
 from transformers import LlamaConfig, LlamaForCausalLM
 from peft import LoraConfig, get_peft_model
-cfg = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-                  num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192,
-                  rms_norm_eps=1e-5, rope_theta=100000.0, tie_word_embeddings=True)
+shape = sys.argv[3] if len(sys.argv) > 3 else "smollm2"
+if shape == "smollm2":
+    cfg = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                      num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192,
+                      rms_norm_eps=1e-5, rope_theta=100000.0, tie_word_embeddings=True)
+elif shape == "llama-block":
+    cfg = LlamaConfig(vocab_size=256, hidden_size=2048, intermediate_size=5632, num_hidden_layers=1,
+                      num_attention_heads=16, num_key_value_heads=16, max_position_embeddings=8192,
+                      rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=True)
+else:
+    sys.exit(f"unknown shape {shape} (smollm2, llama-block)")
 torch.manual_seed(0)
 m = LlamaForCausalLM(cfg).to("cuda", torch.bfloat16)
 m = get_peft_model(m, LoraConfig(r=8, lora_alpha=8, target_modules="all-linear"))
@@ -25,5 +36,5 @@ torch.cuda.synchronize(); t0 = time.perf_counter(); n = 10
 for _ in range(n): step()
 torch.cuda.synchronize(); dt = (time.perf_counter() - t0) / n
 print(f"torch {torch.__version__} transformers {transformers.__version__} peft {peft.__version__} "
-      f"attn {m.config._attn_implementation}: LoRA r=8 step {b}x{t}: {dt*1e3:.1f} ms, {b*t/dt:.0f} tok/s, "
+      f"attn {m.config._attn_implementation}: LoRA r=8 step {b}x{t} ({shape}): {dt*1e3:.1f} ms, {b*t/dt:.0f} tok/s, "
       f"peak {torch.cuda.max_memory_allocated()/2**30:.2f} GiB")
