@@ -1,19 +1,27 @@
 // Tensor-core attention for bf16 with head_dim a multiple of 16 up to 128 (included only from .cu
 // files; sm_80 or later): the same quantity, lse and delta as attention.cuh's kernels, computed
-// flash-style over tiles of 64 queries x 64 keys with both products of each step on the tensor
-// cores (wmma 16 x 16 x 16, bf16 inputs, fp32 accumulation).
+// flash-style over tiles of 64 queries x 64 keys, every product an mma.sync m16n8k16 (bf16
+// inputs, fp32 accumulation) with the softmax done on the accumulators in registers, as
+// FlashAttention-2 does.
 //
 // A block of 4 warps takes 64 rows (queries in the forward and the dq kernel, keys of one
-// key/value head in the dk/dv kernel), 16 per warp. Per tile of 64 partners, a warp's 16 x 64
-// scores go through shared memory in fp32, where each pair of lanes takes one row for the mask
-// and the softmax (the forward's running max and sum, rescaling its fp32 output rows, which stay
-// in shared memory); P (or dS) is rounded to bf16 for the second product, as FlashAttention does.
-// The backward's accumulators (dq; dk and dv) stay in registers for the whole walk. Key tiles a
-// causal query tile cannot see, and query tiles a causal key tile cannot be seen by, are skipped.
+// key/value head in the dk/dv kernel), 16 per warp. Per tile of 64 partners a warp computes its
+// 16 x 64 scores into registers, masks them and takes the exponentials there; the probabilities
+// (or dS) are rounded to bf16 and fed straight back as the A operand of the second product (an
+// m16n8k16 accumulator pair has the layout of an A fragment). Operands come from shared memory:
+// row-major tiles where the product reduces over head_dim, tiles stored transposed ([d][64]) where
+// it reduces over the tile's rows, so every fragment is two 32-bit loads per register pair. The
+// forward's output and the backward's dq (or dk and dv) stay in registers for the whole walk.
+// Key tiles a causal query tile cannot see, and query tiles a causal key tile cannot be seen by,
+// are skipped.
+//
+// Fragment layout of mma.m16n8k16 (PTX ISA), lane = 4 g + t: A [16 x 16] registers {row g, cols
+// 2t, 2t+1}, {row g+8, same}, {row g, cols 2t+8, 2t+9}, {row g+8, same}; B [16 x 8] {rows 2t, 2t+1,
+// col g}, {rows 2t+8, 2t+9, col g}; C [16 x 8] c0, c1 at row g, cols 2t, 2t+1 and c2, c3 at row
+// g+8.
 #pragma once
 
 #include <cuda_bf16.h>
-#include <mma.h>
 
 #include <cstdint>
 
@@ -28,99 +36,136 @@ inline constexpr int kTcMaxHeadDim = 128;
 namespace tc {
 
 using bf = __nv_bfloat16;
-using FragA =
-    nvcuda::wmma::fragment<nvcuda::wmma::matrix_a, 16, 16, 16, bf, nvcuda::wmma::row_major>;
-using FragBRow =
-    nvcuda::wmma::fragment<nvcuda::wmma::matrix_b, 16, 16, 16, bf, nvcuda::wmma::row_major>;
-using FragBCol =
-    nvcuda::wmma::fragment<nvcuda::wmma::matrix_b, 16, 16, 16, bf, nvcuda::wmma::col_major>;
-using FragC = nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 16, float>;
 
-/// Shared-memory strides (padded against bank conflicts; wmma wants multiples of 16 bytes) and
-/// sizes for head_dim D.
+/// Shared-memory strides (padded so that the 32-bit fragment loads of a warp hit distinct banks)
+/// and sizes for head_dim D.
 template <int D>
 struct Layout {
-  static constexpr int ld = D + 8;           // bf16 tiles [64][ld]: q, k, v, dout rows
-  static constexpr int ldp = kTcRows + 8;    // bf16 [64][ldp]: P or dS of a tile
-  static constexpr int lds = kTcRows + 4;    // fp32 [64][lds]: scores of a tile
-  static constexpr int ldo = D + 4;          // fp32 [64][ldo]: output rows
-  static constexpr int tile = kTcRows * ld;  // elements of a bf16 tile
-  static_assert(kTcRows * ldo <= 2 * kTcRows * lds, "output rows fit in two score tiles");
-  static constexpr int forward_bytes =
-      3 * tile * 2 + kTcRows * ldp * 2 + kTcRows * lds * 4 + kTcRows * ldo * 4;
-  static constexpr int backward_q_bytes = 4 * tile * 2 + kTcRows * ldp * 2 + 2 * kTcRows * lds * 4;
-  static constexpr int backward_kv_bytes =
-      4 * tile * 2 + 2 * kTcRows * ldp * 2 + 2 * kTcRows * lds * 4 + 2 * kTcRows * 4;
+  static constexpr int ld = D + 8;           // row-major tiles [64][ld]
+  static constexpr int ldt = kTcRows + 8;    // transposed tiles [D][ldt]
+  static constexpr int tile = kTcRows * ld;  // elements of a row-major tile
+  static constexpr int tile_t = D * ldt;     // elements of a transposed tile
+  static constexpr int forward_bytes = (2 * tile + tile_t) * 2;
+  static constexpr int backward_q_bytes = (4 * tile + tile_t) * 2;
+  static constexpr int backward_kv_bytes = (4 * tile + 2 * tile_t) * 2 + 2 * kTcRows * 4;
 };
 
-/// dst [64][LD] = rows r0 .. r0 + 63 of the D columns at src (row stride lds), zero past `rows`.
-/// vec: src and lds are 16-byte aligned, so each thread moves 8 values at a time. Every thread
-/// of the block takes part.
-template <int D, int LD>
-__device__ inline void load_tile(bf* dst, const bf* src, std::int64_t lds, std::int64_t r0,
-                                 std::int64_t rows, bool vec) {
-  if (vec) {
-    constexpr int C = D / 8;  // 16-byte pieces of a row
-    for (int e = threadIdx.x; e < kTcRows * C; e += blockDim.x) {
-      const int r = e / C, c = 8 * (e % C);
-      uint4 piece = make_uint4(0u, 0u, 0u, 0u);
-      if (r0 + r < rows) piece = *reinterpret_cast<const uint4*>(src + (r0 + r) * lds + c);
-      *reinterpret_cast<uint4*>(dst + r * LD + c) = piece;
+__device__ inline void mma(float (&d)[4], const std::uint32_t (&a)[4], std::uint32_t b0,
+                           std::uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+      "{%8, %9}, {%0, %1, %2, %3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ inline std::uint32_t word(const bf* p) {  // two bf16 values at an even offset
+  return *reinterpret_cast<const std::uint32_t*>(p);
+}
+
+__device__ inline std::uint32_t pack(float lo, float hi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const std::uint32_t*>(&v);
+}
+
+/// The A fragment of rows 16 w .. 16 w + 15, columns 16 kc .. 16 kc + 15 of a row-major tile.
+__device__ inline void load_a(std::uint32_t (&a)[4], const bf* tile, int ld, int row0, int kc) {
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const bf* p = tile + (row0 + g) * ld + 16 * kc + 2 * t;
+  a[0] = word(p);
+  a[1] = word(p + 8 * ld);
+  a[2] = word(p + 8);
+  a[3] = word(p + 8 * ld + 8);
+}
+
+/// The B fragment (k = 16 kc .., n = 8 nt ..) of B[k][n] = tile[n][k] for a tile whose rows are
+/// B's columns (row-major over k): scores against row-major k, q, v or dout tiles.
+__device__ inline void load_b(std::uint32_t& b0, std::uint32_t& b1, const bf* tile, int ld, int nt,
+                              int kc) {
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const bf* p = tile + (8 * nt + g) * ld + 16 * kc + 2 * t;
+  b0 = word(p);
+  b1 = word(p + 8);
+}
+
+/// s[nt] (16 x 64) = rows row0 .. row0 + 15 of `a` times the 64 rows of `b`, both row-major
+/// [.][ld] over D columns (the scores, before scaling).
+template <int D>
+__device__ inline void scores(float (&s)[8][4], const bf* a, const bf* b, int ld, int row0) {
+  for (auto& f : s) f[0] = f[1] = f[2] = f[3] = 0.0f;
+  for (int kc = 0; kc < D / 16; ++kc) {
+    std::uint32_t fa[4];
+    load_a(fa, a, ld, row0, kc);
+    for (int nt = 0; nt < 8; ++nt) {
+      std::uint32_t b0, b1;
+      load_b(b0, b1, b, ld, nt, kc);
+      mma(s[nt], fa, b0, b1);
     }
-    return;
-  }
-  for (int e = threadIdx.x; e < kTcRows * D; e += blockDim.x) {
-    const int r = e / D, c = e % D;
-    dst[r * LD + c] = r0 + r < rows ? src[(r0 + r) * lds + c] : __float2bfloat16(0.0f);
   }
 }
 
-/// s [16][LDS] = a [16][D] b^T for b [64][D] (both bf16, row stride LD): one warp.
-template <int D, int LD, int LDS>
-__device__ inline void scores(float* s, const bf* a, const bf* b) {
-  for (int t = 0; t < kTcRows / 16; ++t) {
-    FragC acc;
-    nvcuda::wmma::fill_fragment(acc, 0.0f);
-    for (int kk = 0; kk < D / 16; ++kk) {
-      FragA fa;
-      FragBCol fb;  // element (k, n) at b[(16 t + n) LD + 16 kk + k]: b's rows as columns
-      nvcuda::wmma::load_matrix_sync(fa, a + 16 * kk, LD);
-      nvcuda::wmma::load_matrix_sync(fb, b + 16 * t * LD + 16 * kk, LD);
-      nvcuda::wmma::mma_sync(acc, fa, fb, acc);
-    }
-    nvcuda::wmma::store_matrix_sync(s + 16 * t, acc, LDS, nvcuda::wmma::mem_row_major);
-  }
-}
-
-/// acc[t] += p [16][64] (bf16, row stride LDP) m[:, 16 t .. 16 t + 15] for m [64][D] (row stride
-/// LD), t < D / 16: one warp.
-template <int D, int LD, int LDP>
-__device__ inline void accumulate(FragC* acc, const bf* p, const bf* m) {
-  for (int kk = 0; kk < kTcRows / 16; ++kk) {
-    FragA fa;
-    nvcuda::wmma::load_matrix_sync(fa, p + 16 * kk, LDP);
-    for (int t = 0; t < D / 16; ++t) {
-      FragBRow fb;
-      nvcuda::wmma::load_matrix_sync(fb, m + 16 * kk * LD + 16 * t, LD);
-      nvcuda::wmma::mma_sync(acc[t], fa, fb, acc[t]);
+/// acc[dt] (16 x D) += p (16 x 64, in accumulator layout) times m (64 x D), m given transposed
+/// as mt [D][ldt] (so its pairs along the 64 rows are adjacent).
+template <int D>
+__device__ inline void accumulate(float (&acc)[D / 8][4], const float (&p)[8][4], const bf* mt,
+                                  int ldt) {
+  for (int kk = 0; kk < 4; ++kk) {  // 16 of the 64 rows of m at a time
+    const std::uint32_t fa[4] = {pack(p[2 * kk][0], p[2 * kk][1]), pack(p[2 * kk][2], p[2 * kk][3]),
+                                 pack(p[2 * kk + 1][0], p[2 * kk + 1][1]),
+                                 pack(p[2 * kk + 1][2], p[2 * kk + 1][3])};
+    for (int dt = 0; dt < D / 8; ++dt) {
+      std::uint32_t b0, b1;
+      load_b(b0, b1, mt, ldt, dt, kk);
+      mma(acc[dt], fa, b0, b1);
     }
   }
 }
 
-/// Rows 16 w .. 16 w + 15 of a [64][D] bf16 destination (row stride ld, rows past `rows` of the
-/// sequence not written) from acc (times `scale`), staged through `stage` [16][LDO]: one warp.
-template <int D, int LDO>
-__device__ inline void store_rows(bf* dst, std::int64_t ld, std::int64_t r0, std::int64_t rows,
-                                  FragC* acc, float* stage, float scale) {
-  for (int t = 0; t < D / 16; ++t)
-    nvcuda::wmma::store_matrix_sync(stage + 16 * t, acc[t], LDO, nvcuda::wmma::mem_row_major);
-  __syncwarp();
-  const int lane = threadIdx.x % 32;
-  for (int e = lane; e < 16 * D; e += 32) {
-    const int r = e / D, c = e % D;
-    if (r0 + r < rows) dst[(r0 + r) * ld + c] = __float2bfloat16(stage[r * LDO + c] * scale);
+/// dst [64][LD] = rows r0 .. r0 + 63 of the D columns at src (row stride lds), zero past `rows`;
+/// with `dst_t`, also its transpose [D][LDT]. vec: src and lds are 16-byte aligned, so each
+/// thread moves 8 values at a time. Every thread of the block takes part.
+template <int D, int LD, int LDT>
+__device__ inline void load_tile(bf* dst, bf* dst_t, const bf* src, std::int64_t lds,
+                                 std::int64_t r0, std::int64_t rows, bool vec) {
+  constexpr int C = D / 8;  // pieces of 8 values per row
+  for (int e = threadIdx.x; e < kTcRows * C; e += blockDim.x) {
+    // Consecutive threads take consecutive rows when the transpose is written (its stores then
+    // fall in distinct banks), consecutive pieces of a row otherwise (coalesced loads).
+    const int r = dst_t ? e % kTcRows : e / C, c = 8 * (dst_t ? e / kTcRows : e % C);
+    union {
+      uint4 v;
+      bf h[8];
+    } piece;
+    piece.v = make_uint4(0u, 0u, 0u, 0u);
+    if (r0 + r < rows) {
+      if (vec)
+        piece.v = *reinterpret_cast<const uint4*>(src + (r0 + r) * lds + c);
+      else
+        for (int i = 0; i < 8; ++i) piece.h[i] = src[(r0 + r) * lds + c + i];
+    }
+    if (dst) *reinterpret_cast<uint4*>(dst + r * LD + c) = piece.v;
+    if (dst_t)
+      for (int i = 0; i < 8; ++i) dst_t[(c + i) * LDT + r] = piece.h[i];
   }
-  __syncwarp();
+}
+
+/// Rows row0 .. row0 + 15 (of the sequence; those at or past `rows` not written) of a bf16
+/// destination (row stride ld) from accumulators acc (16 x D) times `scale`: one warp.
+template <int D>
+__device__ inline void store_rows(bf* dst, std::int64_t ld, std::int64_t row0, std::int64_t rows,
+                                  const float (&acc)[D / 8][4], float scale0, float scale1) {
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  for (int dt = 0; dt < D / 8; ++dt) {
+    const int c = 8 * dt + 2 * t;
+    if (row0 + g < rows) {
+      dst[(row0 + g) * ld + c] = __float2bfloat16(acc[dt][0] * scale0);
+      dst[(row0 + g) * ld + c + 1] = __float2bfloat16(acc[dt][1] * scale0);
+    }
+    if (row0 + g + 8 < rows) {
+      dst[(row0 + g + 8) * ld + c] = __float2bfloat16(acc[dt][2] * scale1);
+      dst[(row0 + g + 8) * ld + c + 1] = __float2bfloat16(acc[dt][3] * scale1);
+    }
+  }
 }
 
 }  // namespace tc
@@ -135,77 +180,83 @@ __global__ void __launch_bounds__(32 * kTcWarps)
   extern __shared__ __align__(128) unsigned char smem[];
   tc::bf* sq = reinterpret_cast<tc::bf*>(smem);
   tc::bf* sk = sq + L::tile;
-  tc::bf* sv = sk + L::tile;
-  tc::bf* sp = sv + L::tile;
-  float* ss = reinterpret_cast<float*>(sp + kTcRows * L::ldp);
-  float* so = ss + kTcRows * L::lds;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  tc::bf* svt = sk + L::tile;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const std::int64_t i0 = static_cast<std::int64_t>(blockIdx.x) * kTcRows;
-  const std::int64_t h = blockIdx.y, b = blockIdx.z, g = h / (a.heads / a.kv_heads);
-  const tc::bf* kb = k + b * a.seq * a.ldk + g * D;
-  const tc::bf* vb = v + b * a.seq * a.ldv + g * D;
-  tc::load_tile<D, L::ld>(sq, q + b * a.seq * a.ldq + h * D, a.ldq, i0, a.seq, a.vec);
-  for (int e = threadIdx.x; e < kTcRows * L::ldo; e += blockDim.x) so[e] = 0.0f;
-  // This lane's half of row r of the tile (32 of the 64 scores, D / 2 of the output columns).
-  const int r = warp * 16 + lane / 2, half = lane % 2;
-  const std::int64_t i = i0 + r;
-  float m = -INFINITY, l = 0;
+  const std::int64_t h = blockIdx.y, b = blockIdx.z, kvh = h / (a.heads / a.kv_heads);
+  const tc::bf* kb = k + b * a.seq * a.ldk + kvh * D;
+  const tc::bf* vb = v + b * a.seq * a.ldv + kvh * D;
+  tc::load_tile<D, L::ld, L::ldt>(sq, nullptr, q + b * a.seq * a.ldq + h * D, a.ldq, i0, a.seq,
+                                  a.vec);
+  __syncthreads();
+  std::uint32_t fq[D / 16][4];  // this warp's 16 query rows as A fragments, for every tile
+  for (int kc = 0; kc < D / 16; ++kc) tc::load_a(fq[kc], sq, L::ld, 16 * warp, kc);
+  const std::int64_t row0 = i0 + 16 * warp + g, row1 = row0 + 8;  // this lane's two rows
+  float o[D / 8][4] = {};
+  float m0 = -INFINITY, m1 = -INFINITY, l0 = 0, l1 = 0;
   const std::int64_t end = a.causal ? (a.seq < i0 + kTcRows ? a.seq : i0 + kTcRows) : a.seq;
   for (std::int64_t j0 = 0; j0 < end; j0 += kTcRows) {
     __syncthreads();  // the previous tile's k and v have been read
-    tc::load_tile<D, L::ld>(sk, kb, a.ldk, j0, a.seq, a.vec);
-    tc::load_tile<D, L::ld>(sv, vb, a.ldv, j0, a.seq, a.vec);
+    tc::load_tile<D, L::ld, L::ldt>(sk, nullptr, kb, a.ldk, j0, a.seq, a.vec);
+    tc::load_tile<D, L::ld, L::ldt>(nullptr, svt, vb, a.ldv, j0, a.seq, a.vec);
     __syncthreads();
-    tc::scores<D, L::ld, L::lds>(ss + warp * 16 * L::lds, sq + warp * 16 * L::ld, sk);
-    __syncwarp();
-    float* srow = ss + r * L::lds + 32 * half;
-    tc::bf* prow = sp + r * L::ldp + 32 * half;
-    float tmax = -INFINITY;
-    for (int c0 = 0; c0 < 32; ++c0) {
-      const int c = (c0 + lane) & 31;  // lanes start on different banks
-      const std::int64_t j = j0 + 32 * half + c;
-      const bool seen = j < a.seq && (!a.causal || j <= i) && key_visible(a, b, j);
-      const float s = seen ? srow[c] * a.scale : -INFINITY;
-      srow[c] = s;
-      tmax = fmaxf(tmax, s);
-    }
-    tmax = fmaxf(tmax, __shfl_xor_sync(0xffffffffu, tmax, 1));
-    const float mnew = fmaxf(m, tmax);
-    const float corr = m == -INFINITY ? 0.0f : __expf(m - mnew);
-    float psum = 0;
-    for (int c0 = 0; c0 < 32; ++c0) {
-      const int c = (c0 + lane) & 31;
-      const float p = srow[c] == -INFINITY ? 0.0f : __expf(srow[c] - mnew);
-      psum += p;
-      prow[c] = __float2bfloat16(p);
-    }
-    psum += __shfl_xor_sync(0xffffffffu, psum, 1);
-    l = l * corr + psum;
-    m = mnew;
-    float* orow = so + r * L::ldo + (D / 2) * half;
-    for (int c = 0; c < D / 2; ++c) orow[c] *= corr;
-    __syncwarp();
-    for (int t = 0; t < D / 16; ++t) {  // this warp's output rows += P V
-      tc::FragC acc;
-      float* o = so + warp * 16 * L::ldo + 16 * t;
-      nvcuda::wmma::load_matrix_sync(acc, o, L::ldo, nvcuda::wmma::mem_row_major);
-      for (int kk = 0; kk < kTcRows / 16; ++kk) {
-        tc::FragA fa;
-        tc::FragBRow fb;
-        nvcuda::wmma::load_matrix_sync(fa, sp + warp * 16 * L::ldp + 16 * kk, L::ldp);
-        nvcuda::wmma::load_matrix_sync(fb, sv + 16 * kk * L::ld + 16 * t, L::ld);
-        nvcuda::wmma::mma_sync(acc, fa, fb, acc);
+    float s[8][4];
+    for (auto& f : s) f[0] = f[1] = f[2] = f[3] = 0.0f;
+    for (int kc = 0; kc < D / 16; ++kc)
+      for (int nt = 0; nt < 8; ++nt) {
+        std::uint32_t b0, b1;
+        tc::load_b(b0, b1, sk, L::ld, nt, kc);
+        tc::mma(s[nt], fq[kc], b0, b1);
       }
-      nvcuda::wmma::store_matrix_sync(o, acc, L::ldo, nvcuda::wmma::mem_row_major);
+    float tmax0 = -INFINITY, tmax1 = -INFINITY;
+    for (int nt = 0; nt < 8; ++nt)
+      for (int e = 0; e < 2; ++e) {
+        const std::int64_t j = j0 + 8 * nt + 2 * t + e;
+        const bool key = j < a.seq && key_visible(a, b, j);
+        const bool see0 = key && (!a.causal || j <= row0), see1 = key && (!a.causal || j <= row1);
+        s[nt][e] = see0 ? s[nt][e] * a.scale : -INFINITY;
+        s[nt][2 + e] = see1 ? s[nt][2 + e] * a.scale : -INFINITY;
+        tmax0 = fmaxf(tmax0, s[nt][e]);
+        tmax1 = fmaxf(tmax1, s[nt][2 + e]);
+      }
+    for (int x = 1; x < 4; x *= 2) {  // the quad holds the row
+      tmax0 = fmaxf(tmax0, __shfl_xor_sync(0xffffffffu, tmax0, x));
+      tmax1 = fmaxf(tmax1, __shfl_xor_sync(0xffffffffu, tmax1, x));
     }
-    __syncwarp();
+    const float n0 = fmaxf(m0, tmax0), n1 = fmaxf(m1, tmax1);
+    const float c0 = m0 == -INFINITY ? 0.0f : __expf(m0 - n0);
+    const float c1 = m1 == -INFINITY ? 0.0f : __expf(m1 - n1);
+    float sum0 = 0, sum1 = 0;
+    for (int nt = 0; nt < 8; ++nt)
+      for (int e = 0; e < 2; ++e) {
+        s[nt][e] = s[nt][e] == -INFINITY ? 0.0f : __expf(s[nt][e] - n0);
+        s[nt][2 + e] = s[nt][2 + e] == -INFINITY ? 0.0f : __expf(s[nt][2 + e] - n1);
+        sum0 += s[nt][e];
+        sum1 += s[nt][2 + e];
+      }
+    l0 = l0 * c0 + sum0;  // this lane's share of the row sum; the quad adds them at the end
+    l1 = l1 * c1 + sum1;
+    m0 = n0;
+    m1 = n1;
+    for (auto& f : o) {
+      f[0] *= c0;
+      f[1] *= c0;
+      f[2] *= c1;
+      f[3] *= c1;
+    }
+    tc::accumulate<D>(o, s, svt, L::ldt);
   }
-  if (i >= a.seq) return;
-  const float inv = l > 0 ? 1.0f / l : 0.0f;  // a row with no visible key gives 0
-  tc::bf* oi = out + (b * a.seq + i) * a.ldo + h * D;
-  for (int c = (D / 2) * half; c < (D / 2) * (half + 1); ++c)
-    oi[c] = __float2bfloat16(so[r * L::ldo + c] * inv);
-  if (half == 0) lse[(b * a.heads + h) * a.seq + i] = l > 0 ? m + logf(l) : -INFINITY;
+  for (int x = 1; x < 4; x *= 2) {
+    l0 += __shfl_xor_sync(0xffffffffu, l0, x);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, x);
+  }
+  // a row with no visible key gives 0
+  tc::store_rows<D>(out + b * a.seq * a.ldo + h * D, a.ldo, i0 + 16 * warp, a.seq, o,
+                    l0 > 0 ? 1.0f / l0 : 0.0f, l1 > 0 ? 1.0f / l1 : 0.0f);
+  if (t == 0) {
+    if (row0 < a.seq) lse[(b * a.heads + h) * a.seq + row0] = l0 > 0 ? m0 + logf(l0) : -INFINITY;
+    if (row1 < a.seq) lse[(b * a.heads + h) * a.seq + row1] = l1 > 0 ? m1 + logf(l1) : -INFINITY;
+  }
 }
 
 /// dq [B*T, H*d] (overwritten) = scale sum_j dS_ij k_j, dS = P o (dP - delta), dP = dout v^T,
@@ -221,44 +272,47 @@ __global__ void __launch_bounds__(32 * kTcWarps)
   tc::bf* sdo = sq + L::tile;
   tc::bf* sk = sdo + L::tile;
   tc::bf* sv = sk + L::tile;
-  tc::bf* sds = sv + L::tile;
-  float* ss = reinterpret_cast<float*>(sds + kTcRows * L::ldp);
-  float* sdp = ss + kTcRows * L::lds;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  tc::bf* skt = sv + L::tile;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const std::int64_t i0 = static_cast<std::int64_t>(blockIdx.x) * kTcRows;
-  const std::int64_t h = blockIdx.y, b = blockIdx.z, g = h / (a.heads / a.kv_heads);
-  const tc::bf* kb = k + b * a.seq * a.ldk + g * D;
-  const tc::bf* vb = v + b * a.seq * a.ldv + g * D;
-  tc::load_tile<D, L::ld>(sq, q + b * a.seq * a.ldq + h * D, a.ldq, i0, a.seq, a.vec);
-  tc::load_tile<D, L::ld>(sdo, dout + b * a.seq * a.ldo + h * D, a.ldo, i0, a.seq, a.vec);
-  const int r = warp * 16 + lane / 2, half = lane % 2;
-  const std::int64_t i = i0 + r, row = (b * a.heads + h) * a.seq + i;
-  const float li = i < a.seq ? lse[row] : -INFINITY, di = i < a.seq ? delta[row] : 0.0f;
-  tc::FragC acc[D / 16];
-  for (auto& f : acc) nvcuda::wmma::fill_fragment(f, 0.0f);
+  const std::int64_t h = blockIdx.y, b = blockIdx.z, kvh = h / (a.heads / a.kv_heads);
+  const tc::bf* kb = k + b * a.seq * a.ldk + kvh * D;
+  const tc::bf* vb = v + b * a.seq * a.ldv + kvh * D;
+  tc::load_tile<D, L::ld, L::ldt>(sq, nullptr, q + b * a.seq * a.ldq + h * D, a.ldq, i0, a.seq,
+                                  a.vec);
+  tc::load_tile<D, L::ld, L::ldt>(sdo, nullptr, dout + b * a.seq * a.ldo + h * D, a.ldo, i0, a.seq,
+                                  a.vec);
+  const std::int64_t row0 = i0 + 16 * warp + g, row1 = row0 + 8;
+  const std::int64_t base = (b * a.heads + h) * a.seq;
+  const float li0 = row0 < a.seq ? lse[base + row0] : -INFINITY;
+  const float li1 = row1 < a.seq ? lse[base + row1] : -INFINITY;
+  const float di0 = row0 < a.seq ? delta[base + row0] : 0.0f;
+  const float di1 = row1 < a.seq ? delta[base + row1] : 0.0f;
+  float acc[D / 8][4] = {};
   const std::int64_t end = a.causal ? (a.seq < i0 + kTcRows ? a.seq : i0 + kTcRows) : a.seq;
   for (std::int64_t j0 = 0; j0 < end; j0 += kTcRows) {
     __syncthreads();
-    tc::load_tile<D, L::ld>(sk, kb, a.ldk, j0, a.seq, a.vec);
-    tc::load_tile<D, L::ld>(sv, vb, a.ldv, j0, a.seq, a.vec);
+    tc::load_tile<D, L::ld, L::ldt>(sk, skt, kb, a.ldk, j0, a.seq, a.vec);
+    tc::load_tile<D, L::ld, L::ldt>(sv, nullptr, vb, a.ldv, j0, a.seq, a.vec);
     __syncthreads();
-    tc::scores<D, L::ld, L::lds>(ss + warp * 16 * L::lds, sq + warp * 16 * L::ld, sk);
-    tc::scores<D, L::ld, L::lds>(sdp + warp * 16 * L::lds, sdo + warp * 16 * L::ld, sv);
-    __syncwarp();
-    for (int c0 = 0; c0 < 32; ++c0) {
-      const int c = 32 * half + ((c0 + lane) & 31);
-      const std::int64_t j = j0 + c;
-      const bool seen =
-          li != -INFINITY && j < a.seq && (!a.causal || j <= i) && key_visible(a, b, j);
-      const float p = seen ? __expf(ss[r * L::lds + c] * a.scale - li) : 0.0f;
-      sds[r * L::ldp + c] = __float2bfloat16(p * (sdp[r * L::lds + c] - di));
-    }
-    __syncwarp();
-    tc::accumulate<D, L::ld, L::ldp>(acc, sds + warp * 16 * L::ldp, sk);
+    float s[8][4], dp[8][4];
+    tc::scores<D>(s, sq, sk, L::ld, 16 * warp);
+    tc::scores<D>(dp, sdo, sv, L::ld, 16 * warp);
+    for (int nt = 0; nt < 8; ++nt)
+      for (int e = 0; e < 2; ++e) {
+        const std::int64_t j = j0 + 8 * nt + 2 * t + e;
+        const bool key = j < a.seq && key_visible(a, b, j);
+        const bool see0 = key && li0 != -INFINITY && (!a.causal || j <= row0);
+        const bool see1 = key && li1 != -INFINITY && (!a.causal || j <= row1);
+        const float p0 = see0 ? __expf(s[nt][e] * a.scale - li0) : 0.0f;
+        const float p1 = see1 ? __expf(s[nt][2 + e] * a.scale - li1) : 0.0f;
+        s[nt][e] = p0 * (dp[nt][e] - di0);  // dS
+        s[nt][2 + e] = p1 * (dp[nt][2 + e] - di1);
+      }
+    tc::accumulate<D>(acc, s, skt, L::ldt);
   }
-  __syncthreads();  // the score tiles become the staging rows
-  tc::store_rows<D, L::ldo>(dq + b * a.seq * a.ldq + h * D, a.ldq, i0 + warp * 16, a.seq, acc,
-                            ss + warp * 16 * L::ldo, a.scale);
+  tc::store_rows<D>(dq + b * a.seq * a.ldq + h * D, a.ldq, i0 + 16 * warp, a.seq, acc, a.scale,
+                    a.scale);
 }
 
 /// dk, dv [B*T, Hkv*d] (overwritten): for key j of head g, over the query heads h of its group
@@ -275,57 +329,60 @@ __global__ void __launch_bounds__(32 * kTcWarps)
   tc::bf* sv = sk + L::tile;
   tc::bf* sq = sv + L::tile;
   tc::bf* sdo = sq + L::tile;
-  tc::bf* sp = sdo + L::tile;
-  tc::bf* sds = sp + kTcRows * L::ldp;
-  float* ss = reinterpret_cast<float*>(sds + kTcRows * L::ldp);
-  float* sdp = ss + kTcRows * L::lds;
-  float* slse = sdp + kTcRows * L::lds;
+  tc::bf* sqt = sdo + L::tile;
+  tc::bf* sdot = sqt + L::tile_t;
+  float* slse = reinterpret_cast<float*>(sdot + L::tile_t);
   float* sdelta = slse + kTcRows;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const std::int64_t j0 = static_cast<std::int64_t>(blockIdx.x) * kTcRows;
-  const std::int64_t g = blockIdx.y, b = blockIdx.z, group = a.heads / a.kv_heads;
-  tc::load_tile<D, L::ld>(sk, k + b * a.seq * a.ldk + g * D, a.ldk, j0, a.seq, a.vec);
-  tc::load_tile<D, L::ld>(sv, v + b * a.seq * a.ldv + g * D, a.ldv, j0, a.seq, a.vec);
-  const int r = warp * 16 + lane / 2, half = lane % 2;
-  const std::int64_t j = j0 + r;
-  const bool visible = j < a.seq && key_visible(a, b, j);
-  tc::FragC dk_acc[D / 16], dv_acc[D / 16];
-  for (auto& f : dk_acc) nvcuda::wmma::fill_fragment(f, 0.0f);
-  for (auto& f : dv_acc) nvcuda::wmma::fill_fragment(f, 0.0f);
-  for (std::int64_t h = g * group; h < (g + 1) * group; ++h) {
+  const std::int64_t kvh = blockIdx.y, b = blockIdx.z, group = a.heads / a.kv_heads;
+  tc::load_tile<D, L::ld, L::ldt>(sk, nullptr, k + b * a.seq * a.ldk + kvh * D, a.ldk, j0, a.seq,
+                                  a.vec);
+  tc::load_tile<D, L::ld, L::ldt>(sv, nullptr, v + b * a.seq * a.ldv + kvh * D, a.ldv, j0, a.seq,
+                                  a.vec);
+  const std::int64_t key0 = j0 + 16 * warp + g, key1 = key0 + 8;  // this lane's two keys
+  const bool vis0 = key0 < a.seq && key_visible(a, b, key0);
+  const bool vis1 = key1 < a.seq && key_visible(a, b, key1);
+  float dk_acc[D / 8][4] = {}, dv_acc[D / 8][4] = {};
+  for (std::int64_t h = kvh * group; h < (kvh + 1) * group; ++h) {
     for (std::int64_t i0 = a.causal ? j0 : 0; i0 < a.seq; i0 += kTcRows) {
       __syncthreads();  // the previous query tile has been read
-      tc::load_tile<D, L::ld>(sq, q + b * a.seq * a.ldq + h * D, a.ldq, i0, a.seq, a.vec);
-      tc::load_tile<D, L::ld>(sdo, dout + b * a.seq * a.ldo + h * D, a.ldo, i0, a.seq, a.vec);
-      for (int t = threadIdx.x; t < kTcRows; t += blockDim.x) {
-        const bool in = i0 + t < a.seq;
-        slse[t] = in ? lse[(b * a.heads + h) * a.seq + i0 + t] : -INFINITY;
-        sdelta[t] = in ? delta[(b * a.heads + h) * a.seq + i0 + t] : 0.0f;
+      tc::load_tile<D, L::ld, L::ldt>(sq, sqt, q + b * a.seq * a.ldq + h * D, a.ldq, i0, a.seq,
+                                      a.vec);
+      tc::load_tile<D, L::ld, L::ldt>(sdo, sdot, dout + b * a.seq * a.ldo + h * D, a.ldo, i0, a.seq,
+                                      a.vec);
+      for (int r = threadIdx.x; r < kTcRows; r += blockDim.x) {
+        const bool in = i0 + r < a.seq;
+        slse[r] = in ? lse[(b * a.heads + h) * a.seq + i0 + r] : -INFINITY;
+        sdelta[r] = in ? delta[(b * a.heads + h) * a.seq + i0 + r] : 0.0f;
       }
       __syncthreads();
-      // This warp's keys against the tile's queries: S^T and dP^T, [16 keys][64 queries].
-      tc::scores<D, L::ld, L::lds>(ss + warp * 16 * L::lds, sk + warp * 16 * L::ld, sq);
-      tc::scores<D, L::ld, L::lds>(sdp + warp * 16 * L::lds, sv + warp * 16 * L::ld, sdo);
-      __syncwarp();
-      for (int c0 = 0; c0 < 32; ++c0) {
-        const int c = 32 * half + ((c0 + lane) & 31);
-        const std::int64_t i = i0 + c;
-        const bool seen = visible && slse[c] != -INFINITY && (!a.causal || j <= i);
-        const float p = seen ? __expf(ss[r * L::lds + c] * a.scale - slse[c]) : 0.0f;
-        sp[r * L::ldp + c] = __float2bfloat16(p);
-        sds[r * L::ldp + c] = __float2bfloat16(p * (sdp[r * L::lds + c] - sdelta[c]));
-      }
-      __syncwarp();
-      tc::accumulate<D, L::ld, L::ldp>(dv_acc, sp + warp * 16 * L::ldp, sdo);
-      tc::accumulate<D, L::ld, L::ldp>(dk_acc, sds + warp * 16 * L::ldp, sq);
+      // This warp's 16 keys against the tile's 64 queries: S^T and dP^T.
+      float s[8][4], dp[8][4];
+      tc::scores<D>(s, sk, sq, L::ld, 16 * warp);
+      tc::scores<D>(dp, sv, sdo, L::ld, 16 * warp);
+      for (int nt = 0; nt < 8; ++nt)
+        for (int e = 0; e < 2; ++e) {
+          const int c = 8 * nt + 2 * t + e;
+          const std::int64_t i = i0 + c;
+          const float li = slse[c], di = sdelta[c];
+          const bool see0 = vis0 && li != -INFINITY && (!a.causal || key0 <= i);
+          const bool see1 = vis1 && li != -INFINITY && (!a.causal || key1 <= i);
+          const float p0 = see0 ? __expf(s[nt][e] * a.scale - li) : 0.0f;
+          const float p1 = see1 ? __expf(s[nt][2 + e] * a.scale - li) : 0.0f;
+          s[nt][e] = p0;
+          s[nt][2 + e] = p1;
+          dp[nt][e] = p0 * (dp[nt][e] - di);  // dS^T
+          dp[nt][2 + e] = p1 * (dp[nt][2 + e] - di);
+        }
+      tc::accumulate<D>(dv_acc, s, sdot, L::ldt);
+      tc::accumulate<D>(dk_acc, dp, sqt, L::ldt);
     }
   }
-  __syncthreads();  // the score tiles become the staging rows
-  float* stage = ss + warp * 16 * L::ldo;
-  tc::store_rows<D, L::ldo>(dk + b * a.seq * a.ldk + g * D, a.ldk, j0 + warp * 16, a.seq, dk_acc,
-                            stage, a.scale);
-  tc::store_rows<D, L::ldo>(dv + b * a.seq * a.ldv + g * D, a.ldv, j0 + warp * 16, a.seq, dv_acc,
-                            stage, 1.0f);
+  tc::store_rows<D>(dk + b * a.seq * a.ldk + kvh * D, a.ldk, j0 + 16 * warp, a.seq, dk_acc, a.scale,
+                    a.scale);
+  tc::store_rows<D>(dv + b * a.seq * a.ldv + kvh * D, a.ldv, j0 + 16 * warp, a.seq, dv_acc, 1.0f,
+                    1.0f);
 }
 
 }  // namespace wegeft::cuda::kernels
