@@ -4,7 +4,8 @@
 // Shapes (random weights: the time does not depend on them): `smollm2`, SmolLM2-135M's; and
 // `llama-block`, one Llama block of d = 2048 (16 heads of 128, MLP 5632) between a 256-word
 // embedding and tied head. Prints tokens per second of the step (3 warm-up steps, then the mean
-// over `steps`), the attention kernels it ran (WEGEFT_CUDA_ATTENTION=simt selects the
+// over `steps`), the device memory wegeft::cuda held at most (cu::peak_device_bytes), the
+// attention kernels it ran (WEGEFT_CUDA_ATTENTION=simt selects the
 // one-warp-per-row ones) and, with `--mfu`, the model-FLOP utilisation against the card's bf16
 // GEMM rate measured first: model FLOPs = the frozen products forward and for dx (2 x 2 N P over
 // the block linears' P weights, the LM head included) plus attention's two products forward and
@@ -90,6 +91,7 @@ int main(int argc, char** argv) {
 
   cu::Context ctx;
   const double peak = mfu ? bf16_gemm_tflops(ctx) : 0.0;
+  cu::reset_peak_device_bytes();  // the GEMM's matrices are gone: count the step's own memory
   cu::CausalLM lm(ctx, host, DType::BF16);
   cu::AdamW opt({.lr = 1e-4});
   std::vector<std::int32_t> ids(static_cast<std::size_t>(batch * seq)), targets(ids.size());
@@ -116,11 +118,12 @@ int main(int argc, char** argv) {
   const char* attention = std::getenv("WEGEFT_CUDA_ATTENTION");
   std::printf(
       "wegeft %s on %s: %s r=8 step %lldx%lld (%s shape, bf16, attention %s): %.1f ms, "
-      "%.0f tok/s, loss %.4f\n",
+      "%.0f tok/s, loss %.4f, peak %.2f GiB\n",
       wegeft::version, ctx.description().c_str(), method.c_str(), static_cast<long long>(batch),
       static_cast<long long>(seq), shape.c_str(),
       attention != nullptr && std::strcmp(attention, "simt") == 0 ? "simt" : "tensor cores",
-      s * 1e3, static_cast<double>(batch * seq) / s, loss);
+      s * 1e3, static_cast<double>(batch * seq) / s, loss,
+      static_cast<double>(cu::peak_device_bytes()) / double(1 << 30));
   if (mfu) {
     const double n = static_cast<double>(batch * seq), d = static_cast<double>(c.hidden);
     const double kv = static_cast<double>(c.kv_width()), f = static_cast<double>(c.intermediate);

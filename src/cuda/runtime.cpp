@@ -1,5 +1,6 @@
 // wegeft::cuda runtime: contexts, device memory, host transfers, graphs and event timing.
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <sstream>
 #include <utility>
@@ -22,6 +23,36 @@ int device_count() {
   return n;
 }
 
+namespace {
+std::atomic<std::size_t> g_in_use{0}, g_peak{0};
+
+void* allocate(std::size_t bytes) {
+  void* p = nullptr;
+  if (bytes == 0) return p;
+  WEGEFT_CUDA_CHECK(cudaMalloc(&p, bytes));
+  const std::size_t now = g_in_use.fetch_add(bytes) + bytes;
+  std::size_t peak = g_peak.load();
+  while (now > peak && !g_peak.compare_exchange_weak(peak, now)) {
+  }
+  return p;
+}
+void release(void* p, std::size_t bytes) {
+  if (!p) return;
+  cudaFree(p);
+  g_in_use.fetch_sub(bytes);
+}
+}  // namespace
+
+std::size_t device_bytes_in_use() {
+  return g_in_use.load();
+}
+std::size_t peak_device_bytes() {
+  return g_peak.load();
+}
+void reset_peak_device_bytes() {
+  g_peak.store(g_in_use.load());
+}
+
 Context::Context(int device, bool autotune) : m_impl(std::make_unique<Impl>()) {
   const int n = device_count();
   WEGEFT_CHECK(device >= 0 && device < n,
@@ -33,7 +64,7 @@ Context::Context(int device, bool autotune) : m_impl(std::make_unique<Impl>()) {
   m_impl->workspace_bytes = std::size_t(32) << 20;
   for (int lane = 0; lane < kLanes; ++lane) {
     WEGEFT_CUDA_CHECK(cudaStreamCreateWithFlags(&m_impl->lanes[lane], cudaStreamNonBlocking));
-    WEGEFT_CUDA_CHECK(cudaMalloc(&m_impl->workspaces[lane], m_impl->workspace_bytes));
+    m_impl->workspaces[lane] = allocate(m_impl->workspace_bytes);
   }
   m_impl->stream = m_impl->lanes[0];
   WEGEFT_CUDA_CHECK(cudaEventCreateWithFlags(&m_impl->fork_event, cudaEventDisableTiming));
@@ -54,7 +85,7 @@ Context::~Context() {
   cudaEventDestroy(m_impl->fork_event);
   cudaEventDestroy(m_impl->join_event);
   for (int lane = 0; lane < kLanes; ++lane) {
-    cudaFree(m_impl->workspaces[lane]);
+    release(m_impl->workspaces[lane], m_impl->workspace_bytes);
     cudaStreamDestroy(m_impl->lanes[lane]);
   }
 }
@@ -99,17 +130,15 @@ void* Context::stream() const {
   return m_impl->stream;
 }
 
-Buffer::Buffer(std::size_t bytes) : m_bytes(bytes) {
-  if (bytes) WEGEFT_CUDA_CHECK(cudaMalloc(&m_data, bytes));
-}
+Buffer::Buffer(std::size_t bytes) : m_data(allocate(bytes)), m_bytes(bytes) {}
 Buffer::~Buffer() {
-  if (m_data) cudaFree(m_data);
+  release(m_data, m_bytes);
 }
 Buffer::Buffer(Buffer&& other) noexcept
     : m_data(std::exchange(other.m_data, nullptr)), m_bytes(std::exchange(other.m_bytes, 0)) {}
 Buffer& Buffer::operator=(Buffer&& other) noexcept {
   if (this != &other) {
-    if (m_data) cudaFree(m_data);
+    release(m_data, m_bytes);
     m_data = std::exchange(other.m_data, nullptr);
     m_bytes = std::exchange(other.m_bytes, 0);
   }

@@ -76,6 +76,31 @@ TEST_CASE("cuda gemm equals a double product for every transpose, dtype, bias an
                     Catch::Contains("gemm shapes disagree"));
 }
 
+TEST_CASE("cuda device memory counters follow every allocation, move and release", "[cuda]") {
+  auto& ctx = context();  // its workspaces are counted already
+  const std::size_t before = cu::device_bytes_in_use();
+  CHECK(before >= std::size_t(32) << 20);
+  cu::reset_peak_device_bytes();
+  CHECK(cu::peak_device_bytes() == before);
+  {
+    cu::Buffer a(12345);
+    CHECK(cu::device_bytes_in_use() == before + 12345);
+    cu::Tensor t(DType::BF16, 10, 7);  // 140 bytes
+    CHECK(cu::device_bytes_in_use() == before + 12345 + 140);
+    cu::Buffer b(std::move(a));  // a move holds the same memory, counted once
+    CHECK(cu::device_bytes_in_use() == before + 12345 + 140);
+    cu::Buffer c(1000);
+    c = std::move(b);  // c's 1000 bytes are released
+    CHECK(cu::device_bytes_in_use() == before + 12345 + 140);
+    CHECK(cu::peak_device_bytes() == before + 12345 + 140 + 1000);
+  }
+  CHECK(cu::device_bytes_in_use() == before);
+  CHECK(cu::peak_device_bytes() == before + 12345 + 140 + 1000);
+  cu::reset_peak_device_bytes();
+  CHECK(cu::peak_device_bytes() == before);
+  (void)ctx;
+}
+
 TEST_CASE("cuda scale_copy converts and scales a strided block and writes nothing else", "[cuda]") {
   auto& ctx = context();
   wegeft::Rng rng(12);

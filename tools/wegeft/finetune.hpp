@@ -294,9 +294,11 @@ class Progress {
         n += std::snprintf(line + n, sizeof line - std::size_t(n), " acc %.3f F1 %.3f",
                            val->accuracy, val->macro_f1);
     }
-    std::snprintf(line + n, sizeof line - std::size_t(n),
-                  " | lr %.2e | %.0f tok/s | %s elapsed, ETA %s | peak %.2f GiB", lr, tok_s,
-                  hms(elapsed).c_str(), hms(eta).c_str(), peak_rss_gib());
+    n += std::snprintf(line + n, sizeof line - std::size_t(n),
+                       " | lr %.2e | %.0f tok/s | %s elapsed, ETA %s | peak %.2f GiB", lr, tok_s,
+                       hms(elapsed).c_str(), hms(eta).c_str(), peak_rss_gib());
+    if (m_device_peak)
+      std::snprintf(line + n, sizeof line - std::size_t(n), ", GPU %.2f GiB", m_device_peak());
     if (m_tty) {
       std::fprintf(stderr, "\r\033[K%s%s", line, force_line || val ? "\n" : "");
     } else if (force_line || val) {
@@ -311,6 +313,7 @@ class Progress {
                                {"elapsed_s", elapsed},
                                {"train_s", train_s},
                                {"peak_gib", peak_rss_gib()}};
+      if (m_device_peak) j["gpu_peak_gib"] = m_device_peak();
       if (val) {
         j["val_loss"] = val->loss;
         if (val->accuracy >= 0) {
@@ -323,6 +326,8 @@ class Progress {
     }
   }
   void set_first(std::int64_t s) { m_first = s; }
+  /// A GPU run's peak device memory in GiB, printed and logged (gpu_peak_gib) beside the host's.
+  void set_device_peak(std::function<double()> f) { m_device_peak = std::move(f); }
   /// The log's first line of a run (or of a resumed part): what is trained and how.
   void start(const nlohmann::ordered_json& run) {
     if (!m_log.is_open()) return;
@@ -334,6 +339,7 @@ class Progress {
   bool m_tty;
   std::ofstream m_log;
   std::int64_t m_first = 0;
+  std::function<double()> m_device_peak;
 };
 
 inline const char* kStateFile = "training_state.safetensors";
@@ -378,6 +384,7 @@ struct GpuBackend {
   std::function<double()> lr;
   std::function<EvalResult(const text::Dataset&, Index, std::int32_t, std::int64_t)> validate;
   std::function<void()> to_host;
+  std::function<double()> peak_gib;  // the device memory wegeft::cuda has held at most, in GiB
   std::string description;
 };
 
@@ -567,6 +574,7 @@ inline int finetune(FinetuneOptions o) {
   const std::int32_t pad = tok.pad_id().value_or(0);
   Progress progress(o.log, ::isatty(2) != 0);
   progress.set_first(start);
+  if (gpu) progress.set_device_peak(gpu->peak_gib);
   progress.start({{"event", "start"},
                   {"step", start},
                   {"method", o.method},

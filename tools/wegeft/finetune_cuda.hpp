@@ -58,6 +58,7 @@ inline GpuBackend cuda_backend(Transformer<float>& model, const TrainerConfig& t
     return r;
   };
   g.to_host = [s, &model] { s->lm.store().download(s->ctx, model.store()); };
+  g.peak_gib = [] { return static_cast<double>(cuda::peak_device_bytes()) / double(1 << 30); };
   return g;
 }
 

@@ -48,6 +48,13 @@ class Context {
   std::unique_ptr<Impl> m_impl;
 };
 
+/// Bytes of device memory wegeft::cuda holds now (every Buffer, Tensor and DeviceArray, and the
+/// contexts' cuBLASLt workspaces; not the CUDA runtime's or cuBLASLt's own), and the most it has
+/// held at once since the start or the last reset_peak_device_bytes(). Thread-safe.
+std::size_t device_bytes_in_use();
+std::size_t peak_device_bytes();
+void reset_peak_device_bytes();
+
 /// Device memory, freed on destruction; move-only.
 class Buffer {
  public:
