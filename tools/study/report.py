@@ -90,12 +90,14 @@ def load_run(rdir):
 
 def table(run_dirs):
     print(f"{'run':<14} {'trainable':>10} {'lr':>8} {'steps':>6} {'test acc':>9} {'macro-F1':>9} "
-          f"{'s/step':>7} {'peak GiB':>9}")
+          f"{'merged acc':>10} {'s/step':>7} {'peak GiB':>9}")
     for rdir in run_dirs:
         r = load_run(rdir)
+        merged = r["test"].get("merged_accuracy")
+        merged = f"{merged:>10.4f}" if merged is not None else f"{'-':>10}"
         print(f"{os.path.basename(rdir.rstrip('/')):<14} {r['start']['trainable_parameters']:>10,} "
               f"{r['start']['lr']:>8.1e} {r['reports'][-1]['step']:>6} {r['test']['accuracy']:>9.4f} "
-              f"{r['test']['macro_f1']:>9.4f} {r['s_per_step']:>7.3f} {r['peak_gib']:>9.2f}")
+              f"{r['test']['macro_f1']:>9.4f} {merged} {r['s_per_step']:>7.3f} {r['peak_gib']:>9.2f}")
 
 
 def collect(study):
