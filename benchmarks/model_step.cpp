@@ -3,12 +3,13 @@
 // cross-entropy, backward, AdamW. Prints the median step time over rounds and the process's peak
 // resident memory. The PyTorch peer is benchmarks/torch/model_step.py.
 //
-//   build/release/benchmarks/bench_model_step [rounds] [fp32|bf16]
+//   build/release/benchmarks/bench_model_step [rounds] [fp32|bf16] [automatic|flash|probabilities]
 //
 // bf16: the frozen products in bf16 (Transformer::set_bf16_products; AVX512-BF16 needed). Also
 // prints the loss of the last step (the same batch every step: a warm-up step and `rounds` timed
 // ones, so rounds 199 makes 200 AdamW steps on it) and the step's model FLOPs with the measured
-// peak of the path it uses.
+// peak of the path it uses. The third argument picks attention's kernels
+// (Transformer::set_attention_kernel; automatic, the model's default, runs probabilities here).
 #include <wegeft/wegeft.hpp>
 
 #include <cstdio>
@@ -26,6 +27,8 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "bench_model_step: precision must be fp32 or bf16, got '%s'\n", argv[2]);
     return 2;
   }
+  const wegeft::AttentionKernel kernel =
+      wegeft_bench::attention_kernel_arg("bench_model_step", argc > 3 ? argv[3] : "automatic");
   if (bf16 && !wegeft::bf16_gemm_available()) {
     std::printf("wegeft model step bf16: this CPU has no AVX512-BF16, nothing to measure\n");
     return 0;
@@ -50,6 +53,7 @@ int main(int argc, char** argv) {
                store);
   model.add_classifier(2, store);
   model.set_bf16_products(bf16);
+  model.set_attention_kernel(kernel);
   wegeft::AdamW<float> opt({.lr = 1e-4});
   const wegeft::Index batch = 32, seq = 128;
   std::vector<std::int32_t> ids(batch * seq), labels(batch);
@@ -74,8 +78,9 @@ int main(int argc, char** argv) {
   const double peak = (bf16 ? wegeft_bench::measured_bf16_peak_gflops()
                             : wegeft_bench::measured_fma_peak_gflops()) *
                       threads;
-  std::printf("wegeft model step %s [%s]: loss %.6f after %d steps, trainable %ld\n",
-              bf16 ? "bf16 (AVX512-BF16 products)" : "fp32", wegeft::gemm_backend().c_str(), loss,
+  std::printf("wegeft model step %s, %s attention [%s]: loss %.6f after %d steps, trainable %ld\n",
+              bf16 ? "bf16 (AVX512-BF16 products)" : "fp32",
+              wegeft_bench::attention_kernel_name(kernel), wegeft::gemm_backend().c_str(), loss,
               rounds + 1, long(store.parameter_count()));
   std::printf(
       "model FLOPs %.1f G per step, %.1f GFLOP/s, %.1f %% of the measured %s peak (%.1f "

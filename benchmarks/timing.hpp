@@ -6,7 +6,12 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <vector>
+
+#include <wegeft/kernels/cpu/attention.hpp>
 
 namespace wegeft_bench {
 
@@ -29,6 +34,23 @@ inline double peak_rss_mib() {
   rusage ru{};
   getrusage(RUSAGE_SELF, &ru);
   return static_cast<double>(ru.ru_maxrss) / 1024.0;
+}
+
+/// The attention-kernel argument of the model benchmarks: automatic (the model's default), flash
+/// or probabilities; anything else exits with a message.
+inline wegeft::AttentionKernel attention_kernel_arg(const char* bench, const char* arg) {
+  if (std::strcmp(arg, "automatic") == 0) return wegeft::AttentionKernel::automatic;
+  if (std::strcmp(arg, "flash") == 0) return wegeft::AttentionKernel::flash;
+  if (std::strcmp(arg, "probabilities") == 0) return wegeft::AttentionKernel::probabilities;
+  std::fprintf(stderr, "%s: attention must be automatic, flash or probabilities, got '%s'\n", bench,
+               arg);
+  std::exit(2);
+}
+
+inline const char* attention_kernel_name(wegeft::AttentionKernel k) {
+  return k == wegeft::AttentionKernel::flash           ? "flash"
+         : k == wegeft::AttentionKernel::probabilities ? "probabilities"
+                                                       : "automatic";
 }
 
 }  // namespace wegeft_bench

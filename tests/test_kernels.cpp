@@ -11,6 +11,7 @@
 #include <wegeft/nn/norms.hpp>
 #include <wegeft/optim/adamw.hpp>
 
+#include <cmath>
 #include <type_traits>
 #include <vector>
 
@@ -332,16 +333,42 @@ TEMPLATE_TEST_CASE("vectorised AdamW update equals its double reference over sev
 
 namespace {
 
+/// Random q, k, v and an incoming gradient dout for shape s.
+template <class T>
+struct AttentionInputs {
+  Matrix<T> q, k, v, dout;
+  AttentionInputs(const AttentionShape& s, std::uint64_t seed) {
+    Rng rng(seed);
+    const Index rows = s.batch * s.seq;
+    q = wt::random_matrix<T>(rows, s.q_width(), rng);
+    k = wt::random_matrix<T>(rows, s.kv_width(), rng);
+    v = wt::random_matrix<T>(rows, s.kv_width(), rng);
+    dout = wt::random_matrix<T>(rows, s.q_width(), rng);
+  }
+};
+
+/// dq, dk, dv against the double reference backward from the reference probabilities.
+template <class T>
+void check_attention_gradients(const Matrix<T>& dq, const Matrix<T>& dk, const Matrix<T>& dv,
+                               const AttentionInputs<T>& in, const Matrix<T>& probs_ref,
+                               const AttentionShape& s, double tol) {
+  Matrix<T> dq_ref(dq.rows(), dq.cols()), dk_ref(dk.rows(), dk.cols()),
+      dv_ref(dv.rows(), dv.cols());
+  reference::attention_backward(dq_ref.data(), dk_ref.data(), dv_ref.data(), in.dout.data(),
+                                probs_ref.data(), in.q.data(), in.k.data(), in.v.data(), s.batch,
+                                s.seq, s.heads, s.kv_heads, s.head_dim);
+  CHECK(wt::rel_diff(dq, dq_ref) < tol);
+  CHECK(wt::rel_diff(dk, dk_ref) < tol);
+  CHECK(wt::rel_diff(dv, dv_ref) < tol);
+}
+
 /// Attention forward and backward against the double reference; a causal, grouped-query, masked
 /// case when `masked`.
 template <class T>
 void check_attention(const AttentionShape& s, bool masked, double tol, std::uint64_t seed) {
-  Rng rng(seed);
   const Index rows = s.batch * s.seq;
-  const Matrix<T> q = wt::random_matrix<T>(rows, s.q_width(), rng),
-                  k = wt::random_matrix<T>(rows, s.kv_width(), rng),
-                  v = wt::random_matrix<T>(rows, s.kv_width(), rng),
-                  dout = wt::random_matrix<T>(rows, s.q_width(), rng);
+  const AttentionInputs<T> in(s, seed);
+  const Matrix<T>&q = in.q, &k = in.k, &v = in.v, &dout = in.dout;
   std::vector<std::uint8_t> mask(static_cast<std::size_t>(rows), 1);
   for (Index e = 0; e < rows; e += 3)
     mask[std::size_t(e)] = 0;  // padding keys, and in batch 0 a query that sees none
@@ -353,16 +380,10 @@ void check_attention(const AttentionShape& s, bool masked, double tol, std::uint
                                s.batch, s.seq, s.heads, s.kv_heads, s.head_dim, s.causal);
   CHECK(wt::rel_diff(out, out_ref) < tol);
   CHECK(wt::rel_diff(probs, probs_ref) < tol);
-  Matrix<T> dq(rows, s.q_width()), dk(rows, s.kv_width()), dv(rows, s.kv_width()),
-      dq_ref = dq, dk_ref = dk, dv_ref = dv;
+  Matrix<T> dq(rows, s.q_width()), dk(rows, s.kv_width()), dv(rows, s.kv_width());
   attention_backward(dq.data(), dk.data(), dv.data(), dout.data(), probs.data(), q.data(), k.data(),
                      v.data(), s);
-  reference::attention_backward(dq_ref.data(), dk_ref.data(), dv_ref.data(), dout.data(),
-                                probs_ref.data(), q.data(), k.data(), v.data(), s.batch, s.seq,
-                                s.heads, s.kv_heads, s.head_dim);
-  CHECK(wt::rel_diff(dq, dq_ref) < tol);
-  CHECK(wt::rel_diff(dk, dk_ref) < tol);
-  CHECK(wt::rel_diff(dv, dv_ref) < tol);
+  check_attention_gradients(dq, dk, dv, in, probs_ref, s, tol);
 }
 
 }  // namespace
@@ -378,6 +399,92 @@ TEMPLATE_TEST_CASE("attention equals its double reference (grouped-query, causal
       32);
   check_attention<T>({.batch = 2, .seq = 6, .heads = 2, .kv_heads = 1, .head_dim = 4}, true, tol,
                      33);
+}
+
+namespace {
+
+/// The flash kernels against the double reference on the same inputs. mask: 0 none, 1 every third
+/// key of the batch is padding, 2 as 1 and the last sequence all padding.
+template <class T>
+void check_flash_attention(const AttentionShape& s, int mask, double tol, std::uint64_t seed) {
+  CAPTURE(s.batch, s.seq, s.heads, s.kv_heads, s.head_dim, s.causal, mask);
+  const Index rows = s.batch * s.seq;
+  const AttentionInputs<T> in(s, seed);
+  const Matrix<T>&q = in.q, &k = in.k, &v = in.v, &dout = in.dout;
+  std::vector<std::uint8_t> keys(static_cast<std::size_t>(rows), 1);
+  for (Index e = 0; e < rows; ++e)
+    keys[std::size_t(e)] = (mask >= 1 && e % 3 == 0) || (mask == 2 && e >= rows - s.seq) ? 0 : 1;
+  const std::uint8_t* m = mask ? keys.data() : nullptr;
+  Matrix<T> out(rows, s.q_width()), lse(s.lse_size(), 1), out_ref = out,
+                                                          probs_ref(s.probs_size(), 1);
+  out.setConstant(T(7));  // every value must be written
+  flash_attention_forward(out.data(), lse.data(), q.data(), k.data(), v.data(), m, s);
+  reference::attention_forward(out_ref.data(), probs_ref.data(), q.data(), k.data(), v.data(), m,
+                               s.batch, s.seq, s.heads, s.kv_heads, s.head_dim, s.causal);
+  CHECK(wt::rel_diff(out, out_ref) < tol);
+  // lse against the scores in double; -inf exactly where a query sees no key
+  const double scale = 1.0 / std::sqrt(double(s.head_dim));
+  const Index group = s.heads / s.kv_heads;
+  double lse_err = 0;
+  int lse_wrong_inf = 0;
+  for (Index b = 0; b < s.batch; ++b)
+    for (Index h = 0; h < s.heads; ++h)
+      for (Index i = 0; i < s.seq; ++i) {
+        double mx = -HUGE_VAL, sum = 0;
+        std::vector<double> sc;
+        for (Index j = 0; j < s.seq; ++j) {
+          if ((s.causal && j > i) || (m && !m[b * s.seq + j])) continue;
+          double dot = 0;
+          for (Index c = 0; c < s.head_dim; ++c)
+            dot += double(q(b * s.seq + i, h * s.head_dim + c)) *
+                   double(k(b * s.seq + j, (h / group) * s.head_dim + c));
+          sc.push_back(dot * scale);
+          mx = std::max(mx, dot * scale);
+        }
+        for (double x : sc) sum += std::exp(x - mx);
+        const double got = lse((b * s.heads + h) * s.seq + i);
+        if (sc.empty())
+          lse_wrong_inf += !(std::isinf(got) && got < 0);
+        else
+          lse_err = std::max(lse_err, std::abs(got - (mx + std::log(sum))) / (1 + std::abs(mx)));
+      }
+  CHECK(lse_wrong_inf == 0);
+  CHECK(lse_err < tol);
+  Matrix<T> dq(rows, s.q_width()), dk(rows, s.kv_width()), dv(rows, s.kv_width());
+  dq.setConstant(T(7));
+  dk.setConstant(T(7));
+  dv.setConstant(T(7));
+  flash_attention_backward(dq.data(), dk.data(), dv.data(), dout.data(), out.data(), lse.data(),
+                           q.data(), k.data(), v.data(), m, s);
+  check_attention_gradients(dq, dk, dv, in, probs_ref, s, tol);
+  if (mask == 2) {  // the all-padding sequence: no output and no gradient
+    CHECK(out.bottomRows(s.seq).isZero(0));
+    CHECK(dq.bottomRows(s.seq).isZero(0));
+    CHECK(dk.bottomRows(s.seq).isZero(0));
+  }
+}
+
+}  // namespace
+
+TEMPLATE_TEST_CASE(
+    "flash attention equals the double reference across blocks, tails, groups, causal and padding",
+    "[kernels]", float, double) {
+  using T = TestType;
+  const double tol = std::is_same_v<T, float> ? 2e-5 : 1e-12;
+  std::uint64_t seed = 60;
+  // seq 1 and one partial block; several query and key blocks with tails (70, 130 = 2 x 64 + 2);
+  // head sizes of one value, below a vector, with a vector tail (40, 80) and MiniLM's 32
+  for (const Index seq : {1, 5, 70, 130})
+    for (const Index d : {1, 3, 32, 40, 80})
+      for (const bool causal : {false, true}) {
+        check_flash_attention<T>(
+            {.batch = 2, .seq = seq, .heads = 4, .kv_heads = 2, .head_dim = d, .causal = causal},
+            seq > 1 ? 2 : 0, tol, seed++);
+        if (seq == 70)
+          check_flash_attention<T>(
+              {.batch = 3, .seq = seq, .heads = 3, .kv_heads = 3, .head_dim = d, .causal = causal},
+              causal ? 1 : 0, tol, seed++);
+      }
 }
 
 #ifdef _OPENMP

@@ -75,10 +75,14 @@ TEST_CASE("whole-model gradients of every trainable parameter match finite diffe
   const Family family = GENERATE(Family::bert, Family::gpt2, Family::llama, Family::vit);
   const int method =
       GENERATE(0, 1);  // DoRA holds its norm constant for the gradient: see test_dora.cpp
-  INFO(to_string(family) << " " << method_name(wt::method_config(method, 2, 4)));
+  // both attention kernels, whichever the family's attention (causal or not) picks by default
+  const AttentionKernel kernel = GENERATE(AttentionKernel::flash, AttentionKernel::probabilities);
+  INFO(to_string(family) << " " << method_name(wt::method_config(method, 2, 4))
+                         << (kernel == AttentionKernel::flash ? " flash" : " probabilities"));
   Rng rng(11);
   ModelConfig c = ModelConfig::tiny(family);
   Transformer<double> model(c);
+  model.set_attention_kernel(kernel);
   model.init_random(rng);
   ParameterStore<double> store;
   const Index adapted = model.attach(

@@ -72,7 +72,9 @@ class Transformer {
     Matrix<T> h1, h2;                      // [N, d] norm outputs (pre-norm) / LN inputs (post-norm)
     Matrix<T> mean1, rstd1, mean2, rstd2;  // [N, 1]
     Matrix<T> q, k, v;                     // [N, H d], [N, Hkv d] (after RoPE)
-    Matrix<T> probs;                       // [B H T T]
+    bool flash = false;                    // attention ran the flash kernels: lse, else probs
+    Matrix<T> lse;                         // [B H T, 1] attention rows' log-sum-exp
+    Matrix<T> probs;                       // [B H T T] attention probabilities
     Matrix<T> attn;                        // [N, d] attention output before o
     Matrix<T> x2;                          // [N, d] residual after attention (post-norm: after LN1)
     Matrix<T> gate, up, act;               // [N, F]
@@ -234,6 +236,13 @@ class Transformer {
   /// Per-block recomputation: forward keeps only each block's input; backward recomputes the
   /// block before differentiating it. Same gradients, less memory.
   void set_checkpointing(bool on) { m_checkpointing = on; }
+  /// Attention's kernels (kernels/cpu/attention.hpp): flash keeps a log-sum-exp per query row and
+  /// recomputes the probabilities in backward; probabilities keeps P [B, H, T, T] from the forward
+  /// for the backward; automatic (the default) runs flash for causal attention and probabilities
+  /// for bidirectional (docs/performance.md has the measurements behind it). Same results to
+  /// rounding.
+  void set_attention_kernel(AttentionKernel k) { m_attention_kernel = k; }
+  AttentionKernel attention_kernel() const { return m_attention_kernel; }
   /// Training mode turns adapter dropout on (the default).
   void set_training(bool on) {
     if (m_adapters) m_adapters->set_training(on);
@@ -515,11 +524,21 @@ class Transformer {
       rope_forward(c.k.data(), *m_rope, acts.batch, acts.seq, m_config.kv_heads);
     }
     const AttentionShape s = attention_shape(acts);
-    c.probs.resize(s.probs_size(), 1);
     c.attn.resize(acts.n, d);
     WEGEFT_ASSERT(c.k.cols() == kvw);
-    attention_forward(c.attn.data(), c.probs.data(), c.q.data(), c.k.data(), c.v.data(),
-                      acts.mask.empty() ? nullptr : acts.mask.data(), s);
+    const std::uint8_t* mask = acts.mask.empty() ? nullptr : acts.mask.data();
+    c.flash = m_attention_kernel == AttentionKernel::flash ||
+              (m_attention_kernel == AttentionKernel::automatic && s.causal);
+    if (c.flash) {
+      c.probs.resize(0, 1);
+      c.lse.resize(s.lse_size(), 1);
+      flash_attention_forward(c.attn.data(), c.lse.data(), c.q.data(), c.k.data(), c.v.data(), mask,
+                              s);
+    } else {
+      c.lse.resize(0, 1);
+      c.probs.resize(s.probs_size(), 1);
+      attention_forward(c.attn.data(), c.probs.data(), c.q.data(), c.k.data(), c.v.data(), mask, s);
+    }
   }
 
   /// d_in (overwritten, may be null) from d_attn_out, the gradient of the o projection's output.
@@ -533,8 +552,14 @@ class Transformer {
     dq.resize(acts.n, d);
     dk.resize(acts.n, m_config.kv_width());
     dv.resize(acts.n, m_config.kv_width());
-    attention_backward(dq.data(), dk.data(), dv.data(), d_attn.data(), c.probs.data(), c.q.data(),
-                       c.k.data(), c.v.data(), attention_shape(acts));
+    if (c.flash)
+      flash_attention_backward(dq.data(), dk.data(), dv.data(), d_attn.data(), c.attn.data(),
+                               c.lse.data(), c.q.data(), c.k.data(), c.v.data(),
+                               acts.mask.empty() ? nullptr : acts.mask.data(),
+                               attention_shape(acts));
+    else
+      attention_backward(dq.data(), dk.data(), dv.data(), d_attn.data(), c.probs.data(), c.q.data(),
+                         c.k.data(), c.v.data(), attention_shape(acts));
     if (m_config.rope()) {
       rope_backward(dq.data(), *m_rope, acts.batch, acts.seq, m_config.heads);
       rope_backward(dk.data(), *m_rope, acts.batch, acts.seq, m_config.kv_heads);
@@ -702,6 +727,7 @@ class Transformer {
   Index m_labels = 0;
   Pooling m_pooling = Pooling::cls;
   bool m_checkpointing = false;
+  AttentionKernel m_attention_kernel = AttentionKernel::automatic;
 };
 
 template <class T>
