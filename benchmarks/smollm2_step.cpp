@@ -5,10 +5,12 @@
 // PyTorch peer is benchmarks/torch/smollm2_step.py (transformers + PEFT on the same file).
 //
 //   build/release/benchmarks/bench_smollm2_step GGUF [rounds] [lora|wegeft] [fp32|bf16]
-//       [automatic|flash|probabilities]
+//       [automatic|flash|probabilities] [loss chunk rows]
 //
-// The last argument picks attention's kernels (Transformer::set_attention_kernel; automatic, the
-// model's default, runs flash here: the attention is causal).
+// The fifth argument picks attention's kernels (Transformer::set_attention_kernel; automatic, the
+// model's default, runs flash here: the attention is causal); the sixth fuses the LM head with the
+// loss over that many rows at a time (Transformer::set_lm_loss_chunk; 0, the default, keeps the
+// [2048, 49152] logits and their gradient).
 #include <wegeft/io.hpp>
 #include <wegeft/wegeft.hpp>
 
@@ -23,15 +25,19 @@ int main(int argc, char** argv) {
   if (argc < 2) {
     std::fprintf(stderr,
                  "usage: bench_smollm2_step GGUF [rounds] [lora|wegeft] [fp32|bf16] "
-                 "[automatic|flash|probabilities]\n");
+                 "[automatic|flash|probabilities] [loss chunk rows]\n");
     return 2;
   }
   const int rounds = argc > 2 ? std::atoi(argv[2]) : 3;
   const std::string method = argc > 3 ? argv[3] : "lora", precision = argc > 4 ? argv[4] : "fp32";
   const wegeft::AttentionKernel attention =
       wegeft_bench::attention_kernel_arg("bench_smollm2_step", argc > 5 ? argv[5] : "automatic");
-  if ((method != "lora" && method != "wegeft") || (precision != "fp32" && precision != "bf16")) {
-    std::fprintf(stderr, "bench_smollm2_step: method lora or wegeft, precision fp32 or bf16\n");
+  const long chunk = argc > 6 ? std::atol(argv[6]) : 0;
+  if ((method != "lora" && method != "wegeft") || (precision != "fp32" && precision != "bf16") ||
+      chunk < 0) {
+    std::fprintf(stderr,
+                 "bench_smollm2_step: method lora or wegeft, precision fp32 or bf16, loss "
+                 "chunk rows >= 0\n");
     return 2;
   }
   if (precision == "bf16" && !wegeft::bf16_gemm_available()) {
@@ -51,6 +57,7 @@ int main(int argc, char** argv) {
   model.attach(spec);
   model.set_bf16_products(precision == "bf16");
   model.set_attention_kernel(attention);
+  model.set_lm_loss_chunk(chunk);
   auto& store = model.store();
   wegeft::AdamW<float> opt({.lr = 1e-4});
   const wegeft::Index batch = 8, seq = 256, vocab = model.config().vocab_size;
@@ -69,10 +76,10 @@ int main(int argc, char** argv) {
     store.zero_grad();
   });
   std::printf(
-      "wegeft SmolLM2-135M step, %s r 8 all-linear, %s, %s attention [%s]: loss %.4f, "
-      "trainable %ld\n",
+      "wegeft SmolLM2-135M step, %s r 8 all-linear, %s, %s attention, loss chunk %ld [%s]: loss "
+      "%.4f, trainable %ld\n",
       method.c_str(), precision == "bf16" ? "bf16 products (AVX512-BF16)" : "fp32",
-      wegeft_bench::attention_kernel_name(attention), wegeft::gemm_backend().c_str(), loss,
+      wegeft_bench::attention_kernel_name(attention), chunk, wegeft::gemm_backend().c_str(), loss,
       long(store.parameter_count()));
   std::printf("RESULT smollm2 step|%.4f|%.1f|%.1f\n", 1e3 * s, wegeft_bench::peak_rss_mib(),
               double(batch * seq) / s);

@@ -68,6 +68,19 @@ double run_loss(Transformer<double>& model, Transformer<double>::Activations& ac
                                 : model.lm_loss(acts, b.targets.data());
 }
 
+// The store's gradients (from a backward the caller ran) against central differences of the
+// model's loss on b.
+void check_store_gradients(const char* what, Transformer<double>& model,
+                           ParameterStore<double>& store, TinyBatch& b) {
+  const Matrix<double> analytic = ConstMatrixMap<double>(store.grads().data(), 1, store.size());
+  const std::function<double()> loss = [&] {
+    Transformer<double>::Activations a;
+    return run_loss(model, a, b);
+  };
+  wt::check_gradient<double>(what, MatrixMap<double>(store.values().data(), 1, store.size()),
+                             analytic, loss);
+}
+
 }  // namespace
 
 TEST_CASE("whole-model gradients of every trainable parameter match finite differences",
@@ -98,14 +111,43 @@ TEST_CASE("whole-model gradients of every trainable parameter match finite diffe
   Transformer<double>::Activations acts;
   run_loss(model, acts, b);
   model.backward(acts);
-  const Matrix<double> analytic = ConstMatrixMap<double>(store.grads().data(), 1, store.size());
-  const std::function<double()> loss = [&] {
-    Transformer<double>::Activations a;
-    return run_loss(model, a, b);
-  };
-  wt::check_gradient<double>("all trainable parameters",
-                             MatrixMap<double>(store.values().data(), 1, store.size()), analytic,
-                             loss);
+  check_store_gradients("all trainable parameters", model, store, b);
+}
+
+TEST_CASE(
+    "a chunked LM loss keeps no [N, vocab] logits and gives the loss and gradients of the "
+    "full head, which match finite differences",
+    "[model][grad]") {
+  const Family family = GENERATE(Family::gpt2, Family::llama);
+  const Index chunk = GENERATE(1, 3, 64);  // N = 10: one row, a ragged last chunk, all at once
+  INFO(to_string(family) << " chunk " << chunk);
+  Rng rng(17);
+  const ModelConfig c = ModelConfig::tiny(family);
+  Transformer<double> model(c);
+  model.init_random(rng);
+  ParameterStore<double> store;
+  model.attach({.target_modules = {"all-linear"}, .method = LoraConfig{.rank = 2, .alpha = 4}},
+               store);
+  for (auto& v : store.values()) v = rng.uniform(-0.3, 0.3);
+  TinyBatch b = make_batch(c, rng);  // two targets ignored (padding) and each sequence's last
+  Transformer<double>::Activations full;
+  const double full_loss = run_loss(model, full, b);
+  model.backward(full);
+  const std::vector<double> full_grads(store.grads().begin(), store.grads().end());
+  store.zero_grad();
+
+  model.set_lm_loss_chunk(chunk);
+  Transformer<double>::Activations acts;
+  const double loss = run_loss(model, acts, b);
+  CHECK(acts.logits.rows() == 0);
+  CHECK(acts.dlogits.rows() == std::min<Index>(chunk, acts.n));
+  CHECK(loss == Approx(full_loss).epsilon(1e-12));
+  model.backward(acts);
+  CHECK_THROWS_WITH(model.backward(acts), Catch::Contains("lm_loss"));
+  for (Index i = 0; i < store.size(); ++i)
+    CHECK(store.grads()[static_cast<std::size_t>(i)] ==
+          Approx(full_grads[static_cast<std::size_t>(i)]).margin(1e-12));
+  check_store_gradients("adapters under a chunked LM loss", model, store, b);
 }
 
 TEST_CASE("checkpointed backward gives the same gradients as the plain one, dropout included",
@@ -370,11 +412,16 @@ TEST_CASE(
 
 TEST_CASE("trainer: 2 accumulated micro-batches give the same step as one batch of twice the size",
           "[model][optim]") {
-  const ModelConfig c = ModelConfig::tiny(Family::bert);
-  std::vector<double> after[2];
+  // classification, and language modelling whose micro-batches run a chunked LM loss
+  const bool lm = GENERATE(false, true);
+  INFO((lm ? "llama LM, chunked loss" : "bert classifier"));
+  const ModelConfig c = ModelConfig::tiny(lm ? Family::llama : Family::bert);
+  std::vector<double> before, after[2];
   Rng data(21);
-  std::vector<std::int32_t> ids(4 * 5), labels = {0, 2, 1, 2};
+  std::vector<std::int32_t> ids(4 * 5), labels = {0, 2, 1, 2}, targets(4 * 5);
   for (auto& id : ids) id = static_cast<std::int32_t>(data.next_u32() % 11);
+  for (std::size_t i = 0; i < targets.size(); ++i)  // next token; each sequence's last ignored
+    targets[i] = i % 5 == 4 ? kIgnoreIndex : ids[i + 1];
   for (int accumulate = 0; accumulate < 2; ++accumulate) {
     Transformer<double> model(c);
     Rng init(4);
@@ -382,22 +429,34 @@ TEST_CASE("trainer: 2 accumulated micro-batches give the same step as one batch 
     ParameterStore<double> store;
     model.attach({.target_modules = {"q", "v"}, .method = WeGeFTConfig{.rank = 2, .alpha = 4}},
                  store);
-    model.add_classifier(3, store);
+    if (lm && accumulate) model.set_lm_loss_chunk(3);  // the one-batch run keeps the logits
+    if (!lm) model.add_classifier(3, store);
+    before.assign(store.values().begin(), store.values().end());
     Trainer<double> trainer(
         model, {.adamw = {.lr = 1e-2}, .max_grad_norm = 0.5, .accumulation = accumulate ? 2 : 1});
+    const auto step = [&](Index first, Index batch) {
+      const ModelInput<double> in{.ids = ids.data() + first * 5, .batch = batch, .seq = 5};
+      if (lm)
+        trainer.lm_step(in, targets.data() + first * 5);
+      else
+        trainer.classification_step(in, labels.data() + first);
+    };
     if (accumulate) {
-      trainer.classification_step({.ids = ids.data(), .batch = 2, .seq = 5}, labels.data());
+      step(0, 2);
       CHECK(trainer.optimizer_steps() == 0);
-      trainer.classification_step({.ids = ids.data() + 10, .batch = 2, .seq = 5},
-                                  labels.data() + 2);
+      step(2, 2);
     } else {
-      trainer.classification_step({.ids = ids.data(), .batch = 4, .seq = 5}, labels.data());
+      step(0, 4);
     }
     CHECK(trainer.optimizer_steps() == 1);
-    CHECK(trainer.last_grad_norm() > 0.5);  // clipping was active
+    if (!lm) CHECK(trainer.last_grad_norm() > 0.5);  // clipping was active
     after[accumulate].assign(store.values().begin(), store.values().end());
   }
   REQUIRE(after[0].size() == after[1].size());
-  for (std::size_t i = 0; i < after[0].size(); ++i)
+  double moved = 0;
+  for (std::size_t i = 0; i < after[0].size(); ++i) {
     CHECK(after[0][i] == Approx(after[1][i]).margin(1e-12));
+    moved = std::max(moved, std::abs(after[1][i] - before[i]));
+  }
+  CHECK(moved > 1e-4);  // the step did move the parameters
 }

@@ -189,6 +189,8 @@ inline EvalResult evaluate(Transformer<float>& model, const text::Dataset& data,
                            std::vector<text::ExactMatch>* matches = nullptr,
                            const text::StopRule* stops = nullptr) {
   model.set_training(false);
+  const Index loss_chunk = model.lm_loss_chunk();
+  if (matches) model.set_lm_loss_chunk(0);  // exact match reads the logits; a loss alone does not
   Transformer<float>::Activations acts;
   double total = 0;
   std::optional<Confusion> confusion;
@@ -232,6 +234,7 @@ inline EvalResult evaluate(Transformer<float>& model, const text::Dataset& data,
     }
   });
   model.set_training(true);
+  model.set_lm_loss_chunk(loss_chunk);
   r.loss = r.count ? total / static_cast<double>(r.count) : std::nan("");
   if (confusion && confusion->total()) {
     r.accuracy = confusion->accuracy();
@@ -518,6 +521,8 @@ inline int finetune(FinetuneOptions o) {
   if (task == Task::classification)
     model.add_classifier(static_cast<Index>(labels.names.size()), std::nullopt, o.seed + 1);
   model.set_training(true);
+  // The LM head and loss fused over 256 rows at a time: no [tokens, vocab] logits in a step.
+  if (task == Task::causal_lm) model.set_lm_loss_chunk(256);
   auto& store = model.store();
   const double frozen = double(model.frozen_parameter_count());
   const std::string precision = on_gpu ? "" : apply_precision(model, o.precision);

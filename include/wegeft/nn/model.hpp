@@ -95,8 +95,10 @@ class Transformer {
     LinearCache pooler;                           // bert classifier: the pooler's adapter cache
     Matrix<T> logits;                             // lm: [N, V]; classifier: [B, labels]
     Matrix<T> dlogits;                            // set by a loss function or the caller
-    Matrix<T> spare, dh, dx;                      // [N, d] buffers reused by forward / backward
-    Matrix<T> dpooled, dfeatures;                 // classifier backward: [B, d]
+    bool chunked_head = false;     // forward left the LM head to lm_loss (set_lm_loss_chunk)
+    bool dh_ready = false;         // chunked: lm_loss has written d(loss)/d(hidden) into dh
+    Matrix<T> spare, dh, dx;       // [N, d] buffers reused by forward / backward
+    Matrix<T> dpooled, dfeatures;  // classifier backward: [B, d]
   };
 
   explicit Transformer(const ModelConfig& config);
@@ -243,6 +245,25 @@ class Transformer {
   /// rounding.
   void set_attention_kernel(AttentionKernel k) { m_attention_kernel = k; }
   AttentionKernel attention_kernel() const { return m_attention_kernel; }
+  /// Fused LM head and loss, `rows` query rows at a time (0, the default, turns it off). While on,
+  /// forward stops at the final hidden states (acts.logits stays [0, vocab]) and lm_loss forms
+  /// the logits of `rows` rows at a time, takes their cross-entropy and writes d(loss)/d(hidden)
+  /// into acts.dh, so a step keeps one [rows, vocab] buffer instead of the [N, vocab] logits and
+  /// their gradient. Same loss and gradients to rounding; a caller that needs the logits
+  /// themselves (scoring, generation) turns it off.
+  void set_lm_loss_chunk(Index rows) {
+    WEGEFT_CHECK(rows >= 0, "set_lm_loss_chunk: rows must be >= 0, got " << rows);
+    m_loss_chunk = rows;
+  }
+  Index lm_loss_chunk() const { return m_loss_chunk; }
+  /// Divides the loss gradient a loss function left in acts (dlogits, or dh with a chunked LM
+  /// loss) by `divisor`, e.g. the number of accumulated micro-batches.
+  void divide_loss_gradient(Activations& acts, T divisor) const {
+    if (acts.chunked_head)
+      acts.dh /= divisor;
+    else
+      acts.dlogits /= divisor;
+  }
   /// Training mode turns adapter dropout on (the default).
   void set_training(bool on) {
     if (m_adapters) m_adapters->set_training(on);
@@ -253,7 +274,8 @@ class Transformer {
   void forward(Activations& acts, const ModelInput<T>& in);
 
   /// Cross-entropy of the LM logits against targets [N] (kIgnoreIndex skips a row); sets
-  /// acts.dlogits to d(mean loss)/d(logits).
+  /// acts.dlogits to d(mean loss)/d(logits) (with set_lm_loss_chunk: acts.dh to d(mean
+  /// loss)/d(final hidden states)).
   double lm_loss(Activations& acts, const std::int32_t* targets);
   /// Cross-entropy of the classifier logits against labels [batch]; sets acts.dlogits.
   double classification_loss(Activations& acts, const std::int32_t* labels);
@@ -728,6 +750,7 @@ class Transformer {
   Pooling m_pooling = Pooling::cls;
   bool m_checkpointing = false;
   AttentionKernel m_attention_kernel = AttentionKernel::automatic;
+  Index m_loss_chunk = 0;
 };
 
 template <class T>
@@ -905,16 +928,43 @@ void Transformer<T>::forward(Activations& acts, const ModelInput<T>& in) {
     norm_forward(acts.final_out, acts.final_mean, acts.final_rstd, acts.last, m_final_norm);
     h = &acts.final_out;
   }
+  acts.chunked_head = acts.dh_ready = false;
   if (m_labels > 0) {
     classifier_forward(acts, *h);
   } else if (m_config.family == Family::gpt2 || m_config.family == Family::llama) {
-    acts.logits.resize(h->rows(), m_fixed.lm_head->rows());
-    lm_head().forward(acts.logits, *h);
+    acts.chunked_head = m_loss_chunk > 0;
+    if (acts.chunked_head) {
+      acts.logits.resize(0, m_fixed.lm_head->rows());  // frees a previous [N, V]
+    } else {
+      acts.logits.resize(h->rows(), m_fixed.lm_head->rows());
+      lm_head().forward(acts.logits, *h);
+    }
   }
 }
 
 template <class T>
 double Transformer<T>::lm_loss(Activations& acts, const std::int32_t* targets) {
+  if (acts.chunked_head && m_labels == 0) {
+    const Matrix<T>& h = m_config.pre_norm() ? acts.final_out : acts.last;
+    const Index n = acts.n, vocab = acts.logits.cols();
+    const Index count = detail::count_targets(targets, n, vocab, kIgnoreIndex);
+    acts.dh.resize(n, m_config.hidden);
+    acts.dlogits.resize(std::min(m_loss_chunk, n), vocab);
+    double total = 0;
+    for (Index r0 = 0; r0 < n; r0 += m_loss_chunk) {
+      const Index rows = std::min(m_loss_chunk, n - r0);
+      auto z = acts.dlogits.topRows(rows);
+      lm_head().forward(z, h.middleRows(r0, rows));
+      Index counted = 0;  // the gradient is written over the logits, scaled by 1 / count
+      total += detail::cross_entropy_rows<T>(z.data(), nullptr, z.data(), targets + r0, rows, vocab,
+                                             1.0, count, kIgnoreIndex, &counted) *
+               static_cast<double>(counted);
+      auto dh = acts.dh.middleRows(r0, rows);
+      lm_head().backward_input(dh, z);
+    }
+    acts.dh_ready = true;
+    return count ? total / static_cast<double>(count) : 0.0;
+  }
   WEGEFT_CHECK(acts.logits.rows() == acts.n && m_labels == 0,
                "lm_loss needs a forward through the LM head");
   acts.dlogits.resize(acts.logits.rows(), acts.logits.cols());
@@ -933,20 +983,28 @@ double Transformer<T>::classification_loss(Activations& acts, const std::int32_t
 
 template <class T>
 void Transformer<T>::backward(Activations& acts) {
+  const bool chunked = acts.chunked_head && m_labels == 0;
   WEGEFT_CHECK(acts.n > 0 && acts.blocks.size() == static_cast<std::size_t>(m_config.layers) &&
-                   acts.logits.rows() > 0,
+                   (acts.logits.rows() > 0 || chunked),
                "backward needs the activations of a forward through this model (these hold "
                    << acts.blocks.size() << " blocks of " << m_config.layers << ")");
-  WEGEFT_CHECK(
-      acts.dlogits.rows() == acts.logits.rows() && acts.dlogits.cols() == acts.logits.cols(),
-      "backward needs acts.dlogits of shape " << shape_of(acts.logits) << ", got "
-                                              << shape_of(acts.dlogits));
+  if (chunked) {
+    WEGEFT_CHECK(acts.dh_ready,
+                 "backward with a chunked LM loss (set_lm_loss_chunk) needs "
+                 "lm_loss after the forward");
+  } else {
+    WEGEFT_CHECK(
+        acts.dlogits.rows() == acts.logits.rows() && acts.dlogits.cols() == acts.logits.cols(),
+        "backward needs acts.dlogits of shape " << shape_of(acts.logits) << ", got "
+                                                << shape_of(acts.dlogits));
+  }
+  acts.dh_ready = false;  // dh is a working buffer from here on
   const Index d = m_config.hidden;
   Matrix<T>& dh = acts.dh;
   dh.resize(acts.n, d);
   if (m_labels > 0) {
     classifier_backward(dh, acts);
-  } else {
+  } else if (!chunked) {
     lm_head().backward_input(dh, acts.dlogits);
   }
   Matrix<T>& dx = acts.dx;

@@ -63,7 +63,7 @@ class Trainer {
 
  private:
   void finish_micro_batch() {
-    m_acts.dlogits /= static_cast<T>(m_config.accumulation);
+    m_model->divide_loss_gradient(m_acts, static_cast<T>(m_config.accumulation));
     m_model->backward(m_acts);
     if (++m_micro < m_config.accumulation) return;
     m_micro = 0;
