@@ -483,7 +483,7 @@ class Transformer {
 
   void classifier_forward(Activations& acts, const Matrix<T>& h) {
     const Index d = m_config.hidden;
-    const std::uint8_t* mask = acts.mask.empty() ? nullptr : acts.mask.data();
+    const std::uint8_t* mask = key_mask(acts);
     acts.pooled.resize(acts.batch, d);
     pool_forward(acts.pooled.data(), h.data(), mask, acts.batch, acts.seq, d, m_pooling);
     const Matrix<T>* features = &acts.pooled;
@@ -510,12 +510,16 @@ class Transformer {
       run_linear_backward(m_linears.back(), acts.pooler, &acts.dfeatures, acts.pooled, dpooled);
       dpooled.swap(acts.dfeatures);
     }
-    const std::uint8_t* mask = acts.mask.empty() ? nullptr : acts.mask.data();
+    const std::uint8_t* mask = key_mask(acts);
     pool_backward(dh.data(), dpooled.data(), mask, acts.batch, acts.seq, d, m_pooling);
   }
 
   // ---- blocks ---------------------------------------------------------------------------
 
+  /// The batch's key mask [B, T] (1 = attend), or null when every token is attended.
+  static const std::uint8_t* key_mask(const Activations& acts) {
+    return acts.mask.empty() ? nullptr : acts.mask.data();
+  }
   AttentionShape attention_shape(const Activations& acts) const {
     return {.batch = acts.batch,
             .seq = acts.seq,
@@ -548,7 +552,7 @@ class Transformer {
     const AttentionShape s = attention_shape(acts);
     c.attn.resize(acts.n, d);
     WEGEFT_ASSERT(c.k.cols() == kvw);
-    const std::uint8_t* mask = acts.mask.empty() ? nullptr : acts.mask.data();
+    const std::uint8_t* mask = key_mask(acts);
     c.flash = m_attention_kernel == AttentionKernel::flash ||
               (m_attention_kernel == AttentionKernel::automatic && s.causal);
     if (c.flash) {
@@ -576,8 +580,7 @@ class Transformer {
     dv.resize(acts.n, m_config.kv_width());
     if (c.flash)
       flash_attention_backward(dq.data(), dk.data(), dv.data(), d_attn.data(), c.attn.data(),
-                               c.lse.data(), c.q.data(), c.k.data(), c.v.data(),
-                               acts.mask.empty() ? nullptr : acts.mask.data(),
+                               c.lse.data(), c.q.data(), c.k.data(), c.v.data(), key_mask(acts),
                                attention_shape(acts));
     else
       attention_backward(dq.data(), dk.data(), dv.data(), d_attn.data(), c.probs.data(), c.q.data(),
@@ -944,7 +947,7 @@ void Transformer<T>::forward(Activations& acts, const ModelInput<T>& in) {
 
 template <class T>
 double Transformer<T>::lm_loss(Activations& acts, const std::int32_t* targets) {
-  if (acts.chunked_head && m_labels == 0) {
+  if (acts.chunked_head) {  // set by forward for an LM head only
     const Matrix<T>& h = m_config.pre_norm() ? acts.final_out : acts.last;
     const Index n = acts.n, vocab = acts.logits.cols();
     const Index count = detail::count_targets(targets, n, vocab, kIgnoreIndex);
@@ -983,7 +986,7 @@ double Transformer<T>::classification_loss(Activations& acts, const std::int32_t
 
 template <class T>
 void Transformer<T>::backward(Activations& acts) {
-  const bool chunked = acts.chunked_head && m_labels == 0;
+  const bool chunked = acts.chunked_head;  // an LM head whose gradient lm_loss wrote into dh
   WEGEFT_CHECK(acts.n > 0 && acts.blocks.size() == static_cast<std::size_t>(m_config.layers) &&
                    (acts.logits.rows() > 0 || chunked),
                "backward needs the activations of a forward through this model (these hold "

@@ -13,12 +13,12 @@
 // Two implementations of the same op:
 // - attention_forward / attention_backward keep the probabilities P [B, H, T, T] for backward
 //   (per-head products through Eigen or the BLAS);
-// - flash_attention_forward / flash_attention_backward (what the model runs) keep only each query
-//   row's log-sum-exp [B, H, T] and recompute P block by block in backward. They walk blocks of
-//   kFlashRows queries against blocks of kFlashKeys keys with the softmax kept online
-//   (FlashAttention's scheme), skip key blocks a causal mask hides whole, and run every product
-//   through a register-tiled kernel over contiguous copies of the blocks, so no per-head BLAS call
-//   and no T x T buffer remain. Forward threads split (sequence, head) pairs; backward splits
+// - flash_attention_forward / flash_attention_backward (the model's choice for causal attention,
+//   Transformer::set_attention_kernel) keep only each query row's log-sum-exp [B, H, T] and
+//   recompute P block by block in backward. They walk blocks of kFlashRows queries against
+//   blocks of kFlashKeys keys with the softmax kept online (FlashAttention's scheme), skip key
+//   blocks a causal mask hides whole, and run every product through a register-tiled kernel over
+//   contiguous copies of the blocks, so no per-head BLAS call and no T x T buffer remain. Forward threads split (sequence, head) pairs; backward splits
 //   (sequence, key/value head) pairs, each adding its group's query heads into its own dk, dv rows.
 #pragma once
 
@@ -295,8 +295,7 @@ struct FlashScratch {
   /// bias for sequence b: 0 where key_mask allows a key, -inf for padding and past the sequence.
   void plan_bias(const std::uint8_t* key_mask, Index b, Index seq, Index padded) {
     for (Index j = 0; j < padded; ++j)
-      bias[std::size_t(j)] =
-          j < seq && (!key_mask || key_mask[b * seq + j]) ? T(0) : detail::kNegInf<T>;
+      bias[std::size_t(j)] = j < seq && (!key_mask || key_mask[b * seq + j]) ? T(0) : kNegInf<T>;
   }
 };
 
