@@ -3,7 +3,8 @@
 // at 1 and AdamW, as benchmarks/cuda/peft_llama_step.py does for PyTorch + PEFT on the same card.
 // Shapes (random weights: the time does not depend on them): `smollm2`, SmolLM2-135M's; and
 // `llama-block`, one Llama block of d = 2048 (16 heads of 128, MLP 5632) between a 256-word
-// embedding and tied head. Prints tokens per second of the step (3 warm-up steps, then the mean
+// embedding and tied head; or a llama GGUF file (a path ending in .gguf): that model's real weights,
+// dequantized and uploaded in BF16. Token ids are seeded random draws from the vocabulary. Prints tokens per second of the step (3 warm-up steps, then the mean
 // over `steps`), the device memory wegeft::cuda held at most (cu::peak_device_bytes), the
 // attention kernels it ran (WEGEFT_CUDA_ATTENTION=simt selects the
 // one-warp-per-row ones) and, with `--mfu`, the model-FLOP utilisation against the card's bf16
@@ -11,9 +12,10 @@
 // the block linears' P weights, the LM head included) plus attention's two products forward and
 // four backward, halved for the causal mask.
 //
-//   build/cuda/benchmarks/cuda/bench_cuda_model_step BATCH TOKENS [lora|wegeft] [steps] [shape]
-//                                                    [--mfu]
+//   build/cuda/benchmarks/cuda/bench_cuda_model_step BATCH TOKENS [lora|wegeft] [steps]
+//                                                    [smollm2|llama-block|FILE.gguf] [--mfu]
 #include <wegeft/cuda.hpp>
+#include <wegeft/io/gguf_model.hpp>
 #include <wegeft/version.hpp>
 
 #include "peak.hpp"
@@ -23,6 +25,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -42,7 +45,8 @@ int main(int argc, char** argv) {
     }
   if (args.size() < 2) {
     std::fprintf(stderr,
-                 "usage: %s BATCH TOKENS [lora|wegeft] [steps] [smollm2|llama-block] [--mfu]\n",
+                 "usage: %s BATCH TOKENS [lora|wegeft] [steps] [smollm2|llama-block|FILE.gguf] "
+                 "[--mfu]\n",
                  argv[0]);
     return 2;
   }
@@ -50,16 +54,26 @@ int main(int argc, char** argv) {
   const std::string method = args.size() > 2 ? args[2] : "lora";
   const int steps = args.size() > 3 ? std::atoi(args[3].c_str()) : 10;
   const std::string shape = args.size() > 4 ? args[4] : "smollm2";
+  const bool real = shape.ends_with(".gguf");
   if (batch <= 0 || seq <= 0 || steps <= 0 || (method != "lora" && method != "wegeft") ||
-      (shape != "smollm2" && shape != "llama-block")) {
+      (shape != "smollm2" && shape != "llama-block" && !real)) {
     std::fprintf(stderr,
                  "%s: BATCH, TOKENS and steps must be positive, the method lora or wegeft, the "
-                 "shape smollm2 or llama-block\n",
+                 "shape smollm2, llama-block or a .gguf file\n",
                  argv[0]);
     return 2;
   }
   wegeft::ModelConfig c = wegeft::ModelConfig::tiny(wegeft::Family::llama);
-  if (shape == "smollm2") {
+  std::unique_ptr<wegeft::Transformer<float>> loaded;
+  if (real) {
+    try {
+      loaded = wegeft::load_gguf_model<float>(shape).model;
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "%s: %s\n", argv[0], e.what());
+      return 1;
+    }
+    c = loaded->config();
+  } else if (shape == "smollm2") {
     c.vocab_size = 49152;
     c.hidden = 576;
     c.intermediate = 1536;
@@ -76,12 +90,15 @@ int main(int argc, char** argv) {
     c.kv_heads = 16;
     c.rope_theta = 10000.0;
   }
-  c.max_positions = std::max<Index>(8192, seq);
-  c.norm_eps = 1e-5;
-  c.tied_lm_head = true;
-  wegeft::Transformer<float> host(c);
   wegeft::Rng rng(0);
-  host.init_random(rng, 0.02);
+  if (!real) {
+    c.max_positions = std::max<Index>(8192, seq);
+    c.norm_eps = 1e-5;
+    c.tied_lm_head = true;
+    loaded = std::make_unique<wegeft::Transformer<float>>(c);
+    loaded->init_random(rng, 0.02);
+  }
+  wegeft::Transformer<float>& host = *loaded;
   wegeft::MethodConfig mc;
   if (method == "lora")
     mc = wegeft::LoraConfig{.rank = 8, .alpha = 8.0};
@@ -117,10 +134,11 @@ int main(int argc, char** argv) {
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / steps;
   const char* attention = std::getenv("WEGEFT_CUDA_ATTENTION");
   std::printf(
-      "wegeft %s on %s: %s r=8 step %lldx%lld (%s shape, bf16, attention %s): %.1f ms, "
+      "wegeft %s on %s: %s r=8 step %lldx%lld (%s, bf16, attention %s): %.1f ms, "
       "%.0f tok/s, loss %.4f, peak %.2f GiB\n",
       wegeft::version, ctx.description().c_str(), method.c_str(), static_cast<long long>(batch),
-      static_cast<long long>(seq), shape.c_str(),
+      static_cast<long long>(seq),
+      real ? ("real weights of " + shape).c_str() : (shape + " shape").c_str(),
       attention != nullptr && std::strcmp(attention, "simt") == 0 ? "simt" : "tensor cores",
       s * 1e3, static_cast<double>(batch * seq) / s, loss,
       static_cast<double>(cu::peak_device_bytes()) / double(1 << 30));
