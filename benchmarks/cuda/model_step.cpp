@@ -1,6 +1,7 @@
 // The whole causal-LM training step on the GPU (wegeft::cuda::CausalLM), BF16 storage with fp32
 // accumulation, LoRA or WeGeFT r = 8 on every linear: forward, loss, backward, gradient clipping
-// at 1 and AdamW, as benchmarks/cuda/peft_llama_step.py does for PyTorch + PEFT on the same card.
+// at 1, AdamW and the refresh of the factors' bf16 copies, as benchmarks/cuda/peft_llama_step.py
+// does for PyTorch + PEFT on the same card.
 // Shapes (random weights: the time does not depend on them): `smollm2`, SmolLM2-135M's; and
 // `llama-block`, one Llama block of d = 2048 (16 heads of 128, MLP 5632) between a 256-word
 // embedding and tied head; or a llama GGUF file (a path ending in .gguf): that model's real weights,
@@ -123,6 +124,7 @@ int main(int argc, char** argv) {
     loss = lm.train_step(lb);
     cu::clip_grad_norm(ctx, lm.store(), 1.0);
     opt.step(ctx, lm.store());
+    lm.refresh();  // the weight-dtype copies of the updated factors, as a training loop must
     lm.store().zero_grad(ctx);
   };
   for (int i = 0; i < 3; ++i) step();
