@@ -4,8 +4,9 @@
 // does for PyTorch + PEFT on the same card.
 // Shapes (random weights: the time does not depend on them): `smollm2`, SmolLM2-135M's; and
 // `llama-block`, one Llama block of d = 2048 (16 heads of 128, MLP 5632) between a 256-word
-// embedding and tied head; or a llama GGUF file (a path ending in .gguf): that model's real weights,
-// dequantized and uploaded in BF16. Token ids are seeded random draws from the vocabulary. Prints tokens per second of the step (3 warm-up steps, then the mean
+// embedding and tied head; or a llama GGUF file (a path ending in .gguf): that model's real
+// weights, dequantized and uploaded in BF16. Token ids are seeded random draws from the vocabulary.
+// Prints tokens per second of the step (3 warm-up steps, then the mean
 // over `steps`), the device memory wegeft::cuda held at most (cu::peak_device_bytes), the
 // attention kernels it ran (WEGEFT_CUDA_ATTENTION=simt selects the
 // one-warp-per-row ones) and, with `--mfu`, the model-FLOP utilisation against the card's bf16
@@ -33,6 +34,32 @@
 namespace cu = wegeft::cuda;
 using wegeft::DType;
 using wegeft::Index;
+
+// The synthetic shapes' configuration (shape is smollm2 or llama-block).
+wegeft::ModelConfig shape_config(const std::string& shape, Index seq) {
+  wegeft::ModelConfig c = wegeft::ModelConfig::tiny(wegeft::Family::llama);
+  if (shape == "smollm2") {
+    c.vocab_size = 49152;
+    c.hidden = 576;
+    c.intermediate = 1536;
+    c.layers = 30;
+    c.heads = 9;
+    c.kv_heads = 3;
+    c.rope_theta = 100000.0;
+  } else {
+    c.vocab_size = 256;
+    c.hidden = 2048;
+    c.intermediate = 5632;
+    c.layers = 1;
+    c.heads = 16;
+    c.kv_heads = 16;
+    c.rope_theta = 10000.0;
+  }
+  c.max_positions = std::max<Index>(8192, seq);
+  c.norm_eps = 1e-5;
+  c.tied_lm_head = true;
+  return c;
+}
 
 int main(int argc, char** argv) {
   std::vector<std::string> args(argv + 1, argv + argc);
@@ -64,8 +91,8 @@ int main(int argc, char** argv) {
                  argv[0]);
     return 2;
   }
-  wegeft::ModelConfig c = wegeft::ModelConfig::tiny(wegeft::Family::llama);
   std::unique_ptr<wegeft::Transformer<float>> loaded;
+  wegeft::Rng rng(0);
   if (real) {
     try {
       loaded = wegeft::load_gguf_model<float>(shape).model;
@@ -73,33 +100,12 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "%s: %s\n", argv[0], e.what());
       return 1;
     }
-    c = loaded->config();
-  } else if (shape == "smollm2") {
-    c.vocab_size = 49152;
-    c.hidden = 576;
-    c.intermediate = 1536;
-    c.layers = 30;
-    c.heads = 9;
-    c.kv_heads = 3;
-    c.rope_theta = 100000.0;
   } else {
-    c.vocab_size = 256;
-    c.hidden = 2048;
-    c.intermediate = 5632;
-    c.layers = 1;
-    c.heads = 16;
-    c.kv_heads = 16;
-    c.rope_theta = 10000.0;
-  }
-  wegeft::Rng rng(0);
-  if (!real) {
-    c.max_positions = std::max<Index>(8192, seq);
-    c.norm_eps = 1e-5;
-    c.tied_lm_head = true;
-    loaded = std::make_unique<wegeft::Transformer<float>>(c);
+    loaded = std::make_unique<wegeft::Transformer<float>>(shape_config(shape, seq));
     loaded->init_random(rng, 0.02);
   }
   wegeft::Transformer<float>& host = *loaded;
+  const wegeft::ModelConfig& c = host.config();
   wegeft::MethodConfig mc;
   if (method == "lora")
     mc = wegeft::LoraConfig{.rank = 8, .alpha = 8.0};
