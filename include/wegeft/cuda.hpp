@@ -5,6 +5,7 @@
 #pragma once
 
 #include "wegeft/core/view.hpp"
+#include "wegeft/cuda/classifier.hpp"
 #include "wegeft/cuda/linear.hpp"
 #include "wegeft/cuda/model.hpp"
 #include "wegeft/cuda/nn.hpp"

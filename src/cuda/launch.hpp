@@ -40,6 +40,17 @@ void launch_add(void* stream, Mat y, Mat x, float alpha);
 void launch_embedding(void* stream, Mat x, const std::int32_t* ids, Mat table);
 void launch_cross_entropy(void* stream, Mat dlogits, float* loss, Mat logits,
                           const std::int32_t* targets, std::int32_t ignore, float scale);
+void launch_argmax_rows(void* stream, std::int32_t* ids, Mat x);
+void launch_layernorm_forward(void* stream, Mat out, float* mean, float* rstd, Mat x, Mat w, Mat b,
+                              float eps);
+void launch_layernorm_backward(void* stream, Mat dx, Mat dout, Mat x, Mat w, const float* mean,
+                               const float* rstd);
+/// kind: 0 GELU (erf), 1 GELU (tanh form), 2 tanh; the backward's `in` is x for GELU and the
+/// forward's output for tanh.
+void launch_activation_forward(void* stream, Mat out, Mat x, int kind);
+void launch_activation_backward(void* stream, Mat dx, Mat dout, Mat in, int kind);
+void launch_add_positions(void* stream, Mat x, Mat pos, const void* type, std::int64_t seq);
+void launch_add_column_sums(void* stream, float* sums, Mat x);
 
 /// Attention: the shape, strides (q's for q and dq, k's for k and dk, ...; out's for out and
 /// dout) and mask as attention.cuh's AttentionArgs.

@@ -15,53 +15,16 @@
 #include <variant>
 
 #include "check.hpp"
+#include "model_parts.hpp"
 
 namespace wegeft::cuda {
 
 namespace {
 
-/// A device activation of up to `rows` rows: [rows, cols] and `spare` more columns per row.
-struct Act {
-  Tensor t;
-  Index cols = 0;
-  void alloc(DType dtype, Index rows, Index cols_, Index spare) {
-    t = Tensor(dtype, rows, cols_ + spare);
-    cols = cols_;
-  }
-  TensorView v(Index n) const { return t.block(0, 0, n, cols); }
-};
-
-/// A contiguous F32 [rows, cols] view of a buffer (row statistics: rstd, lse, delta, losses).
-TensorView stats(const Buffer& b, Index rows, Index cols) {
-  WEGEFT_ASSERT(static_cast<std::size_t>(rows * cols) * sizeof(float) <= b.bytes());
-  return {b.data(), DType::F32, Device::cuda, rows, cols, cols};
-}
-Buffer floats(Index n) {
-  return Buffer(static_cast<std::size_t>(std::max<Index>(n, 1)) * sizeof(float));
-}
-
-/// One linear of a block, frozen or adapted, and its adapter's cache from the last forward.
-struct Lin {
-  std::unique_ptr<Linear> frozen;
-  std::unique_ptr<AdaptedLinear> adapted;
-  AdaptedLinear::Cache cache;
-
-  void forward(Context& ctx, const TensorView& y, const TensorView& x) {
-    if (adapted)
-      cache = adapted->forward(ctx, y, x);
-    else
-      frozen->forward(ctx, y, x);
-  }
-  /// dx (overwritten; skipped when dx is empty) and the adapter's gradients (+=) from dy (which
-  /// has the spare columns).
-  void backward(Context& ctx, const TensorView& dx, const TensorView& dy) {
-    if (adapted)
-      adapted->backward(ctx, dx, cache, dy);
-    else if (dx.rows != 0)
-      frozen->backward_input(ctx, dx, dy);
-  }
-  Index padded_rank() const { return adapted ? adapted->padded_rank() : 0; }
-};
+using detail::Act;
+using detail::floats;
+using detail::Lin;
+using detail::stats;
 
 struct Block {
   Lin q, k, v, o, gate, up, down;
@@ -98,9 +61,10 @@ struct CausalLM::Impl {
   Index capacity = 0;
   Act x_last, hf, logits;
   Act d_res, t1, dh, d_attn, dq, dk, dv, dgate, dup;
-  Buffer rstdf, losses, delta;
+  Buffer rstdf, losses, delta, argmax;
   DeviceArray ids, targets, mask;
-  Index last_n = 0;  // tokens of the last step
+  Index last_n = 0;            // tokens of the last step
+  bool last_backward = false;  // whether it overwrote the logits with their gradient
 
   Impl(Context& c, Transformer<float>& h, DType dt)
       : ctx(&c), host(&h), cfg(h.config()), dtype(dt), store(c, h.store()) {}
@@ -140,15 +104,7 @@ void CausalLM::Impl::build() {
     WEGEFT_CHECK(it != std::end(kLinears),
                  m.name << ": a " << short_name(m.role) << " projection in a llama model");
     Lin* lin = &(b.*(it->second));
-    if (!m.adapter) {
-      lin->frozen = std::make_unique<Linear>(*ctx, sites[i].base, dtype);
-    } else if (const auto* lora = std::get_if<LoraAdapter<float>>(m.adapter)) {
-      lin->adapted = std::make_unique<AdaptedLinear>(*ctx, store, *lora, dtype);
-    } else if (const auto* wg = std::get_if<WeGeFTAdapter<float>>(m.adapter)) {
-      lin->adapted = std::make_unique<AdaptedLinear>(*ctx, store, *wg, dtype);
-    } else {
-      WEGEFT_CHECK(false, m.name << ": its adapter's method has no GPU layer (LoRA and WeGeFT do)");
-    }
+    lin->build(*ctx, store, m, sites[i].base, dtype);
     spare = std::max(spare, lin->padded_rank());
   }
   for (Index l = 0; l < cfg.layers; ++l) {
@@ -200,6 +156,10 @@ void CausalLM::Impl::allocate(Index n) {
   dup.alloc(t, n, f, S);
   rstdf = floats(n);
   losses = floats(n);
+  argmax = Buffer(static_cast<std::size_t>(n) * sizeof(std::int32_t));
+  ids = DeviceArray(static_cast<std::size_t>(n) * sizeof(std::int32_t));
+  targets = DeviceArray(static_cast<std::size_t>(n) * sizeof(std::int32_t));
+  mask = DeviceArray(static_cast<std::size_t>(n));
   delta = floats(n * cfg.heads);
   capacity = n;
 }
@@ -303,10 +263,7 @@ double CausalLM::step(const LmBatch& in, bool backward, double dloss, Index divi
                                                                << " positions");
   plan(in.batch, in.seq);
   const Index n = in.batch * in.seq;
-  for (Index i = 0; i < n; ++i)
-    WEGEFT_CHECK(in.ids[i] >= 0 && in.ids[i] < cfg.vocab_size,
-                 "token id " << in.ids[i] << " at position " << i
-                             << " is outside the vocabulary of " << cfg.vocab_size);
+  detail::check_token_ids(in.ids, n, cfg.vocab_size);
   const Index counted = wegeft::detail::count_targets(in.targets, n, cfg.vocab_size, kIgnoreIndex);
   if (divisor < 0) divisor = counted;
   m.ids.assign(c, in.ids, static_cast<std::size_t>(n));
@@ -341,6 +298,7 @@ double CausalLM::step(const LmBatch& in, bool backward, double dloss, Index divi
     for (std::size_t l = blocks.size(); l-- > 0;) m.block_backward(blocks[l], l == 0, n, s, mask);
   }
   m.last_n = n;
+  m.last_backward = backward;
   const auto per = position_losses();
   const double total = std::accumulate(per.begin(), per.end(), 0.0);
   return counted ? total / static_cast<double>(counted) : 0.0;
@@ -355,6 +313,18 @@ std::vector<float> CausalLM::position_losses() {
 
 TensorView CausalLM::logits() const {
   return m_impl->logits.v(m_impl->last_n);
+}
+
+std::vector<std::int32_t> CausalLM::greedy_tokens() {
+  Impl& m = *m_impl;
+  WEGEFT_CHECK(!m.last_backward,
+               "greedy_tokens: the last step ran the backward pass, which replaced the logits "
+               "with their gradient; run eval_loss first");
+  const Index n = m.last_n;
+  argmax_rows(*m.ctx, {m.argmax.data(), DType::I32, Device::cuda, n, 1, 1}, logits());
+  std::vector<std::int32_t> out(static_cast<std::size_t>(n));
+  download_bytes(*m.ctx, out.data(), m.argmax.data(), out.size() * sizeof(std::int32_t));
+  return out;
 }
 
 }  // namespace wegeft::cuda

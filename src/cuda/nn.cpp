@@ -55,6 +55,115 @@ void rmsnorm_forward(Context& ctx, const TensorView& out, const TensorView& rstd
   detail::check_launch(op);
 }
 
+void layernorm_forward(Context& ctx, const TensorView& out, const TensorView& mean,
+                       const TensorView& rstd, const TensorView& x, const TensorView& weight,
+                       const TensorView& bias, float eps) {
+  const char* op = "layernorm_forward";
+  check_view(x, op, "x");
+  check_view(out, op, "out");
+  check_view(weight, op, "weight");
+  check_view(bias, op, "bias");
+  check_shape(out, x.rows, x.cols, op, "out");
+  check_shape(weight, 1, x.cols, op, "weight");
+  check_shape(bias, 1, x.cols, op, "bias");
+  check_same_dtype(out, x, op, "out");
+  check_same_dtype(weight, x, op, "weight");
+  check_same_dtype(bias, x, op, "bias");
+  check_stats(mean, x.rows, 1, op, "mean");
+  check_stats(rstd, x.rows, 1, op, "rstd");
+  WEGEFT_CHECK(eps >= 0 && std::isfinite(eps), op << ": eps " << eps);
+  detail::launch_layernorm_forward(ctx.stream(), mat(out), floats(mean), floats(rstd), mat(x),
+                                   mat(weight), mat(bias), eps);
+  detail::check_launch(op);
+}
+
+void layernorm_backward(Context& ctx, const TensorView& dx, const TensorView& dout,
+                        const TensorView& x, const TensorView& weight, const TensorView& mean,
+                        const TensorView& rstd) {
+  const char* op = "layernorm_backward";
+  check_view(x, op, "x");
+  check_view(dx, op, "dx");
+  check_view(dout, op, "dout");
+  check_view(weight, op, "weight");
+  check_shape(dx, x.rows, x.cols, op, "dx");
+  check_shape(dout, x.rows, x.cols, op, "dout");
+  check_shape(weight, 1, x.cols, op, "weight");
+  check_same_dtype(dx, x, op, "dx");
+  check_same_dtype(dout, x, op, "dout");
+  check_same_dtype(weight, x, op, "weight");
+  check_stats(mean, x.rows, 1, op, "mean");
+  check_stats(rstd, x.rows, 1, op, "rstd");
+  detail::launch_layernorm_backward(ctx.stream(), mat(dx), mat(dout), mat(x), mat(weight),
+                                    floats(mean), floats(rstd));
+  detail::check_launch(op);
+}
+
+namespace {
+void activation(Context& ctx, const TensorView& out, const TensorView& in, const char* op,
+                int kind) {
+  check_view(in, op, "x");
+  check_view(out, op, "out");
+  check_shape(out, in.rows, in.cols, op, "out");
+  check_same_dtype(out, in, op, "out");
+  detail::launch_activation_forward(ctx.stream(), mat(out), mat(in), kind);
+  detail::check_launch(op);
+}
+void activation_grad(Context& ctx, const TensorView& dx, const TensorView& dout,
+                     const TensorView& in, const char* op, int kind) {
+  check_view(in, op, "the saved input");
+  check_view(dx, op, "dx");
+  check_view(dout, op, "dout");
+  check_shape(dx, in.rows, in.cols, op, "dx");
+  check_shape(dout, in.rows, in.cols, op, "dout");
+  check_same_dtype(dx, in, op, "dx");
+  check_same_dtype(dout, in, op, "dout");
+  detail::launch_activation_backward(ctx.stream(), mat(dx), mat(dout), mat(in), kind);
+  detail::check_launch(op);
+}
+}  // namespace
+
+void gelu_forward(Context& ctx, const TensorView& out, const TensorView& x, GeluKind kind) {
+  activation(ctx, out, x, "gelu_forward", kind == GeluKind::erf ? 0 : 1);
+}
+void gelu_backward(Context& ctx, const TensorView& dx, const TensorView& dout, const TensorView& x,
+                   GeluKind kind) {
+  activation_grad(ctx, dx, dout, x, "gelu_backward", kind == GeluKind::erf ? 0 : 1);
+}
+void tanh_forward(Context& ctx, const TensorView& out, const TensorView& x) {
+  activation(ctx, out, x, "tanh_forward", 2);
+}
+void tanh_backward(Context& ctx, const TensorView& dx, const TensorView& dout,
+                   const TensorView& out) {
+  activation_grad(ctx, dx, dout, out, "tanh_backward", 2);
+}
+
+void add_positions(Context& ctx, const TensorView& x, const TensorView& positions,
+                   const TensorView* type_row, Index seq) {
+  const char* op = "add_positions";
+  check_view(x, op, "x");
+  check_view(positions, op, "positions");
+  WEGEFT_CHECK(seq > 0 && x.rows % seq == 0 && seq <= positions.rows && positions.cols == x.cols,
+               op << ": x " << x.describe() << " in sequences of " << seq << " with positions "
+                  << positions.describe());
+  check_same_dtype(positions, x, op, "positions");
+  if (type_row) {
+    check_view(*type_row, op, "type_row");
+    check_shape(*type_row, 1, x.cols, op, "type_row");
+    check_same_dtype(*type_row, x, op, "type_row");
+  }
+  detail::launch_add_positions(ctx.stream(), mat(x), mat(positions),
+                               type_row ? type_row->data : nullptr, seq);
+  detail::check_launch(op);
+}
+
+void add_column_sums(Context& ctx, const TensorView& sums, const TensorView& x) {
+  const char* op = "add_column_sums";
+  check_view(x, op, "x");
+  check_stats(sums, 1, x.cols, op, "sums");
+  detail::launch_add_column_sums(ctx.stream(), floats(sums), mat(x));
+  detail::check_launch(op);
+}
+
 void rmsnorm_backward(Context& ctx, const TensorView& dx, const TensorView& dout,
                       const TensorView& x, const TensorView& weight, const TensorView& rstd) {
   const char* op = "rmsnorm_backward";
@@ -179,6 +288,18 @@ void cross_entropy(Context& ctx, const TensorView* dlogits, const TensorView& lo
   WEGEFT_CHECK(std::isfinite(scale), op << ": scale " << scale);
   detail::launch_cross_entropy(ctx.stream(), d, floats(losses), mat(logits),
                                targets.data<std::int32_t>(), ignore_index, scale);
+  detail::check_launch(op);
+}
+
+void argmax_rows(Context& ctx, const TensorView& ids, const TensorView& x) {
+  const char* op = "argmax_rows";
+  check_view(x, op, "x");
+  WEGEFT_CHECK(ids.device == Device::cuda && ids.dtype == DType::I32 && ids.rows == x.rows &&
+                   ids.cols == 1 && (ids.ld == 1 || ids.rows <= 1) && (ids.data || !ids.rows),
+               op << ": ids is " << ids.describe() << "; wanted a contiguous [" << x.rows
+                  << ", 1] I32 cuda view");
+  WEGEFT_CHECK(x.cols < (Index(1) << 31), op << ": " << x.cols << " columns do not fit an int32");
+  detail::launch_argmax_rows(ctx.stream(), static_cast<std::int32_t*>(ids.data), mat(x));
   detail::check_launch(op);
 }
 

@@ -24,12 +24,13 @@ int device_count() {
 }
 
 namespace {
-std::atomic<std::size_t> g_in_use{0}, g_peak{0};
+std::atomic<std::size_t> g_in_use{0}, g_peak{0}, g_allocations{0};
 
 void* allocate(std::size_t bytes) {
   void* p = nullptr;
   if (bytes == 0) return p;
   WEGEFT_CUDA_CHECK(cudaMalloc(&p, bytes));
+  g_allocations.fetch_add(1);
   const std::size_t now = g_in_use.fetch_add(bytes) + bytes;
   std::size_t peak = g_peak.load();
   while (now > peak && !g_peak.compare_exchange_weak(peak, now)) {
@@ -51,6 +52,9 @@ std::size_t peak_device_bytes() {
 }
 void reset_peak_device_bytes() {
   g_peak.store(g_in_use.load());
+}
+std::size_t device_allocations() {
+  return g_allocations.load();
 }
 
 Context::Context(int device, bool autotune) : m_impl(std::make_unique<Impl>()) {
@@ -238,6 +242,13 @@ void upload_bytes(Context& ctx, void* device, const void* host, std::size_t byte
   if (bytes)
     WEGEFT_CUDA_CHECK(
         cudaMemcpyAsync(device, host, bytes, cudaMemcpyHostToDevice, ctx.impl().stream));
+  ctx.synchronize();
+}
+
+void download_bytes(Context& ctx, void* host, const void* device, std::size_t bytes) {
+  if (bytes)
+    WEGEFT_CUDA_CHECK(
+        cudaMemcpyAsync(host, device, bytes, cudaMemcpyDeviceToHost, ctx.impl().stream));
   ctx.synchronize();
 }
 

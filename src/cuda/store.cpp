@@ -12,7 +12,8 @@ DeviceStore::DeviceStore(Context& ctx, const ParameterStore<float>& host)
     : m_host(&host),
       m_size(host.size()),
       m_values(static_cast<std::size_t>(host.size()) * sizeof(float)),
-      m_grads(static_cast<std::size_t>(host.size()) * sizeof(float)) {
+      m_grads(static_cast<std::size_t>(host.size()) * sizeof(float)),
+      m_norm(sizeof(double)) {
   upload(ctx, host);
   zero_grad(ctx);
 }
@@ -84,19 +85,43 @@ void AdamW::step(Context& ctx, DeviceStore& store, double lr) {
                static_cast<float*>(m_v.data()), store.grads(), store.size(), c);
 }
 
+wegeft::AdamW<float>::State AdamW::state(Context& ctx) const {
+  wegeft::AdamW<float>::State s;
+  s.step = m_step;
+  const std::size_t n = m_m.bytes() / sizeof(float);
+  s.m.resize(n);
+  s.v.resize(n);
+  download_floats(ctx, s.m.data(), static_cast<const float*>(m_m.data()), n);
+  download_floats(ctx, s.v.data(), static_cast<const float*>(m_v.data()), n);
+  return s;
+}
+
+void AdamW::set_state(Context& ctx, const wegeft::AdamW<float>::State& state) {
+  WEGEFT_CHECK(state.m.size() == state.v.size() && state.step >= 0,
+               "AdamW state has " << state.m.size() << " first and " << state.v.size()
+                                  << " second moments at step " << state.step);
+  const std::size_t bytes = state.m.size() * sizeof(float);
+  if (m_m.bytes() != bytes) {
+    m_m = Buffer(bytes);
+    m_v = Buffer(bytes);
+  }
+  upload_floats(ctx, static_cast<float*>(m_m.data()), state.m.data(), state.m.size());
+  upload_floats(ctx, static_cast<float*>(m_v.data()), state.v.data(), state.v.size());
+  m_step = state.step;
+}
+
 }  // namespace wegeft::cuda
 
 namespace wegeft::cuda {
 
 double clip_grad_norm(Context& ctx, DeviceStore& store, double max_norm) {
   WEGEFT_CHECK(max_norm > 0, "clip_grad_norm needs max_norm > 0, got " << max_norm);
-  Buffer sum(sizeof(double));
-  detail::launch_sum_squares(ctx.stream(), static_cast<double*>(sum.data()), store.grads(),
-                             store.size());
+  auto* sum = static_cast<double*>(store.m_norm.data());
+  detail::launch_sum_squares(ctx.stream(), sum, store.grads(), store.size());
   detail::check_launch("sum_squares");
   double ss = 0;
   WEGEFT_CUDA_CHECK(
-      cudaMemcpyAsync(&ss, sum.data(), sizeof(double), cudaMemcpyDeviceToHost, ctx.impl().stream));
+      cudaMemcpyAsync(&ss, sum, sizeof(double), cudaMemcpyDeviceToHost, ctx.impl().stream));
   ctx.synchronize();
   const double norm = std::sqrt(ss);
   WEGEFT_CHECK(std::isfinite(norm),

@@ -124,6 +124,74 @@ void launch_cross_entropy(void* stream, Mat dlogits, float* loss, Mat logits,
   });
 }
 
+void launch_argmax_rows(void* stream, std::int32_t* ids, Mat x) {
+  if (x.rows == 0) return;
+  dispatch(x.bf16, [&](auto t) {
+    using T = decltype(t);
+    kernels::
+        argmax_rows<<<static_cast<unsigned>(x.rows), kernels::kRowThreads, 0, as_stream(stream)>>>(
+            ids, ptr<T>(x), x.ld, x.cols);
+  });
+}
+
+void launch_layernorm_forward(void* stream, Mat out, float* mean, float* rstd, Mat x, Mat w, Mat b,
+                              float eps) {
+  if (x.rows == 0) return;
+  dispatch(x.bf16, [&](auto t) {
+    using T = decltype(t);
+    kernels::layernorm_forward<<<static_cast<unsigned>(x.rows), kernels::kRowThreads, 0,
+                                 as_stream(stream)>>>(ptr<T>(out), out.ld, mean, rstd, ptr<T>(x),
+                                                      x.ld, ptr<T>(w), ptr<T>(b), x.cols, eps);
+  });
+}
+
+void launch_layernorm_backward(void* stream, Mat dx, Mat dout, Mat x, Mat w, const float* mean,
+                               const float* rstd) {
+  if (x.rows == 0) return;
+  dispatch(x.bf16, [&](auto t) {
+    using T = decltype(t);
+    kernels::layernorm_backward<<<static_cast<unsigned>(x.rows), kernels::kRowThreads, 0,
+                                  as_stream(stream)>>>(
+        ptr<T>(dx), dx.ld, ptr<T>(dout), dout.ld, ptr<T>(x), x.ld, ptr<T>(w), mean, rstd, x.cols);
+  });
+}
+
+void launch_activation_forward(void* stream, Mat out, Mat x, int kind) {
+  if (x.rows == 0 || x.cols == 0) return;
+  dispatch(x.bf16, [&](auto t) {
+    using T = decltype(t);
+    kernels::activation_forward<<<grid_2d(x.rows, x.cols), kThreads, 0, as_stream(stream)>>>(
+        ptr<T>(out), out.ld, ptr<T>(x), x.ld, x.rows, x.cols, kind);
+  });
+}
+
+void launch_activation_backward(void* stream, Mat dx, Mat dout, Mat in, int kind) {
+  if (in.rows == 0 || in.cols == 0) return;
+  dispatch(in.bf16, [&](auto t) {
+    using T = decltype(t);
+    kernels::activation_backward<<<grid_2d(in.rows, in.cols), kThreads, 0, as_stream(stream)>>>(
+        ptr<T>(dx), dx.ld, ptr<T>(dout), dout.ld, ptr<T>(in), in.ld, in.rows, in.cols, kind);
+  });
+}
+
+void launch_add_positions(void* stream, Mat x, Mat pos, const void* type, std::int64_t seq) {
+  if (x.rows == 0 || x.cols == 0) return;
+  dispatch(x.bf16, [&](auto t) {
+    using T = decltype(t);
+    kernels::add_positions<<<grid_2d(x.rows, x.cols), kThreads, 0, as_stream(stream)>>>(
+        ptr<T>(x), x.ld, ptr<T>(pos), pos.ld, static_cast<const T*>(type), x.rows, seq, x.cols);
+  });
+}
+
+void launch_add_column_sums(void* stream, float* sums, Mat x) {
+  if (x.cols == 0) return;
+  dispatch(x.bf16, [&](auto t) {
+    using T = decltype(t);
+    kernels::add_column_sums<<<static_cast<unsigned>((x.cols + kThreads - 1) / kThreads), kThreads,
+                               0, as_stream(stream)>>>(sums, ptr<T>(x), x.ld, x.rows, x.cols);
+  });
+}
+
 namespace {
 kernels::AttentionArgs args_of(const AttentionLaunch& a) {
   return {a.batch,

@@ -37,4 +37,41 @@ inline double grad_tol(wegeft::DType t) {
 
 inline const float kNaN = std::numeric_limits<float>::quiet_NaN();
 
+/// Gives every trainable value of m a random value in [-0.2, 0.2] (LoRA's B = 0 would hide half
+/// the gradients) and, for BF16, rounds those and every frozen tensor to bf16, so that the CPU
+/// model and a BF16 GPU model start from the same numbers.
+inline void randomise_and_round(wegeft::Transformer<float>& m, wegeft::DType dtype,
+                                wegeft::Rng& rng) {
+  for (float& v : m.store().values()) v = 0.2f * (2.0f * static_cast<float>(rng.uniform()) - 1.0f);
+  if (dtype != wegeft::DType::BF16) return;
+  // In place (an expression, not a temporary that Eigen would move in): the adapters' frozen
+  // views point at these tensors' storage.
+  const auto round = [](float v) { return wegeft::bf16_to_float(wegeft::float_to_bf16(v)); };
+  for (auto& [name, t] : m.tensors()) m.tensor(name) = t.unaryExpr(round);
+  for (float& v : m.store().values()) v = round(v);
+}
+
+/// A store holding a copy of `from`'s gradients (same layout).
+inline wegeft::ParameterStore<float> gradients_of(const wegeft::ParameterStore<float>& from) {
+  wegeft::ParameterStore<float> out;
+  for (const auto& e : from.entries()) out.add(e.name, e.rows, e.cols);
+  std::copy(from.grads().begin(), from.grads().end(), out.grads().begin());
+  return out;
+}
+
+/// Every gradient of `got` within tol of `want`'s, relative to the largest value of each.
+inline void check_gradients(const wegeft::ParameterStore<float>& want,
+                            const wegeft::ParameterStore<float>& got, double tol) {
+  REQUIRE(want.entries().size() == got.entries().size());
+  for (std::size_t i = 0; i < want.entries().size(); ++i) {
+    const wegeft::ParamId id{i};
+    INFO(want.entry(id).name);
+    const wegeft::Matrix<double> w = want.grad(id).cast<double>();
+    const wegeft::Matrix<double> g = got.grad(id).cast<double>();
+    REQUIRE(g.allFinite());
+    REQUIRE(w.cwiseAbs().maxCoeff() > 0);
+    CHECK((g - w).cwiseAbs().maxCoeff() / w.cwiseAbs().maxCoeff() < tol);
+  }
+}
+
 }  // namespace wt::cuda

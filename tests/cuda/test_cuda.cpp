@@ -82,9 +82,11 @@ TEST_CASE("cuda device memory counters follow every allocation, move and release
   CHECK(before >= std::size_t(32) << 20);
   cu::reset_peak_device_bytes();
   CHECK(cu::peak_device_bytes() == before);
+  const std::size_t calls = cu::device_allocations();
   {
     cu::Buffer a(12345);
     CHECK(cu::device_bytes_in_use() == before + 12345);
+    CHECK(cu::device_allocations() == calls + 1);
     cu::Tensor t(DType::BF16, 10, 7);  // 140 bytes
     CHECK(cu::device_bytes_in_use() == before + 12345 + 140);
     cu::Buffer b(std::move(a));  // a move holds the same memory, counted once
@@ -93,6 +95,7 @@ TEST_CASE("cuda device memory counters follow every allocation, move and release
     c = std::move(b);  // c's 1000 bytes are released
     CHECK(cu::device_bytes_in_use() == before + 12345 + 140);
     CHECK(cu::peak_device_bytes() == before + 12345 + 140 + 1000);
+    CHECK(cu::device_allocations() == calls + 3);  // a, t and c; the moves allocate nothing
   }
   CHECK(cu::device_bytes_in_use() == before);
   CHECK(cu::peak_device_bytes() == before + 12345 + 140 + 1000);

@@ -1,14 +1,19 @@
 // The whole Llama-family training step on the GPU (cuda::CausalLM) against the CPU model
 // (Transformer<float>) on the same weights and batch: the loss and every adapter gradient, LoRA
 // and WeGeFT on every linear, a padded batch with ignored targets, tied and untied LM heads; and
-// a 25-step AdamW run whose losses track the CPU run's. F32 on the GPU is full fp32 (tolerances
-// 1e-4 relative to the largest value of each gradient); BF16 rounds every activation, so its
-// tolerances are 2e-2 on the loss and 8e-2 on the gradients, with the CPU model given the same
-// bf16-rounded weights.
+// a 25-step AdamW run whose losses track the CPU run's; a steady-state step that allocates no
+// device memory; a run checkpointed and resumed on either backend. F32 on the GPU is full fp32
+// (tolerances 1e-4 relative to the largest value of each gradient); BF16 rounds every activation,
+// so its tolerances are 2e-2 on the loss and 8e-2 on the gradients, with the CPU model given the
+// same bf16-rounded weights.
 #include "support_cuda.hpp"
 
+#include <wegeft/io/checkpoint.hpp>
 #include <wegeft/optim/adamw.hpp>
 
+#include <cmath>
+#include <filesystem>
+#include <random>
 #include <vector>
 
 namespace {
@@ -19,10 +24,6 @@ using wegeft::Matrix;
 namespace cu = wegeft::cuda;
 
 using wt::cuda::context;
-
-float bf16_round(float v) {
-  return wegeft::bf16_to_float(wegeft::float_to_bf16(v));
-}
 
 wegeft::ModelConfig small_llama(bool tied) {
   wegeft::ModelConfig c = wegeft::ModelConfig::tiny(wegeft::Family::llama);
@@ -45,12 +46,7 @@ std::unique_ptr<wegeft::Transformer<float>> host_model(bool tied, int method, DT
   m->init_random(rng, 0.15);
   m->attach({.target_modules = {"q", "k", "v", "o", "gate", "up", "down"},
              .method = wt::method_config(method, 4, 8.0)});
-  for (float& v : m->store().values()) v = 0.2f * (2.0f * static_cast<float>(rng.uniform()) - 1.0f);
-  if (dtype == DType::BF16) {
-    for (auto& [name, t] : m->tensors())
-      m->tensor(name) = t.unaryExpr([](float v) { return bf16_round(v); });
-    for (float& v : m->store().values()) v = bf16_round(v);
-  }
+  wt::cuda::randomise_and_round(*m, dtype, rng);
   return m;
 }
 
@@ -109,25 +105,28 @@ TEST_CASE("cuda CausalLM step: the loss and every adapter gradient equal the CPU
       auto host = host_model(tied, method, dtype, rng);
       const Batch b = batch_of(host->config().vocab_size, rng);
       const double cpu_loss = cpu_step(*host, b);
-      wegeft::ParameterStore<float> want;  // the CPU gradients, kept
-      for (const auto& e : host->store().entries()) want.add(e.name, e.rows, e.cols);
-      std::copy(host->store().grads().begin(), host->store().grads().end(), want.grads().begin());
+      const wegeft::ParameterStore<float> want = wt::cuda::gradients_of(host->store());
 
       cu::CausalLM gpu(ctx, *host, dtype);
+      if (dtype == DType::F32) {  // greedy tokens: the CPU logits' argmax at every position
+        REQUIRE(gpu.eval_loss(gpu_batch(b)) == Approx(cpu_loss).epsilon(1e-5));
+        wegeft::Transformer<float>::Activations acts;
+        host->forward(acts,
+                      {.ids = b.ids.data(), .mask = b.mask.data(), .batch = b.batch, .seq = b.seq});
+        const std::vector<std::int32_t> greedy = gpu.greedy_tokens();
+        REQUIRE(greedy.size() == static_cast<std::size_t>(acts.logits.rows()));
+        for (Index i = 0; i < acts.logits.rows(); ++i) {
+          Index arg = 0;
+          acts.logits.row(i).maxCoeff(&arg);
+          CHECK(greedy[static_cast<std::size_t>(i)] == arg);
+        }
+      }
       const double gpu_loss = gpu.train_step(gpu_batch(b));
       const double loss_tol = dtype == DType::F32 ? 1e-5 : 2e-2;
       CHECK(std::abs(gpu_loss - cpu_loss) / cpu_loss < loss_tol);
       gpu.store().download(ctx, host->store(), true);
       const double tol = dtype == DType::F32 ? 1e-4 : 8e-2;
-      for (std::size_t i = 0; i < want.entries().size(); ++i) {
-        const wegeft::ParamId id{i};
-        INFO(want.entry(id).name);
-        const Matrix<double> w = want.grad(id).cast<double>();
-        const Matrix<double> g = host->store().grad(id).cast<double>();
-        REQUIRE(g.allFinite());
-        REQUIRE(w.cwiseAbs().maxCoeff() > 0);
-        CHECK((g - w).cwiseAbs().maxCoeff() / w.cwiseAbs().maxCoeff() < tol);
-      }
+      wt::cuda::check_gradients(want, host->store(), tol);
     }
   }
 }
@@ -173,4 +172,129 @@ TEST_CASE("cuda CausalLM refuses what it does not run, naming it", "[cuda][model
   b.ids[4] = 101;
   CHECK_THROWS_WITH(gpu.train_step(gpu_batch(b)),
                     Catch::Contains("token id 101 at position 4 is outside the vocabulary of 101"));
+  b.ids[4] = 7;
+  gpu.train_step(gpu_batch(b));
+  CHECK_THROWS_WITH(gpu.greedy_tokens(), Catch::Contains("run eval_loss first"));
+}
+
+TEST_CASE("cuda CausalLM: a steady-state training step and an evaluation allocate no device memory",
+          "[cuda][model]") {
+  auto& ctx = context();
+  wegeft::Rng rng(53);
+  auto host = host_model(false, 0, DType::BF16, rng);
+  cu::CausalLM gpu(ctx, *host, DType::BF16);
+  cu::AdamW opt({.lr = 1e-3});
+  const Batch b = batch_of(host->config().vocab_size, rng);
+  auto full_step = [&] {  // as `wegeft finetune --device cuda` runs one
+    const double loss = gpu.train_step(gpu_batch(b));
+    const double norm = cu::clip_grad_norm(ctx, gpu.store(), 1.0);
+    opt.step(ctx, gpu.store());
+    gpu.store().zero_grad(ctx);
+    gpu.refresh();
+    return std::isfinite(loss) && std::isfinite(norm) && norm > 0;
+  };
+  for (int warm = 0; warm < 2; ++warm) REQUIRE(full_step());  // plans, tuning, AdamW's moments
+  REQUIRE(std::isfinite(gpu.eval_loss(gpu_batch(b))));
+  const std::size_t before = cu::device_allocations(), bytes = cu::device_bytes_in_use();
+  for (int step = 0; step < 3; ++step) {
+    REQUIRE(full_step());
+    REQUIRE(std::isfinite(gpu.eval_loss(gpu_batch(b))));
+  }
+  CHECK(cu::device_allocations() == before);
+  CHECK(cu::device_bytes_in_use() == bytes);
+}
+
+TEST_CASE(
+    "cuda CausalLM: a GPU run saved with save_checkpoint resumes exactly on the GPU and closely "
+    "on the CPU",
+    "[cuda][model]") {
+  namespace fs = std::filesystem;
+  auto& ctx = context();
+  wegeft::Rng rng(61);
+  auto straight = host_model(false, 1, DType::F32, rng);
+  // Three more hosts with the same frozen weights and adapter start as `straight`.
+  auto copy_of = [&](wegeft::Transformer<float>& from) {
+    auto m = host_model(false, 1, DType::F32, rng);
+    for (auto& [name, t] : from.tensors()) m->tensor(name) = t;
+    std::copy(from.store().values().begin(), from.store().values().end(),
+              m->store().values().begin());
+    return m;
+  };
+  auto first = copy_of(*straight), gpu_resumed = copy_of(*straight),
+       cpu_resumed = copy_of(*straight);
+  std::vector<Batch> batches;
+  for (int i = 0; i < 6; ++i) batches.push_back(batch_of(straight->config().vocab_size, rng));
+  const wegeft::AdamWConfig config{.lr = 3e-3};
+  auto gpu_steps = [&](cu::CausalLM& lm, cu::AdamW& opt, int from, int to) {
+    std::vector<double> losses;
+    for (int i = from; i < to; ++i) {
+      losses.push_back(lm.train_step(gpu_batch(batches[static_cast<std::size_t>(i)])));
+      opt.step(ctx, lm.store());
+      lm.store().zero_grad(ctx);
+      lm.refresh();
+    }
+    return losses;
+  };
+
+  cu::CausalLM lm_straight(ctx, *straight, DType::F32);
+  cu::AdamW opt_straight(config);
+  const std::vector<double> want = gpu_steps(lm_straight, opt_straight, 0, 6);
+  lm_straight.store().download(ctx, straight->store());
+  const wegeft::AdamW<float>::State want_state = opt_straight.state(ctx);
+  REQUIRE(want_state.step == 6);
+  REQUIRE(want_state.m.size() == static_cast<std::size_t>(straight->store().size()));
+
+  // Three steps, then the values and the optimizer state through a checkpoint file.
+  const fs::path file =
+      fs::temp_directory_path() /
+      ("wegeft-cuda-ckpt-" + std::to_string(std::random_device{}()) + ".safetensors");
+  {
+    cu::CausalLM lm(ctx, *first, DType::F32);
+    cu::AdamW opt(config);
+    gpu_steps(lm, opt, 0, 3);
+    lm.store().download(ctx, first->store());
+    wegeft::AdamW<float> host_opt(config);
+    host_opt.set_state(opt.state(ctx));
+    wegeft::save_checkpoint(file.string(), *first, first->store(), host_opt);
+  }
+
+  // Resumed on the GPU as `wegeft finetune --resume --device cuda` does: the device model is
+  // built first, then the checkpoint loaded into the host and uploaded.
+  cu::CausalLM lm(ctx, *gpu_resumed, DType::F32);
+  wegeft::AdamW<float> loaded(config);
+  wegeft::load_checkpoint(file.string(), *gpu_resumed, gpu_resumed->store(), loaded);
+  cu::AdamW opt(config);
+  lm.store().upload(ctx, gpu_resumed->store());
+  opt.set_state(ctx, loaded.state());
+  lm.refresh();
+  const std::vector<double> got = gpu_steps(lm, opt, 3, 6);
+  lm.store().download(ctx, gpu_resumed->store());
+  for (int i = 0; i < 3; ++i)
+    CHECK(got[static_cast<std::size_t>(i)] == want[static_cast<std::size_t>(i) + 3]);
+  CHECK(std::equal(gpu_resumed->store().values().begin(), gpu_resumed->store().values().end(),
+                   straight->store().values().begin()));
+  const wegeft::AdamW<float>::State got_state = opt.state(ctx);
+  CHECK(got_state.step == 6);
+  CHECK(got_state.m == want_state.m);
+  CHECK(got_state.v == want_state.v);
+
+  // Resumed on the CPU: the same file, the host model's step and optimizer.
+  wegeft::AdamW<float> cpu_opt(config);
+  wegeft::load_checkpoint(file.string(), *cpu_resumed, cpu_resumed->store(), cpu_opt);
+  fs::remove(file);
+  CHECK(cpu_opt.state().step == 3);
+  for (int i = 3; i < 6; ++i) {
+    const double loss = cpu_step(*cpu_resumed, batches[static_cast<std::size_t>(i)]);
+    cpu_opt.step(cpu_resumed->store().values(), cpu_resumed->store().grads());
+    INFO("step " << i << ": cpu " << loss << ", gpu " << want[static_cast<std::size_t>(i)]);
+    CHECK(std::abs(loss - want[static_cast<std::size_t>(i)]) / loss < 1e-4);
+  }
+  double worst = 0, largest = 0;
+  for (Index i = 0; i < straight->store().size(); ++i) {
+    const auto u = static_cast<std::size_t>(i);
+    worst = std::max(
+        worst, double(std::abs(cpu_resumed->store().values()[u] - straight->store().values()[u])));
+    largest = std::max(largest, double(std::abs(straight->store().values()[u])));
+  }
+  CHECK(worst / largest < 1e-4);
 }

@@ -1,6 +1,7 @@
 // The transformer's GPU ops (cuda/nn.hpp) against their CPU twins run in double on the same
-// (dtype-rounded) inputs: RMSNorm, RoPE, SwiGLU, the residual add, the embedding gather,
-// cross-entropy and attention (causal and bidirectional, grouped-query, padded, a sequence with
+// (dtype-rounded) inputs: RMSNorm, LayerNorm, RoPE, SwiGLU, GELU (both forms), tanh, the residual
+// add, the position add, column sums, the embedding gather,
+// cross-entropy, the rows' argmax (exact) and attention (causal and bidirectional, grouped-query, padded, a sequence with
 // no visible key), on odd sizes and strided views. Errors are relative to the largest reference
 // value (max_rel): F32 storage 2e-5; BF16 storage 1e-2 on outputs, 2e-2 on gradients (bf16
 // rounding of the stored results and of the inputs of the later products).
@@ -85,6 +86,112 @@ TEST_CASE("cuda rmsnorm forward and backward equal the CPU op in double", "[cuda
   CHECK_THROWS_WITH(
       cu::rmsnorm_forward(ctx, x.view(), r.view(), x.view(), w.view(), 1e-5f),
       Catch::Contains("rmsnorm_forward: weight is [1, 5]") && Catch::Contains("wanted [1, 6]"));
+}
+
+TEST_CASE("cuda layernorm forward and backward equal the CPU op in double", "[cuda][nn]") {
+  auto& ctx = context();
+  wegeft::Rng rng(24);
+  const Index n = 37, c = 385;  // more columns than a block has threads
+  for (DType dt : {DType::F32, DType::BF16}) {
+    INFO(wegeft::dtype_name(dt));
+    // an offset mean, as a residual stream has, so the centring matters
+    const Matrix<float> x = rounded((random_matrix<float>(n, c, rng).array() + 3.0f).matrix(), dt);
+    const Matrix<float> w = rounded(random_matrix<float>(1, c, rng), dt);
+    const Matrix<float> b = rounded(random_matrix<float>(1, c, rng), dt);
+    const Matrix<float> g = rounded(random_matrix<float>(n, c, rng), dt);
+    auto xd = strided(ctx, x, dt), wd = strided(ctx, w, dt), bd = strided(ctx, b, dt);
+    auto gd = strided(ctx, g, dt);
+    auto out = empty(ctx, n, c, dt);
+    cu::Tensor mean(DType::F32, n, 1), rstd(DType::F32, n, 1);
+    cu::layernorm_forward(ctx, out.v, mean.view(), rstd.view(), xd.v, wd.v, bd.v, 1e-12f);
+    cu::layernorm_backward(ctx, gd.v, gd.v, xd.v, wd.v, mean.view(), rstd.view());  // in place
+
+    Matrix<double> X = d(x), W = d(w), B = d(b), G = d(g), ref(n, c), rm(n, 1), rr(n, 1);
+    Matrix<double> dref(n, c);
+    wegeft::layernorm_forward(ref.data(), rm.data(), rr.data(), X.data(), W.data(), B.data(), n, c,
+                              1e-12);
+    wegeft::layernorm_backward<double>(dref.data(), nullptr, nullptr, G.data(), X.data(), W.data(),
+                                       rm.data(), rr.data(), n, c);
+    CHECK(max_rel(cu::download(ctx, out.v), ref) < out_tol(dt));
+    CHECK(max_rel(cu::download(ctx, mean.view()), rm) < 2e-6);
+    CHECK(max_rel(cu::download(ctx, rstd.view()), rr) < 2e-5);
+    CHECK(max_rel(cu::download(ctx, gd.v), dref) < grad_tol(dt));
+  }
+  cu::Tensor x(DType::F32, 4, 6), w(DType::F32, 1, 6), b(DType::F32, 1, 5), m(DType::F32, 4, 1);
+  CHECK_THROWS_WITH(
+      cu::layernorm_forward(ctx, x.view(), m.view(), m.view(), x.view(), w.view(), b.view(), 1e-5f),
+      Catch::Contains("layernorm_forward: bias is [1, 5]") && Catch::Contains("wanted [1, 6]"));
+}
+
+TEST_CASE("cuda gelu (erf and tanh forms) and tanh equal the CPU ops in double", "[cuda][nn]") {
+  auto& ctx = context();
+  wegeft::Rng rng(25);
+  const Index n = 23, f = 301;
+  for (DType dt : {DType::F32, DType::BF16}) {
+    INFO(wegeft::dtype_name(dt));
+    const Matrix<float> x = rounded(6.0f * random_matrix<float>(n, f, rng), dt);
+    const Matrix<float> g = rounded(random_matrix<float>(n, f, rng), dt);
+    const Matrix<double> X = d(x), G = d(g);
+    for (auto kind : {wegeft::GeluKind::erf, wegeft::GeluKind::tanh}) {
+      INFO((kind == wegeft::GeluKind::erf ? "erf" : "tanh form"));
+      auto xd = strided(ctx, x, dt), gd = strided(ctx, g, dt);
+      auto out = empty(ctx, n, f, dt);
+      cu::gelu_forward(ctx, out.v, xd.v, kind);
+      cu::gelu_backward(ctx, gd.v, gd.v, xd.v, kind);  // in place over dout
+      Matrix<double> ref(n, f), dref(n, f);
+      wegeft::gelu_forward(ref.data(), X.data(), n * f, kind);
+      wegeft::gelu_backward(dref.data(), G.data(), X.data(), n * f, kind);
+      CHECK(max_rel(cu::download(ctx, out.v), ref) < out_tol(dt));
+      CHECK(max_rel(cu::download(ctx, gd.v), dref) < grad_tol(dt));
+    }
+    auto xd = strided(ctx, x, dt), gd = strided(ctx, g, dt);
+    auto out = empty(ctx, n, f, dt), dx = empty(ctx, n, f, dt);
+    cu::tanh_forward(ctx, out.v, xd.v);
+    Matrix<double> ref(n, f), dref(n, f);
+    wegeft::tanh_forward(ref.data(), X.data(), n * f);
+    // the backward reads the forward's output as stored (rounded to the dtype)
+    const Matrix<double> stored = d(cu::download(ctx, out.v));
+    cu::tanh_backward(ctx, dx.v, gd.v, out.v);
+    wegeft::tanh_backward(dref.data(), G.data(), stored.data(), n * f);
+    CHECK(max_rel(cu::download(ctx, out.v), ref) < out_tol(dt));
+    CHECK(max_rel(cu::download(ctx, dx.v), dref) < grad_tol(dt));
+  }
+}
+
+TEST_CASE("cuda add_positions adds each row's position and the type row; column sums accumulate",
+          "[cuda][nn]") {
+  auto& ctx = context();
+  wegeft::Rng rng(26);
+  const Index batch = 3, seq = 7, c = 45, max_pos = 11;
+  for (DType dt : {DType::F32, DType::BF16}) {
+    INFO(wegeft::dtype_name(dt));
+    const Matrix<float> x = rounded(random_matrix<float>(batch * seq, c, rng), dt);
+    const Matrix<float> pos = rounded(random_matrix<float>(max_pos, c, rng), dt);
+    const Matrix<float> type = rounded(random_matrix<float>(1, c, rng), dt);
+    auto xd = strided(ctx, x, dt), pd = strided(ctx, pos, dt), td = strided(ctx, type, dt);
+    cu::add_positions(ctx, xd.v, pd.v, &td.v, seq);
+    Matrix<double> ref = d(x);
+    wegeft::position_embedding_forward(ref.data(), d(pos).data(), batch, seq, c, max_pos);
+    ref.rowwise() += d(type).row(0);
+    CHECK(max_rel(cu::download(ctx, xd.v), ref) < out_tol(dt));
+    auto xd2 = strided(ctx, x, dt);
+    cu::add_positions(ctx, xd2.v, pd.v, nullptr, seq);
+    Matrix<double> ref2 = d(x);
+    wegeft::position_embedding_forward(ref2.data(), d(pos).data(), batch, seq, c, max_pos);
+    CHECK(max_rel(cu::download(ctx, xd2.v), ref2) < out_tol(dt));
+
+    cu::Tensor sums(DType::F32, 1, c);
+    cu::fill(ctx, sums.view(), 0.5f);
+    cu::add_column_sums(ctx, sums.view(), xd.v);
+    cu::add_column_sums(ctx, sums.view(), xd.v);  // accumulates
+    const Matrix<double> stored = d(cu::download(ctx, xd.v));
+    const Matrix<double> want =
+        (Matrix<double>::Constant(1, c, 0.5) + 2.0 * stored.colwise().sum()).eval();
+    CHECK(max_rel(cu::download(ctx, sums.view()), want) < 2e-6);
+  }
+  cu::Tensor x(DType::F32, 20, 4), p(DType::F32, 5, 4);
+  CHECK_THROWS_WITH(cu::add_positions(ctx, x.view(), p.view(), nullptr, 10),
+                    Catch::Contains("in sequences of 10"));
 }
 
 TEST_CASE("cuda rope forward and backward equal the CPU rotation in double", "[cuda][nn]") {
@@ -196,6 +303,46 @@ TEST_CASE("cuda cross-entropy: losses and gradients equal the CPU op in double, 
     cu::cross_entropy(ctx, nullptr, losses.view(), fresh.v, td, scale);
     CHECK(max_rel(cu::download(ctx, losses.view()), lref) < 2e-6);
   }
+}
+
+TEST_CASE("cuda argmax_rows gives Eigen's maxCoeff column: the first of equal values, 0 for -inf",
+          "[cuda][nn]") {
+  auto& ctx = context();
+  wegeft::Rng rng(71);
+  const float inf = std::numeric_limits<float>::infinity();
+  for (DType dt : {DType::F32, DType::BF16}) {
+    INFO(wegeft::dtype_name(dt));
+    const Index n = 37, c = 1003;
+    Matrix<float> x = rounded(random_matrix<float>(n, c, rng), dt);
+    x.row(3)(10) = x.row(3)(900) = 5.0f;  // one thread's two columns: the first wins
+    x.row(4)(44) = x.row(4)(45) = 5.0f;   // two threads' columns
+    x.row(6)(700) = x.row(6)(600) = 5.0f;
+    x.row(5).setConstant(-inf);  // nothing above -inf: column 0
+    x.row(7)(c - 1) = 5.0f;      // the last column
+    x.row(8).setConstant(0.25f);
+    auto xd = strided(ctx, x, dt);
+    cu::Buffer ids(static_cast<std::size_t>(n) * sizeof(std::int32_t));
+    cu::argmax_rows(ctx, {ids.data(), DType::I32, wegeft::Device::cuda, n, 1, 1}, xd.v);
+    std::vector<std::int32_t> got(static_cast<std::size_t>(n));
+    cu::download_bytes(ctx, got.data(), ids.data(), got.size() * sizeof(std::int32_t));
+    for (Index i = 0; i < n; ++i) {
+      Index want = 0;
+      x.row(i).maxCoeff(&want);
+      INFO("row " << i);
+      CHECK(got[static_cast<std::size_t>(i)] == want);
+    }
+    CHECK(got[3] == 10);
+    CHECK(got[4] == 44);
+    CHECK(got[6] == 600);
+    CHECK(got[5] == 0);
+    CHECK(got[7] == c - 1);
+    CHECK(got[8] == 0);
+  }
+  cu::Tensor x(DType::F32, 4, 9);
+  cu::Buffer ids(4 * sizeof(std::int32_t));
+  CHECK_THROWS_WITH(
+      cu::argmax_rows(ctx, {ids.data(), DType::F32, wegeft::Device::cuda, 4, 1, 1}, x.view()),
+      Catch::Contains("wanted a contiguous [4, 1] I32 cuda view"));
 }
 
 namespace {

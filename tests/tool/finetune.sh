@@ -9,31 +9,7 @@
 set -u
 tool=$1 make_tiny=$2 golden=$3 models=$4 work=$5
 rm -rf "$work" && mkdir -p "$work"
-passed=0 failed=0
-pass() { passed=$((passed + 1)); }
-fail() { echo "FAILED: $*"; failed=$((failed + 1)); }
-run() {  # run NAME ARGS...: must exit 0 within 300 s
-  local name=$1
-  shift
-  if ! timeout 300 "$@" >"$work/$name.out" 2>"$work/$name.err"; then
-    fail "$name: $* exited non-zero: $(tail -3 "$work/$name.err")"
-    return 1
-  fi
-  pass
-}
-# expect_error NAME PATTERN ARGS...: exit 1, one line on stderr holding PATTERN.
-expect_error() {
-  local name=$1 pattern=$2
-  shift 2
-  timeout 120 "$tool" "$@" >"$work/$name.out" 2>"$work/$name.err"
-  local rc=$?
-  if [ "$rc" -ne 1 ]; then fail "$name: exited $rc, wanted 1: $(cat "$work/$name.err")"; return; fi
-  if ! grep -q -- "$pattern" "$work/$name.err"; then fail "$name: no '$pattern' in: $(cat "$work/$name.err")"; return; fi
-  if [ "$(grep -vc '^wegeft: \(warning\|note\)' "$work/$name.err")" -ne 1 ]; then fail "$name: stderr is not one error line: $(cat "$work/$name.err")"; return; fi
-  pass
-}
-# first and last train_loss of a --log file
-losses() { sed -n 's/.*"train_loss":\([^,]*\).*/\1/p' "$1" | sed -n '1p;$p' | tr '\n' ' '; }
+source "$(dirname "$0")/lib.sh"
 falls() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(b < a) }'; }
 # mean train_loss of the first and of the last 10 reports of a --log file
 window_means() {
@@ -143,6 +119,10 @@ if [ -s "$work/lm-lora/adapter_model.safetensors" ]; then
     --iters 1 --device gpu --out "$work/device-name"
   expect_error device_cuda "built without the CUDA backend" finetune --model "$work/llama" --data "$work/lm" \
     --iters 1 --device cuda --out "$work/device-cuda"
+  expect_error eval_device_cuda "built without the CUDA backend" eval --model "$work/llama" --data "$work/lm" \
+    --split valid --device cuda
+  expect_error generate_device_name "--device must be cpu or cuda" generate --model "$work/llama" --prompt hi \
+    --device gpu
   # --precision bf16: the step in bf16 products where the CPU has AVX512-BF16 (the start line says
   # so), else fp32 with a note; the losses stay those of fp32 to bf16's precision. Other values by name.
   if run lm_bf16 "$tool" finetune --model "$work/llama" --data "$work/lm" --method lora --iters 4 --threads 1 \

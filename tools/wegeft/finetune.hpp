@@ -182,6 +182,27 @@ void for_each_batch(const text::Dataset& data, Task task, Index batch_size, std:
   }
 }
 
+/// Appends the greedy exact match of each example of `batch` to `matches`: the targets against
+/// greedy(cell), the most likely token at each target position (row-major batch x seq cell).
+/// Returns how many are correct.
+template <class G>
+std::size_t judge_batch(const text::Batch& batch, G&& greedy, const text::StopRule& stops,
+                        std::vector<text::ExactMatch>& matches) {
+  std::size_t correct = 0;
+  for (Index i = 0; i < batch.batch; ++i) {
+    std::vector<std::int32_t> want, got;
+    for (Index t = 0; t < batch.seq; ++t) {
+      const auto cell = static_cast<std::size_t>(i * batch.seq + t);
+      if (batch.targets[cell] == kIgnoreIndex) continue;
+      want.push_back(batch.targets[cell]);
+      got.push_back(greedy(cell));
+    }
+    matches.push_back(stops.judge(want, got));
+    correct += matches.back().correct ? 1 : 0;
+  }
+  return correct;
+}
+
 /// Mean loss (per target token, or per example) and, for classification, accuracy and macro F1.
 /// With `matches` (causal LM), also each example's greedy exact match against `stops`.
 inline EvalResult evaluate(Transformer<float>& model, const text::Dataset& data, Task task,
@@ -204,19 +225,14 @@ inline EvalResult evaluate(Transformer<float>& model, const text::Dataset& data,
     model.forward(acts, in);
     if (task == Task::causal_lm) {
       if (matches) {
-        for (Index i = 0; i < batch.batch; ++i) {
-          std::vector<std::int32_t> want, got;
-          for (Index t = 0; t < batch.seq; ++t) {
-            const auto cell = static_cast<std::size_t>(i * batch.seq + t);
-            if (batch.targets[cell] == kIgnoreIndex) continue;
-            Index arg = 0;
-            acts.logits.row(static_cast<Index>(cell)).maxCoeff(&arg);
-            want.push_back(batch.targets[cell]);
-            got.push_back(static_cast<std::int32_t>(arg));
-          }
-          matches->push_back(stops->judge(want, got));
-          correct += matches->back().correct ? 1 : 0;
-        }
+        correct += judge_batch(
+            batch,
+            [&](std::size_t cell) {
+              Index arg = 0;
+              acts.logits.row(static_cast<Index>(cell)).maxCoeff(&arg);
+              return static_cast<std::int32_t>(arg);
+            },
+            *stops, *matches);
       }
       if (batch.target_count == 0) return;
       total += model.lm_loss(acts, batch.targets.data()) * static_cast<double>(batch.target_count);
@@ -381,12 +397,22 @@ inline void load_head(Transformer<float>& model, const std::string& dir) {
 
 /// What the finetune loop needs from the GPU: one micro-batch (its mean loss; the optimizer
 /// steps every `accumulation` calls, after clipping), the current learning rate, the validation
-/// loss, and the adapters' values copied back into the host store (before saving).
+/// loss, the adapters' values and the optimizer's state copied into the host store and optimizer
+/// (before saving a checkpoint), and the other way (after loading one, for --resume).
 struct GpuBackend {
   std::function<double(const text::Batch&)> step;
   std::function<double()> lr;
-  std::function<EvalResult(const text::Dataset&, Index, std::int32_t, std::int64_t)> validate;
-  std::function<void()> to_host;
+  /// evaluate()'s scores on the GPU: a causal LM's loss (and exact match when matches and stops
+  /// are given), a classifier's loss, accuracy and macro-F1.
+  std::function<EvalResult(const text::Dataset&, Index, std::int32_t, std::int64_t,
+                           std::vector<text::ExactMatch>*, const text::StopRule*)>
+      validate;
+  /// The last position's logits [1, vocab] after a forward pass over one sequence (generate);
+  /// plan(batch, seq) sizes the GPU's buffers once for the longest sequence to come.
+  std::function<Matrix<float>(const std::vector<std::int32_t>&)> next_logits;
+  std::function<void(Index, Index)> plan;
+  std::function<void(AdamW<float>&)> to_host;
+  std::function<void(const AdamW<float>&)> from_host;
   std::function<double()> peak_gib;  // the device memory wegeft::cuda has held at most, in GiB
   std::string description;
 };
@@ -411,7 +437,8 @@ inline int finetune(FinetuneOptions o) {
                  o.out << ": nothing to resume (no " << kRunFile << " and " << kStateFile << ")");
     const auto saved = detail::parse_json_strict(read_text_file(run_file), run_file);
     for (const auto& [k, v] : saved.items()) {
-      if (!given.contains(k) || k == "iters") continue;
+      // The device may change: a run saved on the GPU continues on the CPU, and the other way.
+      if (!given.contains(k) || k == "iters" || k == "device") continue;
       const nlohmann::json now(given[k]);  // compared as the same json type as `saved`
       WEGEFT_CHECK(now == v, "--resume: option '" << k << "' was " << v.dump()
                                                   << " in the run being resumed, now "
@@ -443,12 +470,6 @@ inline int finetune(FinetuneOptions o) {
 #endif
   const bool on_gpu = o.device == "cuda";
   check_precision(o.precision);
-  WEGEFT_CHECK(!on_gpu || task == Task::causal_lm,
-               "--device cuda trains causal language models (the llama family); train "
-               "classification on the CPU");
-  WEGEFT_CHECK(!on_gpu || !o.resume,
-               "--device cuda cannot --resume: its optimizer state stays on the GPU and is not "
-               "saved");
   if (o.max_seq_length > static_cast<std::size_t>(cfg.max_positions)) {
     std::fprintf(stderr,
                  "wegeft: note: --max-seq-length %zu lowered to the model's %ld positions\n",
@@ -547,13 +568,15 @@ inline int finetune(FinetuneOptions o) {
           : std::to_string(gemm_threads()) + " threads (" + gemm_backend() + "), " + precision;
   auto current_lr = [&] { return gpu ? gpu->lr() : trainer.current_lr(); };
   auto validate = [&](const text::Dataset& d) {
-    return gpu ? gpu->validate(d, o.batch_size, tok.pad_id().value_or(0), o.eval_batches)
+    return gpu ? gpu->validate(d, o.batch_size, tok.pad_id().value_or(0), o.eval_batches, nullptr,
+                               nullptr)
                : evaluate(model, d, task, o.batch_size, tok.pad_id().value_or(0), o.eval_batches);
   };
 
   std::int64_t start = 0;
   if (o.resume) {
     load_checkpoint((fs::path(o.out) / kStateFile).string(), model, store, trainer.optimizer());
+    if (gpu) gpu->from_host(trainer.optimizer());
     start = trainer.optimizer_steps();
     WEGEFT_CHECK(start <= o.iters,
                  o.out << ": the saved run is at step " << start << ", past --iters " << o.iters);
@@ -591,11 +614,7 @@ inline int finetune(FinetuneOptions o) {
                   {"backend", gpu ? gpu->description : gemm_backend()},
                   {"device", o.device}});
   auto save = [&] {
-    if (gpu) {  // the adapter only: the optimizer state stays on the GPU (no --resume)
-      gpu->to_host();
-      save_adapter(model, store, o.out, o.model);
-      return;
-    }
+    if (gpu) gpu->to_host(trainer.optimizer());  // the values and the optimizer's state
     if (head_only)
       save_head(model, o.out);
     else
@@ -614,13 +633,14 @@ inline int finetune(FinetuneOptions o) {
   };
   std::int64_t cached_epoch = -1;
   std::vector<std::size_t> order;
-  double window_loss = 0, window_tokens = 0;
+  // Each step is timed alone, so validation and adapter saves stay out of tokens/s and train_s.
+  double window_loss = 0, window_tokens = 0, window_secs = 0;
   double train_total = 0;  // seconds in training steps (validation and saving left out)
   std::int64_t window_n = 0;
-  auto window_t = clock::now();
   std::optional<EvalResult> last_val;
   const std::int64_t end = o.stop_at > 0 ? std::min(o.stop_at, o.iters) : o.iters;
   for (std::int64_t step = start; step < end; ++step) {
+    const auto step_t = clock::now();
     for (Index micro = 0; micro < o.grad_accum; ++micro) {
       const std::int64_t k = step * o.grad_accum + micro;
       const std::int64_t epoch = k / batches_per_epoch, within = k % batches_per_epoch;
@@ -637,7 +657,7 @@ inline int finetune(FinetuneOptions o) {
         if (batch.target_count == 0) continue;
         loss = gpu ? gpu->step(batch) : trainer.lm_step(in, batch.targets.data());
       } else {
-        loss = trainer.classification_step(in, batch.labels.data());
+        loss = gpu ? gpu->step(batch) : trainer.classification_step(in, batch.labels.data());
       }
       WEGEFT_CHECK(std::isfinite(loss), "the training loss became " << loss << " at step "
                                                                     << step + 1 << "; lower --lr");
@@ -645,22 +665,21 @@ inline int finetune(FinetuneOptions o) {
       ++window_n;
       for (auto m : batch.mask) window_tokens += m;
     }
+    window_secs += std::chrono::duration<double>(clock::now() - step_t).count();
     const std::int64_t done = step + 1;
     const bool eval_now = valid && (done % o.eval_every == 0 || done == o.iters);
-    const double train_secs = std::chrono::duration<double>(clock::now() - window_t).count();
     if (eval_now) last_val = validate(*valid);
     if (done % o.report_every == 0 || eval_now || done == o.iters) {
-      const double secs = train_secs;
-      train_total += secs;
+      train_total += window_secs;
       const double elapsed = std::chrono::duration<double>(clock::now() - t0).count();
       progress.report(done, o.iters, window_n ? window_loss / double(window_n) : std::nan(""),
                       eval_now ? last_val : std::nullopt, current_lr(),
-                      secs > 0 ? window_tokens / secs : 0, elapsed, train_total, done == o.iters);
-      window_loss = window_tokens = 0;
+                      window_secs > 0 ? window_tokens / window_secs : 0, elapsed, train_total,
+                      done == o.iters);
+      window_loss = window_tokens = window_secs = 0;
       window_n = 0;
     }
     if (done % o.save_every == 0 || done == end) save();
-    window_t = done % o.report_every == 0 || eval_now || done == o.iters ? clock::now() : window_t;
   }
   if (start >= end) save();
   std::printf("%s: %s adapter after %lld of %lld steps%s\n", o.out.c_str(), o.method.c_str(),
@@ -682,16 +701,40 @@ inline LoadedTextModel load_adapted(const std::string& model_path, const std::st
   return tm;
 }
 
+/// eval's and generate's --device: nothing for the CPU; for "cuda", the model on GPU 0 in bf16
+/// (a llama causal LM or a bert classifier, its adapters as loaded).
+inline std::optional<GpuBackend> inference_device(Transformer<float>& model,
+                                                  const std::string& device, bool merged) {
+  WEGEFT_CHECK(device == "cpu" || device == "cuda",
+               "--device must be cpu or cuda, got '" << device << "'");
+  if (device == "cpu") return std::nullopt;
+#ifdef WEGEFT_CUDA
+  WEGEFT_CHECK(!merged,
+               "--merge runs on the CPU; leave out --device cuda (the GPU applies the "
+               "adapter as it is)");
+  return cuda_backend(model, TrainerConfig{});
+#else
+  (void)model;
+  (void)merged;
+  WEGEFT_CHECK(false,
+               "--device cuda: this wegeft was built without the CUDA backend "
+               "(configure with -DWEGEFT_ENABLE_CUDA=ON; scripts/build-cuda)");
+  return std::nullopt;
+#endif
+}
+
 inline int eval_command(const std::string& model_path, const std::string& adapter,
                         const std::string& data, const std::string& split, Index batch_size,
                         std::size_t max_seq_length, bool mask_prompt, int threads,
                         bool json = false, bool exact_match = false,
                         const std::string& predictions = "",
                         const std::vector<std::string>& stop_strings = {},
-                        const std::string& precision = "fp32", bool merge = false) {
+                        const std::string& precision = "fp32", bool merge = false,
+                        const std::string& device = "cpu") {
   if (threads > 0) set_threads(threads);
   auto tm = load_adapted(model_path, adapter);
   auto& model = tm.model();
+  std::optional<GpuBackend> gpu = inference_device(model, device, merge);
   if (merge) {  // W += the adapter's update in every adapted layer; the head stays as it is
     WEGEFT_CHECK(model.adapters() != nullptr && !model.adapters()->empty(),
                  "--merge: " << (adapter.empty() ? std::string("no --adapter given")
@@ -700,7 +743,7 @@ inline int eval_command(const std::string& model_path, const std::string& adapte
     for (auto& m : model.modules())
       if (m.adapter) std::visit([](auto& a) { a.merge(); }, *m.adapter);
   }
-  apply_precision(model, precision);
+  if (!gpu) apply_precision(model, precision);  // the GPU computes in bf16
   const Task task = model.has_classifier() ? Task::classification : Task::causal_lm;
   WEGEFT_CHECK(task == Task::classification || model.config().causal(),
                model_path << ": a " << to_string(model.config().family)
@@ -752,8 +795,10 @@ inline int eval_command(const std::string& model_path, const std::string& adapte
   }
   std::vector<text::ExactMatch> matches;
   const text::StopRule stops = text::stop_rule(*tm.tokenizer, stop_strings);
-  const auto r = evaluate(model, ds, task, batch_size, tm.tokenizer->pad_id().value_or(0), 0,
-                          exact_match ? &matches : nullptr, &stops);
+  const std::int32_t pad = tm.tokenizer->pad_id().value_or(0);
+  const auto r =
+      gpu ? gpu->validate(ds, batch_size, pad, 0, exact_match ? &matches : nullptr, &stops)
+          : evaluate(model, ds, task, batch_size, pad, 0, exact_match ? &matches : nullptr, &stops);
   const std::size_t correct = static_cast<std::size_t>(
       std::count_if(matches.begin(), matches.end(), [](const auto& m) { return m.correct; }));
   if (!predictions.empty()) {  // one JSON line per example, in the file's order
@@ -804,14 +849,16 @@ inline int generate_command(const std::string& model_path, const std::string& ad
                             const std::string& prompt, int max_tokens, double temperature,
                             double top_p, std::uint64_t seed, bool raw, int threads,
                             const std::vector<std::string>& stop_strings = {},
-                            const std::string& precision = "fp32") {
+                            const std::string& precision = "fp32",
+                            const std::string& device = "cpu") {
   if (threads > 0) set_threads(threads);
   auto tm = load_adapted(model_path, adapter);
   auto& model = tm.model();
-  apply_precision(model, precision);
-  const auto& tok = *tm.tokenizer;
   WEGEFT_CHECK(model.config().causal() && !model.has_classifier(),
                model_path << ": generation needs a causal language model");
+  std::optional<GpuBackend> gpu = inference_device(model, device, false);
+  if (!gpu) apply_precision(model, precision);  // the GPU computes in bf16
+  const auto& tok = *tm.tokenizer;
   WEGEFT_CHECK(max_tokens >= 1 && temperature >= 0 && top_p > 0 && top_p <= 1,
                "--max-tokens must be >= 1, --temperature >= 0 and --top-p in (0, 1]");
   std::string text = prompt;
@@ -829,13 +876,22 @@ inline int generate_command(const std::string& model_path, const std::string& ad
   Transformer<float>::Activations acts;
   std::vector<std::int32_t> out;
   std::string printed;
+  if (gpu)  // the buffers for the longest text to come, once
+    gpu->plan(1, std::min<Index>(model.config().max_positions,
+                                 static_cast<Index>(ids.size()) + max_tokens));
+  Matrix<float> logits;
   for (int n = 0; n < max_tokens; ++n) {
     WEGEFT_CHECK(static_cast<Index>(ids.size()) <= model.config().max_positions,
                  "the text reached the model's " << model.config().max_positions << " positions");
-    const ModelInput<float> in{
-        .ids = ids.data(), .mask = nullptr, .batch = 1, .seq = static_cast<Index>(ids.size())};
-    model.forward(acts, in);
-    const auto last = acts.logits.row(acts.logits.rows() - 1);
+    if (gpu) {
+      logits = gpu->next_logits(ids);
+    } else {
+      const ModelInput<float> in{
+          .ids = ids.data(), .mask = nullptr, .batch = 1, .seq = static_cast<Index>(ids.size())};
+      model.forward(acts, in);
+      logits = acts.logits.bottomRows(1);
+    }
+    const auto last = logits.row(0);
     std::int32_t next = 0;
     if (temperature == 0) {
       Index arg = 0;

@@ -1,10 +1,12 @@
-// `wegeft finetune --device cuda`: the causal-LM training step on the GPU (wegeft::cuda::CausalLM)
-// behind the hooks the finetune loop calls. Compiled only when the tool links wegeft::cuda.
+// `wegeft finetune / eval / generate --device cuda`: the training step on the GPU behind the hooks
+// the finetune loop calls: a llama causal LM (wegeft::cuda::CausalLM) or a BERT classifier
+// (wegeft::cuda::SequenceClassifier). Compiled only when the tool links wegeft::cuda.
 #pragma once
 
 #include <wegeft/cuda.hpp>
 
 #include <memory>
+#include <optional>
 #include <string>
 
 namespace wegeft::tool {
@@ -12,52 +14,129 @@ namespace wegeft::tool {
 inline GpuBackend cuda_backend(Transformer<float>& model, const TrainerConfig& tc) {
   struct State {
     cuda::Context ctx;
-    cuda::CausalLM lm;
+    std::optional<cuda::CausalLM> lm;
+    std::optional<cuda::SequenceClassifier> cls;
     cuda::AdamW opt;
     TrainerConfig tc;
     Index micro = 0;
-    State(Transformer<float>& m, const TrainerConfig& c)
-        : ctx(0), lm(ctx, m, DType::BF16), opt(c.adamw), tc(c) {}
+    State(Transformer<float>& m, const TrainerConfig& c) : ctx(0), opt(c.adamw), tc(c) {
+      if (m.has_classifier())
+        cls.emplace(ctx, m, DType::BF16);
+      else
+        lm.emplace(ctx, m, DType::BF16);
+    }
     double lr() const { return tc.adamw.lr * tc.schedule.multiplier(opt.steps()); }
-    static cuda::LmBatch of(const text::Batch& b) {
-      return {.ids = b.ids.data(),
-              .mask = b.mask.data(),
-              .targets = b.targets.data(),
-              .batch = b.batch,
-              .seq = b.seq};
+    cuda::DeviceStore& store() { return lm ? lm->store() : cls->store(); }
+    void refresh() {
+      if (lm)
+        lm->refresh();
+      else
+        cls->refresh();
+    }
+    double step(const text::Batch& b, bool backward, double dloss = 1.0) {
+      if (lm)
+        return lm->step({.ids = b.ids.data(),
+                         .mask = b.mask.data(),
+                         .targets = b.targets.data(),
+                         .batch = b.batch,
+                         .seq = b.seq},
+                        backward, dloss);
+      return cls->step({.ids = b.ids.data(),
+                        .mask = b.mask.data(),
+                        .labels = b.labels.data(),
+                        .batch = b.batch,
+                        .seq = b.seq},
+                       backward, dloss);
     }
   };
   WEGEFT_CHECK(cuda::device_count() > 0, "--device cuda: the CUDA driver reports no GPU");
+  WEGEFT_CHECK(model.has_classifier() ? model.config().family == Family::bert
+                                      : model.config().family == Family::llama,
+               "--device cuda runs llama-family causal LMs and bert-family classifiers; this is a "
+                   << to_string(model.config().family)
+                   << (model.has_classifier() ? " classifier" : " causal LM")
+                   << " (run it on the CPU)");
   auto s = std::make_shared<State>(model, tc);
+  const Task task = model.has_classifier() ? Task::classification : Task::causal_lm;
   GpuBackend g;
   g.description = s->ctx.description() + ", bf16";
   g.step = [s](const text::Batch& b) {
     // Each micro-batch contributes 1/accumulation of its mean-loss gradient (as the CPU Trainer).
-    const double loss =
-        s->lm.step(State::of(b), true, 1.0 / static_cast<double>(s->tc.accumulation));
+    const double loss = s->step(b, true, 1.0 / static_cast<double>(s->tc.accumulation));
     if (++s->micro < s->tc.accumulation) return loss;
     s->micro = 0;
-    if (s->tc.max_grad_norm > 0) cuda::clip_grad_norm(s->ctx, s->lm.store(), s->tc.max_grad_norm);
-    s->opt.step(s->ctx, s->lm.store(), s->lr());
-    s->lm.store().zero_grad(s->ctx);
-    s->lm.refresh();
+    if (s->tc.max_grad_norm > 0) cuda::clip_grad_norm(s->ctx, s->store(), s->tc.max_grad_norm);
+    s->opt.step(s->ctx, s->store(), s->lr());
+    s->store().zero_grad(s->ctx);
+    s->refresh();
     return loss;
   };
   g.lr = [s] { return s->lr(); };
-  g.validate = [s](const text::Dataset& data, Index batch_size, std::int32_t pad,
-                   std::int64_t max_batches) {
+  g.validate = [s, task](const text::Dataset& data, Index batch_size, std::int32_t pad,
+                         std::int64_t max_batches, std::vector<text::ExactMatch>* matches,
+                         const text::StopRule* stops) {
+    WEGEFT_CHECK(!matches || stops, "evaluate: exact match needs a stop rule");
+    WEGEFT_CHECK(!matches || task == Task::causal_lm, "exact match scores a causal LM");
     EvalResult r;
     double total = 0;
-    for_each_batch(
-        data, Task::causal_lm, batch_size, pad, max_batches, [&](const text::Batch& batch) {
-          if (batch.target_count == 0) return;
-          total += s->lm.eval_loss(State::of(batch)) * static_cast<double>(batch.target_count);
-          r.count += batch.target_count;
-        });
+    std::size_t correct = 0;
+    std::optional<Confusion> confusion;
+    if (matches) matches->clear();
+    for_each_batch(data, task, batch_size, pad, max_batches, [&](const text::Batch& batch) {
+      if (task == Task::classification) {
+        total += s->step(batch, false) * static_cast<double>(batch.batch);
+        const Matrix<float> logits = s->cls->logits();
+        if (!confusion) confusion.emplace(logits.cols());
+        for (Index i = 0; i < batch.batch; ++i) {
+          Index arg = 0;
+          logits.row(i).maxCoeff(&arg);
+          confusion->add(batch.labels[static_cast<std::size_t>(i)], arg);
+        }
+        r.count += static_cast<std::size_t>(batch.batch);
+        return;
+      }
+      if (batch.target_count == 0 && !matches) return;
+      const double loss = s->step(batch, false);
+      if (matches) {
+        const std::vector<std::int32_t> greedy = s->lm->greedy_tokens();
+        correct += judge_batch(
+            batch, [&](std::size_t cell) { return greedy[cell]; }, *stops, *matches);
+      }
+      total += loss * static_cast<double>(batch.target_count);
+      r.count += batch.target_count;
+    });
     r.loss = r.count ? total / static_cast<double>(r.count) : std::nan("");
+    if (confusion && confusion->total()) {
+      r.accuracy = confusion->accuracy();
+      r.macro_f1 = confusion->macro_f1();
+    }
+    if (matches && !matches->empty())
+      r.exact_match = static_cast<double>(correct) / static_cast<double>(matches->size());
     return r;
   };
-  g.to_host = [s, &model] { s->lm.store().download(s->ctx, model.store()); };
+  g.next_logits = [s](const std::vector<std::int32_t>& ids) {
+    WEGEFT_CHECK(s->lm, "generation needs a causal language model");
+    const std::vector<std::int32_t> targets(ids.size(), kIgnoreIndex);
+    const auto n = static_cast<Index>(ids.size());
+    s->lm->eval_loss({.ids = ids.data(), .targets = targets.data(), .batch = 1, .seq = n});
+    const TensorView all = s->lm->logits();
+    return cuda::download(s->ctx, all.block(n - 1, 0, 1, all.cols));
+  };
+  g.plan = [s](Index batch, Index seq) {
+    if (s->lm)
+      s->lm->plan(batch, seq);
+    else
+      s->cls->plan(batch, seq);
+  };
+  g.to_host = [s, &model](AdamW<float>& opt) {
+    s->store().download(s->ctx, model.store());
+    opt.set_state(s->opt.state(s->ctx));
+  };
+  g.from_host = [s, &model](const AdamW<float>& opt) {
+    s->store().upload(s->ctx, model.store());
+    s->opt.set_state(s->ctx, opt.state());
+    s->refresh();
+  };
   g.peak_gib = [] { return static_cast<double>(cuda::peak_device_bytes()) / double(1 << 30); };
   return g;
 }

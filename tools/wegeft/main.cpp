@@ -44,11 +44,11 @@ commands:
       Fine-tune MODEL (a Hugging Face folder or a GGUF file) on DIR/train.jsonl (validated on
       DIR/valid.jsonl) as a causal LM or a classifier; writes the adapter to --out.
   generate --model PATH [--adapter DIR] --prompt TEXT [--max-tokens N] [--temperature T]
-      Text from a causal LM, with a fine-tuned adapter or without.
+      Text from a causal LM, with a fine-tuned adapter or without (--device cuda: on the GPU).
   eval --model PATH [--adapter DIR [--merge]] --data DIR [--exact-match] [--predictions FILE]
       Loss and perplexity (causal LM; --exact-match: the share of completions greedy decoding
       reproduces) or loss, accuracy and macro-F1 (classifier) on DIR/test.jsonl (--json: one
-      JSON line).
+      JSON line; --device cuda: on the GPU).
   inspect PATH
       Tensors (name, dtype, shape), parameter counts and metadata of a .safetensors file, a
       .gguf file, a Hugging Face checkpoint directory or an adapter directory (its config too).
@@ -255,6 +255,12 @@ int run_cli11(const std::string& cmd, const std::vector<std::string>& args) {
       ->capture_default_str();
   app.add_option("--config", config,
                  "a JSON file of options (keys as the long options, '_' for '-')");
+  if (cmd != "finetune")
+    app.add_option(
+           "--device", o.device,
+           "cpu, or cuda: on GPU 0 in bf16, a llama causal LM or a bert classifier (a build with "
+           "-DWEGEFT_ENABLE_CUDA=ON)")
+        ->capture_default_str();
   if (cmd == "finetune") {
     app.description(
         "Fine-tunes MODEL on DIR/train.jsonl with a WeGeFT or LoRA adapter, evaluating on "
@@ -299,7 +305,8 @@ int run_cli11(const std::string& cmd, const std::vector<std::string>& args) {
     app.add_option("--report-every", o.report_every, "steps between progress lines")
         ->capture_default_str();
     app.add_option("--device", o.device,
-                   "cpu, or cuda: the causal-LM step on GPU 0 in bf16 (a build with "
+                   "cpu, or cuda: the step on GPU 0 in bf16, a llama causal LM or a bert "
+                   "classifier (a build with "
                    "-DWEGEFT_ENABLE_CUDA=ON)")
         ->capture_default_str();
     app.add_flag("--resume", o.resume, "continue the run saved in --out");
@@ -366,10 +373,11 @@ int run_cli11(const std::string& cmd, const std::vector<std::string>& args) {
   if (cmd == "finetune") return wegeft::tool::finetune(o);
   if (cmd == "generate")
     return wegeft::tool::generate_command(o.model, adapter, prompt, max_tokens, temperature, top_p,
-                                          o.seed, raw, o.threads, stop_strings, o.precision);
+                                          o.seed, raw, o.threads, stop_strings, o.precision,
+                                          o.device);
   return wegeft::tool::eval_command(o.model, adapter, o.data, split, batch, max_seq, o.mask_prompt,
                                     o.threads, json, exact_match, predictions, stop_strings,
-                                    o.precision, merge);
+                                    o.precision, merge, o.device);
 }
 
 int run(const std::vector<std::string>& args) {

@@ -65,6 +65,10 @@ class CausalLM {
   /// The logits of the last step, [batch * seq, vocab] on the device (after a backward step they
   /// hold the logits' gradient instead).
   TensorView logits() const;
+  /// The most likely next token at each position of the last step [batch * seq], on the host
+  /// (argmax of each logits row, the first of equal ones): greedy decoding and exact match. Only
+  /// after a forward-only step (eval_loss); a backward step has replaced the logits.
+  std::vector<std::int32_t> greedy_tokens();
 
   /// Writes the weight-dtype copies of every adapter's parameters; call after each change of
   /// the store's values (the optimizer step, an upload).

@@ -1,5 +1,6 @@
 // The transformer's ops on the GPU, each the twin of a CPU op (nn/norms.hpp, nn/rope.hpp,
-// nn/activations.hpp, kernels/cpu/attention.hpp, kernels/cpu/cross_entropy.hpp, nn/embedding.hpp)
+// nn/activations.hpp, kernels/cpu/attention.hpp, kernels/cpu/cross_entropy.hpp, nn/embedding.hpp,
+// nn/pooling.hpp)
 // with the same arguments as TensorViews on Device::cuda: outputs first, `d`-prefixed gradients,
 // `=` or `+=` stated, sizes from the views (checked against each other). Every matrix of one call
 // has the same dtype (F32 or BF16) except the saved row statistics (rstd, lse, losses: F32);
@@ -17,6 +18,7 @@
 #include "wegeft/cuda/runtime.hpp"
 #include "wegeft/kernels/cpu/attention.hpp"
 #include "wegeft/kernels/cpu/cross_entropy.hpp"
+#include "wegeft/nn/activations.hpp"
 #include "wegeft/nn/rope.hpp"
 
 namespace wegeft::cuda {
@@ -57,6 +59,37 @@ void rmsnorm_forward(Context& ctx, const TensorView& out, const TensorView& rstd
 /// (which may be dout). The weight is frozen: no gradient for it.
 void rmsnorm_backward(Context& ctx, const TensorView& dx, const TensorView& dout,
                       const TensorView& x, const TensorView& weight, const TensorView& rstd);
+
+/// out [N, C] = (x [N, C] - mean) * rstd * weight [1, C] + bias [1, C]; mean and rstd [N, 1]
+/// (F32, saved for backward) are each row's mean and 1 / sqrt(biased variance + eps). Overwrites
+/// out (which may be x).
+void layernorm_forward(Context& ctx, const TensorView& out, const TensorView& mean,
+                       const TensorView& rstd, const TensorView& x, const TensorView& weight,
+                       const TensorView& bias, float eps);
+/// dx [N, C] = d(out)/dx applied to dout [N, C], from the forward's x, mean and rstd. Overwrites
+/// dx (which may be dout). Weight and bias are frozen: no gradients for them.
+void layernorm_backward(Context& ctx, const TensorView& dx, const TensorView& dout,
+                        const TensorView& x, const TensorView& weight, const TensorView& mean,
+                        const TensorView& rstd);
+
+/// out [N, F] = gelu(x [N, F]) of `kind` (erf: BERT and ViT; tanh: GPT-2). Overwrites out (which
+/// may be x).
+void gelu_forward(Context& ctx, const TensorView& out, const TensorView& x, GeluKind kind);
+/// dx [N, F] = dout [N, F] * gelu'(x). Overwrites dx (which may be dout).
+void gelu_backward(Context& ctx, const TensorView& dx, const TensorView& dout, const TensorView& x,
+                   GeluKind kind);
+/// out [N, F] = tanh(x [N, F]). Overwrites out (which may be x).
+void tanh_forward(Context& ctx, const TensorView& out, const TensorView& x);
+/// dx [N, F] = dout * (1 - out^2), from the forward's output. Overwrites dx (which may be dout).
+void tanh_backward(Context& ctx, const TensorView& dx, const TensorView& dout,
+                   const TensorView& out);
+
+/// x [B*T, d] += positions [t] (row t of a [max_positions, d] table) on row b*T + t, and
+/// type_row [1, d] on every row when given (BERT's token type 0). seq = T <= max_positions.
+void add_positions(Context& ctx, const TensorView& x, const TensorView& positions,
+                   const TensorView* type_row, Index seq);
+/// sums [1, C] (F32, contiguous) += the column sums of x [N, C] (a bias gradient).
+void add_column_sums(Context& ctx, const TensorView& sums, const TensorView& x);
 
 /// RoPE's cos and sin tables on the device ([max_positions, head_dim / 2] each, F32), from the
 /// host table the CPU model uses.
@@ -101,6 +134,11 @@ void embedding_forward(Context& ctx, const TensorView& x, const DeviceArray& ids
 void cross_entropy(Context& ctx, const TensorView* dlogits, const TensorView& losses,
                    const TensorView& logits, const DeviceArray& targets, float scale,
                    std::int32_t ignore_index = kIgnoreIndex);
+
+/// ids [N, 1] (I32, contiguous) = the column of the largest value in each row of x [N, C]: the
+/// first of equal values, 0 for a row with none above -inf (Eigen's maxCoeff on the host).
+/// Overwrites ids. For greedy decoding and exact match over logits.
+void argmax_rows(Context& ctx, const TensorView& ids, const TensorView& x);
 
 /// out [B*T, H*d] and lse [B*H, T] (F32: each query row's log-sum-exp of its scaled scores,
 /// -inf where every key is masked, saved for backward) from q [B*T, H*d], k, v [B*T, Hkv*d] and

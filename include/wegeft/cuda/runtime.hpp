@@ -54,6 +54,9 @@ class Context {
 std::size_t device_bytes_in_use();
 std::size_t peak_device_bytes();
 void reset_peak_device_bytes();
+/// How many device allocations (cudaMalloc calls) wegeft::cuda has made since the start: a
+/// steady-state training step makes none. Thread-safe.
+std::size_t device_allocations();
 
 /// Device memory, freed on destruction; move-only.
 class Buffer {
@@ -104,8 +107,10 @@ Matrix<float> download(Context& ctx, const TensorView& v);
 /// Host float copies of device float memory (count values), after the stream's earlier work.
 void upload_floats(Context& ctx, float* device, const float* host, std::size_t count);
 void download_floats(Context& ctx, float* host, const float* device, std::size_t count);
-/// Copies `bytes` bytes of host memory to device memory. Waits for the copy.
+/// Copies `bytes` bytes of host memory to device memory, or back (after the stream's earlier
+/// work). Both wait for the copy.
 void upload_bytes(Context& ctx, void* device, const void* host, std::size_t bytes);
+void download_bytes(Context& ctx, void* host, const void* device, std::size_t bytes);
 
 /// A CUDA graph of the work `body` launches on ctx's stream, captured once and replayed with
 /// launch(). Shapes and pointers are frozen at capture: recapture after changing them.

@@ -42,9 +42,11 @@ class DeviceStore {
  private:
   TensorView slice(void* base, ParamId id) const;
   void check_layout(const ParameterStore<float>& host) const;
+  friend double clip_grad_norm(Context& ctx, DeviceStore& store, double max_norm);
   const ParameterStore<float>* m_host;
   Index m_size;
   Buffer m_values, m_grads;
+  Buffer m_norm;  // one double: clip_grad_norm's sum of squares
 };
 
 /// Global-norm gradient clipping of every gradient in `store`, as optim/clip.hpp's
@@ -53,13 +55,20 @@ class DeviceStore {
 /// clipping (waits for it); a non-finite norm throws.
 double clip_grad_norm(Context& ctx, DeviceStore& store, double max_norm);
 
-/// AdamW over a DeviceStore's flat buffer, the moments on the device (allocated at the first step).
+/// AdamW over a DeviceStore's flat buffer, the moments on the device (allocated at the first step
+/// or by set_state).
 class AdamW {
  public:
   explicit AdamW(const AdamWConfig& config = {});
   /// One update of every value from its gradient; `lr` < 0 uses the config's.
   void step(Context& ctx, DeviceStore& store, double lr = -1.0);
   std::int64_t steps() const { return m_step; }
+  /// The step count and both moments on the host, as the host optimizer holds them (no moments
+  /// before the first step), so save_checkpoint writes a GPU run as it writes a CPU run.
+  wegeft::AdamW<float>::State state(Context& ctx) const;
+  /// Restores a state from state() or from the host optimizer (load_checkpoint): the count, and
+  /// the moments uploaded; the next step() checks their length against the store's.
+  void set_state(Context& ctx, const wegeft::AdamW<float>::State& state);
 
  private:
   AdamWConfig m_config;

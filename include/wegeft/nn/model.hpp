@@ -193,6 +193,8 @@ class Transformer {
   void add_classifier(Index labels, ParameterStore<T>& store, std::optional<Pooling> pooling = {},
                       std::uint64_t seed = 0);
   bool has_classifier() const { return m_labels > 0; }
+  /// How the classifier pools the sequence (set by add_classifier).
+  Pooling pooling() const { return m_pooling; }
   /// Whether train_norms() made any norm tensor trainable.
   bool has_trainable_norms() const { return !m_trainable.empty(); }
 

@@ -1,5 +1,6 @@
 // The transformer's row-wise and element-wise CUDA kernels (included only from .cu files): RMSNorm,
-// RoPE, SwiGLU, the residual add, the embedding gather and cross-entropy over the vocabulary.
+// LayerNorm, RoPE, SwiGLU, GELU, tanh, the residual add, the embedding gather and the position
+// add, cross-entropy over the vocabulary, the rows' argmax and column sums.
 // Storage is T (float or __nv_bfloat16); every sum and every intermediate is fp32. Row kernels run
 // one block of kRowThreads per row; element-wise ones one thread per element of a row chunk, rows
 // over blockIdx.y (as elementwise.cuh).
@@ -183,6 +184,152 @@ __global__ void cross_entropy(T* dlogits, std::int64_t ldd, float* loss, const T
     const float p = expf(load_float(row + j) - m) * k;
     store_float(drow + j, j == t ? p - scale : p);
   }
+}
+
+/// out [n, c] = (x - mean) rstd w + b; mean, rstd [n] saved (biased variance, eps inside the
+/// root, as nn/norms.hpp). Two passes over x: the mean, then the centred squares. One block per row.
+template <class T>
+__global__ void layernorm_forward(T* out, std::int64_t ldo, float* mean, float* rstd, const T* x,
+                                  std::int64_t ldx, const T* w, const T* b, std::int64_t c,
+                                  float eps) {
+  __shared__ float scratch[kRowThreads / 32];
+  const std::int64_t i = blockIdx.x;
+  const T* xi = x + i * ldx;
+  float s = 0;
+  for (std::int64_t j = threadIdx.x; j < c; j += blockDim.x) s += load_float(xi + j);
+  const float m = block_sum(s, scratch) / static_cast<float>(c);
+  float ss = 0;
+  for (std::int64_t j = threadIdx.x; j < c; j += blockDim.x) {
+    const float v = load_float(xi + j) - m;
+    ss += v * v;
+  }
+  const float r = rsqrtf(block_sum(ss, scratch) / static_cast<float>(c) + eps);
+  for (std::int64_t j = threadIdx.x; j < c; j += blockDim.x)
+    store_float(out + i * ldo + j,
+                (load_float(xi + j) - m) * r * load_float(w + j) + load_float(b + j));
+  if (threadIdx.x == 0) {
+    mean[i] = m;
+    rstd[i] = r;
+  }
+}
+
+/// dx [n, c] = rstd (g - mean(g) - xhat mean(g xhat)), g = dout w, xhat = (x - mean) rstd. dx may
+/// alias dout (each element is read and then written by the same thread). One block per row.
+template <class T>
+__global__ void layernorm_backward(T* dx, std::int64_t lddx, const T* dout, std::int64_t ldd,
+                                   const T* x, std::int64_t ldx, const T* w, const float* mean,
+                                   const float* rstd, std::int64_t c) {
+  __shared__ float scratch[kRowThreads / 32];
+  const std::int64_t i = blockIdx.x;
+  const T* xi = x + i * ldx;
+  const T* di = dout + i * ldd;
+  const float m = mean[i], r = rstd[i];
+  float sg = 0, sgx = 0;
+  for (std::int64_t j = threadIdx.x; j < c; j += blockDim.x) {
+    const float g = load_float(di + j) * load_float(w + j);
+    sg += g;
+    sgx += g * (load_float(xi + j) - m) * r;
+  }
+  const float inv_c = 1.0f / static_cast<float>(c);
+  const float mg = block_sum(sg, scratch) * inv_c, mgx = block_sum(sgx, scratch) * inv_c;
+  for (std::int64_t j = threadIdx.x; j < c; j += blockDim.x) {
+    const float g = load_float(di + j) * load_float(w + j);
+    const float xhat = (load_float(xi + j) - m) * r;
+    store_float(dx + i * lddx + j, r * (g - mg - xhat * mgx));
+  }
+}
+
+/// GELU and its derivative, exact (erf) or GPT-2's tanh form (nn/activations.hpp).
+__device__ inline float gelu_value(float x, bool tanh_form) {
+  if (!tanh_form) return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
+  return 0.5f * x * (1.0f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x)));
+}
+__device__ inline float gelu_slope(float x, bool tanh_form) {
+  if (!tanh_form)
+    return 0.5f * (1.0f + erff(x * 0.70710678118654752f)) +
+           x * 0.3989422804014327f * expf(-0.5f * x * x);
+  const float t = tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x));
+  return 0.5f * (1.0f + t) +
+         0.5f * x * (1.0f - t * t) * 0.7978845608028654f * (1.0f + 3.0f * 0.044715f * x * x);
+}
+
+/// Element-wise over [rows, cols]: kind 0 out = gelu(x), 1 out = gelu_tanh(x), 2 out = tanh(x);
+/// the backward: kind 0 / 1 dx = dout gelu'(in), 2 dx = dout (1 - in^2) with `in` the tanh's
+/// output. out may alias x, dx may alias dout.
+template <class T>
+__global__ void activation_forward(T* out, std::int64_t ldo, const T* x, std::int64_t ldx,
+                                   std::int64_t rows, std::int64_t cols, int kind) {
+  const std::int64_t j = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (j >= cols) return;
+  for (std::int64_t i = blockIdx.y; i < rows; i += gridDim.y) {
+    const float v = load_float(x + i * ldx + j);
+    store_float(out + i * ldo + j, kind == 2 ? tanhf(v) : gelu_value(v, kind == 1));
+  }
+}
+template <class T>
+__global__ void activation_backward(T* dx, std::int64_t lddx, const T* dout, std::int64_t ldd,
+                                    const T* in, std::int64_t ldi, std::int64_t rows,
+                                    std::int64_t cols, int kind) {
+  const std::int64_t j = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (j >= cols) return;
+  for (std::int64_t i = blockIdx.y; i < rows; i += gridDim.y) {
+    const float v = load_float(in + i * ldi + j), d = load_float(dout + i * ldd + j);
+    store_float(dx + i * lddx + j, d * (kind == 2 ? 1.0f - v * v : gelu_slope(v, kind == 1)));
+  }
+}
+
+/// x [B*T, c] row b*T + t += pos [t] (+ type [0] when given): learned positions and BERT's token
+/// type 0.
+template <class T>
+__global__ void add_positions(T* x, std::int64_t ldx, const T* pos, std::int64_t ldp, const T* type,
+                              std::int64_t rows, std::int64_t seq, std::int64_t cols) {
+  const std::int64_t j = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (j >= cols) return;
+  const float ty = type ? load_float(type + j) : 0.0f;
+  for (std::int64_t i = blockIdx.y; i < rows; i += gridDim.y)
+    store_float(x + i * ldx + j,
+                load_float(x + i * ldx + j) + load_float(pos + (i % seq) * ldp + j) + ty);
+}
+
+/// sums [c] (fp32) += the sum over the rows of x [rows, c]; one thread per column.
+template <class T>
+__global__ void add_column_sums(float* sums, const T* x, std::int64_t ldx, std::int64_t rows,
+                                std::int64_t cols) {
+  const std::int64_t j = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (j >= cols) return;
+  float s = 0;
+  for (std::int64_t i = 0; i < rows; ++i) s += load_float(x + i * ldx + j);
+  sums[j] += s;
+}
+
+/// ids[i] = the column of the largest value of row i of x [n, c]: the first of equal values, and
+/// 0 for a row with no value above -inf (as Eigen's maxCoeff). One block per row.
+template <class T>
+__global__ void argmax_rows(std::int32_t* ids, const T* x, std::int64_t ldx, std::int64_t c) {
+  __shared__ float best[kRowThreads];
+  __shared__ std::int64_t where[kRowThreads];
+  const T* row = x + static_cast<std::int64_t>(blockIdx.x) * ldx;
+  float b = -INFINITY;
+  std::int64_t w = c;  // "none yet": larger than every column
+  for (std::int64_t j = threadIdx.x; j < c; j += blockDim.x) {
+    const float v = load_float(row + j);
+    if (v > b) b = v, w = j;  // j grows, so a later equal value never wins
+  }
+  best[threadIdx.x] = b;
+  where[threadIdx.x] = w;
+  __syncthreads();
+  for (int half = kRowThreads / 2; half > 0; half >>= 1) {
+    if (threadIdx.x < half) {
+      const float ob = best[threadIdx.x + half];
+      const std::int64_t ow = where[threadIdx.x + half];
+      if (ob > best[threadIdx.x] || (ob == best[threadIdx.x] && ow < where[threadIdx.x])) {
+        best[threadIdx.x] = ob;
+        where[threadIdx.x] = ow;
+      }
+    }
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) ids[blockIdx.x] = static_cast<std::int32_t>(where[0] < c ? where[0] : 0);
 }
 
 }  // namespace wegeft::cuda::kernels

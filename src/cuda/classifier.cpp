@@ -1,0 +1,365 @@
+// wegeft::cuda::SequenceClassifier: the BERT-family classification step on the GPU
+// (cuda/classifier.hpp).
+//
+// Buffers, as in model.cpp: each block keeps what its backward reads, planned for the largest
+// batch x seq seen; gradients flow through scratch shared by the blocks; every buffer an adapted
+// layer reads as its input or its output gradient has S spare columns (S: the largest padded
+// rank), and x, which q, k and v all read, has a copy for an adapted k and v. Per-sequence
+// buffers (pooled state, logits) are sized for as many sequences as tokens.
+#include "wegeft/cuda/classifier.hpp"
+
+#include <numeric>
+#include <string>
+
+#include "check.hpp"
+#include "model_parts.hpp"
+#include "wegeft/cuda/linear.hpp"
+#include "wegeft/cuda/nn.hpp"
+#include "wegeft/cuda/ops.hpp"
+
+namespace wegeft::cuda {
+
+namespace {
+
+using detail::Act;
+using detail::floats;
+using detail::Lin;
+using detail::stats;
+
+struct EncoderBlock {
+  Lin q, k, v, o, up, down;
+  Tensor ln1w, ln1b, ln2w, ln2b;  // [1, d]
+  Act x;                          // block input [N, d]: q's input and the residual
+  Act xk, xv;                     // copies of x for an adapted k, v
+  Act q_out, k_out, v_out;        // [N, d]
+  Act attn;                       // [N, d] attention output, o's input
+  Act h1;                         // [N, d] o(attn) + x, LayerNorm 1's input
+  Act x2;                         // [N, d] LayerNorm 1's output: up's input and the residual
+  Act up_out;                     // [N, F] before GELU
+  Act act;                        // [N, F] after GELU, down's input
+  Act h2;                         // [N, d] down(act) + x2, LayerNorm 2's input
+  Buffer mean1, rstd1, mean2, rstd2, lse;
+};
+
+constexpr std::pair<LinearRole, Lin EncoderBlock::*> kRoles[] = {
+    {LinearRole::q, &EncoderBlock::q},   {LinearRole::k, &EncoderBlock::k},
+    {LinearRole::v, &EncoderBlock::v},   {LinearRole::o, &EncoderBlock::o},
+    {LinearRole::up, &EncoderBlock::up}, {LinearRole::down, &EncoderBlock::down}};
+
+}  // namespace
+
+struct SequenceClassifier::Impl {
+  Context* ctx;
+  Transformer<float>* host;
+  ModelConfig cfg;
+  DType dtype;
+  DeviceStore store;
+  Index n_labels = 0;
+  ParamId cls_weight{};
+  std::optional<ParamId> cls_bias;
+  Tensor word, positions, types, emb_lnw, emb_lnb;
+  Tensor cls_w, cls_b;  // the head in the weight dtype: [labels, d], [1, labels]
+  Lin pooler;
+  std::vector<EncoderBlock> blocks;
+  Index spare = 0;
+  // planned size and the shared buffers
+  Index capacity = 0;
+  Act emb, x_last, pooled, feat, dfeat, dpooled, logits;
+  Act d_res, t1, dh, d_attn, dq, dk, dv, dact;
+  Buffer emb_mean, emb_rstd, losses, delta;
+  DeviceArray ids, labels, mask;
+  Index last_batch = 0;
+  bool last_backward = false;
+
+  Impl(Context& c, Transformer<float>& h, DType dt)
+      : ctx(&c), host(&h), cfg(h.config()), dtype(dt), store(c, h.store()) {}
+
+  Tensor upload(const std::string& name) {
+    return Tensor::from_host(*ctx, host->tensor(name), dtype);
+  }
+  void build();
+  void allocate(Index n);
+  void block_forward(EncoderBlock& b, const TensorView& out, Index n, const AttentionShape& s,
+                     const DeviceArray* m);
+  void block_backward(EncoderBlock& b, bool first, Index n, const AttentionShape& s,
+                      const DeviceArray* m);
+  /// Rows 0, T, 2T, ... of a [B*T, d] activation: each sequence's first token.
+  static TensorView first_tokens(const TensorView& v, Index batch, Index seq) {
+    TensorView r = v;
+    r.rows = batch;
+    r.ld = v.ld * seq;
+    return r;
+  }
+};
+
+void SequenceClassifier::Impl::build() {
+  WEGEFT_CHECK(cfg.family == Family::bert,
+               "the GPU classifier runs the bert family; this model is " << to_string(cfg.family));
+  WEGEFT_CHECK(host->has_classifier(),
+               "the GPU classifier needs a classification head (add_classifier)");
+  WEGEFT_CHECK(host->pooling() == Pooling::cls,
+               "the GPU classifier pools the first token (as BERT's pooler does); this head pools "
+               "another way");
+  WEGEFT_CHECK(!host->has_trainable_norms(),
+               "trainable norms are not implemented on the GPU; keep the norms frozen");
+  WEGEFT_CHECK(dtype == DType::BF16 || dtype == DType::F32,
+               "the GPU model computes in BF16 or F32, not " << dtype_name(dtype));
+  WEGEFT_CHECK(cfg.hidden % cfg.heads == 0 && cfg.kv_heads == cfg.heads,
+               "the GPU classifier needs hidden divisible by heads and no grouped keys");
+  const auto head = *host->classifier_params();
+  cls_weight = head.first;
+  cls_bias = head.second;
+  n_labels = store.value(cls_weight).rows;
+  const auto sites = host->sites();
+  const auto modules = host->modules();
+  blocks.resize(static_cast<std::size_t>(cfg.layers));
+  bool has_pooler = false;
+  for (std::size_t i = 0; i < modules.size(); ++i) {
+    const auto& m = modules[i];
+    WEGEFT_ASSERT(sites[i].name == m.name);
+    if (m.role == LinearRole::pooler) {
+      pooler.build(*ctx, store, m, sites[i].base, dtype);
+      spare = std::max(spare, pooler.padded_rank());
+      has_pooler = true;
+      continue;
+    }
+    EncoderBlock& b = blocks[static_cast<std::size_t>(m.layer)];
+    const auto* it = std::find_if(std::begin(kRoles), std::end(kRoles),
+                                  [&](const auto& e) { return e.first == m.role; });
+    WEGEFT_CHECK(it != std::end(kRoles),
+                 m.name << ": a " << short_name(m.role) << " projection in a bert model");
+    Lin& lin = b.*(it->second);
+    lin.build(*ctx, store, m, sites[i].base, dtype);
+    spare = std::max(spare, lin.padded_rank());
+  }
+  WEGEFT_CHECK(has_pooler, "the bert model has no pooler.dense");
+  for (Index l = 0; l < cfg.layers; ++l) {
+    EncoderBlock& b = blocks[static_cast<std::size_t>(l)];
+    b.ln1w = upload(cfg.norm_name(l, 0) + ".weight");
+    b.ln1b = upload(cfg.norm_name(l, 0) + ".bias");
+    b.ln2w = upload(cfg.norm_name(l, 1) + ".weight");
+    b.ln2b = upload(cfg.norm_name(l, 1) + ".bias");
+  }
+  word = upload(cfg.token_embedding_name() + ".weight");
+  positions = upload(cfg.position_tensor_name());
+  types = upload(cfg.name_prefix() + "embeddings.token_type_embeddings.weight");
+  emb_lnw = upload(cfg.final_norm_name() + ".weight");
+  emb_lnb = upload(cfg.final_norm_name() + ".bias");
+  cls_w = Tensor(dtype, n_labels, cfg.hidden);
+  cls_b = Tensor(dtype, 1, n_labels);
+}
+
+void SequenceClassifier::Impl::allocate(Index n) {
+  const Index d = cfg.hidden, f = cfg.intermediate, S = spare;
+  const DType t = dtype;
+  for (auto& b : blocks) {
+    b.x.alloc(t, n, d, S);
+    if (b.k.adapted) b.xk.alloc(t, n, d, S);
+    if (b.v.adapted) b.xv.alloc(t, n, d, S);
+    b.q_out.alloc(t, n, d, S);  // the row strides of dq, dk, dv, as attention_backward needs
+    b.k_out.alloc(t, n, d, S);
+    b.v_out.alloc(t, n, d, S);
+    b.attn.alloc(t, n, d, S);
+    b.h1.alloc(t, n, d, 0);
+    b.x2.alloc(t, n, d, S);
+    b.up_out.alloc(t, n, f, 0);
+    b.act.alloc(t, n, f, S);
+    b.h2.alloc(t, n, d, 0);
+    b.mean1 = floats(n);
+    b.rstd1 = floats(n);
+    b.mean2 = floats(n);
+    b.rstd2 = floats(n);
+    b.lse = floats(n * cfg.heads);
+  }
+  emb.alloc(t, n, d, 0);
+  x_last.alloc(t, n, d, 0);
+  pooled.alloc(t, n, d, S);
+  feat.alloc(t, n, d, 0);
+  dfeat.alloc(t, n, d, S);
+  dpooled.alloc(t, n, d, 0);
+  logits.alloc(t, n, n_labels, 0);
+  d_res.alloc(t, n, d, S);
+  t1.alloc(t, n, d, 0);
+  dh.alloc(t, n, d, S);
+  d_attn.alloc(t, n, d, S);  // attn's row stride, as attention_backward needs
+  dq.alloc(t, n, d, S);
+  dk.alloc(t, n, d, S);
+  dv.alloc(t, n, d, S);
+  dact.alloc(t, n, f, S);
+  emb_mean = floats(n);
+  emb_rstd = floats(n);
+  losses = floats(n);
+  delta = floats(n * cfg.heads);
+  ids = DeviceArray(static_cast<std::size_t>(n) * sizeof(std::int32_t));
+  labels = DeviceArray(static_cast<std::size_t>(n) * sizeof(std::int32_t));
+  mask = DeviceArray(static_cast<std::size_t>(n));
+  capacity = n;
+}
+
+void SequenceClassifier::Impl::block_forward(EncoderBlock& b, const TensorView& out, Index n,
+                                             const AttentionShape& s, const DeviceArray* m) {
+  Context& c = *ctx;
+  const float eps = static_cast<float>(cfg.norm_eps);
+  const TensorView X = b.x.v(n);
+  if (b.k.adapted) scale_copy(c, b.xk.v(n), X);
+  if (b.v.adapted) scale_copy(c, b.xv.v(n), X);
+  b.q.forward(c, b.q_out.v(n), X);
+  b.k.forward(c, b.k_out.v(n), b.k.adapted ? b.xk.v(n) : X);
+  b.v.forward(c, b.v_out.v(n), b.v.adapted ? b.xv.v(n) : X);
+  attention_forward(c, b.attn.v(n), stats(b.lse, s.batch * s.heads, s.seq), b.q_out.v(n),
+                    b.k_out.v(n), b.v_out.v(n), m, s);
+  b.o.forward(c, b.h1.v(n), b.attn.v(n));
+  add(c, b.h1.v(n), X);
+  layernorm_forward(c, b.x2.v(n), stats(b.mean1, n, 1), stats(b.rstd1, n, 1), b.h1.v(n),
+                    b.ln1w.view(), b.ln1b.view(), eps);
+  b.up.forward(c, b.up_out.v(n), b.x2.v(n));
+  gelu_forward(c, b.act.v(n), b.up_out.v(n), cfg.gelu());
+  b.down.forward(c, b.h2.v(n), b.act.v(n));
+  add(c, b.h2.v(n), b.x2.v(n));
+  layernorm_forward(c, out, stats(b.mean2, n, 1), stats(b.rstd2, n, 1), b.h2.v(n), b.ln2w.view(),
+                    b.ln2b.view(), eps);
+}
+
+// d_res holds d(block output) on entry and d(block input) on exit (not computed for the first
+// block, whose input is the frozen embedding).
+void SequenceClassifier::Impl::block_backward(EncoderBlock& b, bool first, Index n,
+                                              const AttentionShape& s, const DeviceArray* m) {
+  Context& c = *ctx;
+  const TensorView D = d_res.v(n), T1 = t1.v(n), DH = dh.v(n), DACT = dact.v(n);
+  layernorm_backward(c, DH, D, b.h2.v(n), b.ln2w.view(), stats(b.mean2, n, 1),
+                     stats(b.rstd2, n, 1));  // d h2
+  b.down.backward(c, DACT, DH);              // d act
+  gelu_backward(c, DACT, DACT, b.up_out.v(n), cfg.gelu());
+  b.up.backward(c, T1, DACT);
+  add(c, T1, DH);  // d x2: through up and the residual
+  layernorm_backward(c, D, T1, b.h1.v(n), b.ln1w.view(), stats(b.mean1, n, 1),
+                     stats(b.rstd1, n, 1));  // d h1
+  b.o.backward(c, d_attn.v(n), D);
+  attention_backward(c, dq.v(n), dk.v(n), dv.v(n), stats(delta, s.batch * s.heads, s.seq),
+                     d_attn.v(n), b.attn.v(n), stats(b.lse, s.batch * s.heads, s.seq), b.q_out.v(n),
+                     b.k_out.v(n), b.v_out.v(n), m, s);
+  if (first) {  // the adapters' gradients only
+    const TensorView none{};
+    b.q.backward(c, none, dq.v(n));
+    b.k.backward(c, none, dk.v(n));
+    b.v.backward(c, none, dv.v(n));
+    return;
+  }
+  b.q.backward(c, DH, dq.v(n));
+  b.k.backward(c, T1, dk.v(n));
+  add(c, DH, T1);
+  b.v.backward(c, T1, dv.v(n));
+  add(c, DH, T1);
+  add(c, D, DH);  // d x: the residual's d h1 and the three projections'
+}
+
+SequenceClassifier::SequenceClassifier(Context& ctx, Transformer<float>& host, DType dtype)
+    : m_impl(std::make_unique<Impl>(ctx, host, dtype)) {
+  m_impl->build();
+  refresh();
+}
+SequenceClassifier::~SequenceClassifier() = default;
+
+DeviceStore& SequenceClassifier::store() {
+  return m_impl->store;
+}
+const ModelConfig& SequenceClassifier::config() const {
+  return m_impl->cfg;
+}
+Index SequenceClassifier::labels() const {
+  return m_impl->n_labels;
+}
+
+void SequenceClassifier::refresh() {
+  Impl& m = *m_impl;
+  for (auto& b : m.blocks)
+    for (const auto& [role, member] : kRoles)
+      if ((b.*member).adapted) (b.*member).adapted->refresh(*m.ctx);
+  if (m.pooler.adapted) m.pooler.adapted->refresh(*m.ctx);
+  scale_copy(*m.ctx, m.cls_w.view(), m.store.value(m.cls_weight));
+  if (m.cls_bias)
+    scale_copy(*m.ctx, m.cls_b.view(), m.store.value(*m.cls_bias));
+  else
+    fill(*m.ctx, m.cls_b.view(), 0.0f);
+}
+
+void SequenceClassifier::plan(Index batch, Index seq) {
+  WEGEFT_CHECK(batch > 0 && seq > 0, "a GPU batch of " << batch << " x " << seq << " tokens");
+  if (batch * seq > m_impl->capacity) m_impl->allocate(batch * seq);
+}
+
+double SequenceClassifier::step(const ClsBatch& in, bool backward, double dloss, Index divisor) {
+  Impl& m = *m_impl;
+  Context& c = *m.ctx;
+  const ModelConfig& cfg = m.cfg;
+  WEGEFT_CHECK(in.ids != nullptr && in.labels != nullptr, "a GPU batch needs token ids and labels");
+  WEGEFT_CHECK(in.seq <= cfg.max_positions, "sequence length " << in.seq << " exceeds the model's "
+                                                               << cfg.max_positions
+                                                               << " positions");
+  plan(in.batch, in.seq);
+  const Index n = in.batch * in.seq, B = in.batch;
+  detail::check_token_ids(in.ids, n, cfg.vocab_size);
+  for (Index i = 0; i < B; ++i)
+    WEGEFT_CHECK(in.labels[i] >= 0 && in.labels[i] < m.n_labels,
+                 "label " << in.labels[i] << " of sequence " << i << " is outside the head's "
+                          << m.n_labels << " labels");
+  if (divisor < 0) divisor = B;
+  m.ids.assign(c, in.ids, static_cast<std::size_t>(n));
+  m.labels.assign(c, in.labels, static_cast<std::size_t>(B));
+  const DeviceArray* mask = nullptr;
+  if (in.mask) {
+    m.mask.assign(c, in.mask, static_cast<std::size_t>(n));
+    mask = &m.mask;
+  }
+  const AttentionShape s{.batch = B,
+                         .seq = in.seq,
+                         .heads = cfg.heads,
+                         .kv_heads = cfg.heads,
+                         .head_dim = cfg.head_dim(),
+                         .causal = false};
+  const float eps = static_cast<float>(cfg.norm_eps);
+  auto& blocks = m.blocks;
+  const TensorView E = m.emb.v(n), type_row = m.types.block(0, 0, 1, cfg.hidden);
+  embedding_forward(c, E, m.ids, m.word.view());
+  add_positions(c, E, m.positions.view(), &type_row, in.seq);
+  layernorm_forward(c, blocks[0].x.v(n), stats(m.emb_mean, n, 1), stats(m.emb_rstd, n, 1), E,
+                    m.emb_lnw.view(), m.emb_lnb.view(), eps);
+  for (std::size_t l = 0; l < blocks.size(); ++l) {
+    const TensorView out = l + 1 < blocks.size() ? blocks[l + 1].x.v(n) : m.x_last.v(n);
+    m.block_forward(blocks[l], out, n, s, mask);
+  }
+  // the first token of each sequence, the pooler with tanh, the head
+  scale_copy(c, m.pooled.v(B), Impl::first_tokens(m.x_last.v(n), B, in.seq));
+  m.pooler.forward(c, m.feat.v(B), m.pooled.v(B));
+  tanh_forward(c, m.feat.v(B), m.feat.v(B));
+  const TensorView logits = m.logits.v(B), bias = m.cls_b.view();
+  gemm(c, logits, m.feat.v(B), Op::N, m.cls_w.view(), Op::T, 1.0f, 0.0f, &bias);
+  const float scale = divisor ? static_cast<float>(dloss / static_cast<double>(divisor)) : 0.0f;
+  cross_entropy(c, backward ? &logits : nullptr, stats(m.losses, B, 1), logits, m.labels, scale);
+  if (backward) {
+    gemm(c, m.store.grad(m.cls_weight), logits, Op::T, m.feat.v(B), Op::N, 1.0f, 1.0f);
+    if (m.cls_bias) add_column_sums(c, m.store.grad(*m.cls_bias), logits);
+    gemm(c, m.dfeat.v(B), logits, Op::N, m.cls_w.view(), Op::N, 1.0f, 0.0f);
+    tanh_backward(c, m.dfeat.v(B), m.dfeat.v(B), m.feat.v(B));
+    m.pooler.backward(c, m.dpooled.v(B), m.dfeat.v(B));
+    fill(c, m.d_res.v(n), 0.0f);
+    scale_copy(c, Impl::first_tokens(m.d_res.v(n), B, in.seq), m.dpooled.v(B));
+    for (std::size_t l = blocks.size(); l-- > 0;) m.block_backward(blocks[l], l == 0, n, s, mask);
+  }
+  m.last_batch = B;
+  m.last_backward = backward;
+  std::vector<float> per(static_cast<std::size_t>(B));
+  download_floats(c, per.data(), static_cast<const float*>(m.losses.data()), per.size());
+  const double total = std::accumulate(per.begin(), per.end(), 0.0);
+  return B ? total / static_cast<double>(B) : 0.0;
+}
+
+Matrix<float> SequenceClassifier::logits() {
+  Impl& m = *m_impl;
+  WEGEFT_CHECK(!m.last_backward,
+               "logits: the last step ran the backward pass, which replaced the logits with their "
+               "gradient; run eval_loss first");
+  return download(*m.ctx, m.logits.v(m.last_batch));
+}
+
+}  // namespace wegeft::cuda

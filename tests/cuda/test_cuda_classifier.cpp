@@ -1,0 +1,182 @@
+// The BERT-family classification step on the GPU (cuda::SequenceClassifier) against the CPU
+// model (Transformer<float> with add_classifier) on the same weights and batch: the loss, the
+// logits and every trainable gradient (the adapters' and the head's), LoRA and WeGeFT on every
+// linear (the pooler included) and on q and v alone (the other linears frozen), a padded batch;
+// and 20 AdamW steps whose losses track the CPU run's. Tolerances as test_cuda_model.cpp: F32 on
+// the GPU is full fp32 (1e-5 on the loss, 1e-4 relative to each gradient's largest value); BF16
+// rounds every activation (2e-2 on the loss, 8e-2 on the gradients), with the CPU model given the
+// same bf16-rounded weights.
+#include "support_cuda.hpp"
+
+#include <wegeft/optim/adamw.hpp>
+
+#include <cmath>
+#include <vector>
+
+namespace {
+
+using wegeft::DType;
+using wegeft::Index;
+using wegeft::Matrix;
+namespace cu = wegeft::cuda;
+
+using wt::cuda::context;
+
+wegeft::ModelConfig small_bert() {
+  wegeft::ModelConfig c = wegeft::ModelConfig::tiny(wegeft::Family::bert);
+  c.hidden = 64;
+  c.heads = 4;  // head_dim 16: the tensor-core attention in BF16
+  c.kv_heads = 4;
+  c.intermediate = 96;
+  c.vocab_size = 101;
+  c.layers = 2;
+  c.max_positions = 16;
+  return c;
+}
+
+constexpr Index kLabels = 5;
+
+/// A host BERT with random weights, `method` on `targets` and a 5-label head, the adapter and
+/// head parameters random too (LoRA's B = 0 would hide half the gradients); bf16-rounded when
+/// `dtype` is BF16.
+std::unique_ptr<wegeft::Transformer<float>> host_model(int method,
+                                                       const std::vector<std::string>& targets,
+                                                       DType dtype, wegeft::Rng& rng) {
+  auto m = std::make_unique<wegeft::Transformer<float>>(small_bert());
+  m->init_random(rng, 0.15);
+  m->attach({.target_modules = targets, .method = wt::method_config(method, 4, 8.0)});
+  m->add_classifier(kLabels);
+  wt::cuda::randomise_and_round(*m, dtype, rng);
+  return m;
+}
+
+struct Batch {
+  Index batch = 3, seq = 9;
+  std::vector<std::int32_t> ids, labels;
+  std::vector<std::uint8_t> mask;
+};
+
+/// Three sequences of 9 tokens, the last with 4 padding tokens, labels at random.
+Batch batch_of(Index vocab, wegeft::Rng& rng) {
+  Batch b;
+  const Index n = b.batch * b.seq;
+  b.ids.resize(n);
+  b.mask.assign(n, 1);
+  for (auto& id : b.ids)
+    id = static_cast<std::int32_t>(rng.uniform() * static_cast<double>(vocab)) % vocab;
+  for (Index t = 5; t < 9; ++t) b.mask[2 * 9 + t] = 0;
+  for (Index s = 0; s < b.batch; ++s)
+    b.labels.push_back(static_cast<std::int32_t>(rng.uniform() * static_cast<double>(kLabels)) %
+                       kLabels);
+  return b;
+}
+
+double cpu_step(wegeft::Transformer<float>& m, const Batch& b, Matrix<float>* logits = nullptr) {
+  m.store().zero_grad();
+  wegeft::Transformer<float>::Activations acts;
+  m.forward(acts, {.ids = b.ids.data(), .mask = b.mask.data(), .batch = b.batch, .seq = b.seq});
+  if (logits) *logits = acts.logits;
+  const double loss = m.classification_loss(acts, b.labels.data());
+  m.backward(acts);
+  return loss;
+}
+
+cu::ClsBatch gpu_batch(const Batch& b) {
+  return {.ids = b.ids.data(),
+          .mask = b.mask.data(),
+          .labels = b.labels.data(),
+          .batch = b.batch,
+          .seq = b.seq};
+}
+
+const std::vector<std::string> kAll = {"q", "k", "v", "o", "up", "down", "pooler"};
+const std::vector<std::string> kQV = {"q", "v"};
+
+}  // namespace
+
+TEST_CASE(
+    "cuda SequenceClassifier step: the loss, the logits and every trainable gradient equal the "
+    "CPU model's",
+    "[cuda][classifier]") {
+  auto& ctx = context();
+  for (int method : {0, 1}) {  // LoRA, WeGeFT
+    for (const auto* targets : {&kAll, &kQV}) {
+      for (DType dtype : {DType::F32, DType::BF16}) {
+        INFO((method ? "WeGeFT" : "LoRA")
+             << " on " << targets->size() << " linears, " << wegeft::dtype_name(dtype));
+        wegeft::Rng rng(81 + method);
+        auto host = host_model(method, *targets, dtype, rng);
+        const Batch b = batch_of(host->config().vocab_size, rng);
+        Matrix<float> cpu_logits;
+        const double cpu_loss = cpu_step(*host, b, &cpu_logits);
+        const wegeft::ParameterStore<float> want = wt::cuda::gradients_of(host->store());
+
+        cu::SequenceClassifier gpu(ctx, *host, dtype);
+        CHECK(gpu.labels() == kLabels);
+        const double loss_tol = dtype == DType::F32 ? 1e-5 : 2e-2;
+        const double eval = gpu.eval_loss(gpu_batch(b));
+        CHECK(std::abs(eval - cpu_loss) / cpu_loss < loss_tol);
+        const Matrix<float> logits = gpu.logits();
+        REQUIRE(logits.rows() == b.batch);
+        REQUIRE(logits.cols() == kLabels);
+        CHECK((logits - cpu_logits).cwiseAbs().maxCoeff() / cpu_logits.cwiseAbs().maxCoeff() <
+              (dtype == DType::F32 ? 1e-4 : 5e-2));
+        const double gpu_loss = gpu.train_step(gpu_batch(b));
+        CHECK(std::abs(gpu_loss - cpu_loss) / cpu_loss < loss_tol);
+        CHECK_THROWS_WITH(gpu.logits(), Catch::Contains("run eval_loss first"));
+        gpu.store().download(ctx, host->store(), true);
+        const double tol = dtype == DType::F32 ? 1e-4 : 8e-2;
+        wt::cuda::check_gradients(want, host->store(), tol);
+      }
+    }
+  }
+}
+
+TEST_CASE("cuda SequenceClassifier: 20 AdamW steps track the CPU model's losses",
+          "[cuda][classifier]") {
+  auto& ctx = context();
+  wegeft::Rng rng(91);
+  auto host = host_model(1, kAll, DType::F32, rng);
+  auto twin = host_model(1, kAll, DType::F32, rng);  // overwritten below: the same start
+  for (auto& [name, t] : host->tensors()) twin->tensor(name) = t;
+  std::copy(host->store().values().begin(), host->store().values().end(),
+            twin->store().values().begin());
+  cu::SequenceClassifier gpu(ctx, *twin, DType::F32);
+  const wegeft::AdamWConfig config{.lr = 3e-3};
+  wegeft::AdamW<float> cpu_opt(config);
+  cu::AdamW gpu_opt(config);
+  const Batch b = batch_of(host->config().vocab_size, rng);  // one batch, so the loss falls
+  std::vector<double> cpu_losses, gpu_losses;
+  for (int step = 0; step < 20; ++step) {
+    cpu_losses.push_back(cpu_step(*host, b));
+    cpu_opt.step(host->store().values(), host->store().grads());
+    gpu_losses.push_back(gpu.train_step(gpu_batch(b)));
+    gpu_opt.step(ctx, gpu.store());
+    gpu.store().zero_grad(ctx);
+    gpu.refresh();
+  }
+  INFO("first loss " << cpu_losses.front() << ", last " << cpu_losses.back());
+  CHECK(cpu_losses.back() < 0.5 * cpu_losses.front());  // it trains
+  for (int step = 0; step < 20; ++step) {
+    INFO("step " << step << ": cpu " << cpu_losses[step] << ", gpu " << gpu_losses[step]);
+    CHECK(std::abs(gpu_losses[step] - cpu_losses[step]) / cpu_losses[step] < 1e-4);
+  }
+}
+
+TEST_CASE("cuda SequenceClassifier refuses what it does not run, naming it", "[cuda][classifier]") {
+  auto& ctx = context();
+  wegeft::Rng rng(93);
+  wegeft::Transformer<float> llama(wegeft::ModelConfig::tiny(wegeft::Family::llama));
+  llama.add_classifier(3);
+  CHECK_THROWS_WITH(cu::SequenceClassifier(ctx, llama, DType::BF16),
+                    Catch::Contains("runs the bert family"));
+  wegeft::Transformer<float> headless(small_bert());
+  CHECK_THROWS_WITH(cu::SequenceClassifier(ctx, headless, DType::BF16),
+                    Catch::Contains("needs a classification head"));
+  auto host = host_model(0, kQV, DType::F32, rng);
+  cu::SequenceClassifier gpu(ctx, *host, DType::F32);
+  Batch b = batch_of(host->config().vocab_size, rng);
+  b.labels[1] = 5;
+  CHECK_THROWS_WITH(gpu.train_step(gpu_batch(b)),
+                    Catch::Contains("label 5 of sequence 1 is outside the head's 5 labels"));
+}
