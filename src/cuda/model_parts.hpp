@@ -66,10 +66,13 @@ struct Lin {
   Index padded_rank() const { return adapted ? adapted->padded_rank() : 0; }
 
   /// The GPU layer of host module m over `base` (its frozen weight): frozen when m has no
-  /// adapter, else its LoRA or WeGeFT adapter over `store` (other methods are refused).
+  /// adapter or its adapter is merged into the weight, else its LoRA or WeGeFT adapter over
+  /// `store` (other methods are refused).
   void build(Context& ctx, DeviceStore& store, const Transformer<float>::ModuleView& m,
              const FrozenLinear<float>& base, DType dtype) {
-    if (!m.adapter) {
+    const bool merged =
+        m.adapter && std::visit([](const auto& a) { return a.merged(); }, *m.adapter);
+    if (!m.adapter || merged) {
       frozen = std::make_unique<Linear>(ctx, base, dtype);
     } else if (const auto* lora = std::get_if<LoraAdapter<float>>(m.adapter)) {
       adapted = std::make_unique<AdaptedLinear>(ctx, store, *lora, dtype);

@@ -7,6 +7,7 @@
 #include <wegeft/cuda.hpp>
 
 #include <limits>
+#include <variant>
 
 namespace wt::cuda {
 
@@ -49,6 +50,12 @@ inline void randomise_and_round(wegeft::Transformer<float>& m, wegeft::DType dty
   const auto round = [](float v) { return wegeft::bf16_to_float(wegeft::float_to_bf16(v)); };
   for (auto& [name, t] : m.tensors()) m.tensor(name) = t.unaryExpr(round);
   for (float& v : m.store().values()) v = round(v);
+}
+
+/// Merges every adapter of m into its layer's weight (as `wegeft eval --merge` does).
+inline void merge_adapters(wegeft::Transformer<float>& m) {
+  for (auto& mod : m.modules())
+    if (mod.adapter) std::visit([](auto& a) { a.merge(); }, *mod.adapter);
 }
 
 /// A store holding a copy of `from`'s gradients (same layout).

@@ -11,6 +11,7 @@
 #include <wegeft/optim/adamw.hpp>
 
 #include <cmath>
+#include <variant>
 #include <vector>
 
 namespace {
@@ -179,4 +180,28 @@ TEST_CASE("cuda SequenceClassifier refuses what it does not run, naming it", "[c
   b.labels[1] = 5;
   CHECK_THROWS_WITH(gpu.train_step(gpu_batch(b)),
                     Catch::Contains("label 5 of sequence 1 is outside the head's 5 labels"));
+}
+
+TEST_CASE(
+    "cuda SequenceClassifier: a model whose adapters are merged into its weights scores as the "
+    "adapted one",
+    "[cuda][classifier]") {
+  auto& ctx = context();
+  for (int method : {0, 1}) {
+    INFO((method ? "WeGeFT" : "LoRA"));
+    wegeft::Rng rng(95 + method);
+    auto host = host_model(method, kAll, DType::F32, rng);
+    const Batch b = batch_of(host->config().vocab_size, rng);
+    Matrix<float> adapted;
+    {
+      cu::SequenceClassifier gpu(ctx, *host, DType::F32);
+      gpu.eval_loss(gpu_batch(b));
+      adapted = gpu.logits();
+    }
+    wt::cuda::merge_adapters(*host);
+    cu::SequenceClassifier merged(ctx, *host, DType::F32);
+    merged.eval_loss(gpu_batch(b));
+    const Matrix<float> got = merged.logits();
+    CHECK((got - adapted).cwiseAbs().maxCoeff() / adapted.cwiseAbs().maxCoeff() < 1e-4);
+  }
 }

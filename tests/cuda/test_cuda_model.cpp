@@ -14,6 +14,7 @@
 #include <cmath>
 #include <filesystem>
 #include <random>
+#include <variant>
 #include <vector>
 
 namespace {
@@ -297,4 +298,28 @@ TEST_CASE(
     largest = std::max(largest, double(std::abs(straight->store().values()[u])));
   }
   CHECK(worst / largest < 1e-4);
+}
+
+TEST_CASE(
+    "cuda CausalLM: a model whose adapters are merged into its weights scores as the adapted one",
+    "[cuda][model]") {
+  auto& ctx = context();
+  for (int method : {0, 1}) {
+    INFO((method ? "WeGeFT" : "LoRA"));
+    wegeft::Rng rng(71 + method);
+    auto host = host_model(false, method, DType::F32, rng);
+    const Batch b = batch_of(host->config().vocab_size, rng);
+    double adapted = 0;
+    {
+      cu::CausalLM gpu(ctx, *host, DType::F32);
+      adapted = gpu.eval_loss(gpu_batch(b));
+    }
+    wt::cuda::merge_adapters(*host);
+    cu::CausalLM merged(ctx, *host, DType::F32);  // the merged weights, no adapter layers
+    CHECK(std::abs(merged.eval_loss(gpu_batch(b)) - adapted) / adapted < 1e-5);
+    wegeft::Transformer<float>::Activations acts;  // the CPU's merged model (forward only)
+    host->forward(acts,
+                  {.ids = b.ids.data(), .mask = b.mask.data(), .batch = b.batch, .seq = b.seq});
+    CHECK(std::abs(host->lm_loss(acts, b.targets.data()) - adapted) / adapted < 1e-5);
+  }
 }

@@ -5,7 +5,8 @@
 # DIR`): training loss falls; a run stopped and resumed on the GPU, and one resumed on the CPU,
 # score as the straight run does; eval on the GPU scores as the CPU does to bf16's precision, and
 # its exact-match verdicts equal comparing the GPU's own generate output with the completion; a
-# classifier trained on the GPU scores on the CPU as on the GPU; refusals name the problem.
+# classifier trained on the GPU scores on the CPU as on the GPU; eval --merge on the GPU scores as
+# the adapter does; refusals name the problem.
 # Usage: finetune_cuda.sh WEGEFT TINY_LLAMA_DIR TINY_BERT_DIR WORK_DIR. Ends with "N passed, N failed".
 set -u
 tool=$1 llama=$2 bert=$3 work=$4
@@ -139,8 +140,25 @@ run cls_stop "$tool" finetune "${cls_common[@]}" --method lora --device cuda --s
   close "$s" "$r" 0.10 && pass || fail "cls_resume_cpu: loss $r against the straight run's $s"
 }
 
-expect_error merge_gpu "--merge runs on the CPU" eval --model "$llama" --adapter "$work/lora-straight" \
-  --data "$work/pc" --split valid --merge --device cuda
+# eval --merge on the GPU: the merged weights score as the adapter does, on the GPU and the CPU.
+for pair in "llama lora-straight pc" "bert cls-lora cls"; do
+  read -r which adapter data <<<"$pair"
+  model=$llama
+  [ "$which" = bert ] && model=$bert
+  [ -s "$work/$adapter/adapter_model.safetensors" ] || continue
+  run "merged_gpu_$which" "$tool" eval --model "$model" --adapter "$work/$adapter" --data "$work/$data" \
+    --split valid --json --merge --device cuda &&
+    run "merged_cpu_$which" "$tool" eval --model "$model" --adapter "$work/$adapter" --data "$work/$data" \
+      --split valid --json --merge --threads 1 &&
+    run "adapted_gpu_$which" "$tool" eval --model "$model" --adapter "$work/$adapter" --data "$work/$data" \
+      --split valid --json --device cuda || continue
+  mg=$(json_field "$work/merged_gpu_$which.out" loss) mc=$(json_field "$work/merged_cpu_$which.out" loss)
+  ag=$(json_field "$work/adapted_gpu_$which.out" loss)
+  echo "$which $adapter: valid loss merged on the GPU $mg, merged on the CPU $mc, adapted on the GPU $ag"
+  grep -q '"merged":true' "$work/merged_gpu_$which.out" && pass || fail "merged_gpu_$which: not marked merged"
+  close "$mc" "$mg" 0.03 && pass || fail "merged_gpu_$which: loss $mg against the CPU's merged $mc"
+  close "$ag" "$mg" 0.03 && pass || fail "merged_gpu_$which: loss $mg against the adapted $ag"
+done
 expect_error device_name "--device must be cpu or cuda" generate --model "$llama" --prompt hi --device gpu
 
 echo "$passed passed, $failed failed"

@@ -702,20 +702,16 @@ inline LoadedTextModel load_adapted(const std::string& model_path, const std::st
 }
 
 /// eval's and generate's --device: nothing for the CPU; for "cuda", the model on GPU 0 in bf16
-/// (a llama causal LM or a bert classifier, its adapters as loaded).
+/// (a llama causal LM or a bert classifier, its adapters as loaded, or merged into the weights).
 inline std::optional<GpuBackend> inference_device(Transformer<float>& model,
-                                                  const std::string& device, bool merged) {
+                                                  const std::string& device) {
   WEGEFT_CHECK(device == "cpu" || device == "cuda",
                "--device must be cpu or cuda, got '" << device << "'");
   if (device == "cpu") return std::nullopt;
 #ifdef WEGEFT_CUDA
-  WEGEFT_CHECK(!merged,
-               "--merge runs on the CPU; leave out --device cuda (the GPU applies the "
-               "adapter as it is)");
   return cuda_backend(model, TrainerConfig{});
 #else
   (void)model;
-  (void)merged;
   WEGEFT_CHECK(false,
                "--device cuda: this wegeft was built without the CUDA backend "
                "(configure with -DWEGEFT_ENABLE_CUDA=ON; scripts/build-cuda)");
@@ -734,7 +730,6 @@ inline int eval_command(const std::string& model_path, const std::string& adapte
   if (threads > 0) set_threads(threads);
   auto tm = load_adapted(model_path, adapter);
   auto& model = tm.model();
-  std::optional<GpuBackend> gpu = inference_device(model, device, merge);
   if (merge) {  // W += the adapter's update in every adapted layer; the head stays as it is
     WEGEFT_CHECK(model.adapters() != nullptr && !model.adapters()->empty(),
                  "--merge: " << (adapter.empty() ? std::string("no --adapter given")
@@ -743,6 +738,8 @@ inline int eval_command(const std::string& model_path, const std::string& adapte
     for (auto& m : model.modules())
       if (m.adapter) std::visit([](auto& a) { a.merge(); }, *m.adapter);
   }
+  // Built after the merge: the GPU then uploads the merged weights as the frozen ones.
+  std::optional<GpuBackend> gpu = inference_device(model, device);
   if (!gpu) apply_precision(model, precision);  // the GPU computes in bf16
   const Task task = model.has_classifier() ? Task::classification : Task::causal_lm;
   WEGEFT_CHECK(task == Task::classification || model.config().causal(),
@@ -856,7 +853,7 @@ inline int generate_command(const std::string& model_path, const std::string& ad
   auto& model = tm.model();
   WEGEFT_CHECK(model.config().causal() && !model.has_classifier(),
                model_path << ": generation needs a causal language model");
-  std::optional<GpuBackend> gpu = inference_device(model, device, false);
+  std::optional<GpuBackend> gpu = inference_device(model, device);
   if (!gpu) apply_precision(model, precision);  // the GPU computes in bf16
   const auto& tok = *tm.tokenizer;
   WEGEFT_CHECK(max_tokens >= 1 && temperature >= 0 && top_p > 0 && top_p <= 1,
