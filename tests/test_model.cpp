@@ -215,6 +215,39 @@ TEST_CASE("a tiny model overfits one batch to near-zero loss with every adapter 
   CHECK(loss < 0.05);
 }
 
+TEST_CASE("a frozen tensor given new storage after attach is refused by the forward, by name",
+          "[model][safety]") {
+  const std::string q0 = "model.layers.0.self_attn.q_proj.weight";
+  const std::string k0 = "model.layers.0.self_attn.k_proj.weight";
+  const std::vector<std::int32_t> ids = {1, 2, 3, 4};
+  const ModelInput<float> in{.ids = ids.data(), .batch = 1, .seq = 4};
+  Rng rng(5);
+  Transformer<float> model(ModelConfig::tiny(Family::llama));
+  model.init_random(rng, 0.1);
+  ParameterStore<float> store;
+  model.attach({.target_modules = {"q"}, .method = LoraConfig{.rank = 2}}, store);
+  Transformer<float>::Activations acts;
+  // In place (an expression of the same shape): the adapter's view stays valid.
+  model.tensor(q0) = model.tensor(q0) * 0.5f;
+  model.forward(acts, in);
+  CHECK(acts.logits.allFinite());
+  // A layer without an adapter reads its tensor directly: a new one is fine.
+  const Matrix<float> k_new =
+      Matrix<float>::Constant(model.tensor(k0).rows(), model.tensor(k0).cols(), 0.01f);
+  model.tensor(k0) = Matrix<float>(k_new);  // a temporary, moved in
+  model.forward(acts, in);
+  CHECK(acts.logits.allFinite());
+  // A temporary moved into the adapted layer's tensor takes new storage: the adapter would read
+  // the old, freed one.
+  const Matrix<float> q_new =
+      Matrix<float>::Constant(model.tensor(q0).rows(), model.tensor(q0).cols(), 0.01f);
+  model.tensor(q0) = Matrix<float>(q_new);
+  CHECK_THROWS_WITH(
+      model.forward(acts, in),
+      Catch::Contains("model.layers.0.self_attn.q_proj: its frozen weight or bias was "
+                      "given new storage"));
+}
+
 TEST_CASE("adapters attach by short name, module suffix, regex, all-linear and layer filter",
           "[model][targets]") {
   const ModelConfig c = ModelConfig::tiny(Family::llama);

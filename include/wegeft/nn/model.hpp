@@ -350,6 +350,23 @@ class Transformer {
     for (auto& lin : m_linears) lin.adapter = m_adapters->find(lin.name);
     resolved.store(version, std::memory_order_release);
   }
+  /// An adapter views its layer's frozen weight and bias through pointers taken when it was
+  /// attached. A tensor given new storage since (a temporary Matrix moved into tensor(name), or
+  /// one of another size) would leave the adapter reading freed memory, so the forward refuses it,
+  /// naming the layer. Assigning an lvalue or an expression of the same shape keeps the storage.
+  void check_adapter_views() const {
+    for (const auto& lin : m_linears) {
+      if (!lin.adapter) continue;
+      const auto& base = std::visit(
+          [](const auto& a) -> const FrozenLinear<T>& { return a.base(); }, *lin.adapter);
+      WEGEFT_CHECK(base.weight().data() == lin.weight->data() &&
+                       base.bias() == (lin.bias ? lin.bias->data() : nullptr),
+                   lin.name << ": its frozen weight or bias was given new storage after its "
+                               "adapter was attached, which still views the old one; assign "
+                               "into the tensor in place (an lvalue or an expression of the "
+                               "same shape) or attach the adapter after replacing it");
+    }
+  }
   /// Every call that adds trainable parameters must use the same store.
   void bind_store(ParameterStore<T>& store) {
     WEGEFT_CHECK(m_store == nullptr || m_store == &store,
@@ -901,6 +918,7 @@ Index Transformer<T>::train_norms(const std::string& regex, ParameterStore<T>& s
 template <class T>
 void Transformer<T>::forward(Activations& acts, const ModelInput<T>& in) {
   resolve_adapters();
+  check_adapter_views();
   const Index d = m_config.hidden;
   WEGEFT_CHECK(in.batch > 0, "model input needs batch > 0, got " << in.batch);
   acts.batch = in.batch;
