@@ -203,6 +203,46 @@ std::size_t judge_batch(const text::Batch& batch, G&& greedy, const text::StopRu
   return correct;
 }
 
+/// What an evaluation sums over its batches, on either device: the loss weighted by targets (LM)
+/// or examples (classification), the confusion of the predicted classes, the exact matches.
+struct EvalTally {
+  double total = 0;
+  std::size_t count = 0, correct = 0;
+  std::optional<Confusion> confusion;
+
+  /// A causal-LM batch: its mean loss over `targets` counted targets.
+  void add_lm(double mean_loss, std::size_t targets) {
+    total += mean_loss * static_cast<double>(targets);
+    count += targets;
+  }
+  /// A classification batch: its mean loss, and the argmax of each row of logits [batch, labels]
+  /// against the batch's labels.
+  template <class Logits>
+  void add_classified(double mean_loss, const Logits& logits, const text::Batch& batch) {
+    total += mean_loss * static_cast<double>(batch.batch);
+    if (!confusion) confusion.emplace(logits.cols());
+    for (Index i = 0; i < batch.batch; ++i) {
+      Index arg = 0;
+      logits.row(i).maxCoeff(&arg);
+      confusion->add(batch.labels[static_cast<std::size_t>(i)], arg);
+    }
+    count += static_cast<std::size_t>(batch.batch);
+  }
+  /// The scores; exact match when `matches` were judged (their correct ones added to `correct`).
+  EvalResult result(const std::vector<text::ExactMatch>* matches) const {
+    EvalResult r;
+    r.count = count;
+    r.loss = count ? total / static_cast<double>(count) : std::nan("");
+    if (confusion && confusion->total()) {
+      r.accuracy = confusion->accuracy();
+      r.macro_f1 = confusion->macro_f1();
+    }
+    if (matches && !matches->empty())
+      r.exact_match = static_cast<double>(correct) / static_cast<double>(matches->size());
+    return r;
+  }
+};
+
 /// Mean loss (per target token, or per example) and, for classification, accuracy and macro F1.
 /// With `matches` (causal LM), also each example's greedy exact match against `stops`.
 inline EvalResult evaluate(Transformer<float>& model, const text::Dataset& data, Task task,
@@ -213,10 +253,7 @@ inline EvalResult evaluate(Transformer<float>& model, const text::Dataset& data,
   const Index loss_chunk = model.lm_loss_chunk();
   if (matches) model.set_lm_loss_chunk(0);  // exact match reads the logits; a loss alone does not
   Transformer<float>::Activations acts;
-  double total = 0;
-  std::optional<Confusion> confusion;
-  EvalResult r;
-  std::size_t correct = 0;
+  EvalTally tally;
   if (matches) matches->clear();
   WEGEFT_CHECK(!matches || stops, "evaluate: exact match needs a stop rule");
   for_each_batch(data, task, batch_size, pad, max_batches, [&](const text::Batch& batch) {
@@ -225,7 +262,7 @@ inline EvalResult evaluate(Transformer<float>& model, const text::Dataset& data,
     model.forward(acts, in);
     if (task == Task::causal_lm) {
       if (matches) {
-        correct += judge_batch(
+        tally.correct += judge_batch(
             batch,
             [&](std::size_t cell) {
               Index arg = 0;
@@ -235,30 +272,15 @@ inline EvalResult evaluate(Transformer<float>& model, const text::Dataset& data,
             *stops, *matches);
       }
       if (batch.target_count == 0) return;
-      total += model.lm_loss(acts, batch.targets.data()) * static_cast<double>(batch.target_count);
-      r.count += batch.target_count;
+      tally.add_lm(model.lm_loss(acts, batch.targets.data()), batch.target_count);
     } else {
-      total +=
-          model.classification_loss(acts, batch.labels.data()) * static_cast<double>(batch.batch);
-      if (!confusion) confusion.emplace(acts.logits.cols());
-      for (Index i = 0; i < batch.batch; ++i) {
-        Index arg = 0;
-        acts.logits.row(i).maxCoeff(&arg);
-        confusion->add(batch.labels[static_cast<std::size_t>(i)], arg);
-      }
-      r.count += static_cast<std::size_t>(batch.batch);
+      tally.add_classified(model.classification_loss(acts, batch.labels.data()), acts.logits,
+                           batch);
     }
   });
   model.set_training(true);
   model.set_lm_loss_chunk(loss_chunk);
-  r.loss = r.count ? total / static_cast<double>(r.count) : std::nan("");
-  if (confusion && confusion->total()) {
-    r.accuracy = confusion->accuracy();
-    r.macro_f1 = confusion->macro_f1();
-  }
-  if (matches && !matches->empty())
-    r.exact_match = static_cast<double>(correct) / static_cast<double>(matches->size());
-  return r;
+  return tally.result(matches);
 }
 
 inline MethodConfig method_from_options(const FinetuneOptions& o) {

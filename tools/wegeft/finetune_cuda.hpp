@@ -77,42 +77,24 @@ inline GpuBackend cuda_backend(Transformer<float>& model, const TrainerConfig& t
                          const text::StopRule* stops) {
     WEGEFT_CHECK(!matches || stops, "evaluate: exact match needs a stop rule");
     WEGEFT_CHECK(!matches || task == Task::causal_lm, "exact match scores a causal LM");
-    EvalResult r;
-    double total = 0;
-    std::size_t correct = 0;
-    std::optional<Confusion> confusion;
+    EvalTally tally;
     if (matches) matches->clear();
     for_each_batch(data, task, batch_size, pad, max_batches, [&](const text::Batch& batch) {
       if (task == Task::classification) {
-        total += s->step(batch, false) * static_cast<double>(batch.batch);
-        const Matrix<float> logits = s->cls->logits();
-        if (!confusion) confusion.emplace(logits.cols());
-        for (Index i = 0; i < batch.batch; ++i) {
-          Index arg = 0;
-          logits.row(i).maxCoeff(&arg);
-          confusion->add(batch.labels[static_cast<std::size_t>(i)], arg);
-        }
-        r.count += static_cast<std::size_t>(batch.batch);
+        const double loss = s->step(batch, false);
+        tally.add_classified(loss, s->cls->logits(), batch);
         return;
       }
       if (batch.target_count == 0 && !matches) return;
       const double loss = s->step(batch, false);
       if (matches) {
         const std::vector<std::int32_t> greedy = s->lm->greedy_tokens();
-        correct += judge_batch(
+        tally.correct += judge_batch(
             batch, [&](std::size_t cell) { return greedy[cell]; }, *stops, *matches);
       }
-      total += loss * static_cast<double>(batch.target_count);
-      r.count += batch.target_count;
+      tally.add_lm(loss, batch.target_count);
     });
-    r.loss = r.count ? total / static_cast<double>(r.count) : std::nan("");
-    if (confusion && confusion->total()) {
-      r.accuracy = confusion->accuracy();
-      r.macro_f1 = confusion->macro_f1();
-    }
-    if (matches && !matches->empty())
-      r.exact_match = static_cast<double>(correct) / static_cast<double>(matches->size());
-    return r;
+    return tally.result(matches);
   };
   g.next_logits = [s](const std::vector<std::int32_t>& ids) {
     WEGEFT_CHECK(s->lm, "generation needs a causal language model");
