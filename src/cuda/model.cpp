@@ -1,11 +1,12 @@
-// wegeft::cuda::CausalLM: the Llama-family training step on the GPU (cuda/model.hpp).
+// wegeft::cuda::CausalLM: the Llama- and GPT-2-family training step on the GPU (cuda/model.hpp).
 //
 // Buffers. Every activation a block's backward needs is kept per block, planned for the largest
 // batch x seq seen; the gradients flow through scratch shared by all blocks. An adapted layer
 // writes its rank-r intermediate into spare columns after its input and its output gradient
 // (AdaptedLinear), so every such buffer has S spare columns (S: the largest padded rank), and an
 // input that several adapted layers read (norm1's output for q, k, v; norm2's for gate, up) has
-// one copy per adapted reader.
+// one copy per adapted reader. GPT-2's fused q/k/v projection writes one [N, 3d] activation whose
+// column blocks are attention's q, k and v, and its gradient is gathered the same way.
 #include "wegeft/cuda/model.hpp"
 
 #include <algorithm>
@@ -27,23 +28,27 @@ using detail::Lin;
 using detail::stats;
 
 struct Block {
-  Lin q, k, v, o, gate, up, down;
+  Lin q, k, v, qkv, o, gate, up, down;
   Tensor norm1, norm2;        // [1, d]
+  Tensor norm1b, norm2b;      // [1, d] LayerNorm biases (gpt2)
   Act x;                      // block input [N, d]
-  Act hq, hk, hv;             // norm1's output; hk, hv: copies for an adapted k, v
-  Act q_out, k_out, v_out;    // after RoPE [N, H hd], [N, Hkv hd]
+  Act hq, hk, hv;             // norm1's output; hk, hv: copies for an adapted k, v (llama)
+  Act q_out, k_out, v_out;    // after RoPE [N, H hd], [N, Hkv hd] (llama)
+  Act qkv_out;                // [N, 3d]: q, k, v side by side (gpt2)
   Act attn;                   // [N, d] attention output
   Act x2;                     // [N, d] the residual after attention
-  Act hg, hu;                 // norm2's output; hu: a copy for an adapted up
-  Act gate_out, up_out, act;  // [N, F]
+  Act hg, hu;                 // norm2's output; hu: a copy for an adapted up (llama)
+  Act gate_out, up_out, act;  // [N, F]; gpt2: up_out before GELU, act after it
+  Buffer mean1, mean2;        // LayerNorm means (gpt2)
   Buffer rstd1, rstd2, lse;
 };
 
 /// The block's linear of each role.
 constexpr std::pair<LinearRole, Lin Block::*> kLinears[] = {
-    {LinearRole::q, &Block::q},      {LinearRole::k, &Block::k},       {LinearRole::v, &Block::v},
-    {LinearRole::o, &Block::o},      {LinearRole::gate, &Block::gate}, {LinearRole::up, &Block::up},
-    {LinearRole::down, &Block::down}};
+    {LinearRole::q, &Block::q},   {LinearRole::k, &Block::k},
+    {LinearRole::v, &Block::v},   {LinearRole::qkv, &Block::qkv},
+    {LinearRole::o, &Block::o},   {LinearRole::gate, &Block::gate},
+    {LinearRole::up, &Block::up}, {LinearRole::down, &Block::down}};
 
 }  // namespace
 
@@ -53,15 +58,17 @@ struct CausalLM::Impl {
   ModelConfig cfg;
   DType dtype;
   DeviceStore store;
-  std::unique_ptr<Rope> rope;
-  Tensor embed, head_untied, final_norm;
+  bool gpt2 = false;
+  std::unique_ptr<Rope> rope;                           // llama
+  Tensor embed, head_untied, final_norm, final_norm_b;  // final_norm_b: gpt2's LayerNorm bias
+  Tensor positions;                                     // gpt2: [max_positions, d]
   std::vector<Block> blocks;
   Index spare = 0;
   // planned size and the shared buffers
   Index capacity = 0;
   Act x_last, hf, logits;
-  Act d_res, t1, dh, d_attn, dq, dk, dv, dgate, dup;
-  Buffer rstdf, losses, delta, argmax;
+  Act d_res, t1, dh, d_attn, dq, dk, dv, dqkv, dgate, dup;
+  Buffer meanf, rstdf, losses, delta, argmax;
   DeviceArray ids, targets, mask;
   Index last_n = 0;            // tokens of the last step
   bool last_backward = false;  // whether it overwrote the logits with their gradient
@@ -69,7 +76,7 @@ struct CausalLM::Impl {
   Impl(Context& c, Transformer<float>& h, DType dt)
       : ctx(&c), host(&h), cfg(h.config()), dtype(dt), store(c, h.store()) {}
 
-  const Tensor& head() const { return cfg.tied_lm_head ? embed : head_untied; }
+  const Tensor& head() const { return cfg.tied_lm_head || gpt2 ? embed : head_untied; }
   Tensor upload(const std::string& name) {
     return Tensor::from_host(*ctx, host->tensor(name), dtype);
   }
@@ -78,14 +85,26 @@ struct CausalLM::Impl {
   void block_forward(Block& b, const TensorView& out, Index n, const AttentionShape& s,
                      const DeviceArray* m);
   void block_backward(Block& b, bool first, Index n, const AttentionShape& s, const DeviceArray* m);
+  void gpt2_forward(Block& b, const TensorView& out, Index n, const AttentionShape& s,
+                    const DeviceArray* m);
+  void gpt2_backward(Block& b, bool first, Index n, const AttentionShape& s, const DeviceArray* m);
+  /// Columns [part d, (part + 1) d) of a gpt2 [N, 3d] q/k/v activation or gradient.
+  TensorView third(const Act& a, Index n, int part) const {
+    return a.t.block(0, part * cfg.hidden, n, cfg.hidden);
+  }
+  /// The final norm: llama's RMSNorm or gpt2's LayerNorm, forward and backward.
+  void final_norm_forward(Index n);
+  void final_norm_backward(Index n);
   TensorView lse(const Block& b, const AttentionShape& s) const {
     return stats(b.lse, s.batch * s.heads, s.seq);
   }
 };
 
 void CausalLM::Impl::build() {
-  WEGEFT_CHECK(cfg.family == Family::llama,
-               "the GPU model runs the llama family; this model is " << to_string(cfg.family));
+  WEGEFT_CHECK(
+      cfg.family == Family::llama || cfg.family == Family::gpt2,
+      "the GPU model runs the llama and gpt2 families; this model is " << to_string(cfg.family));
+  gpt2 = cfg.family == Family::gpt2;
   WEGEFT_CHECK(!host->has_classifier(),
                "the GPU model has no classification head; train it on the CPU");
   WEGEFT_CHECK(!host->has_trainable_norms(),
@@ -101,8 +120,9 @@ void CausalLM::Impl::build() {
     Block& b = blocks[static_cast<std::size_t>(m.layer)];
     const auto* it = std::find_if(std::begin(kLinears), std::end(kLinears),
                                   [&](const auto& e) { return e.first == m.role; });
-    WEGEFT_CHECK(it != std::end(kLinears),
-                 m.name << ": a " << short_name(m.role) << " projection in a llama model");
+    WEGEFT_CHECK(it != std::end(kLinears), m.name << ": a " << short_name(m.role)
+                                                  << " projection in a " << to_string(cfg.family)
+                                                  << " model");
     Lin* lin = &(b.*(it->second));
     lin->build(*ctx, store, m, sites[i].base, dtype);
     spare = std::max(spare, lin->padded_rank());
@@ -111,12 +131,21 @@ void CausalLM::Impl::build() {
     Block& b = blocks[static_cast<std::size_t>(l)];
     b.norm1 = upload(cfg.norm_name(l, 0) + ".weight");
     b.norm2 = upload(cfg.norm_name(l, 1) + ".weight");
+    if (gpt2) {
+      b.norm1b = upload(cfg.norm_name(l, 0) + ".bias");
+      b.norm2b = upload(cfg.norm_name(l, 1) + ".bias");
+    }
   }
   final_norm = upload(cfg.final_norm_name() + ".weight");
   embed = upload(cfg.token_embedding_name() + ".weight");
-  if (!cfg.tied_lm_head) head_untied = upload("lm_head.weight");
-  rope = std::make_unique<Rope>(
-      *ctx, RopeTable<float>(cfg.head_dim(), cfg.max_positions, cfg.rope_theta));
+  if (gpt2) {
+    final_norm_b = upload(cfg.final_norm_name() + ".bias");
+    positions = upload(cfg.position_tensor_name());
+  } else {
+    if (!cfg.tied_lm_head) head_untied = upload("lm_head.weight");
+    rope = std::make_unique<Rope>(
+        *ctx, RopeTable<float>(cfg.head_dim(), cfg.max_positions, cfg.rope_theta));
+  }
 }
 
 void CausalLM::Impl::allocate(Index n) {
@@ -126,6 +155,20 @@ void CausalLM::Impl::allocate(Index n) {
   for (auto& b : blocks) {
     b.x.alloc(t, n, d, S);
     b.hq.alloc(t, n, d, S);
+    b.rstd1 = floats(n);
+    b.rstd2 = floats(n);
+    b.lse = floats(n * cfg.heads);
+    if (gpt2) {  // ln_1 -> hq, c_attn -> qkv_out, ln_2 -> hg, c_fc -> up_out, GELU -> act
+      b.qkv_out.alloc(t, n, 3 * d, S);
+      b.attn.alloc(t, n, d, S);
+      b.x2.alloc(t, n, d, S);
+      b.hg.alloc(t, n, d, S);
+      b.up_out.alloc(t, n, f, 0);
+      b.act.alloc(t, n, f, S);
+      b.mean1 = floats(n);
+      b.mean2 = floats(n);
+      continue;
+    }
     if (b.k.adapted) b.hk.alloc(t, n, d, S);
     if (b.v.adapted) b.hv.alloc(t, n, d, S);
     b.q_out.alloc(t, n, qw, S);
@@ -138,9 +181,6 @@ void CausalLM::Impl::allocate(Index n) {
     b.gate_out.alloc(t, n, f, 0);
     b.up_out.alloc(t, n, f, 0);
     b.act.alloc(t, n, f, S);
-    b.rstd1 = floats(n);
-    b.rstd2 = floats(n);
-    b.lse = floats(n * cfg.heads);
   }
   x_last.alloc(t, n, d, S);
   hf.alloc(t, n, d, 0);
@@ -149,10 +189,15 @@ void CausalLM::Impl::allocate(Index n) {
   t1.alloc(t, n, d, 0);
   dh.alloc(t, n, d, 0);
   d_attn.alloc(t, n, d, S);
-  dq.alloc(t, n, qw, S);
-  dk.alloc(t, n, kvw, S);
-  dv.alloc(t, n, kvw, S);
-  dgate.alloc(t, n, f, S);
+  if (gpt2) {
+    dqkv.alloc(t, n, 3 * d, S);  // qkv_out's row stride, as attention_backward needs
+    meanf = floats(n);
+  } else {
+    dq.alloc(t, n, qw, S);
+    dk.alloc(t, n, kvw, S);
+    dv.alloc(t, n, kvw, S);
+    dgate.alloc(t, n, f, S);
+  }
   dup.alloc(t, n, f, S);
   rstdf = floats(n);
   losses = floats(n);
@@ -225,6 +270,70 @@ void CausalLM::Impl::block_backward(Block& b, bool first, Index n, const Attenti
   add(c, D, T1);  // d x
 }
 
+// GPT-2: x2 = x + c_proj(attn(c_attn(ln_1(x)))), out = x2 + mlp.c_proj(gelu(c_fc(ln_2(x2)))).
+void CausalLM::Impl::gpt2_forward(Block& b, const TensorView& out, Index n, const AttentionShape& s,
+                                  const DeviceArray* m) {
+  Context& c = *ctx;
+  const float eps = static_cast<float>(cfg.norm_eps);
+  const TensorView h1 = b.hq.v(n), h2 = b.hg.v(n);
+  layernorm_forward(c, h1, stats(b.mean1, n, 1), stats(b.rstd1, n, 1), b.x.v(n), b.norm1.view(),
+                    b.norm1b.view(), eps);
+  b.qkv.forward(c, b.qkv_out.v(n), h1);
+  attention_forward(c, b.attn.v(n), lse(b, s), third(b.qkv_out, n, 0), third(b.qkv_out, n, 1),
+                    third(b.qkv_out, n, 2), m, s);
+  b.o.forward(c, b.x2.v(n), b.attn.v(n));
+  add(c, b.x2.v(n), b.x.v(n));
+  layernorm_forward(c, h2, stats(b.mean2, n, 1), stats(b.rstd2, n, 1), b.x2.v(n), b.norm2.view(),
+                    b.norm2b.view(), eps);
+  b.up.forward(c, b.up_out.v(n), h2);
+  gelu_forward(c, b.act.v(n), b.up_out.v(n), cfg.gelu());
+  b.down.forward(c, out, b.act.v(n));
+  add(c, out, b.x2.v(n));
+}
+
+// As block_backward: d_res holds d(block output) on entry and d(block input) on exit.
+void CausalLM::Impl::gpt2_backward(Block& b, bool first, Index n, const AttentionShape& s,
+                                   const DeviceArray* m) {
+  Context& c = *ctx;
+  const TensorView D = d_res.v(n), T1 = t1.v(n), DH = dh.v(n), DACT = dup.v(n);
+  b.down.backward(c, DACT, D);  // d act
+  gelu_backward(c, DACT, DACT, b.up_out.v(n), cfg.gelu());
+  b.up.backward(c, DH, DACT);  // d h2
+  layernorm_backward(c, T1, DH, b.x2.v(n), b.norm2.view(), stats(b.mean2, n, 1),
+                     stats(b.rstd2, n, 1));
+  add(c, D, T1);  // d x2
+  b.o.backward(c, d_attn.v(n), D);
+  attention_backward(c, third(dqkv, n, 0), third(dqkv, n, 1), third(dqkv, n, 2),
+                     stats(delta, s.batch * s.heads, s.seq), d_attn.v(n), b.attn.v(n), lse(b, s),
+                     third(b.qkv_out, n, 0), third(b.qkv_out, n, 1), third(b.qkv_out, n, 2), m, s);
+  if (first) {  // the adapters' gradients only
+    b.qkv.backward(c, TensorView{}, dqkv.v(n));
+    return;
+  }
+  b.qkv.backward(c, DH, dqkv.v(n));  // d h1
+  layernorm_backward(c, T1, DH, b.x.v(n), b.norm1.view(), stats(b.mean1, n, 1),
+                     stats(b.rstd1, n, 1));
+  add(c, D, T1);  // d x
+}
+
+void CausalLM::Impl::final_norm_forward(Index n) {
+  const float eps = static_cast<float>(cfg.norm_eps);
+  if (gpt2)
+    layernorm_forward(*ctx, hf.v(n), stats(meanf, n, 1), stats(rstdf, n, 1), x_last.v(n),
+                      final_norm.view(), final_norm_b.view(), eps);
+  else
+    rmsnorm_forward(*ctx, hf.v(n), stats(rstdf, n, 1), x_last.v(n), final_norm.view(), eps);
+}
+
+// d_res = d(x_last) from t1 = d(hf).
+void CausalLM::Impl::final_norm_backward(Index n) {
+  if (gpt2)
+    layernorm_backward(*ctx, d_res.v(n), t1.v(n), x_last.v(n), final_norm.view(),
+                       stats(meanf, n, 1), stats(rstdf, n, 1));
+  else
+    rmsnorm_backward(*ctx, d_res.v(n), t1.v(n), x_last.v(n), final_norm.view(), stats(rstdf, n, 1));
+}
+
 CausalLM::CausalLM(Context& ctx, Transformer<float>& host, DType dtype)
     : m_impl(std::make_unique<Impl>(ctx, host, dtype)) {
   m_impl->build();
@@ -279,23 +388,30 @@ double CausalLM::step(const LmBatch& in, bool backward, double dloss, Index divi
                          .kv_heads = cfg.kv_heads,
                          .head_dim = cfg.head_dim(),
                          .causal = true};
-  const float eps = static_cast<float>(cfg.norm_eps);
   auto& blocks = m.blocks;
   embedding_forward(c, blocks[0].x.v(n), m.ids, m.embed.view());
+  if (m.gpt2) add_positions(c, blocks[0].x.v(n), m.positions.view(), nullptr, in.seq);
   for (std::size_t l = 0; l < blocks.size(); ++l) {
     const TensorView out = l + 1 < blocks.size() ? blocks[l + 1].x.v(n) : m.x_last.v(n);
-    m.block_forward(blocks[l], out, n, s, mask);
+    if (m.gpt2)
+      m.gpt2_forward(blocks[l], out, n, s, mask);
+    else
+      m.block_forward(blocks[l], out, n, s, mask);
   }
-  rmsnorm_forward(c, m.hf.v(n), stats(m.rstdf, n, 1), m.x_last.v(n), m.final_norm.view(), eps);
+  m.final_norm_forward(n);
   const TensorView logits = m.logits.v(n);
   gemm(c, logits, m.hf.v(n), Op::N, m.head().view(), Op::T, 1.0f, 0.0f);
   const float scale = divisor ? static_cast<float>(dloss / static_cast<double>(divisor)) : 0.0f;
   cross_entropy(c, backward ? &logits : nullptr, stats(m.losses, n, 1), logits, m.targets, scale);
   if (backward) {
     gemm(c, m.t1.v(n), logits, Op::N, m.head().view(), Op::N, 1.0f, 0.0f);  // d hf
-    rmsnorm_backward(c, m.d_res.v(n), m.t1.v(n), m.x_last.v(n), m.final_norm.view(),
-                     stats(m.rstdf, n, 1));
-    for (std::size_t l = blocks.size(); l-- > 0;) m.block_backward(blocks[l], l == 0, n, s, mask);
+    m.final_norm_backward(n);
+    for (std::size_t l = blocks.size(); l-- > 0;) {
+      if (m.gpt2)
+        m.gpt2_backward(blocks[l], l == 0, n, s, mask);
+      else
+        m.block_backward(blocks[l], l == 0, n, s, mask);
+    }
   }
   m.last_n = n;
   m.last_backward = backward;

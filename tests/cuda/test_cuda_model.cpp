@@ -1,6 +1,7 @@
-// The whole Llama-family training step on the GPU (cuda::CausalLM) against the CPU model
-// (Transformer<float>) on the same weights and batch: the loss and every adapter gradient, LoRA
-// and WeGeFT on every linear, a padded batch with ignored targets, tied and untied LM heads; and
+// The whole Llama- and GPT-2-family training step on the GPU (cuda::CausalLM) against the CPU
+// model (Transformer<float>) on the same weights and batch: the loss and every adapter gradient,
+// LoRA and WeGeFT on every linear, a padded batch with ignored targets, tied and untied LM heads
+// (GPT-2: the fused q/k/v projection, LayerNorm, learned positions, GELU); and
 // a 25-step AdamW run whose losses track the CPU run's; a steady-state step that allocates no
 // device memory; a run checkpointed and resumed on either backend. F32 on the GPU is full fp32
 // (tolerances 1e-4 relative to the largest value of each gradient); BF16 rounds every activation,
@@ -39,13 +40,29 @@ wegeft::ModelConfig small_llama(bool tied) {
   return c;
 }
 
+wegeft::ModelConfig small_gpt2() {
+  wegeft::ModelConfig c = wegeft::ModelConfig::tiny(wegeft::Family::gpt2);
+  c.hidden = 48;
+  c.heads = 3;
+  c.kv_heads = 3;
+  c.intermediate = 80;
+  c.vocab_size = 101;
+  c.layers = 2;
+  c.max_positions = 32;
+  return c;
+}
+
 /// A host model with random weights and `method` on every linear, its adapter parameters random
 /// too (LoRA's B = 0 would hide half the gradients); bf16-rounded when `dtype` is BF16.
-std::unique_ptr<wegeft::Transformer<float>> host_model(bool tied, int method, DType dtype,
-                                                       wegeft::Rng& rng) {
-  auto m = std::make_unique<wegeft::Transformer<float>>(small_llama(tied));
+std::unique_ptr<wegeft::Transformer<float>> host_model(
+    bool tied, int method, DType dtype, wegeft::Rng& rng,
+    wegeft::Family family = wegeft::Family::llama) {
+  const bool gpt2 = family == wegeft::Family::gpt2;
+  auto m = std::make_unique<wegeft::Transformer<float>>(gpt2 ? small_gpt2() : small_llama(tied));
   m->init_random(rng, 0.15);
-  m->attach({.target_modules = {"q", "k", "v", "o", "gate", "up", "down"},
+  using Targets = std::vector<std::string>;
+  m->attach({.target_modules = gpt2 ? Targets{"qkv", "o", "up", "down"}
+                                    : Targets{"q", "k", "v", "o", "gate", "up", "down"},
              .method = wt::method_config(method, 4, 8.0)});
   wt::cuda::randomise_and_round(*m, dtype, rng);
   return m;
@@ -97,46 +114,50 @@ cu::LmBatch gpu_batch(const Batch& b) {
 TEST_CASE("cuda CausalLM step: the loss and every adapter gradient equal the CPU model's",
           "[cuda][model]") {
   auto& ctx = context();
-  for (int method : {0, 1}) {  // LoRA, WeGeFT
-    for (DType dtype : {DType::F32, DType::BF16}) {
-      const bool tied = method == 1;
-      INFO((method ? "WeGeFT" : "LoRA") << ", " << wegeft::dtype_name(dtype) << ", "
-                                        << (tied ? "tied" : "untied") << " LM head");
-      wegeft::Rng rng(31 + method);
-      auto host = host_model(tied, method, dtype, rng);
-      const Batch b = batch_of(host->config().vocab_size, rng);
-      const double cpu_loss = cpu_step(*host, b);
-      const wegeft::ParameterStore<float> want = wt::cuda::gradients_of(host->store());
+  for (const auto family : {wegeft::Family::llama, wegeft::Family::gpt2})
+    for (int method : {0, 1}) {  // LoRA, WeGeFT
+      for (DType dtype : {DType::F32, DType::BF16}) {
+        const bool tied = method == 1 || family == wegeft::Family::gpt2;
+        INFO(wegeft::to_string(family)
+             << ", " << (method ? "WeGeFT" : "LoRA") << ", " << wegeft::dtype_name(dtype) << ", "
+             << (tied ? "tied" : "untied") << " LM head");
+        wegeft::Rng rng(31 + method);
+        auto host = host_model(tied, method, dtype, rng, family);
+        const Batch b = batch_of(host->config().vocab_size, rng);
+        const double cpu_loss = cpu_step(*host, b);
+        const wegeft::ParameterStore<float> want = wt::cuda::gradients_of(host->store());
 
-      cu::CausalLM gpu(ctx, *host, dtype);
-      if (dtype == DType::F32) {  // greedy tokens: the CPU logits' argmax at every position
-        REQUIRE(gpu.eval_loss(gpu_batch(b)) == Approx(cpu_loss).epsilon(1e-5));
-        wegeft::Transformer<float>::Activations acts;
-        host->forward(acts,
-                      {.ids = b.ids.data(), .mask = b.mask.data(), .batch = b.batch, .seq = b.seq});
-        const std::vector<std::int32_t> greedy = gpu.greedy_tokens();
-        REQUIRE(greedy.size() == static_cast<std::size_t>(acts.logits.rows()));
-        for (Index i = 0; i < acts.logits.rows(); ++i) {
-          Index arg = 0;
-          acts.logits.row(i).maxCoeff(&arg);
-          CHECK(greedy[static_cast<std::size_t>(i)] == arg);
+        cu::CausalLM gpu(ctx, *host, dtype);
+        if (dtype == DType::F32) {  // greedy tokens: the CPU logits' argmax at every position
+          REQUIRE(gpu.eval_loss(gpu_batch(b)) == Approx(cpu_loss).epsilon(1e-5));
+          wegeft::Transformer<float>::Activations acts;
+          host->forward(
+              acts, {.ids = b.ids.data(), .mask = b.mask.data(), .batch = b.batch, .seq = b.seq});
+          const std::vector<std::int32_t> greedy = gpu.greedy_tokens();
+          REQUIRE(greedy.size() == static_cast<std::size_t>(acts.logits.rows()));
+          for (Index i = 0; i < acts.logits.rows(); ++i) {
+            Index arg = 0;
+            acts.logits.row(i).maxCoeff(&arg);
+            CHECK(greedy[static_cast<std::size_t>(i)] == arg);
+          }
         }
+        const double gpu_loss = gpu.train_step(gpu_batch(b));
+        const double loss_tol = dtype == DType::F32 ? 1e-5 : 2e-2;
+        CHECK(std::abs(gpu_loss - cpu_loss) / cpu_loss < loss_tol);
+        gpu.store().download(ctx, host->store(), true);
+        const double tol = dtype == DType::F32 ? 1e-4 : 8e-2;
+        wt::cuda::check_gradients(want, host->store(), tol);
       }
-      const double gpu_loss = gpu.train_step(gpu_batch(b));
-      const double loss_tol = dtype == DType::F32 ? 1e-5 : 2e-2;
-      CHECK(std::abs(gpu_loss - cpu_loss) / cpu_loss < loss_tol);
-      gpu.store().download(ctx, host->store(), true);
-      const double tol = dtype == DType::F32 ? 1e-4 : 8e-2;
-      wt::cuda::check_gradients(want, host->store(), tol);
     }
-  }
 }
 
 TEST_CASE("cuda CausalLM: 25 AdamW steps track the CPU model's losses", "[cuda][model]") {
   auto& ctx = context();
+  const auto family = GENERATE(wegeft::Family::llama, wegeft::Family::gpt2);
+  INFO(wegeft::to_string(family));
   wegeft::Rng rng(41);
-  auto host = host_model(false, 1, DType::F32, rng);
-  auto twin = host_model(false, 1, DType::F32, rng);  // overwritten below: the same start
+  auto host = host_model(false, 1, DType::F32, rng, family);
+  auto twin = host_model(false, 1, DType::F32, rng, family);  // overwritten below: the same start
   for (auto& [name, t] : host->tensors()) twin->tensor(name) = t;
   std::copy(host->store().values().begin(), host->store().values().end(),
             twin->store().values().begin());
@@ -165,7 +186,8 @@ TEST_CASE("cuda CausalLM: 25 AdamW steps track the CPU model's losses", "[cuda][
 TEST_CASE("cuda CausalLM refuses what it does not run, naming it", "[cuda][model]") {
   auto& ctx = context();
   wegeft::Transformer<float> bert(wegeft::ModelConfig::tiny(wegeft::Family::bert));
-  CHECK_THROWS_WITH(cu::CausalLM(ctx, bert, DType::BF16), Catch::Contains("runs the llama family"));
+  CHECK_THROWS_WITH(cu::CausalLM(ctx, bert, DType::BF16),
+                    Catch::Contains("runs the llama and gpt2 families; this model is bert"));
   wegeft::Rng rng(5);
   auto host = host_model(true, 0, DType::F32, rng);
   cu::CausalLM gpu(ctx, *host, DType::F32);

@@ -256,10 +256,11 @@ int run_cli11(const std::string& cmd, const std::vector<std::string>& args) {
   app.add_option("--config", config,
                  "a JSON file of options (keys as the long options, '_' for '-')");
   if (cmd != "finetune")
-    app.add_option(
-           "--device", o.device,
-           "cpu, or cuda: on GPU 0 in bf16, a llama causal LM or a bert classifier (a build with "
-           "-DWEGEFT_ENABLE_CUDA=ON)")
+    app.add_option("--device", o.device,
+                   "cpu, or cuda: on GPU 0 in bf16, a llama or gpt2 causal LM or a bert classifier "
+                   "(a build "
+                   "with "
+                   "-DWEGEFT_ENABLE_CUDA=ON)")
         ->capture_default_str();
   if (cmd == "finetune") {
     app.description(
@@ -305,7 +306,7 @@ int run_cli11(const std::string& cmd, const std::vector<std::string>& args) {
     app.add_option("--report-every", o.report_every, "steps between progress lines")
         ->capture_default_str();
     app.add_option("--device", o.device,
-                   "cpu, or cuda: the step on GPU 0 in bf16, a llama causal LM or a bert "
+                   "cpu, or cuda: the step on GPU 0 in bf16, a llama or gpt2 causal LM or a bert "
                    "classifier (a build with "
                    "-DWEGEFT_ENABLE_CUDA=ON)")
         ->capture_default_str();

@@ -1,9 +1,12 @@
-// A Llama-family causal language model on the GPU: the host Transformer's frozen weights uploaded
-// once (BF16 or F32), its LoRA and WeGeFT adapters as AdaptedLinear layers over one DeviceStore,
-// and a training step (forward, cross-entropy, backward) that never leaves the device. It is the
-// host model's step, op for op: embedding, per block RMSNorm, q/k/v, RoPE, attention (causal,
-// grouped-query, padded), o, the residual add, RMSNorm, gate/up, SwiGLU, down, the residual
-// add; the final norm and the (tied or untied) LM head; the loss is the mean over counted targets.
+// A Llama- or GPT-2-family causal language model on the GPU: the host Transformer's frozen
+// weights uploaded once (BF16 or F32), its LoRA and WeGeFT adapters as AdaptedLinear layers over
+// one DeviceStore, and a training step (forward, cross-entropy, backward) that never leaves the
+// device. It is the host model's step, op for op. Llama: embedding, per block RMSNorm, q/k/v, RoPE,
+// attention (causal, grouped-query, padded), o, the residual add, RMSNorm, gate/up, SwiGLU, down,
+// the residual add; the final RMSNorm and the (tied or untied) LM head. GPT-2: token and learned
+// position embeddings, per block LayerNorm, the fused q/k/v projection (c_attn), causal attention,
+// c_proj, the residual add, LayerNorm, c_fc, GELU (tanh form), c_proj, the residual add; the final
+// LayerNorm and the LM head tied to the token embedding. The loss is the mean over counted targets.
 //
 //   wegeft::Transformer<float> host = ...;           // loaded, adapters attached (dropout 0)
 //   wegeft::cuda::Context ctx;
@@ -14,8 +17,9 @@
 //   gpu.store().download(ctx, host.store());         // then save_adapter as on the CPU
 //
 // Activations and scratch are planned once for the largest batch x seq seen (plan()); a step of
-// that size or smaller allocates nothing. Refused: other families, a classification head,
-// trainable norms, adapter dropout and methods other than LoRA and WeGeFT.
+// that size or smaller allocates nothing. Refused: other families (bert and vit), a
+// classification head, trainable norms, adapter dropout and methods other than LoRA and WeGeFT.
+// The GPT-2 step has not yet run on a GPU (docs/cuda.md).
 #pragma once
 
 #include <cstdint>
