@@ -215,6 +215,70 @@ TEST_CASE("a tiny model overfits one batch to near-zero loss with every adapter 
   CHECK(loss < 0.05);
 }
 
+TEST_CASE("decode with a key/value cache gives forward's logits at every position, in chunks",
+          "[model][decode]") {
+  const Family family = GENERATE(Family::gpt2, Family::llama);
+  const int method = GENERATE(0, 1);  // LoRA, WeGeFT, unmerged
+  INFO(to_string(family) << " " << method_name(wt::method_config(method, 4, 8)));
+  Rng rng(23);
+  ModelConfig c = ModelConfig::tiny(family);
+  c.max_positions = 16;
+  if (family == Family::llama) c.kv_heads = 2;  // grouped keys: 4 query heads over 2
+  Transformer<float> model(c);
+  model.init_random(rng, 0.3);
+  ParameterStore<float> store;
+  model.attach({.target_modules = {"all-linear"}, .method = wt::method_config(method, 4, 8)},
+               store);
+  for (float& p : store.values()) p = 0.2f * (2.0f * static_cast<float>(rng.uniform()) - 1.0f);
+  std::vector<std::int32_t> ids(13);
+  for (auto& id : ids) id = static_cast<std::int32_t>(rng.next_u32() % c.vocab_size);
+  Transformer<float>::Activations acts;  // the oracle: the training forward over the whole text
+  model.forward(acts, {.ids = ids.data(), .batch = 1, .seq = static_cast<Index>(ids.size())});
+  Transformer<float>::KvCache cache;
+  Matrix<float> logits;
+  Index at = 0;
+  for (const Index m : {Index(5), Index(1), Index(3), Index(1), Index(1), Index(2)}) {
+    model.decode(cache, ids.data() + at, m, logits);
+    at += m;
+    INFO("after " << at << " tokens");
+    CHECK(cache.length == at);
+    CHECK(wt::rel_diff(logits, acts.logits.row(at - 1)) < 1e-5);
+  }
+  REQUIRE(at == static_cast<Index>(ids.size()));
+  cache.clear();  // a new sequence in the same cache: the first 4 tokens in one call
+  model.decode(cache, ids.data(), 4, logits);
+  Transformer<float>::Activations short_acts;
+  model.forward(short_acts, {.ids = ids.data(), .batch = 1, .seq = 4});
+  CHECK(wt::rel_diff(logits, short_acts.logits.row(3)) < 1e-5);
+  // 4 cached + 13 new tokens pass the 16 positions
+  CHECK_THROWS_WITH(model.decode(cache, ids.data(), 13, logits),
+                    Catch::Contains("4 cached and 13 new tokens exceed the model's 16 positions"));
+  CHECK(cache.length == 4);
+  CHECK_THROWS_WITH(model.decode(cache, ids.data(), 0, logits), Catch::Contains("no tokens"));
+}
+
+TEST_CASE("decode refuses models without an LM head and caches of another model",
+          "[model][decode][errors]") {
+  Rng rng(3);
+  Transformer<float> bert(ModelConfig::tiny(Family::bert));
+  bert.init_random(rng, 0.1);
+  Transformer<float>::KvCache cache;
+  Matrix<float> logits;
+  const std::vector<std::int32_t> ids = {1, 2, 3};
+  CHECK_THROWS_WITH(bert.decode(cache, ids.data(), 3, logits),
+                    Catch::Contains("decode: needs a causal language model") &&
+                        Catch::Contains("this is a bert model"));
+  Transformer<float> llama(ModelConfig::tiny(Family::llama));
+  llama.init_random(rng, 0.1);
+  llama.decode(cache, ids.data(), 3, logits);
+  ModelConfig wider = ModelConfig::tiny(Family::llama);
+  wider.layers = 3;
+  Transformer<float> other(wider);
+  other.init_random(rng, 0.1);
+  CHECK_THROWS_WITH(other.decode(cache, ids.data(), 1, logits),
+                    Catch::Contains("the cache holds 3 tokens of a model of another shape"));
+}
+
 TEST_CASE("a frozen tensor given new storage after attach is refused by the forward, by name",
           "[model][safety]") {
   const std::string q0 = "model.layers.0.self_attn.q_proj.weight";

@@ -892,7 +892,7 @@ inline int generate_command(const std::string& model_path, const std::string& ad
   for (const auto& st : stop_strings) WEGEFT_CHECK(!st.empty(), "--stop: an empty stop string");
   const text::StopRule stops = text::stop_rule(tok, stop_strings);
   Rng rng(seed);
-  Transformer<float>::Activations acts;
+  Transformer<float>::KvCache cache;  // the CPU decodes incrementally: the prompt, then a token
   std::vector<std::int32_t> out;
   std::string printed;
   if (gpu)  // the buffers for the longest text to come, once
@@ -904,11 +904,9 @@ inline int generate_command(const std::string& model_path, const std::string& ad
                  "the text reached the model's " << model.config().max_positions << " positions");
     if (gpu) {
       logits = gpu->next_logits(ids);
-    } else {
-      const ModelInput<float> in{
-          .ids = ids.data(), .mask = nullptr, .batch = 1, .seq = static_cast<Index>(ids.size())};
-      model.forward(acts, in);
-      logits = acts.logits.bottomRows(1);
+    } else {  // the tokens the cache has not seen yet
+      const Index seen = cache.length;
+      model.decode(cache, ids.data() + seen, static_cast<Index>(ids.size()) - seen, logits);
     }
     const auto last = logits.row(0);
     std::int32_t next = 0;

@@ -275,6 +275,22 @@ class Transformer {
   /// classifier, else acts.last / acts.final_out hold the hidden states).
   void forward(Activations& acts, const ModelInput<T>& in);
 
+  /// One sequence's keys and values so far, per block (keys after RoPE), for decode(): rows
+  /// 0 .. length - 1 of each [capacity, kv_width] matrix. clear() starts a new sequence.
+  struct KvCache {
+    Index length = 0;
+    std::vector<Matrix<T>> k, v;
+    void clear() { length = 0; }
+  };
+
+  /// Incremental decoding of a causal LM (gpt2, llama): runs tokens ids [m] of one sequence at
+  /// positions cache.length .. cache.length + m - 1, attending to the cached tokens before them,
+  /// appends their keys and values to `cache` and sets logits [1, vocab] (=) to the next-token
+  /// logits after the last of them: forward()'s logits at that position of the whole sequence,
+  /// without recomputing the earlier tokens. Adapters run as in forward() (set_training(false)
+  /// for adapters with dropout); nothing is kept for backward. The cache grows by doubling.
+  void decode(KvCache& cache, const std::int32_t* ids, Index m, Matrix<T>& logits);
+
   /// Cross-entropy of the LM logits against targets [N] (kIgnoreIndex skips a row); sets
   /// acts.dlogits to d(mean loss)/d(logits) (with set_lm_loss_chunk: acts.dh to d(mean
   /// loss)/d(final hidden states)).
@@ -963,6 +979,79 @@ void Transformer<T>::forward(Activations& acts, const ModelInput<T>& in) {
       lm_head().forward(acts.logits, *h);
     }
   }
+}
+
+template <class T>
+void Transformer<T>::decode(KvCache& cache, const std::int32_t* ids, Index m, Matrix<T>& logits) {
+  resolve_adapters();
+  check_adapter_views();
+  const ModelConfig& c = m_config;
+  WEGEFT_CHECK(c.causal() && m_labels == 0 && m_fixed.lm_head != nullptr,
+               "decode: needs a causal language model (gpt2 or llama family, no classification "
+               "head); this is a "
+                   << to_string(c.family) << (m_labels > 0 ? " classifier" : " model"));
+  WEGEFT_CHECK(ids != nullptr && m > 0, "decode: no tokens to run");
+  const Index first = cache.length, len = first + m, d = c.hidden, kvw = c.kv_width();
+  WEGEFT_CHECK(len <= c.max_positions, "decode: " << first << " cached and " << m
+                                                  << " new tokens exceed the model's "
+                                                  << c.max_positions << " positions");
+  const auto layers = static_cast<std::size_t>(c.layers);
+  if (cache.k.size() != layers || (layers > 0 && cache.k[0].cols() != kvw)) {
+    WEGEFT_CHECK(first == 0,
+                 "decode: the cache holds " << first << " tokens of a model of another shape");
+    cache.k.assign(layers, Matrix<T>());
+    cache.v.assign(layers, Matrix<T>());
+  }
+  if (cache.k[0].rows() < len) {  // room for len tokens, doubling, at most max_positions
+    const Index cap = std::min<Index>(c.max_positions, std::max<Index>(len, 2 * cache.k[0].rows()));
+    for (std::size_t l = 0; l < layers; ++l) {
+      cache.k[l].conservativeResize(cap, kvw);
+      cache.v[l].conservativeResize(cap, kvw);
+    }
+  }
+  thread_local Matrix<T> x, x2, h, mean, rstd, q, k, v, qkv, attn, o, mlp;
+  thread_local BlockCache bc;  // the linears' adapter caches and the MLP's buffers
+  x.resize(m, d);
+  embedding_forward(x.data(), ids, m_fixed.token->data(), m, c.vocab_size, d);
+  if (c.family == Family::gpt2)  // the position rows first .. first + m - 1
+    position_embedding_forward(x.data(), m_fixed.position->data() + first * d, 1, m, d,
+                               c.max_positions - first);
+  const AttentionShape s{
+      .heads = c.heads, .kv_heads = c.kv_heads, .head_dim = c.head_dim(), .causal = true};
+  auto& lin = bc.lin;
+  for (Index l = 0; l < c.layers; ++l) {
+    norm_forward(h, mean, rstd, x, norm_of(l, 0));
+    if (c.fused_qkv()) {
+      run_linear(l, LinearRole::qkv, lin[int(LinearRole::qkv)], qkv, h);
+      q = qkv.leftCols(d);
+      k = qkv.middleCols(d, d);
+      v = qkv.rightCols(d);
+    } else {
+      run_linear(l, LinearRole::q, lin[int(LinearRole::q)], q, h);
+      run_linear(l, LinearRole::k, lin[int(LinearRole::k)], k, h);
+      run_linear(l, LinearRole::v, lin[int(LinearRole::v)], v, h);
+    }
+    if (c.rope()) {
+      rope_forward(q.data(), *m_rope, 1, m, c.heads, first);
+      rope_forward(k.data(), *m_rope, 1, m, c.kv_heads, first);
+    }
+    Matrix<T>& kc = cache.k[static_cast<std::size_t>(l)];
+    Matrix<T>& vc = cache.v[static_cast<std::size_t>(l)];
+    kc.middleRows(first, m) = k;
+    vc.middleRows(first, m) = v;
+    attn.resize(m, d);
+    cached_attention_forward(attn.data(), q.data(), kc.data(), vc.data(), m, first, s);
+    run_linear(l, LinearRole::o, lin[int(LinearRole::o)], o, attn);
+    x2 = x + o;
+    norm_forward(h, mean, rstd, x2, norm_of(l, 1));
+    mlp_forward(l, bc, h, mlp);
+    x = x2 + mlp;
+  }
+  x2 = x.bottomRows(1);
+  norm_forward(h, mean, rstd, x2, m_final_norm);
+  logits.resize(1, m_fixed.lm_head->rows());
+  lm_head().forward(logits, h);
+  cache.length = len;
 }
 
 template <class T>

@@ -40,16 +40,16 @@ struct RopeTable {
 namespace detail {
 // Rotates every head of every token in place by +angle (direction = 1) or -angle (-1).
 template <class T>
-void rope_rotate(T* x, const RopeTable<T>& table, Index batch, Index seq, Index heads,
-                 T direction) {
-  WEGEFT_CHECK(seq <= table.max_positions, "sequence length " << seq << " exceeds the RoPE table's "
-                                                              << table.max_positions
-                                                              << " positions");
+void rope_rotate(T* x, const RopeTable<T>& table, Index batch, Index seq, Index heads, T direction,
+                 Index first = 0) {
+  WEGEFT_CHECK(first >= 0 && first + seq <= table.max_positions,
+               "positions " << first << " .. " << first + seq - 1 << " exceed the RoPE table's "
+                            << table.max_positions << " positions");
   const Index hd = table.head_dim, half = hd / 2;
   for (Index b = 0; b < batch; ++b)
     for (Index t = 0; t < seq; ++t) {
-      const T* c = table.cos.data() + t * half;
-      const T* s = table.sin.data() + t * half;
+      const T* c = table.cos.data() + (first + t) * half;
+      const T* s = table.sin.data() + (first + t) * half;
       T* row = x + (b * seq + t) * heads * hd;
       for (Index h = 0; h < heads; ++h) {
         T* v = row + h * hd;
@@ -63,10 +63,12 @@ void rope_rotate(T* x, const RopeTable<T>& table, Index batch, Index seq, Index 
 }
 }  // namespace detail
 
-/// x [B*T, H*head_dim] rotated in place; the token in row b*T + t has position t.
+/// x [B*T, H*head_dim] rotated in place; the token in row b*T + t has position first + t (first:
+/// the tokens before these ones, e.g. those a decoding cache holds).
 template <class T>
-void rope_forward(T* x, const RopeTable<T>& table, Index batch, Index seq, Index heads) {
-  detail::rope_rotate(x, table, batch, seq, heads, T(1));
+void rope_forward(T* x, const RopeTable<T>& table, Index batch, Index seq, Index heads,
+                  Index first = 0) {
+  detail::rope_rotate(x, table, batch, seq, heads, T(1), first);
 }
 
 /// dx [B*T, H*head_dim] in place: the transpose of a rotation is the inverse rotation.

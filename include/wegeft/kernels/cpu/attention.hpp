@@ -167,6 +167,39 @@ void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* probs, cons
 }
 
 /// Which pair of kernels a model runs (Transformer::set_attention_kernel).
+/// Causal attention of m new query rows of one sequence over every key it has so far, for
+/// decoding with a key/value cache (Transformer::decode): out [m, H*d] (=) from q [m, H*d] (the
+/// queries at positions first .. first + m - 1) and k, v [first + m, Hkv*d] (the keys and values
+/// of positions 0 .. first + m - 1); query i sees keys 0 .. first + i. No padding; s.batch and
+/// s.seq are not read.
+template <class T>
+void cached_attention_forward(T* out, const T* q, const T* k, const T* v, Index m, Index first,
+                              const AttentionShape& s) {
+  s.check();
+  WEGEFT_CHECK(m > 0 && first >= 0,
+               "cached attention: " << m << " queries after " << first << " cached tokens");
+  const Index d = s.head_dim, group = s.heads / s.kv_heads, qw = s.q_width(), kw = s.kv_width(),
+              len = first + m;
+  const T scale = static_cast<T>(1.0 / std::sqrt(static_cast<double>(d)));
+  thread_local Matrix<T> p;  // [m, len] scores, then probabilities
+  p.resize(m, len);
+  for (Index h = 0; h < s.heads; ++h) {
+    const Index g = h / group;
+    const detail::HeadMap<T> qh(q + h * d, m, d, Eigen::OuterStride<>(qw));
+    const detail::HeadMap<T> kg(k + g * d, len, d, Eigen::OuterStride<>(kw));
+    const detail::HeadMap<T> vg(v + g * d, len, d, Eigen::OuterStride<>(kw));
+    p.noalias() = (qh * kg.transpose()) * scale;
+    for (Index i = 0; i < m; ++i) {
+      const Index vis = first + i + 1;
+      auto row = p.row(i).head(vis).array();
+      row = (row - row.maxCoeff()).exp();
+      row /= row.sum();
+      p.row(i).tail(len - vis).setZero();
+    }
+    detail::MutHeadMap<T>(out + h * d, m, d, Eigen::OuterStride<>(qw)).noalias() = p * vg;
+  }
+}
+
 enum class AttentionKernel { automatic, flash, probabilities };
 
 /// Query rows and keys per block of the flash kernels.
