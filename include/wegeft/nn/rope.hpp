@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cmath>
+#include <string>
 #include <vector>
 
 #include "wegeft/core/error.hpp"
@@ -43,8 +44,10 @@ template <class T>
 void rope_rotate(T* x, const RopeTable<T>& table, Index batch, Index seq, Index heads, T direction,
                  Index first = 0) {
   WEGEFT_CHECK(first >= 0 && first + seq <= table.max_positions,
-               "positions " << first << " .. " << first + seq - 1 << " exceed the RoPE table's "
-                            << table.max_positions << " positions");
+               "sequence length " << seq << (first > 0 ? " after " : "")
+                                  << (first > 0 ? std::to_string(first) + " cached tokens" : "")
+                                  << " exceeds the RoPE table's " << table.max_positions
+                                  << " positions");
   const Index hd = table.head_dim, half = hd / 2;
   for (Index b = 0; b < batch; ++b)
     for (Index t = 0; t < seq; ++t) {
