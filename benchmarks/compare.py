@@ -49,6 +49,7 @@ def gemm_line(binary, env):
 CPUINFO = open("/proc/cpuinfo").read().replace("\n", " ")
 AVX512 = " avx512f " in CPUINFO
 BF16 = " avx512_bf16 " in CPUINFO
+AMX = BF16 and " amx_bf16 " in CPUINFO
 for threads in (1, 2):
     env = dict(os.environ, OMP_WAIT_POLICY="passive", OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads),
                MKL_NUM_THREADS=str(threads), WEGEFT_THREADS=str(threads))
@@ -129,8 +130,12 @@ for threads in (1, 2):
     # PyTorch from PyPI (WEGEFT_TORCH_PYTHON, made by scripts/torch-venv) in fp32 and bf16
     # autocast, each with matmul attention and with SDPA; all alternating, medians.
     runs = {"wegeft fp32": [model_bin, "3", "fp32"]}
+    run_env = {}
     if BF16:
-        runs["wegeft bf16"] = [model_bin, "3", "bf16"]
+        runs["wegeft bf16"] = [model_bin, "3", "bf16"]  # AMX where the CPU has it
+        if AMX:  # and the AVX512-BF16 kernel beside it
+            runs["wegeft bf16 avx512bf16"] = [model_bin, "3", "bf16"]
+            run_env["wegeft bf16 avx512bf16"] = {"WEGEFT_BF16_KERNEL": "avx512bf16"}
     if os.path.exists("/usr/lib/python3/dist-packages/torch"):
         runs["torch 1.13 fp32"] = ["/usr/bin/python3", script, "3", str(threads)]
     torch2 = os.environ.get("WEGEFT_TORCH_PYTHON")
@@ -142,7 +147,7 @@ for threads in (1, 2):
     headers = {}
     for rep in range(repeats):
         for name, cmd in runs.items():
-            out, rows = run(cmd, env)
+            out, rows = run(cmd, dict(env, **run_env.get(name, {})))
             headers[name] = out.splitlines()[0]
             results[name].append(rows["model step"])
     print("MiniLM-sized model step (6 x 384, seq 128, batch 32, LoRA r=8 on q, v, new head, AdamW):")

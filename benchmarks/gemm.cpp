@@ -7,6 +7,7 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <vector>
 
 #include "peak.hpp"
 #include "timing.hpp"
@@ -29,17 +30,24 @@ int main() {
       "%% of peak\n",
       long(M), long(K), long(N), wegeft::gemm_backend().c_str(), gflops, peak,
       100.0 * gflops / (peak * threads));
-  if (wegeft::bf16_gemm_available()) {  // the same product through gemm_bf16, B packed once
+  // The same product through gemm_bf16 (B packed once), with each kernel this CPU has.
+  std::vector<wegeft::Bf16Kernel> kernels;
+  if (wegeft::bf16_gemm_available()) kernels.push_back(wegeft::Bf16Kernel::avx512bf16);
+  if (wegeft::amx_bf16_available()) kernels.push_back(wegeft::Bf16Kernel::amx);
+  for (const auto kernel : kernels) {
+    wegeft::set_bf16_kernel(kernel);
     const auto packed = wegeft::Bf16Panels::from_rows(b.data(), N, K, K);
-    const double bf16_peak = wegeft_bench::measured_bf16_peak_gflops();
+    const double bf16_peak = wegeft_bench::measured_bf16_kernel_peak_gflops();
     const double bf16_seconds = wegeft_bench::median_seconds(
         0, 11, [&] { wegeft::gemm_bf16(c.data(), N, a.data(), K, M, packed, false); });
     const double bf16_gflops = 2.0 * M * N * K / bf16_seconds * 1e-9;
     std::printf(
-        "gemm %ldx%ldx%ld bf16 [gemm_bf16, AVX512-BF16, %d thread(s)]: %.1f GFLOP/s; measured "
-        "vdpbf16ps peak %.1f GFLOP/s per thread; %.1f %% of peak; %.2fx the fp32 GEMM above\n",
-        long(M), long(K), long(N), threads, bf16_gflops, bf16_peak,
+        "gemm %ldx%ldx%ld bf16 [gemm_bf16, %s, %d thread(s)]: %.1f GFLOP/s; measured "
+        "%s peak %.1f GFLOP/s per thread; %.1f %% of peak; %.2fx the fp32 GEMM above\n",
+        long(M), long(K), long(N), wegeft::bf16_kernel_name().c_str(), threads, bf16_gflops,
+        wegeft_bench::bf16_kernel_instruction(), bf16_peak,
         100.0 * bf16_gflops / (bf16_peak * threads), bf16_gflops / gflops);
   }
+  wegeft::set_bf16_kernel(wegeft::Bf16Kernel::automatic);
   return 0;
 }

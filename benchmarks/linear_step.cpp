@@ -79,9 +79,11 @@ int main(int argc, char** argv) {
   wegeft::FrozenLinear<T> base(w.data(), d_out, d_in, b.data(), &packed);
   const double base_macs = 2.0 * double(n) * double(d_in) * double(d_out);
 
-  std::printf("wegeft %s linear-layer training step, %s, N = %ld, d_in = %ld, d_out = %ld\n",
-              wegeft::version, bf16 ? "bf16 frozen products (AVX512-BF16)" : "float32", long(n),
-              long(d_in), long(d_out));
+  std::printf(
+      "wegeft %s linear-layer training step, %s, N = %ld, d_in = %ld, d_out = %ld\n",
+      wegeft::version,
+      bf16 ? ("bf16 frozen products (" + wegeft::bf16_kernel_name() + ")").c_str() : "float32",
+      long(n), long(d_in), long(d_out));
   std::printf("backend: %s\n", wegeft::gemm_backend().c_str());
   std::printf("cpu: %s; %d rounds, median of per-round ratios to the frozen base step\n\n",
               cpu_model().c_str(), rounds);

@@ -5,7 +5,8 @@
 //
 //   build/release/benchmarks/bench_model_step [rounds] [fp32|bf16] [automatic|flash|probabilities]
 //
-// bf16: the frozen products in bf16 (Transformer::set_bf16_products; AVX512-BF16 needed). Also
+// bf16: the frozen products in bf16 (Transformer::set_bf16_products; AVX512-BF16 needed; AMX where
+// the CPU has it, WEGEFT_BF16_KERNEL=avx512bf16 forces the other kernel). Also
 // prints the loss of the last step (the same batch every step: a warm-up step and `rounds` timed
 // ones, so rounds 199 makes 200 AdamW steps on it) and the step's model FLOPs with the measured
 // peak of the path it uses. The third argument picks attention's kernels
@@ -75,18 +76,18 @@ int main(int argc, char** argv) {
   const double attention = 2 * n * double(c.layers) * 2 * double(seq) * d;
   const double flops = 2 * linear + 3 * attention;
   const double ms = 1e3 * seconds;
-  const double peak = (bf16 ? wegeft_bench::measured_bf16_peak_gflops()
+  const double peak = (bf16 ? wegeft_bench::measured_bf16_kernel_peak_gflops()
                             : wegeft_bench::measured_fma_peak_gflops()) *
                       threads;
   std::printf("wegeft model step %s, %s attention [%s]: loss %.6f after %d steps, trainable %ld\n",
-              bf16 ? "bf16 (AVX512-BF16 products)" : "fp32",
+              bf16 ? ("bf16 (" + wegeft::bf16_kernel_name() + " products)").c_str() : "fp32",
               wegeft_bench::attention_kernel_name(kernel), wegeft::gemm_backend().c_str(), loss,
               rounds + 1, long(store.parameter_count()));
   std::printf(
       "model FLOPs %.1f G per step, %.1f GFLOP/s, %.1f %% of the measured %s peak (%.1f "
       "GFLOP/s on %d thread(s))\n",
       flops * 1e-9, flops / ms * 1e-6, 100 * flops / ms * 1e-6 / peak,
-      bf16 ? "vdpbf16ps" : "fp32 FMA", peak, threads);
+      bf16 ? wegeft_bench::bf16_kernel_instruction() : "fp32 FMA", peak, threads);
   std::printf("RESULT model step|%.4f|%.1f|%.6f|%.2f\n", ms, wegeft_bench::peak_rss_mib(), loss,
               100 * flops / ms * 1e-6 / peak);
   return 0;

@@ -78,7 +78,8 @@ int main(int argc, char** argv) {
   std::printf(
       "wegeft SmolLM2-135M step, %s r 8 all-linear, %s, %s attention, loss chunk %ld [%s]: loss "
       "%.4f, trainable %ld\n",
-      method.c_str(), precision == "bf16" ? "bf16 products (AVX512-BF16)" : "fp32",
+      method.c_str(),
+      precision == "bf16" ? ("bf16 products (" + wegeft::bf16_kernel_name() + ")").c_str() : "fp32",
       wegeft_bench::attention_kernel_name(attention), chunk, wegeft::gemm_backend().c_str(), loss,
       long(store.parameter_count()));
   std::printf("RESULT smollm2 step|%.4f|%.1f|%.1f\n", 1e3 * s, wegeft_bench::peak_rss_mib(),

@@ -1,6 +1,8 @@
 // The bf16 products: gemm_bf16 against a double sum over the bf16-rounded operands, the frozen
 // layer and the adapters with bf16 products against the same oracle, and whole models against
-// their fp32 selves. Where the CPU has no AVX512-BF16, the refusals are what is tested.
+// their fp32 selves. Where the CPU has no AVX512-BF16, the refusals are what is tested; where it
+// has AMX, the GEMM is tested through both kernels and the models through AMX (the automatic
+// choice).
 #include "support.hpp"
 
 namespace {
@@ -77,24 +79,60 @@ TEST_CASE("bf16 GEMM equals a double sum of the bf16-rounded operands on odd siz
     return;
   }
   // (M, K, N): single entries, partial panels and micro-tiles, several blocks of k (> 384) and of
-  // rows (> 240), odd K (the last pair half padding).
+  // rows (> 240 and > 256), odd K (the last pair half padding), K pairs not a multiple of an AMX
+  // tile's 16. Each kernel this CPU runs (AMX only where it has it) against the same oracle.
   const std::vector<std::array<Index, 3>> shapes = {{1, 1, 1},      {13, 2, 31},   {37, 61, 45},
-                                                    {253, 500, 70}, {12, 385, 32}, {250, 16, 33}};
-  std::uint64_t seed = 10;
-  for (const auto& [m, k, n] : shapes) {
-    for (const bool accumulate : {false, true}) {
-      INFO("M " << m << " K " << k << " N " << n << (accumulate ? " +=" : " ="));
-      const Index lda = k + 3, ldc = n + 5;  // strided rows on both sides
-      const Matrix<float> a = random_matrix(m, lda, ++seed), b = random_matrix(n, k, ++seed);
-      const Matrix<float> c0 = random_matrix(m, ldc, ++seed);
-      Matrix<float> c = c0;
-      const auto p = Bf16Panels::from_rows(b.data(), n, k, k);
-      wegeft::gemm_bf16(c.data(), ldc, a.data(), lda, m, p, accumulate);
-      check_against_double(c.data(), accumulate ? c0.data() : nullptr, ldc, a.data(), lda, b, m);
-      for (Index i = 0; i < m; ++i)  // the padding between rows of c is untouched
-        for (Index j = n; j < ldc; ++j) REQUIRE(c(i, j) == c0(i, j));
+                                                    {253, 500, 70}, {12, 385, 32}, {250, 16, 33},
+                                                    {64, 64, 64},   {300, 33, 97}};
+  std::vector<wegeft::Bf16Kernel> kernels = {wegeft::Bf16Kernel::avx512bf16};
+  if (wegeft::amx_bf16_available())
+    kernels.push_back(wegeft::Bf16Kernel::amx);
+  else
+    WARN("this CPU has no AMX-BF16: only the AVX512-BF16 kernel is tested");
+  for (const auto kernel : kernels) {
+    wegeft::set_bf16_kernel(kernel);
+    std::uint64_t seed = 10;
+    for (const auto& [m, k, n] : shapes) {
+      for (const bool accumulate : {false, true}) {
+        INFO(wegeft::bf16_kernel_name()
+             << ": M " << m << " K " << k << " N " << n << (accumulate ? " +=" : " ="));
+        const Index lda = k + 3, ldc = n + 5;  // strided rows on both sides
+        const Matrix<float> a = random_matrix(m, lda, ++seed), b = random_matrix(n, k, ++seed);
+        const Matrix<float> c0 = random_matrix(m, ldc, ++seed);
+        Matrix<float> c = c0;
+        const auto p = Bf16Panels::from_rows(b.data(), n, k, k);
+        wegeft::gemm_bf16(c.data(), ldc, a.data(), lda, m, p, accumulate);
+        check_against_double(c.data(), accumulate ? c0.data() : nullptr, ldc, a.data(), lda, b, m);
+        for (Index i = 0; i < m; ++i)  // the padding between rows of c is untouched
+          for (Index j = n; j < ldc; ++j) REQUIRE(c(i, j) == c0(i, j));
+      }
     }
   }
+  wegeft::set_bf16_kernel(wegeft::Bf16Kernel::automatic);
+}
+
+TEST_CASE("the bf16 kernel is chosen by the CPU and can be forced to one it has", "[bf16]") {
+  wegeft::set_bf16_kernel(wegeft::Bf16Kernel::automatic);
+  if (!wegeft::bf16_gemm_available()) {
+    CHECK(wegeft::bf16_kernel_name() == "none");
+    CHECK_THROWS_WITH(wegeft::set_bf16_kernel(wegeft::Bf16Kernel::avx512bf16),
+                      Catch::Contains("no AVX512-BF16"));
+    CHECK_THROWS_WITH(wegeft::set_bf16_kernel(wegeft::Bf16Kernel::amx),
+                      Catch::Contains("AMX is not available"));
+    return;
+  }
+  const bool amx = wegeft::amx_bf16_available();
+  CHECK(wegeft::bf16_kernel() == (amx ? wegeft::Bf16Kernel::amx : wegeft::Bf16Kernel::avx512bf16));
+  wegeft::set_bf16_kernel(wegeft::Bf16Kernel::avx512bf16);
+  CHECK(wegeft::bf16_kernel_name() == "AVX512-BF16");
+  if (amx) {
+    wegeft::set_bf16_kernel(wegeft::Bf16Kernel::amx);
+    CHECK(wegeft::bf16_kernel_name() == "AMX");
+  } else {
+    CHECK_THROWS_WITH(wegeft::set_bf16_kernel(wegeft::Bf16Kernel::amx),
+                      Catch::Contains("AMX is not available"));
+  }
+  wegeft::set_bf16_kernel(wegeft::Bf16Kernel::automatic);
 }
 
 TEST_CASE("a frozen layer with bf16 products equals the double sum over bf16-rounded operands",

@@ -130,7 +130,7 @@ if [ -s "$work/lm-lora/adapter_model.safetensors" ]; then
     run lm_fp32 "$tool" finetune --model "$work/llama" --data "$work/lm" --method lora --iters 4 --threads 1 \
       --out "$work/lm-fp32" --log "$work/lm-fp32.log" --report-every 1; then
     if grep -q avx512_bf16 /proc/cpuinfo; then
-      grep -q "bf16 products (AVX512-BF16)" "$work/lm_bf16.err" && pass || fail "lm_bf16: $(head -3 "$work/lm_bf16.err")"
+      grep -Eq "bf16 products \((AVX512-BF16|AMX)\)" "$work/lm_bf16.err" && pass || fail "lm_bf16: $(head -3 "$work/lm_bf16.err")"
     else
       grep -q "no AVX512-BF16; the products run in fp32" "$work/lm_bf16.err" && pass || fail "lm_bf16: $(head -3 "$work/lm_bf16.err")"
     fi

@@ -38,7 +38,7 @@ struct FinetuneOptions {
                            schedule = "cosine", log;
   std::string on_long = "truncate";
   std::string device = "cpu";      // cpu, or cuda (a build with wegeft::cuda)
-  std::string precision = "fp32";  // the CPU's frozen products: fp32 or bf16 (AVX512-BF16)
+  std::string precision = "fp32";  // the CPU's frozen products: fp32 or bf16 (AMX, AVX512-BF16)
   Index rank = 0;                  // 0: the method's default
   double alpha = 0, lr = 0, dropout = 0, weight_decay = 0, max_grad_norm = 1.0, epochs = 0;
   std::int64_t iters = 0, stop_at = 0, warmup = -1, eval_every = 0, save_every = 0,
@@ -90,7 +90,7 @@ inline std::string apply_precision(Transformer<float>& model, const std::string&
     return "fp32 products";
   }
   model.set_bf16_products(true);
-  return "bf16 products (AVX512-BF16)";
+  return "bf16 products (" + bf16_kernel_name() + ")";
 }
 
 /// A model from a Hugging Face folder or a GGUF file, with the tokenizer it came with.

@@ -207,7 +207,8 @@ class Transformer {
   /// rounded to bf16, sums in fp32; kernels/cpu/gemm_bf16.hpp); everything else (adapters,
   /// norms, attention, loss, AdamW) stays in T. Packs the weights as they are now, so call it
   /// after loading them, and again after changing them; merged adapters compute in T. Needs T =
-  /// float and a CPU with AVX512-BF16 (bf16_gemm_available()); throws, saying which, otherwise.
+  /// float and a CPU with AVX512-BF16 (bf16_gemm_available(); AMX tiles where the CPU has them,
+  /// bf16_kernel()); throws, saying which, otherwise.
   void set_bf16_products(bool on) {
     if (on) {
       WEGEFT_CHECK((std::is_same_v<T, float>), "bf16 products need a float model");
