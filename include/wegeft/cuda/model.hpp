@@ -19,7 +19,6 @@
 // Activations and scratch are planned once for the largest batch x seq seen (plan()); a step of
 // that size or smaller allocates nothing. Refused: other families (bert and vit), a
 // classification head, trainable norms, adapter dropout and methods other than LoRA and WeGeFT.
-// The GPT-2 step has not yet run on a GPU (docs/cuda.md).
 #pragma once
 
 #include <cstdint>
