@@ -6,10 +6,13 @@
 # score as the straight run does; eval on the GPU scores as the CPU does to bf16's precision, and
 # its exact-match verdicts equal comparing the GPU's own generate output with the completion; a
 # classifier trained on the GPU scores on the CPU as on the GPU; eval --merge on the GPU scores as
-# the adapter does; refusals name the problem.
-# Usage: finetune_cuda.sh WEGEFT TINY_LLAMA_DIR TINY_BERT_DIR WORK_DIR. Ends with "N passed, N failed".
+# the adapter does; refusals name the problem. Given a tiny GPT-2 (`wegeft_make_tiny_model gpt2
+# tests/golden/text/bpe_llama3_small.json DIR`), its LoRA and WeGeFT runs on the GPU follow the
+# same runs on the CPU and its GPU eval scores as the CPU's.
+# Usage: finetune_cuda.sh WEGEFT TINY_LLAMA_DIR TINY_BERT_DIR WORK_DIR [TINY_GPT2_DIR]. Ends with
+# "N passed, N failed".
 set -u
-tool=$1 llama=$2 bert=$3 work=$4
+tool=$1 llama=$2 bert=$3 work=$4 gpt2=${5:-}
 rm -rf "$work" && mkdir -p "$work"
 source "$(dirname "$0")/lib.sh"
 json_field() { sed -n "s/.*\"$2\":\([^,}]*\).*/\1/p" "$1"; }
@@ -159,6 +162,30 @@ for pair in "llama lora-straight pc" "bert cls-lora cls"; do
   close "$mc" "$mg" 0.03 && pass || fail "merged_gpu_$which: loss $mg against the CPU's merged $mc"
   close "$ag" "$mg" 0.03 && pass || fail "merged_gpu_$which: loss $mg against the adapted $ag"
 done
+# GPT-2 (LayerNorm, learned positions, fused q/k/v, GELU) on the GPU against the CPU.
+if [ -n "$gpt2" ]; then
+  for method in lora wegeft; do
+    out=$work/gpt2-$method
+    g2=(--model "$gpt2" --data "$work/pc" --rank 4 --iters 30 --batch-size 4 --lr 1e-2 --mask-prompt
+      --report-every 1 --method "$method")
+    run "gpt2_${method}_gpu" "$tool" finetune "${g2[@]}" --device cuda --out "$out" --log "$out.log" &&
+      run "gpt2_${method}_cpu" "$tool" finetune "${g2[@]}" --threads 1 --out "$out-cpu" --log "$out-cpu.log" ||
+      continue
+    read -r first last <<<"$(losses "$out.log")"
+    read -r cpu_first cpu_last <<<"$(losses "$out-cpu.log")"
+    echo "gpt2 $method: training loss on the GPU $first -> $last, on the CPU $cpu_first -> $cpu_last"
+    awk -v a="$first" -v b="$last" 'BEGIN { exit !(b < 0.9 * a) }' && pass ||
+      fail "gpt2_${method}_gpu: training loss did not fall by a tenth ($first -> $last)"
+    close "$cpu_last" "$last" 0.02 && pass || fail "gpt2_${method}_gpu: last loss $last against the CPU's $cpu_last"
+    run "gpt2_${method}_eval_gpu" "$tool" eval --model "$gpt2" --adapter "$out" --data "$work/pc" --split valid \
+      --json --device cuda &&
+      run "gpt2_${method}_eval_cpu" "$tool" eval --model "$gpt2" --adapter "$out" --data "$work/pc" --split valid \
+        --json --threads 1 || continue
+    lg=$(json_field "$work/gpt2_${method}_eval_gpu.out" loss) lc=$(json_field "$work/gpt2_${method}_eval_cpu.out" loss)
+    echo "gpt2 $method: valid loss on the CPU $lc, on the GPU (bf16) $lg"
+    close "$lc" "$lg" 0.03 && pass || fail "gpt2_${method}_eval_gpu: GPU loss $lg against the CPU's $lc"
+  done
+fi
 expect_error device_name "--device must be cpu or cuda" generate --model "$llama" --prompt hi --device gpu
 
 echo "$passed passed, $failed failed"

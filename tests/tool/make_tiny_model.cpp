@@ -1,9 +1,10 @@
 // Writes a tiny randomly initialised Hugging Face checkpoint folder (config.json,
 // model.safetensors) with a real tokenizer copied beside it, for the fine-tuning smoke tests.
-// Usage: make_tiny_model bert|bert-bare|llama TOKENIZER_FILE OUT_DIR
+// Usage: make_tiny_model bert|bert-bare|llama|gpt2 TOKENIZER_FILE OUT_DIR
 //   bert:  TOKENIZER_FILE is a vocab.txt (the vocabulary size follows it); bert-bare: the same
 //          saved as a bare BertModel (no "bert." prefix, as sentence-transformers saves MiniLM)
 //   llama: TOKENIZER_FILE is a tokenizer.json (byte-level BPE); eos is its last added token
+//   gpt2:  the same tokenizer; the weights written by save_hf_model (Conv1D layout, [in, out])
 #include <wegeft/io/hf_model.hpp>
 #include <wegeft/io/safetensors.hpp>
 #include <wegeft/nn/model.hpp>
@@ -15,7 +16,7 @@
 
 int main(int argc, char** argv) {
   if (argc != 4) {
-    std::fprintf(stderr, "usage: %s bert|bert-bare|llama TOKENIZER_FILE OUT_DIR\n", argv[0]);
+    std::fprintf(stderr, "usage: %s bert|bert-bare|llama|gpt2 TOKENIZER_FILE OUT_DIR\n", argv[0]);
     return 2;
   }
   namespace fs = std::filesystem;
@@ -34,20 +35,32 @@ int main(int argc, char** argv) {
              {"vocab_size", vocab},     {"max_position_embeddings", 64},  {"type_vocab_size", 2},
              {"layer_norm_eps", 1e-12}, {"hidden_act", "gelu"},           {"pad_token_id", 0}};
       fs::copy_file(tok_path, fs::path(out) / "vocab.txt", fs::copy_options::overwrite_existing);
-    } else if (family == "llama") {
-      cfg = {{"model_type", "llama"},
-             {"architectures", {"LlamaForCausalLM"}},
-             {"hidden_size", 32},
-             {"num_hidden_layers", 2},
-             {"num_attention_heads", 4},
-             {"num_key_value_heads", 2},
-             {"intermediate_size", 64},
-             {"vocab_size", vocab},
-             {"max_position_embeddings", 64},
-             {"rms_norm_eps", 1e-6},
-             {"rope_theta", 10000.0},
-             {"hidden_act", "silu"},
-             {"tie_word_embeddings", true}};
+    } else if (family == "llama" || family == "gpt2") {
+      if (family == "gpt2")
+        cfg = {{"model_type", "gpt2"},
+               {"architectures", {"GPT2LMHeadModel"}},
+               {"n_embd", 32},
+               {"n_layer", 2},
+               {"n_head", 4},
+               {"n_inner", 64},
+               {"vocab_size", vocab},
+               {"n_positions", 64},
+               {"layer_norm_epsilon", 1e-5},
+               {"activation_function", "gelu_new"}};
+      else
+        cfg = {{"model_type", "llama"},
+               {"architectures", {"LlamaForCausalLM"}},
+               {"hidden_size", 32},
+               {"num_hidden_layers", 2},
+               {"num_attention_heads", 4},
+               {"num_key_value_heads", 2},
+               {"intermediate_size", 64},
+               {"vocab_size", vocab},
+               {"max_position_embeddings", 64},
+               {"rms_norm_eps", 1e-6},
+               {"rope_theta", 10000.0},
+               {"hidden_act", "silu"},
+               {"tie_word_embeddings", true}};
       fs::copy_file(tok_path, fs::path(out) / "tokenizer.json",
                     fs::copy_options::overwrite_existing);
       const auto& added = tok.bpe()->added_tokens().tokens();
@@ -56,13 +69,30 @@ int main(int argc, char** argv) {
           {"add_bos_token", false}};
       std::ofstream(fs::path(out) / "tokenizer_config.json") << tc.dump(2) << "\n";
     } else {
-      std::fprintf(stderr, "family must be bert or llama\n");
+      std::fprintf(stderr, "family must be bert, bert-bare, llama or gpt2\n");
       return 2;
     }
     std::ofstream(fs::path(out) / "config.json") << cfg.dump(2) << "\n";
     c = wegeft::config_from_hf(nlohmann::json::parse(cfg.dump()), out);
-    const wegeft::Transformer<float> model(c);
     wegeft::Rng rng(1234);
+    if (family == "gpt2") {
+      // Random weights, unit LayerNorm scales, zero biases, through the library's HF writer
+      // (which lays out GPT-2's Conv1D weights as transformers saves them).
+      wegeft::Transformer<float> gpt(c);
+      for (const auto& entry : gpt.tensors()) {
+        const std::string& name = entry.first;
+        wegeft::Matrix<float>& v = gpt.tensor(name);
+        const bool norm = name.find("ln_") != std::string::npos;
+        for (wegeft::Index i = 0; i < v.size(); ++i)
+          v.data()[i] = name.ends_with(".bias")
+                            ? 0.f
+                            : (norm ? 1.f : static_cast<float>(0.05 * rng.normal()));
+      }
+      wegeft::save_hf_model(gpt, out);
+      std::printf("%s: tiny gpt2, vocabulary %ld\n", out.c_str(), static_cast<long>(vocab));
+      return 0;
+    }
+    const wegeft::Transformer<float> model(c);
     wegeft::SafetensorsBuilder st;
     for (const auto& [name, m] : model.tensors()) {
       wegeft::Matrix<float> v(m.rows(), m.cols());
