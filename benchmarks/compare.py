@@ -60,6 +60,10 @@ for threads in (1, 2):
         path = os.path.join(build, "benchmarks", b)
         if os.path.exists(path):
             print(gemm_line(path, env))
+    # attention forward + backward alone: the probabilities kernels, flash in fp32 and in bf16
+    attention = os.path.join(build, "benchmarks", "bench_attention")
+    if os.path.exists(attention):
+        print(subprocess.run([attention, "5"], env=env, check=True, capture_output=True, text=True).stdout.strip())
     if os.environ.get("WEGEFT_TORCH_PYTHON"):
         print(subprocess.run([os.environ["WEGEFT_TORCH_PYTHON"], os.path.join(here, "torch", "gemm.py"), str(threads)],
                              env=env, check=True, capture_output=True, text=True).stdout.strip())

@@ -258,6 +258,10 @@ TEST_CASE("bf16 products switch off again and are refused for double models", "[
   model.init_random(rng, 0.2);
   model.set_bf16_products(true);
   CHECK(model.bf16_products());
+  CHECK(model.bf16_attention());  // automatic: the bf16 flash kernels
+  model.set_attention_kernel(wegeft::AttentionKernel::probabilities);
+  CHECK_FALSE(model.bf16_attention());  // the probabilities kernels stay in fp32
+  model.set_attention_kernel(wegeft::AttentionKernel::automatic);
   // each linear twice (forward, backward) and the LM head twice, 2 bytes per weight, padded
   CHECK(model.bf16_bytes() >= 2 * 2 * (4 * 16 * 16 + 3 * 16 * 24 + 50 * 16));
   model.set_bf16_products(false);

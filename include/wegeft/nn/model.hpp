@@ -73,6 +73,7 @@ class Transformer {
     Matrix<T> mean1, rstd1, mean2, rstd2;  // [N, 1]
     Matrix<T> q, k, v;                     // [N, H d], [N, Hkv d] (after RoPE)
     bool flash = false;                    // attention ran the flash kernels: lse, else probs
+    bool bf16_attention = false;           // ... with bf16 products (flash_attention_*_bf16)
     Matrix<T> lse;                         // [B H T, 1] attention rows' log-sum-exp
     Matrix<T> probs;                       // [B H T T] attention probabilities
     Matrix<T> attn;                        // [N, d] attention output before o
@@ -204,8 +205,9 @@ class Transformer {
 
   /// The products with frozen weights in bf16 (on) or in T (off, the default): every block
   /// linear's and BERT's pooler's x W^T and dy W, and the LM head's, through gemm_bf16 (inputs
-  /// rounded to bf16, sums in fp32; kernels/cpu/gemm_bf16.hpp); everything else (adapters,
-  /// norms, attention, loss, AdamW) stays in T. Packs the weights as they are now, so call it
+  /// rounded to bf16, sums in fp32; kernels/cpu/gemm_bf16.hpp), and attention's products unless
+  /// the probabilities kernel is chosen (bf16_attention()); everything else (adapters, norms,
+  /// softmax, loss, AdamW) stays in T. Packs the weights as they are now, so call it
   /// after loading them, and again after changing them; merged adapters compute in T. Needs T =
   /// float and a CPU with AVX512-BF16 (bf16_gemm_available(); AMX tiles where the CPU has them,
   /// bf16_kernel()); throws, saying which, otherwise.
@@ -246,8 +248,16 @@ class Transformer {
   /// for the backward; automatic (the default) runs flash for causal attention and probabilities
   /// for bidirectional (docs/performance.md has the measurements behind it). Same results to
   /// rounding.
+  /// With bf16 products on, automatic and flash run the flash kernels with bf16 products
+  /// (flash_attention_forward_bf16: operands rounded to bf16, sums and softmax in fp32);
+  /// probabilities keeps attention in T.
   void set_attention_kernel(AttentionKernel k) { m_attention_kernel = k; }
   AttentionKernel attention_kernel() const { return m_attention_kernel; }
+  /// Whether attention's products run in bf16: bf16 products on and a kernel other than
+  /// probabilities.
+  bool bf16_attention() const {
+    return bf16_products() && m_attention_kernel != AttentionKernel::probabilities;
+  }
   /// Fused LM head and loss, `rows` query rows at a time (0, the default, turns it off). While on,
   /// forward stops at the final hidden states (acts.logits stays [0, vocab]) and lm_loss forms
   /// the logits of `rows` rows at a time, takes their cross-entropy and writes d(loss)/d(hidden)
@@ -589,13 +599,21 @@ class Transformer {
     c.attn.resize(acts.n, d);
     WEGEFT_ASSERT(c.k.cols() == kvw);
     const std::uint8_t* mask = key_mask(acts);
-    c.flash = m_attention_kernel == AttentionKernel::flash ||
+    // With bf16 products, automatic takes the bf16 flash kernels for every attention.
+    c.bf16_attention = bf16_attention();
+    c.flash = c.bf16_attention || m_attention_kernel == AttentionKernel::flash ||
               (m_attention_kernel == AttentionKernel::automatic && s.causal);
     if (c.flash) {
       c.probs.resize(0, 1);
       c.lse.resize(s.lse_size(), 1);
-      flash_attention_forward(c.attn.data(), c.lse.data(), c.q.data(), c.k.data(), c.v.data(), mask,
-                              s);
+      if (c.bf16_attention) {  // only ever set for float
+        if constexpr (std::is_same_v<T, float>)
+          flash_attention_forward_bf16(c.attn.data(), c.lse.data(), c.q.data(), c.k.data(),
+                                       c.v.data(), mask, s);
+      } else {
+        flash_attention_forward(c.attn.data(), c.lse.data(), c.q.data(), c.k.data(), c.v.data(),
+                                mask, s);
+      }
     } else {
       c.lse.resize(0, 1);
       c.probs.resize(s.probs_size(), 1);
@@ -614,7 +632,12 @@ class Transformer {
     dq.resize(acts.n, d);
     dk.resize(acts.n, m_config.kv_width());
     dv.resize(acts.n, m_config.kv_width());
-    if (c.flash)
+    if (c.bf16_attention) {  // only ever set for float
+      if constexpr (std::is_same_v<T, float>)
+        flash_attention_backward_bf16(dq.data(), dk.data(), dv.data(), d_attn.data(), c.attn.data(),
+                                      c.lse.data(), c.q.data(), c.k.data(), c.v.data(),
+                                      key_mask(acts), attention_shape(acts));
+    } else if (c.flash)
       flash_attention_backward(dq.data(), dk.data(), dv.data(), d_attn.data(), c.attn.data(),
                                c.lse.data(), c.q.data(), c.k.data(), c.v.data(), key_mask(acts),
                                attention_shape(acts));

@@ -20,6 +20,9 @@
 //   blocks a causal mask hides whole, and run every product through a register-tiled kernel over
 //   contiguous copies of the blocks, so no per-head BLAS call and no T x T buffer remain. Forward threads split (sequence, head) pairs; backward splits
 //   (sequence, key/value head) pairs, each adding its group's query heads into its own dk, dv rows.
+//   flash_attention_forward_bf16 / flash_attention_backward_bf16 (float, AVX512-BF16) are the same
+//   loops with every product's operands rounded to bf16 pairs and summed in fp32 (vdpbf16ps); the
+//   model runs them while its frozen products are in bf16 (Transformer::bf16_attention).
 #pragma once
 
 #include <algorithm>
@@ -30,6 +33,7 @@
 
 #include "wegeft/core/error.hpp"
 #include "wegeft/core/tensor.hpp"
+#include "wegeft/kernels/cpu/gemm_bf16.hpp"
 #include "wegeft/kernels/cpu/threads.hpp"
 
 namespace wegeft {
@@ -293,6 +297,16 @@ void block_product(T* c, Index ldc, const T* a, Index lda, bool a_transposed, co
   rest.template operator()<1>();
 }
 
+/// dst [d, padded] = the `rows` rows of src (row stride ld, d columns) transposed, zero in columns
+/// rows .. padded.
+template <class T, class Buffer>
+void transpose_rows(Buffer& dst, const T* src, Index ld, Index rows, Index padded, Index d) {
+  for (Index j = 0; j < rows; ++j)  // reads whole rows in order, writes into the cache
+    for (Index c = 0; c < d; ++c) dst[std::size_t(c * padded + j)] = src[j * ld + c];
+  for (Index c = 0; c < d; ++c)
+    std::fill(dst.data() + c * padded + rows, dst.data() + (c + 1) * padded, T(0));
+}
+
 /// One thread's blocks for the flash kernels, kept per thread across calls (resizing to the same
 /// sizes does not allocate). Aligned as Eigen's packets, so that the softmax rows (whole multiples
 /// of kFlashKeys from the start) run Eigen's vector exp from their first value.
@@ -300,7 +314,6 @@ template <class T>
 struct FlashScratch {
   template <class U>
   using Buffer = std::vector<U, Eigen::aligned_allocator<U>>;
-  Buffer<T> kt, vt;        // [d, Tp]: one sequence's K^T and V^T, zero past T
   Buffer<T> bias;          // [Tp]: 0 for a key that may be attended, -inf otherwise
   Buffer<T> qs, dob, acc;  // [kFlashRows, d]: scaled Q rows, dO rows, O or dQ sums
   Buffer<T> s, dp;         // [kFlashRows, kFlashKeys]: scores / P, dP / dS
@@ -308,21 +321,10 @@ struct FlashScratch {
 
   void plan(Index padded, Index d) {
     const auto sz = [](Index n) { return static_cast<std::size_t>(n); };
-    kt.resize(sz(d * padded));
-    vt.resize(sz(d * padded));
     bias.resize(sz(padded));
     for (auto* v : {&qs, &dob, &acc}) v->resize(sz(kFlashRows * d));
     for (auto* v : {&s, &dp}) v->resize(sz(kFlashRows * kFlashKeys));
     for (auto* v : {&m, &l, &delta}) v->resize(sz(kFlashRows));
-  }
-
-  /// dst [d, padded] = the T rows of src (row stride ld) transposed, zero in columns T..padded.
-  static void transpose_rows(Buffer<T>& dst, const T* src, Index ld, Index rows, Index padded,
-                             Index d) {
-    for (Index j = 0; j < rows; ++j)  // reads whole rows in order, writes into the cache
-      for (Index c = 0; c < d; ++c) dst[std::size_t(c * padded + j)] = src[j * ld + c];
-    for (Index c = 0; c < d; ++c)
-      std::fill(dst.data() + c * padded + rows, dst.data() + (c + 1) * padded, T(0));
   }
 
   /// bias for sequence b: 0 where key_mask allows a key, -inf for padding and past the sequence.
@@ -331,6 +333,235 @@ struct FlashScratch {
       bias[std::size_t(j)] = j < seq && (!key_mask || key_mask[b * seq + j]) ? T(0) : kNegInf<T>;
   }
 };
+
+/// The flash kernels' block products in T: register-tiled block_product over contiguous K^T and
+/// V^T copies of one sequence's key/value head, and over the scratch's Q and dO rows. A block
+/// holds `rows` <= kFlashRows queries and keys j0 .. j0 + cols (cols <= kFlashKeys); s, p, ds are
+/// [rows, kFlashKeys] row-major, acc [rows, d]. Per thread, kept across calls.
+template <class T>
+struct FlashProducts {
+  std::vector<T, Eigen::aligned_allocator<T>> kt, vt;  // [d, padded]: K^T, V^T (backward)
+  const T *kg = nullptr, *vg = nullptr, *qs = nullptr, *dob = nullptr;
+  Index kw = 0, d = 0, padded = 0;
+
+  /// One sequence's key/value head: k, v [L rows of d, row stride ld].
+  void keys(const T* k, const T* v, Index ld, Index L, Index pad, Index dim, bool backward) {
+    kg = k, vg = v, kw = ld, d = dim, padded = pad;
+    kt.resize(static_cast<std::size_t>(d * padded));
+    transpose_rows(kt, k, ld, L, padded, d);
+    if (backward) {
+      vt.resize(static_cast<std::size_t>(d * padded));
+      transpose_rows(vt, v, ld, L, padded, d);
+    }
+  }
+  /// The block's scaled queries q [rows, d] and, in backward, output gradients o [rows, d].
+  void queries(const T* q, const T* o, Index) { qs = q, dob = o; }
+  /// s [rows, kFlashKeys] = Q K^T (keys past the sequence give 0).
+  void scores(T* s, Index rows, Index j0) const {
+    block_product(s, kFlashKeys, qs, d, false, kt.data() + j0, padded, rows, kFlashKeys, d, false);
+  }
+  /// dp [rows, kFlashKeys] = dO V^T.
+  void dprobs(T* dp, Index rows, Index j0) const {
+    block_product(dp, kFlashKeys, dob, d, false, vt.data() + j0, padded, rows, kFlashKeys, d,
+                  false);
+  }
+  /// acc += P V (P's first cols columns).
+  void add_pv(T* acc, const T* p, Index rows, Index cols, Index j0) const {
+    block_product(acc, d, p, kFlashKeys, false, vg + j0 * kw, kw, rows, d, cols, true);
+  }
+  /// dv [cols rows of d, stride kw] += P^T dO.
+  void add_dv(T* dv, const T* p, Index rows, Index cols) const {
+    block_product(dv, kw, p, kFlashKeys, true, dob, d, cols, d, rows, true);
+  }
+  /// dk [cols rows of d, stride kw] += dS^T Q.
+  void add_dk(T* dk, const T* ds, Index rows, Index cols) const {
+    block_product(dk, kw, ds, kFlashKeys, true, qs, d, cols, d, rows, true);
+  }
+  /// acc += dS K.
+  void add_dq(T* acc, const T* ds, Index rows, Index cols, Index j0) const {
+    block_product(acc, d, ds, kFlashKeys, false, kg + j0 * kw, kw, rows, d, cols, true);
+  }
+};
+
+#if WEGEFT_BF16_X86
+/// c [MR, n <= 16 NV] (= or, when add, +=) A B over kp pairs of k: A's pair (r, p) the word
+/// a[r * ar + p * ap] (bf16 of A[r][2p] in the low half, A[r][2p + 1] in the high), B's pair
+/// (p, j) the word b[p * ldb + j] (B[2p][j] low, B[2p + 1][j] high); sums in fp32 (vdpbf16ps).
+/// Full: n = 32, B read without masks (with masked loads GCC -O3 spills the accumulators).
+template <int MR, int NV, bool Full>
+WEGEFT_TARGET_BF16 inline void bf16_tile(float* c, Index ldc, const std::uint32_t* a, Index ar,
+                                         Index ap, const std::uint32_t* b, Index ldb, Index n,
+                                         Index kp, bool add) {
+  const __mmask16 m0 = n >= 16 ? __mmask16(0xffff) : __mmask16((1u << n) - 1u);
+  const __mmask16 m1 =
+      n >= 32 ? __mmask16(0xffff) : (n <= 16 ? __mmask16(0) : __mmask16((1u << (n - 16)) - 1u));
+  __m512 acc0[MR], acc1[MR];  // two arrays, not one [MR][2]: GCC keeps these in registers
+  for (int r = 0; r < MR; ++r) {
+    acc0[r] = add ? _mm512_maskz_loadu_ps(m0, c + r * ldc) : _mm512_setzero_ps();
+    acc1[r] = NV == 2 && add ? _mm512_maskz_loadu_ps(m1, c + r * ldc + 16) : _mm512_setzero_ps();
+  }
+  for (Index p = 0; p < kp; ++p) {
+    const std::uint32_t* bp = b + p * ldb;
+    const std::uint32_t* pa = a + p * ap;
+    const __m512bh b0 =
+        (__m512bh)(Full ? _mm512_loadu_si512(bp) : _mm512_maskz_loadu_epi32(m0, bp));
+    const __m512bh b1 =
+        (__m512bh)(Full ? _mm512_loadu_si512(bp + 16) : _mm512_maskz_loadu_epi32(m1, bp + 16));
+    for (int r = 0; r < MR; ++r) {
+      const __m512bh av = (__m512bh)_mm512_set1_epi32(static_cast<int>(pa[r * ar]));
+      acc0[r] = _mm512_dpbf16_ps(acc0[r], av, b0);
+      if constexpr (NV == 2) acc1[r] = _mm512_dpbf16_ps(acc1[r], av, b1);
+    }
+  }
+  for (int r = 0; r < MR; ++r) {
+    _mm512_mask_storeu_ps(c + r * ldc, m0, acc0[r]);
+    if constexpr (NV == 2) _mm512_mask_storeu_ps(c + r * ldc + 16, m1, acc1[r]);
+  }
+}
+
+inline constexpr int kBf16TileRows = 12;  // 24 accumulators, two vectors of B, one of A
+
+/// bf16_tile for mr <= MR rows at run time.
+template <int MR, int NV, bool Full>
+WEGEFT_TARGET_BF16 inline void bf16_tile_rows(int mr, float* c, Index ldc, const std::uint32_t* a,
+                                              Index ar, Index ap, const std::uint32_t* b, Index ldb,
+                                              Index n, Index kp, bool add) {
+  if constexpr (MR > 0) {
+    if (mr == MR) return bf16_tile<MR, NV, Full>(c, ldc, a, ar, ap, b, ldb, n, kp, add);
+    return bf16_tile_rows<MR - 1, NV, Full>(mr, c, ldc, a, ar, ap, b, ldb, n, kp, add);
+  }
+}
+
+/// c [m, n] (= or +=) A [m, 2 kp] B [2 kp, n] with A and B as bf16 pairs (bf16_tile's layouts):
+/// tiles of kBf16TileRows rows and 32 columns, the edges masked.
+WEGEFT_TARGET_BF16 inline void bf16_block_product(float* c, Index ldc, const std::uint32_t* a,
+                                                  Index ar, Index ap, const std::uint32_t* b,
+                                                  Index ldb, Index m, Index n, Index kp, bool add) {
+  for (Index j = 0; j < n; j += 32) {
+    const Index nc = std::min<Index>(32, n - j);
+    for (Index r = 0; r < m; r += kBf16TileRows) {
+      const int mr = static_cast<int>(std::min<Index>(kBf16TileRows, m - r));
+      float* cp = c + r * ldc + j;
+      const std::uint32_t* arow = a + r * ar;
+      if (nc == 32)
+        bf16_tile_rows<kBf16TileRows, 2, true>(mr, cp, ldc, arow, ar, ap, b + j, ldb, nc, kp, add);
+      else if (nc > 16)
+        bf16_tile_rows<kBf16TileRows, 2, false>(mr, cp, ldc, arow, ar, ap, b + j, ldb, nc, kp, add);
+      else
+        bf16_tile_rows<kBf16TileRows, 1, false>(mr, cp, ldc, arow, ar, ap, b + j, ldb, nc, kp, add);
+    }
+  }
+}
+
+/// dst [ceil(k / 2), n] (row stride ldd words): word (p, j) = bf16 of x[2p][j] (low half) and of
+/// x[2p + 1][j] (high half; 0 past row k), from x [k, n] (fp32, row stride ldx), nearest even.
+WEGEFT_TARGET_BF16 inline void bf16_pack_row_pairs(std::uint32_t* dst, Index ldd, const float* x,
+                                                   Index ldx, Index k, Index n) {
+  // 16-bit lane 2j takes lane j (row 2p), lane 2j + 1 lane 16 + j (row 2p + 1)
+  alignas(64) static constexpr std::uint16_t kInterleave[32] = {
+      0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,  21, 6,  22, 7,  23,
+      8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+  const __m512i order = _mm512_load_si512(kInterleave);
+  for (Index p = 0; 2 * p < k; ++p) {
+    const float* r0 = x + 2 * p * ldx;
+    const bool second = 2 * p + 1 < k;
+    for (Index j = 0; j < n; j += 16) {
+      const Index left = std::min<Index>(16, n - j);
+      const __mmask16 mk = left >= 16 ? __mmask16(0xffff) : __mmask16((1u << left) - 1u);
+      const __m512 lo = _mm512_maskz_loadu_ps(mk, r0 + j);
+      const __m512 hi = second ? _mm512_maskz_loadu_ps(mk, r0 + ldx + j) : _mm512_setzero_ps();
+      const __m512i v = _mm512_permutexvar_epi16(order, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+      _mm512_mask_storeu_epi32(dst + p * ldd + j, mk, v);
+    }
+  }
+}
+
+/// The flash kernels' block products with bf16 operands and fp32 sums (vdpbf16ps): the same
+/// interface as FlashProducts<float>, over one sequence's key/value head packed in bf16 pairs
+/// once per task and the block's Q, dO, P and dS packed as they are formed.
+struct FlashProductsBf16 {
+  using Words = std::vector<std::uint32_t, Eigen::aligned_allocator<std::uint32_t>>;
+  Words kt, vt;    // [dp, padded]: word (p, j) = key j's pair p of columns of K (of V)
+  Words kr, vr;    // [ceil(L / 2), d]: word (p, c) = column c of keys 2p, 2p + 1 of K (of V)
+  Words rows_tmp;  // [L, dp]: one head's K or V rows as pairs of columns
+  Words qa, oa;    // [kFlashRows, dp]: the block's Q, dO rows as pairs of columns
+  Words qr, orr;   // [kFlashRows / 2, d]: Q, dO pairs of rows
+  Words pa;        // [kFlashRows, kFlashKeys / 2]: P or dS rows as pairs of columns
+  Words pr;        // [kFlashRows / 2, kFlashKeys]: P or dS pairs of rows
+  Index kw = 0, d = 0, dp = 0, padded = 0;
+
+  WEGEFT_TARGET_BF16 void keys(const float* k, const float* v, Index ld, Index L, Index pad,
+                               Index dim, bool backward) {
+    kw = ld, d = dim, dp = (dim + 1) / 2, padded = pad;
+    const auto sz = [](Index n) { return static_cast<std::size_t>(n); };
+    for (Words* w : {&kt, &vt}) w->resize(sz(dp * padded));
+    for (Words* w : {&kr, &vr}) w->resize(sz((L + 1) / 2 * d));
+    rows_tmp.resize(sz(L * dp));
+    qa.resize(sz(kFlashRows * dp));
+    oa.resize(sz(kFlashRows * dp));
+    qr.resize(sz(kFlashRows / 2 * d));
+    orr.resize(sz(kFlashRows / 2 * d));
+    pa.resize(sz(kFlashRows * kFlashKeys / 2));
+    pr.resize(sz(kFlashRows / 2 * kFlashKeys));
+    column_pairs_transposed(kt, k, L);
+    if (backward) {
+      column_pairs_transposed(vt, v, L);
+      bf16_pack_row_pairs(kr.data(), d, k, ld, L, d);
+    } else {
+      bf16_pack_row_pairs(vr.data(), d, v, ld, L, d);
+    }
+  }
+  WEGEFT_TARGET_BF16 void queries(const float* q, const float* o, Index rows) {
+    bf16_pack_a(qa.data(), dp, q, d, rows, 0, dp, d);
+    if (o) {
+      bf16_pack_a(oa.data(), dp, o, d, rows, 0, dp, d);
+      bf16_pack_row_pairs(qr.data(), d, q, d, rows, d);
+      bf16_pack_row_pairs(orr.data(), d, o, d, rows, d);
+    }
+  }
+  WEGEFT_TARGET_BF16 void scores(float* s, Index rows, Index j0) const {
+    bf16_block_product(s, kFlashKeys, qa.data(), dp, 1, kt.data() + j0, padded, rows, kFlashKeys,
+                       dp, false);
+  }
+  WEGEFT_TARGET_BF16 void dprobs(float* dpr, Index rows, Index j0) const {
+    bf16_block_product(dpr, kFlashKeys, oa.data(), dp, 1, vt.data() + j0, padded, rows, kFlashKeys,
+                       dp, false);
+  }
+  WEGEFT_TARGET_BF16 void add_pv(float* acc, const float* p, Index rows, Index cols, Index j0) {
+    keys_product(acc, p, rows, cols, vr.data() + j0 / 2 * d);
+  }
+  WEGEFT_TARGET_BF16 void add_dv(float* dv, const float* p, Index rows, Index cols) {
+    rows_product(dv, p, rows, cols, orr.data());
+  }
+  WEGEFT_TARGET_BF16 void add_dk(float* dk, const float* ds, Index rows, Index cols) {
+    rows_product(dk, ds, rows, cols, qr.data());
+  }
+  WEGEFT_TARGET_BF16 void add_dq(float* acc, const float* ds, Index rows, Index cols, Index j0) {
+    keys_product(acc, ds, rows, cols, kr.data() + j0 / 2 * d);
+  }
+
+ private:
+  /// dst [dp, padded] = the L rows of x (row stride kw) as pairs of columns, transposed; zero
+  /// past key L.
+  WEGEFT_TARGET_BF16 void column_pairs_transposed(Words& dst, const float* x, Index L) {
+    bf16_pack_a(rows_tmp.data(), dp, x, kw, L, 0, dp, d);
+    transpose_rows(dst, rows_tmp.data(), dp, L, padded, dp);
+  }
+  /// acc [rows, d] += X [rows, cols] Y, Y's pairs of keys at y ([ceil(cols / 2), d] words).
+  WEGEFT_TARGET_BF16 void keys_product(float* acc, const float* x, Index rows, Index cols,
+                                       const std::uint32_t* y) {
+    const Index kp = (cols + 1) / 2;
+    bf16_pack_a(pa.data(), kFlashKeys / 2, x, kFlashKeys, rows, 0, kp, cols);
+    bf16_block_product(acc, d, pa.data(), kFlashKeys / 2, 1, y, d, rows, d, kp, true);
+  }
+  /// out [cols rows of d, stride kw] += X^T Y for X [rows, cols] and Y's pairs of rows at y.
+  WEGEFT_TARGET_BF16 void rows_product(float* out, const float* x, Index rows, Index cols,
+                                       const std::uint32_t* y) {
+    bf16_pack_row_pairs(pr.data(), kFlashKeys, x, kFlashKeys, rows, cols);
+    bf16_block_product(out, kw, pr.data(), 1, kFlashKeys, y, d, cols, d, (rows + 1) / 2, true);
+  }
+};
+#endif
 
 /// Sizes and thread count shared by the flash forward and backward; `tasks` independent units.
 template <class T>
@@ -355,48 +586,46 @@ struct FlashPlan {
 inline Index visible_keys(const AttentionShape& s, Index i, Index j0, Index cols) {
   return s.causal ? std::clamp<Index>(i + 1 - j0, 0, cols) : cols;
 }
-}  // namespace detail
 
-/// out [B*T, H*d] (=) and lse [B, H, T] (=, each query row's log-sum-exp of its scaled, visible
-/// scores; -inf for a row whose keys are all padding, whose output is 0) from q [B*T, H*d], k, v
-/// [B*T, Hkv*d] and key_mask [B, T] (1 = attend, 0 = padding; null = attend to all).
-template <class T>
-void flash_attention_forward(T* out, T* lse, const T* q, const T* k, const T* v,
-                             const std::uint8_t* key_mask, const AttentionShape& s) {
+/// flash_attention_forward with the block products of `Products` (FlashProducts<T> or, for
+/// float, FlashProductsBf16).
+template <class T, class Products>
+void flash_forward(T* out, T* lse, const T* q, const T* k, const T* v, const std::uint8_t* key_mask,
+                   const AttentionShape& s) {
   using Row = Eigen::Map<Eigen::Array<T, 1, Eigen::Dynamic>>;
-  const detail::FlashPlan<T> plan(s, s.batch * s.heads);
+  const FlashPlan<T> plan(s, s.batch * s.heads);
   const Index L = plan.L, d = plan.d, group = plan.group, qw = plan.qw, kw = plan.kw,
               padded = plan.padded;
   const T scale = plan.scale;
-  detail::for_each_step(0, plan.tasks, 1, plan.threads, [&](Index task) {
+  for_each_step(0, plan.tasks, 1, plan.threads, [&](Index task) {
     const Index b = task / s.heads, h = task % s.heads, g = h / group;
-    thread_local detail::FlashScratch<T> w;
+    thread_local FlashScratch<T> w;
+    thread_local Products mul;
     w.plan(padded, d);
-    w.transpose_rows(w.kt, k + b * L * kw + g * d, kw, L, padded, d);
+    mul.keys(k + b * L * kw + g * d, v + b * L * kw + g * d, kw, L, padded, d, false);
     w.plan_bias(key_mask, b, L, padded);
-    const T* vg = v + b * L * kw + g * d;
     for (Index i0 = 0; i0 < L; i0 += kFlashRows) {
       const Index rows = std::min(kFlashRows, L - i0);
       for (Index r = 0; r < rows; ++r)
         for (Index c = 0; c < d; ++c)
           w.qs[std::size_t(r * d + c)] = scale * q[(b * L + i0 + r) * qw + h * d + c];
+      mul.queries(w.qs.data(), nullptr, rows);
       std::fill(w.acc.begin(), w.acc.end(), T(0));
-      std::fill(w.m.begin(), w.m.end(), detail::kNegInf<T>);
+      std::fill(w.m.begin(), w.m.end(), kNegInf<T>);
       std::fill(w.l.begin(), w.l.end(), T(0));
       const Index key_end = s.causal ? i0 + rows : L;
       for (Index j0 = 0; j0 < key_end; j0 += kFlashKeys) {
         const Index cols = std::min(kFlashKeys, key_end - j0);
-        detail::block_product(w.s.data(), kFlashKeys, w.qs.data(), d, false, w.kt.data() + j0,
-                              padded, rows, kFlashKeys, d, false);
+        mul.scores(w.s.data(), rows, j0);
         for (Index r = 0; r < rows; ++r) {
           T* sr = w.s.data() + r * kFlashKeys;
-          const Index vis = detail::visible_keys(s, i0 + r, j0, cols);
+          const Index vis = visible_keys(s, i0 + r, j0, cols);
           std::fill(sr + vis, sr + cols, T(0));
           if (vis == 0) continue;
           Row row(sr, vis);
           row += Eigen::Map<const Eigen::Array<T, 1, Eigen::Dynamic>>(w.bias.data() + j0, vis);
           const T m_new = std::max(w.m[std::size_t(r)], row.maxCoeff());
-          if (m_new == detail::kNegInf<T>) {  // every key seen so far is padding
+          if (m_new == kNegInf<T>) {  // every key seen so far is padding
             row.setZero();
             continue;
           }
@@ -406,37 +635,33 @@ void flash_attention_forward(T* out, T* lse, const T* q, const T* k, const T* v,
           w.m[std::size_t(r)] = m_new;
           if (alpha != T(1)) Row(w.acc.data() + r * d, d) *= alpha;
         }
-        detail::block_product(w.acc.data(), d, w.s.data(), kFlashKeys, false, vg + j0 * kw, kw,
-                              rows, d, cols, true);
+        mul.add_pv(w.acc.data(), w.s.data(), rows, cols, j0);
       }
       for (Index r = 0; r < rows; ++r) {
         const T l = w.l[std::size_t(r)], inv = l > T(0) ? T(1) / l : T(0);
         T* o = out + (b * L + i0 + r) * qw + h * d;
         for (Index c = 0; c < d; ++c) o[c] = w.acc[std::size_t(r * d + c)] * inv;
         lse[(b * s.heads + h) * L + i0 + r] =
-            l > T(0) ? w.m[std::size_t(r)] + std::log(l) : detail::kNegInf<T>;
+            l > T(0) ? w.m[std::size_t(r)] + std::log(l) : kNegInf<T>;
       }
     }
   });
 }
 
-/// dq [B*T, H*d], dk, dv [B*T, Hkv*d] (all =) from dout [B*T, H*d] and the forward's out, lse,
-/// q, k, v and key_mask.
-template <class T>
-void flash_attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* out, const T* lse,
-                              const T* q, const T* k, const T* v, const std::uint8_t* key_mask,
-                              const AttentionShape& s) {
-  const detail::FlashPlan<T> plan(s, s.batch * s.kv_heads);
+/// flash_attention_backward with the block products of `Products`.
+template <class T, class Products>
+void flash_backward(T* dq, T* dk, T* dv, const T* dout, const T* out, const T* lse, const T* q,
+                    const T* k, const T* v, const std::uint8_t* key_mask, const AttentionShape& s) {
+  const FlashPlan<T> plan(s, s.batch * s.kv_heads);
   const Index L = plan.L, d = plan.d, group = plan.group, qw = plan.qw, kw = plan.kw,
               padded = plan.padded;
   const T scale = plan.scale;
-  detail::for_each_step(0, plan.tasks, 1, plan.threads, [&](Index task) {
+  for_each_step(0, plan.tasks, 1, plan.threads, [&](Index task) {
     const Index b = task / s.kv_heads, g = task % s.kv_heads;
-    thread_local detail::FlashScratch<T> w;
+    thread_local FlashScratch<T> w;
+    thread_local Products mul;
     w.plan(padded, d);
-    const T* kg = k + b * L * kw + g * d;
-    w.transpose_rows(w.kt, kg, kw, L, padded, d);
-    w.transpose_rows(w.vt, v + b * L * kw + g * d, kw, L, padded, d);
+    mul.keys(k + b * L * kw + g * d, v + b * L * kw + g * d, kw, L, padded, d, true);
     w.plan_bias(key_mask, b, L, padded);
     T* dkg = dk + b * L * kw + g * d;
     T* dvg = dv + b * L * kw + g * d;
@@ -458,20 +683,18 @@ void flash_attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* out, 
           w.delta[std::size_t(r)] = dot;
           w.m[std::size_t(r)] = lse[(b * s.heads + h) * L + i0 + r];
         }
+        mul.queries(w.qs.data(), w.dob.data(), rows);
         std::fill(w.acc.begin(), w.acc.end(), T(0));
         const Index key_end = s.causal ? i0 + rows : L;
         for (Index j0 = 0; j0 < key_end; j0 += kFlashKeys) {
           const Index cols = std::min(kFlashKeys, key_end - j0);
-          detail::block_product(w.s.data(), kFlashKeys, w.qs.data(), d, false, w.kt.data() + j0,
-                                padded, rows, kFlashKeys, d, false);
-          detail::block_product(w.dp.data(), kFlashKeys, w.dob.data(), d, false, w.vt.data() + j0,
-                                padded, rows, kFlashKeys, d, false);
+          mul.scores(w.s.data(), rows, j0);
+          mul.dprobs(w.dp.data(), rows, j0);
           for (Index r = 0; r < rows; ++r) {
             T* p = w.s.data() + r * kFlashKeys;
             T* ds = w.dp.data() + r * kFlashKeys;
             const T row_lse = w.m[std::size_t(r)], dot = w.delta[std::size_t(r)];
-            const Index vis =
-                row_lse == detail::kNegInf<T> ? 0 : detail::visible_keys(s, i0 + r, j0, cols);
+            const Index vis = row_lse == kNegInf<T> ? 0 : visible_keys(s, i0 + r, j0, cols);
             for (Index c = 0; c < vis; ++c) p[c] += w.bias[std::size_t(j0 + c)] - row_lse;
             Eigen::Map<Eigen::Array<T, 1, Eigen::Dynamic>> pr(p, vis);
             pr = pr.exp();
@@ -479,12 +702,9 @@ void flash_attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* out, 
             for (Index c = 0; c < cols; ++c) ds[c] = p[c] * (ds[c] - dot);
           }
           // dV += P^T dO, dK += dS^T (scale Q), dQ += dS K (scaled once at the end)
-          detail::block_product(dvg + j0 * kw, kw, w.s.data(), kFlashKeys, true, w.dob.data(), d,
-                                cols, d, rows, true);
-          detail::block_product(dkg + j0 * kw, kw, w.dp.data(), kFlashKeys, true, w.qs.data(), d,
-                                cols, d, rows, true);
-          detail::block_product(w.acc.data(), d, w.dp.data(), kFlashKeys, false, kg + j0 * kw, kw,
-                                rows, d, cols, true);
+          mul.add_dv(dvg + j0 * kw, w.s.data(), rows, cols);
+          mul.add_dk(dkg + j0 * kw, w.dp.data(), rows, cols);
+          mul.add_dq(w.acc.data(), w.dp.data(), rows, cols, j0);
         }
         for (Index r = 0; r < rows; ++r) {
           T* o = dq + (b * L + i0 + r) * qw + h * d;
@@ -492,6 +712,58 @@ void flash_attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* out, 
         }
       }
   });
+}
+}  // namespace detail
+
+/// out [B*T, H*d] (=) and lse [B, H, T] (=, each query row's log-sum-exp of its scaled, visible
+/// scores; -inf for a row whose keys are all padding, whose output is 0) from q [B*T, H*d], k, v
+/// [B*T, Hkv*d] and key_mask [B, T] (1 = attend, 0 = padding; null = attend to all).
+template <class T>
+void flash_attention_forward(T* out, T* lse, const T* q, const T* k, const T* v,
+                             const std::uint8_t* key_mask, const AttentionShape& s) {
+  detail::flash_forward<T, detail::FlashProducts<T>>(out, lse, q, k, v, key_mask, s);
+}
+
+/// dq [B*T, H*d], dk, dv [B*T, Hkv*d] (all =) from dout [B*T, H*d] and the forward's out, lse,
+/// q, k, v and key_mask.
+template <class T>
+void flash_attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* out, const T* lse,
+                              const T* q, const T* k, const T* v, const std::uint8_t* key_mask,
+                              const AttentionShape& s) {
+  detail::flash_backward<T, detail::FlashProducts<T>>(dq, dk, dv, dout, out, lse, q, k, v, key_mask,
+                                                      s);
+}
+
+/// flash_attention_forward with its products in bf16: Q, K, V and the probabilities rounded to
+/// bf16 (nearest even) as they enter a product, the sums in fp32 (vdpbf16ps); the softmax, its
+/// running max and sum, out and lse in fp32. Needs bf16_gemm_available(); throws otherwise.
+inline void flash_attention_forward_bf16(float* out, float* lse, const float* q, const float* k,
+                                         const float* v, const std::uint8_t* key_mask,
+                                         const AttentionShape& s) {
+  WEGEFT_CHECK(bf16_gemm_available(),
+               "bf16 attention: this CPU has no AVX512-BF16 (vdpbf16ps); use the fp32 kernels");
+#if WEGEFT_BF16_X86
+  detail::flash_forward<float, detail::FlashProductsBf16>(out, lse, q, k, v, key_mask, s);
+#else
+  (void)out, (void)lse, (void)q, (void)k, (void)v, (void)key_mask, (void)s;
+#endif
+}
+
+/// flash_attention_backward with its products in bf16: Q, K, V, dO, P and dS rounded to bf16 as
+/// they enter a product, the sums (dq, dk, dv) in fp32. Needs bf16_gemm_available().
+inline void flash_attention_backward_bf16(float* dq, float* dk, float* dv, const float* dout,
+                                          const float* out, const float* lse, const float* q,
+                                          const float* k, const float* v,
+                                          const std::uint8_t* key_mask, const AttentionShape& s) {
+  WEGEFT_CHECK(bf16_gemm_available(),
+               "bf16 attention: this CPU has no AVX512-BF16 (vdpbf16ps); use the fp32 kernels");
+#if WEGEFT_BF16_X86
+  detail::flash_backward<float, detail::FlashProductsBf16>(dq, dk, dv, dout, out, lse, q, k, v,
+                                                           key_mask, s);
+#else
+  (void)dq, (void)dk, (void)dv, (void)dout, (void)out, (void)lse, (void)q, (void)k, (void)v,
+      (void)key_mask, (void)s;
+#endif
 }
 
 }  // namespace wegeft
