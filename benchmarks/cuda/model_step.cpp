@@ -21,6 +21,7 @@
 #include <wegeft/version.hpp>
 
 #include "peak.hpp"
+#include "shapes.hpp"
 
 #include <algorithm>
 #include <chrono>
@@ -34,32 +35,6 @@
 namespace cu = wegeft::cuda;
 using wegeft::DType;
 using wegeft::Index;
-
-// The synthetic shapes' configuration (shape is smollm2 or llama-block).
-wegeft::ModelConfig shape_config(const std::string& shape, Index seq) {
-  wegeft::ModelConfig c = wegeft::ModelConfig::tiny(wegeft::Family::llama);
-  if (shape == "smollm2") {
-    c.vocab_size = 49152;
-    c.hidden = 576;
-    c.intermediate = 1536;
-    c.layers = 30;
-    c.heads = 9;
-    c.kv_heads = 3;
-    c.rope_theta = 100000.0;
-  } else {
-    c.vocab_size = 256;
-    c.hidden = 2048;
-    c.intermediate = 5632;
-    c.layers = 1;
-    c.heads = 16;
-    c.kv_heads = 16;
-    c.rope_theta = 10000.0;
-  }
-  c.max_positions = std::max<Index>(8192, seq);
-  c.norm_eps = 1e-5;
-  c.tied_lm_head = true;
-  return c;
-}
 
 int main(int argc, char** argv) {
   std::vector<std::string> args(argv + 1, argv + argc);

@@ -59,6 +59,7 @@ struct AttentionLaunch {
   std::int64_t ldq, ldk, ldv, ldo;
   bool causal, bf16;
   const std::uint8_t* mask;
+  std::int64_t first = 0;  // cached tokens before each sequence's queries (forward only)
 };
 /// Sets up the attention kernels that need more than 48 KB of shared memory, once; the
 /// launchers call it, and so does a graph capture first (it is not a stream operation).

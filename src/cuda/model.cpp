@@ -80,13 +80,23 @@ struct CausalLM::Impl {
   Tensor upload(const std::string& name) {
     return Tensor::from_host(*ctx, host->tensor(name), dtype);
   }
+  /// Decoding: one block's cache and the position of the first new token.
+  struct Decode {
+    const Tensor* k;
+    const Tensor* v;
+    Index first;
+  };
   void build();
   void allocate(Index n);
+  /// b.attn = attention over q, k, v [n rows]; with dec, k and v are first appended to the cache
+  /// and the queries attend to every cached key before them.
+  void attend(Block& b, const TensorView& q, const TensorView& k, const TensorView& v, Index n,
+              const AttentionShape& s, const DeviceArray* m, const Decode* dec);
   void block_forward(Block& b, const TensorView& out, Index n, const AttentionShape& s,
-                     const DeviceArray* m);
+                     const DeviceArray* m, const Decode* dec = nullptr);
   void block_backward(Block& b, bool first, Index n, const AttentionShape& s, const DeviceArray* m);
   void gpt2_forward(Block& b, const TensorView& out, Index n, const AttentionShape& s,
-                    const DeviceArray* m);
+                    const DeviceArray* m, const Decode* dec = nullptr);
   void gpt2_backward(Block& b, bool first, Index n, const AttentionShape& s, const DeviceArray* m);
   /// Columns [part d, (part + 1) d) of a gpt2 [N, 3d] q/k/v activation or gradient.
   TensorView third(const Act& a, Index n, int part) const {
@@ -209,8 +219,20 @@ void CausalLM::Impl::allocate(Index n) {
   capacity = n;
 }
 
+void CausalLM::Impl::attend(Block& b, const TensorView& q, const TensorView& k, const TensorView& v,
+                            Index n, const AttentionShape& s, const DeviceArray* m,
+                            const Decode* dec) {
+  if (dec == nullptr) return attention_forward(*ctx, b.attn.v(n), lse(b, s), q, k, v, m, s);
+  const Index kvw = cfg.kv_width(), first = dec->first, len = first + n;
+  scale_copy(*ctx, dec->k->block(first, 0, n, kvw), k);
+  scale_copy(*ctx, dec->v->block(first, 0, n, kvw), v);
+  cached_attention_forward(*ctx, b.attn.v(n), lse(b, s), q, dec->k->block(0, 0, len, kvw),
+                           dec->v->block(0, 0, len, kvw), first, s);
+}
+
 void CausalLM::Impl::block_forward(Block& b, const TensorView& out, Index n,
-                                   const AttentionShape& s, const DeviceArray* m) {
+                                   const AttentionShape& s, const DeviceArray* m,
+                                   const Decode* dec) {
   Context& c = *ctx;
   const float eps = static_cast<float>(cfg.norm_eps);
   const TensorView hq = b.hq.v(n);
@@ -220,9 +242,10 @@ void CausalLM::Impl::block_forward(Block& b, const TensorView& out, Index n,
   b.q.forward(c, b.q_out.v(n), hq);
   b.k.forward(c, b.k_out.v(n), b.k.adapted ? b.hk.v(n) : hq);
   b.v.forward(c, b.v_out.v(n), b.v.adapted ? b.hv.v(n) : hq);
-  rope_forward(c, b.q_out.v(n), *rope, s.batch, s.seq, cfg.heads);
-  rope_forward(c, b.k_out.v(n), *rope, s.batch, s.seq, cfg.kv_heads);
-  attention_forward(c, b.attn.v(n), lse(b, s), b.q_out.v(n), b.k_out.v(n), b.v_out.v(n), m, s);
+  const Index first = dec ? dec->first : 0;
+  rope_forward(c, b.q_out.v(n), *rope, s.batch, s.seq, cfg.heads, first);
+  rope_forward(c, b.k_out.v(n), *rope, s.batch, s.seq, cfg.kv_heads, first);
+  attend(b, b.q_out.v(n), b.k_out.v(n), b.v_out.v(n), n, s, m, dec);
   b.o.forward(c, b.x2.v(n), b.attn.v(n));
   add(c, b.x2.v(n), b.x.v(n));
   const TensorView hg = b.hg.v(n);
@@ -272,15 +295,14 @@ void CausalLM::Impl::block_backward(Block& b, bool first, Index n, const Attenti
 
 // GPT-2: x2 = x + c_proj(attn(c_attn(ln_1(x)))), out = x2 + mlp.c_proj(gelu(c_fc(ln_2(x2)))).
 void CausalLM::Impl::gpt2_forward(Block& b, const TensorView& out, Index n, const AttentionShape& s,
-                                  const DeviceArray* m) {
+                                  const DeviceArray* m, const Decode* dec) {
   Context& c = *ctx;
   const float eps = static_cast<float>(cfg.norm_eps);
   const TensorView h1 = b.hq.v(n), h2 = b.hg.v(n);
   layernorm_forward(c, h1, stats(b.mean1, n, 1), stats(b.rstd1, n, 1), b.x.v(n), b.norm1.view(),
                     b.norm1b.view(), eps);
   b.qkv.forward(c, b.qkv_out.v(n), h1);
-  attention_forward(c, b.attn.v(n), lse(b, s), third(b.qkv_out, n, 0), third(b.qkv_out, n, 1),
-                    third(b.qkv_out, n, 2), m, s);
+  attend(b, third(b.qkv_out, n, 0), third(b.qkv_out, n, 1), third(b.qkv_out, n, 2), n, s, m, dec);
   b.o.forward(c, b.x2.v(n), b.attn.v(n));
   add(c, b.x2.v(n), b.x.v(n));
   layernorm_forward(c, h2, stats(b.mean2, n, 1), stats(b.rstd2, n, 1), b.x2.v(n), b.norm2.view(),
@@ -418,6 +440,70 @@ double CausalLM::step(const LmBatch& in, bool backward, double dloss, Index divi
   const auto per = position_losses();
   const double total = std::accumulate(per.begin(), per.end(), 0.0);
   return counted ? total / static_cast<double>(counted) : 0.0;
+}
+
+TensorView CausalLM::decode(KvCache& cache, const std::int32_t* ids, Index m) {
+  Impl& I = *m_impl;
+  Context& c = *I.ctx;
+  const ModelConfig& cfg = I.cfg;
+  WEGEFT_CHECK(ids != nullptr && m > 0, "decode: no tokens to run");
+  const Index first = cache.length, len = first + m, d = cfg.hidden, kvw = cfg.kv_width();
+  WEGEFT_CHECK(len <= cfg.max_positions, "decode: " << first << " cached and " << m
+                                                    << " new tokens exceed the model's "
+                                                    << cfg.max_positions << " positions");
+  detail::check_token_ids(ids, m, cfg.vocab_size);
+  const auto layers = static_cast<std::size_t>(cfg.layers);
+  if (cache.k.size() != layers || cache.k[0].cols() != kvw || cache.k[0].dtype() != I.dtype) {
+    WEGEFT_CHECK(first == 0,
+                 "decode: the cache holds " << first << " tokens of a model of another shape");
+    cache.k.clear();
+    cache.v.clear();
+    cache.k.resize(layers);
+    cache.v.resize(layers);
+  }
+  if (cache.k[0].rows() < len) {  // room for len tokens, doubling, at most max_positions
+    const Index cap =
+        std::min<Index>(cfg.max_positions, std::max<Index>(len, 2 * cache.k[0].rows()));
+    for (auto* kv : {&cache.k, &cache.v})
+      for (auto& t : *kv) {
+        Tensor grown(I.dtype, cap, kvw);
+        if (first > 0) scale_copy(c, grown.block(0, 0, first, kvw), t.block(0, 0, first, kvw));
+        t = std::move(grown);
+      }
+  }
+  plan(1, m);
+  I.ids.assign(c, ids, static_cast<std::size_t>(m));
+  const AttentionShape s{.batch = 1,
+                         .seq = m,
+                         .heads = cfg.heads,
+                         .kv_heads = cfg.kv_heads,
+                         .head_dim = cfg.head_dim(),
+                         .causal = true};
+  auto& blocks = I.blocks;
+  embedding_forward(c, blocks[0].x.v(m), I.ids, I.embed.view());
+  if (I.gpt2) add_positions(c, blocks[0].x.v(m), I.positions.block(first, 0, m, d), nullptr, m);
+  for (std::size_t l = 0; l < blocks.size(); ++l) {
+    const TensorView out = l + 1 < blocks.size() ? blocks[l + 1].x.v(m) : I.x_last.v(m);
+    const Impl::Decode dec{&cache.k[l], &cache.v[l], first};
+    if (I.gpt2)
+      I.gpt2_forward(blocks[l], out, m, s, nullptr, &dec);
+    else
+      I.block_forward(blocks[l], out, m, s, nullptr, &dec);
+  }
+  // The final norm and the LM head on the last token only.
+  const TensorView last = I.x_last.t.block(m - 1, 0, 1, d), hf = I.hf.v(1);
+  const float eps = static_cast<float>(cfg.norm_eps);
+  if (I.gpt2)
+    layernorm_forward(c, hf, stats(I.meanf, 1, 1), stats(I.rstdf, 1, 1), last, I.final_norm.view(),
+                      I.final_norm_b.view(), eps);
+  else
+    rmsnorm_forward(c, hf, stats(I.rstdf, 1, 1), last, I.final_norm.view(), eps);
+  const TensorView logits = I.logits.v(1);
+  gemm(c, logits, hf, Op::N, I.head().view(), Op::T, 1.0f, 0.0f);
+  cache.length = len;
+  I.last_n = 1;
+  I.last_backward = false;
+  return logits;
 }
 
 std::vector<float> CausalLM::position_losses() {

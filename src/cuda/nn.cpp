@@ -193,23 +193,25 @@ Rope::Rope(Context& ctx, const RopeTable<float>& host) : m_head_dim(host.head_di
 
 namespace {
 void rope(Context& ctx, const TensorView& x, const Rope& r, Index batch, Index seq, Index heads,
-          float direction, const char* op) {
+          float direction, const char* op, Index first = 0) {
   check_view(x, op, "x");
-  WEGEFT_CHECK(batch >= 0 && seq > 0 && heads > 0,
-               op << ": batch " << batch << ", seq " << seq << ", heads " << heads);
+  WEGEFT_CHECK(
+      batch >= 0 && seq > 0 && heads > 0 && first >= 0,
+      op << ": batch " << batch << ", seq " << seq << ", heads " << heads << ", first " << first);
   check_shape(x, batch * seq, heads * r.head_dim(), op, "x");
-  WEGEFT_CHECK(seq <= r.max_positions(), op << ": sequence length " << seq
-                                            << " exceeds the RoPE table's " << r.max_positions()
-                                            << " positions");
-  detail::launch_rope(ctx.stream(), mat(x), r.cos(), r.sin(), seq, heads, r.head_dim() / 2,
-                      direction);
+  WEGEFT_CHECK(first + seq <= r.max_positions(), op << ": sequence length " << first + seq
+                                                    << " exceeds the RoPE table's "
+                                                    << r.max_positions() << " positions");
+  const Index half = r.head_dim() / 2;
+  detail::launch_rope(ctx.stream(), mat(x), r.cos() + first * half, r.sin() + first * half, seq,
+                      heads, half, direction);
   detail::check_launch(op);
 }
 }  // namespace
 
 void rope_forward(Context& ctx, const TensorView& x, const Rope& r, Index batch, Index seq,
-                  Index heads) {
-  rope(ctx, x, r, batch, seq, heads, 1.0f, "rope_forward");
+                  Index heads, Index first) {
+  rope(ctx, x, r, batch, seq, heads, 1.0f, "rope_forward", first);
 }
 void rope_backward(Context& ctx, const TensorView& dx, const Rope& r, Index batch, Index seq,
                    Index heads) {
@@ -304,18 +306,20 @@ void argmax_rows(Context& ctx, const TensorView& ids, const TensorView& x) {
 }
 
 namespace {
+// first: the cached tokens before each sequence's queries (k and v hold first + seq rows per
+// sequence); 0 in training.
 detail::AttentionLaunch attention_launch(const TensorView& out, const TensorView& lse,
                                          const TensorView& q, const TensorView& k,
                                          const TensorView& v, const DeviceArray* key_mask,
-                                         const AttentionShape& s, const char* op) {
+                                         const AttentionShape& s, const char* op, Index first = 0) {
   s.check();
   WEGEFT_CHECK(s.head_dim <= 256, op << ": head_dim " << s.head_dim << " (at most 256 on the GPU)");
-  const Index n = s.batch * s.seq;
+  const Index n = s.batch * s.seq, nk = s.batch * (first + s.seq);
   for (const auto* t : {&out, &q, &k, &v}) check_view(*t, op, "an input or output");
   check_shape(q, n, s.q_width(), op, "q");
   check_shape(out, n, s.q_width(), op, "out");
-  check_shape(k, n, s.kv_width(), op, "k");
-  check_shape(v, n, s.kv_width(), op, "v");
+  check_shape(k, nk, s.kv_width(), op, "k");
+  check_shape(v, nk, s.kv_width(), op, "v");
   check_same_dtype(k, q, op, "k");
   check_same_dtype(v, q, op, "v");
   check_same_dtype(out, q, op, "out");
@@ -335,7 +339,8 @@ detail::AttentionLaunch attention_launch(const TensorView& out, const TensorView
           out.ld,
           s.causal,
           q.dtype == DType::BF16,
-          key_mask ? key_mask->data<std::uint8_t>() : nullptr};
+          key_mask ? key_mask->data<std::uint8_t>() : nullptr,
+          first};
 }
 void check_like(const TensorView& g, const TensorView& ref, const char* op, const char* what) {
   check_view(g, op, what);
@@ -350,6 +355,21 @@ void attention_forward(Context& ctx, const TensorView& out, const TensorView& ls
                        const DeviceArray* key_mask, const AttentionShape& shape) {
   const char* op = "attention_forward";
   const auto a = attention_launch(out, lse, q, k, v, key_mask, shape, op);
+  detail::launch_attention_forward(ctx.stream(), a, out.data, floats(lse), q.data, k.data, v.data);
+  detail::check_launch(op);
+}
+
+void cached_attention_forward(Context& ctx, const TensorView& out, const TensorView& lse,
+                              const TensorView& q, const TensorView& k, const TensorView& v,
+                              Index first, const AttentionShape& shape) {
+  const char* op = "cached_attention_forward";
+  WEGEFT_CHECK(first >= 0 && q.rows > 0,
+               op << ": " << q.rows << " queries after " << first << " cached tokens");
+  AttentionShape s = shape;
+  s.batch = 1;
+  s.seq = q.rows;
+  s.causal = true;
+  const auto a = attention_launch(out, lse, q, k, v, nullptr, s, op, first);
   detail::launch_attention_forward(ctx.stream(), a, out.data, floats(lse), q.data, k.data, v.data);
   detail::check_launch(op);
 }

@@ -206,7 +206,9 @@ kernels::AttentionArgs args_of(const AttentionLaunch& a) {
           a.causal,
           static_cast<float>(1.0 / std::sqrt(static_cast<double>(a.head_dim))),
           a.mask,
-          false};
+          false,
+          a.first + a.seq,
+          a.first};
 }
 dim3 attention_grid(const AttentionLaunch& a, std::int64_t heads) {
   return dim3(
@@ -239,14 +241,16 @@ void with_head_dim(std::int64_t d, F&& f) {
   }
 }
 
-/// The tensor-core kernels take bf16 calls with a head_dim they tile, unless
+/// The tensor-core kernels take bf16 calls with a head_dim they tile and no cached tokens before
+/// the queries, unless
 /// WEGEFT_CUDA_ATTENTION=simt asks for the one-warp-per-row kernels (benchmarks compare both).
 bool use_tensor_cores(const AttentionLaunch& a) {
   static const bool simt = [] {
     const char* e = std::getenv("WEGEFT_CUDA_ATTENTION");
     return e != nullptr && std::strcmp(e, "simt") == 0;
   }();
-  return a.bf16 && !simt && a.head_dim % 16 == 0 && a.head_dim <= kernels::kTcMaxHeadDim;
+  return a.bf16 && !simt && a.first == 0 && a.head_dim % 16 == 0 &&
+         a.head_dim <= kernels::kTcMaxHeadDim;
 }
 
 /// Whether every pointer in `ptrs` is 16-byte aligned and every row stride in `lds` a multiple

@@ -3,7 +3,8 @@
 // LoRA and WeGeFT on every linear, a padded batch with ignored targets, tied and untied LM heads
 // (GPT-2: the fused q/k/v projection, LayerNorm, learned positions, GELU); and
 // a 25-step AdamW run over two batches (which it memorises) whose losses track the CPU run's; a steady-state step that allocates no
-// device memory; a run checkpointed and resumed on either backend. F32 on the GPU is full fp32
+// device memory; a run checkpointed and resumed on either backend; decoding with a key/value
+// cache against the CPU forward's logits at every position. F32 on the GPU is full fp32
 // (tolerances 1e-4 relative to the largest value of each gradient); BF16 rounds every activation,
 // so its tolerances are 2e-2 on the loss and 8e-2 on the gradients, with the CPU model given the
 // same bf16-rounded weights.
@@ -185,6 +186,86 @@ TEST_CASE("cuda CausalLM: 25 AdamW steps track the CPU model's losses", "[cuda][
     INFO("step " << step << ": cpu " << cpu_losses[step] << ", gpu " << gpu_losses[step]);
     CHECK(std::abs(gpu_losses[step] - cpu_losses[step]) / cpu_losses[step] < 1e-4);
   }
+}
+
+TEST_CASE(
+    "cuda CausalLM decode with a key/value cache gives the CPU forward's logits at every "
+    "position, in chunks",
+    "[cuda][model][decode]") {
+  auto& ctx = context();
+  for (const auto family : {wegeft::Family::llama, wegeft::Family::gpt2})
+    for (int method : {0, 1})  // LoRA, WeGeFT, unmerged
+      for (DType dtype : {DType::F32, DType::BF16}) {
+        INFO(wegeft::to_string(family)
+             << ", " << (method ? "WeGeFT" : "LoRA") << ", " << wegeft::dtype_name(dtype));
+        wegeft::Rng rng(61 + method);
+        auto host = host_model(method == 0, method, dtype, rng, family);
+        const Index vocab = host->config().vocab_size;
+        std::vector<std::int32_t> ids(13);
+        for (auto& id : ids) id = static_cast<std::int32_t>(rng.next_u32() % vocab);
+        // The oracle: the CPU model's training forward over the whole text.
+        wegeft::Transformer<float>::Activations acts;
+        host->forward(acts, {.ids = ids.data(), .batch = 1, .seq = static_cast<Index>(ids.size())});
+        // F32: full fp32 on both sides; BF16: every activation rounded on the GPU.
+        const double tol = dtype == DType::F32 ? 1e-4 : 3e-2;
+        cu::CausalLM gpu(ctx, *host, dtype);
+        cu::CausalLM::KvCache cache;
+        Index at = 0;
+        std::size_t allocations = 0;
+        for (const Index m : {Index(5), Index(1), Index(3), Index(2), Index(1), Index(1)}) {
+          // the cache holds 20 rows after 11 tokens: the last two tokens allocate nothing
+          if (at == 11) allocations = cu::device_allocations();
+          const Matrix<float> logits = cu::download(ctx, gpu.decode(cache, ids.data() + at, m));
+          at += m;
+          INFO("after " << at << " tokens");
+          CHECK(cache.length == at);
+          REQUIRE(logits.rows() == 1);
+          CHECK(wt::rel_diff(logits, acts.logits.row(at - 1)) < tol);
+          if (dtype == DType::F32) {  // greedy decoding picks the CPU's token
+            Index arg = 0;
+            acts.logits.row(at - 1).maxCoeff(&arg);
+            CHECK(gpu.greedy_tokens() == std::vector<std::int32_t>{static_cast<std::int32_t>(arg)});
+          }
+        }
+        CHECK(cu::device_allocations() == allocations);
+        cache.clear();  // a new sequence in the same cache: the first 4 tokens in one call
+        const Matrix<float> four = cu::download(ctx, gpu.decode(cache, ids.data(), 4));
+        wegeft::Transformer<float>::Activations short_acts;
+        host->forward(short_acts, {.ids = ids.data(), .batch = 1, .seq = 4});
+        CHECK(wt::rel_diff(four, short_acts.logits.row(3)) < tol);
+        // 4 cached + 29 new tokens pass the 32 positions; nothing is appended
+        const std::vector<std::int32_t> many(29, 1);
+        CHECK_THROWS_WITH(
+            gpu.decode(cache, many.data(), 29),
+            Catch::Contains("4 cached and 29 new tokens exceed the model's 32 positions"));
+        CHECK(cache.length == 4);
+        CHECK_THROWS_WITH(gpu.decode(cache, ids.data(), 0), Catch::Contains("no tokens"));
+        const std::int32_t bad = static_cast<std::int32_t>(vocab);
+        CHECK_THROWS_WITH(gpu.decode(cache, &bad, 1),
+                          Catch::Contains("token id 101 at position 0 is outside the vocabulary"));
+        CHECK(cache.length == 4);
+        // a training step after decoding runs in the same buffers and still matches the CPU
+        const Batch b = batch_of(vocab, rng);
+        const double cpu_loss = cpu_step(*host, b);
+        CHECK(std::abs(gpu.eval_loss(gpu_batch(b)) - cpu_loss) / cpu_loss <
+              (dtype == DType::F32 ? 1e-5 : 2e-2));
+      }
+}
+
+TEST_CASE("cuda CausalLM decode refuses a cache of a model of another shape", "[cuda][model]") {
+  auto& ctx = context();
+  wegeft::Rng rng(67);
+  auto llama = host_model(true, 0, DType::F32, rng);
+  auto gpt2 = host_model(true, 0, DType::F32, rng, wegeft::Family::gpt2);
+  cu::CausalLM a(ctx, *llama, DType::F32), b(ctx, *gpt2, DType::F32);
+  cu::CausalLM::KvCache cache;
+  const std::vector<std::int32_t> ids = {1, 2, 3};
+  a.decode(cache, ids.data(), 3);
+  CHECK_THROWS_WITH(b.decode(cache, ids.data(), 1),
+                    Catch::Contains("the cache holds 3 tokens of a model of another shape"));
+  cache.clear();  // a cleared cache is taken over
+  b.decode(cache, ids.data(), 3);
+  CHECK(cache.length == 3);
 }
 
 TEST_CASE("cuda CausalLM refuses what it does not run, naming it", "[cuda][model]") {

@@ -1,8 +1,8 @@
 // The transformer's GPU ops (cuda/nn.hpp) against their CPU twins run in double on the same
 // (dtype-rounded) inputs: RMSNorm, LayerNorm, RoPE, SwiGLU, GELU (both forms), tanh, the residual
 // add, the position add, column sums, the embedding gather,
-// cross-entropy, the rows' argmax (exact) and attention (causal and bidirectional, grouped-query, padded, a sequence with
-// no visible key), on odd sizes and strided views. Errors are relative to the largest reference
+// cross-entropy, the rows' argmax (exact), attention (causal and bidirectional, grouped-query, padded, a sequence with
+// no visible key) and cached attention (new queries over a key/value cache), on odd sizes and strided views. Errors are relative to the largest reference
 // value (max_rel): F32 storage 2e-5; BF16 storage 1e-2 on outputs, 2e-2 on gradients (bf16
 // rounding of the stored results and of the inputs of the later products).
 #include "support_cuda.hpp"
@@ -215,6 +215,17 @@ TEST_CASE("cuda rope forward and backward equal the CPU rotation in double", "[c
     Matrix<double> back = d(fwd);
     wegeft::rope_backward(back.data(), table_d, batch, seq, heads);
     CHECK(max_rel(cu::download(ctx, xd.v), back) < out_tol(dt));
+  }
+  {
+    INFO("one sequence of 7 tokens after 5 cached ones: positions 5 .. 11");
+    const Matrix<float> x = random_matrix<float>(seq, heads * hd, rng);
+    auto xd = strided(ctx, x, DType::F32);
+    cu::rope_forward(ctx, xd.v, rope, 1, seq, heads, 5);
+    Matrix<double> ref = d(x);
+    wegeft::rope_forward(ref.data(), table_d, 1, seq, heads, 5);
+    CHECK(max_rel(cu::download(ctx, xd.v), ref) < out_tol(DType::F32));
+    CHECK_THROWS_WITH(cu::rope_forward(ctx, xd.v, rope, 1, seq, heads, 10),
+                      Catch::Contains("sequence length 17 exceeds the RoPE table's 16 positions"));
   }
   cu::Tensor big(DType::F32, 17, heads * hd);
   CHECK_THROWS_WITH(cu::rope_forward(ctx, big.view(), rope, 1, 17, heads),
@@ -481,4 +492,43 @@ TEST_CASE(
         .batch = 1, .seq = 65, .heads = 2, .kv_heads = 2, .head_dim = d, .causal = true};
     check_attention(s, nullptr, DType::BF16, rng, /*aligned=*/d % 32 == 0);
   }
+}
+
+TEST_CASE(
+    "cuda cached attention (new queries over a key/value cache) equals the CPU op in double at "
+    "every offset: the first chunk, single tokens, a chunk after many",
+    "[cuda][nn]") {
+  auto& ctx = context();
+  wegeft::Rng rng(28);
+  const Index cap = 50;
+  for (DType dt : {DType::F32, DType::BF16})
+    for (const Index hd : {40, 64}) {  // bf16 with first = 0 and head_dim 64: the tensor cores
+      const wegeft::AttentionShape s{.heads = 6, .kv_heads = 2, .head_dim = hd};
+      // The cache: [cap, kv_width] blocks of wider NaN-filled tensors; rows past first + m unread.
+      Matrix<float> kc = rounded(2.0f * random_matrix<float>(cap, s.kv_width(), rng), dt);
+      Matrix<float> vc = rounded(random_matrix<float>(cap, s.kv_width(), rng), dt);
+      auto kd = strided(ctx, kc, dt, 8), vd = strided(ctx, vc, dt, 5);
+      for (const auto& [first, m] :
+           {std::pair<Index, Index>{0, 7}, {7, 1}, {8, 1}, {33, 5}, {1, 40}, {49, 1}}) {
+        INFO(wegeft::dtype_name(dt)
+             << ", head_dim " << hd << ", " << m << " queries after " << first << " cached tokens");
+        const Matrix<float> q = rounded(2.0f * random_matrix<float>(m, s.q_width(), rng), dt);
+        auto qd = strided(ctx, q, dt, 3);
+        auto out = empty(ctx, m, s.q_width(), dt, 7);
+        cu::Tensor lse(DType::F32, s.heads, m);
+        const Index len = first + m;
+        cu::cached_attention_forward(ctx, out.v, lse.view(), qd.v, kd.v.block(0, 0, len, kd.v.cols),
+                                     vd.v.block(0, 0, len, vd.v.cols), first, s);
+        const Matrix<double> Q = d(q), K = d(kc).topRows(len), V = d(vc).topRows(len);
+        Matrix<double> o(m, s.q_width());
+        wegeft::cached_attention_forward(o.data(), Q.data(), K.data(), V.data(), m, first, s);
+        CHECK(max_rel(cu::download(ctx, out.v), o) < out_tol(dt));
+      }
+    }
+  const wegeft::AttentionShape s{.heads = 2, .kv_heads = 2, .head_dim = 8};
+  cu::Tensor q(DType::F32, 3, 16), kv(DType::F32, 9, 16), o(DType::F32, 3, 16),
+      lse(DType::F32, 2, 3);
+  CHECK_THROWS_WITH(
+      cu::cached_attention_forward(ctx, o.view(), lse.view(), q.view(), kv.view(), kv.view(), 5, s),
+      Catch::Contains("cached_attention_forward: k is") && Catch::Contains("[8, 16]"));
 }

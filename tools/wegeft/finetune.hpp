@@ -429,8 +429,9 @@ struct GpuBackend {
   std::function<EvalResult(const text::Dataset&, Index, std::int32_t, std::int64_t,
                            std::vector<text::ExactMatch>*, const text::StopRule*)>
       validate;
-  /// The last position's logits [1, vocab] after a forward pass over one sequence (generate);
-  /// plan(batch, seq) sizes the GPU's buffers once for the longest sequence to come.
+  /// The next-token logits [1, vocab] after one sequence's last token (generate): decoded with a
+  /// key/value cache, only the tokens past those of the last call when ids continues them.
+  /// plan(batch, seq) sizes the GPU's buffers once for the largest batch to come.
   std::function<Matrix<float>(const std::vector<std::int32_t>&)> next_logits;
   std::function<void(Index, Index)> plan;
   std::function<void(AdamW<float>&)> to_host;
@@ -892,12 +893,11 @@ inline int generate_command(const std::string& model_path, const std::string& ad
   for (const auto& st : stop_strings) WEGEFT_CHECK(!st.empty(), "--stop: an empty stop string");
   const text::StopRule stops = text::stop_rule(tok, stop_strings);
   Rng rng(seed);
-  Transformer<float>::KvCache cache;  // the CPU decodes incrementally: the prompt, then a token
+  // Both devices decode incrementally with a key/value cache: the prompt, then a token at a time.
+  Transformer<float>::KvCache cache;
   std::vector<std::int32_t> out;
   std::string printed;
-  if (gpu)  // the buffers for the longest text to come, once
-    gpu->plan(1, std::min<Index>(model.config().max_positions,
-                                 static_cast<Index>(ids.size()) + max_tokens));
+  if (gpu) gpu->plan(1, static_cast<Index>(ids.size()));  // the prompt's buffers, once
   Matrix<float> logits;
   for (int n = 0; n < max_tokens; ++n) {
     WEGEFT_CHECK(static_cast<Index>(ids.size()) <= model.config().max_positions,

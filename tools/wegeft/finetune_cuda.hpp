@@ -5,9 +5,11 @@
 
 #include <wegeft/cuda.hpp>
 
+#include <algorithm>
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 namespace wegeft::tool {
 
@@ -19,6 +21,8 @@ inline GpuBackend cuda_backend(Transformer<float>& model, const TrainerConfig& t
     cuda::AdamW opt;
     TrainerConfig tc;
     Index micro = 0;
+    cuda::CausalLM::KvCache cache;      // generation: the keys and values of `decoded`
+    std::vector<std::int32_t> decoded;  // the tokens the cache holds
     State(Transformer<float>& m, const TrainerConfig& c) : ctx(0), opt(c.adamw), tc(c) {
       if (m.has_classifier())
         cls.emplace(ctx, m, DType::BF16);
@@ -100,11 +104,23 @@ inline GpuBackend cuda_backend(Transformer<float>& model, const TrainerConfig& t
   };
   g.next_logits = [s](const std::vector<std::int32_t>& ids) {
     WEGEFT_CHECK(s->lm, "generation needs a causal language model");
-    const std::vector<std::int32_t> targets(ids.size(), kIgnoreIndex);
-    const auto n = static_cast<Index>(ids.size());
-    s->lm->eval_loss({.ids = ids.data(), .targets = targets.data(), .batch = 1, .seq = n});
-    const TensorView all = s->lm->logits();
-    return cuda::download(s->ctx, all.block(n - 1, 0, 1, all.cols));
+    WEGEFT_CHECK(!ids.empty(), "generation needs at least one token");
+    // Decoded incrementally: only the tokens past those the cache holds, when ids continues them
+    // (the last one again when it adds none); else from the start.
+    auto& seen = s->decoded;
+    if (seen.size() > ids.size() || !std::equal(seen.begin(), seen.end(), ids.begin())) {
+      s->cache.clear();
+      seen.clear();
+    }
+    if (seen.size() == ids.size()) {
+      seen.pop_back();
+      s->cache.length -= 1;
+    }
+    const auto done = static_cast<std::ptrdiff_t>(seen.size());
+    const TensorView logits =
+        s->lm->decode(s->cache, ids.data() + done, static_cast<Index>(ids.size()) - done);
+    seen.assign(ids.begin(), ids.end());
+    return cuda::download(s->ctx, logits);
   };
   g.plan = [s](Index batch, Index seq) {
     if (s->lm)

@@ -73,6 +73,23 @@ class CausalLM {
   /// after a forward-only step (eval_loss); a backward step has replaced the logits.
   std::vector<std::int32_t> greedy_tokens();
 
+  /// One sequence's keys and values so far on the device, per block (keys after RoPE), for
+  /// decode(): rows 0 .. length - 1 of each [capacity, kv_width] tensor of the model's dtype.
+  /// clear() starts a new sequence.
+  struct KvCache {
+    Index length = 0;
+    std::vector<Tensor> k, v;
+    void clear() { length = 0; }
+  };
+  /// Incremental decoding, the GPU twin of Transformer::decode: runs tokens ids [m] (on the host)
+  /// of one sequence at positions cache.length .. cache.length + m - 1, attending to the cached
+  /// tokens before them, appends their keys and values to `cache` and returns the next-token
+  /// logits after the last of them, [1, vocab] on the device (valid until the next step or
+  /// decode; greedy_tokens() gives its argmax). Nothing is kept for backward. It runs in the
+  /// step's planned buffers (planning 1 x m when they are smaller) and replaces the last step's
+  /// logits and losses. The cache grows by doubling, up to max_positions.
+  TensorView decode(KvCache& cache, const std::int32_t* ids, Index m);
+
   /// Writes the weight-dtype copies of every adapter's parameters; call after each change of
   /// the store's values (the optimizer step, an upload).
   void refresh();

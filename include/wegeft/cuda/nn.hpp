@@ -105,9 +105,10 @@ class Rope {
   Tensor m_cos, m_sin;
   Index m_head_dim;
 };
-/// x [B*T, heads*head_dim] rotated in place; row b*T + t has position t (nn/rope.hpp).
+/// x [B*T, heads*head_dim] rotated in place; row b*T + t has position first + t (nn/rope.hpp;
+/// first > 0: tokens that follow `first` cached ones).
 void rope_forward(Context& ctx, const TensorView& x, const Rope& rope, Index batch, Index seq,
-                  Index heads);
+                  Index heads, Index first = 0);
 /// dx [B*T, heads*head_dim] in place: the inverse rotation.
 void rope_backward(Context& ctx, const TensorView& dx, const Rope& rope, Index batch, Index seq,
                    Index heads);
@@ -147,6 +148,15 @@ void argmax_rows(Context& ctx, const TensorView& ids, const TensorView& x);
 void attention_forward(Context& ctx, const TensorView& out, const TensorView& lse,
                        const TensorView& q, const TensorView& k, const TensorView& v,
                        const DeviceArray* key_mask, const AttentionShape& shape);
+/// Causal attention of m new query rows of one sequence over every key it has so far, for
+/// decoding with a key/value cache (CausalLM::decode; the CPU twin is cached_attention_forward in
+/// kernels/cpu/attention.hpp): out [m, H*d] (=) and lse [H, m] (F32 scratch) from q [m, H*d] (the
+/// queries at positions first .. first + m - 1) and k, v [first + m, Hkv*d] (the keys and values
+/// of positions 0 .. first + m - 1; any row stride); query i sees keys 0 .. first + i. shape
+/// gives heads, kv_heads and head_dim (its batch, seq and causal are not read).
+void cached_attention_forward(Context& ctx, const TensorView& out, const TensorView& lse,
+                              const TensorView& q, const TensorView& k, const TensorView& v,
+                              Index first, const AttentionShape& shape);
 /// dq [B*T, H*d], dk, dv [B*T, Hkv*d] (overwritten; row strides those of q, k and v) from dout
 /// (out's row stride) and the forward's out, lse, q, k, v; delta [B*H, T] F32 is scratch.
 void attention_backward(Context& ctx, const TensorView& dq, const TensorView& dk,

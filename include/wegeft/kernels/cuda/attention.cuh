@@ -31,13 +31,18 @@ struct AttentionArgs {
   float scale;               // 1 / sqrt(head_dim)
   const std::uint8_t* mask;  // [batch, seq], 1 = a key to attend to; null = every key
   bool vec = false;          // q, k, v, dout and their strides 16-byte aligned (attention_tc.cuh)
+  // Rows of k and v (and of the mask) per sequence, and the position of each sequence's first
+  // query row: seq and 0 in training; first + seq and first for the queries that follow `first`
+  // cached tokens (decoding with a key/value cache: the forward kernels only).
+  std::int64_t kv_seq = 0, first = 0;
 };
 
 __device__ inline bool key_visible(const AttentionArgs& a, std::int64_t b, std::int64_t j) {
-  return a.mask == nullptr || a.mask[b * a.seq + j] != 0;
+  return a.mask == nullptr || a.mask[b * a.kv_seq + j] != 0;
 }
 
-/// out [B*T, H*d], lse [B, H, T] from q [B*T, H*d], k, v [B*T, Hkv*d]. grid (ceil(T / warps), H, B).
+/// out [B*T, H*d], lse [B, H, T] from q [B*T, H*d], k, v [B*kv_seq, Hkv*d]; causal: query i sees
+/// keys 0 .. first + i. grid (ceil(T / warps), H, B).
 template <class T>
 __global__ void attention_forward(T* out, float* lse, const T* q, const T* k, const T* v,
                                   AttentionArgs a) {
@@ -52,12 +57,12 @@ __global__ void attention_forward(T* out, float* lse, const T* q, const T* k, co
   __syncwarp();
   float acc[kHeadCols] = {};
   float m = -INFINITY, l = 0;
-  const std::int64_t end = a.causal ? i + 1 : a.seq;
+  const std::int64_t end = a.causal ? a.first + i + 1 : a.kv_seq;
   for (std::int64_t j0 = 0; j0 < end; j0 += 32) {
     const std::int64_t j = j0 + lane;
     float s = -INFINITY;
     if (j < end && key_visible(a, b, j)) {
-      const T* kj = k + (b * a.seq + j) * a.ldk + g * d;
+      const T* kj = k + (b * a.kv_seq + j) * a.ldk + g * d;
       s = 0;
       for (std::int64_t c = 0; c < d; ++c) s += sq[warp][c] * load_float(kj + c);
     }
@@ -72,7 +77,7 @@ __global__ void attention_forward(T* out, float* lse, const T* q, const T* k, co
     for (int jj = 0; jj < count; ++jj) {
       const float pj = __shfl_sync(0xffffffffu, p, jj);
       if (pj == 0.0f) continue;
-      const T* vj = v + (b * a.seq + j0 + jj) * a.ldv + g * d;
+      const T* vj = v + (b * a.kv_seq + j0 + jj) * a.ldv + g * d;
       for (int t = 0; t < kHeadCols; ++t) {
         const std::int64_t c = lane + 32 * t;
         if (c < d) acc[t] += pj * load_float(vj + c);
