@@ -8,9 +8,12 @@
 // buffers (pooled state, logits) are sized for as many sequences as tokens.
 #include "wegeft/cuda/classifier.hpp"
 
+#include <algorithm>
 #include <numeric>
+#include <optional>
 #include <string>
 
+#include "causal_lm.hpp"
 #include "check.hpp"
 #include "model_parts.hpp"
 #include "wegeft/cuda/linear.hpp"
@@ -53,7 +56,10 @@ struct SequenceClassifier::Impl {
   Transformer<float>* host;
   ModelConfig cfg;
   DType dtype;
-  DeviceStore store;
+  // llama / gpt2: the decoder's blocks and final norm, whose store holds the head too; bert: the
+  // encoder below and its own store
+  std::unique_ptr<CausalLM::Impl> decoder;
+  std::optional<DeviceStore> own_store;
   Index n_labels = 0;
   ParamId cls_weight{};
   std::optional<ParamId> cls_bias;
@@ -68,17 +74,34 @@ struct SequenceClassifier::Impl {
   Act d_res, t1, dh, d_attn, dq, dk, dv, dact;
   Buffer emb_mean, emb_rstd, losses, delta;
   DeviceArray ids, labels, mask;
+  // decoder: each sequence's pooled row of the final norm's output [B] and, per token row, 1 +
+  // its sequence's index where it is that sequence's pooled row, else 0 [N]: the rows of
+  // dtable ([1 + B, d]: a zero row, then d pooled) that make d(final norm output)
+  Act dtable;
+  DeviceArray pool_rows, pool_scatter;
+  std::vector<std::int32_t> host_rows, host_scatter;
   Index last_batch = 0;
   bool last_backward = false;
 
   Impl(Context& c, Transformer<float>& h, DType dt)
-      : ctx(&c), host(&h), cfg(h.config()), dtype(dt), store(c, h.store()) {}
+      : ctx(&c), host(&h), cfg(h.config()), dtype(dt) {
+    if (cfg.family == Family::llama || cfg.family == Family::gpt2)
+      decoder = std::make_unique<CausalLM::Impl>(c, h, dt, /*trunk=*/true);
+    else
+      own_store.emplace(c, h.store());
+  }
+  DeviceStore& store() { return decoder ? decoder->store : *own_store; }
 
   Tensor upload(const std::string& name) {
     return Tensor::from_host(*ctx, host->tensor(name), dtype);
   }
   void build();
+  void build_decoder();
   void allocate(Index n);
+  /// The llama / gpt2 step: the decoder's trunk, the last token's state, the head.
+  void decoder_step(const ClsBatch& in, bool backward, float scale);
+  /// The bert step: embeddings, the encoder, the first token through the pooler, the head.
+  void encoder_step(const ClsBatch& in, bool backward, float scale);
   void block_forward(EncoderBlock& b, const TensorView& out, Index n, const AttentionShape& s,
                      const DeviceArray* m);
   void block_backward(EncoderBlock& b, bool first, Index n, const AttentionShape& s,
@@ -93,10 +116,13 @@ struct SequenceClassifier::Impl {
 };
 
 void SequenceClassifier::Impl::build() {
-  WEGEFT_CHECK(cfg.family == Family::bert,
-               "the GPU classifier runs the bert family; this model is " << to_string(cfg.family));
   WEGEFT_CHECK(host->has_classifier(),
                "the GPU classifier needs a classification head (add_classifier)");
+  if (decoder) return build_decoder();
+  WEGEFT_CHECK(cfg.family == Family::bert,
+               "the GPU classifier runs the bert, llama and gpt2 "
+               "families; this model is "
+                   << to_string(cfg.family));
   WEGEFT_CHECK(host->pooling() == Pooling::cls,
                "the GPU classifier pools the first token (as BERT's pooler does); this head pools "
                "another way");
@@ -109,7 +135,7 @@ void SequenceClassifier::Impl::build() {
   const auto head = *host->classifier_params();
   cls_weight = head.first;
   cls_bias = head.second;
-  n_labels = store.value(cls_weight).rows;
+  n_labels = store().value(cls_weight).rows;
   const auto sites = host->sites();
   const auto modules = host->modules();
   blocks.resize(static_cast<std::size_t>(cfg.layers));
@@ -118,7 +144,7 @@ void SequenceClassifier::Impl::build() {
     const auto& m = modules[i];
     WEGEFT_ASSERT(sites[i].name == m.name);
     if (m.role == LinearRole::pooler) {
-      pooler.build(*ctx, store, m, sites[i].base, dtype);
+      pooler.build(*ctx, store(), m, sites[i].base, dtype);
       spare = std::max(spare, pooler.padded_rank());
       has_pooler = true;
       continue;
@@ -129,7 +155,7 @@ void SequenceClassifier::Impl::build() {
     WEGEFT_CHECK(it != std::end(kRoles),
                  m.name << ": a " << short_name(m.role) << " projection in a bert model");
     Lin& lin = b.*(it->second);
-    lin.build(*ctx, store, m, sites[i].base, dtype);
+    lin.build(*ctx, store(), m, sites[i].base, dtype);
     spare = std::max(spare, lin.padded_rank());
   }
   WEGEFT_CHECK(has_pooler, "the bert model has no pooler.dense");
@@ -149,9 +175,37 @@ void SequenceClassifier::Impl::build() {
   cls_b = Tensor(dtype, 1, n_labels);
 }
 
+void SequenceClassifier::Impl::build_decoder() {
+  WEGEFT_CHECK(host->pooling() == Pooling::last,
+               "the GPU decoder classifier pools the last token (as Hugging Face's "
+               "LlamaForSequenceClassification does); this head pools the mean");
+  decoder->build();
+  const auto head = *host->classifier_params();
+  cls_weight = head.first;
+  cls_bias = head.second;
+  n_labels = store().value(cls_weight).rows;
+  cls_w = Tensor(dtype, n_labels, cfg.hidden);
+  cls_b = Tensor(dtype, 1, n_labels);
+}
+
 void SequenceClassifier::Impl::allocate(Index n) {
   const Index d = cfg.hidden, f = cfg.intermediate, S = spare;
   const DType t = dtype;
+  if (decoder) {
+    decoder->allocate(n);
+    pooled.alloc(t, n, d, 0);
+    logits.alloc(t, n, n_labels, 0);
+    dtable.alloc(t, n + 1, d, 0);
+    fill(*ctx, dtable.t.view(), 0.0f);  // row 0 stays zero
+    losses = floats(n);
+    labels = DeviceArray(static_cast<std::size_t>(n) * sizeof(std::int32_t));
+    pool_rows = DeviceArray(static_cast<std::size_t>(n) * sizeof(std::int32_t));
+    pool_scatter = DeviceArray(static_cast<std::size_t>(n) * sizeof(std::int32_t));
+    host_rows.resize(static_cast<std::size_t>(n));
+    host_scatter.resize(static_cast<std::size_t>(n));
+    capacity = n;
+    return;
+  }
   for (auto& b : blocks) {
     b.x.alloc(t, n, d, S);
     if (b.k.adapted) b.xk.alloc(t, n, d, S);
@@ -261,7 +315,7 @@ SequenceClassifier::SequenceClassifier(Context& ctx, Transformer<float>& host, D
 SequenceClassifier::~SequenceClassifier() = default;
 
 DeviceStore& SequenceClassifier::store() {
-  return m_impl->store;
+  return m_impl->store();
 }
 const ModelConfig& SequenceClassifier::config() const {
   return m_impl->cfg;
@@ -272,13 +326,14 @@ Index SequenceClassifier::labels() const {
 
 void SequenceClassifier::refresh() {
   Impl& m = *m_impl;
+  if (m.decoder) m.decoder->refresh_adapters();
   for (auto& b : m.blocks)
     for (const auto& [role, member] : kRoles)
       if ((b.*member).adapted) (b.*member).adapted->refresh(*m.ctx);
   if (m.pooler.adapted) m.pooler.adapted->refresh(*m.ctx);
-  scale_copy(*m.ctx, m.cls_w.view(), m.store.value(m.cls_weight));
+  scale_copy(*m.ctx, m.cls_w.view(), m.store().value(m.cls_weight));
   if (m.cls_bias)
-    scale_copy(*m.ctx, m.cls_b.view(), m.store.value(*m.cls_bias));
+    scale_copy(*m.ctx, m.cls_b.view(), m.store().value(*m.cls_bias));
   else
     fill(*m.ctx, m.cls_b.view(), 0.0f);
 }
@@ -304,12 +359,56 @@ double SequenceClassifier::step(const ClsBatch& in, bool backward, double dloss,
                  "label " << in.labels[i] << " of sequence " << i << " is outside the head's "
                           << m.n_labels << " labels");
   if (divisor < 0) divisor = B;
-  m.ids.assign(c, in.ids, static_cast<std::size_t>(n));
+  const float scale = divisor ? static_cast<float>(dloss / static_cast<double>(divisor)) : 0.0f;
   m.labels.assign(c, in.labels, static_cast<std::size_t>(B));
-  const DeviceArray* mask = nullptr;
+  if (m.decoder) {
+    m.decoder_step(in, backward, scale);
+  } else {
+    m.encoder_step(in, backward, scale);
+  }
+  m.last_batch = B;
+  m.last_backward = backward;
+  std::vector<float> per(static_cast<std::size_t>(B));
+  download_floats(c, per.data(), static_cast<const float*>(m.losses.data()), per.size());
+  const double total = std::accumulate(per.begin(), per.end(), 0.0);
+  return B ? total / static_cast<double>(B) : 0.0;
+}
+
+void SequenceClassifier::Impl::decoder_step(const ClsBatch& in, bool backward, float scale) {
+  Context& c = *ctx;
+  const Index B = in.batch, T = in.seq, n = B * T;
+  decoder->trunk_forward(in.ids, in.mask, B, T);
+  // the last token of each sequence (the host's pooled_row), gathered from the final norm's output
+  std::fill_n(host_scatter.begin(), n, 0);
+  for (Index b = 0; b < B; ++b) {
+    const Index row = b * T + wegeft::detail::pooled_row(in.mask, b, T, Pooling::last);
+    host_rows[static_cast<std::size_t>(b)] = static_cast<std::int32_t>(row);
+    host_scatter[static_cast<std::size_t>(row)] = static_cast<std::int32_t>(b + 1);
+  }
+  pool_rows.assign(c, host_rows.data(), static_cast<std::size_t>(B));
+  embedding_forward(c, pooled.v(B), pool_rows, decoder->hf.v(n));
+  const TensorView out = logits.v(B), bias = cls_b.view();
+  gemm(c, out, pooled.v(B), Op::N, cls_w.view(), Op::T, 1.0f, 0.0f, &bias);
+  cross_entropy(c, backward ? &out : nullptr, stats(losses, B, 1), out, labels, scale);
+  if (!backward) return;
+  gemm(c, store().grad(cls_weight), out, Op::T, pooled.v(B), Op::N, 1.0f, 1.0f);
+  if (cls_bias) add_column_sums(c, store().grad(*cls_bias), out);
+  // d(final norm output): each pooled row's gradient, zero elsewhere (dtable's row 0)
+  gemm(c, dtable.t.block(1, 0, B, cfg.hidden), out, Op::N, cls_w.view(), Op::N, 1.0f, 0.0f);
+  pool_scatter.assign(c, host_scatter.data(), static_cast<std::size_t>(n));
+  embedding_forward(c, decoder->t1.v(n), pool_scatter, dtable.v(B + 1));
+  decoder->trunk_backward();
+}
+
+void SequenceClassifier::Impl::encoder_step(const ClsBatch& in, bool backward, float scale) {
+  Impl& m = *this;
+  Context& c = *ctx;
+  const Index n = in.batch * in.seq, B = in.batch;
+  m.ids.assign(c, in.ids, static_cast<std::size_t>(n));
+  const DeviceArray* pad = nullptr;
   if (in.mask) {
     m.mask.assign(c, in.mask, static_cast<std::size_t>(n));
-    mask = &m.mask;
+    pad = &m.mask;
   }
   const AttentionShape s{.batch = B,
                          .seq = in.seq,
@@ -318,40 +417,33 @@ double SequenceClassifier::step(const ClsBatch& in, bool backward, double dloss,
                          .head_dim = cfg.head_dim(),
                          .causal = false};
   const float eps = static_cast<float>(cfg.norm_eps);
-  auto& blocks = m.blocks;
   const TensorView E = m.emb.v(n), type_row = m.types.block(0, 0, 1, cfg.hidden);
   embedding_forward(c, E, m.ids, m.word.view());
   add_positions(c, E, m.positions.view(), &type_row, in.seq);
-  layernorm_forward(c, blocks[0].x.v(n), stats(m.emb_mean, n, 1), stats(m.emb_rstd, n, 1), E,
+  layernorm_forward(c, m.blocks[0].x.v(n), stats(m.emb_mean, n, 1), stats(m.emb_rstd, n, 1), E,
                     m.emb_lnw.view(), m.emb_lnb.view(), eps);
-  for (std::size_t l = 0; l < blocks.size(); ++l) {
-    const TensorView out = l + 1 < blocks.size() ? blocks[l + 1].x.v(n) : m.x_last.v(n);
-    m.block_forward(blocks[l], out, n, s, mask);
+  for (std::size_t l = 0; l < m.blocks.size(); ++l) {
+    const TensorView out = l + 1 < m.blocks.size() ? m.blocks[l + 1].x.v(n) : m.x_last.v(n);
+    m.block_forward(m.blocks[l], out, n, s, pad);
   }
   // the first token of each sequence, the pooler with tanh, the head
   scale_copy(c, m.pooled.v(B), Impl::first_tokens(m.x_last.v(n), B, in.seq));
   m.pooler.forward(c, m.feat.v(B), m.pooled.v(B));
   tanh_forward(c, m.feat.v(B), m.feat.v(B));
-  const TensorView logits = m.logits.v(B), bias = m.cls_b.view();
-  gemm(c, logits, m.feat.v(B), Op::N, m.cls_w.view(), Op::T, 1.0f, 0.0f, &bias);
-  const float scale = divisor ? static_cast<float>(dloss / static_cast<double>(divisor)) : 0.0f;
-  cross_entropy(c, backward ? &logits : nullptr, stats(m.losses, B, 1), logits, m.labels, scale);
+  const TensorView out = m.logits.v(B), bias = m.cls_b.view();
+  gemm(c, out, m.feat.v(B), Op::N, m.cls_w.view(), Op::T, 1.0f, 0.0f, &bias);
+  cross_entropy(c, backward ? &out : nullptr, stats(m.losses, B, 1), out, m.labels, scale);
   if (backward) {
-    gemm(c, m.store.grad(m.cls_weight), logits, Op::T, m.feat.v(B), Op::N, 1.0f, 1.0f);
-    if (m.cls_bias) add_column_sums(c, m.store.grad(*m.cls_bias), logits);
-    gemm(c, m.dfeat.v(B), logits, Op::N, m.cls_w.view(), Op::N, 1.0f, 0.0f);
+    gemm(c, m.store().grad(m.cls_weight), out, Op::T, m.feat.v(B), Op::N, 1.0f, 1.0f);
+    if (m.cls_bias) add_column_sums(c, m.store().grad(*m.cls_bias), out);
+    gemm(c, m.dfeat.v(B), out, Op::N, m.cls_w.view(), Op::N, 1.0f, 0.0f);
     tanh_backward(c, m.dfeat.v(B), m.dfeat.v(B), m.feat.v(B));
     m.pooler.backward(c, m.dpooled.v(B), m.dfeat.v(B));
     fill(c, m.d_res.v(n), 0.0f);
     scale_copy(c, Impl::first_tokens(m.d_res.v(n), B, in.seq), m.dpooled.v(B));
-    for (std::size_t l = blocks.size(); l-- > 0;) m.block_backward(blocks[l], l == 0, n, s, mask);
+    for (std::size_t l = m.blocks.size(); l-- > 0;)
+      m.block_backward(m.blocks[l], l == 0, n, s, pad);
   }
-  m.last_batch = B;
-  m.last_backward = backward;
-  std::vector<float> per(static_cast<std::size_t>(B));
-  download_floats(c, per.data(), static_cast<const float*>(m.losses.data()), per.size());
-  const double total = std::accumulate(per.begin(), per.end(), 0.0);
-  return B ? total / static_cast<double>(B) : 0.0;
 }
 
 Matrix<float> SequenceClassifier::logits() {

@@ -15,108 +15,25 @@
 #include <utility>
 #include <variant>
 
+#include "causal_lm.hpp"
 #include "check.hpp"
-#include "model_parts.hpp"
 
 namespace wegeft::cuda {
 
-namespace {
-
 using detail::Act;
+using detail::DecoderBlock;
 using detail::floats;
+using detail::kLinears;
 using detail::Lin;
 using detail::stats;
-
-struct Block {
-  Lin q, k, v, qkv, o, gate, up, down;
-  Tensor norm1, norm2;        // [1, d]
-  Tensor norm1b, norm2b;      // [1, d] LayerNorm biases (gpt2)
-  Act x;                      // block input [N, d]
-  Act hq, hk, hv;             // norm1's output; hk, hv: copies for an adapted k, v (llama)
-  Act q_out, k_out, v_out;    // after RoPE [N, H hd], [N, Hkv hd] (llama)
-  Act qkv_out;                // [N, 3d]: q, k, v side by side (gpt2)
-  Act attn;                   // [N, d] attention output
-  Act x2;                     // [N, d] the residual after attention
-  Act hg, hu;                 // norm2's output; hu: a copy for an adapted up (llama)
-  Act gate_out, up_out, act;  // [N, F]; gpt2: up_out before GELU, act after it
-  Buffer mean1, mean2;        // LayerNorm means (gpt2)
-  Buffer rstd1, rstd2, lse;
-};
-
-/// The block's linear of each role.
-constexpr std::pair<LinearRole, Lin Block::*> kLinears[] = {
-    {LinearRole::q, &Block::q},   {LinearRole::k, &Block::k},
-    {LinearRole::v, &Block::v},   {LinearRole::qkv, &Block::qkv},
-    {LinearRole::o, &Block::o},   {LinearRole::gate, &Block::gate},
-    {LinearRole::up, &Block::up}, {LinearRole::down, &Block::down}};
-
-}  // namespace
-
-struct CausalLM::Impl {
-  Context* ctx;
-  Transformer<float>* host;
-  ModelConfig cfg;
-  DType dtype;
-  DeviceStore store;
-  bool gpt2 = false;
-  std::unique_ptr<Rope> rope;                           // llama
-  Tensor embed, head_untied, final_norm, final_norm_b;  // final_norm_b: gpt2's LayerNorm bias
-  Tensor positions;                                     // gpt2: [max_positions, d]
-  std::vector<Block> blocks;
-  Index spare = 0;
-  // planned size and the shared buffers
-  Index capacity = 0;
-  Act x_last, hf, logits;
-  Act d_res, t1, dh, d_attn, dq, dk, dv, dqkv, dgate, dup;
-  Buffer meanf, rstdf, losses, delta, argmax;
-  DeviceArray ids, targets, mask;
-  Index last_n = 0;            // tokens of the last step
-  bool last_backward = false;  // whether it overwrote the logits with their gradient
-
-  Impl(Context& c, Transformer<float>& h, DType dt)
-      : ctx(&c), host(&h), cfg(h.config()), dtype(dt), store(c, h.store()) {}
-
-  const Tensor& head() const { return cfg.tied_lm_head || gpt2 ? embed : head_untied; }
-  Tensor upload(const std::string& name) {
-    return Tensor::from_host(*ctx, host->tensor(name), dtype);
-  }
-  /// Decoding: one block's cache and the position of the first new token.
-  struct Decode {
-    const Tensor* k;
-    const Tensor* v;
-    Index first;
-  };
-  void build();
-  void allocate(Index n);
-  /// b.attn = attention over q, k, v [n rows]; with dec, k and v are first appended to the cache
-  /// and the queries attend to every cached key before them.
-  void attend(Block& b, const TensorView& q, const TensorView& k, const TensorView& v, Index n,
-              const AttentionShape& s, const DeviceArray* m, const Decode* dec);
-  void block_forward(Block& b, const TensorView& out, Index n, const AttentionShape& s,
-                     const DeviceArray* m, const Decode* dec = nullptr);
-  void block_backward(Block& b, bool first, Index n, const AttentionShape& s, const DeviceArray* m);
-  void gpt2_forward(Block& b, const TensorView& out, Index n, const AttentionShape& s,
-                    const DeviceArray* m, const Decode* dec = nullptr);
-  void gpt2_backward(Block& b, bool first, Index n, const AttentionShape& s, const DeviceArray* m);
-  /// Columns [part d, (part + 1) d) of a gpt2 [N, 3d] q/k/v activation or gradient.
-  TensorView third(const Act& a, Index n, int part) const {
-    return a.t.block(0, part * cfg.hidden, n, cfg.hidden);
-  }
-  /// The final norm: llama's RMSNorm or gpt2's LayerNorm, forward and backward.
-  void final_norm_forward(Index n);
-  void final_norm_backward(Index n);
-  TensorView lse(const Block& b, const AttentionShape& s) const {
-    return stats(b.lse, s.batch * s.heads, s.seq);
-  }
-};
 
 void CausalLM::Impl::build() {
   WEGEFT_CHECK(
       cfg.family == Family::llama || cfg.family == Family::gpt2,
       "the GPU model runs the llama and gpt2 families; this model is " << to_string(cfg.family));
   gpt2 = cfg.family == Family::gpt2;
-  WEGEFT_CHECK(!host->has_classifier(),
-               "the GPU model has no classification head; train it on the CPU");
+  WEGEFT_CHECK(trunk_only || !host->has_classifier(),
+               "this model has a classification head: cuda::SequenceClassifier runs it");
   WEGEFT_CHECK(!host->has_trainable_norms(),
                "trainable norms are not implemented on the GPU; keep the norms frozen");
   WEGEFT_CHECK(dtype == DType::BF16 || dtype == DType::F32,
@@ -127,7 +44,7 @@ void CausalLM::Impl::build() {
   for (std::size_t i = 0; i < modules.size(); ++i) {
     const auto& m = modules[i];
     WEGEFT_ASSERT(sites[i].name == m.name);
-    Block& b = blocks[static_cast<std::size_t>(m.layer)];
+    DecoderBlock& b = blocks[static_cast<std::size_t>(m.layer)];
     const auto* it = std::find_if(std::begin(kLinears), std::end(kLinears),
                                   [&](const auto& e) { return e.first == m.role; });
     WEGEFT_CHECK(it != std::end(kLinears), m.name << ": a " << short_name(m.role)
@@ -138,7 +55,7 @@ void CausalLM::Impl::build() {
     spare = std::max(spare, lin->padded_rank());
   }
   for (Index l = 0; l < cfg.layers; ++l) {
-    Block& b = blocks[static_cast<std::size_t>(l)];
+    DecoderBlock& b = blocks[static_cast<std::size_t>(l)];
     b.norm1 = upload(cfg.norm_name(l, 0) + ".weight");
     b.norm2 = upload(cfg.norm_name(l, 1) + ".weight");
     if (gpt2) {
@@ -152,7 +69,7 @@ void CausalLM::Impl::build() {
     final_norm_b = upload(cfg.final_norm_name() + ".bias");
     positions = upload(cfg.position_tensor_name());
   } else {
-    if (!cfg.tied_lm_head) head_untied = upload("lm_head.weight");
+    if (!cfg.tied_lm_head && !trunk_only) head_untied = upload("lm_head.weight");
     rope = std::make_unique<Rope>(
         *ctx, RopeTable<float>(cfg.head_dim(), cfg.max_positions, cfg.rope_theta));
   }
@@ -194,7 +111,7 @@ void CausalLM::Impl::allocate(Index n) {
   }
   x_last.alloc(t, n, d, S);
   hf.alloc(t, n, d, 0);
-  logits.alloc(t, n, cfg.vocab_size, 0);
+  if (!trunk_only) logits.alloc(t, n, cfg.vocab_size, 0);
   d_res.alloc(t, n, d, S);
   t1.alloc(t, n, d, 0);
   dh.alloc(t, n, d, 0);
@@ -219,9 +136,9 @@ void CausalLM::Impl::allocate(Index n) {
   capacity = n;
 }
 
-void CausalLM::Impl::attend(Block& b, const TensorView& q, const TensorView& k, const TensorView& v,
-                            Index n, const AttentionShape& s, const DeviceArray* m,
-                            const Decode* dec) {
+void CausalLM::Impl::attend(DecoderBlock& b, const TensorView& q, const TensorView& k,
+                            const TensorView& v, Index n, const AttentionShape& s,
+                            const DeviceArray* m, const Decode* dec) {
   if (dec == nullptr) return attention_forward(*ctx, b.attn.v(n), lse(b, s), q, k, v, m, s);
   const Index kvw = cfg.kv_width(), first = dec->first, len = first + n;
   scale_copy(*ctx, dec->k->block(first, 0, n, kvw), k);
@@ -230,7 +147,7 @@ void CausalLM::Impl::attend(Block& b, const TensorView& q, const TensorView& k, 
                            dec->v->block(0, 0, len, kvw), first, s);
 }
 
-void CausalLM::Impl::block_forward(Block& b, const TensorView& out, Index n,
+void CausalLM::Impl::block_forward(DecoderBlock& b, const TensorView& out, Index n,
                                    const AttentionShape& s, const DeviceArray* m,
                                    const Decode* dec) {
   Context& c = *ctx;
@@ -260,7 +177,7 @@ void CausalLM::Impl::block_forward(Block& b, const TensorView& out, Index n,
 
 // d_res holds d(block output) on entry and d(block input) on exit (not computed for the first
 // block, whose input is the frozen embedding).
-void CausalLM::Impl::block_backward(Block& b, bool first, Index n, const AttentionShape& s,
+void CausalLM::Impl::block_backward(DecoderBlock& b, bool first, Index n, const AttentionShape& s,
                                     const DeviceArray* m) {
   Context& c = *ctx;
   const TensorView D = d_res.v(n), T1 = t1.v(n), DH = dh.v(n), DUP = dup.v(n);
@@ -294,8 +211,9 @@ void CausalLM::Impl::block_backward(Block& b, bool first, Index n, const Attenti
 }
 
 // GPT-2: x2 = x + c_proj(attn(c_attn(ln_1(x)))), out = x2 + mlp.c_proj(gelu(c_fc(ln_2(x2)))).
-void CausalLM::Impl::gpt2_forward(Block& b, const TensorView& out, Index n, const AttentionShape& s,
-                                  const DeviceArray* m, const Decode* dec) {
+void CausalLM::Impl::gpt2_forward(DecoderBlock& b, const TensorView& out, Index n,
+                                  const AttentionShape& s, const DeviceArray* m,
+                                  const Decode* dec) {
   Context& c = *ctx;
   const float eps = static_cast<float>(cfg.norm_eps);
   const TensorView h1 = b.hq.v(n), h2 = b.hg.v(n);
@@ -314,7 +232,7 @@ void CausalLM::Impl::gpt2_forward(Block& b, const TensorView& out, Index n, cons
 }
 
 // As block_backward: d_res holds d(block output) on entry and d(block input) on exit.
-void CausalLM::Impl::gpt2_backward(Block& b, bool first, Index n, const AttentionShape& s,
+void CausalLM::Impl::gpt2_backward(DecoderBlock& b, bool first, Index n, const AttentionShape& s,
                                    const DeviceArray* m) {
   Context& c = *ctx;
   const TensorView D = d_res.v(n), T1 = t1.v(n), DH = dh.v(n), DACT = dup.v(n);
@@ -373,14 +291,61 @@ DType CausalLM::dtype() const {
 }
 
 void CausalLM::refresh() {
-  for (auto& b : m_impl->blocks)
-    for (const auto& [role, member] : kLinears)
-      if ((b.*member).adapted) (b.*member).adapted->refresh(*m_impl->ctx);
+  m_impl->refresh_adapters();
 }
 
 void CausalLM::plan(Index batch, Index seq) {
   WEGEFT_CHECK(batch > 0 && seq > 0, "a GPU batch of " << batch << " x " << seq << " tokens");
   if (batch * seq > m_impl->capacity) m_impl->allocate(batch * seq);
+}
+
+void CausalLM::Impl::trunk_forward(const std::int32_t* in_ids, const std::uint8_t* in_mask,
+                                   Index batch, Index seq) {
+  Context& c = *ctx;
+  WEGEFT_CHECK(seq <= cfg.max_positions, "sequence length " << seq << " exceeds the model's "
+                                                            << cfg.max_positions << " positions");
+  if (batch * seq > capacity) allocate(batch * seq);
+  const Index n = batch * seq;
+  detail::check_token_ids(in_ids, n, cfg.vocab_size);
+  ids.assign(c, in_ids, static_cast<std::size_t>(n));
+  last_mask = nullptr;
+  if (in_mask) {
+    mask.assign(c, in_mask, static_cast<std::size_t>(n));
+    last_mask = &mask;
+  }
+  last_shape = {.batch = batch,
+                .seq = seq,
+                .heads = cfg.heads,
+                .kv_heads = cfg.kv_heads,
+                .head_dim = cfg.head_dim(),
+                .causal = true};
+  embedding_forward(c, blocks[0].x.v(n), ids, embed.view());
+  if (gpt2) add_positions(c, blocks[0].x.v(n), positions.view(), nullptr, seq);
+  for (std::size_t l = 0; l < blocks.size(); ++l) {
+    const TensorView out = l + 1 < blocks.size() ? blocks[l + 1].x.v(n) : x_last.v(n);
+    if (gpt2)
+      gpt2_forward(blocks[l], out, n, last_shape, last_mask);
+    else
+      block_forward(blocks[l], out, n, last_shape, last_mask);
+  }
+  final_norm_forward(n);
+}
+
+void CausalLM::Impl::trunk_backward() {
+  const Index n = last_shape.batch * last_shape.seq;
+  final_norm_backward(n);
+  for (std::size_t l = blocks.size(); l-- > 0;) {
+    if (gpt2)
+      gpt2_backward(blocks[l], l == 0, n, last_shape, last_mask);
+    else
+      block_backward(blocks[l], l == 0, n, last_shape, last_mask);
+  }
+}
+
+void CausalLM::Impl::refresh_adapters() {
+  for (auto& b : blocks)
+    for (const auto& [role, member] : kLinears)
+      if ((b.*member).adapted) (b.*member).adapted->refresh(*ctx);
 }
 
 double CausalLM::step(const LmBatch& in, bool backward, double dloss, Index divisor) {
@@ -389,51 +354,20 @@ double CausalLM::step(const LmBatch& in, bool backward, double dloss, Index divi
   const ModelConfig& cfg = m.cfg;
   WEGEFT_CHECK(in.ids != nullptr && in.targets != nullptr,
                "a GPU batch needs token ids and targets");
-  WEGEFT_CHECK(in.seq <= cfg.max_positions, "sequence length " << in.seq << " exceeds the model's "
-                                                               << cfg.max_positions
-                                                               << " positions");
-  plan(in.batch, in.seq);
+  WEGEFT_CHECK(in.batch > 0 && in.seq > 0,
+               "a GPU batch of " << in.batch << " x " << in.seq << " tokens");
   const Index n = in.batch * in.seq;
-  detail::check_token_ids(in.ids, n, cfg.vocab_size);
+  m.trunk_forward(in.ids, in.mask, in.batch, in.seq);
   const Index counted = wegeft::detail::count_targets(in.targets, n, cfg.vocab_size, kIgnoreIndex);
   if (divisor < 0) divisor = counted;
-  m.ids.assign(c, in.ids, static_cast<std::size_t>(n));
   m.targets.assign(c, in.targets, static_cast<std::size_t>(n));
-  const DeviceArray* mask = nullptr;
-  if (in.mask) {
-    m.mask.assign(c, in.mask, static_cast<std::size_t>(n));
-    mask = &m.mask;
-  }
-  const AttentionShape s{.batch = in.batch,
-                         .seq = in.seq,
-                         .heads = cfg.heads,
-                         .kv_heads = cfg.kv_heads,
-                         .head_dim = cfg.head_dim(),
-                         .causal = true};
-  auto& blocks = m.blocks;
-  embedding_forward(c, blocks[0].x.v(n), m.ids, m.embed.view());
-  if (m.gpt2) add_positions(c, blocks[0].x.v(n), m.positions.view(), nullptr, in.seq);
-  for (std::size_t l = 0; l < blocks.size(); ++l) {
-    const TensorView out = l + 1 < blocks.size() ? blocks[l + 1].x.v(n) : m.x_last.v(n);
-    if (m.gpt2)
-      m.gpt2_forward(blocks[l], out, n, s, mask);
-    else
-      m.block_forward(blocks[l], out, n, s, mask);
-  }
-  m.final_norm_forward(n);
   const TensorView logits = m.logits.v(n);
   gemm(c, logits, m.hf.v(n), Op::N, m.head().view(), Op::T, 1.0f, 0.0f);
   const float scale = divisor ? static_cast<float>(dloss / static_cast<double>(divisor)) : 0.0f;
   cross_entropy(c, backward ? &logits : nullptr, stats(m.losses, n, 1), logits, m.targets, scale);
   if (backward) {
     gemm(c, m.t1.v(n), logits, Op::N, m.head().view(), Op::N, 1.0f, 0.0f);  // d hf
-    m.final_norm_backward(n);
-    for (std::size_t l = blocks.size(); l-- > 0;) {
-      if (m.gpt2)
-        m.gpt2_backward(blocks[l], l == 0, n, s, mask);
-      else
-        m.block_backward(blocks[l], l == 0, n, s, mask);
-    }
+    m.trunk_backward();
   }
   m.last_n = n;
   m.last_backward = backward;

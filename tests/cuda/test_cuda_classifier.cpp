@@ -1,8 +1,10 @@
-// The BERT-family classification step on the GPU (cuda::SequenceClassifier) against the CPU
-// model (Transformer<float> with add_classifier) on the same weights and batch: the loss, the
-// logits and every trainable gradient (the adapters' and the head's), LoRA and WeGeFT on every
-// linear (the pooler included) and on q and v alone (the other linears frozen), a padded batch;
-// and 20 AdamW steps whose losses track the CPU run's. Tolerances as test_cuda_model.cpp: F32 on
+// The classification step on the GPU (cuda::SequenceClassifier) against the CPU model
+// (Transformer<float> with add_classifier) on the same weights and batch: the loss, the logits
+// and every trainable gradient (the adapters' and the head's); for BERT with LoRA and WeGeFT on
+// every linear (the pooler included) and on q and v alone (the other linears frozen), a padded
+// batch; for Llama and GPT-2 (the last token's state under the head) on every linear, over a
+// batch padded on the left, on the right and with a hole; and 20 AdamW steps whose losses track
+// the CPU run's, for both kinds. Tolerances as test_cuda_model.cpp: F32 on
 // the GPU is full fp32 (1e-5 on the loss, 1e-4 relative to each gradient's largest value); BF16
 // rounds every activation (2e-2 on the loss, 8e-2 on the gradients), with the CPU model given the
 // same bf16-rounded weights.
@@ -93,69 +95,99 @@ cu::ClsBatch gpu_batch(const Batch& b) {
 const std::vector<std::string> kAll = {"q", "k", "v", "o", "up", "down", "pooler"};
 const std::vector<std::string> kQV = {"q", "v"};
 
-}  // namespace
-
-TEST_CASE(
-    "cuda SequenceClassifier step: the loss, the logits and every trainable gradient equal the "
-    "CPU model's",
-    "[cuda][classifier]") {
-  auto& ctx = context();
-  for (int method : {0, 1}) {  // LoRA, WeGeFT
-    for (const auto* targets : {&kAll, &kQV}) {
-      for (DType dtype : {DType::F32, DType::BF16}) {
-        INFO((method ? "WeGeFT" : "LoRA")
-             << " on " << targets->size() << " linears, " << wegeft::dtype_name(dtype));
-        wegeft::Rng rng(81 + method);
-        auto host = host_model(method, *targets, dtype, rng);
-        const Batch b = batch_of(host->config().vocab_size, rng);
-        Matrix<float> cpu_logits;
-        const double cpu_loss = cpu_step(*host, b, &cpu_logits);
-        const wegeft::ParameterStore<float> want = wt::cuda::gradients_of(host->store());
-
-        cu::SequenceClassifier gpu(ctx, *host, dtype);
-        CHECK(gpu.labels() == kLabels);
-        const double loss_tol = dtype == DType::F32 ? 1e-5 : 2e-2;
-        const double eval = gpu.eval_loss(gpu_batch(b));
-        CHECK(std::abs(eval - cpu_loss) / cpu_loss < loss_tol);
-        const Matrix<float> logits = gpu.logits();
-        REQUIRE(logits.rows() == b.batch);
-        REQUIRE(logits.cols() == kLabels);
-        CHECK((logits - cpu_logits).cwiseAbs().maxCoeff() / cpu_logits.cwiseAbs().maxCoeff() <
-              (dtype == DType::F32 ? 1e-4 : 5e-2));
-        const double gpu_loss = gpu.train_step(gpu_batch(b));
-        CHECK(std::abs(gpu_loss - cpu_loss) / cpu_loss < loss_tol);
-        CHECK_THROWS_WITH(gpu.logits(), Catch::Contains("run eval_loss first"));
-        gpu.store().download(ctx, host->store(), true);
-        const double tol = dtype == DType::F32 ? 1e-4 : 8e-2;
-        wt::cuda::check_gradients(want, host->store(), tol);
-      }
-    }
-  }
+/// A 2-layer Llama (hidden 64, 4 query heads over 2 key/value heads) or GPT-2 (hidden 48, 3
+/// heads) with random weights, `method` on every linear and a 5-label head on the last token,
+/// its adapter and head parameters random; bf16-rounded when `dtype` is BF16.
+std::unique_ptr<wegeft::Transformer<float>> decoder_model(wegeft::Family family, int method,
+                                                          DType dtype, wegeft::Rng& rng) {
+  const bool gpt2 = family == wegeft::Family::gpt2;
+  wegeft::ModelConfig c = wegeft::ModelConfig::tiny(family);
+  c.hidden = gpt2 ? 48 : 64;
+  c.heads = gpt2 ? 3 : 4;
+  c.kv_heads = gpt2 ? 3 : 2;
+  c.intermediate = gpt2 ? 80 : 96;
+  c.vocab_size = 101;
+  c.layers = 2;
+  c.max_positions = 16;
+  auto m = std::make_unique<wegeft::Transformer<float>>(c);
+  m->init_random(rng, 0.15);
+  using Targets = std::vector<std::string>;
+  m->attach({.target_modules = gpt2 ? Targets{"qkv", "o", "up", "down"}
+                                    : Targets{"q", "k", "v", "o", "gate", "up", "down"},
+             .method = wt::method_config(method, 4, 8.0)});
+  m->add_classifier(kLabels);
+  REQUIRE(m->pooling() == wegeft::Pooling::last);
+  wt::cuda::randomise_and_round(*m, dtype, rng);
+  return m;
 }
 
-TEST_CASE("cuda SequenceClassifier: 20 AdamW steps track the CPU model's losses",
-          "[cuda][classifier]") {
+/// batch_of's three sequences, padded so that each one's last token sits elsewhere: the first
+/// has a hole at position 4 (last token 8), the second 3 padding tokens in front (last token 8),
+/// the third 4 at the end (last token 4).
+Batch decoder_batch_of(Index vocab, wegeft::Rng& rng) {
+  Batch b = batch_of(vocab, rng);
+  b.mask[4] = 0;
+  for (Index t = 0; t < 3; ++t) b.mask[9 + t] = 0;
+  return b;
+}
+
+/// The GPU classifier's evaluation and training step on host's weights and batch b against the
+/// CPU model's: the loss, the logits and every trainable gradient; a second training step adds
+/// the same gradients again.
+void check_step_against_cpu(wegeft::Transformer<float>& host, const Batch& b, DType dtype) {
   auto& ctx = context();
-  wegeft::Rng rng(91);
-  auto host = host_model(1, kAll, DType::F32, rng);
-  auto twin = host_model(1, kAll, DType::F32, rng);  // overwritten below: the same start
-  for (auto& [name, t] : host->tensors()) twin->tensor(name) = t;
-  std::copy(host->store().values().begin(), host->store().values().end(),
-            twin->store().values().begin());
-  cu::SequenceClassifier gpu(ctx, *twin, DType::F32);
+  Matrix<float> cpu_logits;
+  const double cpu_loss = cpu_step(host, b, &cpu_logits);
+  const wegeft::ParameterStore<float> want = wt::cuda::gradients_of(host.store());
+
+  cu::SequenceClassifier gpu(ctx, host, dtype);
+  CHECK(gpu.labels() == kLabels);
+  const double loss_tol = dtype == DType::F32 ? 1e-5 : 2e-2;
+  const double eval = gpu.eval_loss(gpu_batch(b));
+  CHECK(std::abs(eval - cpu_loss) / cpu_loss < loss_tol);
+  const Matrix<float> logits = gpu.logits();
+  REQUIRE(logits.rows() == b.batch);
+  REQUIRE(logits.cols() == kLabels);
+  CHECK((logits - cpu_logits).cwiseAbs().maxCoeff() / cpu_logits.cwiseAbs().maxCoeff() <
+        (dtype == DType::F32 ? 1e-4 : 5e-2));
+  const double gpu_loss = gpu.train_step(gpu_batch(b));
+  CHECK(std::abs(gpu_loss - cpu_loss) / cpu_loss < loss_tol);
+  CHECK_THROWS_WITH(gpu.logits(), Catch::Contains("run eval_loss first"));
+  const double tol = dtype == DType::F32 ? 1e-4 : 8e-2;
+  gpu.store().download(ctx, host.store(), true);
+  wt::cuda::check_gradients(want, host.store(), tol);
+  gpu.train_step(gpu_batch(b));
+  gpu.store().download(ctx, host.store(), true);
+  wegeft::ParameterStore<float> twice = wt::cuda::gradients_of(want);
+  for (float& g : twice.grads()) g *= 2.0f;
+  wt::cuda::check_gradients(twice, host.store(), tol);
+}
+
+/// 20 AdamW steps over batch b on the CPU (host) and on the GPU (twin, given host's weights and
+/// parameters first): the CPU's loss halves, the GPU's tracks it within 1e-4 relative at every
+/// step, and from the third step on the GPU allocates no device memory.
+void check_adamw_tracks(wegeft::Transformer<float>& host, wegeft::Transformer<float>& twin,
+                        const Batch& b) {
+  auto& ctx = context();
+  for (auto& [name, t] : host.tensors()) twin.tensor(name) = t;
+  std::copy(host.store().values().begin(), host.store().values().end(),
+            twin.store().values().begin());
+  cu::SequenceClassifier gpu(ctx, twin, DType::F32);
   const wegeft::AdamWConfig config{.lr = 3e-3};
   wegeft::AdamW<float> cpu_opt(config);
   cu::AdamW gpu_opt(config);
-  const Batch b = batch_of(host->config().vocab_size, rng);  // one batch, so the loss falls
   std::vector<double> cpu_losses, gpu_losses;
+  std::size_t allocations = 0;
   for (int step = 0; step < 20; ++step) {
-    cpu_losses.push_back(cpu_step(*host, b));
-    cpu_opt.step(host->store().values(), host->store().grads());
+    if (step == 2) allocations = cu::device_allocations();
+    cpu_losses.push_back(cpu_step(host, b));
+    cpu_opt.step(host.store().values(), host.store().grads());
     gpu_losses.push_back(gpu.train_step(gpu_batch(b)));
     gpu_opt.step(ctx, gpu.store());
     gpu.store().zero_grad(ctx);
     gpu.refresh();
   }
+  CHECK(cu::device_allocations() == allocations);
   INFO("first loss " << cpu_losses.front() << ", last " << cpu_losses.back());
   CHECK(cpu_losses.back() < 0.5 * cpu_losses.front());  // it trains
   for (int step = 0; step < 20; ++step) {
@@ -164,13 +196,46 @@ TEST_CASE("cuda SequenceClassifier: 20 AdamW steps track the CPU model's losses"
   }
 }
 
+}  // namespace
+
+TEST_CASE(
+    "cuda SequenceClassifier step: the loss, the logits and every trainable gradient equal the "
+    "CPU model's",
+    "[cuda][classifier]") {
+  for (int method : {0, 1}) {  // LoRA, WeGeFT
+    for (const auto* targets : {&kAll, &kQV}) {
+      for (DType dtype : {DType::F32, DType::BF16}) {
+        INFO((method ? "WeGeFT" : "LoRA")
+             << " on " << targets->size() << " linears, " << wegeft::dtype_name(dtype));
+        wegeft::Rng rng(81 + method);
+        auto host = host_model(method, *targets, dtype, rng);
+        check_step_against_cpu(*host, batch_of(host->config().vocab_size, rng), dtype);
+      }
+    }
+  }
+}
+
+TEST_CASE(
+    "cuda SequenceClassifier: 20 AdamW steps track the CPU model's losses, and a steady-state "
+    "step allocates nothing",
+    "[cuda][classifier]") {
+  wegeft::Rng rng(91);
+  auto host = host_model(1, kAll, DType::F32, rng);
+  auto twin = host_model(1, kAll, DType::F32, rng);  // given host's start by check_adamw_tracks
+  check_adamw_tracks(*host, *twin, batch_of(host->config().vocab_size, rng));
+}
+
 TEST_CASE("cuda SequenceClassifier refuses what it does not run, naming it", "[cuda][classifier]") {
   auto& ctx = context();
   wegeft::Rng rng(93);
+  wegeft::Transformer<float> vit(wegeft::ModelConfig::tiny(wegeft::Family::vit));
+  vit.add_classifier(3);
+  CHECK_THROWS_WITH(cu::SequenceClassifier(ctx, vit, DType::BF16),
+                    Catch::Contains("runs the bert, llama and gpt2 families; this model is vit"));
   wegeft::Transformer<float> llama(wegeft::ModelConfig::tiny(wegeft::Family::llama));
-  llama.add_classifier(3);
+  llama.add_classifier(3, wegeft::Pooling::mean);
   CHECK_THROWS_WITH(cu::SequenceClassifier(ctx, llama, DType::BF16),
-                    Catch::Contains("runs the bert family"));
+                    Catch::Contains("pools the last token"));
   wegeft::Transformer<float> headless(small_bert());
   CHECK_THROWS_WITH(cu::SequenceClassifier(ctx, headless, DType::BF16),
                     Catch::Contains("needs a classification head"));
@@ -204,4 +269,31 @@ TEST_CASE(
     const Matrix<float> got = merged.logits();
     CHECK((got - adapted).cwiseAbs().maxCoeff() / adapted.cwiseAbs().maxCoeff() < 1e-4);
   }
+}
+
+TEST_CASE(
+    "cuda SequenceClassifier on a Llama and a GPT-2: the loss, the logits and every trainable "
+    "gradient equal the CPU model's, the last token pooled past padding and holes",
+    "[cuda][classifier]") {
+  for (auto family : {wegeft::Family::llama, wegeft::Family::gpt2}) {
+    for (int method : {0, 1}) {  // LoRA, WeGeFT
+      for (DType dtype : {DType::F32, DType::BF16}) {
+        INFO(wegeft::to_string(family)
+             << ", " << (method ? "WeGeFT" : "LoRA") << ", " << wegeft::dtype_name(dtype));
+        wegeft::Rng rng(101 + method);
+        auto host = decoder_model(family, method, dtype, rng);
+        check_step_against_cpu(*host, decoder_batch_of(host->config().vocab_size, rng), dtype);
+      }
+    }
+  }
+}
+
+TEST_CASE(
+    "cuda SequenceClassifier on a Llama: 20 AdamW steps track the CPU model's losses, and a "
+    "steady-state step allocates nothing",
+    "[cuda][classifier]") {
+  wegeft::Rng rng(111);
+  auto host = decoder_model(wegeft::Family::llama, 0, DType::F32, rng);
+  auto twin = decoder_model(wegeft::Family::llama, 0, DType::F32, rng);
+  check_adamw_tracks(*host, *twin, decoder_batch_of(host->config().vocab_size, rng));
 }

@@ -273,6 +273,10 @@ TEST_CASE("cuda CausalLM refuses what it does not run, naming it", "[cuda][model
   wegeft::Transformer<float> bert(wegeft::ModelConfig::tiny(wegeft::Family::bert));
   CHECK_THROWS_WITH(cu::CausalLM(ctx, bert, DType::BF16),
                     Catch::Contains("runs the llama and gpt2 families; this model is bert"));
+  wegeft::Transformer<float> classifier(wegeft::ModelConfig::tiny(wegeft::Family::llama));
+  classifier.add_classifier(2);
+  CHECK_THROWS_WITH(cu::CausalLM(ctx, classifier, DType::BF16),
+                    Catch::Contains("has a classification head: cuda::SequenceClassifier runs it"));
   wegeft::Rng rng(5);
   auto host = host_model(true, 0, DType::F32, rng);
   cu::CausalLM gpu(ctx, *host, DType::F32);

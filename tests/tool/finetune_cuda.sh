@@ -5,7 +5,8 @@
 # DIR`): training loss falls; a run stopped and resumed on the GPU, and one resumed on the CPU,
 # score as the straight run does; eval on the GPU scores as the CPU does to bf16's precision, and
 # its exact-match verdicts equal comparing the GPU's own generate output with the completion; a
-# classifier trained on the GPU scores on the CPU as on the GPU; eval --merge on the GPU scores as
+# classifier trained on the GPU scores on the CPU as on the GPU, and so does one on the tiny Llama
+# (its last token under the head); eval --merge on the GPU scores as
 # the adapter does; refusals name the problem. Given a tiny GPT-2 (`wegeft_make_tiny_model gpt2
 # tests/golden/text/bpe_llama3_small.json DIR`), its LoRA and WeGeFT runs on the GPU follow the
 # same runs on the CPU and its GPU eval scores as the CPU's.
@@ -142,6 +143,32 @@ run cls_stop "$tool" finetune "${cls_common[@]}" --method lora --device cuda --s
   echo "cls lora: valid loss straight on the GPU $s, stopped on the GPU and resumed on the CPU $r"
   close "$s" "$r" 0.10 && pass || fail "cls_resume_cpu: loss $r against the straight run's $s"
 }
+
+# Classification on the tiny Llama (the last token's state under a new head): the GPU's training
+# losses follow the CPU's, and the GPU's eval of the adapter agrees with the CPU's.
+for method in lora wegeft; do
+  out=$work/llama-cls-$method
+  lc_common=(--model "$llama" --data "$work/cls" --task classification --rank 4 --iters 30 --batch-size 8 --lr 1e-3
+    --report-every 1 --method "$method")
+  run "llama_cls_${method}_gpu" "$tool" finetune "${lc_common[@]}" --device cuda --out "$out" --log "$out.log" &&
+    run "llama_cls_${method}_cpu" "$tool" finetune "${lc_common[@]}" --threads 1 --out "$out-cpu" \
+      --log "$out-cpu.log" || continue
+  read -r first last <<<"$(losses "$out.log")"
+  read -r cpu_first cpu_last <<<"$(losses "$out-cpu.log")"
+  echo "llama cls $method: training loss on the GPU $first -> $last, on the CPU $cpu_first -> $cpu_last"
+  awk -v a="$first" -v b="$last" 'BEGIN { exit !(b < a) }' && pass ||
+    fail "llama_cls_${method}_gpu: training loss did not fall ($first -> $last)"
+  close "$cpu_last" "$last" 0.03 && pass || fail "llama_cls_${method}_gpu: last loss $last against the CPU's $cpu_last"
+  run "llama_cls_${method}_eval_gpu" "$tool" eval --model "$llama" --adapter "$out" --data "$work/cls" \
+    --split valid --json --device cuda &&
+    run "llama_cls_${method}_eval_cpu" "$tool" eval --model "$llama" --adapter "$out" --data "$work/cls" \
+      --split valid --json --threads 1 || continue
+  lg=$(json_field "$work/llama_cls_${method}_eval_gpu.out" loss) lc=$(json_field "$work/llama_cls_${method}_eval_cpu.out" loss)
+  ag=$(json_field "$work/llama_cls_${method}_eval_gpu.out" accuracy) ac=$(json_field "$work/llama_cls_${method}_eval_cpu.out" accuracy)
+  echo "llama cls $method: valid loss GPU $lg, CPU $lc; accuracy GPU $ag, CPU $ac"
+  close "$lc" "$lg" 0.05 && pass || fail "llama_cls_${method}_eval_gpu: loss $lg against the CPU's $lc"
+  [ -n "$ag" ] && [ "$ag" = "$ac" ] && pass || fail "llama_cls_${method}_eval_gpu: accuracy $ag against the CPU's $ac"
+done
 
 # eval --merge on the GPU: the merged weights score as the adapter does, on the GPU and the CPU.
 for pair in "llama lora-straight pc" "bert cls-lora cls"; do

@@ -1,6 +1,6 @@
 // `wegeft finetune / eval / generate --device cuda`: the training step on the GPU behind the hooks
-// the finetune loop calls: a llama or gpt2 causal LM (wegeft::cuda::CausalLM) or a BERT classifier
-// (wegeft::cuda::SequenceClassifier). Compiled only when the tool links wegeft::cuda.
+// the finetune loop calls: a llama or gpt2 causal LM (wegeft::cuda::CausalLM), or a llama, gpt2 or
+// BERT classifier (wegeft::cuda::SequenceClassifier). Compiled only when the tool links wegeft::cuda.
 #pragma once
 
 #include <wegeft/cuda.hpp>
@@ -54,14 +54,13 @@ inline GpuBackend cuda_backend(Transformer<float>& model, const TrainerConfig& t
     }
   };
   WEGEFT_CHECK(cuda::device_count() > 0, "--device cuda: the CUDA driver reports no GPU");
-  WEGEFT_CHECK(
-      model.has_classifier()
-          ? model.config().family == Family::bert
-          : model.config().family == Family::llama || model.config().family == Family::gpt2,
-      "--device cuda runs llama- and gpt2-family causal LMs and bert-family classifiers; "
-      "this is a "
-          << to_string(model.config().family)
-          << (model.has_classifier() ? " classifier" : " causal LM") << " (run it on the CPU)");
+  const Family family = model.config().family;
+  WEGEFT_CHECK(family == Family::llama || family == Family::gpt2 ||
+                   (family == Family::bert && model.has_classifier()),
+               "--device cuda runs llama- and gpt2-family causal LMs and classifiers and "
+               "bert-family classifiers; this is a "
+                   << to_string(family) << (model.has_classifier() ? " classifier" : " model")
+                   << " (run it on the CPU)");
   auto s = std::make_shared<State>(model, tc);
   const Task task = model.has_classifier() ? Task::classification : Task::causal_lm;
   GpuBackend g;

@@ -1,11 +1,13 @@
-// A BERT-family sequence classifier on the GPU: the host Transformer's frozen encoder uploaded
-// once (BF16 or F32), its LoRA and WeGeFT adapters as AdaptedLinear layers over one DeviceStore,
-// and its classification head (the trainable weight and bias, in the same store) with a training
-// step that never leaves the device. It is the host model's step, op for op: word + position +
-// token-type-0 embeddings and their LayerNorm; per block q/k/v, bidirectional attention over the
-// batch's padding mask, o, the residual and LayerNorm, the intermediate linear, GELU (erf), the
-// output linear, the residual and LayerNorm (post-norm); the first token's state through the
-// pooler (a linear that may be adapted) and tanh; the head; the mean cross-entropy over the batch.
+// A sequence classifier on the GPU: the host Transformer's frozen weights uploaded once (BF16 or
+// F32), its LoRA and WeGeFT adapters as AdaptedLinear layers over one DeviceStore, and its
+// classification head (the trainable weight and bias, in the same store) with a training step
+// that never leaves the device. It is the host model's step, op for op. BERT family: word +
+// position + token-type-0 embeddings and their LayerNorm; per block q/k/v, bidirectional
+// attention over the batch's padding mask, o, the residual and LayerNorm, the intermediate
+// linear, GELU (erf), the output linear, the residual and LayerNorm (post-norm); the first
+// token's state through the pooler (a linear that may be adapted) and tanh; the head; the mean
+// cross-entropy over the batch. Llama and GPT-2 families: CausalLM's blocks and final norm, then
+// each sequence's last token that is not padding under the head (no LM head).
 //
 //   wegeft::Transformer<float> host = ...;    // a BERT (MiniLM, ...), adapters + add_classifier
 //   wegeft::cuda::Context ctx;
@@ -16,9 +18,9 @@
 //   gpu.store().download(ctx, host.store());  // then save_adapter as on the CPU
 //
 // Activations are planned once for the largest batch x seq seen (plan()); a step of that size
-// or smaller allocates nothing. Refused: other families, a model without a classifier, pooling
-// other than the first token, trainable norms, adapter dropout, methods other than LoRA and
-// WeGeFT.
+// or smaller allocates nothing. Refused: other families (vit), a model without a classifier,
+// pooling other than the first token (bert) or the last (llama, gpt2), trainable norms, adapter
+// dropout, methods other than LoRA and WeGeFT.
 #pragma once
 
 #include <cstdint>

@@ -18,7 +18,8 @@
 //
 // Activations and scratch are planned once for the largest batch x seq seen (plan()); a step of
 // that size or smaller allocates nothing. Refused: other families (bert and vit), a
-// classification head, trainable norms, adapter dropout and methods other than LoRA and WeGeFT.
+// classification head (cuda::SequenceClassifier runs it), trainable norms, adapter dropout and
+// methods other than LoRA and WeGeFT.
 #pragma once
 
 #include <cstdint>
