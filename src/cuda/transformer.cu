@@ -330,6 +330,16 @@ void launch_attention_forward(void* stream, const AttentionLaunch& a, void* out,
                               const void* q, const void* k, const void* v) {
   const auto args = args_of(a);
   if (use_tensor_cores(a)) return forward_tc(as_stream(stream), a, args, out, lse, q, k, v);
+  if (a.first > 0 && a.batch == 1) {  // queries after a key/value cache: a block per row
+    return dispatch(a.bf16, [&](auto t) {
+      using T = decltype(t);
+      kernels::
+          attention_decode<<<dim3(static_cast<unsigned>(a.seq), static_cast<unsigned>(a.heads)),
+                             kernels::kDecodeThreads, 0, as_stream(stream)>>>(
+              static_cast<T*>(out), lse, static_cast<const T*>(q), static_cast<const T*>(k),
+              static_cast<const T*>(v), args);
+    });
+  }
   dispatch(a.bf16, [&](auto t) {
     using T = decltype(t);
     kernels::attention_forward<<<attention_grid(a, a.heads), 32 * kernels::kAttentionWarps, 0,

@@ -7,8 +7,9 @@
 // lanes take 32 keys at a time (one dot product per lane, the softmax update by warp shuffles),
 // then accumulate P V (or dS K) with each lane owning head_dim / 32 output columns. The
 // key-gradient kernel gives each warp one key row of one key/value head and walks the queries
-// of every query head that shares it, so dk and dv are written once, without atomics. All sums
-// in fp32; q, k, v, out and their gradients stored as T.
+// of every query head that shares it, so dk and dv are written once, without atomics. Queries
+// after a key/value cache (decoding: few rows, many keys) get a block each instead
+// (attention_decode). All sums in fp32; q, k, v, out and their gradients stored as T.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -92,6 +93,79 @@ __global__ void attention_forward(T* out, float* lse, const T* q, const T* k, co
     if (c < d) store_float(oi + c, acc[t] * inv);
   }
   if (lane == 0) lse[(b * a.heads + h) * a.seq + i] = l > 0 ? m + logf(l) : -INFINITY;
+}
+
+inline constexpr int kDecodeThreads = kRowThreads;  // attention_decode's block (block_reduce's)
+inline constexpr int kDecodeTile = 256;             // keys scored per round
+
+/// Decoding after a key/value cache: out [T, H*d], lse [H, T] from q [T, H*d] and k, v
+/// [kv_seq, Hkv*d] of one sequence (batch 1), query i seeing keys 0 .. first + i (and the mask's,
+/// when given). The one-warp-per-row kernel above leaves a single query per head to one warp,
+/// whose loads then run one after another; here a block of kDecodeThreads takes one (query,
+/// head): per round of kDecodeTile keys its warps score one key each at a time (the lanes split
+/// the head's columns, so a key row is one coalesced read), the block takes the round's maximum
+/// and exponentials in shared memory, and each thread accumulates p v for one output column over
+/// a share of the round's keys; the running maximum and sum rescale the partial sums between
+/// rounds (online softmax) and the shares are summed at the end. grid (T, H).
+template <class T>
+__global__ void __launch_bounds__(kDecodeThreads)
+    attention_decode(T* out, float* lse, const T* q, const T* k, const T* v, AttentionArgs a) {
+  constexpr int kWarps = kDecodeThreads / 32;
+  __shared__ float sq[kMaxHeadDim];
+  __shared__ float sp[kDecodeTile];
+  __shared__ float red[kWarps];
+  __shared__ float part[kDecodeThreads];
+  const int tid = static_cast<int>(threadIdx.x), warp = tid / 32, lane = tid % 32;
+  const std::int64_t i = blockIdx.x, h = blockIdx.y, g = h / (a.heads / a.kv_heads);
+  const int d = static_cast<int>(a.head_dim), shares = kDecodeThreads / d;
+  const int col = tid % d, share = tid / d;
+  const std::int64_t end = a.causal ? a.first + i + 1 : a.kv_seq;
+  for (int c = tid; c < d; c += kDecodeThreads)
+    sq[c] = load_float(q + i * a.ldq + h * d + c) * a.scale;
+  __syncthreads();
+  float m = -INFINITY, l = 0, acc = 0;
+  for (std::int64_t j0 = 0; j0 < end; j0 += kDecodeTile) {
+    const int n = static_cast<int>(end - j0 < kDecodeTile ? end - j0 : kDecodeTile);
+    for (int jj = warp; jj < n; jj += kWarps) {
+      float s = -INFINITY;
+      if (key_visible(a, 0, j0 + jj)) {
+        const T* kj = k + (j0 + jj) * a.ldk + g * d;
+        s = 0;
+        for (int c = lane; c < d; c += 32) s += sq[c] * load_float(kj + c);
+        s = warp_sum(s);
+      }
+      if (lane == 0) sp[jj] = s;
+    }
+    __syncthreads();
+    float mx = -INFINITY;
+    for (int jj = tid; jj < n; jj += kDecodeThreads) mx = fmaxf(mx, sp[jj]);
+    mx = block_max(mx, red);
+    if (mx == -INFINITY) continue;  // every key of the round masked (the same on every thread)
+    const float mnew = fmaxf(m, mx);
+    const float corr = m == -INFINITY ? 0.0f : expf(m - mnew);
+    float sum = 0;
+    for (int jj = tid; jj < n; jj += kDecodeThreads) {
+      const float p = sp[jj] == -INFINITY ? 0.0f : expf(sp[jj] - mnew);
+      sp[jj] = p;
+      sum += p;
+    }
+    l = l * corr + block_sum(sum, red);  // its barrier publishes sp
+    acc *= corr;
+    if (share < shares) {
+      const T* vc = v + g * d + col;
+      for (int jj = share; jj < n; jj += shares) acc += sp[jj] * load_float(vc + (j0 + jj) * a.ldv);
+    }
+    m = mnew;
+    __syncthreads();  // sp is rewritten by the next round
+  }
+  part[tid] = acc;
+  __syncthreads();
+  if (tid < d) {
+    float o = 0;
+    for (int s = 0; s < shares; ++s) o += part[s * d + tid];
+    store_float(out + i * a.ldo + h * d + tid, l > 0 ? o / l : 0.0f);
+  }
+  if (tid == 0) lse[h * a.seq + i] = l > 0 ? m + logf(l) : -INFINITY;
 }
 
 /// delta [B, H, T] = rowsum(dout o out) per head. grid (ceil(T / warps), H, B).
