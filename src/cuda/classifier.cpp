@@ -97,6 +97,8 @@ struct SequenceClassifier::Impl {
   }
   void build();
   void build_decoder();
+  /// The head's parameters in the store, and its weight-dtype copies (written by refresh()).
+  void bind_head();
   void allocate(Index n);
   /// The llama / gpt2 step: the decoder's trunk, the last token's state, the head.
   void decoder_step(const ClsBatch& in, bool backward, float scale);
@@ -132,10 +134,7 @@ void SequenceClassifier::Impl::build() {
                "the GPU model computes in BF16 or F32, not " << dtype_name(dtype));
   WEGEFT_CHECK(cfg.hidden % cfg.heads == 0 && cfg.kv_heads == cfg.heads,
                "the GPU classifier needs hidden divisible by heads and no grouped keys");
-  const auto head = *host->classifier_params();
-  cls_weight = head.first;
-  cls_bias = head.second;
-  n_labels = store().value(cls_weight).rows;
+  bind_head();
   const auto sites = host->sites();
   const auto modules = host->modules();
   blocks.resize(static_cast<std::size_t>(cfg.layers));
@@ -171,15 +170,18 @@ void SequenceClassifier::Impl::build() {
   types = upload(cfg.name_prefix() + "embeddings.token_type_embeddings.weight");
   emb_lnw = upload(cfg.final_norm_name() + ".weight");
   emb_lnb = upload(cfg.final_norm_name() + ".bias");
-  cls_w = Tensor(dtype, n_labels, cfg.hidden);
-  cls_b = Tensor(dtype, 1, n_labels);
 }
 
 void SequenceClassifier::Impl::build_decoder() {
   WEGEFT_CHECK(host->pooling() == Pooling::last,
                "the GPU decoder classifier pools the last token (as Hugging Face's "
-               "LlamaForSequenceClassification does); this head pools the mean");
+               "LlamaForSequenceClassification does); this head pools the first token or "
+               "the mean");
   decoder->build();
+  bind_head();
+}
+
+void SequenceClassifier::Impl::bind_head() {
   const auto head = *host->classifier_params();
   cls_weight = head.first;
   cls_bias = head.second;
@@ -352,8 +354,7 @@ double SequenceClassifier::step(const ClsBatch& in, bool backward, double dloss,
                                                                << cfg.max_positions
                                                                << " positions");
   plan(in.batch, in.seq);
-  const Index n = in.batch * in.seq, B = in.batch;
-  detail::check_token_ids(in.ids, n, cfg.vocab_size);
+  const Index B = in.batch;
   for (Index i = 0; i < B; ++i)
     WEGEFT_CHECK(in.labels[i] >= 0 && in.labels[i] < m.n_labels,
                  "label " << in.labels[i] << " of sequence " << i << " is outside the head's "
@@ -404,6 +405,7 @@ void SequenceClassifier::Impl::encoder_step(const ClsBatch& in, bool backward, f
   Impl& m = *this;
   Context& c = *ctx;
   const Index n = in.batch * in.seq, B = in.batch;
+  detail::check_token_ids(in.ids, n, cfg.vocab_size);  // (the decoder's trunk checks its own)
   m.ids.assign(c, in.ids, static_cast<std::size_t>(n));
   const DeviceArray* pad = nullptr;
   if (in.mask) {
