@@ -194,6 +194,19 @@ if run cls_llama "$tool" finetune --model "$work/llama" --data "$work/cls" --tas
   grep -q '"score"' "$work/cls-llama/adapter_config.json" && pass || fail "cls_llama: score head not in modules_to_save"
 fi
 
+# Labelled records given to a decoder without --task train a causal LM, with a warning naming the
+# option; asked for explicitly (--task causal-lm), no warning.
+if run labels_as_lm "$tool" finetune --model "$work/llama" --data "$work/cls" --method lora --rank 2 --iters 1 --threads 1 \
+    --out "$work/labels-as-lm"; then
+  grep -q '^wegeft: warning: .*48 records have a "label".*--task classification' "$work/labels_as_lm.err" && pass ||
+    fail "labels_as_lm: no warning about the labels: $(cat "$work/labels_as_lm.err")"
+fi
+if run labels_lm_asked "$tool" finetune --model "$work/llama" --data "$work/cls" --task causal-lm --method lora --rank 2 \
+    --iters 1 --threads 1 --out "$work/labels-lm-asked"; then
+  ! grep -q 'have a "label"' "$work/labels_lm_asked.err" && pass ||
+    fail "labels_lm_asked: warned although --task causal-lm was given: $(cat "$work/labels_lm_asked.err")"
+fi
+
 # --config FILE: JSON options, the command line wins.
 echo '{"method": "lora", "rank": 3, "iters": 2, "batch_size": 4, "mask_prompt": true, "lr": 0.5}' >"$work/config.json"
 if run config "$tool" finetune --model "$work/llama" --data "$work/pc" --config "$work/config.json" --lr 1e-3 --threads 1 \

@@ -472,7 +472,8 @@ inline int finetune(FinetuneOptions o) {
   auto& model = tm.model();
   const auto& tok = *tm.tokenizer;
   const ModelConfig& cfg = model.config();
-  if (o.task.empty()) o.task = cfg.causal() ? "causal-lm" : "classification";
+  const bool task_given = !o.task.empty();
+  if (!task_given) o.task = cfg.causal() ? "causal-lm" : "classification";
   WEGEFT_CHECK(o.task == "causal-lm" || o.task == "classification",
                "--task must be causal-lm or classification, got '" << o.task << "'");
   const Task task = o.task == "causal-lm" ? Task::causal_lm : Task::classification;
@@ -515,6 +516,12 @@ inline int finetune(FinetuneOptions o) {
   std::optional<text::Dataset> valid;
   if (fs::exists(valid_path))
     valid.emplace(text::read_dataset(valid_path, tok, dopt, labels, false));
+  if (task == Task::causal_lm && !task_given && train.labelled > 0)
+    std::fprintf(stderr,
+                 "wegeft: warning: %s: %zu records have a \"label\", which a causal-LM fine-tune "
+                 "ignores (it learns their text); --task classification trains a classifier on "
+                 "the labels\n",
+                 train_path.c_str(), train.labelled);
   if (task == Task::classification)
     WEGEFT_CHECK(labels.names.size() >= 2, train_path
                                                << ": classification needs at least 2 labels, found "

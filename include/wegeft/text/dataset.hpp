@@ -76,6 +76,7 @@ struct Dataset {
   std::size_t truncated = 0;       // examples cut to max_seq_length
   std::size_t tokens = 0;          // input tokens in all
   std::size_t targets = 0;         // causal LM: tokens with a loss
+  std::size_t labelled = 0;        // causal LM: records with a "label" field, which it ignores
   std::vector<std::size_t> lines;  // the line of path each example came from (1-based)
 };
 
@@ -193,6 +194,7 @@ inline Dataset read_dataset(const std::string& path, const Tokenizer& tok, const
     const std::string where = path + ":" + std::to_string(line_no);
     const nlohmann::json j = parse_json_strict(std::string(line), where);
     Example ex = make_example(j, tok, opt, labels, new_labels, where);
+    if (opt.task == Task::causal_lm && j.is_object() && j.contains("label")) ++d.labelled;
     if (ex.ids.size() > opt.max_seq_length) {
       WEGEFT_CHECK(opt.truncate, where << ": " << ex.ids.size()
                                        << " tokens, more than max_seq_length "
