@@ -194,7 +194,7 @@ inline Dataset read_dataset(const std::string& path, const Tokenizer& tok, const
     const std::string where = path + ":" + std::to_string(line_no);
     const nlohmann::json j = parse_json_strict(std::string(line), where);
     Example ex = make_example(j, tok, opt, labels, new_labels, where);
-    if (opt.task == Task::causal_lm && j.is_object() && j.contains("label")) ++d.labelled;
+    if (opt.task == Task::causal_lm && j.contains("label")) ++d.labelled;
     if (ex.ids.size() > opt.max_seq_length) {
       WEGEFT_CHECK(opt.truncate, where << ": " << ex.ids.size()
                                        << " tokens, more than max_seq_length "
