@@ -1,8 +1,9 @@
 // Greedy generation on the GPU (wegeft::cuda::CausalLM, BF16), LoRA r = 8 on every linear,
 // unmerged, as `wegeft generate --device cuda` runs it: a prompt of PROMPT seeded random tokens,
 // then NEW tokens, each the argmax of the last logits (read back to the host, one token at a time).
-// Three ways, timed in the same run: decode() with the key/value cache (the prompt in one call,
-// then a token per call); the same tokens recomputed from the start for every new token (a
+// Four ways, timed in the same run: decode() with the key/value cache (the prompt in one call,
+// then a token per call, each a replay of the decode step's CUDA graph), the same with the
+// graphs off (every kernel launched from the host); the same tokens recomputed from the start for every new token (a
 // forward over the whole text, the last row's argmax: what generation does without a cache);
 // and, with --cpu, the CPU model's decode() with its cache (fp32, every hardware thread).
 // Prints tokens per second of each (the prompt's time included), their ratio, and how many of the
@@ -84,7 +85,7 @@ int main(int argc, char** argv) {
   cu::CausalLM::KvCache cache;
   std::vector<std::int32_t> cached;
   const auto with_cache = [&] {
-    cache.clear();
+    cache = {};  // a new cache each time, as `wegeft generate` has: its graphs are captured anew
     cached = start;
     lm.decode(cache, start.data(), prompt);
     for (Index n = 0; n < fresh; ++n) {
@@ -103,7 +104,13 @@ int main(int argc, char** argv) {
     }
   };
   with_cache();  // warm-up: tuning, first launches
+  lm.use_decode_graphs(false);
   auto t0 = std::chrono::steady_clock::now();
+  with_cache();
+  const double s_eager = seconds_since(t0);
+  const std::vector<std::int32_t> eager = cached;
+  lm.use_decode_graphs(true);
+  t0 = std::chrono::steady_clock::now();
   with_cache();
   const double s_cache = seconds_since(t0);
   recompute();
@@ -123,6 +130,9 @@ int main(int argc, char** argv) {
       static_cast<long long>(prompt), static_cast<long long>(fresh));
   std::printf("  GPU, key/value cache:       %8.1f ms, %7.1f new tokens/s\n", s_cache * 1e3,
               nf / s_cache);
+  std::printf("  GPU, cache, graphs off:     %8.1f ms, %7.1f new tokens/s (graphs %.2fx; %s)\n",
+              s_eager * 1e3, nf / s_eager, s_eager / s_cache,
+              eager == cached ? "the same tokens" : "OTHER TOKENS");
   std::printf("  GPU, recomputed each token: %8.1f ms, %7.1f new tokens/s\n", s_full * 1e3,
               nf / s_full);
   std::printf("  cache / recompute: %.2fx; the first %lld of %lld new tokens agree\n",

@@ -76,12 +76,25 @@ struct CausalLM::Impl {
   Tensor upload(const std::string& name) {
     return Tensor::from_host(*ctx, host->tensor(name), dtype);
   }
-  /// Decoding: one block's cache and the position of the first new token.
+  /// Decoding: one block's cache and the position of the first new token; with `at`, that
+  /// position is read on the device (a decode step that a CUDA graph replays), and k and v are
+  /// used whole.
   struct Decode {
     const Tensor* k;
     const Tensor* v;
     Index first;
+    const std::int32_t* at = nullptr;
   };
+  // One token after the cache: its position on the device and the step's CUDA graph, captured
+  // for the cache's buffers (decode_key) and dropped when they or the activations change.
+  DeviceArray position;
+  Tensor decode_part;  // the split attention's partial rows (F32, cached_attention_forward's)
+  bool decode_graphs = true;
+  std::unique_ptr<Graph> decode_graph;
+  std::vector<const void*> decode_key;
+  /// The decode step's work on the device after its ids (and position) are uploaded: the
+  /// embeddings, every block over the cache, the final norm and the LM head on the last token.
+  void decode_forward(CausalLM::KvCache& cache, Index m, Index first, const std::int32_t* at);
   void build();
   void allocate(Index n);
   /// Uploads the batch's ids [batch * seq] (checked) and mask (null: none) and runs the

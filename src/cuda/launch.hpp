@@ -32,8 +32,10 @@ struct Mat {
 /// The transformer's kernels (src/cuda/transformer.cu); sizes checked by the callers.
 void launch_rmsnorm_forward(void* stream, Mat out, float* rstd, Mat x, Mat w, float eps);
 void launch_rmsnorm_backward(void* stream, Mat dx, Mat dout, Mat x, Mat w, const float* rstd);
+/// `at` (null, or a device int32): the position of row 0 read on the device, for rope, the
+/// position table and the cache append of a decode step that a CUDA graph replays.
 void launch_rope(void* stream, Mat x, const float* cos, const float* sin, std::int64_t seq,
-                 std::int64_t heads, std::int64_t half, float direction);
+                 std::int64_t heads, std::int64_t half, float direction, const std::int32_t* at);
 void launch_swiglu_forward(void* stream, Mat out, Mat gate, Mat up);
 void launch_swiglu_backward(void* stream, Mat dgate, Mat dup, Mat dout, Mat gate, Mat up);
 void launch_add(void* stream, Mat y, Mat x, float alpha);
@@ -49,7 +51,10 @@ void launch_layernorm_backward(void* stream, Mat dx, Mat dout, Mat x, Mat w, con
 /// forward's output for tanh.
 void launch_activation_forward(void* stream, Mat out, Mat x, int kind);
 void launch_activation_backward(void* stream, Mat dx, Mat dout, Mat in, int kind);
-void launch_add_positions(void* stream, Mat x, Mat pos, const void* type, std::int64_t seq);
+void launch_add_positions(void* stream, Mat x, Mat pos, const void* type, std::int64_t seq,
+                          const std::int32_t* at);
+/// Rows *at .. *at + src.rows - 1 of dst = src (dst's dtype is src's).
+void launch_copy_rows_at(void* stream, Mat dst, Mat src, const std::int32_t* at);
 void launch_add_column_sums(void* stream, float* sums, Mat x);
 
 /// Attention: the shape, strides (q's for q and dq, k's for k and dk, ...; out's for out and
@@ -60,6 +65,11 @@ struct AttentionLaunch {
   bool causal, bf16;
   const std::uint8_t* mask;
   std::int64_t first = 0;  // cached tokens before each sequence's queries (forward only)
+  const std::int32_t* first_at = nullptr;  // attention_decode: `first` read on the device
+  // attention_decode split over the keys (splits > 1): `chunk` keys a block, the partial rows in
+  // part [seq * heads * splits, head_dim + 2] (F32)
+  float* part = nullptr;
+  std::int64_t splits = 1, chunk = 0;
 };
 /// Sets up the attention kernels that need more than 48 KB of shared memory, once; the
 /// launchers call it, and so does a graph capture first (it is not a stream operation).

@@ -76,6 +76,7 @@ void CausalLM::Impl::build() {
 }
 
 void CausalLM::Impl::allocate(Index n) {
+  decode_graph.reset();  // it would write to the buffers replaced here
   const Index d = cfg.hidden, f = cfg.intermediate, qw = cfg.heads * cfg.head_dim(),
               kvw = cfg.kv_width(), S = spare;
   const DType t = dtype;
@@ -140,6 +141,14 @@ void CausalLM::Impl::attend(DecoderBlock& b, const TensorView& q, const TensorVi
                             const TensorView& v, Index n, const AttentionShape& s,
                             const DeviceArray* m, const Decode* dec) {
   if (dec == nullptr) return attention_forward(*ctx, b.attn.v(n), lse(b, s), q, k, v, m, s);
+  if (dec->at) {
+    copy_rows_at(*ctx, dec->k->view(), k, dec->at);
+    copy_rows_at(*ctx, dec->v->view(), v, dec->at);
+    if (decode_part.rows() < n * s.heads * kDecodeSplits)
+      decode_part = Tensor(DType::F32, n * s.heads * kDecodeSplits, s.head_dim + 2);
+    return cached_attention_forward(*ctx, b.attn.v(n), lse(b, s), q, dec->k->view(), dec->v->view(),
+                                    dec->at, s, decode_part.view());
+  }
   const Index kvw = cfg.kv_width(), first = dec->first, len = first + n;
   scale_copy(*ctx, dec->k->block(first, 0, n, kvw), k);
   scale_copy(*ctx, dec->v->block(first, 0, n, kvw), v);
@@ -159,9 +168,10 @@ void CausalLM::Impl::block_forward(DecoderBlock& b, const TensorView& out, Index
   b.q.forward(c, b.q_out.v(n), hq);
   b.k.forward(c, b.k_out.v(n), b.k.adapted ? b.hk.v(n) : hq);
   b.v.forward(c, b.v_out.v(n), b.v.adapted ? b.hv.v(n) : hq);
-  const Index first = dec ? dec->first : 0;
-  rope_forward(c, b.q_out.v(n), *rope, s.batch, s.seq, cfg.heads, first);
-  rope_forward(c, b.k_out.v(n), *rope, s.batch, s.seq, cfg.kv_heads, first);
+  const std::int32_t* at = dec ? dec->at : nullptr;
+  const Index first = dec && !at ? dec->first : 0;
+  rope_forward(c, b.q_out.v(n), *rope, s.batch, s.seq, cfg.heads, first, at);
+  rope_forward(c, b.k_out.v(n), *rope, s.batch, s.seq, cfg.kv_heads, first, at);
   attend(b, b.q_out.v(n), b.k_out.v(n), b.v_out.v(n), n, s, m, dec);
   b.o.forward(c, b.x2.v(n), b.attn.v(n));
   add(c, b.x2.v(n), b.x.v(n));
@@ -381,7 +391,7 @@ TensorView CausalLM::decode(KvCache& cache, const std::int32_t* ids, Index m) {
   Context& c = *I.ctx;
   const ModelConfig& cfg = I.cfg;
   WEGEFT_CHECK(ids != nullptr && m > 0, "decode: no tokens to run");
-  const Index first = cache.length, len = first + m, d = cfg.hidden, kvw = cfg.kv_width();
+  const Index first = cache.length, len = first + m, kvw = cfg.kv_width();
   WEGEFT_CHECK(len <= cfg.max_positions, "decode: " << first << " cached and " << m
                                                     << " new tokens exceed the model's "
                                                     << cfg.max_positions << " positions");
@@ -407,37 +417,73 @@ TensorView CausalLM::decode(KvCache& cache, const std::int32_t* ids, Index m) {
   }
   plan(1, m);
   I.ids.assign(c, ids, static_cast<std::size_t>(m));
+  // One token after the cache: its position goes to the device, so that a CUDA graph of the
+  // step, captured once per cache buffer, replays at every later position. The first step on
+  // new buffers runs eagerly (tuning the products' algorithms) and the capture follows it.
+  if (m == 1 && first > 0) {
+    const auto pos = static_cast<std::int32_t>(first);
+    I.position.assign(c, &pos, 1);
+    const std::int32_t* at = I.position.data<std::int32_t>();
+    std::vector<const void*> key;
+    for (std::size_t l = 0; l < layers; ++l) {
+      key.push_back(cache.k[l].view().data);
+      key.push_back(cache.v[l].view().data);
+    }
+    if (I.decode_graphs && I.decode_graph && key == I.decode_key) {
+      I.decode_graph->launch(c);
+    } else {
+      I.decode_forward(cache, m, first, at);
+      if (I.decode_graphs) {
+        I.decode_graph.reset();
+        I.decode_graph = std::make_unique<Graph>(c, [&] { I.decode_forward(cache, m, first, at); });
+        I.decode_key = std::move(key);
+      }
+    }
+  } else {
+    I.decode_forward(cache, m, first, nullptr);
+  }
+  cache.length = len;
+  I.last_n = 1;
+  I.last_backward = false;
+  return I.logits.v(1);
+}
+
+void CausalLM::use_decode_graphs(bool on) {
+  m_impl->decode_graphs = on;
+  if (!on) m_impl->decode_graph.reset();
+}
+
+void CausalLM::Impl::decode_forward(KvCache& cache, Index m, Index first, const std::int32_t* at) {
+  Context& c = *ctx;
+  const Index d = cfg.hidden;
   const AttentionShape s{.batch = 1,
                          .seq = m,
                          .heads = cfg.heads,
                          .kv_heads = cfg.kv_heads,
                          .head_dim = cfg.head_dim(),
                          .causal = true};
-  auto& blocks = I.blocks;
-  embedding_forward(c, blocks[0].x.v(m), I.ids, I.embed.view());
-  if (I.gpt2) add_positions(c, blocks[0].x.v(m), I.positions.block(first, 0, m, d), nullptr, m);
+  embedding_forward(c, blocks[0].x.v(m), ids, embed.view());
+  if (gpt2 && at)
+    add_positions(c, blocks[0].x.v(m), positions.view(), nullptr, m, at);
+  else if (gpt2)
+    add_positions(c, blocks[0].x.v(m), positions.block(first, 0, m, d), nullptr, m);
   for (std::size_t l = 0; l < blocks.size(); ++l) {
-    const TensorView out = l + 1 < blocks.size() ? blocks[l + 1].x.v(m) : I.x_last.v(m);
-    const Impl::Decode dec{&cache.k[l], &cache.v[l], first};
-    if (I.gpt2)
-      I.gpt2_forward(blocks[l], out, m, s, nullptr, &dec);
+    const TensorView out = l + 1 < blocks.size() ? blocks[l + 1].x.v(m) : x_last.v(m);
+    const Impl::Decode dec{&cache.k[l], &cache.v[l], first, at};
+    if (gpt2)
+      gpt2_forward(blocks[l], out, m, s, nullptr, &dec);
     else
-      I.block_forward(blocks[l], out, m, s, nullptr, &dec);
+      block_forward(blocks[l], out, m, s, nullptr, &dec);
   }
   // The final norm and the LM head on the last token only.
-  const TensorView last = I.x_last.t.block(m - 1, 0, 1, d), hf = I.hf.v(1);
+  const TensorView last = x_last.t.block(m - 1, 0, 1, d), h = hf.v(1);
   const float eps = static_cast<float>(cfg.norm_eps);
-  if (I.gpt2)
-    layernorm_forward(c, hf, stats(I.meanf, 1, 1), stats(I.rstdf, 1, 1), last, I.final_norm.view(),
-                      I.final_norm_b.view(), eps);
+  if (gpt2)
+    layernorm_forward(c, h, stats(meanf, 1, 1), stats(rstdf, 1, 1), last, final_norm.view(),
+                      final_norm_b.view(), eps);
   else
-    rmsnorm_forward(c, hf, stats(I.rstdf, 1, 1), last, I.final_norm.view(), eps);
-  const TensorView logits = I.logits.v(1);
-  gemm(c, logits, hf, Op::N, I.head().view(), Op::T, 1.0f, 0.0f);
-  cache.length = len;
-  I.last_n = 1;
-  I.last_backward = false;
-  return logits;
+    rmsnorm_forward(c, h, stats(rstdf, 1, 1), last, final_norm.view(), eps);
+  gemm(c, logits.v(1), h, Op::N, head().view(), Op::T, 1.0f, 0.0f);
 }
 
 std::vector<float> CausalLM::position_losses() {

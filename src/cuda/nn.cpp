@@ -2,6 +2,8 @@
 // views, then the launchers of transformer.cu.
 #include "wegeft/cuda/nn.hpp"
 
+#include <algorithm>
+
 #include <cmath>
 
 #include "check.hpp"
@@ -138,7 +140,7 @@ void tanh_backward(Context& ctx, const TensorView& dx, const TensorView& dout,
 }
 
 void add_positions(Context& ctx, const TensorView& x, const TensorView& positions,
-                   const TensorView* type_row, Index seq) {
+                   const TensorView* type_row, Index seq, const std::int32_t* first_at) {
   const char* op = "add_positions";
   check_view(x, op, "x");
   check_view(positions, op, "positions");
@@ -152,7 +154,7 @@ void add_positions(Context& ctx, const TensorView& x, const TensorView& position
     check_same_dtype(*type_row, x, op, "type_row");
   }
   detail::launch_add_positions(ctx.stream(), mat(x), mat(positions),
-                               type_row ? type_row->data : nullptr, seq);
+                               type_row ? type_row->data : nullptr, seq, first_at);
   detail::check_launch(op);
 }
 
@@ -193,7 +195,8 @@ Rope::Rope(Context& ctx, const RopeTable<float>& host) : m_head_dim(host.head_di
 
 namespace {
 void rope(Context& ctx, const TensorView& x, const Rope& r, Index batch, Index seq, Index heads,
-          float direction, const char* op, Index first = 0) {
+          float direction, const char* op, Index first = 0,
+          const std::int32_t* first_at = nullptr) {
   check_view(x, op, "x");
   WEGEFT_CHECK(
       batch >= 0 && seq > 0 && heads > 0 && first >= 0,
@@ -202,16 +205,18 @@ void rope(Context& ctx, const TensorView& x, const Rope& r, Index batch, Index s
   WEGEFT_CHECK(first + seq <= r.max_positions(), op << ": sequence length " << first + seq
                                                     << " exceeds the RoPE table's "
                                                     << r.max_positions() << " positions");
+  WEGEFT_CHECK(first_at == nullptr || first == 0,
+               op << ": a position on the device and first " << first << " both given");
   const Index half = r.head_dim() / 2;
   detail::launch_rope(ctx.stream(), mat(x), r.cos() + first * half, r.sin() + first * half, seq,
-                      heads, half, direction);
+                      heads, half, direction, first_at);
   detail::check_launch(op);
 }
 }  // namespace
 
 void rope_forward(Context& ctx, const TensorView& x, const Rope& r, Index batch, Index seq,
-                  Index heads, Index first) {
-  rope(ctx, x, r, batch, seq, heads, 1.0f, "rope_forward", first);
+                  Index heads, Index first, const std::int32_t* first_at) {
+  rope(ctx, x, r, batch, seq, heads, 1.0f, "rope_forward", first, first_at);
 }
 void rope_backward(Context& ctx, const TensorView& dx, const Rope& r, Index batch, Index seq,
                    Index heads) {
@@ -245,6 +250,19 @@ void swiglu_backward(Context& ctx, const TensorView& dgate, const TensorView& du
   check_same_dtype(gate, dout, op, "gate");
   check_same_dtype(up, dout, op, "up");
   detail::launch_swiglu_backward(ctx.stream(), mat(dgate), mat(dup), mat(dout), mat(gate), mat(up));
+  detail::check_launch(op);
+}
+
+void copy_rows_at(Context& ctx, const TensorView& dst, const TensorView& src,
+                  const std::int32_t* first_at) {
+  const char* op = "copy_rows_at";
+  check_view(dst, op, "dst");
+  check_view(src, op, "src");
+  WEGEFT_CHECK(first_at != nullptr, op << ": no device position");
+  WEGEFT_CHECK(src.cols == dst.cols && src.rows <= dst.rows,
+               op << ": src " << src.describe() << " into dst " << dst.describe());
+  check_same_dtype(src, dst, op, "src");
+  detail::launch_copy_rows_at(ctx.stream(), mat(dst), mat(src), first_at);
   detail::check_launch(op);
 }
 
@@ -370,6 +388,35 @@ void cached_attention_forward(Context& ctx, const TensorView& out, const TensorV
   s.seq = q.rows;
   s.causal = true;
   const auto a = attention_launch(out, lse, q, k, v, nullptr, s, op, first);
+  detail::launch_attention_forward(ctx.stream(), a, out.data, floats(lse), q.data, k.data, v.data);
+  detail::check_launch(op);
+}
+
+void cached_attention_forward(Context& ctx, const TensorView& out, const TensorView& lse,
+                              const TensorView& q, const TensorView& k, const TensorView& v,
+                              const std::int32_t* first_at, const AttentionShape& shape,
+                              const TensorView& scratch) {
+  const char* op = "cached_attention_forward";
+  WEGEFT_CHECK(first_at != nullptr, op << ": no device position");
+  check_view(scratch, op, "scratch");
+  WEGEFT_CHECK(scratch.dtype == DType::F32 && scratch.ld == scratch.cols &&
+                   scratch.cols == shape.head_dim + 2 &&
+                   scratch.rows >= q.rows * shape.heads * kDecodeSplits,
+               op << ": scratch " << scratch.describe() << " for " << q.rows << " queries of "
+                  << shape.heads << " heads (F32 [" << q.rows * shape.heads * kDecodeSplits << ", "
+                  << shape.head_dim + 2 << "] wanted)");
+  WEGEFT_CHECK(q.rows > 0 && k.rows > q.rows,
+               op << ": " << q.rows << " queries after a cache of " << k.rows << " rows");
+  AttentionShape s = shape;
+  s.batch = 1;
+  s.seq = q.rows;
+  s.causal = true;
+  // checked as queries after capacity - m cached rows; the kernel reads the real count
+  auto a = attention_launch(out, lse, q, k, v, nullptr, s, op, k.rows - q.rows);
+  a.first_at = first_at;
+  a.splits = std::clamp<Index>((k.rows + 31) / 32, 1, kDecodeSplits);
+  a.chunk = (k.rows + a.splits - 1) / a.splits;
+  a.part = static_cast<float*>(scratch.data);
   detail::launch_attention_forward(ctx.stream(), a, out.data, floats(lse), q.data, k.data, v.data);
   detail::check_launch(op);
 }

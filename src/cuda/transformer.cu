@@ -67,12 +67,12 @@ void launch_rmsnorm_backward(void* stream, Mat dx, Mat dout, Mat x, Mat w, const
 }
 
 void launch_rope(void* stream, Mat x, const float* cos, const float* sin, std::int64_t seq,
-                 std::int64_t heads, std::int64_t half, float direction) {
+                 std::int64_t heads, std::int64_t half, float direction, const std::int32_t* at) {
   if (x.rows == 0) return;
   dispatch(x.bf16, [&](auto t) {
     using T = decltype(t);
     kernels::rope<<<grid_2d(x.rows, heads * half), kThreads, 0, as_stream(stream)>>>(
-        ptr<T>(x), x.ld, cos, sin, x.rows, seq, heads, half, direction);
+        ptr<T>(x), x.ld, cos, sin, x.rows, seq, heads, half, direction, at);
   });
 }
 
@@ -174,12 +174,22 @@ void launch_activation_backward(void* stream, Mat dx, Mat dout, Mat in, int kind
   });
 }
 
-void launch_add_positions(void* stream, Mat x, Mat pos, const void* type, std::int64_t seq) {
+void launch_add_positions(void* stream, Mat x, Mat pos, const void* type, std::int64_t seq,
+                          const std::int32_t* at) {
   if (x.rows == 0 || x.cols == 0) return;
   dispatch(x.bf16, [&](auto t) {
     using T = decltype(t);
     kernels::add_positions<<<grid_2d(x.rows, x.cols), kThreads, 0, as_stream(stream)>>>(
-        ptr<T>(x), x.ld, ptr<T>(pos), pos.ld, static_cast<const T*>(type), x.rows, seq, x.cols);
+        ptr<T>(x), x.ld, ptr<T>(pos), pos.ld, static_cast<const T*>(type), x.rows, seq, x.cols, at);
+  });
+}
+
+void launch_copy_rows_at(void* stream, Mat dst, Mat src, const std::int32_t* at) {
+  if (src.rows == 0 || src.cols == 0) return;
+  dispatch(src.bf16, [&](auto t) {
+    using T = decltype(t);
+    kernels::copy_rows_at<<<grid_2d(src.rows, src.cols), kThreads, 0, as_stream(stream)>>>(
+        ptr<T>(dst), dst.ld, ptr<T>(src), src.ld, src.rows, src.cols, at);
   });
 }
 
@@ -208,7 +218,8 @@ kernels::AttentionArgs args_of(const AttentionLaunch& a) {
           a.mask,
           false,
           a.first + a.seq,
-          a.first};
+          a.first,
+          a.first_at};
 }
 dim3 attention_grid(const AttentionLaunch& a, std::int64_t heads) {
   return dim3(
@@ -333,11 +344,16 @@ void launch_attention_forward(void* stream, const AttentionLaunch& a, void* out,
   if (a.first > 0 && a.batch == 1) {  // queries after a key/value cache: a block per row
     return dispatch(a.bf16, [&](auto t) {
       using T = decltype(t);
-      kernels::
-          attention_decode<<<dim3(static_cast<unsigned>(a.seq), static_cast<unsigned>(a.heads)),
-                             kernels::kDecodeThreads, 0, as_stream(stream)>>>(
-              static_cast<T*>(out), lse, static_cast<const T*>(q), static_cast<const T*>(k),
-              static_cast<const T*>(v), args);
+      const bool split = a.part != nullptr && a.splits > 1;
+      const dim3 grid(static_cast<unsigned>(a.seq), static_cast<unsigned>(a.heads),
+                      static_cast<unsigned>(split ? a.splits : 1));
+      kernels::attention_decode<<<grid, kernels::kDecodeThreads, 0, as_stream(stream)>>>(
+          static_cast<T*>(out), lse, static_cast<const T*>(q), static_cast<const T*>(k),
+          static_cast<const T*>(v), args, split ? a.part : nullptr, a.chunk);
+      if (split)
+        kernels::attention_decode_combine<<<dim3(grid.x, grid.y), kernels::kDecodeThreads, 0,
+                                            as_stream(stream)>>>(static_cast<T*>(out), lse, a.part,
+                                                                 args, static_cast<int>(a.splits));
     });
   }
   dispatch(a.bf16, [&](auto t) {

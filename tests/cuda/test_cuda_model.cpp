@@ -201,7 +201,7 @@ TEST_CASE(
         wegeft::Rng rng(61 + method);
         auto host = host_model(method == 0, method, dtype, rng, family);
         const Index vocab = host->config().vocab_size;
-        std::vector<std::int32_t> ids(13);
+        std::vector<std::int32_t> ids(24);
         for (auto& id : ids) id = static_cast<std::int32_t>(rng.next_u32() % vocab);
         // The oracle: the CPU model's training forward over the whole text.
         wegeft::Transformer<float>::Activations acts;
@@ -210,24 +210,58 @@ TEST_CASE(
         const double tol = dtype == DType::F32 ? 1e-4 : 3e-2;
         cu::CausalLM gpu(ctx, *host, dtype);
         cu::CausalLM::KvCache cache;
-        Index at = 0;
-        std::size_t allocations = 0;
-        for (const Index m : {Index(5), Index(1), Index(3), Index(2), Index(1), Index(1)}) {
-          // the cache holds 20 rows after 11 tokens: the last two tokens allocate nothing
-          if (at == 11) allocations = cu::device_allocations();
-          const Matrix<float> logits = cu::download(ctx, gpu.decode(cache, ids.data() + at, m));
-          at += m;
-          INFO("after " << at << " tokens");
-          CHECK(cache.length == at);
-          REQUIRE(logits.rows() == 1);
-          CHECK(wt::rel_diff(logits, acts.logits.row(at - 1)) < tol);
-          if (dtype == DType::F32) {  // greedy decoding picks the CPU's token
-            Index arg = 0;
-            acts.logits.row(at - 1).maxCoeff(&arg);
-            CHECK(gpu.greedy_tokens() == std::vector<std::int32_t>{static_cast<std::int32_t>(arg)});
+        // Chunks, then one token at a time: the single tokens after the cache run the decode
+        // step's CUDA graph (captured after the first single token on each cache buffer: at 5,
+        // 11 and 20, where the cache has grown to 10, 20 and 32 rows) or, with graphs off, the
+        // same kernels launched one by one.
+        std::vector<Index> chunks{5, 1, 3, 2};
+        chunks.resize(chunks.size() + 13, 1);
+        const auto run = [&](const wegeft::Transformer<float>::Activations& want, Index at) {
+          std::size_t allocations = 0;
+          for (const Index m : chunks) {
+            if (at + m > static_cast<Index>(ids.size())) break;
+            // the cache holds 20 rows from 11 tokens to 20: those steps allocate nothing
+            if (at == 11) allocations = cu::device_allocations();
+            if (at == 20) CHECK(cu::device_allocations() == allocations);
+            const Matrix<float> logits = cu::download(ctx, gpu.decode(cache, ids.data() + at, m));
+            at += m;
+            INFO("after " << at << " tokens");
+            CHECK(cache.length == at);
+            REQUIRE(logits.rows() == 1);
+            CHECK(wt::rel_diff(logits, want.logits.row(at - 1)) < tol);
+            if (dtype == DType::F32) {  // greedy decoding picks the CPU's token
+              Index arg = 0;
+              want.logits.row(at - 1).maxCoeff(&arg);
+              CHECK(gpu.greedy_tokens() ==
+                    std::vector<std::int32_t>{static_cast<std::int32_t>(arg)});
+            }
           }
+          CHECK(at == static_cast<Index>(ids.size()));
+        };
+        for (const bool graphs : {true, false}) {
+          INFO("decode graphs " << (graphs ? "on" : "off"));
+          gpu.use_decode_graphs(graphs);
+          cache = {};
+          run(acts, 0);
         }
-        CHECK(cu::device_allocations() == allocations);
+        // New adapter values after a graph was captured: the replays read them (refresh()
+        // rewrites the buffers the graph reads). The cache keeps its 32 rows, so the single
+        // tokens from 5 on replay the graph captured before the change.
+        gpu.use_decode_graphs(true);
+        cache = {};
+        run(acts, 0);
+        for (auto& value : host->store().values()) value *= 1.5f;
+        gpu.store().upload(ctx, host->store());
+        gpu.refresh();
+        wegeft::Transformer<float>::Activations changed;
+        host->forward(changed,
+                      {.ids = ids.data(), .batch = 1, .seq = static_cast<Index>(ids.size())});
+        REQUIRE(wt::rel_diff(changed.logits, acts.logits) > 10 * tol);  // the change shows
+        cache.clear();
+        const Matrix<float> prompt = cu::download(ctx, gpu.decode(cache, ids.data(), 5));
+        CHECK(wt::rel_diff(prompt, changed.logits.row(4)) < tol);
+        chunks.assign(19, 1);
+        run(changed, 5);
         cache.clear();  // a new sequence in the same cache: the first 4 tokens in one call
         const Matrix<float> four = cu::download(ctx, gpu.decode(cache, ids.data(), 4));
         wegeft::Transformer<float>::Activations short_acts;

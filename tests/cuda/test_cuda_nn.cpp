@@ -528,7 +528,77 @@ TEST_CASE(
   const wegeft::AttentionShape s{.heads = 2, .kv_heads = 2, .head_dim = 8};
   cu::Tensor q(DType::F32, 3, 16), kv(DType::F32, 9, 16), o(DType::F32, 3, 16),
       lse(DType::F32, 2, 3);
+  cu::DeviceArray at;
+  const std::int32_t five = 5;
+  at.assign(ctx, &five, 1);
+  cu::Tensor small(DType::F32, 3 * 2 * cu::kDecodeSplits - 1, 10);
+  CHECK_THROWS_WITH(
+      cu::cached_attention_forward(ctx, o.view(), lse.view(), q.view(), kv.view(), kv.view(),
+                                   at.data<std::int32_t>(), s, small.view()),
+      Catch::Contains("scratch") && Catch::Contains("[192, 10] wanted"));
   CHECK_THROWS_WITH(
       cu::cached_attention_forward(ctx, o.view(), lse.view(), q.view(), kv.view(), kv.view(), 5, s),
       Catch::Contains("cached_attention_forward: k is") && Catch::Contains("[8, 16]"));
+}
+
+TEST_CASE(
+    "cuda cached attention with the position on the device, its keys split over blocks, equals "
+    "the CPU op in double, reads no row past the position, and a graph of it replays at later "
+    "positions",
+    "[cuda][nn][decode]") {
+  auto& ctx = context();
+  wegeft::Rng rng(29);
+  for (DType dt : {DType::F32, DType::BF16})
+    for (const Index hd : {40, 64})
+      // capacity 33: 2 splits of 17 keys; 300: 10 of 30; 1100: 32 of 35 (the most)
+      for (const Index cap : {33, 300, 1100}) {
+        const wegeft::AttentionShape s{.heads = 6, .kv_heads = 2, .head_dim = hd};
+        const Matrix<float> kc = rounded(2.0f * random_matrix<float>(cap, s.kv_width(), rng), dt);
+        const Matrix<float> vc = rounded(random_matrix<float>(cap, s.kv_width(), rng), dt);
+        cu::Tensor scratch(DType::F32, 2 * s.heads * cu::kDecodeSplits, hd + 2);
+        for (const Index m : {1, 2}) {
+          // positions: the first after one token, one inside a split, one near the end
+          const std::vector<Index> firsts{1, cap / 2 + 3, cap - m - 4};
+          // rows past the last query's keys hold NaN: reading one would show in every output
+          const Index used = firsts.back() + m;
+          Matrix<float> kn = kc, vn = vc;
+          kn.bottomRows(cap - used).setConstant(kNaN);
+          vn.bottomRows(cap - used).setConstant(kNaN);
+          auto kd = strided(ctx, kn, dt, 8), vd = strided(ctx, vn, dt, 5);
+          const Matrix<float> q = rounded(2.0f * random_matrix<float>(m, s.q_width(), rng), dt);
+          auto qd = strided(ctx, q, dt, 3);
+          auto out = empty(ctx, m, s.q_width(), dt, 7);
+          cu::Tensor lse(DType::F32, s.heads, m);
+          cu::DeviceArray at;
+          const auto oracle = [&](Index first) {
+            const Index len = first + m;
+            const Matrix<double> Q = d(q), K = d(kc).topRows(len), V = d(vc).topRows(len);
+            Matrix<double> o(m, s.q_width());
+            wegeft::cached_attention_forward(o.data(), Q.data(), K.data(), V.data(), m, first, s);
+            return o;
+          };
+          const auto run = [&] {
+            cu::cached_attention_forward(ctx, out.v, lse.view(), qd.v, kd.v, vd.v,
+                                         at.data<std::int32_t>(), s, scratch.view());
+          };
+          for (const Index first : firsts) {
+            INFO(wegeft::dtype_name(dt) << ", head_dim " << hd << ", capacity " << cap << ", " << m
+                                        << " queries after " << first << " cached tokens");
+            const auto pos = static_cast<std::int32_t>(first);
+            at.assign(ctx, &pos, 1);
+            run();
+            CHECK(max_rel(cu::download(ctx, out.v), oracle(first)) < out_tol(dt));
+          }
+          // captured at one position, replayed after the position changes on the device
+          cu::Graph graph(ctx, run);
+          for (const Index first : {firsts[2], firsts[0], firsts[1]}) {
+            INFO(wegeft::dtype_name(dt) << ", head_dim " << hd << ", capacity " << cap
+                                        << ", replay at " << first << ", " << m << " queries");
+            const auto pos = static_cast<std::int32_t>(first);
+            at.assign(ctx, &pos, 1);
+            graph.launch(ctx);
+            CHECK(max_rel(cu::download(ctx, out.v), oracle(first)) < out_tol(dt));
+          }
+        }
+      }
 }

@@ -90,6 +90,11 @@ class CausalLM {
   /// step's planned buffers (planning 1 x m when they are smaller) and replaces the last step's
   /// logits and losses. The cache grows by doubling, up to max_positions.
   TensorView decode(KvCache& cache, const std::int32_t* ids, Index m);
+  /// Whether decode() replays a CUDA graph for one token after the cache (the default: on). The
+  /// graph is captured after the first such step on each cache buffer (the cache's doubling
+  /// makes new ones) and replayed at every later position; off, each step launches its kernels
+  /// one by one. The results are the same either way.
+  void use_decode_graphs(bool on);
 
   /// Writes the weight-dtype copies of every adapter's parameters; call after each change of
   /// the store's values (the optimizer step, an upload).

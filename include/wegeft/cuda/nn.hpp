@@ -86,8 +86,11 @@ void tanh_backward(Context& ctx, const TensorView& dx, const TensorView& dout,
 
 /// x [B*T, d] += positions [t] (row t of a [max_positions, d] table) on row b*T + t, and
 /// type_row [1, d] on every row when given (BERT's token type 0). seq = T <= max_positions.
+/// With first_at (a device int32, read when the work runs), row b*T + t takes table row
+/// *first_at + t instead; the host cannot check it: the caller keeps *first_at + T within the
+/// table.
 void add_positions(Context& ctx, const TensorView& x, const TensorView& positions,
-                   const TensorView* type_row, Index seq);
+                   const TensorView* type_row, Index seq, const std::int32_t* first_at = nullptr);
 /// sums [1, C] (F32, contiguous) += the column sums of x [N, C] (a bias gradient).
 void add_column_sums(Context& ctx, const TensorView& sums, const TensorView& x);
 
@@ -106,9 +109,11 @@ class Rope {
   Index m_head_dim;
 };
 /// x [B*T, heads*head_dim] rotated in place; row b*T + t has position first + t (nn/rope.hpp;
-/// first > 0: tokens that follow `first` cached ones).
+/// first > 0: tokens that follow `first` cached ones). With first_at (a device int32, read when
+/// the work runs, so that a CUDA graph replays at later positions) the position is *first_at + t
+/// and `first` must be 0; the caller keeps *first_at + T within the table.
 void rope_forward(Context& ctx, const TensorView& x, const Rope& rope, Index batch, Index seq,
-                  Index heads, Index first = 0);
+                  Index heads, Index first = 0, const std::int32_t* first_at = nullptr);
 /// dx [B*T, heads*head_dim] in place: the inverse rotation.
 void rope_backward(Context& ctx, const TensorView& dx, const Rope& rope, Index batch, Index seq,
                    Index heads);
@@ -119,6 +124,12 @@ void swiglu_forward(Context& ctx, const TensorView& out, const TensorView& gate,
 /// dgate [N, F], dup [N, F] (overwritten; either may be dout) from dout and the forward's inputs.
 void swiglu_backward(Context& ctx, const TensorView& dgate, const TensorView& dup,
                      const TensorView& dout, const TensorView& gate, const TensorView& up);
+
+/// Rows *first_at .. *first_at + N - 1 of dst [capacity, C] = src [N, C] (the same dtype; first_at
+/// a device int32, read when the work runs): appending to a key/value cache in a CUDA graph. The
+/// host checks N <= capacity only; the caller keeps *first_at + N <= capacity.
+void copy_rows_at(Context& ctx, const TensorView& dst, const TensorView& src,
+                  const std::int32_t* first_at);
 
 /// y [N, C] += alpha x [N, C] (the residual stream).
 void add(Context& ctx, const TensorView& y, const TensorView& x, float alpha = 1.0f);
@@ -157,6 +168,18 @@ void attention_forward(Context& ctx, const TensorView& out, const TensorView& ls
 void cached_attention_forward(Context& ctx, const TensorView& out, const TensorView& lse,
                               const TensorView& q, const TensorView& k, const TensorView& v,
                               Index first, const AttentionShape& shape);
+/// The most splits of the keys the overload below makes per query and head.
+inline constexpr Index kDecodeSplits = 32;
+/// The same with the number of cached tokens read on the device when the work runs (first_at, a
+/// device int32 >= 1), for a CUDA graph of a decode step: k, v are the whole cache [capacity,
+/// Hkv*d] (capacity > m), of which rows 0 .. *first_at + m - 1 are read; the caller keeps
+/// *first_at + m <= capacity. The keys are split into up to kDecodeSplits ranges (by capacity:
+/// one per 32 rows), each scored by its own block, and merged after; scratch is F32, contiguous,
+/// at least [m * heads * kDecodeSplits, head_dim + 2] (overwritten).
+void cached_attention_forward(Context& ctx, const TensorView& out, const TensorView& lse,
+                              const TensorView& q, const TensorView& k, const TensorView& v,
+                              const std::int32_t* first_at, const AttentionShape& shape,
+                              const TensorView& scratch);
 /// dq [B*T, H*d], dk, dv [B*T, Hkv*d] (overwritten; row strides those of q, k and v) from dout
 /// (out's row stride) and the forward's out, lse, q, k, v; delta [B*H, T] F32 is scratch.
 void attention_backward(Context& ctx, const TensorView& dq, const TensorView& dk,

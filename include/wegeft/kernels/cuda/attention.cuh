@@ -36,6 +36,9 @@ struct AttentionArgs {
   // query row: seq and 0 in training; first + seq and first for the queries that follow `first`
   // cached tokens (decoding with a key/value cache: the forward kernels only).
   std::int64_t kv_seq = 0, first = 0;
+  // attention_decode only: when set, the device int32 it points to replaces `first` (read when
+  // the kernel runs, so a CUDA graph of a decode step replays at every later position).
+  const std::int32_t* first_at = nullptr;
 };
 
 __device__ inline bool key_visible(const AttentionArgs& a, std::int64_t b, std::int64_t j) {
@@ -106,26 +109,34 @@ inline constexpr int kDecodeTile = 256;             // keys scored per round
 /// the head's columns, so a key row is one coalesced read), the block takes the round's maximum
 /// and exponentials in shared memory, and each thread accumulates p v for one output column over
 /// a share of the round's keys; the running maximum and sum rescale the partial sums between
-/// rounds (online softmax) and the shares are summed at the end. grid (T, H).
+/// rounds (online softmax) and the shares are summed at the end. grid (T, H, S).
+/// With `part` (S > 1 splits), block z takes keys [z chunk, (z + 1) chunk) only and writes, per
+/// (query i, head h, split z), the row part[((i H + h) S + z) (d + 2) + ..] = its running maximum,
+/// its sum of exponentials and its d unnormalised sums of p v, which attention_decode_combine
+/// merges: one sequence's few queries then spread over S times as many blocks (split-K).
 template <class T>
 __global__ void __launch_bounds__(kDecodeThreads)
-    attention_decode(T* out, float* lse, const T* q, const T* k, const T* v, AttentionArgs a) {
+    attention_decode(T* out, float* lse, const T* q, const T* k, const T* v, AttentionArgs a,
+                     float* part, std::int64_t chunk) {
   constexpr int kWarps = kDecodeThreads / 32;
   __shared__ float sq[kMaxHeadDim];
   __shared__ float sp[kDecodeTile];
   __shared__ float red[kWarps];
-  __shared__ float part[kDecodeThreads];
+  __shared__ float sums[kDecodeThreads];
   const int tid = static_cast<int>(threadIdx.x), warp = tid / 32, lane = tid % 32;
   const std::int64_t i = blockIdx.x, h = blockIdx.y, g = h / (a.heads / a.kv_heads);
   const int d = static_cast<int>(a.head_dim), shares = kDecodeThreads / d;
   const int col = tid % d, share = tid / d;
-  const std::int64_t end = a.causal ? a.first + i + 1 : a.kv_seq;
+  const std::int64_t first = a.first_at ? *a.first_at : a.first;
+  const std::int64_t end = a.causal ? first + i + 1 : (a.first_at ? first + a.seq : a.kv_seq);
+  const std::int64_t lo = part ? blockIdx.z * chunk : 0;
+  const std::int64_t hi = part ? (end < lo + chunk ? end : lo + chunk) : end;
   for (int c = tid; c < d; c += kDecodeThreads)
     sq[c] = load_float(q + i * a.ldq + h * d + c) * a.scale;
   __syncthreads();
   float m = -INFINITY, l = 0, acc = 0;
-  for (std::int64_t j0 = 0; j0 < end; j0 += kDecodeTile) {
-    const int n = static_cast<int>(end - j0 < kDecodeTile ? end - j0 : kDecodeTile);
+  for (std::int64_t j0 = lo; j0 < hi; j0 += kDecodeTile) {
+    const int n = static_cast<int>(hi - j0 < kDecodeTile ? hi - j0 : kDecodeTile);
     for (int jj = warp; jj < n; jj += kWarps) {
       float s = -INFINITY;
       if (key_visible(a, 0, j0 + jj)) {
@@ -158,14 +169,49 @@ __global__ void __launch_bounds__(kDecodeThreads)
     m = mnew;
     __syncthreads();  // sp is rewritten by the next round
   }
-  part[tid] = acc;
+  sums[tid] = acc;
   __syncthreads();
+  if (part) {
+    float* row = part + ((i * a.heads + h) * gridDim.z + blockIdx.z) * (d + 2);
+    if (tid < d) {
+      float o = 0;
+      for (int s = 0; s < shares; ++s) o += sums[s * d + tid];
+      row[2 + tid] = o;
+    }
+    if (tid == 0) {
+      row[0] = m;
+      row[1] = l;
+    }
+    return;
+  }
   if (tid < d) {
     float o = 0;
-    for (int s = 0; s < shares; ++s) o += part[s * d + tid];
+    for (int s = 0; s < shares; ++s) o += sums[s * d + tid];
     store_float(out + i * a.ldo + h * d + tid, l > 0 ? o / l : 0.0f);
   }
   if (tid == 0) lse[h * a.seq + i] = l > 0 ? m + logf(l) : -INFINITY;
+}
+
+/// Merges attention_decode's `splits` partial rows per (query i, head h): out [T, H*d] = the sum
+/// of each split's p v sums rescaled to the largest maximum, over the rescaled sum of
+/// exponentials (0 where no key is visible), lse [H, T] its log-sum-exp. grid (T, H).
+template <class T>
+__global__ void __launch_bounds__(kDecodeThreads)
+    attention_decode_combine(T* out, float* lse, const float* part, AttentionArgs a, int splits) {
+  const std::int64_t i = blockIdx.x, h = blockIdx.y;
+  const int d = static_cast<int>(a.head_dim), w = d + 2;
+  const float* rows = part + (i * a.heads + h) * splits * w;
+  float mx = -INFINITY, l = 0;
+  for (int s = 0; s < splits; ++s) mx = fmaxf(mx, rows[s * w]);
+  for (int s = 0; s < splits; ++s)
+    if (rows[s * w + 1] > 0) l += rows[s * w + 1] * expf(rows[s * w] - mx);
+  for (int c = static_cast<int>(threadIdx.x); c < d; c += static_cast<int>(blockDim.x)) {
+    float o = 0;
+    for (int s = 0; s < splits; ++s)
+      if (rows[s * w + 1] > 0) o += rows[s * w + 2 + c] * expf(rows[s * w] - mx);
+    store_float(out + i * a.ldo + h * d + c, l > 0 ? o / l : 0.0f);
+  }
+  if (threadIdx.x == 0) lse[h * a.seq + i] = l > 0 ? mx + logf(l) : -INFINITY;
 }
 
 /// delta [B, H, T] = rowsum(dout o out) per head. grid (ceil(T / warps), H, B).

@@ -81,15 +81,17 @@ __global__ void rmsnorm_backward(T* dx, std::int64_t ldd, const T* dout, std::in
 }
 
 /// Rotates the pairs (x[i], x[i + half]) of every head of row b * seq + t by direction * angle(t, i)
-/// in place; cos, sin [max_positions, half]. One thread per (row, head, i).
+/// in place; cos, sin [max_positions, half]. With `at` (a device int32), row t takes position
+/// *at + t. One thread per (row, head, i).
 template <class T>
 __global__ void rope(T* x, std::int64_t ldx, const float* cos, const float* sin, std::int64_t rows,
-                     std::int64_t seq, std::int64_t heads, std::int64_t half, float direction) {
+                     std::int64_t seq, std::int64_t heads, std::int64_t half, float direction,
+                     const std::int32_t* at) {
   const std::int64_t j = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (j >= heads * half) return;
-  const std::int64_t h = j / half, k = j % half;
+  const std::int64_t h = j / half, k = j % half, offset = at ? *at : 0;
   for (std::int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
-    const std::int64_t t = r % seq;
+    const std::int64_t t = r % seq + offset;
     T* v = x + r * ldx + h * 2 * half;
     const float c = cos[t * half + k], s = direction * sin[t * half + k];
     const float a = load_float(v + k), b = load_float(v + k + half);
@@ -282,13 +284,27 @@ __global__ void activation_backward(T* dx, std::int64_t lddx, const T* dout, std
 /// type 0.
 template <class T>
 __global__ void add_positions(T* x, std::int64_t ldx, const T* pos, std::int64_t ldp, const T* type,
-                              std::int64_t rows, std::int64_t seq, std::int64_t cols) {
+                              std::int64_t rows, std::int64_t seq, std::int64_t cols,
+                              const std::int32_t* at) {
   const std::int64_t j = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (j >= cols) return;
   const float ty = type ? load_float(type + j) : 0.0f;
+  const std::int64_t offset = at ? *at : 0;
   for (std::int64_t i = blockIdx.y; i < rows; i += gridDim.y)
     store_float(x + i * ldx + j,
-                load_float(x + i * ldx + j) + load_float(pos + (i % seq) * ldp + j) + ty);
+                load_float(x + i * ldx + j) + load_float(pos + (i % seq + offset) * ldp + j) + ty);
+}
+
+/// Rows *at .. *at + rows - 1 of dst = src [rows, cols] (at: a device int32): appending to a
+/// key/value cache at a position the host does not fix.
+template <class T>
+__global__ void copy_rows_at(T* dst, std::int64_t ldd, const T* src, std::int64_t lds,
+                             std::int64_t rows, std::int64_t cols, const std::int32_t* at) {
+  const std::int64_t j = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (j >= cols) return;
+  const std::int64_t first = *at;
+  for (std::int64_t i = blockIdx.y; i < rows; i += gridDim.y)
+    dst[(first + i) * ldd + j] = src[i * lds + j];
 }
 
 /// sums [c] (fp32) += the sum over the rows of x [rows, c]; one thread per column.
