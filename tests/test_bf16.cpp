@@ -170,6 +170,107 @@ TEST_CASE("a frozen layer with bf16 products equals the double sum over bf16-rou
 
 namespace {
 
+using MatD = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+MatD dbl(const Matrix<float>& m) {
+  return m.cast<double>();
+}
+MatD dbl_rounded(const Matrix<float>& m) {
+  return m.unaryExpr([](float v) { return bf16_round(v); }).cast<double>();
+}
+
+/// |got - want| <= tol * mag entry by entry (mag: the sum of the terms' magnitudes).
+void check_entries(const Matrix<float>& got, const MatD& want, const MatD& mag, double tol) {
+  REQUIRE(got.rows() == want.rows());
+  REQUIRE(got.cols() == want.cols());
+  double worst = 0;
+  for (Index i = 0; i < want.rows(); ++i)
+    for (Index j = 0; j < want.cols(); ++j) {
+      const double err = std::abs(double(got(i, j)) - want(i, j));
+      worst = std::max(worst, err / (mag(i, j) + 1e-30));
+      REQUIRE(err <= tol * mag(i, j) + 1e-30);
+    }
+  INFO("worst relative error " << worst);
+  CHECK(worst < tol);
+}
+
+}  // namespace
+
+TEST_CASE(
+    "bf16 LoRA and WeGeFT weight-side layers equal a double oracle in output and every gradient",
+    "[bf16][lora][wegeft]") {
+  if (!wegeft::bf16_gemm_available()) {
+    WARN("this CPU has no AVX512-BF16: the bf16 adapter layers are not tested");
+    return;
+  }
+  const Index n = 37, d_in = 70, d_out = 51;
+  Matrix<float> w = random_matrix(d_out, d_in, 31), bias = random_matrix(1, d_out, 32);
+  const Matrix<float> x = random_matrix(n, d_in, 33), dy = random_matrix(n, d_out, 34);
+  wegeft::Bf16Weight packed;
+  packed.pack(w.data(), d_out, d_in);
+  const wegeft::FrozenLinear<float> base(w.data(), d_out, d_in, bias.data(), &packed);
+  REQUIRE(base.bf16());
+  const MatD X = dbl(x), DY = dbl(dy), W = dbl(w), Xr = dbl_rounded(x), Wr = dbl_rounded(w);
+  const MatD DYr = dbl_rounded(dy), ones = MatD::Ones(n, 1);
+  const MatD frozen = ones * dbl(bias) + Xr * Wr.transpose();
+  const MatD frozen_mag = ones * dbl(bias).cwiseAbs() + Xr.cwiseAbs() * Wr.cwiseAbs().transpose();
+  const MatD dx_frozen = DYr * Wr, dx_frozen_mag = DYr.cwiseAbs() * Wr.cwiseAbs();
+  const auto max_rel = [](const Matrix<float>& got, const MatD& want) {
+    return (got.cast<double>() - want).cwiseAbs().maxCoeff() / want.cwiseAbs().maxCoeff();
+  };
+  // y = frozen + s (x D^T) E^T and dx = dy W + s (dy E) D for the adapter's down factor D [r,
+  // d_in] and up factor E [d_out, r] (Emag: its entries' magnitudes); returns d u = s dy E.
+  const auto check_step = [&](const Matrix<float>& y, const Matrix<float>& dx, const MatD& D,
+                              const MatD& E, const MatD& Emag, double sc) {
+    check_entries(y, frozen + sc * X * D.transpose() * E.transpose(),
+                  frozen_mag + sc * (X.cwiseAbs() * D.cwiseAbs().transpose()) * Emag.transpose(),
+                  2e-5);
+    const MatD G = sc * DY * E;
+    check_entries(dx, dx_frozen + G * D, dx_frozen_mag + sc * (DY.cwiseAbs() * Emag) * D.cwiseAbs(),
+                  2e-5);
+    return G;
+  };
+  // the adapter's values random and non-zero, then its forward and backward: y and dx
+  const auto run = [&](auto& layer, wegeft::ParameterStore<float>& store, wegeft::Rng& rng) {
+    for (float& v : store.values()) v = rng.uniform(-0.5f, 0.5f);
+    typename std::remove_reference_t<decltype(layer)>::Cache cache;
+    std::pair<Matrix<float>, Matrix<float>> out{Matrix<float>(n, d_out), Matrix<float>(n, d_in)};
+    layer.forward(out.first, cache, x);
+    layer.backward(out.second, cache, x, dy);
+    return out;
+  };
+  for (const Index r : {1, 8, 16, 17}) {
+    INFO("LoRA rank " << r);
+    wegeft::Rng rng(40 + static_cast<std::uint64_t>(r));
+    wegeft::ParameterStore<float> store;
+    wegeft::LoraAdapter<float> lora(store, base, {.rank = r, .alpha = 2.0 * r}, rng, "q");
+    const auto [y, dx] = run(lora, store, rng);
+    const MatD A = dbl(Matrix<float>(lora.lora_A())), B = dbl(Matrix<float>(lora.lora_B()));
+    const MatD G = check_step(y, dx, A, B, B.cwiseAbs(), lora.scale());
+    CHECK(max_rel(Matrix<float>(lora.grad_A()), G.transpose() * X) < 1e-5);
+    CHECK(max_rel(Matrix<float>(lora.grad_B()), lora.scale() * DY.transpose() * X * A.transpose()) <
+          1e-5);
+  }
+  for (const Index r : {8, 16}) {
+    INFO("WeGeFT weight side, rank " << r);
+    wegeft::Rng rng(60 + static_cast<std::uint64_t>(r));
+    wegeft::ParameterStore<float> store;
+    wegeft::WeGeFTGenerator<float> gen(store, d_in, {.rank = r, .alpha = 2.0 * r}, rng, "q");
+    wegeft::WeGeFTAdapter<float> layer(gen, base, rng, wegeft::WeGeFTOrder::weight_side);
+    const auto [y, dx] = run(layer, store, rng);
+    const MatD Phi = dbl(Matrix<float>(gen.phi())), Psi = dbl(Matrix<float>(gen.psi()));
+    // the up factor is P = W Phi^T, in fp32: y += s (x Psi^T) P^T
+    const MatD G = check_step(y, dx, Psi, W * Phi.transpose(),
+                              W.cwiseAbs() * Phi.cwiseAbs().transpose(), gen.scale());
+    CHECK(max_rel(Matrix<float>(gen.grad_psi()), G.transpose() * X) < 1e-5);
+    // d Phi = s u^T (dy W) with u = x Psi^T
+    CHECK(max_rel(Matrix<float>(gen.grad_phi()),
+                  gen.scale() * (X * Psi.transpose()).transpose() * DY * W) < 1e-5);
+  }
+}
+
+namespace {
+
 /// One loss and the gradients of every trainable tensor of a tiny model of `family` with
 /// `method` on every linear (and, for bert, a classifier), with or without bf16 products.
 struct StepResult {
