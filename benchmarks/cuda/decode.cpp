@@ -3,8 +3,9 @@
 // then NEW tokens, each the argmax of the last logits (read back to the host, one token at a time).
 // Four ways, timed in the same run: decode() with the key/value cache (the prompt in one call,
 // then a token per call, each a replay of the decode step's CUDA graph), the same with the
-// graphs off (every kernel launched from the host); the same tokens recomputed from the start for every new token (a
-// forward over the whole text, the last row's argmax: what generation does without a cache);
+// graphs off (every kernel launched from the host); the same tokens recomputed from the start
+// for every new token (a forward over the whole text, the last row's argmax: what generation
+// does without a cache);
 // and, with --cpu, the CPU model's decode() with its cache (fp32, every hardware thread).
 // Prints tokens per second of each (the prompt's time included), their ratio, and how many of the
 // NEW tokens the recomputing run chose equal to the cached one's (bf16 rounding of two different

@@ -3,7 +3,6 @@
 #include "wegeft/cuda/nn.hpp"
 
 #include <algorithm>
-
 #include <cmath>
 
 #include "check.hpp"
@@ -414,7 +413,8 @@ void cached_attention_forward(Context& ctx, const TensorView& out, const TensorV
   // checked as queries after capacity - m cached rows; the kernel reads the real count
   auto a = attention_launch(out, lse, q, k, v, nullptr, s, op, k.rows - q.rows);
   a.first_at = first_at;
-  a.splits = std::clamp<Index>((k.rows + 31) / 32, 1, kDecodeSplits);
+  a.splits =
+      std::clamp<Index>((k.rows + kDecodeSplitRows - 1) / kDecodeSplitRows, 1, kDecodeSplits);
   a.chunk = (k.rows + a.splits - 1) / a.splits;
   a.part = static_cast<float*>(scratch.data);
   detail::launch_attention_forward(ctx.stream(), a, out.data, floats(lse), q.data, k.data, v.data);

@@ -168,13 +168,14 @@ void attention_forward(Context& ctx, const TensorView& out, const TensorView& ls
 void cached_attention_forward(Context& ctx, const TensorView& out, const TensorView& lse,
                               const TensorView& q, const TensorView& k, const TensorView& v,
                               Index first, const AttentionShape& shape);
-/// The most splits of the keys the overload below makes per query and head.
-inline constexpr Index kDecodeSplits = 32;
+/// The overload below splits the keys in one range per kDecodeSplitRows rows of the cache, at
+/// most kDecodeSplits ranges per query and head.
+inline constexpr Index kDecodeSplitRows = 32, kDecodeSplits = 32;
 /// The same with the number of cached tokens read on the device when the work runs (first_at, a
 /// device int32 >= 1), for a CUDA graph of a decode step: k, v are the whole cache [capacity,
 /// Hkv*d] (capacity > m), of which rows 0 .. *first_at + m - 1 are read; the caller keeps
 /// *first_at + m <= capacity. The keys are split into up to kDecodeSplits ranges (by capacity:
-/// one per 32 rows), each scored by its own block, and merged after; scratch is F32, contiguous,
+/// one per kDecodeSplitRows rows), each scored by its own block, and merged after; scratch is F32, contiguous,
 /// at least [m * heads * kDecodeSplits, head_dim + 2] (overwritten).
 void cached_attention_forward(Context& ctx, const TensorView& out, const TensorView& lse,
                               const TensorView& q, const TensorView& k, const TensorView& v,
