@@ -12,6 +12,7 @@
 //
 //   vit_fashion finetune --base BASE --data DIR --method head|lora|wegeft [--rank R] --lr LR
 //                        --seed S --steps N --out RUN [--targets all-linear] [--batch B]
+//                        [--device cpu|cuda]
 //     adapts the pretrained ViT to the other five classes (sandal, shirt, sneaker, bag, ankle
 //     boot), never seen in pretraining, with a new head: head only, LoRA or WeGeFT (alpha = 2r).
 //     Train: --train-size images of those classes from the training file (default 5000), valid:
@@ -22,6 +23,9 @@
 //     head.safetensors), and for WeGeFT clusters.json: for the first --map-images test images,
 //     the cluster each patch token joins in every block's q projection, argmax_j of
 //     (x W^T) C[:, j] with C = W Phi^T (tools/study/vit_clusters.py draws them).
+//     --device cuda (a build with wegeft::cuda: scripts/build-cuda) trains on the GPU in bf16
+//     (cuda::SequenceClassifier, validation there too); the trained parameters then come back to
+//     the host, which scores the test split, saves and merges as for a CPU run.
 #include <wegeft/io/hf_model.hpp>
 #include <wegeft/io/idx.hpp>
 #include <wegeft/io/peft.hpp>
@@ -29,6 +33,9 @@
 #include <wegeft/train/metrics.hpp>
 #include <wegeft/train/trainer.hpp>
 #include <wegeft/wegeft.hpp>
+#ifdef WEGEFT_CUDA
+#include <wegeft/cuda.hpp>
+#endif
 
 #include <sys/resource.h>
 
@@ -38,6 +45,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <iostream>
 #include <map>
 #include <numeric>
@@ -132,12 +140,108 @@ Scores evaluate(Transformer<float>& model, const Split& s) {
   return {loss / double(s.size()), conf.accuracy(), conf.macro_f1()};
 }
 
+/// Where the training runs: one optimizer step on a batch of images (returning its loss), the
+/// learning rate of the next step (as Trainer::current_lr), the scores of a split, and `done` after the last step (the
+/// trained parameters in the model's store).
+struct Backend {
+  std::function<double(const float* images, const std::int32_t* labels, Index batch)> step;
+  std::function<double()> lr;
+  std::function<Scores(const Split&)> evaluate;
+  std::function<void()> done = [] {};
+};
+
+TrainerConfig trainer_config(double lr, Index steps) {
+  return {.adamw = {.lr = lr, .weight_decay = 0.0},
+          .schedule = {ScheduleKind::cosine, steps / 10, steps}};
+}
+
+Backend cpu_backend(Transformer<float>& model, double lr, Index steps) {
+  auto trainer = std::make_shared<Trainer<float>>(model, trainer_config(lr, steps));
+  return {.step =
+              [trainer](const float* images, const std::int32_t* labels, Index batch) {
+                return trainer->classification_step({.images = images, .batch = batch}, labels);
+              },
+          .lr = [trainer] { return trainer->current_lr(); },
+          .evaluate = [&model](const Split& s) { return evaluate(model, s); }};
+}
+
+#ifdef WEGEFT_CUDA
+/// The same step on the GPU: the model's frozen weights in bf16, the adapters and the head with
+/// AdamW on the device, clipping at 1 and the cosine schedule as the CPU Trainer applies them.
+Backend cuda_backend(Transformer<float>& model, double lr, Index steps) {
+  struct State {
+    cuda::Context ctx;
+    cuda::SequenceClassifier cls;
+    TrainerConfig tc;
+    cuda::AdamW opt;
+    double lr() const { return tc.adamw.lr * tc.schedule.multiplier(opt.steps()); }
+    State(Transformer<float>& m, const TrainerConfig& c)
+        : ctx(0), cls(ctx, m, DType::BF16), tc(c), opt(c.adamw) {}
+  };
+  WEGEFT_CHECK(cuda::device_count() > 0, "--device cuda: the CUDA driver reports no GPU");
+  auto s = std::make_shared<State>(model, trainer_config(lr, steps));
+  std::fprintf(stderr, "training on %s, bf16\n", s->ctx.description().c_str());
+  return {.step =
+              [s](const float* images, const std::int32_t* labels, Index batch) {
+                const double loss =
+                    s->cls.train_step({.labels = labels, .batch = batch, .images = images});
+                if (s->tc.max_grad_norm > 0)
+                  cuda::clip_grad_norm(s->ctx, s->cls.store(), s->tc.max_grad_norm);
+                s->opt.step(s->ctx, s->cls.store(), s->lr());
+                s->cls.store().zero_grad(s->ctx);
+                s->cls.refresh();
+                return loss;
+              },
+          .lr = [s] { return s->lr(); },
+          .evaluate =
+              [s](const Split& split) {
+                Confusion conf(kClasses);
+                double loss = 0;
+                const Index chunk = 250;
+                for (Index b = 0; b < split.size(); b += chunk) {
+                  const Index n = std::min(chunk, split.size() - b);
+                  loss += s->cls.eval_loss({.labels = split.labels.data() + b,
+                                            .batch = n,
+                                            .images = split.images.data() + b * kPixels}) *
+                          double(n);
+                  const Matrix<float> logits = s->cls.logits();
+                  for (Index i = 0; i < n; ++i) {
+                    Index pred = 0;
+                    logits.row(i).maxCoeff(&pred);
+                    conf.add(split.labels[std::size_t(b + i)], pred);
+                  }
+                }
+                return Scores{loss / double(split.size()), conf.accuracy(), conf.macro_f1()};
+              },
+          .done = [s, &model] { s->cls.store().download(s->ctx, model.store()); }};
+}
+#endif
+
+/// --device: cpu, or cuda in a build with wegeft::cuda.
+void check_device(const std::string& device) {
+#ifdef WEGEFT_CUDA
+  WEGEFT_CHECK(device == "cpu" || device == "cuda",
+               "--device must be cpu or cuda, got '" << device << "'");
+#else
+  WEGEFT_CHECK(device == "cpu",
+               "--device must be cpu in this build (cuda needs one with "
+               "wegeft::cuda: scripts/build-cuda), got '"
+                   << device << "'");
+#endif
+}
+
+Backend backend_for(const std::string& device, Transformer<float>& model, double lr, Index steps) {
+#ifdef WEGEFT_CUDA
+  if (device == "cuda") return cuda_backend(model, lr, steps);
+#endif
+  check_device(device);
+  return cpu_backend(model, lr, steps);
+}
+
 /// Steps of shuffled mini-batches over `s` (a fresh permutation each pass), reporting every
 /// `every` steps to `log` (wegeft finetune's --log records) with the validation scores.
-void train(Transformer<float>& model, const Split& s, const Split& valid, double lr, Index steps,
-           Index batch, Index every, std::uint64_t seed, std::ostream& log) {
-  Trainer<float> trainer(model, {.adamw = {.lr = lr, .weight_decay = 0.0},
-                                 .schedule = {ScheduleKind::cosine, steps / 10, steps}});
+void train(Backend& trainer, const ModelConfig& config, const Split& s, const Split& valid,
+           Index steps, Index batch, Index every, std::uint64_t seed, std::ostream& log) {
   Rng rng(seed);
   std::vector<Index> order(static_cast<std::size_t>(s.size()));
   std::iota(order.begin(), order.end(), Index(0));
@@ -158,18 +262,18 @@ void train(Transformer<float>& model, const Split& s, const Split& valid, double
       labels[std::size_t(i)] = s.labels[std::size_t(j)];
     }
     const auto a = std::chrono::steady_clock::now();
-    window += trainer.classification_step({.images = images.data(), .batch = batch}, labels.data());
+    window += trainer.step(images.data(), labels.data(), batch);
     train_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - a).count();
     if (step % every == 0 || step == steps) {
       const Index in_window = step % every == 0 ? every : step % every;
-      const Scores v = evaluate(model, valid);
+      const Scores v = trainer.evaluate(valid);
       const double elapsed =
           std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       nlohmann::ordered_json j{
           {"step", step},
           {"train_loss", window / double(in_window)},
-          {"lr", trainer.current_lr()},
-          {"tokens_per_s", double(step * batch * (model.config().patches() + 1)) / train_s},
+          {"lr", trainer.lr()},
+          {"tokens_per_s", double(step * batch * (config.patches() + 1)) / train_s},
           {"elapsed_s", elapsed},
           {"train_s", train_s},
           {"peak_gib", peak_rss_gib()},
@@ -278,7 +382,8 @@ int pretrain(const Args& a) {
       std::copy(head_w.begin(), head_w.end(), model.store().value(head.first).data());
       std::copy(head_b.begin(), head_b.end(), model.store().value(*head.second).data());
     }
-    train(model, train_set, test_set, lr, steps, batch, std::max<Index>(1, steps / 3),
+    Backend cpu = cpu_backend(model, lr, steps);  // (trainable norms: the CPU only)
+    train(cpu, model.config(), train_set, test_set, steps, batch, std::max<Index>(1, steps / 3),
           seed * 1000 + std::uint64_t(r), log);
     const auto w = model.store().value(head.first), b = model.store().value(*head.second);
     head_w.assign(w.data(), w.data() + w.size());
@@ -361,7 +466,8 @@ int finetune(const Args& a) {
   WEGEFT_CHECK(method == "head" || method == "lora" || method == "wegeft",
                "--method must be head, lora or wegeft, got '" << method << "'");
   const Index rank = method == "head" ? 0 : a.count("rank", "8");
-  const std::string targets = a.get("targets", "all-linear");
+  const std::string targets = a.get("targets", "all-linear"), device = a.get("device", "cpu");
+  check_device(device);
   std::vector<std::string> target_list;
   for (std::size_t b = 0; b <= targets.size();) {
     const std::size_t e = std::min(targets.find(',', b), targets.size());
@@ -404,13 +510,17 @@ int finetune(const Args& a) {
                                 {"batch", batch},
                                 {"train_images", train_set.size()},
                                 {"threads", gemm_threads()},
-                                {"backend", gemm_backend()}}
+                                {"backend", gemm_backend()},
+                                {"device", device}}
              .dump()
       << "\n";
   std::fprintf(stderr, "%s r %lld, %lld trainable parameters, lr %g, seed %llu\n", method.c_str(),
                static_cast<long long>(rank), static_cast<long long>(store.parameter_count()), lr,
                static_cast<unsigned long long>(seed));
-  train(model, train_set, valid, lr, steps, batch, std::max<Index>(1, steps / 8), seed, log);
+  Backend trainer = backend_for(device, model, lr, steps);
+  train(trainer, model.config(), train_set, valid, steps, batch, std::max<Index>(1, steps / 8),
+        seed, log);
+  trainer.done();
   const Scores s = evaluate(model, test);
   nlohmann::ordered_json result{
       {"accuracy", s.accuracy}, {"macro_f1", s.macro_f1}, {"loss", s.loss}};
@@ -446,7 +556,7 @@ int main(int argc, char** argv) {
     if (cmd == "finetune")
       return finetune(parse(argc, argv,
                             {"base", "data", "method", "rank", "lr", "seed", "steps", "batch",
-                             "out", "targets", "train-size", "map-images"}));
+                             "out", "targets", "train-size", "map-images", "device"}));
   } catch (const std::exception& e) {
     std::fprintf(stderr, "vit_fashion: %s\n", e.what());
     return 1;
@@ -454,8 +564,8 @@ int main(int argc, char** argv) {
   std::fprintf(stderr,
                "usage: %s pretrain --data DIR --out BASE [--steps N --rounds R --batch B --lr LR "
                "--seed S]\n       %s finetune --base BASE --data DIR --method head|lora|wegeft "
-               "[--rank R] --lr LR [--seed S --steps N --batch B --targets T --train-size N] "
-               "--out RUN\n",
+               "[--rank R] --lr LR [--seed S --steps N --batch B --targets T --train-size N "
+               "--device cpu|cuda] --out RUN\n",
                argv[0], argv[0]);
   return 2;
 }

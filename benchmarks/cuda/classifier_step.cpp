@@ -1,10 +1,13 @@
-// The whole BERT classification training step on the GPU (wegeft::cuda::SequenceClassifier),
-// BF16 storage with fp32 accumulation, LoRA or WeGeFT r = 8 on every linear (the pooler included)
-// and a new 4-label head: forward, loss, backward, gradient clipping at 1, AdamW and the refresh,
-// as benchmarks/cuda/peft_bert_step.py does for PyTorch + PEFT on the same card.
+// The whole BERT or ViT classification training step on the GPU
+// (wegeft::cuda::SequenceClassifier), BF16 storage with fp32 accumulation, LoRA or WeGeFT r = 8
+// on every linear (BERT's pooler included) and a new 4-label head: forward, loss, backward,
+// gradient clipping at 1, AdamW and the refresh, as benchmarks/cuda/peft_bert_step.py does for
+// PyTorch + PEFT on the same card.
 // Shapes (random weights: the time does not depend on them): `minilm`, all-MiniLM-L6-v2's (6
-// layers of 384, 12 heads, MLP 1536; the demo's model), and `bert-base` (12 layers of 768, 12
-// heads, MLP 3072). Token ids and labels are seeded random draws; no padding.
+// layers of 384, 12 heads, MLP 1536; the demo's model), `bert-base` (12 layers of 768, 12
+// heads, MLP 3072) and `vit-base` (ViT-B/16 at 224 x 224: BERT-base's blocks, pre-norm, over 196
+// patches and the class token; TOKENS is then not read). Token ids (images: uniform noise) and
+// labels are seeded random draws; no padding.
 // Prints tokens per second of the step (3 warm-up steps, then the mean over `steps`), the device
 // memory wegeft::cuda held at most and, with `--mfu`, the model-FLOP utilisation against the
 // card's bf16 GEMM rate measured first: model FLOPs = the frozen block products forward and for
@@ -12,7 +15,7 @@
 // backward.
 //
 //   build/cuda/benchmarks/cuda/bench_cuda_classifier_step BATCH TOKENS [lora|wegeft] [steps]
-//                                                         [minilm|bert-base] [--mfu]
+//                                                         [minilm|bert-base|vit-base] [--mfu]
 #include <wegeft/cuda.hpp>
 #include <wegeft/version.hpp>
 
@@ -39,27 +42,38 @@ int main(int argc, char** argv) {
       ++it;
     }
   const Index batch = args.size() > 0 ? std::atoi(args[0].c_str()) : 0;
-  const Index seq = args.size() > 1 ? std::atoi(args[1].c_str()) : 0;
+  Index seq = args.size() > 1 ? std::atoi(args[1].c_str()) : 0;
   const std::string method = args.size() > 2 ? args[2] : "lora";
   const int steps = args.size() > 3 ? std::atoi(args[3].c_str()) : 10;
   const std::string shape = args.size() > 4 ? args[4] : "minilm";
   if (batch <= 0 || seq <= 0 || seq > 512 || steps <= 0 ||
-      (method != "lora" && method != "wegeft") || (shape != "minilm" && shape != "bert-base")) {
+      (method != "lora" && method != "wegeft") ||
+      (shape != "minilm" && shape != "bert-base" && shape != "vit-base")) {
     std::fprintf(stderr,
-                 "usage: %s BATCH TOKENS [lora|wegeft] [steps] [minilm|bert-base] [--mfu]: BATCH, "
-                 "steps positive, TOKENS in [1, 512]\n",
+                 "usage: %s BATCH TOKENS [lora|wegeft] [steps] [minilm|bert-base|vit-base] "
+                 "[--mfu]: BATCH, steps positive, TOKENS in [1, 512]\n",
                  argv[0]);
     return 2;
   }
-  wegeft::ModelConfig c = wegeft::ModelConfig::tiny(wegeft::Family::bert);
-  const bool base = shape == "bert-base";
-  c.vocab_size = 30522;
+  const bool vit = shape == "vit-base";
+  wegeft::ModelConfig c =
+      wegeft::ModelConfig::tiny(vit ? wegeft::Family::vit : wegeft::Family::bert);
+  const bool base = shape != "minilm";
   c.hidden = base ? 768 : 384;
   c.intermediate = base ? 3072 : 1536;
   c.layers = base ? 12 : 6;
   c.heads = c.kv_heads = 12;
-  c.max_positions = 512;
   c.norm_eps = 1e-12;
+  if (vit) {
+    c.image_size = 224;
+    c.patch_size = 16;
+    c.channels = 3;
+    c.max_positions = c.patches() + 1;
+    seq = c.max_positions;
+  } else {
+    c.vocab_size = 30522;
+    c.max_positions = 512;
+  }
   wegeft::Transformer<float> host(c);
   wegeft::Rng rng(0);
   host.init_random(rng, 0.02);
@@ -68,7 +82,9 @@ int main(int argc, char** argv) {
     mc = wegeft::LoraConfig{.rank = 8, .alpha = 8.0};
   else
     mc = wegeft::WeGeFTConfig{.rank = 8, .alpha = 16.0};
-  host.attach({.target_modules = {"q", "k", "v", "o", "up", "down", "pooler"}, .method = mc});
+  std::vector<std::string> targets = {"q", "k", "v", "o", "up", "down"};
+  if (!vit) targets.push_back("pooler");
+  host.attach({.target_modules = targets, .method = mc});
   constexpr Index kLabels = 4;
   host.add_classifier(kLabels);
 
@@ -77,12 +93,19 @@ int main(int argc, char** argv) {
   cu::reset_peak_device_bytes();
   cu::SequenceClassifier model(ctx, host, DType::BF16);
   cu::AdamW opt({.lr = 1e-4});
-  std::vector<std::int32_t> ids(static_cast<std::size_t>(batch * seq)),
+  std::vector<std::int32_t> ids(vit ? 0 : static_cast<std::size_t>(batch * seq)),
       labels(static_cast<std::size_t>(batch));
+  std::vector<float> images(
+      vit ? static_cast<std::size_t>(batch * c.channels * c.image_size * c.image_size) : 0);
   for (auto& id : ids)
     id = static_cast<std::int32_t>(rng.next_u64() % static_cast<std::uint64_t>(c.vocab_size));
+  for (auto& x : images) x = static_cast<float>(2.0 * rng.uniform() - 1.0);
   for (auto& l : labels) l = static_cast<std::int32_t>(rng.next_u64() % kLabels);
-  const cu::ClsBatch b{.ids = ids.data(), .labels = labels.data(), .batch = batch, .seq = seq};
+  const cu::ClsBatch b{.ids = vit ? nullptr : ids.data(),
+                       .labels = labels.data(),
+                       .batch = batch,
+                       .seq = seq,
+                       .images = vit ? images.data() : nullptr};
   double loss = 0;
   const auto step = [&] {
     loss = model.train_step(b);

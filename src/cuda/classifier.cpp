@@ -1,11 +1,13 @@
-// wegeft::cuda::SequenceClassifier: the BERT-family classification step on the GPU
-// (cuda/classifier.hpp).
+// wegeft::cuda::SequenceClassifier: the BERT- and ViT-family classification step on the GPU
+// (cuda/classifier.hpp); the Llama and GPT-2 families run CausalLM's trunk (causal_lm.hpp).
 //
 // Buffers, as in model.cpp: each block keeps what its backward reads, planned for the largest
 // batch x seq seen; gradients flow through scratch shared by the blocks; every buffer an adapted
 // layer reads as its input or its output gradient has S spare columns (S: the largest padded
-// rank), and x, which q, k and v all read, has a copy for an adapted k and v. Per-sequence
-// buffers (pooled state, logits) are sized for as many sequences as tokens.
+// rank), and the input that q, k and v all read (BERT: x; ViT: LayerNorm 1's output hn) has a
+// copy for an adapted k and v. Per-sequence buffers (pooled state, logits) are sized for as many
+// sequences as tokens. A ViT block is pre-norm and reuses the BERT block's buffers: hn =
+// LayerNorm 1 (x), h1 = x + o(attention), x2 = LayerNorm 2 (h1), the output down(act) + h1.
 #include "wegeft/cuda/classifier.hpp"
 
 #include <algorithm>
@@ -32,16 +34,17 @@ using detail::stats;
 struct EncoderBlock {
   Lin q, k, v, o, up, down;
   Tensor ln1w, ln1b, ln2w, ln2b;  // [1, d]
-  Act x;                          // block input [N, d]: q's input and the residual
-  Act xk, xv;                     // copies of x for an adapted k, v
+  Act x;                          // block input [N, d]: the residual; bert: q's input
+  Act hn;                         // vit: LayerNorm 1's output [N, d], q's input
+  Act xk, xv;                     // copies of q's input for an adapted k, v
   Act q_out, k_out, v_out;        // [N, d]
   Act attn;                       // [N, d] attention output, o's input
-  Act h1;                         // [N, d] o(attn) + x, LayerNorm 1's input
-  Act x2;                         // [N, d] LayerNorm 1's output: up's input and the residual
+  Act h1;                         // [N, d] o(attn) + x, LayerNorm 1's (vit: 2's) input
+  Act x2;                         // [N, d] that LayerNorm's output: up's input (bert: residual)
   Act up_out;                     // [N, F] before GELU
   Act act;                        // [N, F] after GELU, down's input
-  Act h2;                         // [N, d] down(act) + x2, LayerNorm 2's input
-  Buffer mean1, rstd1, mean2, rstd2, lse;
+  Act h2;                         // bert: [N, d] down(act) + x2, LayerNorm 2's input
+  Buffer mean1, rstd1, mean2, rstd2, lse;  // vit: LayerNorm 1 over x, 2 over h1
 };
 
 constexpr std::pair<LinearRole, Lin EncoderBlock::*> kRoles[] = {
@@ -56,21 +59,30 @@ struct SequenceClassifier::Impl {
   Transformer<float>* host;
   ModelConfig cfg;
   DType dtype;
-  // llama / gpt2: the decoder's blocks and final norm, whose store holds the head too; bert: the
-  // encoder below and its own store
+  // llama / gpt2: the decoder's blocks and final norm, whose store holds the head too; bert, vit:
+  // the encoder below and its own store
   std::unique_ptr<CausalLM::Impl> decoder;
   std::optional<DeviceStore> own_store;
   Index n_labels = 0;
   ParamId cls_weight{};
   std::optional<ParamId> cls_bias;
-  Tensor word, positions, types, emb_lnw, emb_lnb;
+  bool vit = false;
+  Tensor word, positions, types, emb_lnw, emb_lnb;  // vit: emb_ln* is the final LayerNorm
+  Tensor patch_w, patch_b, cls_token;               // vit: [d, C p p], [1, d], [1, d]
   Tensor cls_w, cls_b;  // the head in the weight dtype: [labels, d], [1, labels]
   Lin pooler;
   std::vector<EncoderBlock> blocks;
   Index spare = 0;
   // planned size and the shared buffers
   Index capacity = 0;
-  Act emb, x_last, pooled, feat, dfeat, dpooled, logits;
+  Act emb, x_last, pooled, feat, dfeat, dpooled, logits;  // vit: emb = the final norm's output
+  // vit: the batch's patches [B P, C p p] (on the host, then in the weight dtype), the token
+  // table [1 + B P, d] (the class token, then the patches' embeddings) and each token row's row
+  // of it [N]
+  Matrix<float> host_patches;
+  Act patches, table;
+  DeviceArray token_rows;
+  std::vector<std::int32_t> host_token_rows;
   Act d_res, t1, dh, d_attn, dq, dk, dv, dact;
   Buffer emb_mean, emb_rstd, losses, delta;
   DeviceArray ids, labels, mask;
@@ -102,12 +114,23 @@ struct SequenceClassifier::Impl {
   void allocate(Index n);
   /// The llama / gpt2 step: the decoder's trunk, the last token's state, the head.
   void decoder_step(const ClsBatch& in, bool backward, float scale);
-  /// The bert step: embeddings, the encoder, the first token through the pooler, the head.
+  /// The bert and vit step: embeddings, the encoder, the first token (bert: through the
+  /// pooler; vit: after the final norm), the head.
   void encoder_step(const ClsBatch& in, bool backward, float scale);
+  /// vit: blocks[0].x.v(B (P + 1)) = the class token and the patches' embeddings of the images,
+  /// plus the positions.
+  void vit_embed(const float* images, Index batch);
   void block_forward(EncoderBlock& b, const TensorView& out, Index n, const AttentionShape& s,
                      const DeviceArray* m);
   void block_backward(EncoderBlock& b, bool first, Index n, const AttentionShape& s,
                       const DeviceArray* m);
+  /// From d_attn.v(n) = d(attention output): attention's backward, then q, k and v's (their
+  /// adapters' gradients +=); unless `first` (the block over the frozen embeddings), dh.v(n) =
+  /// d(the input q, k and v read), with t1 as scratch. Returns !first.
+  bool attention_backward_qkv(EncoderBlock& b, bool first, Index n, const AttentionShape& s,
+                              const DeviceArray* m);
+  void vit_block_forward(EncoderBlock& b, const TensorView& out, Index n, const AttentionShape& s);
+  void vit_block_backward(EncoderBlock& b, bool first, Index n, const AttentionShape& s);
   /// Rows 0, T, 2T, ... of a [B*T, d] activation: each sequence's first token.
   static TensorView first_tokens(const TensorView& v, Index batch, Index seq) {
     TensorView r = v;
@@ -121,13 +144,15 @@ void SequenceClassifier::Impl::build() {
   WEGEFT_CHECK(host->has_classifier(),
                "the GPU classifier needs a classification head (add_classifier)");
   if (decoder) return build_decoder();
-  WEGEFT_CHECK(cfg.family == Family::bert,
-               "the GPU classifier runs the bert, llama and gpt2 "
-               "families; this model is "
+  vit = cfg.family == Family::vit;
+  WEGEFT_CHECK(cfg.family == Family::bert || vit,
+               "the GPU classifier runs the bert, vit, llama and gpt2 families; this model is "
                    << to_string(cfg.family));
   WEGEFT_CHECK(host->pooling() == Pooling::cls,
-               "the GPU classifier pools the first token (as BERT's pooler does); this head pools "
-               "another way");
+               "the GPU " << to_string(cfg.family)
+                          << " classifier pools the first token (as Hugging Face's "
+                          << (vit ? "ViTForImageClassification" : "BERT pooler")
+                          << " does); this head pools another way");
   WEGEFT_CHECK(!host->has_trainable_norms(),
                "trainable norms are not implemented on the GPU; keep the norms frozen");
   WEGEFT_CHECK(dtype == DType::BF16 || dtype == DType::F32,
@@ -157,7 +182,7 @@ void SequenceClassifier::Impl::build() {
     lin.build(*ctx, store(), m, sites[i].base, dtype);
     spare = std::max(spare, lin.padded_rank());
   }
-  WEGEFT_CHECK(has_pooler, "the bert model has no pooler.dense");
+  WEGEFT_CHECK(has_pooler || vit, "the bert model has no pooler.dense");
   for (Index l = 0; l < cfg.layers; ++l) {
     EncoderBlock& b = blocks[static_cast<std::size_t>(l)];
     b.ln1w = upload(cfg.norm_name(l, 0) + ".weight");
@@ -165,9 +190,16 @@ void SequenceClassifier::Impl::build() {
     b.ln2w = upload(cfg.norm_name(l, 1) + ".weight");
     b.ln2b = upload(cfg.norm_name(l, 1) + ".bias");
   }
-  word = upload(cfg.token_embedding_name() + ".weight");
   positions = upload(cfg.position_tensor_name());
-  types = upload(cfg.name_prefix() + "embeddings.token_type_embeddings.weight");
+  if (vit) {
+    const std::string pre = cfg.name_prefix() + "embeddings.";
+    patch_w = upload(pre + "patch_embeddings.projection.weight");
+    patch_b = upload(pre + "patch_embeddings.projection.bias");
+    cls_token = upload(pre + "cls_token");
+  } else {
+    word = upload(cfg.token_embedding_name() + ".weight");
+    types = upload(cfg.name_prefix() + "embeddings.token_type_embeddings.weight");
+  }
   emb_lnw = upload(cfg.final_norm_name() + ".weight");
   emb_lnb = upload(cfg.final_norm_name() + ".bias");
 }
@@ -210,6 +242,7 @@ void SequenceClassifier::Impl::allocate(Index n) {
   }
   for (auto& b : blocks) {
     b.x.alloc(t, n, d, S);
+    if (vit) b.hn.alloc(t, n, d, S);
     if (b.k.adapted) b.xk.alloc(t, n, d, S);
     if (b.v.adapted) b.xv.alloc(t, n, d, S);
     b.q_out.alloc(t, n, d, S);  // the row strides of dq, dk, dv, as attention_backward needs
@@ -220,7 +253,7 @@ void SequenceClassifier::Impl::allocate(Index n) {
     b.x2.alloc(t, n, d, S);
     b.up_out.alloc(t, n, f, 0);
     b.act.alloc(t, n, f, S);
-    b.h2.alloc(t, n, d, 0);
+    if (!vit) b.h2.alloc(t, n, d, 0);
     b.mean1 = floats(n);
     b.rstd1 = floats(n);
     b.mean2 = floats(n);
@@ -249,7 +282,36 @@ void SequenceClassifier::Impl::allocate(Index n) {
   ids = DeviceArray(static_cast<std::size_t>(n) * sizeof(std::int32_t));
   labels = DeviceArray(static_cast<std::size_t>(n) * sizeof(std::int32_t));
   mask = DeviceArray(static_cast<std::size_t>(n));
+  if (vit) {  // n tokens hold at most n patches
+    const Index p = cfg.patch_size;
+    patches.alloc(t, n, cfg.channels * p * p, 0);
+    table.alloc(t, 1 + n, d, 0);
+    scale_copy(*ctx, table.t.block(0, 0, 1, d), cls_token.view());  // row 0 stays the class token
+    token_rows = DeviceArray(static_cast<std::size_t>(n) * sizeof(std::int32_t));
+    host_token_rows.resize(static_cast<std::size_t>(n));
+  }
   capacity = n;
+}
+
+void SequenceClassifier::Impl::vit_embed(const float* images, Index batch) {
+  Context& c = *ctx;
+  const Index P = cfg.patches(), T = P + 1, p = cfg.patch_size, d = cfg.hidden;
+  host_patches.resize(batch * P, cfg.channels * p * p);
+  patchify(host_patches.data(), images, batch, cfg.channels, cfg.image_size, cfg.image_size, p);
+  cuda::upload(c, patches.v(batch * P), host_patches);
+  const TensorView bias = patch_b.view();
+  gemm(c, table.t.block(1, 0, batch * P, d), patches.v(batch * P), Op::N, patch_w.view(), Op::T,
+       1.0f, 0.0f, &bias);
+  for (Index b = 0; b < batch; ++b) {
+    host_token_rows[static_cast<std::size_t>(b * T)] = 0;
+    for (Index i = 0; i < P; ++i)
+      host_token_rows[static_cast<std::size_t>(b * T + 1 + i)] =
+          static_cast<std::int32_t>(1 + b * P + i);
+  }
+  token_rows.assign(c, host_token_rows.data(), static_cast<std::size_t>(batch * T));
+  const TensorView X = blocks[0].x.v(batch * T);
+  embedding_forward(c, X, token_rows, table.v(1 + batch * P));
+  add_positions(c, X, positions.view(), nullptr, T);
 }
 
 void SequenceClassifier::Impl::block_forward(EncoderBlock& b, const TensorView& out, Index n,
@@ -291,6 +353,15 @@ void SequenceClassifier::Impl::block_backward(EncoderBlock& b, bool first, Index
   layernorm_backward(c, D, T1, b.h1.v(n), b.ln1w.view(), stats(b.mean1, n, 1),
                      stats(b.rstd1, n, 1));  // d h1
   b.o.backward(c, d_attn.v(n), D);
+  if (!attention_backward_qkv(b, first, n, s, m)) return;
+  add(c, D, DH);  // d x: the residual's d h1 and the three projections'
+}
+
+bool SequenceClassifier::Impl::attention_backward_qkv(EncoderBlock& b, bool first, Index n,
+                                                      const AttentionShape& s,
+                                                      const DeviceArray* m) {
+  Context& c = *ctx;
+  const TensorView T1 = t1.v(n), DH = dh.v(n);
   attention_backward(c, dq.v(n), dk.v(n), dv.v(n), stats(delta, s.batch * s.heads, s.seq),
                      d_attn.v(n), b.attn.v(n), stats(b.lse, s.batch * s.heads, s.seq), b.q_out.v(n),
                      b.k_out.v(n), b.v_out.v(n), m, s);
@@ -299,14 +370,59 @@ void SequenceClassifier::Impl::block_backward(EncoderBlock& b, bool first, Index
     b.q.backward(c, none, dq.v(n));
     b.k.backward(c, none, dk.v(n));
     b.v.backward(c, none, dv.v(n));
-    return;
+    return false;
   }
   b.q.backward(c, DH, dq.v(n));
   b.k.backward(c, T1, dk.v(n));
   add(c, DH, T1);
   b.v.backward(c, T1, dv.v(n));
   add(c, DH, T1);
-  add(c, D, DH);  // d x: the residual's d h1 and the three projections'
+  return true;
+}
+
+// ViT (pre-norm): h1 = x + o(attention(q, k, v of hn = LayerNorm 1 (x))), out = h1 +
+// down(gelu(up(x2 = LayerNorm 2 (h1)))).
+void SequenceClassifier::Impl::vit_block_forward(EncoderBlock& b, const TensorView& out, Index n,
+                                                 const AttentionShape& s) {
+  Context& c = *ctx;
+  const float eps = static_cast<float>(cfg.norm_eps);
+  const TensorView X = b.x.v(n), HN = b.hn.v(n);
+  layernorm_forward(c, HN, stats(b.mean1, n, 1), stats(b.rstd1, n, 1), X, b.ln1w.view(),
+                    b.ln1b.view(), eps);
+  if (b.k.adapted) scale_copy(c, b.xk.v(n), HN);
+  if (b.v.adapted) scale_copy(c, b.xv.v(n), HN);
+  b.q.forward(c, b.q_out.v(n), HN);
+  b.k.forward(c, b.k_out.v(n), b.k.adapted ? b.xk.v(n) : HN);
+  b.v.forward(c, b.v_out.v(n), b.v.adapted ? b.xv.v(n) : HN);
+  attention_forward(c, b.attn.v(n), stats(b.lse, s.batch * s.heads, s.seq), b.q_out.v(n),
+                    b.k_out.v(n), b.v_out.v(n), nullptr, s);
+  b.o.forward(c, b.h1.v(n), b.attn.v(n));
+  add(c, b.h1.v(n), X);
+  layernorm_forward(c, b.x2.v(n), stats(b.mean2, n, 1), stats(b.rstd2, n, 1), b.h1.v(n),
+                    b.ln2w.view(), b.ln2b.view(), eps);
+  b.up.forward(c, b.up_out.v(n), b.x2.v(n));
+  gelu_forward(c, b.act.v(n), b.up_out.v(n), cfg.gelu());
+  b.down.forward(c, out, b.act.v(n));
+  add(c, out, b.h1.v(n));
+}
+
+// As block_backward: d_res holds d(block output) on entry and d(block input) on exit.
+void SequenceClassifier::Impl::vit_block_backward(EncoderBlock& b, bool first, Index n,
+                                                  const AttentionShape& s) {
+  Context& c = *ctx;
+  const TensorView D = d_res.v(n), T1 = t1.v(n), DH = dh.v(n), DACT = dact.v(n);
+  b.down.backward(c, DACT, D);  // d act
+  gelu_backward(c, DACT, DACT, b.up_out.v(n), cfg.gelu());
+  b.up.backward(c, DH, DACT);  // d x2
+  layernorm_backward(c, T1, DH, b.h1.v(n), b.ln2w.view(), stats(b.mean2, n, 1),
+                     stats(b.rstd2, n, 1));
+  add(c, D, T1);  // d h1: the residual's and the MLP's
+  b.o.backward(c, d_attn.v(n), D);
+  if (!attention_backward_qkv(b, first, n, s, nullptr)) return;
+  // DH = d hn
+  layernorm_backward(c, T1, DH, b.x.v(n), b.ln1w.view(), stats(b.mean1, n, 1),
+                     stats(b.rstd1, n, 1));
+  add(c, D, T1);  // d x
 }
 
 SequenceClassifier::SequenceClassifier(Context& ctx, Transformer<float>& host, DType dtype)
@@ -349,12 +465,20 @@ double SequenceClassifier::step(const ClsBatch& in, bool backward, double dloss,
   Impl& m = *m_impl;
   Context& c = *m.ctx;
   const ModelConfig& cfg = m.cfg;
-  WEGEFT_CHECK(in.ids != nullptr && in.labels != nullptr, "a GPU batch needs token ids and labels");
-  WEGEFT_CHECK(in.seq <= cfg.max_positions, "sequence length " << in.seq << " exceeds the model's "
-                                                               << cfg.max_positions
-                                                               << " positions");
-  plan(in.batch, in.seq);
-  const Index B = in.batch;
+  WEGEFT_CHECK(in.labels != nullptr, "a GPU batch needs labels");
+  ClsBatch batch = in;
+  if (m.vit) {  // the class token and the patches, no padding
+    WEGEFT_CHECK(in.images != nullptr, "a GPU vit batch needs images");
+    batch.seq = cfg.patches() + 1;
+    batch.mask = nullptr;
+  } else {
+    WEGEFT_CHECK(in.ids != nullptr, "a GPU " << to_string(cfg.family) << " batch needs token ids");
+  }
+  WEGEFT_CHECK(batch.seq <= cfg.max_positions, "sequence length "
+                                                   << batch.seq << " exceeds the model's "
+                                                   << cfg.max_positions << " positions");
+  plan(batch.batch, batch.seq);
+  const Index B = batch.batch;
   for (Index i = 0; i < B; ++i)
     WEGEFT_CHECK(in.labels[i] >= 0 && in.labels[i] < m.n_labels,
                  "label " << in.labels[i] << " of sequence " << i << " is outside the head's "
@@ -363,9 +487,9 @@ double SequenceClassifier::step(const ClsBatch& in, bool backward, double dloss,
   const float scale = divisor ? static_cast<float>(dloss / static_cast<double>(divisor)) : 0.0f;
   m.labels.assign(c, in.labels, static_cast<std::size_t>(B));
   if (m.decoder) {
-    m.decoder_step(in, backward, scale);
+    m.decoder_step(batch, backward, scale);
   } else {
-    m.encoder_step(in, backward, scale);
+    m.encoder_step(batch, backward, scale);
   }
   m.last_batch = B;
   m.last_backward = backward;
@@ -405,9 +529,11 @@ void SequenceClassifier::Impl::encoder_step(const ClsBatch& in, bool backward, f
   Impl& m = *this;
   Context& c = *ctx;
   const Index n = in.batch * in.seq, B = in.batch;
-  detail::check_token_ids(in.ids, n, cfg.vocab_size);  // (the decoder's trunk checks its own)
-  m.ids.assign(c, in.ids, static_cast<std::size_t>(n));
   const DeviceArray* pad = nullptr;
+  if (!vit) {
+    detail::check_token_ids(in.ids, n, cfg.vocab_size);  // (the decoder's trunk checks its own)
+    m.ids.assign(c, in.ids, static_cast<std::size_t>(n));
+  }
   if (in.mask) {
     m.mask.assign(c, in.mask, static_cast<std::size_t>(n));
     pad = &m.mask;
@@ -419,31 +545,58 @@ void SequenceClassifier::Impl::encoder_step(const ClsBatch& in, bool backward, f
                          .head_dim = cfg.head_dim(),
                          .causal = false};
   const float eps = static_cast<float>(cfg.norm_eps);
-  const TensorView E = m.emb.v(n), type_row = m.types.block(0, 0, 1, cfg.hidden);
-  embedding_forward(c, E, m.ids, m.word.view());
-  add_positions(c, E, m.positions.view(), &type_row, in.seq);
-  layernorm_forward(c, m.blocks[0].x.v(n), stats(m.emb_mean, n, 1), stats(m.emb_rstd, n, 1), E,
-                    m.emb_lnw.view(), m.emb_lnb.view(), eps);
+  if (vit) {
+    m.vit_embed(in.images, B);
+  } else {
+    const TensorView E = m.emb.v(n), type_row = m.types.block(0, 0, 1, cfg.hidden);
+    embedding_forward(c, E, m.ids, m.word.view());
+    add_positions(c, E, m.positions.view(), &type_row, in.seq);
+    layernorm_forward(c, m.blocks[0].x.v(n), stats(m.emb_mean, n, 1), stats(m.emb_rstd, n, 1), E,
+                      m.emb_lnw.view(), m.emb_lnb.view(), eps);
+  }
   for (std::size_t l = 0; l < m.blocks.size(); ++l) {
     const TensorView out = l + 1 < m.blocks.size() ? m.blocks[l + 1].x.v(n) : m.x_last.v(n);
-    m.block_forward(m.blocks[l], out, n, s, pad);
+    if (vit)
+      m.vit_block_forward(m.blocks[l], out, n, s);
+    else
+      m.block_forward(m.blocks[l], out, n, s, pad);
   }
-  // the first token of each sequence, the pooler with tanh, the head
-  scale_copy(c, m.pooled.v(B), Impl::first_tokens(m.x_last.v(n), B, in.seq));
-  m.pooler.forward(c, m.feat.v(B), m.pooled.v(B));
-  tanh_forward(c, m.feat.v(B), m.feat.v(B));
+  // the first token of each sequence: bert's through the pooler with tanh, vit's after the final
+  // norm; the head
+  if (vit)
+    layernorm_forward(c, m.emb.v(n), stats(m.emb_mean, n, 1), stats(m.emb_rstd, n, 1),
+                      m.x_last.v(n), m.emb_lnw.view(), m.emb_lnb.view(), eps);
+  scale_copy(c, m.pooled.v(B), Impl::first_tokens(vit ? m.emb.v(n) : m.x_last.v(n), B, in.seq));
+  const TensorView features = vit ? m.pooled.v(B) : m.feat.v(B);
+  if (!vit) {
+    m.pooler.forward(c, features, m.pooled.v(B));
+    tanh_forward(c, features, features);
+  }
   const TensorView out = m.logits.v(B), bias = m.cls_b.view();
-  gemm(c, out, m.feat.v(B), Op::N, m.cls_w.view(), Op::T, 1.0f, 0.0f, &bias);
+  gemm(c, out, features, Op::N, m.cls_w.view(), Op::T, 1.0f, 0.0f, &bias);
   cross_entropy(c, backward ? &out : nullptr, stats(m.losses, B, 1), out, m.labels, scale);
-  if (backward) {
-    gemm(c, m.store().grad(m.cls_weight), out, Op::T, m.feat.v(B), Op::N, 1.0f, 1.0f);
-    if (m.cls_bias) add_column_sums(c, m.store().grad(*m.cls_bias), out);
+  if (!backward) return;
+  gemm(c, m.store().grad(m.cls_weight), out, Op::T, features, Op::N, 1.0f, 1.0f);
+  if (m.cls_bias) add_column_sums(c, m.store().grad(*m.cls_bias), out);
+  if (vit) {
+    gemm(c, m.dpooled.v(B), out, Op::N, m.cls_w.view(), Op::N, 1.0f, 0.0f);
+  } else {
     gemm(c, m.dfeat.v(B), out, Op::N, m.cls_w.view(), Op::N, 1.0f, 0.0f);
     tanh_backward(c, m.dfeat.v(B), m.dfeat.v(B), m.feat.v(B));
     m.pooler.backward(c, m.dpooled.v(B), m.dfeat.v(B));
-    fill(c, m.d_res.v(n), 0.0f);
-    scale_copy(c, Impl::first_tokens(m.d_res.v(n), B, in.seq), m.dpooled.v(B));
-    for (std::size_t l = m.blocks.size(); l-- > 0;)
+  }
+  // d(first tokens) = dpooled, zero on every other row: of x_last (bert), of the final norm's
+  // output (vit), then through that norm
+  const TensorView dfirst = vit ? m.t1.v(n) : m.d_res.v(n);
+  fill(c, dfirst, 0.0f);
+  scale_copy(c, Impl::first_tokens(dfirst, B, in.seq), m.dpooled.v(B));
+  if (vit)
+    layernorm_backward(c, m.d_res.v(n), dfirst, m.x_last.v(n), m.emb_lnw.view(),
+                       stats(m.emb_mean, n, 1), stats(m.emb_rstd, n, 1));
+  for (std::size_t l = m.blocks.size(); l-- > 0;) {
+    if (vit)
+      m.vit_block_backward(m.blocks[l], l == 0, n, s);
+    else
       m.block_backward(m.blocks[l], l == 0, n, s, pad);
   }
 }

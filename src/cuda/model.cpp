@@ -424,19 +424,26 @@ TensorView CausalLM::decode(KvCache& cache, const std::int32_t* ids, Index m) {
     const auto pos = static_cast<std::int32_t>(first);
     I.position.assign(c, &pos, 1);
     const std::int32_t* at = I.position.data<std::int32_t>();
-    std::vector<const void*> key;
-    for (std::size_t l = 0; l < layers; ++l) {
-      key.push_back(cache.k[l].view().data);
-      key.push_back(cache.v[l].view().data);
-    }
-    if (I.decode_graphs && I.decode_graph && key == I.decode_key) {
+    const auto same_buffers = [&] {  // the cache's buffers are the graph's (no allocation)
+      if (I.decode_key.size() != 2 * layers) return false;
+      for (std::size_t l = 0; l < layers; ++l)
+        if (I.decode_key[2 * l] != cache.k[l].view().data ||
+            I.decode_key[2 * l + 1] != cache.v[l].view().data)
+          return false;
+      return true;
+    };
+    if (I.decode_graphs && I.decode_graph && same_buffers()) {
       I.decode_graph->launch(c);
     } else {
       I.decode_forward(cache, m, first, at);
       if (I.decode_graphs) {
         I.decode_graph.reset();
         I.decode_graph = std::make_unique<Graph>(c, [&] { I.decode_forward(cache, m, first, at); });
-        I.decode_key = std::move(key);
+        I.decode_key.clear();
+        for (std::size_t l = 0; l < layers; ++l) {
+          I.decode_key.push_back(cache.k[l].view().data);
+          I.decode_key.push_back(cache.v[l].view().data);
+        }
       }
     }
   } else {

@@ -3,8 +3,9 @@
 // and every trainable gradient (the adapters' and the head's); for BERT with LoRA and WeGeFT on
 // every linear (the pooler included) and on q and v alone (the other linears frozen), a padded
 // batch; for Llama and GPT-2 (the last token's state under the head) on every linear, over a
-// batch padded on the left, on the right and with a hole; and 20 AdamW steps whose losses track
-// the CPU run's, for both kinds. Tolerances as test_cuda_model.cpp: F32 on
+// batch padded on the left, on the right and with a hole; for a ViT (images of 16 x 16 in
+// patches of 4, the class token pooled after the final norm) on every linear and on q and v;
+// and 20 AdamW steps whose losses track the CPU run's, for each kind. Tolerances as test_cuda_model.cpp: F32 on
 // the GPU is full fp32 (1e-5 on the loss, 1e-4 relative to each gradient's largest value); BF16
 // rounds every activation (2e-2 on the loss, 8e-2 on the gradients), with the CPU model given the
 // same bf16-rounded weights.
@@ -57,6 +58,7 @@ struct Batch {
   Index batch = 3, seq = 9;
   std::vector<std::int32_t> ids, labels;
   std::vector<std::uint8_t> mask;
+  std::vector<float> images;  // vit: [batch, C, H, W], no ids or mask
 };
 
 /// Three sequences of 9 tokens, the last with 4 padding tokens, labels at random.
@@ -77,7 +79,12 @@ Batch batch_of(Index vocab, wegeft::Rng& rng) {
 double cpu_step(wegeft::Transformer<float>& m, const Batch& b, Matrix<float>* logits = nullptr) {
   m.store().zero_grad();
   wegeft::Transformer<float>::Activations acts;
-  m.forward(acts, {.ids = b.ids.data(), .mask = b.mask.data(), .batch = b.batch, .seq = b.seq});
+  const float* images = b.images.empty() ? nullptr : b.images.data();
+  m.forward(acts, {.ids = b.ids.empty() ? nullptr : b.ids.data(),
+                   .mask = b.mask.empty() ? nullptr : b.mask.data(),
+                   .images = images,
+                   .batch = b.batch,
+                   .seq = b.seq});
   if (logits) *logits = acts.logits;
   const double loss = m.classification_loss(acts, b.labels.data());
   m.backward(acts);
@@ -85,15 +92,17 @@ double cpu_step(wegeft::Transformer<float>& m, const Batch& b, Matrix<float>* lo
 }
 
 cu::ClsBatch gpu_batch(const Batch& b) {
-  return {.ids = b.ids.data(),
-          .mask = b.mask.data(),
+  return {.ids = b.ids.empty() ? nullptr : b.ids.data(),
+          .mask = b.mask.empty() ? nullptr : b.mask.data(),
           .labels = b.labels.data(),
           .batch = b.batch,
-          .seq = b.seq};
+          .seq = b.seq,
+          .images = b.images.empty() ? nullptr : b.images.data()};
 }
 
 const std::vector<std::string> kAll = {"q", "k", "v", "o", "up", "down", "pooler"};
 const std::vector<std::string> kQV = {"q", "v"};
+const std::vector<std::string> kVitAll = {"q", "k", "v", "o", "up", "down"};  // (no pooler)
 
 /// A 2-layer Llama (hidden 64, 4 query heads over 2 key/value heads) or GPT-2 (hidden 48, 3
 /// heads) with random weights, `method` on every linear and a 5-label head on the last token,
@@ -119,6 +128,45 @@ std::unique_ptr<wegeft::Transformer<float>> decoder_model(wegeft::Family family,
   REQUIRE(m->pooling() == wegeft::Pooling::last);
   wt::cuda::randomise_and_round(*m, dtype, rng);
   return m;
+}
+
+/// A 2-layer ViT (hidden 64, 4 heads of 16, MLP 96) over 3-channel 16 x 16 images in patches of
+/// 4 (16 patches and the class token), `method` on `targets`, a 5-label head on the class token;
+/// random weights and parameters, bf16-rounded when `dtype` is BF16.
+std::unique_ptr<wegeft::Transformer<float>> vit_model(int method,
+                                                      const std::vector<std::string>& targets,
+                                                      DType dtype, wegeft::Rng& rng) {
+  wegeft::ModelConfig c = wegeft::ModelConfig::tiny(wegeft::Family::vit);
+  c.hidden = 64;
+  c.heads = 4;
+  c.kv_heads = 4;
+  c.intermediate = 96;
+  c.image_size = 16;
+  c.patch_size = 4;
+  c.max_positions = c.patches() + 1;
+  auto m = std::make_unique<wegeft::Transformer<float>>(c);
+  m->init_random(rng, 0.15);
+  m->attach({.target_modules = targets, .method = wt::method_config(method, 4, 8.0)});
+  m->add_classifier(kLabels);
+  REQUIRE(m->pooling() == wegeft::Pooling::cls);
+  wt::cuda::randomise_and_round(*m, dtype, rng);
+  return m;
+}
+
+/// Three images of uniform noise in [-1, 1) (bf16-rounded when `dtype` is BF16, as the GPU
+/// uploads them) and labels at random.
+Batch vit_batch_of(const wegeft::ModelConfig& c, DType dtype, wegeft::Rng& rng) {
+  Batch b;
+  b.seq = c.patches() + 1;
+  b.images.resize(static_cast<std::size_t>(b.batch * c.channels * c.image_size * c.image_size));
+  for (float& x : b.images) {
+    x = static_cast<float>(2.0 * rng.uniform() - 1.0);
+    if (dtype == DType::BF16) x = wegeft::bf16_to_float(wegeft::float_to_bf16(x));
+  }
+  for (Index s = 0; s < b.batch; ++s)
+    b.labels.push_back(static_cast<std::int32_t>(rng.uniform() * static_cast<double>(kLabels)) %
+                       kLabels);
+  return b;
 }
 
 /// batch_of's three sequences, padded so that each one's last token sits elsewhere: the first
@@ -196,23 +244,31 @@ void check_adamw_tracks(wegeft::Transformer<float>& host, wegeft::Transformer<fl
   }
 }
 
+/// fn(method, targets, dtype) for LoRA and WeGeFT, on `all` and on q and v, in F32 and BF16.
+template <class Fn>
+void for_each_variant(const std::vector<std::string>& all, Fn fn) {
+  for (int method : {0, 1}) {  // LoRA, WeGeFT
+    for (const auto* targets : {&all, &kQV}) {
+      for (DType dtype : {DType::F32, DType::BF16}) {
+        INFO((method ? "WeGeFT" : "LoRA")
+             << " on " << targets->size() << " linears, " << wegeft::dtype_name(dtype));
+        fn(method, *targets, dtype);
+      }
+    }
+  }
+}
+
 }  // namespace
 
 TEST_CASE(
     "cuda SequenceClassifier step: the loss, the logits and every trainable gradient equal the "
     "CPU model's",
     "[cuda][classifier]") {
-  for (int method : {0, 1}) {  // LoRA, WeGeFT
-    for (const auto* targets : {&kAll, &kQV}) {
-      for (DType dtype : {DType::F32, DType::BF16}) {
-        INFO((method ? "WeGeFT" : "LoRA")
-             << " on " << targets->size() << " linears, " << wegeft::dtype_name(dtype));
-        wegeft::Rng rng(81 + method);
-        auto host = host_model(method, *targets, dtype, rng);
-        check_step_against_cpu(*host, batch_of(host->config().vocab_size, rng), dtype);
-      }
-    }
-  }
+  for_each_variant(kAll, [](int method, const std::vector<std::string>& targets, DType dtype) {
+    wegeft::Rng rng(81 + method);
+    auto host = host_model(method, targets, dtype, rng);
+    check_step_against_cpu(*host, batch_of(host->config().vocab_size, rng), dtype);
+  });
 }
 
 TEST_CASE(
@@ -229,9 +285,9 @@ TEST_CASE("cuda SequenceClassifier refuses what it does not run, naming it", "[c
   auto& ctx = context();
   wegeft::Rng rng(93);
   wegeft::Transformer<float> vit(wegeft::ModelConfig::tiny(wegeft::Family::vit));
-  vit.add_classifier(3);
+  vit.add_classifier(3, wegeft::Pooling::mean);
   CHECK_THROWS_WITH(cu::SequenceClassifier(ctx, vit, DType::BF16),
-                    Catch::Contains("runs the bert, llama and gpt2 families; this model is vit"));
+                    Catch::Contains("vit classifier pools the first token"));
   wegeft::Transformer<float> llama(wegeft::ModelConfig::tiny(wegeft::Family::llama));
   llama.add_classifier(3, wegeft::Pooling::mean);
   CHECK_THROWS_WITH(cu::SequenceClassifier(ctx, llama, DType::BF16),
@@ -296,4 +352,35 @@ TEST_CASE(
   auto host = decoder_model(wegeft::Family::llama, 0, DType::F32, rng);
   auto twin = decoder_model(wegeft::Family::llama, 0, DType::F32, rng);
   check_adamw_tracks(*host, *twin, decoder_batch_of(host->config().vocab_size, rng));
+}
+
+TEST_CASE(
+    "cuda SequenceClassifier on a ViT: the loss, the logits and every trainable gradient equal "
+    "the CPU model's",
+    "[cuda][classifier]") {
+  for_each_variant(kVitAll, [](int method, const std::vector<std::string>& targets, DType dtype) {
+    wegeft::Rng rng(121 + method);
+    auto host = vit_model(method, targets, dtype, rng);
+    check_step_against_cpu(*host, vit_batch_of(host->config(), dtype, rng), dtype);
+  });
+}
+
+TEST_CASE(
+    "cuda SequenceClassifier on a ViT: 20 AdamW steps track the CPU model's losses, and a "
+    "steady-state step allocates nothing",
+    "[cuda][classifier]") {
+  wegeft::Rng rng(131);
+  auto host = vit_model(0, kVitAll, DType::F32, rng);
+  auto twin = vit_model(0, kVitAll, DType::F32, rng);
+  check_adamw_tracks(*host, *twin, vit_batch_of(host->config(), DType::F32, rng));
+}
+
+TEST_CASE("cuda SequenceClassifier on a ViT refuses a batch without images", "[cuda][classifier]") {
+  auto& ctx = context();
+  wegeft::Rng rng(133);
+  auto host = vit_model(0, kQV, DType::F32, rng);
+  cu::SequenceClassifier gpu(ctx, *host, DType::F32);
+  Batch b = vit_batch_of(host->config(), DType::F32, rng);
+  b.images.clear();
+  CHECK_THROWS_WITH(gpu.train_step(gpu_batch(b)), Catch::Contains("vit batch needs images"));
 }

@@ -3,9 +3,10 @@
 # study runs it on the real ones): pretrain writes a checkpoint load_hf_model reads, each method's
 # finetune writes its log, adapter and scores, the merged model scores as the adapted one, WeGeFT
 # writes its patch clusters, and bad input gets one line naming the problem and a non-zero exit.
-# Usage: vit_fashion.sh VIT_FASHION WORK_DIR. Ends with "N passed, N failed".
+# Usage: vit_fashion.sh VIT_FASHION WORK_DIR [DEVICE]. With DEVICE cuda (a build/cuda/vit_fashion on
+# a GPU machine) the finetunes train on the GPU. Ends with "N passed, N failed".
 set -u
-vit=$1 work=$2
+vit=$1 work=$2 device=${3:-cpu}
 rm -rf "$work" && mkdir -p "$work/data"
 passed=0 failed=0
 pass() { passed=$((passed + 1)); }
@@ -39,7 +40,7 @@ num() { sed -n "s/.*\"$2\":\([-0-9.e]*\).*/\1/p" "$1"; }
 for m in head lora wegeft; do
   out=$work/$m
   if timeout 300 "$vit" finetune --base "$work/base" --data "$work/data" --method "$m" --rank 4 --lr 1e-2 \
-    --steps 8 --batch 8 --train-size 100 --out "$out" >"$out.out" 2>"$out.err"; then
+    --steps 8 --batch 8 --train-size 100 --device "$device" --out "$out" >"$out.out" 2>"$out.err"; then
     pass
   else
     fail "$m: finetune exited non-zero: $(tail -3 "$out.err")"
@@ -83,4 +84,10 @@ expect_error method "--method must be head, lora or wegeft" finetune --base "$wo
 expect_error lr "--lr: 'fast' is not a number" finetune --base "$work/base" --data "$work/data" --method lora --lr fast --out "$work/x"
 expect_error option "unknown option --epochs" finetune --epochs 2
 expect_error base "nothing/config.json: cannot open" finetune --base "$work/nothing" --data "$work/data" --method lora --lr 1e-3 --out "$work/x"
+if [ "$device" = cpu ]; then
+  expect_error device "--device must be cpu in this build" finetune --base "$work/base" --data "$work/data" --method lora --lr 1e-3 --device cuda --out "$work/x"
+else
+  expect_error device "--device must be cpu or cuda, got 'tpu'" finetune --base "$work/base" --data "$work/data" --method lora --lr 1e-3 --device tpu --out "$work/x"
+  check "cuda: the finetunes trained on the GPU" grep -q "training on " "$work/lora.err"
+fi
 echo "vit_fashion: $passed passed, $failed failed"

@@ -6,8 +6,13 @@
 // attention over the batch's padding mask, o, the residual and LayerNorm, the intermediate
 // linear, GELU (erf), the output linear, the residual and LayerNorm (post-norm); the first
 // token's state through the pooler (a linear that may be adapted) and tanh; the head; the mean
-// cross-entropy over the batch. Llama and GPT-2 families: CausalLM's blocks and final norm, then
-// each sequence's last token that is not padding under the head (no LM head).
+// cross-entropy over the batch. ViT family (Hugging Face's ViTForImageClassification): the
+// images' patches (patchify on the host, then the patch projection as one product) after the
+// class token, plus the positions; pre-norm blocks (LayerNorm, q/k/v, bidirectional attention,
+// o, the residual; LayerNorm, the intermediate linear, GELU (erf), the output linear, the
+// residual), the final LayerNorm, the class token's state under the head. Llama and GPT-2
+// families: CausalLM's blocks and final norm, then each sequence's last token that is not
+// padding under the head (no LM head).
 //
 //   wegeft::Transformer<float> host = ...;    // a BERT (MiniLM, ...), adapters + add_classifier
 //   wegeft::cuda::Context ctx;
@@ -18,9 +23,9 @@
 //   gpu.store().download(ctx, host.store());  // then save_adapter as on the CPU
 //
 // Activations are planned once for the largest batch x seq seen (plan()); a step of that size
-// or smaller allocates nothing. Refused: other families (vit), a model without a classifier,
-// pooling other than the first token (bert) or the last (llama, gpt2), trainable norms, adapter
-// dropout, methods other than LoRA and WeGeFT.
+// or smaller allocates nothing. Refused: a model without a classifier, pooling other than the
+// first token (bert, vit) or the last (llama, gpt2), trainable norms, adapter dropout, methods
+// other than LoRA and WeGeFT.
 #pragma once
 
 #include <cstdint>
@@ -35,12 +40,15 @@
 namespace wegeft::cuda {
 
 /// One batch on the host: ids [batch * seq], mask [batch * seq] (1 = token, 0 = padding; null =
-/// no padding), labels [batch] (each in [0, labels)).
+/// no padding), labels [batch] (each in [0, labels)). A vit batch gives images [batch, C, H, W]
+/// (the config's channels and image size, row-major, as the CPU model's ModelInput) instead of
+/// ids; its seq is the patches + 1 and its mask is not read.
 struct ClsBatch {
   const std::int32_t* ids = nullptr;
   const std::uint8_t* mask = nullptr;
   const std::int32_t* labels = nullptr;
   Index batch = 0, seq = 0;
+  const float* images = nullptr;
 };
 
 class SequenceClassifier {
