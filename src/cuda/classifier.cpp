@@ -76,10 +76,9 @@ struct SequenceClassifier::Impl {
   // planned size and the shared buffers
   Index capacity = 0;
   Act emb, x_last, pooled, feat, dfeat, dpooled, logits;  // vit: emb = the final norm's output
-  // vit: the batch's patches [B P, C p p] (on the host, then in the weight dtype), the token
-  // table [1 + B P, d] (the class token, then the patches' embeddings) and each token row's row
+  // vit: the batch's images and patches [B P, C p p] (in the weight dtype), the token table [1 + B P, d] (the class token, then the patches' embeddings) and each token row's row
   // of it [N]
-  Matrix<float> host_patches;
+  Buffer images;  // vit: the batch's images [B, C, H, W], F32
   Act patches, table;
   DeviceArray token_rows;
   std::vector<std::int32_t> host_token_rows;
@@ -119,7 +118,7 @@ struct SequenceClassifier::Impl {
   void encoder_step(const ClsBatch& in, bool backward, float scale);
   /// vit: blocks[0].x.v(B (P + 1)) = the class token and the patches' embeddings of the images,
   /// plus the positions.
-  void vit_embed(const float* images, Index batch);
+  void vit_embed(const float* pixels, Index batch);
   void block_forward(EncoderBlock& b, const TensorView& out, Index n, const AttentionShape& s,
                      const DeviceArray* m);
   void block_backward(EncoderBlock& b, bool first, Index n, const AttentionShape& s,
@@ -285,6 +284,7 @@ void SequenceClassifier::Impl::allocate(Index n) {
   if (vit) {  // n tokens hold at most n patches
     const Index p = cfg.patch_size;
     patches.alloc(t, n, cfg.channels * p * p, 0);
+    images = floats(n * cfg.channels * p * p);  // n tokens: at most n / (P + 1) images
     table.alloc(t, 1 + n, d, 0);
     scale_copy(*ctx, table.t.block(0, 0, 1, d), cls_token.view());  // row 0 stays the class token
     token_rows = DeviceArray(static_cast<std::size_t>(n) * sizeof(std::int32_t));
@@ -293,12 +293,13 @@ void SequenceClassifier::Impl::allocate(Index n) {
   capacity = n;
 }
 
-void SequenceClassifier::Impl::vit_embed(const float* images, Index batch) {
+void SequenceClassifier::Impl::vit_embed(const float* pixels, Index batch) {
   Context& c = *ctx;
   const Index P = cfg.patches(), T = P + 1, p = cfg.patch_size, d = cfg.hidden;
-  host_patches.resize(batch * P, cfg.channels * p * p);
-  patchify(host_patches.data(), images, batch, cfg.channels, cfg.image_size, cfg.image_size, p);
-  cuda::upload(c, patches.v(batch * P), host_patches);
+  upload_floats(c, static_cast<float*>(images.data()), pixels,
+                static_cast<std::size_t>(batch * cfg.channels * cfg.image_size * cfg.image_size));
+  patchify(c, patches.v(batch * P), static_cast<const float*>(images.data()), cfg.channels,
+           cfg.image_size, cfg.image_size, p);
   const TensorView bias = patch_b.view();
   gemm(c, table.t.block(1, 0, batch * P, d), patches.v(batch * P), Op::N, patch_w.view(), Op::T,
        1.0f, 0.0f, &bias);

@@ -56,6 +56,9 @@ void launch_add_positions(void* stream, Mat x, Mat pos, const void* type, std::i
 /// Rows *at .. *at + src.rows - 1 of dst = src (dst's dtype is src's).
 void launch_copy_rows_at(void* stream, Mat dst, Mat src, const std::int32_t* at);
 void launch_add_column_sums(void* stream, float* sums, Mat x);
+/// patches [rows, channels patch^2] from images (F32, contiguous; rows = images x patches).
+void launch_patchify(void* stream, Mat patches, const float* images, std::int64_t channels,
+                     std::int64_t height, std::int64_t width, std::int64_t patch);
 
 /// Attention: the shape, strides (q's for q and dq, k's for k and dk, ...; out's for out and
 /// dout) and mask as attention.cuh's AttentionArgs.

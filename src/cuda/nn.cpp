@@ -265,6 +265,22 @@ void copy_rows_at(Context& ctx, const TensorView& dst, const TensorView& src,
   detail::check_launch(op);
 }
 
+void patchify(Context& ctx, const TensorView& patches, const float* images, Index channels,
+              Index height, Index width, Index patch) {
+  const char* op = "patchify";
+  check_view(patches, op, "patches");
+  WEGEFT_CHECK(images != nullptr, op << ": no images");
+  WEGEFT_CHECK(patch > 0 && height % patch == 0 && width % patch == 0,
+               op << ": images of " << height << " x " << width << " are not divisible into "
+                  << patch << " x " << patch << " patches");
+  const Index per_image = (height / patch) * (width / patch);
+  WEGEFT_CHECK(patches.cols == channels * patch * patch && patches.rows % per_image == 0,
+               op << ": patches " << patches.describe() << " for " << channels << "-channel "
+                  << height << " x " << width << " images in patches of " << patch);
+  detail::launch_patchify(ctx.stream(), mat(patches), images, channels, height, width, patch);
+  detail::check_launch(op);
+}
+
 void add(Context& ctx, const TensorView& y, const TensorView& x, float alpha) {
   const char* op = "add";
   check_view(y, op, "y");

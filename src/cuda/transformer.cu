@@ -193,6 +193,16 @@ void launch_copy_rows_at(void* stream, Mat dst, Mat src, const std::int32_t* at)
   });
 }
 
+void launch_patchify(void* stream, Mat patches, const float* images, std::int64_t channels,
+                     std::int64_t height, std::int64_t width, std::int64_t patch) {
+  if (patches.rows == 0) return;
+  dispatch(patches.bf16, [&](auto t) {
+    using T = decltype(t);
+    kernels::patchify<<<grid_2d(patches.rows, patches.cols), kThreads, 0, as_stream(stream)>>>(
+        ptr<T>(patches), patches.ld, images, patches.rows, channels, height, width, patch);
+  });
+}
+
 void launch_add_column_sums(void* stream, float* sums, Mat x) {
   if (x.cols == 0) return;
   dispatch(x.bf16, [&](auto t) {

@@ -1,6 +1,6 @@
 // The transformer's GPU ops (cuda/nn.hpp) against their CPU twins run in double on the same
 // (dtype-rounded) inputs: RMSNorm, LayerNorm, RoPE, SwiGLU, GELU (both forms), tanh, the residual
-// add, the position add, column sums, the embedding gather,
+// add, the position add, column sums, the embedding gather, ViT's patchify (exact),
 // cross-entropy, the rows' argmax (exact), attention (causal and bidirectional, grouped-query, padded, a sequence with
 // no visible key) and cached attention (new queries over a key/value cache), on odd sizes and strided views. Errors are relative to the largest reference
 // value (max_rel): F32 storage 2e-5; BF16 storage 1e-2 on outputs, 2e-2 on gradients (bf16
@@ -192,6 +192,32 @@ TEST_CASE("cuda add_positions adds each row's position and the type row; column 
   cu::Tensor x(DType::F32, 20, 4), p(DType::F32, 5, 4);
   CHECK_THROWS_WITH(cu::add_positions(ctx, x.view(), p.view(), nullptr, 10),
                     Catch::Contains("in sequences of 10"));
+}
+
+TEST_CASE("cuda patchify lays the images out as the CPU patchify, exactly", "[cuda][nn]") {
+  auto& ctx = context();
+  wegeft::Rng rng(27);
+  // 2 images of 3 channels, 8 x 12 (not square), in patches of 4: 6 patches of 48 values each
+  const Index batch = 2, channels = 3, h = 8, w = 12, p = 4, per = (h / p) * (w / p);
+  std::vector<float> images(static_cast<std::size_t>(batch * channels * h * w));
+  for (float& x : images) x = static_cast<float>(2.0 * rng.uniform() - 1.0);
+  Matrix<float> want(batch * per, channels * p * p);
+  wegeft::patchify(want.data(), images.data(), batch, channels, h, w, p);
+  cu::Buffer dev(images.size() * sizeof(float));
+  cu::upload_floats(ctx, static_cast<float*>(dev.data()), images.data(), images.size());
+  for (DType dt : {DType::F32, DType::BF16}) {
+    INFO(wegeft::dtype_name(dt));
+    auto out = strided(ctx, Matrix<float>::Zero(want.rows(), want.cols()), dt);
+    cu::patchify(ctx, out.v, static_cast<const float*>(dev.data()), channels, h, w, p);
+    CHECK(cu::download(ctx, out.v) == rounded(want, dt));
+  }
+  cu::Tensor bad(DType::F32, 12, 47);
+  CHECK_THROWS_WITH(
+      cu::patchify(ctx, bad.view(), static_cast<const float*>(dev.data()), channels, h, w, p),
+      Catch::Contains("patchify: patches"));
+  CHECK_THROWS_WITH(
+      cu::patchify(ctx, bad.view(), static_cast<const float*>(dev.data()), channels, h, 10, p),
+      Catch::Contains("not divisible into 4 x 4 patches"));
 }
 
 TEST_CASE("cuda rope forward and backward equal the CPU rotation in double", "[cuda][nn]") {

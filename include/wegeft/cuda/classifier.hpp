@@ -7,7 +7,8 @@
 // linear, GELU (erf), the output linear, the residual and LayerNorm (post-norm); the first
 // token's state through the pooler (a linear that may be adapted) and tanh; the head; the mean
 // cross-entropy over the batch. ViT family (Hugging Face's ViTForImageClassification): the
-// images' patches (patchify on the host, then the patch projection as one product) after the
+// images' patches (uploaded in F32, cut into patches on the device, then the patch projection as one
+// product) after the
 // class token, plus the positions; pre-norm blocks (LayerNorm, q/k/v, bidirectional attention,
 // o, the residual; LayerNorm, the intermediate linear, GELU (erf), the output linear, the
 // residual), the final LayerNorm, the class token's state under the head. Llama and GPT-2

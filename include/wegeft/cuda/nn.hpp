@@ -131,6 +131,13 @@ void swiglu_backward(Context& ctx, const TensorView& dgate, const TensorView& du
 void copy_rows_at(Context& ctx, const TensorView& dst, const TensorView& src,
                   const std::int32_t* first_at);
 
+/// patches [B P, C p p] (=) from images [B, C, H, W] (device F32, contiguous; H and W multiples
+/// of p, P = (H / p) (W / p)): row b P + (py W / p + px) holds patch (py, px) of image b,
+/// flattened as (c, i, j), as the host's patchify (nn/embedding.hpp) and a Conv2d weight [d, C, p,
+/// p] viewed as [d, C p p] lay it out. B is patches.rows / P.
+void patchify(Context& ctx, const TensorView& patches, const float* images, Index channels,
+              Index height, Index width, Index patch);
+
 /// y [N, C] += alpha x [N, C] (the residual stream).
 void add(Context& ctx, const TensorView& y, const TensorView& x, float alpha = 1.0f);
 

@@ -307,6 +307,24 @@ __global__ void copy_rows_at(T* dst, std::int64_t ldd, const T* src, std::int64_
     dst[(first + i) * ldd + j] = src[i * lds + j];
 }
 
+/// patches [B P, C p p] = images [B, C, H, W] (fp32, contiguous) cut into p x p patches in
+/// row-major patch order, each row flattened as (c, i, j): the host's patchify (nn/embedding.hpp).
+template <class T>
+__global__ void patchify(T* patches, std::int64_t ldp, const float* images, std::int64_t rows,
+                         std::int64_t channels, std::int64_t height, std::int64_t width,
+                         std::int64_t p) {
+  const std::int64_t cols = channels * p * p;
+  const std::int64_t j = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (j >= cols) return;
+  const std::int64_t pw = width / p, per_image = (height / p) * pw;
+  const std::int64_t c = j / (p * p), y = (j / p) % p, x = j % p;
+  for (std::int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
+    const std::int64_t b = r / per_image, py = (r % per_image) / pw, px = r % pw;
+    store_float(patches + r * ldp + j,
+                images[((b * channels + c) * height + py * p + y) * width + px * p + x]);
+  }
+}
+
 /// sums [c] (fp32) += the sum over the rows of x [rows, c]; one thread per column.
 template <class T>
 __global__ void add_column_sums(float* sums, const T* x, std::int64_t ldx, std::int64_t rows,
