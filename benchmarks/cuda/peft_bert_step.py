@@ -26,9 +26,9 @@ b, t = int(argv[1]), int(argv[2])
 if vit:
     cfg = ViTConfig(image_size=224, patch_size=16, num_channels=3, **sizes)
     m = ViTForImageClassification(cfg).to("cuda", torch.bfloat16)
-    lora = LoraConfig(r=8, lora_alpha=8, modules_to_save=["classifier"],
-                      target_modules=["query", "key", "value", "attention.output.dense",
-                                      "intermediate.dense", "output.dense"])
+    # every linear of the blocks by its full name (the new head is trained whole)
+    blocks = [n for n, mod in m.named_modules() if isinstance(mod, torch.nn.Linear) and n != "classifier"]
+    lora = LoraConfig(r=8, lora_alpha=8, modules_to_save=["classifier"], target_modules=blocks)
     t = (224 // 16) ** 2 + 1
     inputs = dict(pixel_values=(torch.rand(b, 3, 224, 224, device="cuda") * 2 - 1).to(torch.bfloat16))
 else:
