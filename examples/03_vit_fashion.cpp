@@ -120,6 +120,15 @@ struct Scores {
   double loss = 0, accuracy = 0, macro_f1 = 0;
 };
 
+/// Adds each of the n rows' argmax of logits [n, classes] against labels [n] to conf.
+void tally(Confusion& conf, const Matrix<float>& logits, const std::int32_t* labels, Index n) {
+  for (Index i = 0; i < n; ++i) {
+    Index pred = 0;
+    logits.row(i).maxCoeff(&pred);
+    conf.add(labels[i], pred);
+  }
+}
+
 Scores evaluate(Transformer<float>& model, const Split& s) {
   model.set_training(false);
   Transformer<float>::Activations acts;
@@ -130,19 +139,15 @@ Scores evaluate(Transformer<float>& model, const Split& s) {
     const Index n = std::min(chunk, s.size() - b);
     model.forward(acts, {.images = s.images.data() + b * kPixels, .batch = n});
     loss += model.classification_loss(acts, s.labels.data() + b) * double(n);
-    for (Index i = 0; i < n; ++i) {
-      Index pred = 0;
-      acts.logits.row(i).maxCoeff(&pred);
-      conf.add(s.labels[std::size_t(b + i)], pred);
-    }
+    tally(conf, acts.logits, s.labels.data() + b, n);
   }
   model.set_training(true);
   return {loss / double(s.size()), conf.accuracy(), conf.macro_f1()};
 }
 
 /// Where the training runs: one optimizer step on a batch of images (returning its loss), the
-/// learning rate of the next step (as Trainer::current_lr), the scores of a split, and `done` after the last step (the
-/// trained parameters in the model's store).
+/// learning rate of the next step (as Trainer::current_lr), the scores of a split, and `done`
+/// after the last step (the trained parameters in the model's store).
 struct Backend {
   std::function<double(const float* images, const std::int32_t* labels, Index batch)> step;
   std::function<double()> lr;
@@ -204,12 +209,7 @@ Backend cuda_backend(Transformer<float>& model, double lr, Index steps) {
                                             .batch = n,
                                             .images = split.images.data() + b * kPixels}) *
                           double(n);
-                  const Matrix<float> logits = s->cls.logits();
-                  for (Index i = 0; i < n; ++i) {
-                    Index pred = 0;
-                    logits.row(i).maxCoeff(&pred);
-                    conf.add(split.labels[std::size_t(b + i)], pred);
-                  }
+                  tally(conf, s->cls.logits(), split.labels.data() + b, n);
                 }
                 return Scores{loss / double(split.size()), conf.accuracy(), conf.macro_f1()};
               },

@@ -76,8 +76,9 @@ struct SequenceClassifier::Impl {
   // planned size and the shared buffers
   Index capacity = 0;
   Act emb, x_last, pooled, feat, dfeat, dpooled, logits;  // vit: emb = the final norm's output
-  // vit: the batch's images and patches [B P, C p p] (in the weight dtype), the token table [1 + B P, d] (the class token, then the patches' embeddings) and each token row's row
-  // of it [N]
+  // vit: the batch's images and patches [B P, C p p] (in the weight dtype), the token table
+  // [1 + B P, d] (the class token, then the patches' embeddings), and each token row's row of it
+  // [N]
   Buffer images;  // vit: the batch's images [B, C, H, W], F32
   Act patches, table;
   DeviceArray token_rows;
@@ -303,7 +304,7 @@ void SequenceClassifier::Impl::vit_embed(const float* pixels, Index batch) {
   const TensorView bias = patch_b.view();
   gemm(c, table.t.block(1, 0, batch * P, d), patches.v(batch * P), Op::N, patch_w.view(), Op::T,
        1.0f, 0.0f, &bias);
-  for (Index b = 0; b < batch; ++b) {
+  for (Index b = 0; b < batch; ++b) {  // image b's rows: the class token (row 0), its P patches
     host_token_rows[static_cast<std::size_t>(b * T)] = 0;
     for (Index i = 0; i < P; ++i)
       host_token_rows[static_cast<std::size_t>(b * T + 1 + i)] =
