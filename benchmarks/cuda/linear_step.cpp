@@ -8,7 +8,9 @@
 // time in the same round and mode, next to the ratio the FLOP count predicts. The base step's
 // rate is also given against an 8192^3 BF16 GEMM measured in the same run.
 //
-//   build/cuda/benchmarks/cuda/bench_cuda_linear_step [rounds]
+//   build/cuda/benchmarks/cuda/bench_cuda_linear_step [rounds] [large|small]   (both shapes)
+//
+// WEGEFT_CUDA_RANK_R=gemm runs the rank-r products through cuBLASLt instead of wegeft's kernel.
 #include <wegeft/cuda.hpp>
 #include <wegeft/version.hpp>
 
@@ -67,7 +69,18 @@ int main(int argc, char** argv) {
     Index n, d, lora_rank, wegeft_rank;
     int iters;
   };
-  const Shape shapes[] = {{16384, 4096, 16, 64, 5}, {2048, 768, 8, 8, 50}};
+  const std::string only = argc > 2 ? argv[2] : "";
+  if (!only.empty() && only != "large" && only != "small") {
+    std::fprintf(stderr, "usage: %s [rounds] [large|small]\n", argv[0]);
+    return 2;
+  }
+  std::vector<Shape> shapes;
+  if (only != "small") shapes.push_back({16384, 4096, 16, 64, 5});
+  if (only != "large") shapes.push_back({2048, 768, 8, 8, 50});
+  const char* rank_r = std::getenv("WEGEFT_CUDA_RANK_R");
+  std::printf("rank-r products: %s\n\n", rank_r && std::string(rank_r) == "gemm"
+                                             ? "cuBLASLt (WEGEFT_CUDA_RANK_R=gemm)"
+                                             : "wegeft's kernel where it applies");
   std::printf("%-34s %10s %10s %12s %12s %10s\n", "variant", "eager ms", "graph ms", "eager ratio",
               "graph ratio", "FLOP ideal");
   for (const Shape& sh : shapes) {

@@ -67,6 +67,8 @@ struct SequenceClassifier::Impl {
   ParamId cls_weight{};
   std::optional<ParamId> cls_bias;
   bool vit = false;
+  bool mean = false;  // pooling the mean of each sequence's tokens (else bert, vit: the first;
+                      // llama, gpt2: the last)
   Tensor word, positions, types, emb_lnw, emb_lnb;  // vit: emb_ln* is the final LayerNorm
   Tensor patch_w, patch_b, cls_token;               // vit: [d, C p p], [1, d], [1, d]
   Tensor cls_w, cls_b;  // the head in the weight dtype: [labels, d], [1, labels]
@@ -148,11 +150,12 @@ void SequenceClassifier::Impl::build() {
   WEGEFT_CHECK(cfg.family == Family::bert || vit,
                "the GPU classifier runs the bert, vit, llama and gpt2 families; this model is "
                    << to_string(cfg.family));
-  WEGEFT_CHECK(host->pooling() == Pooling::cls,
+  WEGEFT_CHECK(host->pooling() != Pooling::last,
                "the GPU " << to_string(cfg.family)
                           << " classifier pools the first token (as Hugging Face's "
                           << (vit ? "ViTForImageClassification" : "BERT pooler")
-                          << " does); this head pools another way");
+                          << " does) or the mean; this head pools the last token");
+  mean = host->pooling() == Pooling::mean;
   WEGEFT_CHECK(!host->has_trainable_norms(),
                "trainable norms are not implemented on the GPU; keep the norms frozen");
   WEGEFT_CHECK(dtype == DType::BF16 || dtype == DType::F32,
@@ -205,10 +208,11 @@ void SequenceClassifier::Impl::build() {
 }
 
 void SequenceClassifier::Impl::build_decoder() {
-  WEGEFT_CHECK(host->pooling() == Pooling::last,
+  WEGEFT_CHECK(host->pooling() != Pooling::cls,
                "the GPU decoder classifier pools the last token (as Hugging Face's "
-               "LlamaForSequenceClassification does); this head pools the first token or "
-               "the mean");
+               "LlamaForSequenceClassification does) or the mean; this head pools the first "
+               "token");
+  mean = host->pooling() == Pooling::mean;
   decoder->build();
   bind_head();
 }
@@ -505,25 +509,36 @@ void SequenceClassifier::Impl::decoder_step(const ClsBatch& in, bool backward, f
   Context& c = *ctx;
   const Index B = in.batch, T = in.seq, n = B * T;
   decoder->trunk_forward(in.ids, in.mask, B, T);
-  // the last token of each sequence (the host's pooled_row), gathered from the final norm's output
-  std::fill_n(host_scatter.begin(), n, 0);
-  for (Index b = 0; b < B; ++b) {
-    const Index row = b * T + wegeft::detail::pooled_row(in.mask, b, T, Pooling::last);
-    host_rows[static_cast<std::size_t>(b)] = static_cast<std::int32_t>(row);
-    host_scatter[static_cast<std::size_t>(row)] = static_cast<std::int32_t>(b + 1);
+  if (mean) {
+    mean_pool_forward(c, pooled.v(B), decoder->hf.v(n), decoder->last_mask, T);
+  } else {
+    // the last token of each sequence (the host's pooled_row), gathered from the final norm's
+    // output
+    std::fill_n(host_scatter.begin(), n, 0);
+    for (Index b = 0; b < B; ++b) {
+      const Index row = b * T + wegeft::detail::pooled_row(in.mask, b, T, Pooling::last);
+      host_rows[static_cast<std::size_t>(b)] = static_cast<std::int32_t>(row);
+      host_scatter[static_cast<std::size_t>(row)] = static_cast<std::int32_t>(b + 1);
+    }
+    pool_rows.assign(c, host_rows.data(), static_cast<std::size_t>(B));
+    embedding_forward(c, pooled.v(B), pool_rows, decoder->hf.v(n));
   }
-  pool_rows.assign(c, host_rows.data(), static_cast<std::size_t>(B));
-  embedding_forward(c, pooled.v(B), pool_rows, decoder->hf.v(n));
   const TensorView out = logits.v(B), bias = cls_b.view();
   gemm(c, out, pooled.v(B), Op::N, cls_w.view(), Op::T, 1.0f, 0.0f, &bias);
   cross_entropy(c, backward ? &out : nullptr, stats(losses, B, 1), out, labels, scale);
   if (!backward) return;
   gemm(c, store().grad(cls_weight), out, Op::T, pooled.v(B), Op::N, 1.0f, 1.0f);
   if (cls_bias) add_column_sums(c, store().grad(*cls_bias), out);
-  // d(final norm output): each pooled row's gradient, zero elsewhere (dtable's row 0)
-  gemm(c, dtable.t.block(1, 0, B, cfg.hidden), out, Op::N, cls_w.view(), Op::N, 1.0f, 0.0f);
-  pool_scatter.assign(c, host_scatter.data(), static_cast<std::size_t>(n));
-  embedding_forward(c, decoder->t1.v(n), pool_scatter, dtable.v(B + 1));
+  // d(final norm output): each pooled row's gradient, zero elsewhere (dtable's row 0); the mean's
+  // spread over its sequence's tokens
+  const TensorView dpool = dtable.t.block(1, 0, B, cfg.hidden);
+  gemm(c, dpool, out, Op::N, cls_w.view(), Op::N, 1.0f, 0.0f);
+  if (mean) {
+    mean_pool_backward(c, decoder->t1.v(n), dpool, decoder->last_mask, T);
+  } else {
+    pool_scatter.assign(c, host_scatter.data(), static_cast<std::size_t>(n));
+    embedding_forward(c, decoder->t1.v(n), pool_scatter, dtable.v(B + 1));
+  }
   decoder->trunk_backward();
 }
 
@@ -563,12 +578,16 @@ void SequenceClassifier::Impl::encoder_step(const ClsBatch& in, bool backward, f
     else
       m.block_forward(m.blocks[l], out, n, s, pad);
   }
-  // the first token of each sequence: bert's through the pooler with tanh, vit's after the final
-  // norm; the head
+  // the first token of each sequence (or the mean of its tokens): bert's through the pooler with
+  // tanh, vit's after the final norm; the head
   if (vit)
     layernorm_forward(c, m.emb.v(n), stats(m.emb_mean, n, 1), stats(m.emb_rstd, n, 1),
                       m.x_last.v(n), m.emb_lnw.view(), m.emb_lnb.view(), eps);
-  scale_copy(c, m.pooled.v(B), Impl::first_tokens(vit ? m.emb.v(n) : m.x_last.v(n), B, in.seq));
+  const TensorView hidden = vit ? m.emb.v(n) : m.x_last.v(n);
+  if (m.mean)
+    mean_pool_forward(c, m.pooled.v(B), hidden, vit ? nullptr : pad, in.seq);
+  else
+    scale_copy(c, m.pooled.v(B), Impl::first_tokens(hidden, B, in.seq));
   const TensorView features = vit ? m.pooled.v(B) : m.feat.v(B);
   if (!vit) {
     m.pooler.forward(c, features, m.pooled.v(B));
@@ -587,13 +606,17 @@ void SequenceClassifier::Impl::encoder_step(const ClsBatch& in, bool backward, f
     tanh_backward(c, m.dfeat.v(B), m.dfeat.v(B), m.feat.v(B));
     m.pooler.backward(c, m.dpooled.v(B), m.dfeat.v(B));
   }
-  // d(first tokens) = dpooled, zero on every other row: of x_last (bert), of the final norm's
-  // output (vit), then through that norm
-  const TensorView dfirst = vit ? m.t1.v(n) : m.d_res.v(n);
-  fill(c, dfirst, 0.0f);
-  scale_copy(c, Impl::first_tokens(dfirst, B, in.seq), m.dpooled.v(B));
+  // d(first tokens) = dpooled, zero on every other row (the mean: dpooled / count on each
+  // token): of x_last (bert), of the final norm's output (vit), then through that norm
+  const TensorView dhidden = vit ? m.t1.v(n) : m.d_res.v(n);
+  if (m.mean) {
+    mean_pool_backward(c, dhidden, m.dpooled.v(B), vit ? nullptr : pad, in.seq);
+  } else {
+    fill(c, dhidden, 0.0f);
+    scale_copy(c, Impl::first_tokens(dhidden, B, in.seq), m.dpooled.v(B));
+  }
   if (vit)
-    layernorm_backward(c, m.d_res.v(n), dfirst, m.x_last.v(n), m.emb_lnw.view(),
+    layernorm_backward(c, m.d_res.v(n), dhidden, m.x_last.v(n), m.emb_lnw.view(),
                        stats(m.emb_mean, n, 1), stats(m.emb_rstd, n, 1));
   for (std::size_t l = m.blocks.size(); l-- > 0;) {
     if (vit)

@@ -17,6 +17,12 @@ void launch_sum_squares(void* stream, double* out, const float* g, std::int64_t 
 /// The AdamW kernel; c = {b1, 1 - b1, b2, 1 - b2, sqrt_c2, eps, lr / c1, decay}.
 void launch_adamw(void* stream, float* p, float* m, float* v, const float* g, std::int64_t n,
                   const float (&c)[8]);
+/// out [n, r] (BF16) = x [n, k] (BF16) W, W(i, j) = w[i w_k + j w_j] (BF16), by
+/// kernels/cuda/rank_r.cuh: r 8, 16, 24 or 32, k a multiple of 8, the alignments that kernel
+/// states; contig: w_k = 1 with w and w_j 16-byte aligned (checked by the caller).
+void launch_rank_r_product(void* stream, void* out, std::int64_t ld_out, const void* x,
+                           std::int64_t ld_x, const void* w, std::int64_t w_k, std::int64_t w_j,
+                           bool contig, std::int64_t n, std::int64_t k, std::int64_t r);
 
 }  // namespace wegeft::cuda::detail
 
@@ -56,6 +62,12 @@ void launch_add_positions(void* stream, Mat x, Mat pos, const void* type, std::i
 /// Rows *at .. *at + src.rows - 1 of dst = src (dst's dtype is src's).
 void launch_copy_rows_at(void* stream, Mat dst, Mat src, const std::int32_t* at);
 void launch_add_column_sums(void* stream, float* sums, Mat x);
+/// out [B, d] = the mean of each sequence's unmasked rows of hidden [B seq, d]; dhidden from
+/// dout, 0 on padding (mask: null or a device uint8 [B seq]).
+void launch_mean_pool_forward(void* stream, Mat out, Mat hidden, const std::uint8_t* mask,
+                              std::int64_t seq);
+void launch_mean_pool_backward(void* stream, Mat dhidden, Mat dout, const std::uint8_t* mask,
+                               std::int64_t seq);
 /// patches [rows, channels patch^2] from images (F32, contiguous; rows = images x patches).
 void launch_patchify(void* stream, Mat patches, const float* images, std::int64_t channels,
                      std::int64_t height, std::int64_t width, std::int64_t patch);

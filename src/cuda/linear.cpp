@@ -140,7 +140,7 @@ AdaptedLinear::Cache AdaptedLinear::forward(Context& ctx, const TensorView& y,
   TensorView xu = x;  // [N, d_in + rp]: x and its spare columns
   xu.cols = m_d_in + m_rp;
   const TensorView u = xu.block(0, m_d_in, n, m_rp);
-  gemm(ctx, u, x, Op::N, m_w.block(m_d_out, 0, m_rp, m_d_in), Op::T, 1.0f, 0.0f);  // u = x A^T
+  rank_r_product(ctx, u, x, m_w.block(m_d_out, 0, m_rp, m_d_in), Op::T);  // u = x A^T
   const TensorView bias = m_b.view();
   gemm(ctx, y, xu, Op::N, w_forward(), Op::T, 1.0f, 0.0f, m_has_bias ? &bias : nullptr);
   return {x, u};
@@ -171,7 +171,7 @@ void AdaptedLinear::backward(Context& ctx, const TensorView& dx, const Cache& ca
     detail::gemm_on(ctx, 1, m_store->grad(m_up), m_grad_p.view(), Op::T,
                     m_w.block(0, 0, m_d_out, m_d_in), Op::N, 1.0f, 1.0f);  // dPhi += g_P^T W
   }
-  gemm(ctx, g, dy, Op::N, m_w.block(0, m_d_in, m_d_out, m_rp), Op::N, 1.0f, 0.0f);  // g = dy sB
+  rank_r_product(ctx, g, dy, m_w.block(0, m_d_in, m_d_out, m_rp), Op::N);  // g = dy sB
   // lane 1 again once g exists: dA (or dPsi) += g^T x, beside dx on lane 0
   detail::fork(ctx);
   detail::gemm_on(ctx, 1, m_store->grad(m_down), g.block(0, 0, n, m_rank), Op::T, cache.x, Op::N,

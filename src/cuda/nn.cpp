@@ -281,6 +281,41 @@ void patchify(Context& ctx, const TensorView& patches, const float* images, Inde
   detail::check_launch(op);
 }
 
+namespace {
+/// The checks of a pooling op: pooled [B, d] and tokens [B seq, d] of one dtype; the mask null or
+/// B seq values, returned as a device pointer.
+const std::uint8_t* check_pool(const char* op, const TensorView& pooled, const char* pooled_name,
+                               const TensorView& tokens, const char* tokens_name,
+                               const DeviceArray* key_mask, Index seq) {
+  check_view(pooled, op, pooled_name);
+  check_view(tokens, op, tokens_name);
+  WEGEFT_CHECK(seq > 0, op << ": sequences of " << seq << " tokens");
+  check_shape(tokens, pooled.rows * seq, pooled.cols, op, tokens_name);
+  check_same_dtype(tokens, pooled, op, tokens_name);
+  if (!key_mask) return nullptr;
+  WEGEFT_CHECK(key_mask->size() == static_cast<std::size_t>(pooled.rows * seq),
+               op << ": the mask holds " << key_mask->size() << " values for " << pooled.rows
+                  << " sequences of " << seq << " tokens");
+  return key_mask->data<std::uint8_t>();
+}
+}  // namespace
+
+void mean_pool_forward(Context& ctx, const TensorView& out, const TensorView& hidden,
+                       const DeviceArray* key_mask, Index seq) {
+  const char* op = "mean_pool_forward";
+  const std::uint8_t* mask = check_pool(op, out, "out", hidden, "hidden", key_mask, seq);
+  detail::launch_mean_pool_forward(ctx.stream(), mat(out), mat(hidden), mask, seq);
+  detail::check_launch(op);
+}
+
+void mean_pool_backward(Context& ctx, const TensorView& dhidden, const TensorView& dout,
+                        const DeviceArray* key_mask, Index seq) {
+  const char* op = "mean_pool_backward";
+  const std::uint8_t* mask = check_pool(op, dout, "dout", dhidden, "dhidden", key_mask, seq);
+  detail::launch_mean_pool_backward(ctx.stream(), mat(dhidden), mat(dout), mask, seq);
+  detail::check_launch(op);
+}
+
 void add(Context& ctx, const TensorView& y, const TensorView& x, float alpha) {
   const char* op = "add";
   check_view(y, op, "y");

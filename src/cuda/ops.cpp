@@ -1,5 +1,11 @@
-// wegeft::cuda's element-wise ops and the AdamW update: checks, then the launchers of kernels.cu.
+// wegeft::cuda's element-wise ops, the rank-r products and the AdamW update: checks, then the
+// launchers of kernels.cu.
 #include "wegeft/cuda/ops.hpp"
+
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+
 #include "check.hpp"
 #include "context_impl.hpp"
 #include "launch.hpp"
@@ -16,6 +22,45 @@ void scale_copy(Context& ctx, const TensorView& dst, const TensorView& src, floa
   detail::launch_scale_copy(ctx.stream(), dst.data, dst.dtype == DType::BF16, dst.ld, src.data,
                             src.dtype == DType::BF16, src.ld, dst.rows, dst.cols, scale);
   detail::check_launch("scale_copy");
+}
+
+namespace {
+bool rank_r_by_gemm() {
+  static const bool gemm = [] {
+    const char* e = std::getenv("WEGEFT_CUDA_RANK_R");
+    return e != nullptr && std::strcmp(e, "gemm") == 0;
+  }();
+  return gemm;
+}
+
+bool aligned(const void* p, std::uintptr_t bytes) {
+  return reinterpret_cast<std::uintptr_t>(p) % bytes == 0;
+}
+}  // namespace
+
+void rank_r_product(Context& ctx, const TensorView& out, const TensorView& x, const TensorView& w,
+                    Op op_w) {
+  check_view(out, "rank_r_product", "output");
+  check_view(x, "rank_r_product", "input x");
+  check_view(w, "rank_r_product", "factor w");
+  const Index k = op_w == Op::N ? w.rows : w.cols, r = op_w == Op::N ? w.cols : w.rows;
+  WEGEFT_CHECK(x.cols == k && out.rows == x.rows && out.cols == r,
+               "rank_r_product shapes disagree: x " << x.describe() << " times "
+                                                    << (op_w == Op::N ? "w " : "w^T of w ")
+                                                    << w.describe() << " into " << out.describe());
+  const bool bf16 = out.dtype == DType::BF16 && x.dtype == DType::BF16 && w.dtype == DType::BF16;
+  const bool fits = bf16 && (r == 8 || r == 16 || r == 24 || r == 32) && k % 8 == 0 &&
+                    aligned(x.data, 16) && x.ld % 8 == 0 && aligned(out.data, 4) && out.ld % 2 == 0;
+  if (!fits || rank_r_by_gemm() || x.rows == 0) {
+    if (x.rows > 0) gemm(ctx, out, x, Op::N, w, op_w, 1.0f, 0.0f);
+    return;
+  }
+  // W(i, j) = w[i w_k + j w_j]: w^T's rows run along k, w's along r
+  const std::int64_t w_k = op_w == Op::T ? 1 : w.ld, w_j = op_w == Op::T ? w.ld : 1;
+  const bool contig = op_w == Op::T && aligned(w.data, 16) && w.ld % 8 == 0;
+  detail::launch_rank_r_product(ctx.stream(), out.data, out.ld, x.data, x.ld, w.data, w_k, w_j,
+                                contig, x.rows, k, r);
+  detail::check_launch("rank_r_product");
 }
 
 void fill(Context& ctx, const TensorView& dst, float value) {

@@ -212,6 +212,26 @@ void launch_add_column_sums(void* stream, float* sums, Mat x) {
   });
 }
 
+void launch_mean_pool_forward(void* stream, Mat out, Mat hidden, const std::uint8_t* mask,
+                              std::int64_t seq) {
+  if (out.rows == 0 || out.cols == 0) return;
+  dispatch(out.bf16, [&](auto t) {
+    using T = decltype(t);
+    kernels::mean_pool_forward<<<grid_2d(out.rows, out.cols), kThreads, 0, as_stream(stream)>>>(
+        ptr<T>(out), out.ld, ptr<T>(hidden), hidden.ld, mask, out.rows, seq, out.cols);
+  });
+}
+
+void launch_mean_pool_backward(void* stream, Mat dhidden, Mat dout, const std::uint8_t* mask,
+                               std::int64_t seq) {
+  if (dout.rows == 0 || dout.cols == 0) return;
+  dispatch(dhidden.bf16, [&](auto t) {
+    using T = decltype(t);
+    kernels::mean_pool_backward<<<grid_2d(dout.rows, dout.cols), kThreads, 0, as_stream(stream)>>>(
+        ptr<T>(dhidden), dhidden.ld, ptr<T>(dout), dout.ld, mask, dout.rows, seq, dhidden.cols);
+  });
+}
+
 namespace {
 kernels::AttentionArgs args_of(const AttentionLaunch& a) {
   return {a.batch,

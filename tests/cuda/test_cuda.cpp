@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <limits>
+#include <utility>
 
 namespace {
 
@@ -74,6 +75,46 @@ TEST_CASE("cuda gemm equals a double product for every transpose, dtype, bias an
   cu::Tensor c32(DType::F32, 4, 5);
   CHECK_THROWS_WITH(cu::gemm(ctx, c32.view(), a32.view(), cu::Op::N, a32.view(), cu::Op::N, 1, 0),
                     Catch::Contains("gemm shapes disagree"));
+}
+
+TEST_CASE("cuda rank_r_product equals a double product on its kernel's shapes and on gemm's",
+          "[cuda]") {
+  auto& ctx = context();
+  wegeft::Rng rng(12);
+  struct Case {
+    Index n, k, r, x_pad, w_pad;
+  };
+  // the kernel's shapes (r 8..32, k a multiple of 8, aligned rows of x; w aligned or not, which
+  // picks its 16-byte or its one-value loads of w^T), row counts not a multiple of 16 and one
+  // past 16384 (two row tiles a block); then shapes left to gemm: r 12 and 40, k 37, x's rows
+  // not 16-byte aligned
+  const Case cases[] = {{1, 8, 8, 8, 8},       {37, 40, 8, 8, 8},   {37, 40, 16, 8, 1},
+                        {37, 776, 24, 8, 8},   {70, 776, 32, 0, 3}, {16401, 40, 8, 8, 8},
+                        {16401, 40, 32, 8, 5}, {33, 40, 12, 8, 8},  {33, 40, 40, 8, 8},
+                        {33, 37, 8, 8, 8},     {33, 40, 8, 3, 8}};
+  for (const Case& c : cases)
+    for (const cu::Op op : {cu::Op::N, cu::Op::T}) {
+      const bool t = op == cu::Op::T;
+      const Matrix<float> x = rounded(random_matrix<float>(c.n, c.k, rng), DType::BF16);
+      const Matrix<float> w =
+          rounded(t ? random_matrix<float>(c.r, c.k, rng) : random_matrix<float>(c.k, c.r, rng),
+                  DType::BF16);
+      auto xd = cu::Tensor::from_host(ctx, x, DType::BF16, c.k + c.x_pad);
+      auto wd = cu::Tensor::from_host(ctx, w, DType::BF16, w.cols() + c.w_pad);
+      cu::Tensor out(DType::BF16, c.n, c.r + 6);  // 6 poisoned columns that must stay so
+      cu::fill(ctx, out.view(), kNaN);
+      cu::rank_r_product(ctx, out.block(0, 0, c.n, c.r), xd.view(), wd.view(), op);
+      const Matrix<double> ref = d(x) * (t ? d(w).transpose() : d(w));
+      const Matrix<float> got = cu::download(ctx, out.view());
+      INFO("n " << c.n << " k " << c.k << " r " << c.r << " x pad " << c.x_pad << " w pad "
+                << c.w_pad << (t ? " w^T" : " w"));
+      REQUIRE(got.leftCols(c.r).allFinite());
+      CHECK(rel_diff(d(got.leftCols(c.r)), ref) < out_tol(DType::BF16));
+      CHECK(got.rightCols(6).array().isNaN().all());
+    }
+  cu::Tensor x(DType::BF16, 4, 16), w(DType::BF16, 8, 16), out(DType::BF16, 4, 8);
+  CHECK_THROWS_WITH(cu::rank_r_product(ctx, out.view(), x.view(), w.view(), cu::Op::N),
+                    Catch::Contains("rank_r_product shapes disagree"));
 }
 
 TEST_CASE("cuda device memory counters follow every allocation, move and release", "[cuda]") {
@@ -170,71 +211,79 @@ cu::Tensor with_spare(cu::Context& ctx, const Matrix<float>& m, DType dtype, Ind
   return t;
 }
 
+/// A layer step's y and dx, finite and within out_tol of their double references.
+void check_outputs(cu::Context& ctx, const TensorView& y, const Matrix<double>& y_ref,
+                   const TensorView& dx, const Matrix<double>& dx_ref, DType dtype) {
+  const Matrix<float> y_got = cu::download(ctx, y), dx_got = cu::download(ctx, dx);
+  REQUIRE(y_got.allFinite());
+  REQUIRE(dx_got.allFinite());
+  CHECK(rel_diff(d(y_got), y_ref) < out_tol(dtype));
+  CHECK(rel_diff(d(dx_got), dx_ref) < out_tol(dtype));
+}
+
 }  // namespace
 
 TEST_CASE("cuda LoRA layer step equals the double formula on the host (F32 and BF16)", "[cuda]") {
   auto& ctx = context();
   wegeft::Rng rng(14);
-  const Index n = 67, d_in = 45, d_out = 38, r = 5;
-  for (DType dtype : {DType::F32, DType::BF16}) {
-    LayerData l = layer_data(n, d_in, d_out, dtype, rng);
-    wegeft::ParameterStore<float> store;
-    wegeft::LoraAdapter<float> lora(store, wegeft::FrozenLinear<float>(l.w, &l.b),
-                                    {.rank = r, .alpha = 11.0}, rng, "q");
-    lora.lora_B() = random_matrix<float>(d_out, r, rng);  // B = 0 would hide the adapter's term
-    lora.lora_A() = rounded(lora.lora_A(), dtype);
-    lora.lora_B() = rounded(lora.lora_B(), dtype);
-    // the device holds s B in the weight's dtype: make s B exact there too
-    const double s = lora.scale();
-    cu::DeviceStore dev(ctx, store);
-    cu::AdaptedLinear layer(ctx, dev, lora, dtype);
-    REQUIRE(layer.padded_rank() == 8);
+  const Index n = 67, r = 5;
+  // odd widths (the rank-r products through gemm) and widths of 8 k (through their own kernel)
+  for (const auto& [d_in, d_out] : {std::pair<Index, Index>{45, 38}, {48, 40}})
+    for (DType dtype : {DType::F32, DType::BF16}) {
+      LayerData l = layer_data(n, d_in, d_out, dtype, rng);
+      wegeft::ParameterStore<float> store;
+      wegeft::LoraAdapter<float> lora(store, wegeft::FrozenLinear<float>(l.w, &l.b),
+                                      {.rank = r, .alpha = 11.0}, rng, "q");
+      lora.lora_B() = random_matrix<float>(d_out, r, rng);  // B = 0 would hide the adapter's term
+      lora.lora_A() = rounded(lora.lora_A(), dtype);
+      lora.lora_B() = rounded(lora.lora_B(), dtype);
+      // the device holds s B in the weight's dtype: make s B exact there too
+      const double s = lora.scale();
+      cu::DeviceStore dev(ctx, store);
+      cu::AdaptedLinear layer(ctx, dev, lora, dtype);
+      REQUIRE(layer.padded_rank() == 8);
 
-    auto x = with_spare(ctx, l.x, dtype, layer.padded_rank());
-    auto dy = with_spare(ctx, l.dy, dtype, layer.padded_rank());
-    cu::Tensor y(dtype, n, d_out), dx(dtype, n, d_in);
-    cu::fill(ctx, y.view(), kNaN);
-    cu::fill(ctx, dx.view(), kNaN);
-    const auto cache = layer.forward(ctx, y.view(), x.block(0, 0, n, d_in));
-    layer.backward(ctx, dx.view(), cache, dy.block(0, 0, n, d_out));
+      auto x = with_spare(ctx, l.x, dtype, layer.padded_rank());
+      auto dy = with_spare(ctx, l.dy, dtype, layer.padded_rank());
+      cu::Tensor y(dtype, n, d_out), dx(dtype, n, d_in);
+      cu::fill(ctx, y.view(), kNaN);
+      cu::fill(ctx, dx.view(), kNaN);
+      const auto cache = layer.forward(ctx, y.view(), x.block(0, 0, n, d_in));
+      layer.backward(ctx, dx.view(), cache, dy.block(0, 0, n, d_out));
 
-    const Matrix<double> A = d(lora.lora_A()), B = d(lora.lora_B());
-    const Matrix<double> sB = d(rounded((s * B).cast<float>(), dtype));
-    const Matrix<double> X = d(l.x), W = d(l.w), G = d(l.dy);
-    const Matrix<double> u = X * A.transpose();
-    Matrix<double> y_ref = X * W.transpose() + u * sB.transpose();
-    y_ref.rowwise() += d(l.b).transpose().row(0);
-    const Matrix<double> g = G * sB;
-    const Matrix<double> dx_ref = G * W + g * A;
-    const Matrix<double> dA_ref = g.transpose() * X;
-    const Matrix<double> dB_ref = s * G.transpose() * u;
+      const Matrix<double> A = d(lora.lora_A()), B = d(lora.lora_B());
+      const Matrix<double> sB = d(rounded((s * B).cast<float>(), dtype));
+      const Matrix<double> X = d(l.x), W = d(l.w), G = d(l.dy);
+      const Matrix<double> u = X * A.transpose();
+      Matrix<double> y_ref = X * W.transpose() + u * sB.transpose();
+      y_ref.rowwise() += d(l.b).transpose().row(0);
+      const Matrix<double> g = G * sB;
+      const Matrix<double> dx_ref = G * W + g * A;
+      const Matrix<double> dA_ref = g.transpose() * X;
+      const Matrix<double> dB_ref = s * G.transpose() * u;
 
-    INFO(wegeft::dtype_name(dtype));
-    const Matrix<float> y_got = cu::download(ctx, y.view()), dx_got = cu::download(ctx, dx.view());
-    REQUIRE(y_got.allFinite());
-    REQUIRE(dx_got.allFinite());
-    CHECK(rel_diff(d(y_got), y_ref) < out_tol(dtype));
-    CHECK(rel_diff(d(dx_got), dx_ref) < out_tol(dtype));
-    CHECK(rel_diff(d(cu::download(ctx, dev.grad(lora.id_A()))), dA_ref) < grad_tol(dtype));
-    CHECK(rel_diff(d(cu::download(ctx, dev.grad(lora.id_B()))), dB_ref) < grad_tol(dtype));
+      INFO(wegeft::dtype_name(dtype) << " d_in " << d_in << " d_out " << d_out);
+      check_outputs(ctx, y.view(), y_ref, dx.view(), dx_ref, dtype);
+      CHECK(rel_diff(d(cu::download(ctx, dev.grad(lora.id_A()))), dA_ref) < grad_tol(dtype));
+      CHECK(rel_diff(d(cu::download(ctx, dev.grad(lora.id_B()))), dB_ref) < grad_tol(dtype));
 
-    // a second backward accumulates (+=) into the parameter gradients
-    layer.backward(ctx, dx.view(), cache, dy.block(0, 0, n, d_out));
-    CHECK(rel_diff(d(cu::download(ctx, dev.grad(lora.id_B()))), 2.0 * dB_ref) < grad_tol(dtype));
+      // a second backward accumulates (+=) into the parameter gradients
+      layer.backward(ctx, dx.view(), cache, dy.block(0, 0, n, d_out));
+      CHECK(rel_diff(d(cu::download(ctx, dev.grad(lora.id_B()))), 2.0 * dB_ref) < grad_tol(dtype));
 
-    // the step captured as a CUDA graph (both lanes) and replayed: the same products again
-    cu::fill(ctx, y.view(), kNaN);
-    cu::fill(ctx, dx.view(), kNaN);
-    cu::Graph graph(ctx, [&] {
-      const auto c = layer.forward(ctx, y.view(), x.block(0, 0, n, d_in));
-      layer.backward(ctx, dx.view(), c, dy.block(0, 0, n, d_out));
-    });
-    graph.launch(ctx);
-    CHECK(rel_diff(d(cu::download(ctx, y.view())), y_ref) < out_tol(dtype));
-    CHECK(rel_diff(d(cu::download(ctx, dx.view())), dx_ref) < out_tol(dtype));
-    CHECK(rel_diff(d(cu::download(ctx, dev.grad(lora.id_A()))), 3.0 * dA_ref) < grad_tol(dtype));
-    CHECK(rel_diff(d(cu::download(ctx, dev.grad(lora.id_B()))), 3.0 * dB_ref) < grad_tol(dtype));
-  }
+      // the step captured as a CUDA graph (both lanes) and replayed: the same products again
+      cu::fill(ctx, y.view(), kNaN);
+      cu::fill(ctx, dx.view(), kNaN);
+      cu::Graph graph(ctx, [&] {
+        const auto c = layer.forward(ctx, y.view(), x.block(0, 0, n, d_in));
+        layer.backward(ctx, dx.view(), c, dy.block(0, 0, n, d_out));
+      });
+      graph.launch(ctx);
+      CHECK(rel_diff(d(cu::download(ctx, y.view())), y_ref) < out_tol(dtype));
+      CHECK(rel_diff(d(cu::download(ctx, dx.view())), dx_ref) < out_tol(dtype));
+      CHECK(rel_diff(d(cu::download(ctx, dev.grad(lora.id_A()))), 3.0 * dA_ref) < grad_tol(dtype));
+      CHECK(rel_diff(d(cu::download(ctx, dev.grad(lora.id_B()))), 3.0 * dB_ref) < grad_tol(dtype));
+    }
 }
 
 TEST_CASE("cuda WeGeFT layers sharing a generator equal the double formula, gradients summed",
@@ -280,12 +329,7 @@ TEST_CASE("cuda WeGeFT layers sharing a generator equal the double formula, grad
       dPsi_ref += g.transpose() * X;
       dPhi_ref += s * u.transpose() * G * W;
       INFO(wegeft::dtype_name(dtype) << " layer " << i);
-      const Matrix<float> y_got = cu::download(ctx, y.view()),
-                          dx_got = cu::download(ctx, dx.view());
-      REQUIRE(y_got.allFinite());
-      REQUIRE(dx_got.allFinite());
-      CHECK(rel_diff(d(y_got), y_ref) < out_tol(dtype));
-      CHECK(rel_diff(d(dx_got), dx_ref) < out_tol(dtype));
+      check_outputs(ctx, y.view(), y_ref, dx.view(), dx_ref, dtype);
     }
     INFO(wegeft::dtype_name(dtype));
     CHECK(rel_diff(d(cu::download(ctx, dev.grad(gen.id_psi()))), dPsi_ref) < grad_tol(dtype));

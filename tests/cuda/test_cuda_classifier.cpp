@@ -5,7 +5,8 @@
 // batch; for Llama and GPT-2 (the last token's state under the head) on every linear, over a
 // batch padded on the left, on the right and with a hole; for a ViT (images of 16 x 16 in
 // patches of 4, the class token pooled after the final norm) on every linear and on q and v;
-// and 20 AdamW steps whose losses track the CPU run's, for each kind. Tolerances as test_cuda_model.cpp: F32 on
+// each family again pooling the mean of its tokens; and 20 AdamW steps whose losses track the CPU
+// run's, for each kind. Tolerances as test_cuda_model.cpp: F32 on
 // the GPU is full fp32 (1e-5 on the loss, 1e-4 relative to each gradient's largest value); BF16
 // rounds every activation (2e-2 on the loss, 8e-2 on the gradients), with the CPU model given the
 // same bf16-rounded weights.
@@ -43,13 +44,13 @@ constexpr Index kLabels = 5;
 /// A host BERT with random weights, `method` on `targets` and a 5-label head, the adapter and
 /// head parameters random too (LoRA's B = 0 would hide half the gradients); bf16-rounded when
 /// `dtype` is BF16.
-std::unique_ptr<wegeft::Transformer<float>> host_model(int method,
-                                                       const std::vector<std::string>& targets,
-                                                       DType dtype, wegeft::Rng& rng) {
+std::unique_ptr<wegeft::Transformer<float>> host_model(
+    int method, const std::vector<std::string>& targets, DType dtype, wegeft::Rng& rng,
+    wegeft::Pooling pooling = wegeft::Pooling::cls) {
   auto m = std::make_unique<wegeft::Transformer<float>>(small_bert());
   m->init_random(rng, 0.15);
   m->attach({.target_modules = targets, .method = wt::method_config(method, 4, 8.0)});
-  m->add_classifier(kLabels);
+  m->add_classifier(kLabels, pooling);
   wt::cuda::randomise_and_round(*m, dtype, rng);
   return m;
 }
@@ -107,8 +108,9 @@ const std::vector<std::string> kVitAll = {"q", "k", "v", "o", "up", "down"};  //
 /// A 2-layer Llama (hidden 64, 4 query heads over 2 key/value heads) or GPT-2 (hidden 48, 3
 /// heads) with random weights, `method` on every linear and a 5-label head on the last token,
 /// its adapter and head parameters random; bf16-rounded when `dtype` is BF16.
-std::unique_ptr<wegeft::Transformer<float>> decoder_model(wegeft::Family family, int method,
-                                                          DType dtype, wegeft::Rng& rng) {
+std::unique_ptr<wegeft::Transformer<float>> decoder_model(
+    wegeft::Family family, int method, DType dtype, wegeft::Rng& rng,
+    wegeft::Pooling pooling = wegeft::Pooling::last) {
   const bool gpt2 = family == wegeft::Family::gpt2;
   wegeft::ModelConfig c = wegeft::ModelConfig::tiny(family);
   c.hidden = gpt2 ? 48 : 64;
@@ -124,8 +126,8 @@ std::unique_ptr<wegeft::Transformer<float>> decoder_model(wegeft::Family family,
   m->attach({.target_modules = gpt2 ? Targets{"qkv", "o", "up", "down"}
                                     : Targets{"q", "k", "v", "o", "gate", "up", "down"},
              .method = wt::method_config(method, 4, 8.0)});
-  m->add_classifier(kLabels);
-  REQUIRE(m->pooling() == wegeft::Pooling::last);
+  m->add_classifier(kLabels, pooling);
+  REQUIRE(m->pooling() == pooling);
   wt::cuda::randomise_and_round(*m, dtype, rng);
   return m;
 }
@@ -133,9 +135,9 @@ std::unique_ptr<wegeft::Transformer<float>> decoder_model(wegeft::Family family,
 /// A 2-layer ViT (hidden 64, 4 heads of 16, MLP 96) over 3-channel 16 x 16 images in patches of
 /// 4 (16 patches and the class token), `method` on `targets`, a 5-label head on the class token;
 /// random weights and parameters, bf16-rounded when `dtype` is BF16.
-std::unique_ptr<wegeft::Transformer<float>> vit_model(int method,
-                                                      const std::vector<std::string>& targets,
-                                                      DType dtype, wegeft::Rng& rng) {
+std::unique_ptr<wegeft::Transformer<float>> vit_model(
+    int method, const std::vector<std::string>& targets, DType dtype, wegeft::Rng& rng,
+    wegeft::Pooling pooling = wegeft::Pooling::cls) {
   wegeft::ModelConfig c = wegeft::ModelConfig::tiny(wegeft::Family::vit);
   c.hidden = 64;
   c.heads = 4;
@@ -147,8 +149,8 @@ std::unique_ptr<wegeft::Transformer<float>> vit_model(int method,
   auto m = std::make_unique<wegeft::Transformer<float>>(c);
   m->init_random(rng, 0.15);
   m->attach({.target_modules = targets, .method = wt::method_config(method, 4, 8.0)});
-  m->add_classifier(kLabels);
-  REQUIRE(m->pooling() == wegeft::Pooling::cls);
+  m->add_classifier(kLabels, pooling);
+  REQUIRE(m->pooling() == pooling);
   wt::cuda::randomise_and_round(*m, dtype, rng);
   return m;
 }
@@ -285,13 +287,13 @@ TEST_CASE("cuda SequenceClassifier refuses what it does not run, naming it", "[c
   auto& ctx = context();
   wegeft::Rng rng(93);
   wegeft::Transformer<float> vit(wegeft::ModelConfig::tiny(wegeft::Family::vit));
-  vit.add_classifier(3, wegeft::Pooling::mean);
+  vit.add_classifier(3, wegeft::Pooling::last);
   CHECK_THROWS_WITH(cu::SequenceClassifier(ctx, vit, DType::BF16),
                     Catch::Contains("vit classifier pools the first token"));
   wegeft::Transformer<float> llama(wegeft::ModelConfig::tiny(wegeft::Family::llama));
-  llama.add_classifier(3, wegeft::Pooling::mean);
+  llama.add_classifier(3, wegeft::Pooling::cls);
   CHECK_THROWS_WITH(cu::SequenceClassifier(ctx, llama, DType::BF16),
-                    Catch::Contains("pools the last token"));
+                    Catch::Contains("this head pools the first token"));
   wegeft::Transformer<float> headless(small_bert());
   CHECK_THROWS_WITH(cu::SequenceClassifier(ctx, headless, DType::BF16),
                     Catch::Contains("needs a classification head"));
@@ -383,4 +385,32 @@ TEST_CASE("cuda SequenceClassifier on a ViT refuses a batch without images", "[c
   Batch b = vit_batch_of(host->config(), DType::F32, rng);
   b.images.clear();
   CHECK_THROWS_WITH(gpu.train_step(gpu_batch(b)), Catch::Contains("vit batch needs images"));
+}
+
+TEST_CASE(
+    "cuda SequenceClassifier pooling the mean: the loss, the logits and every trainable gradient "
+    "equal the CPU model's for each family, padding left out",
+    "[cuda][classifier]") {
+  const auto mean = wegeft::Pooling::mean;
+  for (int method : {0, 1}) {  // LoRA, WeGeFT
+    for (DType dtype : {DType::F32, DType::BF16}) {
+      INFO((method ? "WeGeFT" : "LoRA") << ", " << wegeft::dtype_name(dtype));
+      wegeft::Rng rng(141 + method);
+      {
+        INFO("bert");
+        auto host = host_model(method, kAll, dtype, rng, mean);
+        check_step_against_cpu(*host, batch_of(host->config().vocab_size, rng), dtype);
+      }
+      for (auto family : {wegeft::Family::llama, wegeft::Family::gpt2}) {
+        INFO(wegeft::to_string(family));
+        auto host = decoder_model(family, method, dtype, rng, mean);
+        check_step_against_cpu(*host, decoder_batch_of(host->config().vocab_size, rng), dtype);
+      }
+      {
+        INFO("vit");
+        auto host = vit_model(method, kVitAll, dtype, rng, mean);
+        check_step_against_cpu(*host, vit_batch_of(host->config(), dtype, rng), dtype);
+      }
+    }
+  }
 }

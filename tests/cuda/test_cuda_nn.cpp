@@ -1,6 +1,6 @@
 // The transformer's GPU ops (cuda/nn.hpp) against their CPU twins run in double on the same
 // (dtype-rounded) inputs: RMSNorm, LayerNorm, RoPE, SwiGLU, GELU (both forms), tanh, the residual
-// add, the position add, column sums, the embedding gather, ViT's patchify (exact),
+// add, the position add, column sums, the embedding gather, ViT's patchify (exact), mean pooling,
 // cross-entropy, the rows' argmax (exact), attention (causal and bidirectional, grouped-query, padded, a sequence with
 // no visible key) and cached attention (new queries over a key/value cache), on odd sizes and strided views. Errors are relative to the largest reference
 // value (max_rel): F32 storage 2e-5; BF16 storage 1e-2 on outputs, 2e-2 on gradients (bf16
@@ -10,7 +10,9 @@
 #include <wegeft/nn/activations.hpp>
 #include <wegeft/nn/embedding.hpp>
 #include <wegeft/nn/norms.hpp>
+#include <wegeft/nn/pooling.hpp>
 
+#include <cstdint>
 #include <limits>
 #include <vector>
 
@@ -218,6 +220,48 @@ TEST_CASE("cuda patchify lays the images out as the CPU patchify, exactly", "[cu
   CHECK_THROWS_WITH(
       cu::patchify(ctx, bad.view(), static_cast<const float*>(dev.data()), channels, h, 10, p),
       Catch::Contains("not divisible into 4 x 4 patches"));
+}
+
+TEST_CASE("cuda mean pooling forward and backward equal the CPU pooling in double", "[cuda][nn]") {
+  auto& ctx = context();
+  wegeft::Rng rng(29);
+  // 4 sequences of 7 tokens: no padding, two padded, and one with no token at all (pools to 0)
+  const Index batch = 4, seq = 7, c = 45;
+  std::vector<std::uint8_t> mask(static_cast<std::size_t>(batch * seq), 1);
+  for (Index t = 4; t < seq; ++t) mask[static_cast<std::size_t>(1 * seq + t)] = 0;
+  mask[static_cast<std::size_t>(2 * seq + 0)] = 0;
+  mask[static_cast<std::size_t>(2 * seq + 5)] = 0;
+  for (Index t = 0; t < seq; ++t) mask[static_cast<std::size_t>(3 * seq + t)] = 0;
+  cu::DeviceArray dmask;
+  dmask.assign(ctx, mask);
+  for (DType dt : {DType::F32, DType::BF16})
+    for (const bool masked : {false, true}) {
+      INFO(wegeft::dtype_name(dt) << (masked ? " masked" : " no mask"));
+      const std::uint8_t* m = masked ? mask.data() : nullptr;
+      const Matrix<float> h = rounded(random_matrix<float>(batch * seq, c, rng), dt);
+      const Matrix<float> g = rounded(random_matrix<float>(batch, c, rng), dt);
+      Matrix<double> want(batch, c), dwant(batch * seq, c);
+      wegeft::pool_forward(want.data(), d(h).data(), m, batch, seq, c, wegeft::Pooling::mean);
+      wegeft::pool_backward(dwant.data(), d(g).data(), m, batch, seq, c, wegeft::Pooling::mean);
+      auto hd = strided(ctx, h, dt), gd = strided(ctx, g, dt);
+      auto out = empty(ctx, batch, c, dt), dh = empty(ctx, batch * seq, c, dt);
+      cu::mean_pool_forward(ctx, out.v, hd.v, masked ? &dmask : nullptr, seq);
+      cu::mean_pool_backward(ctx, dh.v, gd.v, masked ? &dmask : nullptr, seq);
+      const Matrix<float> got = cu::download(ctx, out.v), dgot = cu::download(ctx, dh.v);
+      CHECK(max_rel(got, want) < out_tol(dt));
+      CHECK(max_rel(dgot, dwant) < out_tol(dt));
+      if (masked) {  // the empty sequence: exactly 0 forward, and 0 on each of its rows backward
+        CHECK(got.row(3).isZero(0));
+        CHECK(dgot.middleRows(3 * seq, seq).isZero(0));
+        CHECK(dgot.row(1 * seq + 5).isZero(0));  // a padding row
+      }
+    }
+  cu::Tensor out(DType::F32, 3, 4), h(DType::F32, 20, 4);
+  CHECK_THROWS_WITH(cu::mean_pool_forward(ctx, out.view(), h.view(), nullptr, 7),
+                    Catch::Contains("mean_pool_forward: hidden"));
+  cu::Tensor dout(DType::F32, 4, 4);
+  CHECK_THROWS_WITH(cu::mean_pool_backward(ctx, h.view(), dout.view(), &dmask, 5),
+                    Catch::Contains("the mask holds 28 values"));
 }
 
 TEST_CASE("cuda rope forward and backward equal the CPU rotation in double", "[cuda][nn]") {

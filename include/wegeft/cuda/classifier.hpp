@@ -24,9 +24,10 @@
 //   gpu.store().download(ctx, host.store());  // then save_adapter as on the CPU
 //
 // Activations are planned once for the largest batch x seq seen (plan()); a step of that size
-// or smaller allocates nothing. Refused: a model without a classifier, pooling other than the
-// first token (bert, vit) or the last (llama, gpt2), trainable norms, adapter dropout, methods
-// other than LoRA and WeGeFT.
+// or smaller allocates nothing. Pooling: the first token (bert, vit) or the last (llama, gpt2),
+// or for any family the mean over each sequence's tokens (padding left out; Pooling::mean).
+// Refused: a model without a classifier, the last token's pooling in bert or vit and the first's
+// in llama or gpt2, trainable norms, adapter dropout, methods other than LoRA and WeGeFT.
 #pragma once
 
 #include <cstdint>

@@ -138,6 +138,17 @@ void copy_rows_at(Context& ctx, const TensorView& dst, const TensorView& src,
 void patchify(Context& ctx, const TensorView& patches, const float* images, Index channels,
               Index height, Index width, Index patch);
 
+/// out [B, d] (=) = the mean of each sequence's token rows of hidden [B seq, d] (rows b seq ..
+/// b seq + seq - 1; only those whose mask is 1 when key_mask, a device uint8 array [B seq], is
+/// given), 0 for a sequence with no token: the host's pool_forward with Pooling::mean. B is
+/// out.rows.
+void mean_pool_forward(Context& ctx, const TensorView& out, const TensorView& hidden,
+                       const DeviceArray* key_mask, Index seq);
+/// dhidden [B seq, d] (=) from dout [B, d]: dout[b] / (sequence b's token count) on its token
+/// rows, 0 on padding rows (the host's pool_backward with Pooling::mean).
+void mean_pool_backward(Context& ctx, const TensorView& dhidden, const TensorView& dout,
+                        const DeviceArray* key_mask, Index seq);
+
 /// y [N, C] += alpha x [N, C] (the residual stream).
 void add(Context& ctx, const TensorView& y, const TensorView& x, float alpha = 1.0f);
 

@@ -23,6 +23,15 @@ enum class Op { N, T };
 void gemm(Context& ctx, const TensorView& c, const TensorView& a, Op op_a, const TensorView& b,
           Op op_b, float alpha, float beta, const TensorView* bias = nullptr);
 
+/// out [n, r] = x [n, k] op(w) (op(w): [k, r]); out is overwritten (beta = 0). The adapters'
+/// rank-r products (u = x A^T with w = A and Op::T, g = dy sB with w = sB and Op::N). All BF16
+/// with r 8, 16, 24 or 32, k a multiple of 8, x's rows 16-byte aligned and out's 4-byte aligned
+/// runs wegeft's own tensor-core kernel (kernels/cuda/rank_r.cuh: the sum over k split across
+/// each block's warps, where cuBLASLt would leave most of the card idle); anything else, or the
+/// environment variable WEGEFT_CUDA_RANK_R=gemm, runs gemm(ctx, out, x, Op::N, w, op_w, 1, 0).
+void rank_r_product(Context& ctx, const TensorView& out, const TensorView& x, const TensorView& w,
+                    Op op_w);
+
 /// dst [r, c] = scale * src [r, c], converting between F32 and BF16 (round to nearest even).
 void scale_copy(Context& ctx, const TensorView& dst, const TensorView& src, float scale = 1.0f);
 

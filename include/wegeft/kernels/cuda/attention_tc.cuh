@@ -17,10 +17,7 @@
 // Key tiles a causal query tile cannot see, and query tiles a causal key tile cannot be seen by,
 // are skipped.
 //
-// Fragment layout of mma.m16n8k16 (PTX ISA), lane = 4 g + t: A [16 x 16] registers {row g, cols
-// 2t, 2t+1}, {row g+8, same}, {row g, cols 2t+8, 2t+9}, {row g+8, same}; B [16 x 8] {rows 2t, 2t+1,
-// col g}, {rows 2t+8, 2t+9, col g}; C [16 x 8] c0, c1 at row g, cols 2t, 2t+1 and c2, c3 at row
-// g+8.
+// The fragment layouts of mma.m16n8k16 are in mma.cuh.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -28,6 +25,7 @@
 #include <cstdint>
 
 #include "wegeft/kernels/cuda/attention.cuh"
+#include "wegeft/kernels/cuda/mma.cuh"
 
 namespace wegeft::cuda::kernels {
 
@@ -50,22 +48,8 @@ struct Layout {
   static constexpr int backward_kv_bytes = 6 * tile * 2 + 4 * kTcRows * 4;  // + lse, delta twice
 };
 
-__device__ inline void mma(float (&d)[4], const std::uint32_t (&a)[4], std::uint32_t b0,
-                           std::uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
-      "{%8, %9}, {%0, %1, %2, %3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
 __device__ inline std::uint32_t word(const bf* p) {  // two bf16 values at an even offset
   return *reinterpret_cast<const std::uint32_t*>(p);
-}
-
-__device__ inline std::uint32_t pack(float lo, float hi) {
-  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<const std::uint32_t*>(&v);
 }
 
 /// The A fragment of rows 16 w .. 16 w + 15, columns 16 kc .. 16 kc + 15 of a row-major tile.

@@ -336,6 +336,49 @@ __global__ void add_column_sums(float* sums, const T* x, std::int64_t ldx, std::
   sums[j] += s;
 }
 
+/// out [B, d] = the mean over the tokens of each sequence (rows b T .. b T + T - 1 of hidden
+/// [B T, d] whose mask is 1; every row when mask is null), 0 for a sequence with none: the host's
+/// pool_forward with Pooling::mean (nn/pooling.hpp). One thread per column, sequences over
+/// blockIdx.y; the sum in fp32.
+template <class T>
+__global__ void mean_pool_forward(T* out, std::int64_t ldo, const T* hidden, std::int64_t ldh,
+                                  const std::uint8_t* mask, std::int64_t batch, std::int64_t seq,
+                                  std::int64_t d) {
+  const std::int64_t j = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (j >= d) return;
+  for (std::int64_t b = blockIdx.y; b < batch; b += gridDim.y) {
+    float s = 0.0f;
+    std::int64_t count = 0;
+    for (std::int64_t t = 0; t < seq; ++t) {
+      if (mask && !mask[b * seq + t]) continue;
+      s += load_float(hidden + (b * seq + t) * ldh + j);
+      ++count;
+    }
+    store_float(out + b * ldo + j, count ? s / static_cast<float>(count) : 0.0f);
+  }
+}
+
+/// dhidden [B T, d] (=) from dout [B, d]: dout[b] / count on each of sequence b's tokens, 0 on
+/// padding and on a sequence with no token (the host's pool_backward with Pooling::mean). One
+/// thread per column, sequences over blockIdx.y.
+template <class T>
+__global__ void mean_pool_backward(T* dhidden, std::int64_t ldh, const T* dout, std::int64_t ldo,
+                                   const std::uint8_t* mask, std::int64_t batch, std::int64_t seq,
+                                   std::int64_t d) {
+  const std::int64_t j = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (j >= d) return;
+  for (std::int64_t b = blockIdx.y; b < batch; b += gridDim.y) {
+    std::int64_t count = seq;
+    if (mask) {
+      count = 0;
+      for (std::int64_t t = 0; t < seq; ++t) count += mask[b * seq + t] != 0;
+    }
+    const float g = count ? load_float(dout + b * ldo + j) / static_cast<float>(count) : 0.0f;
+    for (std::int64_t t = 0; t < seq; ++t)
+      store_float(dhidden + (b * seq + t) * ldh + j, !mask || mask[b * seq + t] ? g : 0.0f);
+  }
+}
+
 /// ids[i] = the column of the largest value of row i of x [n, c]: the first of equal values, and
 /// 0 for a row with no value above -inf (as Eigen's maxCoeff). One block per row.
 template <class T>
