@@ -77,35 +77,21 @@ void launch_sum_squares(void* stream, double* out, const float* g, std::int64_t 
 }
 
 namespace {
-template <int R, int MT, bool KContig>
-void rank_r_with(cudaStream_t s, void* out, std::int64_t ld_out, const void* x, std::int64_t ld_x,
-                 const void* w, std::int64_t w_k, std::int64_t w_j, std::int64_t n,
-                 std::int64_t k) {
-  using bf = __nv_bfloat16;
-  const auto blocks = static_cast<unsigned>((n + 16 * MT - 1) / (16 * MT));
-  kernels::rank_r_product<R, MT, KContig><<<blocks, 32 * kernels::kRankRWarps, 0, s>>>(
-      static_cast<bf*>(out), ld_out, static_cast<const bf*>(x), ld_x, static_cast<const bf*>(w),
-      w_k, w_j, n, k);
-}
-
 template <int R>
-void rank_r_rows(cudaStream_t s, void* out, std::int64_t ld_out, const void* x, std::int64_t ld_x,
+void rank_r_with(cudaStream_t s, void* out, std::int64_t ld_out, const void* x, std::int64_t ld_x,
                  const void* w, std::int64_t w_k, std::int64_t w_j, std::int64_t n, std::int64_t k,
                  bool contig) {
-  // two row tiles a block once there are blocks enough to fill the card several times over: each
-  // block reads its slice of W from L2 once for both
-  const bool two = n >= 16384;
-  if (contig) {
-    if (two)
-      rank_r_with<R, 2, true>(s, out, ld_out, x, ld_x, w, w_k, w_j, n, k);
-    else
-      rank_r_with<R, 1, true>(s, out, ld_out, x, ld_x, w, w_k, w_j, n, k);
-  } else {
-    if (two)
-      rank_r_with<R, 2, false>(s, out, ld_out, x, ld_x, w, w_k, w_j, n, k);
-    else
-      rank_r_with<R, 1, false>(s, out, ld_out, x, ld_x, w, w_k, w_j, n, k);
-  }
+  using bf = __nv_bfloat16;
+  const auto blocks = static_cast<unsigned>((n + 15) / 16);
+  const auto o = static_cast<bf*>(out);
+  const auto xp = static_cast<const bf*>(x), wp = static_cast<const bf*>(w);
+  constexpr unsigned threads = 32 * kernels::kRankRWarps;
+  if (contig)
+    kernels::rank_r_product<R, true>
+        <<<blocks, threads, 0, s>>>(o, ld_out, xp, ld_x, wp, w_k, w_j, n, k);
+  else
+    kernels::rank_r_product<R, false>
+        <<<blocks, threads, 0, s>>>(o, ld_out, xp, ld_x, wp, w_k, w_j, n, k);
 }
 }  // namespace
 
@@ -116,13 +102,13 @@ void launch_rank_r_product(void* stream, void* out, std::int64_t ld_out, const v
   auto s = static_cast<cudaStream_t>(stream);
   switch (r) {
     case 8:
-      return rank_r_rows<8>(s, out, ld_out, x, ld_x, w, w_k, w_j, n, k, contig);
+      return rank_r_with<8>(s, out, ld_out, x, ld_x, w, w_k, w_j, n, k, contig);
     case 16:
-      return rank_r_rows<16>(s, out, ld_out, x, ld_x, w, w_k, w_j, n, k, contig);
+      return rank_r_with<16>(s, out, ld_out, x, ld_x, w, w_k, w_j, n, k, contig);
     case 24:
-      return rank_r_rows<24>(s, out, ld_out, x, ld_x, w, w_k, w_j, n, k, contig);
+      return rank_r_with<24>(s, out, ld_out, x, ld_x, w, w_k, w_j, n, k, contig);
     case 32:
-      return rank_r_rows<32>(s, out, ld_out, x, ld_x, w, w_k, w_j, n, k, contig);
+      return rank_r_with<32>(s, out, ld_out, x, ld_x, w, w_k, w_j, n, k, contig);
     default:
       return;
   }

@@ -49,7 +49,8 @@ void rank_r_product(Context& ctx, const TensorView& out, const TensorView& x, co
                                                     << (op_w == Op::N ? "w " : "w^T of w ")
                                                     << w.describe() << " into " << out.describe());
   const bool bf16 = out.dtype == DType::BF16 && x.dtype == DType::BF16 && w.dtype == DType::BF16;
-  const bool fits = bf16 && (r == 8 || r == 16 || r == 24 || r == 32) && k % 8 == 0 &&
+  const bool fits = bf16 && x.rows <= kRankRKernelRows &&
+                    (r == 8 || r == 16 || r == 24 || r == 32) && k % 8 == 0 &&
                     aligned(x.data, 16) && x.ld % 8 == 0 && aligned(out.data, 4) && out.ld % 2 == 0;
   if (!fits || rank_r_by_gemm() || x.rows == 0) {
     if (x.rows > 0) gemm(ctx, out, x, Op::N, w, op_w, 1.0f, 0.0f);

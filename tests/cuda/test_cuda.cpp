@@ -85,13 +85,14 @@ TEST_CASE("cuda rank_r_product equals a double product on its kernel's shapes an
     Index n, k, r, x_pad, w_pad;
   };
   // the kernel's shapes (r 8..32, k a multiple of 8, aligned rows of x; w aligned or not, which
-  // picks its 16-byte or its one-value loads of w^T), row counts not a multiple of 16 and one
-  // past 16384 (two row tiles a block); then shapes left to gemm: r 12 and 40, k 37, x's rows
-  // not 16-byte aligned
-  const Case cases[] = {{1, 8, 8, 8, 8},       {37, 40, 8, 8, 8},   {37, 40, 16, 8, 1},
-                        {37, 776, 24, 8, 8},   {70, 776, 32, 0, 3}, {16401, 40, 8, 8, 8},
-                        {16401, 40, 32, 8, 5}, {33, 40, 12, 8, 8},  {33, 40, 40, 8, 8},
-                        {33, 37, 8, 8, 8},     {33, 40, 8, 3, 8}};
+  // picks its 16-byte or its one-value loads of w^T), row counts not a multiple of 16, up to its
+  // most rows; then shapes left to gemm: one row more, r 12 and 40, k 37, x's rows not 16-byte
+  // aligned
+  const Index most = cu::kRankRKernelRows;
+  const Case cases[] = {{1, 8, 8, 8, 8},          {37, 40, 8, 8, 8},       {37, 40, 16, 8, 1},
+                        {37, 776, 24, 8, 8},      {70, 776, 32, 0, 3},     {most, 40, 8, 8, 8},
+                        {most - 5, 40, 32, 8, 5}, {most + 1, 40, 8, 8, 8}, {33, 40, 12, 8, 8},
+                        {33, 40, 40, 8, 8},       {33, 37, 8, 8, 8},       {33, 40, 8, 3, 8}};
   for (const Case& c : cases)
     for (const cu::Op op : {cu::Op::N, cu::Op::T}) {
       const bool t = op == cu::Op::T;

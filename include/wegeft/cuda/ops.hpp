@@ -25,10 +25,13 @@ void gemm(Context& ctx, const TensorView& c, const TensorView& a, Op op_a, const
 
 /// out [n, r] = x [n, k] op(w) (op(w): [k, r]); out is overwritten (beta = 0). The adapters'
 /// rank-r products (u = x A^T with w = A and Op::T, g = dy sB with w = sB and Op::N). All BF16
-/// with r 8, 16, 24 or 32, k a multiple of 8, x's rows 16-byte aligned and out's 4-byte aligned
-/// runs wegeft's own tensor-core kernel (kernels/cuda/rank_r.cuh: the sum over k split across
-/// each block's warps, where cuBLASLt would leave most of the card idle); anything else, or the
-/// environment variable WEGEFT_CUDA_RANK_R=gemm, runs gemm(ctx, out, x, Op::N, w, op_w, 1, 0).
+/// with n up to kRankRKernelRows, r 8, 16, 24 or 32, k a multiple of 8, x's rows 16-byte aligned
+/// and out's 4-byte aligned runs wegeft's own tensor-core kernel (kernels/cuda/rank_r.cuh: the
+/// sum over k split across each block's warps, where cuBLASLt's few output tiles leave most of
+/// the card idle); anything else, or the environment variable WEGEFT_CUDA_RANK_R=gemm, runs
+/// gemm(ctx, out, x, Op::N, w, op_w, 1, 0). From 8192 rows on the kernel measured no faster than
+/// cuBLASLt alone and slower inside a layer's step (docs/cuda.md), hence the bound.
+inline constexpr Index kRankRKernelRows = 4096;
 void rank_r_product(Context& ctx, const TensorView& out, const TensorView& x, const TensorView& w,
                     Op op_w);
 

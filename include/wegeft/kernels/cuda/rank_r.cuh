@@ -4,7 +4,7 @@
 //
 // A general GEMM tiles the output; here the output is R <= 32 columns wide, so cuBLASLt's tiles
 // leave most of the card idle on a few thousand rows, each block walking all of K alone. This
-// kernel gives each block 16 MT rows and splits K across its 8 warps instead (warp w takes the
+// kernel gives each block 16 rows and splits K across its 8 warps instead (warp w takes the
 // 32-wide chunks w, w + 8, ...), then sums the 8 partial tiles in shared memory.
 //
 // Within a 32-wide chunk every thread loads 16 bytes per row: the 8 values k0 .. k0 + 7,
@@ -30,30 +30,29 @@ inline constexpr int kRankRMax = 32;  // the widest R the kernel takes
 /// out [n, R] (row stride ld_out) = x [n, K] (row stride ld_x) W, W(k, j) = w[k w_k + j w_j].
 /// K a multiple of 8; x, ld_x and, with KContig (w_k = 1), w and w_j 16-byte aligned (in
 /// elements: multiples of 8); out and ld_out 4-byte aligned. Blocks of 32 kRankRWarps threads,
-/// grid (n + 16 MT - 1) / (16 MT).
-template <int R, int MT, bool KContig>
+/// grid (n + 15) / 16.
+template <int R, bool KContig>
 __global__ void __launch_bounds__(32 * kRankRWarps)
     rank_r_product(__nv_bfloat16* out, std::int64_t ld_out, const __nv_bfloat16* x,
                    std::int64_t ld_x, const __nv_bfloat16* w, std::int64_t w_k, std::int64_t w_j,
                    std::int64_t n, std::int64_t K) {
-  static_assert(R % 8 == 0 && R <= kRankRMax && (MT == 1 || MT == 2), "rank_r_product shape");
-  constexpr int NT = R / 8, ROWS = 16 * MT;
+  static_assert(R % 8 == 0 && R <= kRankRMax, "rank_r_product shape");
+  constexpr int NT = R / 8, ROWS = 16;
   __shared__ float partial[kRankRWarps][ROWS][R];
   const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
   const int g = lane / 4, t = lane % 4;
   const std::int64_t row0 = static_cast<std::int64_t>(blockIdx.x) * ROWS;
-  float acc[MT][NT][4] = {};
+  float acc[NT][4] = {};
   const std::int64_t chunks = (K + 31) / 32;
   for (std::int64_t c = warp; c < chunks; c += kRankRWarps) {
     const std::int64_t k0 = 32 * c + 8 * t;
     const bool in_k = k0 < K;  // K % 8 == 0: a thread's 8 values are all in or all out
-    uint4 a[MT][2];
-    for (int m = 0; m < MT; ++m)
-      for (int h = 0; h < 2; ++h) {
-        const std::int64_t row = row0 + 16 * m + g + 8 * h;
-        a[m][h] = in_k && row < n ? *reinterpret_cast<const uint4*>(x + row * ld_x + k0)
-                                  : make_uint4(0, 0, 0, 0);
-      }
+    uint4 a[2];                // rows g and g + 8
+    for (int h = 0; h < 2; ++h) {
+      const std::int64_t row = row0 + g + 8 * h;
+      a[h] = in_k && row < n ? *reinterpret_cast<const uint4*>(x + row * ld_x + k0)
+                             : make_uint4(0, 0, 0, 0);
+    }
     uint4 b[NT];
     for (int nt = 0; nt < NT; ++nt) {
       const std::int64_t j = 8 * nt + g;
@@ -72,22 +71,20 @@ __global__ void __launch_bounds__(32 * kRankRWarps)
         b[nt] = make_uint4(v[0], v[1], v[2], v[3]);
       }
     }
-    for (int s = 0; s < 2; ++s)
-      for (int m = 0; m < MT; ++m) {
-        const std::uint32_t fa[4] = {s ? a[m][0].z : a[m][0].x, s ? a[m][1].z : a[m][1].x,
-                                     s ? a[m][0].w : a[m][0].y, s ? a[m][1].w : a[m][1].y};
-        for (int nt = 0; nt < NT; ++nt)
-          tc::mma(acc[m][nt], fa, s ? b[nt].z : b[nt].x, s ? b[nt].w : b[nt].y);
-      }
-  }
-  for (int m = 0; m < MT; ++m)
-    for (int nt = 0; nt < NT; ++nt) {
-      const int col = 8 * nt + 2 * t;
-      partial[warp][16 * m + g][col] = acc[m][nt][0];
-      partial[warp][16 * m + g][col + 1] = acc[m][nt][1];
-      partial[warp][16 * m + g + 8][col] = acc[m][nt][2];
-      partial[warp][16 * m + g + 8][col + 1] = acc[m][nt][3];
+    for (int s = 0; s < 2; ++s) {
+      const std::uint32_t fa[4] = {s ? a[0].z : a[0].x, s ? a[1].z : a[1].x, s ? a[0].w : a[0].y,
+                                   s ? a[1].w : a[1].y};
+      for (int nt = 0; nt < NT; ++nt)
+        tc::mma(acc[nt], fa, s ? b[nt].z : b[nt].x, s ? b[nt].w : b[nt].y);
     }
+  }
+  for (int nt = 0; nt < NT; ++nt) {
+    const int col = 8 * nt + 2 * t;
+    partial[warp][g][col] = acc[nt][0];
+    partial[warp][g][col + 1] = acc[nt][1];
+    partial[warp][g + 8][col] = acc[nt][2];
+    partial[warp][g + 8][col + 1] = acc[nt][3];
+  }
   __syncthreads();
   for (int i = static_cast<int>(threadIdx.x); i < ROWS * R / 2; i += 32 * kRankRWarps) {
     const int r = i / (R / 2), col = 2 * (i % (R / 2));
