@@ -95,22 +95,25 @@ void rank_r_with(cudaStream_t s, void* out, std::int64_t ld_out, const void* x, 
 }
 }  // namespace
 
-void launch_rank_r_product(void* stream, void* out, std::int64_t ld_out, const void* x,
+bool launch_rank_r_product(void* stream, void* out, std::int64_t ld_out, const void* x,
                            std::int64_t ld_x, const void* w, std::int64_t w_k, std::int64_t w_j,
                            bool contig, std::int64_t n, std::int64_t k, std::int64_t r) {
-  if (n == 0) return;
   auto s = static_cast<cudaStream_t>(stream);
   switch (r) {
     case 8:
-      return rank_r_with<8>(s, out, ld_out, x, ld_x, w, w_k, w_j, n, k, contig);
+      rank_r_with<8>(s, out, ld_out, x, ld_x, w, w_k, w_j, n, k, contig);
+      return true;
     case 16:
-      return rank_r_with<16>(s, out, ld_out, x, ld_x, w, w_k, w_j, n, k, contig);
+      rank_r_with<16>(s, out, ld_out, x, ld_x, w, w_k, w_j, n, k, contig);
+      return true;
     case 24:
-      return rank_r_with<24>(s, out, ld_out, x, ld_x, w, w_k, w_j, n, k, contig);
+      rank_r_with<24>(s, out, ld_out, x, ld_x, w, w_k, w_j, n, k, contig);
+      return true;
     case 32:
-      return rank_r_with<32>(s, out, ld_out, x, ld_x, w, w_k, w_j, n, k, contig);
+      rank_r_with<32>(s, out, ld_out, x, ld_x, w, w_k, w_j, n, k, contig);
+      return true;
     default:
-      return;
+      return false;
   }
 }
 

@@ -18,9 +18,10 @@ void launch_sum_squares(void* stream, double* out, const float* g, std::int64_t 
 void launch_adamw(void* stream, float* p, float* m, float* v, const float* g, std::int64_t n,
                   const float (&c)[8]);
 /// out [n, r] (BF16) = x [n, k] (BF16) W, W(i, j) = w[i w_k + j w_j] (BF16), by
-/// kernels/cuda/rank_r.cuh: r 8, 16, 24 or 32, k a multiple of 8, the alignments that kernel
-/// states; contig: w_k = 1 with w and w_j 16-byte aligned (checked by the caller).
-void launch_rank_r_product(void* stream, void* out, std::int64_t ld_out, const void* x,
+/// kernels/cuda/rank_r.cuh, n > 0: k a multiple of 8, the alignments that kernel states; contig:
+/// w_k = 1 with w and w_j 16-byte aligned (checked by the caller). Returns false, launching
+/// nothing, for an r the kernel has no instance of (it has 8, 16, 24 and 32).
+bool launch_rank_r_product(void* stream, void* out, std::int64_t ld_out, const void* x,
                            std::int64_t ld_x, const void* w, std::int64_t w_k, std::int64_t w_j,
                            bool contig, std::int64_t n, std::int64_t k, std::int64_t r);
 

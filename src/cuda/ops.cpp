@@ -49,19 +49,19 @@ void rank_r_product(Context& ctx, const TensorView& out, const TensorView& x, co
                                                     << (op_w == Op::N ? "w " : "w^T of w ")
                                                     << w.describe() << " into " << out.describe());
   const bool bf16 = out.dtype == DType::BF16 && x.dtype == DType::BF16 && w.dtype == DType::BF16;
-  const bool fits = bf16 && x.rows <= kRankRKernelRows &&
-                    (r == 8 || r == 16 || r == 24 || r == 32) && k % 8 == 0 &&
-                    aligned(x.data, 16) && x.ld % 8 == 0 && aligned(out.data, 4) && out.ld % 2 == 0;
-  if (!fits || rank_r_by_gemm() || x.rows == 0) {
-    if (x.rows > 0) gemm(ctx, out, x, Op::N, w, op_w, 1.0f, 0.0f);
-    return;
-  }
+  if (x.rows == 0) return;
+  const bool fits = bf16 && x.rows <= kRankRKernelRows && k % 8 == 0 && aligned(x.data, 16) &&
+                    x.ld % 8 == 0 && aligned(out.data, 4) && out.ld % 2 == 0;
   // W(i, j) = w[i w_k + j w_j]: w^T's rows run along k, w's along r
   const std::int64_t w_k = op_w == Op::T ? 1 : w.ld, w_j = op_w == Op::T ? w.ld : 1;
   const bool contig = op_w == Op::T && aligned(w.data, 16) && w.ld % 8 == 0;
-  detail::launch_rank_r_product(ctx.stream(), out.data, out.ld, x.data, x.ld, w.data, w_k, w_j,
-                                contig, x.rows, k, r);
-  detail::check_launch("rank_r_product");
+  if (fits && !rank_r_by_gemm() &&
+      detail::launch_rank_r_product(ctx.stream(), out.data, out.ld, x.data, x.ld, w.data, w_k, w_j,
+                                    contig, x.rows, k, r)) {
+    detail::check_launch("rank_r_product");
+    return;
+  }
+  gemm(ctx, out, x, Op::N, w, op_w, 1.0f, 0.0f);  // every other r, or shape, or on request
 }
 
 void fill(Context& ctx, const TensorView& dst, float value) {
