@@ -203,7 +203,10 @@ TEST_CASE(
     WARN("this CPU has no AVX512-BF16: the bf16 adapter layers are not tested");
     return;
   }
-  const Index n = 37, d_in = 70, d_out = 51;
+  // 37 rows: one block of the GEMM's rows; 613: three, the last partial; 1300: enough values
+  // (N d_out >= 64K) for the kernels to split the rows over the threads where they have several.
+  const Index n = GENERATE(37, 613, 1300), d_in = 70, d_out = 51;
+  INFO("N " << n);
   Matrix<float> w = random_matrix(d_out, d_in, 31), bias = random_matrix(1, d_out, 32);
   const Matrix<float> x = random_matrix(n, d_in, 33), dy = random_matrix(n, d_out, 34);
   wegeft::Bf16Weight packed;

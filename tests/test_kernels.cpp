@@ -135,7 +135,8 @@ TEMPLATE_TEST_CASE("rank-r expansion Y = X + b + U Bt equals its scalar referenc
 namespace {
 
 /// The fused adapter forward (rank_r_project_expand) and backward (rank_r_backward) against the
-/// scalar references of the kernels they combine, with X, Y and Z as views into wider matrices.
+/// scalar references of the kernels they combine, with X, Y and Z as views into wider matrices,
+/// running their own rows and driven by a caller's blocks of rows.
 template <class T>
 void check_fused_adapter_kernels(Index n, Index d_in, Index d_out, Index r, std::uint64_t seed) {
   INFO("n " << n << " d_in " << d_in << " d_out " << d_out << " r " << r);
@@ -179,6 +180,47 @@ void check_fused_adapter_kernels(Index n, Index d_in, Index d_out, Index r, std:
                   m.data(), su.data(), x.data(), d_in, a.data(), n, d_out, d_in, r);
   CHECK(wt::rel_diff(G2, G_ref) < wt::Tol<T>::close);
   CHECK(wt::rel_diff(H2, H_ref) < wt::Tol<T>::close);
+
+  // Driven by a caller's own blocks of rows (as a bf16 GEMM runs them): blocks of 37 rows dealt
+  // to three parts in turn; each block's output rows are final once its call returns (a GEMM
+  // accumulates onto them next).
+  constexpr int parts = 3;
+  constexpr Index chunk = 37;
+  Index calls = 0, covered = 0;
+  const auto drive = [&](const Matrix<T>& out, const Matrix<T>& want) {
+    return [&, out_ptr = &out, want_ptr = &want](auto&& rows) {
+      for (Index i0 = 0, blk = 0; i0 < n; i0 += chunk, ++blk) {
+        const Index i1 = std::min(n, i0 + chunk);
+        rows(static_cast<int>(blk % parts), i0, i1);
+        CHECK(wt::rel_diff(Matrix<T>(out_ptr->block(i0, 0, i1 - i0, want_ptr->cols())),
+                           Matrix<T>(want_ptr->middleRows(i0, i1 - i0))) < wt::Tol<T>::close);
+        ++calls;
+        covered += i1 - i0;
+      }
+    };
+  };
+  Matrix<T> u3(n, r), y3 = wt::random_matrix<T>(n, d_out + 2, rng);
+  const Matrix<T> y3_before = y3;
+  rank_r_project_expand(u3.data(), x_wide.data(), d_in + 3, a.data(), d_in, y3.data(), d_out + 2,
+                        b.data(), bt.data(), d_out, n, r, parts, drive(y3, y_ref));
+  CHECK(calls == (n + chunk - 1) / chunk);
+  CHECK(covered == n);
+  CHECK(wt::rel_diff(u3, u_ref) < wt::Tol<T>::close);
+  CHECK(wt::rel_diff(Matrix<T>(y3.leftCols(d_out)), y_ref) < wt::Tol<T>::close);
+  CHECK(y3.rightCols(2) == y3_before.rightCols(2));
+  Matrix<T> g3(n, r), G3 = G0, H3 = H0, z3 = wt::random_matrix<T>(n, d_in + 4, rng);
+  const Matrix<T> z3_before = z3;
+  calls = covered = 0;
+  rank_r_backward(g3.data(), G3.data(), H3.data(), z3.data(), d_in + 4, dy_wide.data(), d_out + 5,
+                  m.data(), su.data(), x_wide.data(), d_in + 3, a.data(), n, d_out, d_in, r, parts,
+                  drive(z3, z_ref));
+  CHECK(calls == (n + chunk - 1) / chunk);
+  CHECK(covered == n);
+  CHECK(wt::rel_diff(g3, g_ref) < wt::Tol<T>::close);
+  CHECK(wt::rel_diff(G3, G_ref) < wt::Tol<T>::close);
+  CHECK(wt::rel_diff(H3, H_ref) < wt::Tol<T>::close);
+  CHECK(wt::rel_diff(Matrix<T>(z3.leftCols(d_in)), z_ref) < wt::Tol<T>::close);
+  CHECK(z3.rightCols(4) == z3_before.rightCols(4));
 }
 
 }  // namespace

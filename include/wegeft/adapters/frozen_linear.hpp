@@ -100,6 +100,39 @@ class FrozenLinear {
     }
     bf16_product(dx, dy, m_bf16->backward, true);
   }
+  /// accumulate_forward in bf16 with before(part, i0, i1) run on each block of rows [i0, i1) of y
+  /// just ahead of the product's work on them, on the thread that computes them (gemm_bf16_with;
+  /// part < forward_parts(N)): an adapter writes its term into those rows of y there, from those
+  /// rows of x, while both are in cache. Needs bf16().
+  template <class Before>
+  void accumulate_forward_with(MatRef<T> y, CMatRef<T> x, Before&& before) const {
+    check_input(x);
+    check_shape(y, x.rows(), d_out(), "linear output y");
+    check_bf16("accumulate_forward_with");
+    if constexpr (std::is_same_v<T, float>)
+      gemm_bf16_with(y.data(), y.outerStride(), x.data(), x.outerStride(), x.rows(),
+                     m_bf16->forward, true, before);
+  }
+  /// The parts accumulate_forward_with splits N rows into. Needs bf16().
+  int forward_parts(Index n) const {
+    check_bf16("forward_parts");
+    return gemm_bf16_parts(n, m_bf16->forward);
+  }
+  /// accumulate_backward_input in bf16 with before(part, i0, i1) ahead of each block of rows of
+  /// dx, as accumulate_forward_with; part < backward_parts(N). Needs bf16().
+  template <class Before>
+  void accumulate_backward_input_with(MatRef<T> dx, CMatRef<T> dy, Before&& before) const {
+    check_dy(dx, dy);
+    check_bf16("accumulate_backward_input_with");
+    if constexpr (std::is_same_v<T, float>)
+      gemm_bf16_with(dx.data(), dx.outerStride(), dy.data(), dy.outerStride(), dy.rows(),
+                     m_bf16->backward, true, before);
+  }
+  /// The parts accumulate_backward_input_with splits N rows into. Needs bf16().
+  int backward_parts(Index n) const {
+    check_bf16("backward_parts");
+    return gemm_bf16_parts(n, m_bf16->backward);
+  }
   void check_input(CMatRef<T> x) const {
     WEGEFT_CHECK(x.cols() == d_in(), "input x has shape "
                                          << shape_of(x) << ", the layer's W is [" << d_out() << ", "
@@ -114,6 +147,10 @@ class FrozenLinear {
     return bias->data();
   }
 
+  void check_bf16(const char* what) const {
+    WEGEFT_CHECK(bf16(),
+                 "FrozenLinear::" << what << " needs the bf16 products (a packed Bf16Weight)");
+  }
   void check_dy(CMatRef<T> dx, CMatRef<T> dy) const {
     WEGEFT_CHECK(dy.cols() == d_out(), "output gradient dy has shape "
                                            << shape_of(dy) << ", expected [N, " << d_out() << "]");

@@ -273,16 +273,19 @@ WEGEFT_TARGET_BF16 inline void bf16_pack_a(std::uint32_t* dst, Index ld, const f
   }
 }
 
-/// Rows [m0, m1) of C: the blocked loops over k, rows of A and panels of B.
+/// Rows [m0, m1) of C: the blocked loops over k, rows of A and panels of B; before(mb, mb + mc)
+/// ahead of each block of rows.
+template <class Before>
 WEGEFT_TARGET_BF16 inline void bf16_gemm_rows(float* c, Index ldc, const float* a, Index lda,
                                               Index m0, Index m1, const Bf16Panels& b,
-                                              bool accumulate) {
+                                              bool accumulate, Before&& before) {
   thread_local std::vector<std::uint32_t, Eigen::aligned_allocator<std::uint32_t>> apack;
   apack.resize(static_cast<std::size_t>(kBf16Mc * kBf16Kc));
   const Index N = b.rows(), K = b.cols(), KP = b.k_pairs();
   const Index panels = (N + Bf16Panels::kPanel - 1) / Bf16Panels::kPanel;
   for (Index mb = m0; mb < m1; mb += kBf16Mc) {
     const Index mc = std::min(kBf16Mc, m1 - mb);
+    before(mb, mb + mc);
     for (Index kb = 0; kb < KP; kb += kBf16Kc) {
       const Index kc = std::min(kBf16Kc, KP - kb);
       bf16_pack_a(apack.data(), kc, a + mb * lda, lda, mc, 2 * kb, kc, K);
@@ -358,9 +361,10 @@ WEGEFT_TARGET_AMX inline void amx_micro(float* c, Index ldc, const std::uint32_t
 
 /// Rows [m0, m1) of C through AMX: the blocked loops of bf16_gemm_rows, with 32 x 32 tiles of C;
 /// edge tiles (fewer rows or columns) go through a 32 x 32 buffer.
+template <class Before>
 WEGEFT_TARGET_AMX inline void amx_gemm_rows(float* c, Index ldc, const float* a, Index lda,
                                             Index m0, Index m1, const Bf16Panels& b,
-                                            bool accumulate) {
+                                            bool accumulate, Before&& before) {
   thread_local std::vector<std::uint32_t, Eigen::aligned_allocator<std::uint32_t>> apack;
   apack.resize(static_cast<std::size_t>(kAmxMc * kBf16Kc));
   alignas(64) float edge[kAmxMr * Bf16Panels::kPanel];
@@ -371,6 +375,7 @@ WEGEFT_TARGET_AMX inline void amx_gemm_rows(float* c, Index ldc, const float* a,
   for (Index mb = m0; mb < m1; mb += kAmxMc) {
     const Index mc = std::min(kAmxMc, m1 - mb);
     const Index mcp = (mc + kAmxMr - 1) / kAmxMr * kAmxMr;
+    before(mb, mb + mc);
     for (Index kb = 0; kb < KP; kb += kBf16Kc) {
       const Index kc = std::min(kBf16Kc, KP - kb);
       const Index kcp = (kc + kAmxKt - 1) / kAmxKt * kAmxKt;  // within the panels' stored pairs
@@ -404,11 +409,27 @@ WEGEFT_TARGET_AMX inline void amx_gemm_rows(float* c, Index ldc, const float* a,
 #endif
 }  // namespace detail
 
-/// c [m, N] (+)= a [m, K] B^T, with B = `b` [N, K] (bf16) and a fp32 (row strides lda >= K, ldc >=
-/// N), a rounded to bf16 and the products summed in fp32. accumulate: c += (else c =). Needs
-/// bf16_gemm_available(); threads over blocks of rows (kernels/cpu/threads.hpp).
-inline void gemm_bf16(float* c, Index ldc, const float* a, Index lda, Index m, const Bf16Panels& b,
-                      bool accumulate) {
+/// The number of parts (threads, each a contiguous range of rows) gemm_bf16 splits m rows of C
+/// into for the packed `b`: the `part` that gemm_bf16_with passes is below it.
+inline int gemm_bf16_parts(Index m, const Bf16Panels& b) {
+#if WEGEFT_BF16_X86
+  const Index grain = bf16_kernel() == Bf16Kernel::amx ? detail::kAmxMr : detail::kBf16Mr;
+#else
+  const Index grain = detail::kBf16Mr;
+#endif
+  const Index blocks = (m + grain - 1) / grain;
+  return static_cast<int>(
+      std::max<Index>(1, std::min<Index>(detail::kernel_threads(m * b.rows()), blocks)));
+}
+
+/// gemm_bf16 that calls before(part, i0, i1) on each block of rows [i0, i1) of C (at most a few
+/// hundred rows), on the thread that computes them, just ahead of the product's work on them:
+/// an adapter's rank-r products over the same rows of a (and writes into them in c, which the
+/// product then accumulates onto) run while those rows are in this core's cache. `part` is the
+/// thread's part, below gemm_bf16_parts(m, b). The blocks cover [0, m) once each.
+template <class Before>
+void gemm_bf16_with(float* c, Index ldc, const float* a, Index lda, Index m, const Bf16Panels& b,
+                    bool accumulate, Before&& before) {
   WEGEFT_CHECK(!b.empty(), "gemm_bf16: the packed matrix is empty");
   WEGEFT_CHECK(lda >= b.cols() && ldc >= b.rows(), "gemm_bf16: strides lda "
                                                        << lda << " / ldc " << ldc << " below K "
@@ -417,15 +438,17 @@ inline void gemm_bf16(float* c, Index ldc, const float* a, Index lda, Index m, c
                "gemm_bf16: this CPU has no AVX512-BF16 (vdpbf16ps); use the fp32 products");
   if (m <= 0) return;
 #if WEGEFT_BF16_X86
-  const int threads = detail::kernel_threads(m * b.rows());
+  const int threads = gemm_bf16_parts(m, b);
   if (bf16_kernel() == Bf16Kernel::amx) {
-    detail::for_each_part(m, detail::kAmxMr, threads, [&](int, Index m0, Index m1) {
-      detail::amx_gemm_rows(c, ldc, a, lda, m0, m1, b, accumulate);
+    detail::for_each_part(m, detail::kAmxMr, threads, [&](int t, Index m0, Index m1) {
+      detail::amx_gemm_rows(c, ldc, a, lda, m0, m1, b, accumulate,
+                            [&](Index i0, Index i1) { before(t, i0, i1); });
     });
     return;
   }
-  detail::for_each_part(m, detail::kBf16Mr, threads, [&](int, Index m0, Index m1) {
-    detail::bf16_gemm_rows(c, ldc, a, lda, m0, m1, b, accumulate);
+  detail::for_each_part(m, detail::kBf16Mr, threads, [&](int t, Index m0, Index m1) {
+    detail::bf16_gemm_rows(c, ldc, a, lda, m0, m1, b, accumulate,
+                           [&](Index i0, Index i1) { before(t, i0, i1); });
   });
 #else
   (void)c;
@@ -433,7 +456,16 @@ inline void gemm_bf16(float* c, Index ldc, const float* a, Index lda, Index m, c
   (void)a;
   (void)lda;
   (void)accumulate;
+  (void)before;
 #endif
+}
+
+/// c [m, N] (+)= a [m, K] B^T, with B = `b` [N, K] (bf16) and a fp32 (row strides lda >= K, ldc >=
+/// N), a rounded to bf16 and the products summed in fp32. accumulate: c += (else c =). Needs
+/// bf16_gemm_available(); threads over blocks of rows (kernels/cpu/threads.hpp).
+inline void gemm_bf16(float* c, Index ldc, const float* a, Index lda, Index m, const Bf16Panels& b,
+                      bool accumulate) {
+  gemm_bf16_with(c, ldc, a, lda, m, b, accumulate, [](int, Index, Index) {});
 }
 
 }  // namespace wegeft

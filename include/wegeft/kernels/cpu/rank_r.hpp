@@ -441,13 +441,31 @@ inline constexpr Index max_split_rank = max_project_rank<T> / 2;
 
 namespace detail {
 
+/// Rows per block of split_backward: a block of Y and of X stays in L2 across its products.
+inline Index split_block(Index d_out, Index d_in) {
+  return std::clamp<Index>((Index(1) << 16) / std::max<Index>(std::max(d_out, d_in), 1) / 8 * 8, 16,
+                           512);
+}
+/// Threads split_backward uses on its own.
+inline int split_threads(Index n, Index d_out, Index d_in) {
+  const Index block = split_block(d_out, d_in);
+  return static_cast<int>(
+      std::min<Index>(kernel_threads(n * std::max(d_out, d_in)), (n + block - 1) / block));
+}
+
+/// The driver of a call that runs its rows itself (parts = 0 tells split_backward so).
+struct OwnRows {
+  template <class F>
+  void operator()(F&&) const {}
+};
+
 /// rank_r_backward's kernel path (r <= max_split_rank), shared with rank_r_pass, which passes no
 /// H, X, Z or C: g = Y M, G += Y^T U and, when given, H += g^T X and Z = g C, on blocks of rows
 /// of Y and X small enough to stay in L2 across the products, split over the kernel threads.
-template <class T>
+template <class T, class Drive>
 void split_backward(T* g, T* G, T* H, T* Z, Index ldz, const T* Y, Index ldy, const T* M,
                     const T* U, const T* X, Index ldx, const T* C, Index n, Index d_out, Index d_in,
-                    Index r) {
+                    Index r, int parts, Drive&& drive) {
   using Packet = typename Eigen::internal::packet_traits<T>::type;
   with_padded_rank<T>(r, [&](auto rank) {
     constexpr int R = decltype(rank)::value;
@@ -459,10 +477,8 @@ void split_backward(T* g, T* G, T* H, T* Z, Index ldz, const T* Y, Index ldy, co
       for (Index k = 0; k < r; ++k) mt[k * d_out + o] = M[o * r + k];
     for (Index i = 0; i < n; ++i) std::copy(U + i * r, U + (i + 1) * r, up + i * R);
     if (Z != nullptr) std::copy(C, C + r * d_in, cp);
-    const Index block = std::clamp<Index>(
-        (Index(1) << 16) / std::max<Index>(std::max(d_out, d_in), 1) / 8 * 8, 16, 512);
-    const int threads = static_cast<int>(
-        std::min<Index>(kernel_threads(n * std::max(d_out, d_in)), (n + block - 1) / block));
+    const Index block = split_block(d_out, d_in);
+    const int threads = parts > 0 ? parts : split_threads(n, d_out, d_in);
     // per thread: an [R, d_out] sum for G (transposed) and an [R, d_in] sum for H
     T* Gt = scratch<T>(Scratch::sums_g, threads * R * d_out, true);
     T* Ht = scratch<T>(Scratch::sums_h, H != nullptr ? threads * R * d_in : 0, true);
@@ -480,7 +496,9 @@ void split_backward(T* g, T* G, T* H, T* Z, Index ldz, const T* Y, Index ldy, co
                        static_cast<const T*>(nullptr), gb, Index(R), cp, len, d_in, Index(R), 1);
       }
     };
-    if (threads > 1)
+    if (parts > 0)
+      drive(rows);
+    else if (threads > 1)
       for_each_part(n, block, threads, rows);
     else
       rows(0, 0, n);
@@ -523,7 +541,7 @@ void rank_r_pass(T* g, T* G, const T* Y, const T* M, const T* U, Index n, Index 
     // fused pass whose rank-wide registers are mostly empty. They take Y in blocks of rows small
     // enough to stay in L2 between the two, so Y still comes from memory once.
     detail::split_backward<T>(g, G, nullptr, nullptr, 0, Y, ldy, M, U, nullptr, 0, nullptr, n, d, 0,
-                              r);
+                              r, 0, detail::OwnRows{});
     return;
   }
   const int np = r <= LH ? 0 : *std::find_if(std::begin(counts), std::end(counts), [&](int c) {
@@ -582,12 +600,23 @@ void rank_r_pass(T* g, T* G, const T* Y, const T* M, const T* U, Index n, Index 
 /// u [N, r] = X A^T and Y [N, d_out] = 1 b^T + u Bt (b may be null), overwriting both; X is
 /// [N, d_in] with rows `ldx` apart, Y's rows are `ldy` apart, A [r, d_in] and Bt [r, d_out]
 /// contiguous. The forward of a rank-r adapter before its frozen GEMM accumulates onto Y.
-template <class T>
+///
+/// With a driver (`parts` > 0): drive(rows) must call rows(part, i0, i1), part < parts, on blocks
+/// of rows covering [0, N) once each, the blocks of one part in one thread, and may do more
+/// around each call; a frozen product in bf16 that runs its own blocks of rows is such a driver
+/// (FrozenLinear::accumulate_forward_with), so each block of X is read from memory once for both
+/// products and each block of Y is written just before the GEMM accumulates onto it. drive is
+/// called exactly once; where the kernels do not take the rank, every row is done before it, and
+/// rows does nothing.
+template <class T, class Drive>
 void rank_r_project_expand(T* u, const T* X, Index ldx, const T* A, Index d_in, T* Y, Index ldy,
-                           const T* b, const T* Bt, Index d_out, Index n, Index r) {
+                           const T* b, const T* Bt, Index d_out, Index n, Index r, int parts,
+                           Drive&& drive) {
+  auto nothing = [](int, Index, Index) {};
   if (r > std::min(max_project_rank<T>, max_expand_rank<T>) || n == 0) {
     rank_r_project(u, X, ldx, A, n, d_in, r);
     rank_r_expand(Y, ldy, static_cast<const T*>(nullptr), 0, b, u, Bt, n, d_out, r);
+    if (parts > 0) drive(nothing);
     return;
   }
   using Packet = typename Eigen::internal::packet_traits<T>::type;
@@ -598,19 +627,27 @@ void rank_r_project_expand(T* u, const T* X, Index ldx, const T* A, Index d_in, 
     T* up = detail::scratch<T>(detail::Scratch::rows_out, n * R, false);
     std::copy(A, A + r * d_in, ap);
     std::copy(Bt, Bt + r * d_out, btp);  // zero rows beyond r: the padded ranks add nothing
-    auto rows = [&](Index, Index begin, Index end) {
+    auto rows = [&](int, Index begin, Index end) {
       detail::project_padded<T, Packet, R>(up + begin * R, X + begin * ldx, ldx, ap, end - begin,
                                            d_in, 1);
       detail::expand_range(Y + begin * ldy, ldy, static_cast<const T*>(nullptr), 0, b,
                            up + begin * R, Index(R), btp, end - begin, d_out, Index(R), 1);
     };
     const int threads = detail::kernel_threads(n * std::max(d_in, d_out));
-    if (threads > 1)
+    if (parts > 0)
+      drive(rows);
+    else if (threads > 1)
       detail::for_each_part(n, 16, threads, rows);
     else
       rows(0, 0, n);
     for (Index i = 0; i < n; ++i) std::copy(up + i * R, up + i * R + r, u + i * r);
   });
+}
+
+template <class T>
+void rank_r_project_expand(T* u, const T* X, Index ldx, const T* A, Index d_in, T* Y, Index ldy,
+                           const T* b, const T* Bt, Index d_out, Index n, Index r) {
+  rank_r_project_expand(u, X, ldx, A, d_in, Y, ldy, b, Bt, d_out, n, r, 0, detail::OwnRows{});
 }
 
 /// The backward of a rank-r adapter, given the output gradient Y = dy [N, d_out] (rows `ldy`
@@ -620,19 +657,32 @@ void rank_r_project_expand(T* u, const T* X, Index ldx, const T* A, Index d_in, 
 /// with M [d_out, r], U [N, r], C [r, d_in] contiguous. Up to max_split_rank, one row-parallel
 /// region over blocks of rows small enough for a block of Y and of X to stay in L2 while all
 /// four products use them; above it, rank_r_pass, rank_r_reduce and rank_r_expand.
-template <class T>
+///
+/// With a driver (`parts` > 0), as for rank_r_project_expand: drive(rows) runs the blocks of
+/// rows (FrozenLinear::accumulate_backward_input_with, whose dy W then accumulates onto each
+/// block of Z just written); G and H are summed per part and added once drive returns.
+template <class T, class Drive>
 void rank_r_backward(T* g, T* G, T* H, T* Z, Index ldz, const T* Y, Index ldy, const T* M,
                      const T* U, const T* X, Index ldx, const T* C, Index n, Index d_out,
-                     Index d_in, Index r) {
+                     Index d_in, Index r, int parts, Drive&& drive) {
   if (r > max_split_rank<T> || n == 0) {
     rank_r_pass(g, G, Y, M, U, n, d_out, r, ldy);
     rank_r_reduce(H, g, X, ldx, n, d_in, r);
     if (Z != nullptr)
       rank_r_expand(Z, ldz, static_cast<const T*>(nullptr), 0, static_cast<const T*>(nullptr), g, C,
                     n, d_in, r);
+    if (parts > 0) drive([](int, Index, Index) {});
     return;
   }
-  detail::split_backward(g, G, H, Z, ldz, Y, ldy, M, U, X, ldx, C, n, d_out, d_in, r);
+  detail::split_backward(g, G, H, Z, ldz, Y, ldy, M, U, X, ldx, C, n, d_out, d_in, r, parts, drive);
+}
+
+template <class T>
+void rank_r_backward(T* g, T* G, T* H, T* Z, Index ldz, const T* Y, Index ldy, const T* M,
+                     const T* U, const T* X, Index ldx, const T* C, Index n, Index d_out,
+                     Index d_in, Index r) {
+  rank_r_backward(g, G, H, Z, ldz, Y, ldy, M, U, X, ldx, C, n, d_out, d_in, r, 0,
+                  detail::OwnRows{});
 }
 
 }  // namespace wegeft
