@@ -22,6 +22,7 @@
 #include "wegeft/core/tensor.hpp"
 #include "wegeft/kernels/cpu/gemm_bf16.hpp"
 #include "wegeft/kernels/cpu/linear.hpp"
+#include "wegeft/kernels/cpu/rank_r.hpp"
 
 namespace wegeft {
 
@@ -100,38 +101,25 @@ class FrozenLinear {
     }
     bf16_product(dx, dy, m_bf16->backward, true);
   }
-  /// accumulate_forward in bf16 with before(part, i0, i1) run on each block of rows [i0, i1) of y
-  /// just ahead of the product's work on them, on the thread that computes them (gemm_bf16_with;
-  /// part < forward_parts(N)): an adapter writes its term into those rows of y there, from those
-  /// rows of x, while both are in cache. Needs bf16().
-  template <class Before>
-  void accumulate_forward_with(MatRef<T> y, CMatRef<T> x, Before&& before) const {
+  /// y [N, d_out] += x W^T, with an adapter's rank-r work `side(parts, drive)` (the driver form of
+  /// rank_r_project_expand, kernels/cpu/rank_r.hpp) run around it. In bf16, drive is the GEMM
+  /// itself (gemm_bf16_with): the side's rows run on each block of rows of y just ahead of the
+  /// product's work on them, on the thread that computes them, while those rows of x and y are in
+  /// cache. Otherwise side runs its rows itself (parts 0) and the product follows.
+  template <class Side>
+  void accumulate_forward_around(MatRef<T> y, CMatRef<T> x, Side&& side) const {
     check_input(x);
     check_shape(y, x.rows(), d_out(), "linear output y");
-    check_bf16("accumulate_forward_with");
-    if constexpr (std::is_same_v<T, float>)
-      gemm_bf16_with(y.data(), y.outerStride(), x.data(), x.outerStride(), x.rows(),
-                     m_bf16->forward, true, before);
+    around(y, x, m_bf16 != nullptr ? &m_bf16->forward : nullptr, side,
+           [&] { accumulate_forward(y, x); });
   }
-  /// The parts accumulate_forward_with splits N rows into. Needs bf16().
-  int forward_parts(Index n) const {
-    check_bf16("forward_parts");
-    return gemm_bf16_parts(n, m_bf16->forward);
-  }
-  /// accumulate_backward_input in bf16 with before(part, i0, i1) ahead of each block of rows of
-  /// dx, as accumulate_forward_with; part < backward_parts(N). Needs bf16().
-  template <class Before>
-  void accumulate_backward_input_with(MatRef<T> dx, CMatRef<T> dy, Before&& before) const {
+  /// dx [N, d_in] += dy W around `side(parts, drive)`, as accumulate_forward_around (the driver
+  /// form of rank_r_backward, which writes its share of dx first).
+  template <class Side>
+  void accumulate_backward_input_around(MatRef<T> dx, CMatRef<T> dy, Side&& side) const {
     check_dy(dx, dy);
-    check_bf16("accumulate_backward_input_with");
-    if constexpr (std::is_same_v<T, float>)
-      gemm_bf16_with(dx.data(), dx.outerStride(), dy.data(), dy.outerStride(), dy.rows(),
-                     m_bf16->backward, true, before);
-  }
-  /// The parts accumulate_backward_input_with splits N rows into. Needs bf16().
-  int backward_parts(Index n) const {
-    check_bf16("backward_parts");
-    return gemm_bf16_parts(n, m_bf16->backward);
+    around(dx, dy, m_bf16 != nullptr ? &m_bf16->backward : nullptr, side,
+           [&] { accumulate_backward_input(dx, dy); });
   }
   void check_input(CMatRef<T> x) const {
     WEGEFT_CHECK(x.cols() == d_in(), "input x has shape "
@@ -147,9 +135,20 @@ class FrozenLinear {
     return bias->data();
   }
 
-  void check_bf16(const char* what) const {
-    WEGEFT_CHECK(bf16(),
-                 "FrozenLinear::" << what << " needs the bf16 products (a packed Bf16Weight)");
+  /// side(parts, gemm) where the products run in bf16, else side(0, nothing) then plain().
+  template <class Side, class Plain>
+  void around(MatRef<T> c, CMatRef<T> a, const Bf16Panels* b, Side& side, Plain&& plain) const {
+    if constexpr (std::is_same_v<T, float>) {
+      if (bf16()) {
+        side(gemm_bf16_parts(a.rows(), *b), [&](auto&& rows) {
+          gemm_bf16_with(c.data(), c.outerStride(), a.data(), a.outerStride(), a.rows(), *b, true,
+                         rows);
+        });
+        return;
+      }
+    }
+    side(0, detail::OwnRows{});
+    plain();
   }
   void check_dy(CMatRef<T> dx, CMatRef<T> dy) const {
     WEGEFT_CHECK(dy.cols() == d_out(), "output gradient dy has shape "

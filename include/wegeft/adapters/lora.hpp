@@ -181,18 +181,13 @@ void LoraAdapter<T>::forward(MatRef<T> y, Cache& cache, CMatRef<T> x) {
     this->m_base.accumulate_forward(y, x);
     return;
   }
-  // u = x A^T and y = b + u (s B)^T in one pass each, then the frozen GEMM accumulates x W^T; in
-  // bf16, block by block of rows inside the GEMM's own loop.
-  if (this->m_base.bf16()) {
+  // u = x A^T and y = b + u (s B)^T in one pass each, then the frozen GEMM accumulates x W^T (in
+  // bf16, block by block of rows inside the GEMM's own loop).
+  this->m_base.accumulate_forward_around(y, x, [&](int parts, auto&& drive) {
     rank_r_project_expand(cache.u.data(), x.data(), x.outerStride(), a.data(), d_in(), y.data(),
                           y.outerStride(), this->m_base.bias(), sbt.data(), d_out(), n, rank(),
-                          this->m_base.forward_parts(n),
-                          [&](auto&& rows) { this->m_base.accumulate_forward_with(y, x, rows); });
-    return;
-  }
-  rank_r_project_expand(cache.u.data(), x.data(), x.outerStride(), a.data(), d_in(), y.data(),
-                        y.outerStride(), this->m_base.bias(), sbt.data(), d_out(), n, rank());
-  this->m_base.accumulate_forward(y, x);
+                          parts, drive);
+  });
 }
 
 template <class T>
@@ -224,19 +219,17 @@ void LoraAdapter<T>::backward_impl(MatRef<T>* dx, const Cache& cache, CMatRef<T>
   if (!cache.dropped) {
     // g_u, dB += s dy^T u, dA += g_u^T x and dx = g_u A together; then dx += dy W (in bf16, block
     // by block of rows inside the GEMM's own loop).
-    if (dx != nullptr && this->m_base.bf16()) {
-      rank_r_backward(
-          g_u.data(), grad_B().data(), grad_A().data(), dx->data(), dx->outerStride(), dy.data(),
-          dy.outerStride(), sb.data(), su.data(), x.data(), x.outerStride(), a.data(), n, d_out(),
-          d_in(), rank(), this->m_base.backward_parts(n),
-          [&](auto&& rows) { this->m_base.accumulate_backward_input_with(*dx, dy, rows); });
-      return;
-    }
-    rank_r_backward(g_u.data(), grad_B().data(), grad_A().data(),
-                    dx != nullptr ? dx->data() : nullptr, dx != nullptr ? dx->outerStride() : 0,
-                    dy.data(), dy.outerStride(), sb.data(), su.data(), x.data(), x.outerStride(),
-                    a.data(), n, d_out(), d_in(), rank());
-    if (dx != nullptr) this->m_base.accumulate_backward_input(*dx, dy);
+    const auto side = [&](MatRef<T>* z, int parts, auto&& drive) {
+      rank_r_backward(g_u.data(), grad_B().data(), grad_A().data(),
+                      z != nullptr ? z->data() : nullptr, z != nullptr ? z->outerStride() : 0,
+                      dy.data(), dy.outerStride(), sb.data(), su.data(), x.data(), x.outerStride(),
+                      a.data(), n, d_out(), d_in(), rank(), parts, drive);
+    };
+    if (dx == nullptr)
+      side(nullptr, 0, detail::OwnRows{});
+    else
+      this->m_base.accumulate_backward_input_around(
+          *dx, dy, [&](int parts, auto&& drive) { side(dx, parts, drive); });
     return;
   }
   // one pass over dy for both g_u and dB += s dy^T u

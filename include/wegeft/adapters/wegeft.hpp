@@ -307,18 +307,13 @@ void WeGeFTAdapter<T>::forward(MatRef<T> y, Cache& cache, CMatRef<T> x) {
   }
   Matrix<T>& s_pt = cache.scaled;
   s_pt.noalias() = s * cache.p.transpose();  // [r, d_out]
-  // u = x Psi^T and y = b + u (s P)^T in one pass each, then the frozen GEMM accumulates x W^T; in
-  // bf16, block by block of rows inside the GEMM's own loop.
-  if (this->m_base.bf16()) {
+  // u = x Psi^T and y = b + u (s P)^T in one pass each, then the frozen GEMM accumulates x W^T (in
+  // bf16, block by block of rows inside the GEMM's own loop).
+  this->m_base.accumulate_forward_around(y, x, [&](int parts, auto&& drive) {
     rank_r_project_expand(cache.u.data(), x.data(), x.outerStride(), m_gen->psi().data(), d_in(),
                           y.data(), y.outerStride(), this->m_base.bias(), s_pt.data(), d_out(), n,
-                          r, this->m_base.forward_parts(n),
-                          [&](auto&& rows) { this->m_base.accumulate_forward_with(y, x, rows); });
-    return;
-  }
-  rank_r_project_expand(cache.u.data(), x.data(), x.outerStride(), m_gen->psi().data(), d_in(),
-                        y.data(), y.outerStride(), this->m_base.bias(), s_pt.data(), d_out(), n, r);
-  this->m_base.accumulate_forward(y, x);
+                          r, parts, drive);
+  });
 }
 
 template <class T>
@@ -397,20 +392,19 @@ void WeGeFTAdapter<T>::backward_impl(MatRef<T>* dx, const Cache& cache, CMatRef<
   g_u.resize(x.rows(), m_gen->rank());
   g_p.setZero(d_out(), m_gen->rank());
   su.noalias() = s * cache.u;
-  // g_u, g_p, dPsi += g_u^T x and dx = g_u Psi together; dx += dy W below (in bf16, block by
-  // block of rows inside the GEMM's own loop, here).
-  const bool fused = dx != nullptr && this->m_base.bf16();
-  if (fused)
-    rank_r_backward(
-        g_u.data(), g_p.data(), g_psi.data(), dx->data(), dx->outerStride(), dy.data(),
-        dy.outerStride(), s_p.data(), su.data(), x.data(), x.outerStride(), psi.data(), x.rows(),
-        d_out(), d_in(), m_gen->rank(), this->m_base.backward_parts(x.rows()),
-        [&](auto&& rows) { this->m_base.accumulate_backward_input_with(*dx, dy, rows); });
-  else
-    rank_r_backward(g_u.data(), g_p.data(), g_psi.data(), dx != nullptr ? dx->data() : nullptr,
-                    dx != nullptr ? dx->outerStride() : 0, dy.data(), dy.outerStride(), s_p.data(),
+  // g_u, g_p, dPsi += g_u^T x and dx = g_u Psi together, then dx += dy W (in bf16, block by block
+  // of rows inside the GEMM's own loop).
+  const auto side = [&](MatRef<T>* z, int parts, auto&& drive) {
+    rank_r_backward(g_u.data(), g_p.data(), g_psi.data(), z != nullptr ? z->data() : nullptr,
+                    z != nullptr ? z->outerStride() : 0, dy.data(), dy.outerStride(), s_p.data(),
                     su.data(), x.data(), x.outerStride(), psi.data(), x.rows(), d_out(), d_in(),
-                    m_gen->rank());
+                    m_gen->rank(), parts, drive);
+  };
+  if (dx == nullptr)
+    side(nullptr, 0, detail::OwnRows{});
+  else
+    this->m_base.accumulate_backward_input_around(
+        *dx, dy, [&](int parts, auto&& drive) { side(dx, parts, drive); });
   if (cache.dropped) {
     for_dropped_rows(cache.dropout_seed,
                      [&](Index i0, Index rows, const T* wd) {  // dPhi += g_p^T D(W)
@@ -421,7 +415,6 @@ void WeGeFTAdapter<T>::backward_impl(MatRef<T>* dx, const Cache& cache, CMatRef<
     rank_r_reduce(g_phi.data(), g_p.data(), w.data(), w.outerStride(), d_out(), d_in(),
                   m_gen->rank());
   }
-  if (dx != nullptr && !fused) this->m_base.accumulate_backward_input(*dx, dy);
 }
 
 /// WeGeFT's entry in the method registry (adapters/registry.hpp). attach() finds or creates the

@@ -604,7 +604,7 @@ void rank_r_pass(T* g, T* G, const T* Y, const T* M, const T* U, Index n, Index 
 /// With a driver (`parts` > 0): drive(rows) must call rows(part, i0, i1), part < parts, on blocks
 /// of rows covering [0, N) once each, the blocks of one part in one thread, and may do more
 /// around each call; a frozen product in bf16 that runs its own blocks of rows is such a driver
-/// (FrozenLinear::accumulate_forward_with), so each block of X is read from memory once for both
+/// (FrozenLinear::accumulate_forward_around), so each block of X is read from memory once for both
 /// products and each block of Y is written just before the GEMM accumulates onto it. drive is
 /// called exactly once; where the kernels do not take the rank, every row is done before it, and
 /// rows does nothing.
@@ -659,7 +659,7 @@ void rank_r_project_expand(T* u, const T* X, Index ldx, const T* A, Index d_in, 
 /// four products use them; above it, rank_r_pass, rank_r_reduce and rank_r_expand.
 ///
 /// With a driver (`parts` > 0), as for rank_r_project_expand: drive(rows) runs the blocks of
-/// rows (FrozenLinear::accumulate_backward_input_with, whose dy W then accumulates onto each
+/// rows (FrozenLinear::accumulate_backward_input_around, whose dy W then accumulates onto each
 /// block of Z just written); G and H are summed per part and added once drive returns.
 template <class T, class Drive>
 void rank_r_backward(T* g, T* G, T* H, T* Z, Index ldz, const T* Y, Index ldy, const T* M,
