@@ -78,12 +78,13 @@ TEST_CASE("bf16 GEMM equals a double sum of the bf16-rounded operands on odd siz
                       Catch::Contains("no AVX512-BF16"));
     return;
   }
-  // (M, K, N): single entries, partial panels and micro-tiles, several blocks of k (> 384) and of
-  // rows (> 240 and > 256), odd K (the last pair half padding), K pairs not a multiple of an AMX
-  // tile's 16. Each kernel this CPU runs (AMX only where it has it) against the same oracle.
+  // (M, K, N): single entries, partial panels and micro-tiles, several blocks of k (> 384), of
+  // rows (> 240 and > 256) and of panels (N > 16 x 32: two whole blocks of panels and a third of
+  // two, the last one partial), odd K (the last pair half padding), K pairs not a multiple of an
+  // AMX tile's 16. Each kernel this CPU runs (AMX only where it has it) against the same oracle.
   const std::vector<std::array<Index, 3>> shapes = {{1, 1, 1},      {13, 2, 31},   {37, 61, 45},
                                                     {253, 500, 70}, {12, 385, 32}, {250, 16, 33},
-                                                    {64, 64, 64},   {300, 33, 97}};
+                                                    {64, 64, 64},   {300, 33, 97}, {29, 70, 1069}};
   std::vector<wegeft::Bf16Kernel> kernels = {wegeft::Bf16Kernel::avx512bf16};
   if (wegeft::amx_bf16_available())
     kernels.push_back(wegeft::Bf16Kernel::amx);

@@ -205,6 +205,7 @@ namespace detail {
 inline constexpr Index kBf16Mr = 12;   // rows of C per micro-kernel
 inline constexpr Index kBf16Kc = 192;  // pairs of k per block
 inline constexpr Index kBf16Mc = 240;  // rows of A per block (a multiple of kBf16Mr)
+inline constexpr Index kBf16Nb = 16;   // panels of B per block (16 x kBf16Kc pairs: 384 KB)
 
 #if WEGEFT_BF16_X86
 /// c [mr, nc <= 32] (+)= a [mr rows of kc pairs, row stride lda pairs] . panel [kc pairs x 32].
@@ -274,7 +275,10 @@ WEGEFT_TARGET_BF16 inline void bf16_pack_a(std::uint32_t* dst, Index ld, const f
 }
 
 /// Rows [m0, m1) of C: the blocked loops over k, rows of A and panels of B; before(mb, mb + mc)
-/// ahead of each block of rows.
+/// ahead of each block of rows. Inside a block of k, each tile of kBf16Mr rows of the packed A
+/// (kc pairs, in L1) runs across a block of kBf16Nb panels (in L2) before the next tile, so
+/// neither is fetched from further out once per product; a wide B (an LM head's) is taken
+/// kBf16Nb panels at a time.
 template <class Before>
 WEGEFT_TARGET_BF16 inline void bf16_gemm_rows(float* c, Index ldc, const float* a, Index lda,
                                               Index m0, Index m1, const Bf16Panels& b,
@@ -290,19 +294,20 @@ WEGEFT_TARGET_BF16 inline void bf16_gemm_rows(float* c, Index ldc, const float* 
       const Index kc = std::min(kBf16Kc, KP - kb);
       bf16_pack_a(apack.data(), kc, a + mb * lda, lda, mc, 2 * kb, kc, K);
       const bool load = accumulate || kb > 0;
-      for (Index p = 0; p < panels; ++p) {
-        const std::uint32_t* bp = b.panel(p) + kb * Bf16Panels::kPanel;
-        const Index n0 = p * Bf16Panels::kPanel, nc = std::min(Bf16Panels::kPanel, N - n0);
+      for (Index pb = 0; pb < panels; pb += kBf16Nb)
         for (Index r = 0; r < mc; r += kBf16Mr) {
           const int mr = static_cast<int>(std::min(kBf16Mr, mc - r));
-          float* cp = c + (mb + r) * ldc + n0;
           const std::uint32_t* ap = apack.data() + r * kc;
-          if (mr == kBf16Mr)
-            bf16_micro<kBf16Mr>(cp, ldc, ap, kc, bp, kc, nc, load);
-          else
-            bf16_micro_dispatch<kBf16Mr - 1>(mr, cp, ldc, ap, kc, bp, kc, nc, load);
+          for (Index p = pb; p < std::min(panels, pb + kBf16Nb); ++p) {
+            const std::uint32_t* bp = b.panel(p) + kb * Bf16Panels::kPanel;
+            const Index n0 = p * Bf16Panels::kPanel, nc = std::min(Bf16Panels::kPanel, N - n0);
+            float* cp = c + (mb + r) * ldc + n0;
+            if (mr == kBf16Mr)
+              bf16_micro<kBf16Mr>(cp, ldc, ap, kc, bp, kc, nc, load);
+            else
+              bf16_micro_dispatch<kBf16Mr - 1>(mr, cp, ldc, ap, kc, bp, kc, nc, load);
+          }
         }
-      }
     }
   }
 }
