@@ -294,11 +294,12 @@ WEGEFT_TARGET_BF16 inline void bf16_gemm_rows(float* c, Index ldc, const float* 
       const Index kc = std::min(kBf16Kc, KP - kb);
       bf16_pack_a(apack.data(), kc, a + mb * lda, lda, mc, 2 * kb, kc, K);
       const bool load = accumulate || kb > 0;
-      for (Index pb = 0; pb < panels; pb += kBf16Nb)
+      for (Index pb = 0; pb < panels; pb += kBf16Nb) {
+        const Index pe = std::min(panels, pb + kBf16Nb);
         for (Index r = 0; r < mc; r += kBf16Mr) {
           const int mr = static_cast<int>(std::min(kBf16Mr, mc - r));
           const std::uint32_t* ap = apack.data() + r * kc;
-          for (Index p = pb; p < std::min(panels, pb + kBf16Nb); ++p) {
+          for (Index p = pb; p < pe; ++p) {
             const std::uint32_t* bp = b.panel(p) + kb * Bf16Panels::kPanel;
             const Index n0 = p * Bf16Panels::kPanel, nc = std::min(Bf16Panels::kPanel, N - n0);
             float* cp = c + (mb + r) * ldc + n0;
@@ -308,6 +309,7 @@ WEGEFT_TARGET_BF16 inline void bf16_gemm_rows(float* c, Index ldc, const float* 
               bf16_micro_dispatch<kBf16Mr - 1>(mr, cp, ldc, ap, kc, bp, kc, nc, load);
           }
         }
+      }
     }
   }
 }
